@@ -1,0 +1,37 @@
+# Two commands for users: `make quickstart` and `make test`. Everything they need is installed here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install quickstart test lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch goes first: without CUDA the CPU build is installed so no CUDA wheels are pulled in later.
+$(STAMP): $(PY) pyproject.toml
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install --quiet "torch>=2.4"; \
+	else \
+		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
+	fi
+	$(PIP) install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/symnoise quickstart
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
