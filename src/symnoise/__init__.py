@@ -1,0 +1,1 @@
+"""symnoise: instruction fine-tuning with noisy embeddings."""

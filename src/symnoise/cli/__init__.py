@@ -1,0 +1,1 @@
+"""Command-line entry points: one short module per command. The library never imports this package."""

@@ -1,0 +1,49 @@
+"""The ``symnoise`` command: a thin dispatcher over one entry module per sub-command.
+
+Each entry module in ``symnoise.cli`` defines ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``symnoise stats`` never pays for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("symnoise.cli.train", "fine-tune a causal LM on instruction data with noisy embeddings"),
+    "quickstart": ("symnoise.cli.quickstart", "train and compare noise methods on a built-in task set, no download"),
+    "generate": ("symnoise.cli.generate", "generate AlpacaEval-format outputs from a checkpoint"),
+    "judge": ("symnoise.cli.judge", "judge model outputs against reference outputs with an LLM"),
+    "winrate": ("symnoise.cli.winrate", "AlpacaEval win rates from annotation files"),
+    "stats": ("symnoise.cli.stats", "length, 2-gram repetition and log-diversity of outputs"),
+    "leaderboard": ("symnoise.cli.leaderboard", "ARC, HellaSwag and MMLU through lm-evaluation-harness"),
+    "norms": ("symnoise.cli.norms", "the sqrt(3) norm analysis of the SymNoise paper"),
+    "report": ("symnoise.cli.report", "collect runs into the papers' tables"),
+}
+
+
+def build_parser(available: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="symnoise", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in available.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    available = {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
+    if not argv or argv[0] not in available:
+        build_parser(available).parse_args(argv)  # prints usage and exits for unknown or missing commands
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(available[name][0])
+    parser = argparse.ArgumentParser(prog=f"symnoise {name}", description=available[name][1])
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Shared fixtures: the real data in ../shared/data (skipped when absent), a tokenizer trained on the fly,
+and tiny models built from configs. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SYMNOISE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+TOKENIZER_CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "### Instruction:\n### Input:\n### Response:",
+    "A chat between a curious user and an artificial intelligence assistant. USER: ASSISTANT:",
+    "Give three tips for staying healthy. Eat a balanced diet, exercise regularly and sleep well.",
+    "Sort the numbers 3 1 2 in ascending order: 1 2 3. Add 12 and 30 to get 42.",
+    "The quick brown fox jumps over the lazy dog. abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789",
+]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public data folder; tests that need it skip cleanly when it is not there."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab ~400) trained on a few sentences, with pad/bos/eos/unk tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def make_tiny_model(kind: str = "llama", vocab_size: int = 400, hidden: int = 32, seed: int = 0, **overrides):
+    """A 2-layer model of the named family built from its config, in fp32, for CPU tests."""
+    import torch
+    import transformers
+
+    common = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    configs = {
+        "llama": lambda: transformers.LlamaConfig(
+            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, **common),
+        "qwen2": lambda: transformers.Qwen2Config(
+            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, **common),
+        "gemma": lambda: transformers.GemmaConfig(
+            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=256, **common),
+        "gpt2": lambda: transformers.GPT2Config(
+            n_embd=hidden, n_layer=2, n_head=4, n_positions=256, **common),
+        "opt": lambda: transformers.OPTConfig(
+            hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=256, word_embed_proj_dim=hidden, **common),
+    }
+    config = configs[kind]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float()
+
+
+@pytest.fixture
+def tiny_model_factory():
+    return make_tiny_model
