@@ -1,0 +1,28 @@
+"""The data layer of `symnoise train`: load instruction data, render prompts, tokenise with masked prompts."""
+
+from .formats import (
+    FORMATS,
+    DataError,
+    Example,
+    LoadReport,
+    default_template,
+    format_of_keys,
+    load_examples,
+)
+from .templates import TEMPLATES, render_prompt
+from .tokenize import IGNORE_INDEX, TokenizedDataset, tokenize_examples
+
+__all__ = [
+    "FORMATS",
+    "IGNORE_INDEX",
+    "TEMPLATES",
+    "DataError",
+    "Example",
+    "LoadReport",
+    "TokenizedDataset",
+    "default_template",
+    "format_of_keys",
+    "load_examples",
+    "render_prompt",
+    "tokenize_examples",
+]
