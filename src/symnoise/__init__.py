@@ -1,1 +1,17 @@
-"""symnoise: instruction fine-tuning with noisy embeddings."""
+"""symnoise: instruction fine-tuning with noisy embeddings (NEFTune, Gaussian, Bernoulli, SymNoise).
+
+Public API::
+
+    import symnoise
+    config = symnoise.NoiseConfig("symnoise", alpha=5)
+    with symnoise.attach(model, config) as handle:
+        ...  # any training loop that calls model(input_ids=..., attention_mask=..., labels=...)
+
+For transformers' ``Trainer`` and TRL's ``SFTTrainer`` see ``symnoise.hf.add_noise``.
+"""
+
+from .attach import NoiseHandle, attach, get_handle, noise_off, unwrap_model
+from .config import NoiseConfig
+
+__all__ = ["NoiseConfig", "NoiseHandle", "attach", "get_handle", "noise_off", "unwrap_model"]
+__version__ = "0.1.0"

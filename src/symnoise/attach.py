@@ -1,0 +1,404 @@
+"""A removable attachment that applies a `NoiseConfig` to any Hugging Face causal LM.
+
+``attach(model, config)`` registers three hooks on the innermost ``PreTrainedModel`` (found through DDP,
+FSDP, DeepSpeed, ``torch.compile`` and PEFT wrappers):
+
+* a forward pre-hook on the model that records the attention mask, position ids and labels of the call and,
+  for the symmetric pair in ``concat`` execution, doubles the batch (ids or embeddings, mask, labels, position
+  ids, packed-sequence metadata and ``num_items_in_batch``);
+* a forward hook on the input embedding module that adds the noise to its output (what the first layer sees;
+  for Gemma that is after the ``sqrt(d)`` scale, as in transformers);
+* a forward hook on the model that forgets the call and, after a doubled forward, returns the logits of the
+  ``X + eps`` half so that metrics computed from logits and the caller's labels keep matching shapes (the loss
+  covers both halves).
+
+Noise is added only when the model is in training mode, outside ``noise_off()``, and while the current alpha
+is above zero; ``generate()`` never sees it. Nothing is stored in the model's state dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import noise as N
+from .config import NoiseConfig
+
+_BATCH_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "labels", "position_ids", "token_type_ids",
+               "shift_labels")
+_CU_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
+_IGNORE_INDEX = -100
+_ATTRIBUTE = "_symnoise_handle"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module that owns the input embeddings, through DDP/FSDP/DeepSpeed (``.module``), ``torch.compile``
+    (``._orig_mod``) and PEFT (``get_base_model()``) wrappers."""
+    current = model
+    for _ in range(16):
+        if hasattr(current, "get_base_model") and callable(current.get_base_model):
+            inner = current.get_base_model()
+        elif isinstance(getattr(current, "_orig_mod", None), nn.Module):
+            inner = current._orig_mod
+        elif isinstance(getattr(current, "module", None), nn.Module):
+            inner = current.module
+        else:
+            return current
+        if inner is current:
+            return current
+        current = inner
+    return current
+
+
+def _distributed_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def derive_seed(seed: int | None, rank: int) -> int:
+    """A 63-bit seed for one rank's noise stream: distinct per rank, reproducible per (seed, rank)."""
+    import numpy as np
+
+    base = torch.initial_seed() if seed is None else seed
+    return int(np.random.SeedSequence([base % 2**63, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass
+class _Call:
+    """What the pre-hook learned about one forward call, for the embedding hook to use."""
+
+    active: bool
+    input_shape: torch.Size | None = None  # (B, T) before any doubling
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    doubled_along: int | None = None  # 0: batch, 1: sequence (packed rows), None: not doubled
+    sign: int = 1  # paired execution: +1 or -1
+    applied: bool = False
+
+
+class NoiseHandle:
+    """The attachment returned by `attach`. Use ``remove()`` or a ``with`` block to detach."""
+
+    def __init__(self, model: nn.Module, config: NoiseConfig):
+        if not isinstance(config, NoiseConfig):
+            raise TypeError(f"config must be a symnoise.NoiseConfig; got {type(config).__name__}")
+        self.config = config
+        self.model = unwrap_model(model)
+        self.embeddings = self._find_embeddings(self.model)
+        if getattr(self.model, _ATTRIBUTE, None) is not None:
+            raise RuntimeError("symnoise is already attached to this model; call .remove() on the first handle "
+                               "before attaching again (two attachments would add the noise twice)")
+        if getattr(self.embeddings, "neftune_noise_alpha", None) is not None:
+            raise RuntimeError("transformers' NEFTune hook is active on this model (neftune_noise_alpha is set); "
+                               "unset neftune_noise_alpha so that the noise is not added twice")
+        self.rank = _distributed_rank()
+        self.seed = derive_seed(config.seed, self.rank)
+        device = self.embeddings.weight.device if hasattr(self.embeddings, "weight") else torch.device("cpu")
+        if device.type == "meta":
+            device = torch.device("cpu")
+        self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        self.alpha = config.alpha
+        self.progress = 0.0
+        self.last_noise_norm: torch.Tensor | None = None
+        self._calls: list[_Call] = []
+        self._off_depth = 0
+        self._pair_sign: int | None = None
+        self._pair_noise: torch.Tensor | None = None
+        self._forward_params = list(inspect.signature(self.model.forward).parameters)
+        self._hooks = [
+            self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            self.model.register_forward_hook(self._after_forward, with_kwargs=True, always_call=True),
+            self.embeddings.register_forward_hook(self._on_embeddings),
+        ]
+        self._wrap_generate()
+        setattr(self.model, _ATTRIBUTE, self)
+
+    # ----------------------------------------------------------------- lifecycle
+    @staticmethod
+    def _find_embeddings(model: nn.Module) -> nn.Module:
+        getter = getattr(model, "get_input_embeddings", None)
+        embeddings = getter() if callable(getter) else None
+        if not isinstance(embeddings, nn.Module):
+            raise TypeError(
+                f"{type(model).__name__} has no input embeddings (get_input_embeddings() is missing or returned "
+                f"{embeddings!r}); symnoise needs a model whose token embeddings it can perturb, e.g. a "
+                "transformers *ForCausalLM model, a PEFT model around one, or one wrapped by accelerate"
+            )
+        return embeddings
+
+    def _wrap_generate(self) -> None:
+        original = getattr(self.model, "generate", None)
+        self._generate_wrapped = callable(original) and "generate" not in vars(self.model)
+        if self._generate_wrapped:
+            @functools.wraps(original)
+            def generate_without_noise(*args: Any, **kwargs: Any) -> Any:
+                with self.noise_off():
+                    return original(*args, **kwargs)
+
+            self.model.generate = generate_without_noise
+
+    def remove(self) -> None:
+        """Detach: remove every hook and restore the model exactly as it was. Safe to call twice."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self._generate_wrapped and "generate" in vars(self.model):
+            del self.model.generate
+            self._generate_wrapped = False
+        if getattr(self.model, _ATTRIBUTE, None) is self:
+            delattr(self.model, _ATTRIBUTE)
+        self._calls.clear()
+        self._pair_noise = None
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._hooks)
+
+    def __enter__(self) -> NoiseHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # ----------------------------------------------------------------- controls
+    @contextlib.contextmanager
+    def noise_off(self) -> Iterator[None]:
+        """Forwards inside this block see clean embeddings, even in training mode (reference passes, probes)."""
+        self._off_depth += 1
+        try:
+            yield
+        finally:
+            self._off_depth -= 1
+
+    def set_progress(self, progress: float) -> float:
+        """Tell the schedule how far training is (0 at the start, 1 at the end); returns the alpha now in use."""
+        self.progress = float(progress)
+        self.alpha = N.scheduled_alpha(self.config.alpha, self.config.alpha_floor, self.config.schedule,
+                                       self.progress)
+        return self.alpha
+
+    def paired_passes(self) -> Iterator[int]:
+        """For ``execution='paired'``: yields +1 then -1; run one forward and backward per step of the loop.
+
+        Both passes share one ``eps``. Each pass returns half its loss, so the two backward passes accumulate
+        exactly the gradient of the ``concat`` forward, and the two losses add up to the pair's mean loss::
+
+            for _ in handle.paired_passes():
+                loss = model(**batch).loss
+                loss.backward()
+        """
+        if not (self.config.symmetric and self.config.execution == "paired"):
+            raise RuntimeError("paired_passes() is for NoiseConfig(symmetric=True, execution='paired')")
+        try:
+            for sign in (1, -1):
+                self._pair_sign = sign
+                yield sign
+        finally:
+            self._pair_sign = None
+            self._pair_noise = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Noise generator state and schedule position, to save with a checkpoint (one file per rank)."""
+        return {"generator": self.generator.get_state(), "seed": self.seed, "rank": self.rank,
+                "progress": self.progress, "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the noise sequence of a saved run (the same rank's file)."""
+        self.generator.set_state(state["generator"])
+        self.set_progress(state["progress"])
+
+    # ----------------------------------------------------------------- hooks
+    def _noise_wanted(self) -> bool:
+        return self.model.training and self._off_depth == 0 and self.alpha > 0 and self.config.method != "none"
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        call = _Call(active=self._noise_wanted())
+        self._calls.append(call)
+        if not call.active:
+            return None
+        if args:  # bind positional inputs to names so they can be read and doubled
+            kwargs = {**dict(zip(self._forward_params, args)), **kwargs}
+            args = ()
+        ids = kwargs.get("input_ids")
+        embeds = kwargs.get("inputs_embeds")
+        source = ids if ids is not None else embeds
+        if source is None:
+            raise ValueError("symnoise: a training forward needs input_ids or inputs_embeds")
+        call.input_shape = source.shape[:2]
+        call.attention_mask = kwargs.get("attention_mask")
+        call.position_ids = kwargs.get("position_ids")
+        if call.position_ids is None and kwargs.get("cu_seq_lens_q") is not None:
+            call.position_ids = N.position_ids_from_cu_seqlens(kwargs["cu_seq_lens_q"], source.shape[0] * source.shape[1])
+        call.labels = kwargs.get("labels")
+        if self.config.region != "all" and call.labels is None:
+            raise ValueError(f"symnoise: NoiseConfig.region={self.config.region!r} needs labels in the forward "
+                             "call to tell prompt tokens (-100) from response tokens")
+        if self.config.symmetric:
+            self._prepare_symmetric(call, kwargs)
+        if embeds is not None:
+            kwargs["inputs_embeds"] = self._add_noise(kwargs["inputs_embeds"], call)
+            call.applied = True
+        return args, kwargs
+
+    def _prepare_symmetric(self, call: _Call, kwargs: dict) -> None:
+        if call.labels is None:
+            raise ValueError(
+                "symnoise: the symmetric pair (SymNoise) needs labels in the training forward so that the model "
+                "computes the loss over both X + eps and X - eps; pass labels=..., or wrap passes that only need "
+                "logits (reference models, probes) in handle.noise_off()"
+            )
+        if self.config.execution == "paired":
+            if self._pair_sign is None:
+                raise RuntimeError("symnoise: execution='paired' runs two passes per batch; drive them with "
+                                   "`for _ in handle.paired_passes(): ...` (symnoise.hf does it for Trainer), "
+                                   "or use execution='concat'")
+            call.sign = self._pair_sign
+            return
+        batch = call.input_shape[0]
+        mask = call.attention_mask
+        packed_row = batch == 1 and (mask is None and call.position_ids is not None)
+        call.doubled_along = 1 if packed_row else 0
+        double_batch(kwargs, call.doubled_along)
+
+    def _on_embeddings(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        call = self._calls[-1] if self._calls else None
+        if call is None or not call.active or call.applied:
+            return None
+        call.applied = True
+        return self._add_noise(output, call)
+
+    def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        call = self._calls.pop() if self._calls else None
+        if call is None or not call.active or output is None:
+            return None
+        if call.doubled_along is not None:
+            return _keep_first_half_logits(output, call.doubled_along, call.input_shape)
+        if self.config.symmetric and self.config.execution == "paired":
+            return _halve_loss(output)
+        return None
+
+    # ----------------------------------------------------------------- noise
+    def _add_noise(self, embeds: torch.Tensor, call: _Call) -> torch.Tensor:
+        batch, seq = call.input_shape
+        doubled = call.doubled_along is not None
+        expected = (2 * batch, seq) if call.doubled_along == 0 else (batch, 2 * seq) if doubled else (batch, seq)
+        if embeds.dim() == 2 and embeds.shape[0] == expected[0] * expected[1]:
+            return self._add_noise(embeds.view(*expected, -1), call).view_as(embeds)
+        if tuple(embeds.shape[:2]) != expected:
+            raise ValueError(
+                f"symnoise: the input embeddings have shape {tuple(embeds.shape)} but the forward's inputs have "
+                f"batch x length {tuple(expected)}; cannot tell which embedding belongs to which token"
+            )
+        half = embeds[:batch, :seq]
+        noise = self._noise_like(half, call)
+        if call.doubled_along is not None:
+            noise = torch.cat([noise, -noise], dim=call.doubled_along)
+        return embeds + noise
+
+    def _noise_like(self, embeds: torch.Tensor, call: _Call) -> torch.Tensor:
+        if call.sign == -1:
+            if self._pair_noise is None or self._pair_noise.shape != embeds.shape:
+                raise RuntimeError("symnoise: the -eps pass of a pair must see the same batch as its +eps pass")
+            return -self._pair_noise
+        lengths = self._token_lengths(embeds.shape[:2], call, embeds.device)
+        cfg = self.config
+        factor = N.distribution_factor(cfg.distribution, cfg.match_uniform_norm)
+        scale = N.noise_scale(lengths, embeds.shape[-1], self.alpha, factor).to(embeds.dtype)
+        eps = N.sample_unit_noise(embeds.shape, cfg.distribution, generator=self._generator_for(embeds.device),
+                                  dtype=embeds.dtype, device=embeds.device)
+        noise = eps.mul_(scale)
+        positions = call.position_ids if cfg.length_mode == "tokens" else None
+        self.last_noise_norm = N.mean_noise_norm(noise, lengths, positions)
+        if cfg.symmetric and cfg.execution == "paired":
+            self._pair_noise = noise
+        return noise
+
+    def _token_lengths(self, shape: torch.Size, call: _Call, device: torch.device) -> torch.Tensor:
+        if self.config.length_mode == "padded":
+            return torch.full(tuple(shape), float(shape[1]), device=device)
+        mask = call.attention_mask
+        real = mask.to(device=device, dtype=torch.bool) if mask is not None and mask.dim() == 2 else \
+            torch.ones(tuple(shape), dtype=torch.bool, device=device)
+        if self.config.region != "all":
+            response = call.labels.to(device) != _IGNORE_INDEX
+            real = real & (response if self.config.region == "response" else ~response)
+        positions = call.position_ids.to(device) if call.position_ids is not None else None
+        return N.token_lengths(real, positions)
+
+    def _generator_for(self, device: torch.device) -> torch.Generator:
+        if self.generator.device.type != device.type:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generator
+
+
+def double_batch(kwargs: dict, along: int) -> None:
+    """Duplicate every per-token input of a forward call in place: along the batch (0) or, for a packed
+    padding-free row, along the sequence (1) so the copy becomes more packed sequences of the same row."""
+    for key in _BATCH_KEYS:
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor):
+            if along == 1 and value.dim() != 2 and key != "inputs_embeds":
+                raise ValueError(f"symnoise: cannot double {key} of shape {tuple(value.shape)} in a packed row")
+            doubled = torch.cat([value, value], dim=along)
+            if along == 1 and key == "labels":
+                # The copy's first label would be predicted from the original's last token; label 0 of a
+                # sequence is never a causal-LM target, so masking it changes nothing else.
+                doubled[:, value.shape[1]] = _IGNORE_INDEX
+            kwargs[key] = doubled
+    for key in _CU_KEYS:
+        cu = kwargs.get(key)
+        if isinstance(cu, torch.Tensor):
+            kwargs[key] = torch.cat([cu, cu[1:] + cu[-1]])
+    if isinstance(kwargs.get("seq_idx"), torch.Tensor):
+        seq_idx = kwargs["seq_idx"]
+        kwargs["seq_idx"] = torch.cat([seq_idx, seq_idx + seq_idx.max() + 1], dim=along)
+    if kwargs.get("num_items_in_batch") is not None:
+        kwargs["num_items_in_batch"] = kwargs["num_items_in_batch"] * 2
+
+
+def _keep_first_half_logits(output: Any, along: int, input_shape: torch.Size) -> Any:
+    batch, seq = input_shape
+    logits = output["logits"] if isinstance(output, dict) else None
+    if logits is None:
+        return None
+    output["logits"] = logits[:batch] if along == 0 else logits[:, :seq]
+    return output
+
+
+def _halve_loss(output: Any) -> Any:
+    if isinstance(output, dict) and output.get("loss") is not None:
+        output["loss"] = output["loss"] / 2
+        return output
+    raise ValueError("symnoise: execution='paired' needs the model to return its loss (pass labels=...)")
+
+
+def attach(model: nn.Module, config: NoiseConfig) -> NoiseHandle:
+    """Attach noisy embeddings to ``model`` (any transformers causal LM, PEFT model or accelerate-wrapped
+    model). Returns a handle; ``handle.remove()`` or leaving a ``with attach(...)`` block detaches it."""
+    return NoiseHandle(model, config)
+
+
+def get_handle(model: nn.Module) -> NoiseHandle | None:
+    """The handle attached to ``model`` (through any wrapper), or None."""
+    return getattr(unwrap_model(model), _ATTRIBUTE, None)
+
+
+@contextlib.contextmanager
+def noise_off(model: nn.Module) -> Iterator[None]:
+    """Clean embeddings for forwards inside the block, whether or not noise is attached to ``model``."""
+    handle = get_handle(model)
+    if handle is None:
+        yield
+    else:
+        with handle.noise_off():
+            yield

@@ -1,0 +1,125 @@
+"""`NoiseConfig`: which noise, how strong, where and when. Validated when built, before any model is touched."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+METHODS = ("none", "uniform", "gaussian", "bernoulli", "symnoise")
+METHOD_ALIASES = {"neftune": "uniform", "neft": "uniform"}
+LENGTH_MODES = ("tokens", "padded")
+REGIONS = ("all", "prompt", "response")
+SCHEDULES = ("constant", "linear", "cosine")
+EXECUTIONS = ("concat", "paired")
+
+
+def _choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"NoiseConfig.{field_name} must be a string, one of {', '.join(allowed)}; got {value!r}")
+    if value not in allowed:
+        raise ValueError(f"NoiseConfig.{field_name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+    return value
+
+
+def _number(field_name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"NoiseConfig.{field_name} must be a number; got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"NoiseConfig.{field_name} must be a finite number >= 0; got {value!r}")
+    return value
+
+
+def _flag(field_name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"NoiseConfig.{field_name} must be true or false; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Embedding noise for fine-tuning, as specified in the NEFTune and SymNoise papers.
+
+    Attributes:
+        method: ``none``, ``uniform`` (NEFTune; alias ``neftune``), ``gaussian``, ``bernoulli`` or ``symnoise``.
+        alpha: base scale; the noise of an example of ``L`` real tokens and width ``d`` is scaled by
+            ``alpha / sqrt(L * d)``. Paper default 5.
+        match_uniform_norm: divide Gaussian and Bernoulli noise by sqrt(3) so their expected norm equals
+            NEFTune's (``alpha / sqrt(3)``). ``False`` gives the paper's unmatched "Gaussian Noise 5" row.
+        symmetric: train on both ``X + eps`` and ``X - eps`` with the same ``eps``. Defaults to on for
+            ``symnoise`` and off otherwise; may be switched on for any distribution as a research option.
+        execution: how the symmetric pair runs: ``concat`` (one forward over the doubled batch, as in the
+            paper) or ``paired`` (two forwards sharing ``eps``, gradients accumulated: lower peak memory).
+        length_mode: ``tokens`` uses each sequence's real length and leaves padding untouched (the papers'
+            experiments); ``padded`` uses the padded batch length and noises padding (transformers' formula).
+        region: noise ``all`` real tokens (the papers), or only the ``prompt`` or the ``response`` tokens
+            (those with ``labels == -100`` or not). ``L`` then counts the noised tokens, so the expected norm
+            per example stays as in the table.
+        schedule: ``constant`` alpha, or ``linear`` / ``cosine`` decay from ``alpha`` to ``alpha_floor`` over
+            training.
+        alpha_floor: the value a decaying schedule ends at; must not exceed ``alpha``.
+        seed: seed of the noise generator (each distributed rank derives its own stream from it). ``None``
+            derives it from torch's initial seed, so ``torch.manual_seed`` / ``transformers.set_seed`` fix it.
+    """
+
+    method: str = "symnoise"
+    alpha: float = 5.0
+    match_uniform_norm: bool = True
+    symmetric: bool | None = None
+    execution: str = "concat"
+    length_mode: str = "tokens"
+    region: str = "all"
+    schedule: str = "constant"
+    alpha_floor: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        method = METHOD_ALIASES.get(self.method, self.method) if isinstance(self.method, str) else self.method
+        set_ = object.__setattr__
+        set_(self, "method", _choice("method", method, METHODS + tuple(METHOD_ALIASES)))
+        set_(self, "alpha", _number("alpha", self.alpha))
+        set_(self, "alpha_floor", _number("alpha_floor", self.alpha_floor))
+        set_(self, "match_uniform_norm", _flag("match_uniform_norm", self.match_uniform_norm))
+        set_(self, "execution", _choice("execution", self.execution, EXECUTIONS))
+        set_(self, "length_mode", _choice("length_mode", self.length_mode, LENGTH_MODES))
+        set_(self, "region", _choice("region", self.region, REGIONS))
+        set_(self, "schedule", _choice("schedule", self.schedule, SCHEDULES))
+        if self.symmetric is None:
+            set_(self, "symmetric", self.method == "symnoise")
+        set_(self, "symmetric", _flag("symmetric", self.symmetric))
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TypeError(f"NoiseConfig.seed must be an integer or None; got {self.seed!r}")
+        if self.alpha_floor > self.alpha:
+            raise ValueError(
+                f"NoiseConfig.alpha_floor={self.alpha_floor} is above alpha={self.alpha}; "
+                "a schedule decays alpha down to the floor, so the floor must be <= alpha"
+            )
+        if self.method == "none" and self.symmetric:
+            raise ValueError("NoiseConfig.symmetric=True needs a noise method; method='none' adds no noise to pair")
+        if self.length_mode == "padded" and self.region != "all":
+            raise ValueError(
+                "NoiseConfig.length_mode='padded' reproduces transformers' formula, which noises every position; "
+                "it cannot be combined with region='prompt' or 'response'"
+            )
+
+    @property
+    def distribution(self) -> str:
+        """The per-element distribution: ``uniform``, ``gaussian`` or ``bernoulli`` (``none`` for no noise)."""
+        return "bernoulli" if self.method == "symnoise" else self.method
+
+    @property
+    def is_active(self) -> bool:
+        """Whether this config can ever change a forward pass."""
+        return self.method != "none" and self.alpha > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NoiseConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            allowed = ", ".join(cls.__dataclass_fields__)
+            raise ValueError(f"unknown NoiseConfig field(s) {', '.join(unknown)}; allowed: {allowed}")
+        return cls(**data)

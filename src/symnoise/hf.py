@@ -1,0 +1,127 @@
+"""One line to add noisy embeddings to an unmodified transformers ``Trainer`` or TRL ``SFTTrainer``::
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data)
+    symnoise.hf.add_noise(trainer, symnoise.NoiseConfig("symnoise", alpha=5))
+    trainer.train()
+
+The noise is attached when ``train()`` starts and removed when it returns or raises; the schedule follows
+``global_step / max_steps``; the noise generator state is saved in every checkpoint and restored by
+``train(resume_from_checkpoint=...)``; ``noise_norm`` and ``noise_alpha`` are added to the training logs.
+``execution='paired'`` runs each training step as two forward/backward passes sharing one ``eps``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from .attach import NoiseHandle, attach
+from .config import NoiseConfig
+
+NOISE_STATE_PATTERN = "symnoise_noise_rank{rank}.pt"
+
+
+class TrainerNoise(TrainerCallback):
+    """The attachment of a `NoiseConfig` to one trainer. Created by `add_noise`; ``remove()`` undoes it."""
+
+    def __init__(self, trainer: Any, config: NoiseConfig):
+        if not isinstance(config, NoiseConfig):
+            raise TypeError(f"config must be a symnoise.NoiseConfig; got {type(config).__name__}")
+        if getattr(trainer.args, "neftune_noise_alpha", None) is not None:
+            raise ValueError("the trainer's args.neftune_noise_alpha is set: transformers would add its own "
+                             "NEFTune noise on top of symnoise's; set neftune_noise_alpha=None")
+        if getattr(trainer, "_symnoise", None) is not None:
+            raise RuntimeError("symnoise noise is already added to this trainer")
+        paired = config.symmetric and config.execution == "paired"
+        if paired and getattr(trainer, "is_deepspeed_enabled", False):
+            raise ValueError("execution='paired' runs two backward passes per step, which DeepSpeed turns into "
+                             "two optimizer steps; use execution='concat' with DeepSpeed")
+        self.trainer = trainer
+        self.config = config
+        self.handle: NoiseHandle | None = None
+        self._originals = {"train": trainer.train, "log": trainer.log, "training_step": trainer.training_step}
+        trainer.train = self._train
+        trainer.log = self._log
+        if paired:
+            trainer.training_step = self._paired_training_step
+        trainer.add_callback(self)
+        trainer._symnoise = self
+
+    def remove(self) -> None:
+        """Give the trainer back its own methods and drop the callback."""
+        for name in self._originals:
+            vars(self.trainer).pop(name, None)
+        self.trainer.remove_callback(self)
+        self.trainer._symnoise = None
+
+    # ------------------------------------------------------------ wrapped trainer methods
+    def _train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        self.handle = attach(self.trainer.model, self.config)
+        try:
+            checkpoint = self._checkpoint_dir(resume_from_checkpoint)
+            if checkpoint is not None:
+                self._load_noise_state(checkpoint)
+            return self._originals["train"](resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.handle.remove()
+
+    def _paired_training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> Any:
+        total = None
+        for _ in self.handle.paired_passes():
+            # A copy per pass: compute_loss may pop labels from the dict it is given.
+            loss = self._originals["training_step"](model, dict(inputs), num_items_in_batch)
+            total = loss if total is None else total + loss
+        return total
+
+    def _log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
+        handle = self.handle
+        if handle is not None and handle.attached and "loss" in logs:
+            if handle.last_noise_norm is not None:
+                logs["noise_norm"] = round(float(handle.last_noise_norm), 6)
+            logs["noise_alpha"] = handle.alpha
+        return self._originals["log"](logs, *args, **kwargs)
+
+    # ------------------------------------------------------------ callback events
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.handle is not None and state.max_steps:
+            self.handle.set_progress(state.global_step / state.max_steps)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.handle is None:
+            return
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if checkpoint.is_dir():
+            save_noise_state(self.handle, checkpoint)
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint_dir(self, resume_from_checkpoint: str | bool | None) -> Path | None:
+        if resume_from_checkpoint is True:
+            last = get_last_checkpoint(self.trainer.args.output_dir)
+            return Path(last) if last else None
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            return Path(resume_from_checkpoint)
+        return None
+
+    def _load_noise_state(self, checkpoint: Path) -> None:
+        path = checkpoint / NOISE_STATE_PATTERN.format(rank=self.handle.rank)
+        if path.is_file():
+            self.handle.load_state_dict(torch.load(path, weights_only=True))
+
+
+def save_noise_state(handle: NoiseHandle, directory: Path) -> Path:
+    """Write one rank's noise state next to a checkpoint (temporary file, then rename)."""
+    path = Path(directory) / NOISE_STATE_PATTERN.format(rank=handle.rank)
+    tmp = path.with_suffix(".tmp")
+    torch.save(handle.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def add_noise(trainer: Any, config: NoiseConfig) -> TrainerNoise:
+    """Add noisy embeddings to ``trainer`` (``transformers.Trainer``, TRL's ``SFTTrainer`` or any subclass)."""
+    return TrainerNoise(trainer, config)
