@@ -1,0 +1,46 @@
+"""``symnoise leaderboard``: ARC-Challenge, HellaSwag and MMLU scores of a checkpoint through lm-evaluation-harness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from symnoise.evaluation.leaderboard import LEADERBOARD_TASKS, LeaderboardError, format_table, run_leaderboard
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a folder written by save_pretrained, or a hub model name")
+    parser.add_argument("--tasks", default=",".join(LEADERBOARD_TASKS),
+                        help="comma-separated subset of: " + ", ".join(
+                            f"{t.name} ({t.num_fewshot}-shot {t.metric})" for t in LEADERBOARD_TASKS.values())
+                        + " (default all)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="local data folder laid out like ../shared/data (arc/, hellaswag/, mmlu/); "
+                        "default: $SYMNOISE_DATA_DIR, ./data, ./shared/data or ../shared/data, the first complete one")
+    source.add_argument("--online", action="store_true",
+                        help="use the harness's own tasks and the hub datasets instead of local data")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="score only the first N documents of each task (of each MMLU subject); quick checks only")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = run_leaderboard(args.checkpoint, args.tasks, data_dir=args.data_dir, online=args.online,
+                                 limit=args.limit, batch_size=args.batch_size, device=args.device)
+    except LeaderboardError as error:
+        print(f"symnoise leaderboard: error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    if args.limit is not None:
+        print(f"(--limit {args.limit}: partial scores, not comparable with the leaderboard)")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
