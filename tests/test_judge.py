@@ -438,6 +438,26 @@ def test_bad_input_is_rejected_before_any_request(tmp_path, monkeypatch, capsys)
         assert server.count() == 0
 
 
+def test_cli_finds_the_default_reference_and_honours_limit(tmp_path, shared_data, monkeypatch, capsys):
+    outputs = shared_data / "alpaca_eval" / "model_outputs" / "alpaca-7b-neft.json"
+    if not outputs.is_file():
+        pytest.skip(f"{outputs} not found")
+    references = real_references(shared_data, 3)
+    rows = json.loads(outputs.read_text())[:3]
+    with FakeJudgeServer([r["instruction"] for r in rows]) as server:
+        rc = main(["judge", str(outputs), "--data-dir", str(shared_data), "--limit", "3", "--base-url",
+                   server.base_url, "--model", "fake-judge", "--out", str(tmp_path / "out"), "--seed", "7"])
+        assert rc == 0 and server.count() == 3
+    annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
+    assert [a["output_1"] for a in annotations] == [r["output"] for r in references]
+    assert [a["output_2"] for a in annotations] == [r["output"] for r in rows]
+    # the fake judge always answers "Output (a)" here (no marker), so the model wins exactly when shown first
+    assert [a["preference"] for a in annotations] == [2 if J.model_shown_first(7, r["instruction"]) else 1
+                                                      for r in rows]
+    assert "n_total 3" in capsys.readouterr().out
+    assert main(["judge", str(outputs), "--limit", "0", "--model", "m", "--base-url", server.base_url]) == 2
+
+
 # ------------------------------------------------------------------------------------------ other judges
 
 

@@ -8,6 +8,7 @@ taken from the command line, where other users could read it).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ KEY_VARIABLES = ("SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (f"The API key is read from {' or '.join(KEY_VARIABLES)}, never from a flag. Writes "
+                     f"{J.ANNOTATIONS_FILENAME}, {J.METRICS_FILENAME} and {J.CACHE_FILENAME} (re-runs reuse it) to --out.")
     parser.add_argument("outputs", type=Path, help="AlpacaEval model_outputs.json (list of instruction/output)")
     parser.add_argument("--reference", type=Path, help="reference outputs (JSON list or JSONL); default: "
                         f"DATA_DIR/alpaca_eval/{J.REFERENCE_FILENAME}")
@@ -41,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(format="symnoise judge: %(message)s", level=logging.WARNING)
     try:
+        _check_numbers(args)
         reference = _reference_path(args)
         J.load_examples(args.outputs, reference)  # fail on bad input before a model is loaded or a request sent
         judge = _make_judge(args)
@@ -78,6 +83,15 @@ def _make_judge(args: argparse.Namespace):
     if api_key is None and base_url == DEFAULT_BASE_URL:
         raise J.JudgeInputError(f"the OpenAI API needs a key: set {' or '.join(KEY_VARIABLES)}")
     return J.OpenAIChatJudge(base_url, model, api_key=api_key, timeout=args.timeout)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for name, low in (("limit", 1), ("max_retries", 0), ("retry_budget", 0), ("workers", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise J.JudgeInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if args.timeout <= 0 or args.backoff < 0:
+        raise J.JudgeInputError("--timeout must be positive and --backoff not negative")
 
 
 def _reference_path(args: argparse.Namespace) -> Path:
