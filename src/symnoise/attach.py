@@ -189,6 +189,7 @@ class NoiseHandle:
 
     def paired_passes(self) -> Iterator[int]:
         """For ``execution='paired'``: yields +1 then -1; run one forward and backward per step of the loop.
+        When no noise is due (alpha 0, eval mode, ``noise_off``) it yields once, for one ordinary pass.
 
         Both passes share one ``eps``. Each pass returns half its loss, so the two backward passes accumulate
         exactly the gradient of the ``concat`` forward, and the two losses add up to the pair's mean loss::
@@ -199,6 +200,9 @@ class NoiseHandle:
         """
         if not (self.config.symmetric and self.config.execution == "paired"):
             raise RuntimeError("paired_passes() is for NoiseConfig(symmetric=True, execution='paired')")
+        if not self._noise_wanted():  # no noise now: one ordinary pass, nothing to pair or halve
+            yield 0
+            return
         try:
             for sign in (1, -1):
                 self._pair_sign = sign
@@ -269,6 +273,10 @@ class NoiseHandle:
         packed_row = batch == 1 and (mask is None and call.position_ids is not None)
         call.doubled_along = 1 if packed_row else 0
         double_batch(kwargs, call.doubled_along)
+        if packed_row and "use_cache" in self._forward_params:
+            # transformers separates packed sequences by their position ids only when no cache is in use;
+            # without that the copy would attend to the original.
+            kwargs["use_cache"] = False
 
     def _on_embeddings(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         call = self._calls[-1] if self._calls else None
