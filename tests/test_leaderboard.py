@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +99,7 @@ def test_arc_task_definition(task_manager):
     task = _task(task_manager, "symnoise_arc_challenge")
     docs = list(task.test_docs())
     assert len(docs) == 1172 and len(task.fewshot_docs()) == 1119  # scored on test, shots from train
+    assert task.config.num_fewshot == 25
     doc = docs[ARC_NUMERIC_ROW]
     assert task.doc_to_text(doc) == (
         "Question: Which statement best describes the energy changes that occur while a child is riding on a sled "
@@ -111,7 +113,7 @@ def test_arc_task_definition(task_manager):
 def test_hellaswag_task_definition(task_manager):
     task = _task(task_manager, "symnoise_hellaswag")
     docs = list(task.test_docs())
-    assert len(docs) == 10042
+    assert len(docs) == 10042 and task.config.num_fewshot == 10
     assert task.doc_to_text(docs[0]) == "Roof shingle removal: A man is sitting on a roof. He"
     assert task.doc_to_target(docs[0]) == 3
     assert task.doc_to_choice(docs[0])[3] == "starts pulling up roofing on a roof."
@@ -123,6 +125,7 @@ def test_hellaswag_task_definition(task_manager):
 
 def test_mmlu_task_definition(task_manager):
     task = _task(task_manager, "symnoise_mmlu_abstract_algebra")
+    assert task.config.num_fewshot == 5 and len(task.test_docs()) == 100
     doc = list(task.test_docs())[0]
     assert task.doc_to_text(doc) == (
         "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
@@ -133,6 +136,26 @@ def test_mmlu_task_definition(task_manager):
         "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
         "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\nAnswer: B\n\n")
     assert context.count("\nAnswer:") == 6 and context.endswith(task.doc_to_text(doc))
+
+
+def test_online_names_exist_in_the_installed_harness():
+    import lm_eval.tasks
+    from lm_eval.tasks import TaskManager
+
+    folders = [str(Path(lm_eval.tasks.__file__).parent / name) for name in ("arc", "hellaswag", "mmlu")]
+    known = set(TaskManager(include_path=folders, include_defaults=False).all_tasks)
+    assert {t.harness_name for t in lb.LEADERBOARD_TASKS.values()} <= known
+    assert {f"mmlu_{s}" for s in lb.MMLU_SUBJECTS} <= known  # the per-subject results the mean is taken over
+
+
+def test_data_folder_is_found_without_being_named(shared_data, monkeypatch, tmp_path):
+    tasks = lb.resolve_tasks("arc,hellaswag,mmlu")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYMNOISE_DATA_DIR", str(shared_data))
+    assert lb.find_data_dir(tasks) == shared_data
+    monkeypatch.setenv("SYMNOISE_DATA_DIR", str(tmp_path))
+    with pytest.raises(lb.LeaderboardError, match="--data-dir.*--online"):
+        lb.find_data_dir(tasks)
 
 
 # ----------------------------------------------------------------------------------- scoring with a known answer
@@ -239,7 +262,7 @@ def test_tiny_model_end_to_end(shared_data, tiny_tokenizer, tmp_path, capsys):
     for s in scores.values():
         assert 0.0 <= s["value"] <= 1.0 and (s["stderr"] is None or s["stderr"] >= 0.0)
     assert scores["arc"]["n_docs"] == scores["hellaswag"]["n_docs"] == 4
-    assert all(sub["n_docs"] == 4 for sub in scores["mmlu"]["subjects"].values())
+    assert all(sub["n_docs"] == 4 and sub["n_shot"] == 5 for sub in scores["mmlu"]["subjects"].values())
     assert scores["mmlu"]["value"] == pytest.approx(
         sum(sub["value"] for sub in scores["mmlu"]["subjects"].values()) / 57)
     assert report["average"] == pytest.approx(sum(s["value"] for s in scores.values()) / 3)

@@ -226,10 +226,16 @@ def offline_task_names(task: str) -> list[str]:
     return [f"symnoise_{LEADERBOARD_TASKS[task].harness_name}"]
 
 
-def write_offline_tasks(data_dir: str | Path, tasks: Sequence[LeaderboardTask], work_dir: str | Path) -> Path:
-    """Convert the local data of ``tasks`` to JSON Lines and write their task YAMLs; returns the folder to
-    give ``TaskManager(include_path=...)``."""
+def write_offline_tasks(
+    data_dir: str | Path,
+    tasks: Sequence[LeaderboardTask],
+    work_dir: str | Path,
+    num_fewshot: dict[str, int] | None = None,
+) -> Path:
+    """Convert the local data of ``tasks`` to JSON Lines and write their task YAMLs, with the leaderboard shots
+    unless ``num_fewshot`` overrides them; returns the folder to give ``TaskManager(include_path=...)``."""
     data_dir, work = Path(data_dir), Path(work_dir)
+    shots = {t.name: t.num_fewshot for t in tasks} | dict(num_fewshot or {})
     jsonl, task_dir = work / "data", work / "tasks"
     task_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
@@ -238,11 +244,12 @@ def write_offline_tasks(data_dir: str | Path, tasks: Sequence[LeaderboardTask], 
             for split, part in ARC_FILES.items():
                 files[split] = f"arc_challenge_{split}.jsonl"
                 _write_jsonl(read_arc(data_dir / f"arc/ARC-Challenge/ARC-Challenge-{part}.jsonl"), jsonl / files[split])
-            _task_yaml(task_dir / "arc_challenge.yaml", "arc_challenge.yaml", "symnoise_arc_challenge", jsonl, files)
+            _task_yaml(task_dir / "arc_challenge.yaml", "arc_challenge.yaml", "symnoise_arc_challenge", jsonl, files,
+                       num_fewshot=shots["arc"])
         elif task.name == "hellaswag":
             _write_jsonl(read_hellaswag(data_dir / "hellaswag/hellaswag_val_full.txt"), jsonl / "hellaswag.jsonl")
             _task_yaml(task_dir / "hellaswag.yaml", "hellaswag.yaml", "symnoise_hellaswag", jsonl,
-                       {"validation": "hellaswag.jsonl"})
+                       {"validation": "hellaswag.jsonl"}, num_fewshot=shots["hellaswag"])
         else:
             for subject, name in zip(MMLU_SUBJECTS, offline_task_names("mmlu"), strict=True):
                 files = {}
@@ -252,7 +259,7 @@ def write_offline_tasks(data_dir: str | Path, tasks: Sequence[LeaderboardTask], 
                 readable = subject.replace("_", " ")
                 description = f"The following are multiple choice questions (with answers) about {readable}.\n\n"
                 _task_yaml(task_dir / f"mmlu_{subject}.yaml", "mmlu_template.yaml", name, jsonl, files,
-                           task_alias=subject, description=description)
+                           task_alias=subject, description=description, num_fewshot=shots["mmlu"])
     return task_dir
 
 
@@ -264,26 +271,27 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _score(results: dict[str, Any], task: LeaderboardTask, shots: int, online: bool) -> TaskScore:
-    """Pick the leaderboard metric of one task out of ``simple_evaluate``'s results."""
+def _score(results: dict[str, Any], task: LeaderboardTask, online: bool) -> TaskScore:
+    """Pick the leaderboard metric of one task out of ``simple_evaluate``'s results (shots as the harness ran them)."""
     key = f"{task.metric},none"
     stderr_key = f"{task.metric}_stderr,none"
     if task.name != "mmlu":
         name = task.harness_name if online else offline_task_names(task.name)[0]
         res = results["results"][name]
-        return TaskScore(task.name, shots, task.metric, float(res[key]), _number(res[stderr_key]),
-                         int(results["n-samples"][name]["effective"]))
+        return TaskScore(task.name, int(results["n-shot"][name]), task.metric, float(res[key]),
+                         _number(res[stderr_key]), int(results["n-samples"][name]["effective"]))
     names = [f"mmlu_{s}" for s in MMLU_SUBJECTS] if online else offline_task_names("mmlu")
     subjects = {
         s: {"value": float(results["results"][n][key]), "stderr": _number(results["results"][n][stderr_key]),
-            "n_docs": int(results["n-samples"][n]["effective"])}
+            "n_docs": int(results["n-samples"][n]["effective"]), "n_shot": int(results["n-shot"][n])}
         for s, n in zip(MMLU_SUBJECTS, names, strict=True)
     }
+    values = [v["value"] for v in subjects.values()]
     errors = [v["stderr"] for v in subjects.values()]
     # Standard error of an unweighted mean of independent subject means.
     stderr = None if None in errors else math.sqrt(sum(e * e for e in errors)) / len(errors)
-    return TaskScore("mmlu", shots, task.metric, sum(v["value"] for v in subjects.values()) / len(subjects),
-                     stderr, sum(v["n_docs"] for v in subjects.values()), subjects)
+    return TaskScore("mmlu", int(results["n-shot"][names[0]]), task.metric, sum(values) / len(values), stderr,
+                     sum(v["n_docs"] for v in subjects.values()), subjects)
 
 
 def run_leaderboard(
@@ -329,14 +337,15 @@ def run_leaderboard(
         if online:
             manager = TaskManager()
         else:
-            manager = TaskManager(include_path=str(write_offline_tasks(root, specs, work)), include_defaults=False)
+            task_dir = write_offline_tasks(root, specs, work, shots)
+            manager = TaskManager(include_path=str(task_dir), include_defaults=False)
         for task in specs:
             names = [task.harness_name] if online else offline_task_names(task.name)
-            results = lm_eval.simple_evaluate(
-                model=lm, tasks=names, num_fewshot=shots[task.name], limit=limit,
+            results = lm_eval.simple_evaluate(  # the offline task files carry their shots
+                model=lm, tasks=names, num_fewshot=shots[task.name] if online else None, limit=limit,
                 task_manager=manager, log_samples=False,
             )
-            scores.append(_score(results, task, shots[task.name], online))
+            scores.append(_score(results, task, online))
     return {
         "checkpoint": str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else type(checkpoint).__name__,
         "mode": "online" if online else "offline",
