@@ -1,0 +1,94 @@
+"""``symnoise generate``: AlpacaEval ``model_outputs.json`` from a run directory or a hub model.
+
+Everything that can be checked without the model (prompt file, template, settings) is checked before
+the model is loaded, so a typo costs seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from symnoise import generation
+
+AE1_PROMPTS = Path("alpaca_eval") / "alpaca_eval_ae1_reference_text_davinci_003.jsonl"
+
+
+def default_prompts() -> Path | None:
+    """The 805 AlpacaEval-1 prompts from the shared data folder, if there is one.
+
+    Looked for in $SYMNOISE_SHARED_DATA, then ``shared/data`` beside the working directory and beside a
+    source checkout.
+    """
+    beside_checkout = Path(__file__).resolve().parents[4] / "shared" / "data"
+    roots = [os.environ.get("SYMNOISE_SHARED_DATA"), Path.cwd().parent / "shared" / "data", beside_checkout]
+    for root in roots:
+        if root and (Path(root) / AE1_PROMPTS).is_file():
+            return Path(root) / AE1_PROMPTS
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="run directory written by `symnoise train`, or any causal LM path / hub name")
+    parser.add_argument("--prompts", type=Path, help="JSON list or JSONL of {instruction, dataset, input?} "
+                        "(default: the AlpacaEval-1 805 prompts from the shared data folder)")
+    parser.add_argument("--output", type=Path, help="model_outputs.json to write (default: MODEL/model_outputs.json)")
+    parser.add_argument("--template", choices=generation.TEMPLATES,
+                        help="prompt template; default: the one in MODEL/symnoise_run.json (required without it)")
+    parser.add_argument("--name", help="generator name in the output (default: the model directory name)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=1024, help="prompt + new tokens, per prompt")
+    parser.add_argument("--max-new-tokens", type=int, help="further limit on new tokens")
+    parser.add_argument("--repetition-penalty", type=float, default=1.2)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=generation.DTYPES, default="auto")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub repository")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    if args.output is not None:
+        return args.output
+    if Path(args.model).is_dir():
+        return Path(args.model) / "model_outputs.json"
+    raise ValueError("--output is required when MODEL is not a local directory")
+
+
+def _prepare(args: argparse.Namespace):
+    """Prompts, template, settings, output path and generator name, all checked; raises ValueError."""
+    prompts_file = args.prompts or default_prompts()
+    if prompts_file is None:
+        raise ValueError("no --prompts given and the AlpacaEval prompt file was not found in the shared data")
+    prompts = generation.load_prompts(prompts_file)
+    template = generation.resolve_template(args.model, args.template)
+    settings = generation.DecodingSettings(
+        max_length=args.max_length, max_new_tokens=args.max_new_tokens,
+        repetition_penalty=args.repetition_penalty, batch_size=args.batch_size,
+    )
+    output = _output_path(args)
+    generator = args.name or Path(str(args.model).rstrip("/")).name
+    header = generation.run_header(template, settings, generator)
+    resumed = generation.read_sidecar(generation.sidecar_path(output), header, prompts)
+    return prompts, template, settings, output, generator, len(resumed)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        prompts, template, settings, output, generator, n_resumed = _prepare(args)
+    except ValueError as error:
+        print(f"symnoise generate: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(prompts)} prompts, template {template!r}, {n_resumed} already done; loading {args.model}")
+    model, tokenizer = generation.load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
+    outputs, stats = generation.generate_outputs(
+        model, tokenizer, prompts, template, settings, generation.sidecar_path(output), generator,
+        progress=not args.no_progress,
+    )
+    generation.write_json_atomic(output, generation.model_outputs_records(prompts, outputs, generator))
+    print(
+        f"wrote {len(outputs)} outputs to {output} ({stats.resumed} resumed); generated {stats.prompts} prompts, "
+        f"{stats.new_tokens} tokens in {stats.seconds:.1f} s = {stats.tokens_per_second:.1f} tokens/s"
+    )
+    return 0
