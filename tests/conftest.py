@@ -36,6 +36,10 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+def build_tiny_tokenizer():
     """A byte-level BPE tokenizer (vocab ~400) trained on a few sentences, with pad/bos/eos/unk tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

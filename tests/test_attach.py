@@ -56,8 +56,8 @@ def loss_and_grads(model, inputs, config=None, paired=False):
     with attach(model, config) as handle:
         if paired:
             total = 0
-            for _ in handle.paired_passes():
-                part = model(**inputs).loss
+            for weight in handle.paired_passes():
+                part = model(**inputs).loss * weight
                 part.backward()
                 total = total + part.detach()
             return total, grads(model)

@@ -8,9 +8,10 @@ FSDP, DeepSpeed, ``torch.compile`` and PEFT wrappers):
   ids, packed-sequence metadata and ``num_items_in_batch``);
 * a forward hook on the input embedding module that adds the noise to its output (what the first layer sees;
   for Gemma that is after the ``sqrt(d)`` scale, as in transformers);
-* a forward hook on the model that forgets the call and, after a doubled forward, returns the logits of the
-  ``X + eps`` half so that metrics computed from logits and the caller's labels keep matching shapes (the loss
-  covers both halves).
+* a forward hook on the model that forgets the call and, after a doubled forward, gives the per-token outputs
+  the caller's batch shape again (`fold_pair_outputs`: the loss covers both halves, logits are the ``X + eps``
+  half, per-token log-probabilities and metrics the mean of the pair), so code that pairs the outputs with its
+  own labels (TRL's fused loss and token accuracy) stays correct.
 
 Noise is added only when the model is in training mode, outside ``noise_off()``, and while the current alpha
 is above zero; ``generate()`` never sees it. Nothing is stored in the model's state dict.
@@ -187,26 +188,27 @@ class NoiseHandle:
                                        self.progress)
         return self.alpha
 
-    def paired_passes(self) -> Iterator[int]:
-        """For ``execution='paired'``: yields +1 then -1; run one forward and backward per step of the loop.
-        When no noise is due (alpha 0, eval mode, ``noise_off``) it yields once, for one ordinary pass.
+    def paired_passes(self) -> Iterator[float]:
+        """For ``execution='paired'``: run one forward and backward per step of the loop, weighting the loss
+        by the yielded value. Both passes share one ``eps`` (``+eps``, then ``-eps``) and each weighs 1/2, so
+        the two backward passes accumulate exactly the gradient of the ``concat`` forward, and the weighted
+        losses add up to the pair's mean loss::
 
-        Both passes share one ``eps``. Each pass returns half its loss, so the two backward passes accumulate
-        exactly the gradient of the ``concat`` forward, and the two losses add up to the pair's mean loss::
-
-            for _ in handle.paired_passes():
-                loss = model(**batch).loss
+            for weight in handle.paired_passes():
+                loss = model(**batch).loss * weight
                 loss.backward()
+
+        When no noise is due (alpha 0, eval mode, ``noise_off``) it yields 1.0 once, for one ordinary pass.
         """
         if not (self.config.symmetric and self.config.execution == "paired"):
             raise RuntimeError("paired_passes() is for NoiseConfig(symmetric=True, execution='paired')")
-        if not self._noise_wanted():  # no noise now: one ordinary pass, nothing to pair or halve
-            yield 0
+        if not self._noise_wanted():
+            yield 1.0
             return
         try:
             for sign in (1, -1):
                 self._pair_sign = sign
-                yield sign
+                yield 0.5
         finally:
             self._pair_sign = None
             self._pair_noise = None
@@ -290,9 +292,7 @@ class NoiseHandle:
         if call is None or not call.active or output is None:
             return None
         if call.doubled_along is not None:
-            return _keep_first_half_logits(output, call.doubled_along, call.input_shape)
-        if self.config.symmetric and self.config.execution == "paired":
-            return _halve_loss(output)
+            return fold_pair_outputs(output, call.doubled_along, call.input_shape)
         return None
 
     # ----------------------------------------------------------------- noise
@@ -374,20 +374,34 @@ def double_batch(kwargs: dict, along: int) -> None:
         kwargs["num_items_in_batch"] = kwargs["num_items_in_batch"] * 2
 
 
-def _keep_first_half_logits(output: Any, along: int, input_shape: torch.Size) -> Any:
-    batch, seq = input_shape
-    logits = output["logits"] if isinstance(output, dict) else None
-    if logits is None:
+def fold_pair_outputs(output: Any, along: int, input_shape: torch.Size) -> Any:
+    """Give a doubled forward's per-token outputs the caller's shape again (the loss already covers both halves).
+
+    ``logits`` and masks keep the ``X + eps`` half. Other per-token tensors (log-probabilities, entropies,
+    top-1 hits, as returned by TRL's fused LM head) become the mean of the two halves, so a loss or a metric summed
+    over them equals the mean over the pair. Along the sequence (packed rows) a shifted field of length ``2T - 1``
+    is split around the boundary position, whose target is masked.
+    """
+    if not isinstance(output, dict):
         return None
-    output["logits"] = logits[:batch] if along == 0 else logits[:, :seq]
+    n = input_shape[along]
+    for key, value in list(output.items()):
+        if key == "loss" or not isinstance(value, torch.Tensor) or value.dim() <= along:
+            continue
+        size = value.shape[along]
+        if size == 2 * n:
+            first, second = value.narrow(along, 0, n), value.narrow(along, n, n)
+        elif along == 1 and size == 2 * n - 1:
+            first, second = value.narrow(along, 0, n - 1), value.narrow(along, n, n - 1)
+        else:
+            continue
+        if key == "logits" or key.endswith("mask"):
+            output[key] = first
+        elif value.dtype == torch.bool:
+            output[key] = (first.float() + second.float()) / 2
+        elif value.is_floating_point():
+            output[key] = (first + second) / 2
     return output
-
-
-def _halve_loss(output: Any) -> Any:
-    if isinstance(output, dict) and output.get("loss") is not None:
-        output["loss"] = output["loss"] / 2
-        return output
-    raise ValueError("symnoise: execution='paired' needs the model to return its loss (pass labels=...)")
 
 
 def attach(model: nn.Module, config: NoiseConfig) -> NoiseHandle:

@@ -44,11 +44,14 @@ class TrainerNoise(TrainerCallback):
         self.trainer = trainer
         self.config = config
         self.handle: NoiseHandle | None = None
-        self._originals = {"train": trainer.train, "log": trainer.log, "training_step": trainer.training_step}
+        self._pass_weight = 1.0
+        self._originals = {"train": trainer.train, "log": trainer.log, "training_step": trainer.training_step,
+                           "compute_loss": trainer.compute_loss}
         trainer.train = self._train
         trainer.log = self._log
         if paired:
             trainer.training_step = self._paired_training_step
+            trainer.compute_loss = self._weighted_compute_loss
         trainer.add_callback(self)
         trainer._symnoise = self
 
@@ -71,12 +74,23 @@ class TrainerNoise(TrainerCallback):
             self.handle.remove()
 
     def _paired_training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> Any:
-        total = None
-        for _ in self.handle.paired_passes():
-            # A copy per pass: compute_loss may pop labels from the dict it is given.
-            loss = self._originals["training_step"](model, dict(inputs), num_items_in_batch)
-            total = loss if total is None else total + loss
+        total = 0.0
+        try:
+            for weight in self.handle.paired_passes():
+                self._pass_weight = weight
+                # A copy per pass: compute_loss may pop labels from the dict it is given.
+                total = total + self._originals["training_step"](model, dict(inputs), num_items_in_batch)
+        finally:
+            self._pass_weight = 1.0
         return total
+
+    def _weighted_compute_loss(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._originals["compute_loss"](*args, **kwargs)
+        if self._pass_weight == 1.0:
+            return result
+        if isinstance(result, tuple):
+            return (result[0] * self._pass_weight, *result[1:])
+        return result * self._pass_weight
 
     def _log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
         handle = self.handle
