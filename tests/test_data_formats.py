@@ -148,11 +148,15 @@ def test_jsonl_and_parquet_load_the_same_examples(alpaca_rows, tmp_path):
 def test_json_array_named_jsonl_and_jsonl_named_json(tmp_path):
     """NEFTune's alpaca-train.jsonl is a JSON array; many .json files on the hub are JSON Lines."""
     rows = [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": "d", "output": "e"}]
-    array_as_jsonl = write_json(tmp_path / "train.jsonl", rows)
+    array_as_jsonl = tmp_path / "train.jsonl"
+    array_as_jsonl.write_text(json.dumps(rows, indent=4), encoding="utf-8")
     lines_as_json = write_jsonl(tmp_path / "train.json", rows)
-    for source in [array_as_jsonl, lines_as_json]:
+    for source in [str(array_as_jsonl), lines_as_json]:
         examples, _ = load_examples(source)
         assert [(e.instruction, e.input, e.output) for e in examples] == [("a", "", "b"), ("c", "d", "e")]
+    one_line_array = write_json(tmp_path / "one_line.jsonl", rows)
+    with pytest.raises(DataError, match=r"one_line.jsonl:row 0 \(line 1\): the row is a JSON list"):
+        load_examples(one_line_array, format="alpaca")
 
 
 def test_openplatypus_is_detected_and_extra_keys_ignored(tmp_path):

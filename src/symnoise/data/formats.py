@@ -9,7 +9,7 @@ Four row formats are understood, all reduced to (instruction, input, output):
   the first human turn and the assistant turn right after it.
 
 Sources are local ``.json`` (a list of objects; JSON Lines is accepted too), ``.jsonl`` (one object per line;
-a JSON array is accepted too, as NEFTune ships ``alpaca-train.jsonl``), ``.parquet``, or a Hugging Face dataset
+a pretty-printed JSON array is accepted too, as NEFTune's ``alpaca-train.jsonl`` is one), ``.parquet``, or a Hugging Face dataset
 name read with `datasets.load_dataset`. Every problem surfaces as a `DataError` that names the source, the row
 (0-based, plus the line for JSON Lines) and the field, so a bad row in a 70k-row file can be found and fixed.
 """
@@ -168,13 +168,22 @@ def _text_file_rows(path: Path, name: str) -> list[_RawRow]:
     stripped = text.lstrip()
     if not stripped:
         raise DataError(f"{name}: the file is empty")
-    if stripped.startswith("["):
+    if stripped.startswith("[") and (path.suffix.lower() == ".json" or not _first_line_is_json(stripped)):
         return _json_array_rows(text, name, bad_at)
     if path.suffix.lower() == ".json" and "\n" in stripped.rstrip():
         single = _single_json_value(text)
         if isinstance(single, dict):
             raise DataError(f"{name}: the top level is a JSON object, expected a list of records")
     return _json_lines_rows(text)
+
+
+def _first_line_is_json(text: str) -> bool:
+    """Whether the first line parses on its own, as in JSON Lines (a pretty-printed array's "[" does not)."""
+    try:
+        json.loads(text.split("\n", 1)[0])
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return True
 
 
 def _single_json_value(text: str) -> Any:
@@ -423,6 +432,8 @@ def load_examples(
             continue
         examples.append(Example(instruction, input_, output, where))
     report.n_loaded = len(examples)
+    if not report.n_rows:
+        raise DataError(f"{source}: contains no rows")
     if not examples:
         raise DataError(f"{source}: no usable examples in {report.n_rows} rows; {report.skipped_summary()}")
     return examples, report
