@@ -465,3 +465,24 @@ def test_chat_template_prompt_tokens(tiny_tokenizer):
     assert item["input_ids"].count(tokenizer.bos_token_id) == 1
     n_prompt = item["labels"].count(IGNORE_INDEX)
     assert tokenizer.decode(item["input_ids"][:n_prompt]) == "<s>Add 12 and 30 ASSISTANT:"
+
+
+def test_sentencepiece_style_response_starts_at_a_word_boundary():
+    """With a LLaMA-like Metaspace tokenizer (BOS added, "▁" word marks) the separately tokenised response reads
+    as "ASSISTANT: {response}", as in FastChat's training text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    example = Example("Add 12 and 30", "", "The sum is 42", "t:row 0")
+    corpus = [render_prompt(example, "vicuna"), example.output] * 4
+    tok.train_from_iterator(corpus, trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=sorted(set("".join(corpus)))))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    item = tokenize_examples([example], tokenizer, "vicuna")[0]
+    assert item["input_ids"].count(tokenizer.bos_token_id) == 1 and item["input_ids"][0] == tokenizer.bos_token_id
+    text = tokenizer.decode(item["input_ids"], skip_special_tokens=True)
+    assert text == render_prompt(example, "vicuna") + " The sum is 42"
