@@ -250,3 +250,40 @@ def test_default_prompts_are_the_ae1_reference(shared_data, monkeypatch):
     prompts = generation.load_prompts(path)
     assert path.name == "alpaca_eval_ae1_reference_text_davinci_003.jsonl" and len(prompts) == 805
     assert prompts[0].instruction.startswith("What are the names of some famous actors")
+
+
+@pytest.mark.slow
+def test_cli_killed_mid_run_resumes_to_the_uninterrupted_result(world, tmp_path):
+    """A real SIGKILL after the first batch reached disk; the rerun completes every prompt exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir, _, _, prompts, settings = world
+    prompt_file = _prompt_file(tmp_path / "prompts.jsonl", prompts)
+    args = ["generate", str(run_dir), "--prompts", str(prompt_file), "--batch-size", "2", "--device", "cpu",
+            "--max-length", str(settings.max_length + 200), "--no-progress"]
+    killed = tmp_path / "killed" / "model_outputs.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "symnoise.cli.main", *args, "--output", str(killed)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = generation.sidecar_path(killed)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if partial.is_file() and len(partial.read_bytes().splitlines()) >= 3:  # header + one batch
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    done_before = len(partial.read_text().splitlines()) - 1
+    print(f"\nkilled with {done_before}/{N_PROMPTS} prompts on disk")
+    assert 2 <= done_before < N_PROMPTS and not killed.exists()
+
+    assert main([*args, "--output", str(killed)]) == 0
+    fresh = tmp_path / "fresh" / "model_outputs.json"
+    assert main([*args, "--output", str(fresh)]) == 0
+    assert json.loads(killed.read_text()) == json.loads(fresh.read_text())
+    indices = [json.loads(line)["index"] for line in partial.read_text().splitlines()[1:]]
+    assert sorted(indices) == list(range(N_PROMPTS))
