@@ -121,6 +121,18 @@ def test_batch_size_does_not_change_outputs(world, tmp_path):
     assert outputs[1] == outputs[5]
 
 
+def test_prompt_without_room_gets_empty_output(world, tmp_path):
+    _, model, tokenizer, prompts, _ = world
+    lengths = [len(ids) for ids in generation.prompt_token_ids(tokenizer, prompts, "alpaca")]
+    settings = DecodingSettings(max_length=sorted(lengths)[len(lengths) // 2] + 1, batch_size=N_PROMPTS)
+    outputs, stats = generation.generate_outputs(model, tokenizer, prompts, "alpaca", settings,
+                                                 tmp_path / "p.jsonl", "g", progress=False)
+    no_room = [n >= settings.max_length for n in lengths]
+    assert stats.no_room == sum(no_room) > 0
+    assert all(output == "" for output, full in zip(outputs, no_room, strict=True) if full)
+    assert stats.new_tokens <= sum(settings.budget(n) for n in lengths)
+
+
 def test_batches_sorted_by_length():
     assert generation.plan_batches([5, 9, 1, 9, 3], [0, 1, 2, 3, 4], 2) == [[1, 3], [0, 4], [2]]
     assert generation.plan_batches([5, 9, 1, 9, 3], [0, 2, 4], 2) == [[0, 4], [2]]

@@ -79,6 +79,7 @@ class GenerationStats:
     new_tokens: int = 0
     seconds: float = 0.0
     resumed: int = 0
+    no_room: int = 0  # prompts that alone reach max_length: their output is empty
 
     @property
     def tokens_per_second(self) -> float:
@@ -424,6 +425,7 @@ def generate_outputs(
         _append_lines(partial, records)
         done.update((record["index"], record) for record in records)
         stats.prompts += len(batch)
+        stats.no_room += sum(settings.budget(len(token_ids[i])) == 0 for i in batch)
         stats.new_tokens += sum(len(ids) for ids in new_ids)
         bar.update(len(batch))
         if after_batch is not None:

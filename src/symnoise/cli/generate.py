@@ -91,4 +91,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {len(outputs)} outputs to {output} ({stats.resumed} resumed); generated {stats.prompts} prompts, "
         f"{stats.new_tokens} tokens in {stats.seconds:.1f} s = {stats.tokens_per_second:.1f} tokens/s"
     )
+    if stats.no_room:
+        print(f"warning: {stats.no_room} prompts reach --max-length on their own; their outputs are empty",
+              file=sys.stderr)
     return 0
