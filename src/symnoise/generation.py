@@ -20,11 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from symnoise.data import Example, render_prompt
+from symnoise.data import TEMPLATES, Example, render_prompt
 from symnoise.data.tokenize import special_prefix
 
 RUN_CONFIG_FILE = "symnoise_run.json"
-TEMPLATES = ("alpaca", "vicuna", "chat")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -151,7 +150,10 @@ def read_run_config(model: str | Path) -> dict | None:
     path = Path(model) / RUN_CONFIG_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
 def resolve_template(model: str | Path, template: str | None) -> str:
