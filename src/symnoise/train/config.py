@@ -1,0 +1,187 @@
+"""The typed configuration of `symnoise train`: YAML plus dotted overrides, validated before anything is loaded.
+
+A config file has five sections, each documented field by field below: ``model``, ``data``, ``noise``
+(`symnoise.NoiseConfig`), ``lora`` and ``training``. Overrides on the command line use the same dotted
+paths: ``noise.alpha=10 training.learning_rate=1e-4 lora.enabled=true``; values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..config import NoiseConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name: str = Field(description="Hugging Face hub name (meta-llama/Llama-2-7b-hf) or local directory")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype: auto = bfloat16 on GPUs that support it, else float32")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
+    trust_remote_code: bool = Field(False, description="run code shipped with the model; off unless asked")
+
+
+class DataSection(_Section):
+    path: str = Field(description="local .json/.jsonl/.parquet file or hub dataset name (tatsu-lab/alpaca)")
+    format: Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus"] = "auto"
+    template: Literal["alpaca", "vicuna", "chat"] | None = Field(
+        None, description="prompt template; default: vicuna for ShareGPT, alpaca otherwise")
+    split: str = "train"
+    max_length: int = Field(512, ge=8)
+    on_bad_row: Literal["error", "skip"] = "error"
+    limit: int | None = Field(None, ge=1, description="use only the first N examples")
+    eval_path: str | None = Field(None, description="held-out data in the same format, for eval loss")
+    packing: Literal["none", "padding_free"] = Field(
+        "none", description="padding_free: each batch is one row of concatenated sequences with position-id "
+        "resets (no padding, attention kept per sequence); none: pad to the longest in the batch")
+    group_by_length: bool = Field(False, description="batch examples of similar length (less padding)")
+
+
+class LoraSection(_Section):
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    quantize_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base weights (needs CUDA and bitsandbytes)")
+
+
+class TrainingSection(_Section):
+    output_dir: str = Field(description="run directory: checkpoints, final model, config, metrics")
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run the epochs)")
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    per_device_batch_size: int = Field(4, ge=1)
+    effective_batch_size: int = Field(128, ge=1, description="examples per optimizer step over all devices")
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise")
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+    eval_steps: int | None = Field(None, ge=1)
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
+    dataloader_num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu"] = Field("auto", description="cpu forces CPU training even with a GPU")
+
+
+class TrainConfig(_Section):
+    model: ModelSection
+    data: DataSection
+    noise: NoiseConfig = Field(default_factory=lambda: NoiseConfig("symnoise", 5.0))
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    @field_validator("noise", mode="before")
+    @classmethod
+    def _noise(cls, value: Any) -> NoiseConfig:
+        if isinstance(value, NoiseConfig):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a mapping of NoiseConfig fields, got {value!r}")
+        try:
+            return NoiseConfig.from_dict(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(str(error)) from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.lora.quantize_4bit and not self.lora.enabled:
+            raise ValueError("lora.quantize_4bit needs lora.enabled: true (QLoRA trains adapters on a 4-bit base)")
+        per_step = self.training.per_device_batch_size
+        if self.training.effective_batch_size % per_step:
+            raise ValueError(f"training.effective_batch_size ({self.training.effective_batch_size}) must be a "
+                             f"multiple of training.per_device_batch_size ({per_step})")
+        return self
+
+    def resolved_template(self, detected_format: str) -> str:
+        from ..data import default_template
+
+        return self.data.template or default_template(detected_format)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="python", exclude={"noise"})
+        return {"model": data["model"], "data": data["data"], "noise": self.noise.to_dict(),
+                "lora": data["lora"], "training": data["training"]}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``noise.alpha=10`` -> (["noise", "alpha"], 10). The value is read as a YAML scalar or list."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form section.field=value (e.g. noise.alpha=10)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (or start from nothing), apply dotted overrides, validate; raises `ConfigError`."""
+    data: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping with model, data, noise, lora, training")
+        data = loaded or {}
+    return validate_config(apply_overrides(data, list(overrides)), source)

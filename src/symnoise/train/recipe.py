@@ -1,0 +1,267 @@
+"""The `symnoise train` recipe: instruction fine-tuning with noisy embeddings on transformers' Trainer.
+
+Order of work: validate the config (done by the caller), check the run directory, load and tokenise the data
+(bad rows fail here, before any model is loaded), load the model, train with `symnoise.hf.add_noise`, and
+write the run directory::
+
+    RUN/config.yaml            the resolved config
+    RUN/symnoise_run.json      template, max length and noise, read by `symnoise generate`
+    RUN/data_report.json       rows read, skipped (and why), truncated, dropped
+    RUN/metrics.jsonl, .csv    one line per logging step: loss, lr, grad norm, noise norm, tokens/s, memory
+    RUN/runs/                  TensorBoard event files
+    RUN/checkpoint-N/          Trainer checkpoints, with each rank's noise generator state
+    RUN/model.safetensors ...  the final model (or LoRA adapter) and tokenizer, and README.md (model card)
+
+Works unchanged under ``accelerate launch`` / ``torchrun`` (DDP, FSDP, DeepSpeed through accelerate configs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .. import __version__
+from ..data import LoadReport, TokenizedDataset, load_examples, tokenize_examples
+from ..hf import add_noise
+from .config import ConfigError, TrainConfig
+from .metrics import RunMetrics, TokenCounter, jsonl_to_csv, model_card, write_json
+
+logger = logging.getLogger("symnoise.train")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float | None
+    train_examples: int
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_run_dir(config: TrainConfig, resume: bool) -> Path:
+    """The run directory must be writable, and must not hold a finished or started run unless resuming."""
+    run_dir = Path(config.training.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"training.output_dir: {run_dir} exists and is not a directory")
+    started = run_dir.is_dir() and any(run_dir.glob("checkpoint-*"))
+    finished = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
+    if not resume and (started or finished):
+        raise ConfigError(f"training.output_dir: {run_dir} already holds a run; pass --resume to continue it "
+                          "or choose another output_dir")
+    if resume and not started:
+        raise ConfigError(f"--resume: no checkpoint-* directory in {run_dir} to resume from")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    probe = run_dir / ".write_test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"training.output_dir: cannot write to {run_dir} ({error.strerror})") from None
+    return run_dir
+
+
+def load_tokenizer(config: TrainConfig):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model.name, revision=config.model.revision,
+                                              trust_remote_code=config.model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def prepare_data(config: TrainConfig, tokenizer) -> tuple[TokenizedDataset, LoadReport, str, TokenizedDataset | None]:
+    examples, report = load_examples(config.data.path, format=config.data.format,
+                                     on_bad_row=config.data.on_bad_row, split=config.data.split,
+                                     limit=config.data.limit)
+    template = config.resolved_template(report.format)
+    dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
+    eval_dataset = None
+    if config.data.eval_path:
+        eval_examples, _ = load_examples(config.data.eval_path, format=report.format,
+                                         on_bad_row=config.data.on_bad_row)
+        eval_dataset = tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
+    return dataset, report, template, eval_dataset
+
+
+def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
+    precision = config.training.precision
+    if precision == "auto":
+        return "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and not use_cuda:
+        raise ConfigError(f"training.precision={precision} needs a CUDA GPU; use fp32 (or auto) on CPU")
+    return precision
+
+
+def load_model(config: TrainConfig, precision: str):
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"auto": {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision],
+             "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
+    kwargs: dict[str, Any] = dict(revision=config.model.revision, dtype=dtype,
+                                  trust_remote_code=config.model.trust_remote_code)
+    if config.model.attn_implementation:
+        kwargs["attn_implementation"] = config.model.attn_implementation
+    if config.lora.quantize_4bit:
+        kwargs["quantization_config"] = quantization_config()
+    model = AutoModelForCausalLM.from_pretrained(config.model.name, **kwargs)
+    model.config.use_cache = False  # no cache in training; packed rows also need it off
+    if config.lora.enabled:
+        model = wrap_lora(model, config)
+    return model
+
+
+def quantization_config():
+    if not torch.cuda.is_available():
+        raise ConfigError("lora.quantize_4bit (QLoRA) needs a CUDA GPU; none is available")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install 'symnoise[gpu]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def wrap_lora(model, config: TrainConfig):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if config.lora.quantize_4bit:
+        model = prepare_model_for_kbit_training(model, config.training.gradient_checkpointing)
+    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def make_collator(config: TrainConfig, tokenizer):
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if config.data.packing == "padding_free":
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+
+
+def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_eval: bool):
+    from transformers import TrainingArguments
+
+    t = config.training
+    accumulation = t.effective_batch_size // t.per_device_batch_size
+    if accumulation % world_size():
+        raise ConfigError(f"training.effective_batch_size={t.effective_batch_size} is not divisible by "
+                          f"per_device_batch_size x processes = {t.per_device_batch_size} x {world_size()}")
+    return TrainingArguments(
+        output_dir=str(run_dir), num_train_epochs=t.epochs, max_steps=t.max_steps, learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
+        per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=accumulation // world_size(), max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=precision == "bf16", fp16=precision == "fp16", seed=t.seed, data_seed=t.seed,
+        logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, eval_strategy="steps" if has_eval and t.eval_steps else "no",
+        eval_steps=t.eval_steps, report_to=list(t.report_to),
+        dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
+        use_cpu=t.device == "cpu", disable_tqdm=False, optim="adamw_torch", label_names=["labels"],
+    )
+
+
+def write_run_files(config: TrainConfig, run_dir: Path, template: str, report: LoadReport,
+                    dataset: TokenizedDataset) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    write_json(run_dir / "symnoise_run.json", {
+        "symnoise_version": __version__, "template": template, "max_length": config.data.max_length,
+        "noise": config.noise.to_dict(), "model": config.model.name, "dataset": config.data.path,
+        "format": report.format, "lora": config.lora.enabled,
+    })
+    write_json(run_dir / "data_report.json", {
+        "source": report.source, "format": report.format, "rows": report.n_rows, "loaded": report.n_loaded,
+        "skipped": dict(report.skipped), "examples": len(dataset), "truncated": dataset.n_truncated,
+        "dropped": dataset.n_dropped, "max_length": dataset.max_length,
+    })
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run one fine-tuning job as configured; returns where it wrote and how it ended."""
+    from transformers import Trainer, set_seed
+
+    run_dir = check_run_dir(config, resume)
+    set_seed(config.training.seed)
+    tokenizer = load_tokenizer(config)
+    dataset, report, template, eval_dataset = prepare_data(config, tokenizer)
+    logger.info("%s", report.summary())
+    logger.info("%s", dataset.summary())
+    use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
+    precision = resolve_precision(config, use_cuda)
+    if is_main_process():
+        write_run_files(config, run_dir, template, report, dataset)
+    model = load_model(config, precision)
+    counter = TokenCounter(make_collator(config, tokenizer))
+    args = training_arguments(config, run_dir, precision, eval_dataset is not None)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                      data_collator=counter, processing_class=tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size())
+    _log_with_metrics(trainer, metrics)
+    add_noise(trainer, config.noise)
+    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    final_loss = _last_training_loss(trainer)
+    if trainer.is_world_process_zero():
+        _save_final(trainer, tokenizer, config, run_dir, template, final_loss)
+    return TrainResult(run_dir, output.global_step, final_loss, len(dataset))
+
+
+def _log_with_metrics(trainer, metrics: RunMetrics) -> None:
+    original = trainer.log
+
+    def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
+        metrics.extend(logs)
+        result = original(logs, *args, **kwargs)
+        if trainer.is_world_process_zero():
+            metrics.write(logs, trainer.state.global_step, trainer.state.epoch)
+        return result
+
+    trainer.log = log
+
+
+def _last_training_loss(trainer) -> float | None:
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return losses[-1] if losses else None
+
+
+def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template: str,
+                final_loss: float | None) -> None:
+    trainer.save_model(str(run_dir))
+    tokenizer.save_pretrained(str(run_dir))
+    (run_dir / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss),
+                                       encoding="utf-8")
+    metrics_file = run_dir / "metrics.jsonl"
+    if metrics_file.exists():
+        jsonl_to_csv(metrics_file, run_dir / "metrics.csv")
+    leftover = run_dir / "training_args.bin"
+    if leftover.exists():  # a pickle; the resolved config.yaml says the same in a safe format
+        leftover.unlink()
+    summary = {"steps": trainer.state.global_step, "final_loss": final_loss,
+               "train_runtime_s": _runtime(trainer), "finished": True}
+    write_json(run_dir / "train_summary.json", summary)
+
+
+def _runtime(trainer) -> float | None:
+    for entry in reversed(trainer.state.log_history):
+        if "train_runtime" in entry:
+            return entry["train_runtime"]
+    return None
