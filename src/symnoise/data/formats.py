@@ -205,11 +205,16 @@ def _parquet_rows(path: Path, name: str) -> list[_RawRow]:
 
 
 def _hub_rows(name: str, split: str) -> Iterator[_RawRow]:
-    """Rows of a Hugging Face dataset; any failure to load it becomes one clear DataError."""
+    """Rows of a Hugging Face dataset, by name or as one file of a dataset repository
+    (``hf://datasets/OWNER/NAME/FILE.json``); any failure to load it becomes one clear DataError."""
     try:
         import datasets
 
-        dataset = datasets.load_dataset(name, split=split)
+        if name.startswith("hf://"):  # one file inside a hub dataset repository
+            builder = "parquet" if name.lower().endswith(".parquet") else "json"
+            dataset = datasets.load_dataset(builder, data_files=name, split="train")
+        else:
+            dataset = datasets.load_dataset(name, split=split)
     except Exception as error:  # network, auth, missing split, bad name: all mean "could not load"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
         raise DataError(
@@ -221,6 +226,8 @@ def _hub_rows(name: str, split: str) -> Iterator[_RawRow]:
 
 def _open_source(source: str, split: str) -> Iterable[_RawRow]:
     """The raw rows of a local file or, when `source` is not a path, of a hub dataset."""
+    if source.startswith("hf://"):
+        return _hub_rows(source, split)
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if path.is_dir():

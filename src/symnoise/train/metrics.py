@@ -30,20 +30,31 @@ def peak_flops(device_name: str) -> float | None:
 
 
 class TokenCounter:
-    """Wraps a data collator and counts real (non-padding) and total token positions of every batch."""
+    """Counts real (non-padding) and total token positions of the batches each optimizer step consumes.
 
-    def __init__(self, collator: Any):
-        self.collator = collator
-        self.real = 0
+    It wraps ``trainer.get_batch_samples``, which fetches exactly one step's micro-batches, so the counts line up
+    with the logged steps (a collator-level count would run ahead whenever the data loader prefetches). Real
+    tokens are summed on the device and read only when a line is logged: no host-device sync per step.
+    """
+
+    def __init__(self, trainer: Any):
+        self.real: torch.Tensor | int = 0
         self.total = 0
+        original = trainer.get_batch_samples
 
-    def __call__(self, features: list[dict]) -> dict:
-        batch = self.collator(features)
+        def get_batch_samples(*args: Any, **kwargs: Any) -> Any:
+            batches, num_items = original(*args, **kwargs)
+            for batch in batches:
+                self.add(batch)
+            return batches, num_items
+
+        trainer.get_batch_samples = get_batch_samples
+
+    def add(self, batch: dict) -> None:
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
         self.total += ids.numel()
-        self.real += int(mask.sum()) if mask is not None else ids.numel()
-        return batch
+        self.real = self.real + (mask.sum() if mask is not None else ids.numel())
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -69,7 +80,7 @@ class RunMetrics:
     def extend(self, logs: dict[str, float]) -> None:
         if "loss" not in logs:
             return
-        now, real, total = time.perf_counter(), self.counter.real, self.counter.total
+        now, real, total = time.perf_counter(), int(self.counter.real), self.counter.total
         last_time, last_real, last_total = self._last
         self._last = (now, real, total)
         seconds = max(now - last_time, 1e-9)

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from .. import __version__
-from ..data import LoadReport, TokenizedDataset, load_examples, tokenize_examples
+from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokenize_examples
 from ..hf import add_noise
 from .config import ConfigError, TrainConfig
 from .metrics import RunMetrics, TokenCounter, jsonl_to_csv, model_card, write_json
@@ -64,7 +64,7 @@ def check_run_dir(config: TrainConfig, resume: bool) -> Path:
     if resume and not started:
         raise ConfigError(f"--resume: no checkpoint-* directory in {run_dir} to resume from")
     run_dir.mkdir(parents=True, exist_ok=True)
-    probe = run_dir / ".write_test"
+    probe = run_dir / f".write_test_{os.getpid()}"
     try:
         probe.write_text("ok")
         probe.unlink()
@@ -83,18 +83,16 @@ def load_tokenizer(config: TrainConfig):
     return tokenizer
 
 
-def prepare_data(config: TrainConfig, tokenizer) -> tuple[TokenizedDataset, LoadReport, str, TokenizedDataset | None]:
+def load_data(config: TrainConfig) -> tuple[list[Example], LoadReport, list[Example] | None]:
+    """Read and check every row before anything expensive (tokenizer, model) is loaded."""
     examples, report = load_examples(config.data.path, format=config.data.format,
                                      on_bad_row=config.data.on_bad_row, split=config.data.split,
                                      limit=config.data.limit)
-    template = config.resolved_template(report.format)
-    dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
-    eval_dataset = None
+    eval_examples = None
     if config.data.eval_path:
         eval_examples, _ = load_examples(config.data.eval_path, format=report.format,
                                          on_bad_row=config.data.on_bad_row)
-        eval_dataset = tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
-    return dataset, report, template, eval_dataset
+    return examples, report, eval_examples
 
 
 def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
@@ -168,8 +166,8 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
         weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
         per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=accumulation // world_size(), max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         bf16=precision == "bf16", fp16=precision == "fp16", seed=t.seed, data_seed=t.seed,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, eval_strategy="steps" if has_eval and t.eval_steps else "no",
@@ -201,19 +199,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     run_dir = check_run_dir(config, resume)
     set_seed(config.training.seed)
-    tokenizer = load_tokenizer(config)
-    dataset, report, template, eval_dataset = prepare_data(config, tokenizer)
+    examples, report, eval_examples = load_data(config)
     logger.info("%s", report.summary())
+    template = config.resolved_template(report.format)
+    tokenizer = load_tokenizer(config)
+    dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
+    eval_dataset = eval_examples and tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
     logger.info("%s", dataset.summary())
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = resolve_precision(config, use_cuda)
     if is_main_process():
         write_run_files(config, run_dir, template, report, dataset)
     model = load_model(config, precision)
-    counter = TokenCounter(make_collator(config, tokenizer))
     args = training_arguments(config, run_dir, precision, eval_dataset is not None)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                      data_collator=counter, processing_class=tokenizer)
+                      data_collator=make_collator(config, tokenizer), processing_class=tokenizer)
+    counter = TokenCounter(trainer)
     n_params = sum(p.numel() for p in model.parameters())
     metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size())
     _log_with_metrics(trainer, metrics)
