@@ -25,7 +25,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/symnoise quickstart
+	$(VENV)/bin/symnoise quickstart --fresh
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -q
