@@ -15,3 +15,12 @@ from .config import NoiseConfig
 
 __all__ = ["NoiseConfig", "NoiseHandle", "attach", "get_handle", "noise_off", "unwrap_model"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``symnoise.hf`` is imported on first use: it pulls in transformers' Trainer."""
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module 'symnoise' has no attribute {name!r}")
