@@ -1,0 +1,47 @@
+"""``symnoise report``: the papers' tables (markdown) and plots against alpha (PNG) from finished run directories.
+
+Where each piece of a run is looked for is listed in :mod:`symnoise.evaluation.report`; missing pieces show as
+"–". Writes ``report.md``, ``winrate_vs_alpha.png``, ``length_vs_alpha.png`` and, with ``--json``, ``report.json``
+into ``--out``, and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from symnoise.evaluation.report import (
+    ANNOTATION_FILES,
+    LEADERBOARD_FILES,
+    OUTPUTS_FILES,
+    ReportError,
+    load_runs,
+    write_report,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Looked for in each RUN_DIR: symnoise_run.json (required), train_summary.json, metrics.jsonl; "
+                     f"outputs: {', '.join(OUTPUTS_FILES)}; annotations: {', '.join(ANNOTATION_FILES)}; "
+                     f"leaderboard: {', '.join(LEADERBOARD_FILES)} (the first found of each).")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`")
+    parser.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
+                        help="folder for report.md and the plots (default ./report)")
+    parser.add_argument("--json", action="store_true", help="also write a machine-readable DIR/report.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        runs = load_runs(args.runs)
+        files = write_report(runs, args.out, json_summary=args.json)
+    except ReportError as error:
+        print(f"symnoise report: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"symnoise report: error: cannot write to {args.out} ({error})", file=sys.stderr)
+        return 1
+    print(files.markdown.read_text(encoding="utf-8"))
+    written = [files.markdown, *files.plots] + ([files.json] if files.json else [])
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
