@@ -270,3 +270,18 @@ def test_tiny_model_end_to_end(shared_data, tiny_tokenizer, tmp_path, capsys):
     assert "average" in printed and f"{100 * report['average']:.2f}" in printed
     with capsys.disabled():
         print("\n" + printed)
+
+
+def test_cli_writes_into_a_run_directory_by_default(tmp_path, monkeypatch, capsys):
+    """For a run written by `symnoise train`, the report lands where `symnoise report` looks for it."""
+    import symnoise.cli.leaderboard as cli
+    from symnoise.cli.main import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "symnoise_run.json").write_text("{}")
+    fake = {"tasks": {}, "average": None}
+    monkeypatch.setattr(cli, "run_leaderboard", lambda *a, **k: fake)
+    monkeypatch.setattr(cli, "format_table", lambda report: "table")
+    assert main(["leaderboard", str(run_dir), "--limit", "1"]) == 0
+    assert json.loads((run_dir / "eval" / "leaderboard.json").read_text()) == fake

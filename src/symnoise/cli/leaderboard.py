@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score only the first N documents of each task (of each MMLU subject); quick checks only")
     parser.add_argument("--batch-size", type=int, default=1, metavar="B")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the report as JSON")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE.json",
+                        help="write the report as JSON (default for a local run directory: CHECKPOINT/eval/"
+                        "leaderboard.json, where `symnoise report` looks for it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +41,13 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     if args.limit is not None:
         print(f"(--limit {args.limit}: partial scores, not comparable with the leaderboard)")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}")
+    out = args.out
+    if out is None and (Path(args.checkpoint) / "symnoise_run.json").is_file():
+        out = Path(args.checkpoint) / "eval" / "leaderboard.json"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(out)
+        print(f"wrote {out}")
     return 0
