@@ -233,7 +233,7 @@ class NoiseHandle:
         if not call.active:
             return None
         if args:  # bind positional inputs to names so they can be read and doubled
-            kwargs = {**dict(zip(self._forward_params, args)), **kwargs}
+            kwargs = {**dict(zip(self._forward_params, args, strict=False)), **kwargs}
             args = ()
         ids = kwargs.get("input_ids")
         embeds = kwargs.get("inputs_embeds")
