@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(available: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="symnoise", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in available.items():
+    for name, (_, help_text) in available.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
