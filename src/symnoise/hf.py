@@ -5,8 +5,9 @@
     trainer.train()
 
 The noise is attached when ``train()`` starts and removed when it returns or raises; the schedule follows
-``global_step / max_steps``; the noise generator state is saved in every checkpoint and restored by
-``train(resume_from_checkpoint=...)``; ``noise_norm`` and ``noise_alpha`` are added to the training logs.
+``global_step / max_steps``; the noise generator state is saved in every checkpoint (with the Trainer's RNG
+states, while the checkpoint is being written) and restored by ``train(resume_from_checkpoint=...)``;
+``noise_norm`` and ``noise_alpha`` are added to the training logs.
 ``execution='paired'`` runs each training step as two forward/backward passes sharing one ``eps``.
 """
 
@@ -49,6 +50,9 @@ class TrainerNoise(TrainerCallback):
                            "compute_loss": trainer.compute_loss}
         trainer.train = self._train
         trainer.log = self._log
+        if callable(getattr(trainer, "_save_rng_state", None)):
+            self._originals["_save_rng_state"] = trainer._save_rng_state
+            trainer._save_rng_state = self._save_rng_state
         if paired:
             trainer.training_step = self._paired_training_step
             trainer.compute_loss = self._weighted_compute_loss
@@ -75,6 +79,9 @@ class TrainerNoise(TrainerCallback):
 
     def _paired_training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> Any:
         total = 0.0
+        # Trainer.training_step switches to training mode itself, but paired_passes() must see it already
+        # (a model fresh from from_pretrained() is in eval mode and would get no pair on the first step).
+        model.train()
         try:
             for weight in self.handle.paired_passes():
                 self._pass_weight = weight
@@ -100,6 +107,14 @@ class TrainerNoise(TrainerCallback):
             logs["noise_alpha"] = handle.alpha
         return self._originals["log"](logs, *args, **kwargs)
 
+    def _save_rng_state(self, output_dir: str, *args: Any, **kwargs: Any) -> Any:
+        # The noise generator is one more RNG: saved by every rank, inside the checkpoint being written, before
+        # the checkpoint is complete (an atomic save renames it only afterwards).
+        result = self._originals["_save_rng_state"](output_dir, *args, **kwargs)
+        if self.handle is not None:
+            save_noise_state(self.handle, Path(output_dir))
+        return result
+
     # ------------------------------------------------------------ callback events
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.handle is not None and state.max_steps:
@@ -109,7 +124,9 @@ class TrainerNoise(TrainerCallback):
         if self.handle is None:
             return
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if checkpoint.is_dir():
+        # Normally written already with the RNG states; this covers trainers that do not save those
+        # (save_only_model) or override how checkpoints are written.
+        if checkpoint.is_dir() and not (checkpoint / NOISE_STATE_PATTERN.format(rank=self.handle.rank)).exists():
             save_noise_state(self.handle, checkpoint)
 
     # ------------------------------------------------------------ checkpoints

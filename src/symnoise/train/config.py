@@ -81,6 +81,8 @@ class TrainingSection(_Section):
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
     dataloader_num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu"] = Field("auto", description="cpu forces CPU training even with a GPU")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss or gradient: stop the run (weights stay finite) or skip that step")
 
 
 class TrainConfig(_Section):

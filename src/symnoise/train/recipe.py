@@ -9,7 +9,9 @@ write the run directory::
     RUN/data_report.json       rows read, skipped (and why), truncated, dropped
     RUN/metrics.jsonl, .csv    one line per logging step: loss, lr, grad norm, noise norm, tokens/s, memory
     RUN/runs/                  TensorBoard event files
-    RUN/checkpoint-N/          Trainer checkpoints, with each rank's noise generator state
+    RUN/checkpoint-N/          Trainer checkpoints, with each rank's noise generator state (written as
+                               RUN/tmp-checkpoint-N/ and renamed when complete)
+    RUN/nonfinite_steps.jsonl  steps with a NaN/inf loss or gradient, their examples, and what was done
     RUN/model.safetensors ...  the final model (or LoRA adapter) and tokenizer, and README.md (model card)
 
 Works unchanged under ``accelerate launch`` / ``torchrun`` (DDP, FSDP, DeepSpeed through accelerate configs).
@@ -17,8 +19,10 @@ Works unchanged under ``accelerate launch`` / ``torchrun`` (DDP, FSDP, DeepSpeed
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,21 @@ from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokeniz
 from ..hf import add_noise
 from .config import ConfigError, TrainConfig
 from .metrics import RunMetrics, TokenCounter, jsonl_to_csv, model_card, write_json
+from .reliability import (
+    STAGING_PREFIX,
+    CheckpointWriteError,
+    IndexedDataset,
+    NonFiniteGuard,
+    check_free_space,
+    checkpoint_step,
+    describe_write_error,
+    discard_incomplete,
+    indexing_collator,
+    last_complete_checkpoint,
+    make_checkpoints_atomic,
+    publish_files,
+    truncate_log,
+)
 
 logger = logging.getLogger("symnoise.train")
 
@@ -52,18 +71,23 @@ def is_main_process() -> bool:
 
 
 def check_run_dir(config: TrainConfig, resume: bool) -> Path:
-    """The run directory must be writable, and must not hold a finished or started run unless resuming."""
+    """The run directory must be writable, and must not hold a finished or started run unless resuming.
+
+    Saves cut short by a crash (``tmp-*`` directories) are removed; they never count as checkpoints.
+    """
     run_dir = Path(config.training.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"training.output_dir: {run_dir} exists and is not a directory")
-    started = run_dir.is_dir() and any(run_dir.glob("checkpoint-*"))
+    started = run_dir.is_dir() and any(checkpoint_step(p) is not None for p in run_dir.iterdir())
     finished = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
     if not resume and (started or finished):
         raise ConfigError(f"training.output_dir: {run_dir} already holds a run; pass --resume to continue it "
                           "or choose another output_dir")
-    if resume and not started:
-        raise ConfigError(f"--resume: no checkpoint-* directory in {run_dir} to resume from")
+    if resume and last_complete_checkpoint(run_dir) is None:
+        raise ConfigError(f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        discard_incomplete(run_dir)
     probe = run_dir / f".write_test_{os.getpid()}"
     try:
         probe.write_text("ok")
@@ -211,19 +235,65 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if is_main_process():
         write_run_files(config, run_dir, template, report, dataset)
     model = load_model(config, precision)
+    check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
     args = training_arguments(config, run_dir, precision, eval_dataset is not None)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                      data_collator=make_collator(config, tokenizer), processing_class=tokenizer)
+    trainer = Trainer(model=model, args=args, train_dataset=IndexedDataset(dataset), eval_dataset=eval_dataset,
+                      data_collator=indexing_collator(make_collator(config, tokenizer)), processing_class=tokenizer)
     counter = TokenCounter(trainer)
     n_params = sum(p.numel() for p in model.parameters())
     metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size())
     _log_with_metrics(trainer, metrics)
     add_noise(trainer, config.noise)
-    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    make_checkpoints_atomic(trainer)
+    NonFiniteGuard(trainer, config.training.on_nonfinite, _kept_sources(examples, dataset), run_dir)
+    checkpoint = _resume_point(run_dir) if resume else None
+    if checkpoint is not None and _trained_to_the_end(checkpoint, config):
+        _load_finished(trainer, checkpoint)
+        steps = trainer.state.global_step
+    else:
+        steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
     final_loss = _last_training_loss(trainer)
     if trainer.is_world_process_zero():
         _save_final(trainer, tokenizer, config, run_dir, template, final_loss)
-    return TrainResult(run_dir, output.global_step, final_loss, len(dataset))
+    return TrainResult(run_dir, steps, final_loss, len(dataset))
+
+
+def _kept_sources(examples: list[Example], dataset: TokenizedDataset) -> list[str]:
+    """The source ("train.json:row 12") of each tokenised example, in dataset order."""
+    dropped = set(dataset.dropped_sources)
+    return [example.source for example in examples if example.source not in dropped]
+
+
+def _resume_point(run_dir: Path) -> str:
+    """The last complete checkpoint; metrics logged after it (by the run that crashed) are dropped, since the
+    resumed run logs those steps again."""
+    checkpoint = last_complete_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)")
+    if is_main_process():
+        dropped = truncate_log(run_dir / "metrics.jsonl", checkpoint_step(checkpoint))
+        logger.info("resuming from %s%s", checkpoint,
+                    f" ({dropped} metrics lines after it dropped)" if dropped else "")
+    return str(checkpoint)
+
+
+def _trained_to_the_end(checkpoint: str, config: TrainConfig) -> bool:
+    """Whether a checkpoint already holds every step of the run (the crash came while writing the final model).
+
+    Trainer would run one more step from such a checkpoint before noticing that it is done.
+    """
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    if config.training.max_steps > 0:
+        return state["global_step"] >= config.training.max_steps
+    return state["global_step"] >= state["max_steps"] and state["num_train_epochs"] == config.training.epochs
+
+
+def _load_finished(trainer, checkpoint: str) -> None:
+    from transformers import TrainerState
+
+    logger.info("%s holds every step of the run; writing the final model from it", checkpoint)
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
 
 def _log_with_metrics(trainer, metrics: RunMetrics) -> None:
@@ -244,21 +314,32 @@ def _last_training_loss(trainer) -> float | None:
     return losses[-1] if losses else None
 
 
+FINAL_WEIGHTS = ("model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors",
+                 "model.safetensors")
+
+
 def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template: str,
                 final_loss: float | None) -> None:
-    trainer.save_model(str(run_dir))
-    tokenizer.save_pretrained(str(run_dir))
-    (run_dir / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss),
-                                       encoding="utf-8")
-    metrics_file = run_dir / "metrics.jsonl"
-    if metrics_file.exists():
-        jsonl_to_csv(metrics_file, run_dir / "metrics.csv")
-    leftover = run_dir / "training_args.bin"
-    if leftover.exists():  # a pickle; the resolved config.yaml says the same in a safe format
-        leftover.unlink()
-    summary = {"steps": trainer.state.global_step, "final_loss": final_loss,
-               "train_runtime_s": _runtime(trainer), "finished": True}
-    write_json(run_dir / "train_summary.json", summary)
+    """Write the final model into ``RUN/tmp-final/`` and move it into the run directory, weights last, so a
+    crash or a full disk never leaves a ``model.safetensors`` that marks an unfinished run as finished."""
+    staging = run_dir / f"{STAGING_PREFIX}final"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer.save_model(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says the same safely
+        (staging / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss),
+                                           encoding="utf-8")
+        publish_files(staging, run_dir, last=FINAL_WEIGHTS)
+        metrics_file = run_dir / "metrics.jsonl"
+        if metrics_file.exists():
+            jsonl_to_csv(metrics_file, run_dir / "metrics.csv")
+        summary = {"steps": trainer.state.global_step, "final_loss": final_loss,
+                   "train_runtime_s": _runtime(trainer), "finished": True}
+        write_json(run_dir / "train_summary.json", summary)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointWriteError(describe_write_error(error, "the final model", run_dir)) from error
 
 
 def _runtime(trainer) -> float | None:

@@ -1,0 +1,342 @@
+"""What makes a training run survive crashes and bad numbers: atomic checkpoints, a resume point that is
+always complete, a guard against non-finite losses and gradients, and a free-space check before training.
+
+* `make_checkpoints_atomic` stages each Trainer checkpoint in ``RUN/tmp-checkpoint-N/`` and renames it to
+  ``RUN/checkpoint-N`` only once every file (model, optimizer, scheduler, RNG and noise states, trainer state)
+  is written and synced. A save cut short by a crash, a kill or a full disk never leaves a directory named
+  ``checkpoint-N``, and older checkpoints are rotated away only after the new one is in place.
+* `last_complete_checkpoint` and `discard_incomplete` are what ``--resume`` uses to pick where to continue.
+* `NonFiniteGuard` checks every optimizer step's losses and gradients before the optimizer sees them, and
+  either stops the run (the weights stay those of the last finite step) or skips the step; either way the
+  step, its example indices and their sources are reported and appended to ``RUN/nonfinite_steps.jsonl``.
+* `check_free_space` refuses to start when the disk cannot hold one checkpoint and the final model.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from .config import ConfigError
+
+logger = logging.getLogger("symnoise.train")
+
+STAGING_PREFIX = "tmp-"
+NONFINITE_LOG = "nonfinite_steps.jsonl"
+INDEX_KEY = "symnoise_example_index"
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_COMPLETE_MARKER = "trainer_state.json"  # the last file transformers writes into a checkpoint
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user must act on; the message says what happened and what to do."""
+
+
+class NonFiniteError(TrainingError):
+    """A step produced a NaN or infinite loss or gradient and ``training.on_nonfinite`` is ``stop``."""
+
+
+class CheckpointWriteError(TrainingError):
+    """A checkpoint or the final model could not be written (disk full, permissions); earlier ones are intact."""
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_step(path: Path) -> int | None:
+    match = _CHECKPOINT.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The highest-numbered ``checkpoint-N`` directory holding a trainer state, or None.
+
+    Staged checkpoints (``tmp-checkpoint-N``) never count; a ``checkpoint-N`` without ``trainer_state.json`` (left
+    by a version that wrote in place) is passed over with a warning.
+    """
+    found = []
+    for path in Path(run_dir).iterdir() if Path(run_dir).is_dir() else ():
+        step = checkpoint_step(path)
+        if step is None or not path.is_dir():
+            continue
+        if (path / _COMPLETE_MARKER).is_file():
+            found.append((step, path))
+        else:
+            logger.warning("ignoring %s: it has no %s, so its save did not finish", path, _COMPLETE_MARKER)
+    return max(found)[1] if found else None
+
+
+def discard_incomplete(run_dir: Path) -> list[Path]:
+    """Remove checkpoints whose save was interrupted (``tmp-checkpoint-*``, ``tmp-final``); returns them."""
+    removed = []
+    for path in sorted(Path(run_dir).glob(f"{STAGING_PREFIX}*")):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            logger.info("removed %s, left by an interrupted save", path)
+    return removed
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and the directories holding them, so a rename publishes durable data."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(folder))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some platforms; nothing to sync there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Rename a fully written directory to its final name, replacing an older one of the same name."""
+    _fsync_tree(staged)
+    old = None
+    if final.exists():
+        old = final.with_name(f"{STAGING_PREFIX}old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def describe_write_error(error: OSError, what: str, run_dir: Path) -> str:
+    """A message saying what could not be written, why, and which checkpoint is still good."""
+    reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    last = last_complete_checkpoint(run_dir)
+    intact = (f"the last complete checkpoint, {last.name}, is intact: fix this and rerun with --resume"
+              if last else "no earlier checkpoint exists")
+    return f"could not write {what} in {run_dir} ({reason}); {intact}"
+
+
+def make_checkpoints_atomic(trainer: Any) -> None:
+    """Make ``trainer`` write each checkpoint under a temporary name and rename it when complete.
+
+    transformers' ``Trainer._save_checkpoint`` writes ``checkpoint-N`` in place and rotates old checkpoints
+    before returning, so a kill in the middle can leave a half-written ``checkpoint-N`` that ``--resume`` would
+    pick, and with ``save_total_limit=1`` no good checkpoint at all. Here the Trainer writes into
+    ``RUN/tmp-checkpoint-N/`` (by pointing its output directory there for the duration of the call), every rank
+    waits, then the main process renames the result to ``RUN/checkpoint-N`` and only then rotates.
+    """
+    original_save = trainer._save_checkpoint
+
+    def save_checkpoint(model: Any, trial: Any = None, *args: Any, **kwargs: Any) -> None:
+        run_dir = Path(trainer.args.output_dir)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+        staging = run_dir / f"{STAGING_PREFIX}{name}"
+        main = trainer.args.should_save
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        trainer._get_output_dir = lambda trial=None: str(staging)
+        try:
+            original_save(model, trial, *args, **kwargs)
+            trainer.accelerator.wait_for_everyone()
+            if main:
+                # A pickle that nothing reads back; the run's config.yaml holds the same settings.
+                (staging / name / "training_args.bin").unlink(missing_ok=True)
+                publish(staging / name, run_dir / name)
+                staging.rmdir()
+        except OSError as error:
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise CheckpointWriteError(describe_write_error(error, name, run_dir)) from error
+        finally:
+            vars(trainer).pop("_get_output_dir", None)
+        if main:
+            rotate_checkpoints(str(run_dir), trainer.args.save_total_limit, trainer.state.best_model_checkpoint,
+                               use_mtime=False)
+        trainer.accelerator.wait_for_everyone()
+
+    trainer._save_checkpoint = save_checkpoint
+
+
+# ------------------------------------------------------------------------------------------ free space
+def estimate_checkpoint_bytes(model: torch.nn.Module, lora: bool) -> tuple[int, int]:
+    """(checkpoint, final model) sizes in bytes: saved weights, plus AdamW's two moments of each trainable
+    parameter in the checkpoint. A LoRA run saves only the adapter."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    weights = trainable if lora else sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + 2 * trainable, weights
+
+
+def check_free_space(run_dir: Path, model: torch.nn.Module, lora: bool, checkpoints_kept: int) -> None:
+    """Refuse to start when ``run_dir``'s disk cannot hold one checkpoint and the final model."""
+    checkpoint, final = estimate_checkpoint_bytes(model, lora)
+    free = shutil.disk_usage(run_dir).free
+    needed = checkpoint + final
+    if free < needed:
+        raise ConfigError(
+            f"training.output_dir: {run_dir} has {_gib(free)} free, but one checkpoint (weights and optimizer "
+            f"state, about {_gib(checkpoint)}) and the final model ({_gib(final)}) need about {_gib(needed)}; "
+            "free some space or choose another output_dir")
+    whole_run = checkpoint * (checkpoints_kept + 1) + final
+    if free < whole_run:
+        logger.warning("%s has %s free; keeping %d checkpoints and the final model may need about %s",
+                       run_dir, _gib(free), checkpoints_kept, _gib(whole_run))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+# ------------------------------------------------------------------------------------------ non-finite steps
+class IndexedDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose items also carry their index, so a bad step can name its examples."""
+
+    def __init__(self, dataset: Sequence):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], INDEX_KEY: index}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling in a data-loader worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def indexing_collator(collator: Any) -> Any:
+    """Wrap a collator so that batches built from `IndexedDataset` items carry an index tensor."""
+
+    def collate(features: list[dict]) -> dict:
+        indices = [feature.pop(INDEX_KEY) for feature in features if INDEX_KEY in feature]
+        batch = collator(features)
+        if indices:
+            batch[INDEX_KEY] = torch.tensor(indices)
+        return batch
+
+    return collate
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Checks each optimizer step for NaN or infinite losses and gradients before the optimizer step.
+
+    It records the example indices of each step's micro-batches (removing them from the batch before the model
+    sees it) and the loss of each micro-batch; at ``on_pre_optimizer_step`` (after gradient clipping, before
+    ``optimizer.step()``) it checks those losses and the total gradient norm. ``stop`` raises `NonFiniteError`,
+    so no NaN reaches the weights or a checkpoint; ``skip`` drops the step's gradients, so the optimizer leaves
+    the weights as they were, and training goes on. Under DDP every rank takes the same decision.
+    """
+
+    def __init__(self, trainer: Any, mode: str, sources: Sequence[str], run_dir: Path):
+        if mode not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be stop or skip; got {mode!r}")
+        self.trainer = trainer
+        self.mode = mode
+        self.sources = list(sources)
+        self.log_path = Path(run_dir) / NONFINITE_LOG
+        self.indices: list[int] = []
+        self.losses: list[torch.Tensor] = []
+        self.skipped = 0
+        batches, step = trainer.get_batch_samples, trainer.training_step
+
+        def get_batch_samples(*args: Any, **kwargs: Any) -> Any:
+            samples, num_items = batches(*args, **kwargs)
+            self.indices = [int(i) for batch in samples for i in batch.pop(INDEX_KEY, torch.empty(0)).tolist()]
+            return samples, num_items
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            loss = step(*args, **kwargs)
+            self.losses.append(loss.detach())
+            return loss
+
+        trainer.get_batch_samples = get_batch_samples
+        trainer.training_step = training_step
+        trainer.add_callback(self)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        losses, self.losses = self.losses, []
+        grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        loss_values = torch.stack([loss.float().reshape(()) for loss in losses]) if losses else torch.zeros(())
+        bad = (~torch.isfinite(loss_values)).any() | ~torch.isfinite(grad_norm)
+        bad = bad.to(torch.float32)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            bad = bad.to(args.device)
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if not bad.item():
+            return
+        report = {"step": state.global_step + 1, "action": self.mode,
+                  "losses": [_num(x) for x in loss_values.flatten()], "grad_norm": _num(grad_norm), "example_indices": self.indices,
+                  "sources": [self.sources[i] for i in self.indices if 0 <= i < len(self.sources)]}
+        if self.trainer.is_world_process_zero():
+            with self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(report) + "\n")
+        where = (f"step {report['step']} (losses {report['losses']}, gradient norm {report['grad_norm']}; "
+                 f"examples {self.indices}: {', '.join(report['sources'][:8])}"
+                 f"{' ...' if len(report['sources']) > 8 else ''})")
+        if self.mode == "stop":
+            raise NonFiniteError(
+                f"non-finite loss or gradient at {where}. Training stopped before the optimizer step, so no NaN "
+                f"reached the weights; the step is recorded in {self.log_path}. Lower training.learning_rate, "
+                "check those examples, or set training.on_nonfinite=skip to drop such steps")
+        self.trainer.model.zero_grad(set_to_none=True)
+        self.skipped += 1
+        logger.warning("skipped %s: non-finite loss or gradient (training.on_nonfinite=skip)", where)
+
+
+def _num(value: torch.Tensor) -> float | str:
+    number = float(value)
+    return number if math.isfinite(number) else str(number)
+
+
+# ------------------------------------------------------------------------------------------ resume
+def truncate_log(path: Path, last_step: int) -> int:
+    """Drop the lines of a JSONL log (metrics.jsonl) past ``last_step`` and any torn last line; returns how many.
+
+    A resumed run repeats the steps between its checkpoint and the crash, and would log them a second time.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > last_step:
+            dropped += 1
+        else:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return dropped
+
+
+def publish_files(staged: Path, run_dir: Path, last: Sequence[str] = ()) -> None:
+    """Move every file of ``staged`` into ``run_dir`` (names in ``last`` at the end), then remove ``staged``."""
+    _fsync_tree(staged)
+    present = os.listdir(staged)
+    for name in [n for n in present if n not in last] + [n for n in last if n in present]:
+        os.replace(staged / name, run_dir / name)
+    _fsync_dir(run_dir)
+    staged.rmdir()
