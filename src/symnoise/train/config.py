@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No field accepts NaN or infinity, and no text field is meaningful when empty.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, str_min_length=1)
 
 
 class ModelSection(_Section):
@@ -83,6 +84,13 @@ class TrainingSection(_Section):
     device: Literal["auto", "cpu"] = Field("auto", description="cpu forces CPU training even with a GPU")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss or gradient: stop the run (weights stay finite) or skip that step")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, value: int) -> int:
+        if value != -1 and value < 1:
+            raise ValueError(f"must be -1 (train for training.epochs) or at least 1; got {value}")
+        return value
 
 
 class TrainConfig(_Section):
@@ -159,6 +167,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field"
+        elif item["type"] in ("bool_type", "bool_parsing"):
+            message += " (true or false)"
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 
