@@ -10,9 +10,10 @@ One run prints, on a randomly initialised Llama built from a ``LlamaConfig`` (no
 4. transformers' own NEFTune hook, measured the same way as the symnoise methods.
 
 A step is ``zero_grad(set_to_none=True)`` + forward with labels + backward, with no optimizer (an optimizer step
-costs the same for every variant, so leaving it out makes the noise's share easier to see). Variants run
-interleaved in rounds, in a fresh random order each round, after a warm-up; the table gives the ratio of medians
-and the min/max of the per-round ratios, so the noise of a shared machine stays visible.
+costs the same for every variant, so leaving it out makes the noise's share easier to see). After a warm-up,
+each round runs every comparison once, in a fresh random order, as a back-to-back (baseline, variant) pair; the
+table gives the ratio of medians and the median/min/max of the per-pair ratios, so the noise of a shared machine
+stays visible.
 
     python benchmarks/noise_overhead.py --layers 4 --hidden 256 --batch 8 --seq 256 --rounds 7 --threads 2
 """
