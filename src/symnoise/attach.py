@@ -110,11 +110,12 @@ class NoiseHandle:
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
         self.alpha = config.alpha
         self.progress = 0.0
-        self.last_noise_norm: torch.Tensor | None = None
+        self._norm_inputs: tuple | None = None
+        self._norm_value: torch.Tensor | None = None
         self._calls: list[_Call] = []
         self._off_depth = 0
         self._pair_sign: int | None = None
-        self._pair_noise: torch.Tensor | None = None
+        self._pair_draw: tuple[torch.Tensor, torch.Tensor] | None = None
         self._forward_params = list(inspect.signature(self.model.forward).parameters)
         self._hooks = [
             self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
@@ -159,7 +160,7 @@ class NoiseHandle:
         if getattr(self.model, _ATTRIBUTE, None) is self:
             delattr(self.model, _ATTRIBUTE)
         self._calls.clear()
-        self._pair_noise = None
+        self._pair_draw = None
 
     @property
     def attached(self) -> bool:
@@ -211,7 +212,7 @@ class NoiseHandle:
                 yield 0.5
         finally:
             self._pair_sign = None
-            self._pair_noise = None
+            self._pair_draw = None
 
     def state_dict(self) -> dict[str, Any]:
         """Noise generator state and schedule position, to save with a checkpoint (one file per rank)."""
@@ -307,29 +308,42 @@ class NoiseHandle:
                 f"symnoise: the input embeddings have shape {tuple(embeds.shape)} but the forward's inputs have "
                 f"batch x length {tuple(expected)}; cannot tell which embedding belongs to which token"
             )
-        half = embeds[:batch, :seq]
-        noise = self._noise_like(half, call)
-        if call.doubled_along is not None:
-            noise = torch.cat([noise, -noise], dim=call.doubled_along)
-        return embeds + noise
+        eps, scale = self._unit_noise_and_scale(embeds[:batch, :seq], call)
+        if call.doubled_along is not None:  # one fused multiply-add per half: X + s eps and X - s eps
+            plus = embeds.narrow(call.doubled_along, 0, expected[call.doubled_along] // 2)
+            minus = embeds.narrow(call.doubled_along, plus.shape[call.doubled_along], plus.shape[call.doubled_along])
+            return torch.cat([plus.addcmul(eps, scale), minus.addcmul(eps, scale, value=-1)], dim=call.doubled_along)
+        return embeds.addcmul(eps, scale, value=call.sign)
 
-    def _noise_like(self, embeds: torch.Tensor, call: _Call) -> torch.Tensor:
+    def _unit_noise_and_scale(self, embeds: torch.Tensor, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
+        """``eps`` (unit noise, shape of ``embeds``) and the per-token scale ``(B, T, 1)``; the noise is their
+        product. The -eps pass of a pair reuses the +eps pass's draw."""
         if call.sign == -1:
-            if self._pair_noise is None or self._pair_noise.shape != embeds.shape:
+            if self._pair_draw is None or self._pair_draw[0].shape != embeds.shape:
                 raise RuntimeError("symnoise: the -eps pass of a pair must see the same batch as its +eps pass")
-            return -self._pair_noise
+            return self._pair_draw
         lengths = self._token_lengths(embeds.shape[:2], call, embeds.device)
         cfg = self.config
         factor = N.distribution_factor(cfg.distribution, cfg.match_uniform_norm)
         scale = N.noise_scale(lengths, embeds.shape[-1], self.alpha, factor).to(embeds.dtype)
         eps = N.sample_unit_noise(embeds.shape, cfg.distribution, generator=self._generator_for(embeds.device),
                                   dtype=embeds.dtype, device=embeds.device)
-        noise = eps.mul_(scale)
         positions = call.position_ids if cfg.length_mode == "tokens" else None
-        self.last_noise_norm = N.mean_noise_norm(noise, lengths, positions)
+        self._norm_inputs = (eps, scale, lengths, positions)
+        self._norm_value = None
         if cfg.symmetric and cfg.execution == "paired":
-            self._pair_noise = noise
-        return noise
+            self._pair_draw = (eps, scale)
+        return eps, scale
+
+    @property
+    def last_noise_norm(self) -> torch.Tensor | None:
+        """Mean per-sequence L2 norm of the last noise drawn (0-d tensor), computed when first read: the
+        training loop pays for it only on the steps that log it."""
+        if self._norm_value is None and self._norm_inputs is not None:
+            eps, scale, lengths, positions = self._norm_inputs
+            self._norm_value = N.mean_noise_norm(eps * scale, lengths, positions)
+            self._norm_inputs = None
+        return self._norm_value
 
     def _token_lengths(self, shape: torch.Size, call: _Call, device: torch.device) -> torch.Tensor:
         if self.config.length_mode == "padded":
