@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import DataError
     from ..train import ConfigError, load_config
+    from ..train.reliability import TrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingError as error:  # stopped on purpose (non-finite loss, disk full): the message says what to do
+        print(f"training stopped: {error}", file=sys.stderr)
+        return 1
     print(f"finished {result.steps} steps on {result.train_examples} examples; final loss "
           f"{result.final_loss if result.final_loss is None else round(result.final_loss, 4)}; wrote {result.run_dir}")
     return 0
