@@ -219,3 +219,16 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert Path(out / "metrics.jsonl").read_text().count('"loss"') == 2  # written once, by rank 0
+
+
+def test_cli_stops_cleanly_on_a_non_finite_loss(base_model, alpaca_file, tmp_path):
+    """An absurd learning rate blows the weights up after one step; the run stops with a message, no traceback."""
+    out = tmp_path / "nan"
+    config = tmp_path / "nan.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(base_model, alpaca_file, out, training__learning_rate=1e30,
+                                                 training__warmup_ratio=0.0).to_dict()))
+    proc = subprocess.run([sys.executable, "-m", "symnoise", "train", str(config)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "training stopped:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "model.safetensors").exists()
