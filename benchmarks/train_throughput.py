@@ -1,0 +1,385 @@
+"""Real (non-padding) tokens/s of `symnoise train` against a plain transformers ``Trainer`` with NEFTune.
+
+What is compared, at equal work (the same model weights, the same tokenised examples, the same effective batch,
+the same optimizer and schedule, the same number of optimizer steps):
+
+* baseline: ``transformers.Trainer`` with ``neftune_noise_alpha=5``, ``DataCollatorForSeq2Seq`` (pad to the
+  longest in the micro-batch) and random order, i.e. what one gets from transformers without symnoise;
+* ``symnoise.train.train(config)``, the real recipe end to end, with NEFTune (``noise.method=uniform``) and with
+  SymNoise, each with ``data.packing=padding_free`` (one row of concatenated sequences with position-id resets)
+  and with ``data.group_by_length`` (padded, but batches of similar lengths).
+
+Equal work is exact: the training set is ``steps x effective batch`` examples and every run trains one epoch
+over it, so every run consumes exactly the same real tokens, and tokens/s is that count divided by the
+Trainer's own ``train_runtime`` (the training loop, without loading or saving). The collators are wrapped to
+count the real and padded positions they emit, which checks that count and gives the padding fraction.
+
+Targets: NEFTune in the recipe at least 1.5x the baseline's real tokens/s; SymNoise, which by design runs every
+sequence twice (``X + eps`` and ``X - eps``), at least 0.75x.
+
+The losses must agree within noise: after training, every run's model is scored on the same held-out examples
+(clean forward, mean cross-entropy over response tokens). Each repeat uses another seed (data order and noise),
+so the repeats give the seed-to-seed spread; a variant agrees with the baseline when the difference of the
+median eval losses is at most the larger of the two seed-to-seed ranges (max - min).
+
+Variants run interleaved: every repeat runs all variants once, in a fresh random order, after an untimed
+warm-up, so a shared machine's load changes hit every variant alike. The table gives medians, the min..max over
+repeats, and the ratio of medians with the min..max of the per-repeat ratios.
+
+Data: the real 5,000-row Alpaca subset at ``../shared/data/alpaca/`` (relative to the repository root) when
+present, else the synthetic tasks of `symnoise.synthetic`. Tokenizer: a byte-level BPE trained on that data
+(`symnoise.synthetic.train_tokenizer`), so lengths are realistic. Model: a randomly initialised Llama built from a
+``LlamaConfig`` (4 layers, d=256 on CPU; a TinyLlama-shaped ~1B model when CUDA is present, in bf16).
+
+    python benchmarks/train_throughput.py                       # CPU default, about 8 minutes
+    python benchmarks/train_throughput.py --steps 8 --repeats 2 # quicker
+    python benchmarks/train_throughput.py --model 1b --per-device-batch 16 --effective-batch 64 --max-length 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import DataCollatorForSeq2Seq, Trainer, set_seed  # noqa: E402
+
+from symnoise.data import Example, load_examples, tokenize_examples  # noqa: E402
+from symnoise.synthetic import make_task_examples, tiny_llama_config, tokenizer_corpus, train_tokenizer  # noqa: E402
+from symnoise.train import recipe  # noqa: E402
+from symnoise.train.config import validate_config  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ALPACA = REPO_ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_data_5000_random_subset.json"
+NEFTUNE_TARGET = 1.5
+SYMNOISE_TARGET = 0.75
+BASELINE = "trainer+neftune padded random"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("tiny", "1b"), default=None,
+                        help="tiny: --layers x --hidden Llama (CPU default); 1b: TinyLlama shape (CUDA default)")
+    parser.add_argument("--layers", type=int, default=4, help="layers of the tiny model")
+    parser.add_argument("--hidden", type=int, default=256, help="width of the tiny model")
+    parser.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary trained on the data")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (= one epoch)")
+    parser.add_argument("--per-device-batch", type=int, default=8)
+    parser.add_argument("--effective-batch", type=int, default=16, help="examples per optimizer step")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats, one seed each")
+    parser.add_argument("--alpha", type=float, default=5.0)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--eval-examples", type=int, default=64, help="held-out examples scored after training")
+    parser.add_argument("--data", type=Path, default=ALPACA, help="Alpaca-format JSON; synthetic data if absent")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads on CPU; 1 by default because on a shared machine a second "
+                        "thread waiting at every parallel barrier made steps up to 6x slower and far noisier")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.model is None:
+        args.model = "1b" if torch.cuda.is_available() else "tiny"
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def load_corpus(args: argparse.Namespace) -> tuple[list[Example], list[Example], list[Example], str]:
+    """(tokenizer corpus, training examples, held-out examples, name of the source). The training set is
+    exactly ``steps x effective batch`` examples, so that one epoch is the whole run for every variant."""
+    n_train = args.steps * args.effective_batch
+    if args.data.is_file():
+        examples, _ = load_examples(str(args.data), on_bad_row="skip")
+        source = f"{args.data.name} (real Alpaca subset, {len(examples)} usable rows)"
+    else:
+        train, held_out = make_task_examples(max(n_train * 2, 2000), max(args.eval_examples, 64), seed=args.seed)
+        examples = train + held_out
+        source = f"symnoise.synthetic tasks ({args.data} not found)"
+    shuffled = examples[:]
+    random.Random(args.seed).shuffle(shuffled)
+    if n_train + args.eval_examples > len(shuffled):
+        raise SystemExit(f"--steps x --effective-batch + --eval-examples = {n_train + args.eval_examples} "
+                         f"exceeds the {len(shuffled)} examples available")
+    return examples, shuffled[:n_train], shuffled[n_train:n_train + args.eval_examples], source
+
+
+def write_alpaca(examples: list[Example], path: Path) -> Path:
+    rows = [{"instruction": e.instruction, "input": e.input, "output": e.output} for e in examples]
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return path
+
+
+def model_config(args: argparse.Namespace, vocab_size: int):
+    if args.model == "1b":  # TinyLlama-1.1B's shape with the trained vocabulary: ~1.0B parameters
+        return tiny_llama_config(vocab_size, hidden_size=2048, layers=22, heads=32, kv_heads=4,
+                                 intermediate_size=5632, max_position_embeddings=2048)
+    return tiny_llama_config(vocab_size, hidden_size=args.hidden, layers=args.layers, heads=4,
+                             max_position_embeddings=max(1024, args.max_length))
+
+
+def build_model_dir(args: argparse.Namespace, tokenizer, directory: Path) -> int:
+    """Save one randomly initialised model and the tokenizer; every run starts from these weights."""
+    torch.manual_seed(args.seed)
+    model = transformers.LlamaForCausalLM(model_config(args, len(tokenizer)))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    method: str | None  # symnoise noise method; None: the baseline (transformers' own NEFTune)
+    packing: str = "none"
+    group_by_length: bool = False
+
+
+VARIANTS = (
+    Variant(BASELINE, None),
+    Variant("recipe neftune padding_free", "uniform", packing="padding_free"),
+    Variant("recipe neftune group_by_length", "uniform", group_by_length=True),
+    Variant("recipe symnoise padding_free", "symnoise", packing="padding_free"),
+    Variant("recipe symnoise group_by_length", "symnoise", group_by_length=True),
+)
+
+
+@dataclass
+class RunResult:
+    seconds: float  # the Trainer's train_runtime: the training loop only
+    real_tokens: int
+    positions: int  # real + padding positions the collator emitted
+    train_loss: float  # mean logged loss over the last quarter of the steps
+    eval_loss: float
+
+
+@dataclass
+class CountingCollator:
+    """Wraps a collator and counts the token positions it emits: all of them, and the real (non-padding) ones."""
+
+    inner: object
+    real: int = 0
+    positions: int = 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        self.positions += ids.numel()
+        self.real += int(mask.sum()) if mask is not None else ids.numel()
+        return batch
+
+
+@contextlib.contextmanager
+def counted_recipe_collator() -> Iterator[list[CountingCollator]]:
+    """Make `symnoise.train.recipe.train` use a counting wrapper around the collator it builds itself."""
+    made: list[CountingCollator] = []
+    original = recipe.make_collator
+
+    def make_collator(config, tokenizer):
+        made.append(CountingCollator(original(config, tokenizer)))
+        return made[-1]
+
+    recipe.make_collator = make_collator
+    try:
+        yield made
+    finally:
+        recipe.make_collator = original
+
+
+def train_config(args: argparse.Namespace, variant: Variant, model_dir: Path, data: Path, out: Path, seed: int):
+    return validate_config({
+        "model": {"name": str(model_dir)},
+        "data": {"path": str(data), "format": "alpaca", "max_length": args.max_length, "packing": variant.packing,
+                 "group_by_length": variant.group_by_length},
+        "noise": {"method": variant.method or "none", "alpha": args.alpha},
+        "training": {"output_dir": str(out), "epochs": 1, "max_steps": args.steps,
+                     "per_device_batch_size": args.per_device_batch, "effective_batch_size": args.effective_batch,
+                     "learning_rate": args.learning_rate, "save_steps": args.steps + 1, "report_to": [],
+                     "logging_steps": 1, "seed": seed},
+    })
+
+
+def last_quarter_mean(losses: list[float]) -> float:
+    return statistics.fmean(losses[-max(1, len(losses) // 4):])
+
+
+def run_recipe(config, eval_items, tokenizer) -> RunResult:
+    """`symnoise train` exactly as the CLI runs it, then the saved model scored on the held-out examples."""
+    with counted_recipe_collator() as made:
+        recipe.train(config)
+    run_dir = Path(config.training.output_dir)
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    model = transformers.AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return RunResult(summary["train_runtime_s"], made[0].real, made[0].positions, last_quarter_mean(losses),
+                     eval_loss(model, tokenizer, eval_items))
+
+
+def run_baseline(config, alpha: float, eval_items) -> RunResult:
+    """A plain ``Trainer`` with transformers' NEFTune, padding to the longest and random order. It gets the
+    recipe's own TrainingArguments (same optimizer, schedule, batch, logging) and tokenised examples, so the
+    collator, the sampler and the noise implementation are the only differences."""
+    run_dir = recipe.check_run_dir(config, resume=False)
+    set_seed(config.training.seed)
+    examples, report, _ = recipe.load_data(config)
+    tokenizer = recipe.load_tokenizer(config)
+    dataset = tokenize_examples(examples, tokenizer, config.resolved_template(report.format), config.data.max_length)
+    use_cuda = torch.cuda.is_available()
+    precision = recipe.resolve_precision(config, use_cuda)
+    model = recipe.load_model(config, precision)
+    args = recipe.training_arguments(config, run_dir, precision, has_eval=False)
+    args.neftune_noise_alpha = alpha
+    assert args.train_sampling_strategy == "random"
+    collator = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100,
+                                                       return_tensors="pt"))
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                      processing_class=tokenizer)
+    trainer.train()
+    history = trainer.state.log_history
+    seconds = next(entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry)
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return RunResult(seconds, collator.real, collator.positions, last_quarter_mean(losses),
+                     eval_loss(trainer.model, tokenizer, eval_items))
+
+
+@torch.no_grad()
+def eval_loss(model, tokenizer, items, batch_size: int = 16) -> float:
+    """Mean cross-entropy per response token on the held-out items, clean (eval mode), in float32."""
+    model.eval()
+    device = next(model.parameters()).device
+    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    total, count = 0.0, 0
+    for start in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in collate(items[start:start + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+        total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                                   ignore_index=-100, reduction="sum").item()
+        count += int((targets != -100).sum())
+    return total / count
+
+
+def run_variant(variant: Variant, args: argparse.Namespace, paths: dict[str, Path], seed: int, tag: str,
+                eval_items, tokenizer) -> RunResult:
+    out = paths["runs"] / f"{tag}-{variant.name.replace(' ', '_')}-seed{seed}"
+    config = train_config(args, variant, paths["model"], paths["train"], out, seed)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the Trainer's per-step log lines
+        warnings.simplefilter("ignore")
+        if variant.method is None:
+            return run_baseline(config, args.alpha, eval_items)
+        return run_recipe(config, eval_items, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def spread(values: list[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}..{max(values):{fmt}}]"
+
+
+def print_tables(results: dict[str, list[RunResult]]) -> None:
+    base = results[BASELINE]
+    base_tps = [r.real_tokens / r.seconds for r in base]
+    print("\nThroughput (real tokens/s = non-padding tokens consumed / train_runtime; median [min..max] over repeats)")
+    print(f"{'variant':34s} {'real tok/s':>24s} {'padding':>8s} {'x baseline':>22s} {'target':>7s}  verdict")
+    for name, runs in results.items():
+        tps = [r.real_tokens / r.seconds for r in runs]
+        padding = 1 - sum(r.real_tokens for r in runs) / sum(r.positions for r in runs)
+        line = f"{name:34s} {spread(tps, '8.0f'):>24s} {padding:8.1%}"
+        if name != BASELINE:
+            per_repeat = [t / b for t, b in zip(tps, base_tps, strict=True)]
+            ratio = statistics.median(tps) / statistics.median(base_tps)
+            target = SYMNOISE_TARGET if "symnoise" in name else NEFTUNE_TARGET
+            line += (f" {ratio:6.3f} [{min(per_repeat):.2f}..{max(per_repeat):.2f}]"
+                     f" {target:>6.2f}  {'PASS' if ratio >= target else 'MISS'}")
+        print(line)
+    base_eval = [r.eval_loss for r in base]
+    print("\nLoss after the run (eval: clean, on the held-out examples; train: mean logged loss of the last "
+          "quarter of steps)")
+    print(f"{'variant':34s} {'eval loss':>24s} {'train loss':>24s} {'delta eval':>10s} {'noise':>7s}  verdict")
+    for name, runs in results.items():
+        evals = [r.eval_loss for r in runs]
+        line = f"{name:34s} {spread(evals, '.4f'):>24s} {spread([r.train_loss for r in runs], '.4f'):>24s}"
+        if name != BASELINE:
+            delta = statistics.median(evals) - statistics.median(base_eval)
+            tolerance = max(max(base_eval) - min(base_eval), max(evals) - min(evals))
+            line += f" {delta:+10.4f} {tolerance:7.4f}  {'agree' if abs(delta) <= tolerance else 'DIFFER'}"
+        print(line)
+    print("noise = the larger seed-to-seed range (max - min) of the two; agree when |delta| <= noise")
+
+
+def machine_line(args: argparse.Namespace) -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                      if line.startswith("Model name")), platform.processor())
+    except OSError:
+        model = platform.processor()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
+    return (f"{model}, {os.cpu_count()} cores, device {device}, torch {torch.__version__}, "
+            f"transformers {transformers.__version__}")
+
+
+def main() -> None:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(args.threads)
+    corpus, train_examples, held_out, source = load_corpus(args)
+    tokenizer = train_tokenizer(tokenizer_corpus(corpus), vocab_size=args.vocab)
+    eval_items = list(tokenize_examples(held_out, tokenizer, "alpaca", args.max_length))
+    with tempfile.TemporaryDirectory(prefix="symnoise-throughput-") as tmp:
+        paths = {"model": Path(tmp) / "model", "runs": Path(tmp) / "runs",
+                 "train": write_alpaca(train_examples, Path(tmp) / "train.json")}
+        n_params = build_model_dir(args, tokenizer, paths["model"])
+        print(f"machine: {machine_line(args)}; load average at start {os.getloadavg()}")
+        print(f"data: {source}; {len(train_examples)} training examples (= {args.steps} steps x "
+              f"{args.effective_batch}), {len(eval_items)} held-out; tokenizer vocab {len(tokenizer)}")
+        print(f"model: Llama, {n_params / 1e6:.1f}M parameters ({args.model}); per-device batch "
+              f"{args.per_device_batch}, effective batch {args.effective_batch}, max length {args.max_length}, "
+              f"alpha {args.alpha}, lr {args.learning_rate}, {args.repeats} repeats", flush=True)
+        started = time.perf_counter()
+        for variant in (VARIANTS[0], VARIANTS[3]):  # untimed warm-up of the process: kernels, allocator, imports
+            warm = argparse.Namespace(**{**vars(args), "steps": 2})
+            run_variant(variant, warm, paths, args.seed, "warmup", eval_items[:4], tokenizer)
+        results: dict[str, list[RunResult]] = {v.name: [] for v in VARIANTS}
+        rng = random.Random(args.seed)
+        loads = []
+        for repeat in range(args.repeats):
+            order = list(VARIANTS)
+            rng.shuffle(order)
+            for variant in order:
+                result = run_variant(variant, args, paths, args.seed + repeat, f"r{repeat}", eval_items, tokenizer)
+                results[variant.name].append(result)
+                loads.append(os.getloadavg()[0])
+                print(f"  repeat {repeat + 1}/{args.repeats} {variant.name:34s} {result.seconds:7.2f} s "
+                      f"{result.real_tokens / result.seconds:8.0f} real tok/s  eval loss {result.eval_loss:.4f}",
+                      flush=True)
+        real = {r.real_tokens for runs in results.values() for r in runs}
+        assert len(real) == 1, f"runs consumed different real token counts: {real}"
+        print(f"\nevery run consumed the same {real.pop()} real tokens; total time "
+              f"{time.perf_counter() - started:.0f} s; 1-min load average during the runs "
+              f"{min(loads):.2f}..{max(loads):.2f}")
+        print_tables(results)
+
+
+if __name__ == "__main__":
+    main()
