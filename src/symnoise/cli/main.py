@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "leaderboard": ("symnoise.cli.leaderboard", "ARC, HellaSwag and MMLU through lm-evaluation-harness"),
     "norms": ("symnoise.cli.norms", "the sqrt(3) norm analysis of the SymNoise paper"),
     "report": ("symnoise.cli.report", "collect runs into the papers' tables"),
+    "grid": ("symnoise.cli.grid", "train and evaluate a matrix of runs, resumably, then report"),
 }
 
 

@@ -1,0 +1,138 @@
+"""The evaluation pieces of a grid cell that no other module offers as one function: the prompt subset, the
+held-out loss of reference answers, and building the judge from the grid's settings (keys from the environment).
+
+Generation, output statistics, judging and the leaderboard themselves are `symnoise.generation`,
+`symnoise.evaluation.stats`, `symnoise.evaluation.judge` and `symnoise.evaluation.leaderboard`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..data import Example, tokenize_examples
+from ..generation import Prompt, load_prompts
+from ..synthetic import make_task_examples
+from .spec import EvaluationSection, GridSpec, JudgeSection, synthetic_dir
+
+SYNTHETIC_TRAIN = "train.jsonl"
+SYNTHETIC_EVAL = "eval.jsonl"
+SYNTHETIC_SIZES = (2200, 220)
+
+
+def write_synthetic_world(spec: GridSpec, seed: int = 0) -> Path:
+    """Write the synthetic train and held-out sets (JSONL, instruction/input/output) once; return the folder."""
+    folder = synthetic_dir(spec)
+    if (folder / SYNTHETIC_EVAL).is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    train, held_out = make_task_examples(*SYNTHETIC_SIZES, seed=seed)
+    for name, examples in ((SYNTHETIC_TRAIN, train), (SYNTHETIC_EVAL, held_out)):
+        rows = [{"instruction": e.instruction, "input": e.input, "output": e.output, "dataset": "synthetic"}
+                for e in examples]
+        tmp = folder / (name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(folder / name)
+    return folder
+
+
+def needs_synthetic(spec: GridSpec) -> bool:
+    """Whether any configured file is missing and falls back to the synthetic set."""
+    evaluation = spec.evaluation
+    files = [evaluation.prompts, evaluation.references] if evaluation.fallback else []
+    files += [d.path for d in spec.axes.dataset if d.fallback]
+    files += [spec.pretrain.text] if spec.pretrain and spec.pretrain.fallback else []
+    return any(f and not Path(f).is_file() for f in files) or bool(spec.pretrain and not spec.pretrain.text)
+
+
+def evaluation_file(spec: GridSpec, name: str) -> Path | None:
+    """``prompts`` or ``references``: the configured file, or the synthetic held-out set when it is missing."""
+    value = getattr(spec.evaluation, name)
+    if value is None:
+        return None
+    if Path(value).is_file() or spec.evaluation.fallback != "synthetic":
+        return Path(value)
+    return synthetic_dir(spec) / SYNTHETIC_EVAL
+
+
+def spread(count: int, subset: int | None) -> list[int]:
+    """``subset`` indices spread evenly over ``range(count)`` (all of them when subset is None or larger)."""
+    if subset is None or subset >= count:
+        return list(range(count))
+    return [i * count // subset for i in range(subset)]
+
+
+def evaluation_prompts(spec: GridSpec) -> list[Prompt]:
+    """The prompts to generate for, after the evenly spread subset."""
+    path = evaluation_file(spec, "prompts")
+    prompts = load_prompts(path)
+    return [prompts[i] for i in spread(len(prompts), spec.evaluation.subset)]
+
+
+def reference_examples(spec: GridSpec, prompts: Sequence[Prompt]) -> list[Example]:
+    """One example per prompt with a reference output (matched by instruction); prompts without one are left out."""
+    from ..evaluation.judge import load_records
+
+    path = evaluation_file(spec, "references")
+    by_instruction = {row["instruction"]: row for row in load_records(path)}
+    examples = []
+    for prompt in prompts:
+        row = by_instruction.get(prompt.instruction)
+        if row is not None:
+            examples.append(Example(prompt.instruction, prompt.input or str(row.get("input", "") or ""),
+                                    row["output"], f"{path}:{prompt.dataset}"))
+    return examples
+
+
+def reference_loss(model, tokenizer, examples: Sequence[Example], template: str, max_length: int,
+                   batch_size: int = 8) -> dict:
+    """Mean per-token cross-entropy of the reference outputs (EOS included) given their prompts.
+
+    The same tokenisation as training (`tokenize_examples`: template, BOS, response truncated to ``max_length``),
+    so this is the model's held-out loss on answers it was never trained on.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dataset = tokenize_examples(list(examples), tokenizer, template, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total, tokens = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            width = max(len(item["input_ids"]) for item in items)
+            ids = torch.tensor([it["input_ids"] + [pad_id] * (width - len(it["input_ids"])) for it in items])
+            labels = torch.tensor([it["labels"] + [-100] * (width - len(it["labels"])) for it in items])
+            mask = (torch.arange(width)[None, :] < torch.tensor([len(it["input_ids"]) for it in items])[:, None])
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.long().to(model.device)).logits
+            shifted = labels[:, 1:].to(model.device)
+            total += F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                     ignore_index=-100, reduction="sum").item()
+            tokens += int((shifted != -100).sum())
+    return {"loss": total / tokens, "tokens": tokens, "examples": len(dataset), "truncated": dataset.n_truncated,
+            "dropped": dataset.n_dropped}
+
+
+def build_judge(section: JudgeSection):
+    """The judge the grid asks for; the OpenAI-compatible one takes model, URL and key from the environment."""
+    from ..evaluation import judge as J
+
+    if section.kind == "hf":
+        return J.HFJudge(section.model)
+    model = section.model or os.environ.get(section.model_env)
+    if not model:
+        raise J.JudgeInputError(f"evaluation.judge: no model; set evaluation.judge.model or ${section.model_env}")
+    base_url = os.environ.get(section.base_url_env) or section.default_base_url
+    api_key = next((os.environ[v] for v in section.api_key_env if os.environ.get(v)), None)
+    if api_key is None and base_url == section.default_base_url:
+        raise J.JudgeInputError(f"evaluation.judge: {base_url} needs a key in ${' or $'.join(section.api_key_env)}")
+    return J.OpenAIChatJudge(base_url, model, api_key=api_key, timeout=section.timeout)
+
+
+def check_judge_environment(evaluation: EvaluationSection) -> None:
+    """Fail before training when the judge cannot be built (no model name, no key)."""
+    if evaluation.judge is not None and evaluation.judge.kind == "openai":
+        build_judge(evaluation.judge)

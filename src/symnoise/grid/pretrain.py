@@ -1,0 +1,122 @@
+"""A brief from-scratch pretraining of a small Llama-style model, so a grid can run with nothing downloaded.
+
+The text is the grid's own: instruction records read as plain text (instruction, input and output, no prompt
+template), or the synthetic task set when the file is missing. A byte-level BPE tokenizer is trained on that
+text (plus the prompt templates' boilerplate, so "### Response:" is a few tokens), the text is packed into
+blocks separated by EOS, and a plain AdamW loop trains next-token prediction for a fixed number of steps.
+The model and tokenizer are written to a staging folder and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+from ..data import Example
+from ..synthetic import tiny_llama_config, tokenizer_corpus, train_tokenizer
+from .spec import PretrainSection
+
+MAX_POSITIONS = 1024
+
+
+def read_records(path: str | Path) -> list[Example]:
+    """Instruction records (instruction, input?, output) of a JSON list or JSONL file."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [Example(str(r.get("instruction", "")), str(r.get("input", "") or ""), str(r.get("output", "")),
+                    f"{path}:row {i}") for i, r in enumerate(rows)]
+
+
+def pretraining_examples(section: PretrainSection, synthetic_train: Path) -> tuple[list[Example], str]:
+    """The records to pretrain on and a description of where they came from."""
+    if section.text and Path(section.text).is_file():
+        records = read_records(section.text)[section.skip_first:]
+        return records, f"{section.text} (records {section.skip_first}..{section.skip_first + len(records) - 1})"
+    return read_records(synthetic_train), f"synthetic task set ({synthetic_train})"
+
+
+def plain_text(example: Example) -> str:
+    return "\n".join(part for part in (example.instruction, example.input, example.output) if part)
+
+
+def pack_blocks(token_lists: list[list[int]], eos_id: int, block_size: int):
+    """All documents joined with EOS after each, cut into ``block_size`` blocks (the tail shorter than a block
+    is dropped); a LongTensor of shape (blocks, block_size)."""
+    import torch
+
+    stream = [token for tokens in token_lists for token in [*tokens, eos_id]]
+    n_blocks = len(stream) // block_size
+    if n_blocks == 0:
+        raise ValueError(f"the pretraining text has {len(stream)} tokens, fewer than one block of {block_size}")
+    return torch.tensor(stream[: n_blocks * block_size]).view(n_blocks, block_size)
+
+
+def learning_rate(step: int, section: PretrainSection) -> float:
+    """Linear warmup, then cosine decay to 10 % of the peak."""
+    if step < section.warmup_steps:
+        return section.learning_rate * (step + 1) / section.warmup_steps
+    progress = (step - section.warmup_steps) / max(1, section.steps - section.warmup_steps)
+    return section.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_loop(model, blocks, section: PretrainSection, log) -> list[float]:
+    """``section.steps`` AdamW steps on random batches of blocks; the losses of each step."""
+    import torch
+
+    generator = torch.Generator().manual_seed(section.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=section.learning_rate, weight_decay=0.1,
+                                  betas=(0.9, 0.95))
+    model.train()
+    losses = []
+    for step in range(section.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, section)
+        batch = blocks[torch.randint(len(blocks), (section.batch_size,), generator=generator)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 25 == 0 or step == section.steps - 1:
+            log(f"pretrain step {step + 1}/{section.steps}: loss {loss.item():.3f}")
+    return losses
+
+
+def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log=print) -> dict:
+    """Train tokenizer and model, write them to ``out_dir`` (atomically) and return a summary."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    started = time.perf_counter()
+    examples, source = pretraining_examples(section, synthetic_train)
+    random.Random(section.seed).shuffle(examples)
+    texts = [plain_text(e) for e in examples]
+    tokenizer = train_tokenizer(texts + tokenizer_corpus(examples[:200]), vocab_size=section.vocab_size,
+                                model_max_length=MAX_POSITIONS)
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    blocks = pack_blocks(ids, tokenizer.eos_token_id, section.block_size)
+    torch.manual_seed(section.seed)
+    config = tiny_llama_config(len(tokenizer), hidden_size=section.hidden_size, layers=section.layers,
+                               heads=section.heads, max_position_embeddings=MAX_POSITIONS)
+    model = LlamaForCausalLM(config)
+    log(f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(blocks)} blocks "
+        f"of {section.block_size} tokens from {source}")
+    losses = train_loop(model, blocks, section, log)
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    tail = losses[-10:]
+    return {"source": source, "records": len(examples), "blocks": len(blocks), "tokens_seen":
+            section.steps * section.batch_size * section.block_size, "first_loss": losses[0],
+            "final_loss": sum(tail) / len(tail), "seconds": time.perf_counter() - started}

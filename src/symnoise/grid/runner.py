@@ -1,0 +1,322 @@
+"""Running a grid: every cell's stages in order, each finished stage marked on disk, failures recorded.
+
+A cell is the run directory ``OUTPUT/cells/CELL_ID/`` of `symnoise train`, so `symnoise report` reads it as any
+other run. Beside the training files it holds::
+
+    cell.yaml              the cell's resolved train config (what `accelerate launch ... train` is given)
+    stages.json            one entry per finished stage: when, how long, and what it measured
+    model_outputs.json     generations on the evaluation prompts (`symnoise generate`'s format)
+    eval/reference_loss.json, eval/stats.json, eval/annotations.json + metrics.json, eval/leaderboard.json
+    failure.json           the stage that failed last and its error (removed when the cell later finishes)
+
+Stages: ``train``, then, as configured, ``generate``, ``reference_loss``, ``stats``, ``judge``, ``leaderboard``.
+``stages.json`` is rewritten atomically after each stage, so a kill at any moment leaves every finished stage
+marked and nothing else; a re-run skips marked stages (a finished cell costs nothing) and continues the
+unfinished one: training from its last checkpoint, generation from its sidecar, judging from its cache. A cell
+that raises is recorded in ``failure.json`` and ``OUTPUT/status.json``, and the grid goes on with the next cell.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..generation import write_json_atomic
+from ..train import train
+from ..train.reliability import last_complete_checkpoint
+from . import evaluate
+from .spec import Cell, Grid, LauncherSection, pretrained_model_dir
+
+STAGES_FILE = "stages.json"
+FAILURE_FILE = "failure.json"
+CELL_CONFIG_FILE = "cell.yaml"
+STATUS_FILE = "status.json"
+OUTPUTS_FILE = "model_outputs.json"
+
+
+# ----------------------------------------------------------------------------------------------- markers
+
+
+def read_stages(directory: Path) -> dict[str, Any]:
+    """The finished stages recorded in ``directory/stages.json`` (empty when there is none)."""
+    path = directory / STAGES_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def mark_stage(directory: Path, stage: str, info: dict[str, Any], seconds: float) -> None:
+    stages = read_stages(directory)
+    stages[stage] = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "seconds": round(seconds, 2), **info}
+    write_json_atomic(directory / STAGES_FILE, stages)
+
+
+def planned_stages(grid: Grid) -> list[str]:
+    """The stages every cell of this grid goes through, in order."""
+    evaluation = grid.spec.evaluation
+    stages = ["train"]
+    if evaluation.prompts:
+        stages.append("generate")
+    if evaluation.reference_loss:
+        stages.append("reference_loss")
+    if evaluation.prompts:
+        stages.append("stats")
+    if evaluation.judge:
+        stages.append("judge")
+    if evaluation.leaderboard:
+        stages.append("leaderboard")
+    return stages
+
+
+def is_finished(grid: Grid, cell: Cell) -> bool:
+    return set(planned_stages(grid)) <= set(read_stages(cell.run_dir))
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+@dataclass
+class CellContext:
+    """What the stages of one cell share: the grid, the cell and, loaded once when first needed, the model."""
+
+    grid: Grid
+    cell: Cell
+    _loaded: tuple | None = None
+
+    def model_and_tokenizer(self):
+        from ..generation import load_model_and_tokenizer
+
+        if self._loaded is None:
+            decoding = self.grid.spec.evaluation.decoding
+            self._loaded = load_model_and_tokenizer(self.cell.run_dir, decoding.device, decoding.dtype)
+        return self._loaded
+
+    @property
+    def template(self) -> str:
+        from ..generation import resolve_template
+
+        return resolve_template(self.cell.run_dir, None)
+
+
+def accelerate_command(launcher: LauncherSection, cell_config: Path, resume: bool) -> list[str]:
+    """``accelerate launch --config_file F [--num_processes N] -m symnoise train CELL.yaml [--resume]``."""
+    command = [launcher.executable, "launch", "--config_file", str(launcher.config_file)]
+    if launcher.num_processes:
+        command += ["--num_processes", str(launcher.num_processes)]
+    command += ["-m", "symnoise", "train", str(cell_config)]
+    return command + (["--resume"] if resume else [])
+
+
+def _train_finished(run_dir: Path) -> dict | None:
+    path = run_dir / "train_summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return summary if summary.get("finished") else None
+
+
+def stage_train(ctx: CellContext) -> dict:
+    """Train the cell (resuming from its last checkpoint if an earlier attempt left one)."""
+    run_dir = ctx.cell.run_dir
+    finished = _train_finished(run_dir)
+    if finished is None:
+        resume = last_complete_checkpoint(run_dir) is not None
+        launcher = ctx.grid.spec.launcher
+        if launcher.kind == "accelerate":
+            command = accelerate_command(launcher, run_dir / CELL_CONFIG_FILE, resume)
+            result = subprocess.run(command, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(f"`{' '.join(command)}` exited with status {result.returncode}")
+        else:
+            train(ctx.cell.config, resume=resume)
+        finished = _train_finished(run_dir)
+        if finished is None:
+            raise RuntimeError(f"training ended without writing {run_dir}/train_summary.json")
+    return {"steps": finished.get("steps"), "final_loss": finished.get("final_loss")}
+
+
+def stage_generate(ctx: CellContext) -> dict:
+    from ..generation import DecodingSettings, generate_outputs, model_outputs_records, sidecar_path
+
+    decoding = ctx.grid.spec.evaluation.decoding
+    settings = DecodingSettings(max_length=decoding.max_length, max_new_tokens=decoding.max_new_tokens,
+                                repetition_penalty=decoding.repetition_penalty, batch_size=decoding.batch_size)
+    prompts = evaluate.evaluation_prompts(ctx.grid.spec)
+    model, tokenizer = ctx.model_and_tokenizer()
+    output = ctx.cell.run_dir / OUTPUTS_FILE
+    outputs, stats = generate_outputs(model, tokenizer, prompts, ctx.template, settings, sidecar_path(output),
+                                      ctx.cell.id, progress=False)
+    write_json_atomic(output, model_outputs_records(prompts, outputs, ctx.cell.id))
+    return {"prompts": len(prompts), "new_tokens": stats.new_tokens, "tokens_per_s": stats.tokens_per_second}
+
+
+def stage_reference_loss(ctx: CellContext) -> dict:
+    examples = evaluate.reference_examples(ctx.grid.spec, evaluate.evaluation_prompts(ctx.grid.spec))
+    model, tokenizer = ctx.model_and_tokenizer()
+    result = evaluate.reference_loss(model, tokenizer, examples, ctx.template, ctx.cell.config.data.max_length)
+    write_json_atomic(ctx.cell.run_dir / "eval" / "reference_loss.json", result)
+    return result
+
+
+def stage_stats(ctx: CellContext) -> dict:
+    from ..evaluation.stats import WORDS_PER_DATASET, load_outputs, output_stats
+
+    words = ctx.grid.spec.evaluation.stats_words or WORDS_PER_DATASET.get(ctx.cell.config.data.format, 50)
+    outputs, generators = load_outputs(ctx.cell.run_dir / OUTPUTS_FILE)
+    result = output_stats(outputs, words, str(ctx.cell.run_dir / OUTPUTS_FILE), generators).to_dict()
+    write_json_atomic(ctx.cell.run_dir / "eval" / "stats.json", result)
+    return {k: result[k] for k in ("mean_chars", "mean_words", "words", "n_kept", "rep_2_pct", "log_diversity")}
+
+
+def stage_judge(ctx: CellContext) -> dict:
+    from ..evaluation.judge import judge_outputs
+
+    section = ctx.grid.spec.evaluation.judge
+    result = judge_outputs(ctx.cell.run_dir / OUTPUTS_FILE, evaluate.evaluation_file(ctx.grid.spec, "references"),
+                           evaluate.build_judge(section), ctx.cell.run_dir / "eval", seed=section.seed,
+                           limit=section.limit, workers=section.workers if section.kind == "openai" else 1)
+    return {k: result.metrics[k] for k in ("win_rate", "standard_error", "n_total", "n_null")}
+
+
+def stage_leaderboard(ctx: CellContext) -> dict:
+    from ..evaluation.leaderboard import run_leaderboard
+
+    section = ctx.grid.spec.evaluation.leaderboard
+    report = run_leaderboard(str(ctx.cell.run_dir), section.tasks, data_dir=section.data_dir, online=section.online,
+                             limit=section.limit, batch_size=section.batch_size)
+    write_json_atomic(ctx.cell.run_dir / "eval" / "leaderboard.json", report)
+    return {"average": report["average"]}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[CellContext], dict]] = {
+    "train": stage_train, "generate": stage_generate, "reference_loss": stage_reference_loss,
+    "stats": stage_stats, "judge": stage_judge, "leaderboard": stage_leaderboard,
+}
+
+
+# ------------------------------------------------------------------------------------------------- cells
+
+
+@dataclass
+class CellOutcome:
+    cell: str
+    status: str  # finished | failed
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    error: str | None = None
+    stage: str | None = None
+
+
+def write_cell_config(cell: Cell) -> None:
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(cell.config.to_dict(), sort_keys=False)
+    path = cell.run_dir / CELL_CONFIG_FILE
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+
+
+def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> CellOutcome:
+    """Run the cell's unfinished stages; an exception is recorded in ``failure.json`` and returned, not raised."""
+    outcome = CellOutcome(cell.id, "finished")
+    done = read_stages(cell.run_dir)
+    ctx = CellContext(grid, cell)
+    stage = None
+    try:
+        write_cell_config(cell)
+        for stage in planned_stages(grid):
+            if stage in done:
+                outcome.skipped.append(stage)
+                continue
+            log(f"[{cell.id}] {stage}")
+            started = time.perf_counter()
+            info = STAGE_FUNCTIONS[stage](ctx)
+            mark_stage(cell.run_dir, stage, info, time.perf_counter() - started)
+            outcome.ran.append(stage)
+    except Exception as error:  # a failed cell must not stop the grid; KeyboardInterrupt still does
+        outcome.status, outcome.stage, outcome.error = "failed", stage, f"{type(error).__name__}: {error}"
+        write_json_atomic(cell.run_dir / FAILURE_FILE, {"stage": stage, "error": outcome.error,
+                                                        "traceback": traceback.format_exc()})
+        log(f"[{cell.id}] FAILED in {stage}: {outcome.error}")
+    else:
+        (cell.run_dir / FAILURE_FILE).unlink(missing_ok=True)
+    finally:
+        ctx._loaded = None
+        gc.collect()
+    return outcome
+
+
+# -------------------------------------------------------------------------------------------------- grid
+
+
+@dataclass
+class GridOutcome:
+    cells: list[CellOutcome]
+    report_dir: Path | None
+    seconds: float
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [c for c in self.cells if c.status == "failed"]
+
+
+def write_status(grid: Grid, outcomes: dict[str, CellOutcome]) -> None:
+    """``OUTPUT/status.json``: every cell with its status (pending, finished, failed), stages and error."""
+    rows = []
+    for cell in grid.cells:
+        outcome = outcomes.get(cell.id)
+        status = outcome.status if outcome else ("finished" if is_finished(grid, cell) else "pending")
+        rows.append({"cell": cell.id, "status": status, "run_dir": str(cell.run_dir),
+                     "stages": sorted(read_stages(cell.run_dir)), "error": outcome.error if outcome else None,
+                     "failed_stage": outcome.stage if outcome else None})
+    write_json_atomic(grid.output_dir / STATUS_FILE, {"grid": grid.source, "cells": rows})
+
+
+def run_pretrain(grid: Grid, log: Callable[[str], None]) -> None:
+    """The `pretrain` section's model, trained once (marked in ``OUTPUT/pretrain/stages.json``)."""
+    from .pretrain import pretrain
+
+    folder = pretrained_model_dir(grid.spec).parent
+    if "pretrain" in read_stages(folder):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    synthetic = evaluate.synthetic_dir(grid.spec) / evaluate.SYNTHETIC_TRAIN
+    info = pretrain(grid.spec.pretrain, pretrained_model_dir(grid.spec), synthetic, log)
+    mark_stage(folder, "pretrain", info, time.perf_counter() - started)
+
+
+def prepare(grid: Grid, log: Callable[[str], None]) -> None:
+    """Everything the cells share: the output folder, the grid file, the synthetic data and the pretrained model."""
+    grid.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(grid.output_dir / "grid.json", grid.spec.model_dump(mode="json"))
+    evaluate.check_judge_environment(grid.spec.evaluation)
+    if evaluate.needs_synthetic(grid.spec):
+        evaluate.write_synthetic_world(grid.spec)
+    if grid.spec.pretrain:
+        run_pretrain(grid, log)
+
+
+def run_grid(grid: Grid, log: Callable[[str], None] = print) -> GridOutcome:
+    """Run every cell one after another, then write the report over all cells that finished training."""
+    from .summary import write_grid_report
+
+    started = time.perf_counter()
+    prepare(grid, log)
+    outcomes: dict[str, CellOutcome] = {}
+    for number, cell in enumerate(grid.cells, start=1):
+        log(f"cell {number}/{len(grid.cells)}: {cell.id}")
+        outcomes[cell.id] = run_cell(grid, cell, log)
+        write_status(grid, outcomes)
+        sys.stdout.flush()
+    report_dir = write_grid_report(grid, outcomes, time.perf_counter() - started)
+    return GridOutcome(list(outcomes.values()), report_dir, time.perf_counter() - started)
