@@ -215,28 +215,45 @@ def packed_and_padded(lengths, vocab=400, seed=0):
 
 
 @pytest.mark.parametrize("method", ["bernoulli", "symnoise"])
-def test_packed_row_gets_per_sequence_noise(llama, method):
+@pytest.mark.parametrize("varlen", [False, True])
+def test_packed_row_gets_per_sequence_noise(llama, method, varlen):
+    """A packed row keeps each sequence's own scale. SymNoise doubles it along the sequence when a varlen kernel
+    reads cu_seq_lens (one row), and into a second row otherwise (dense masks would cost (2T)^2)."""
     lengths = [5, 9, 3]
+    total = sum(lengths)
     padded, packed = packed_and_padded(lengths)
+    if varlen:
+        add_cu_seq_lens(packed)
     recorder = EmbeddingRecorder(llama)
     llama.train()
     with attach(llama, NoiseConfig(method, ALPHA, seed=0)):
-        llama(**packed)
-    noise = recorder.outputs[-1] - recorder.clean(llama, {"input_ids": torch.cat([packed["input_ids"]] * 2, 1)}
-                                                  if method == "symnoise" else packed)
-    first = noise[:, : sum(lengths)] if method == "symnoise" else noise
+        out = llama(**packed)
+    along = 1 if varlen else 0
+    ids = packed["input_ids"]
+    seen = torch.cat([ids, ids], dim=along) if method == "symnoise" else ids
+    noise = recorder.outputs[-1] - recorder.clean(llama, {"input_ids": seen})
+    first = noise.narrow(along, 0, ids.shape[along])
     per_sequence = [chunk.square().sum().sqrt().item() for chunk in first[0].split(lengths)]
     # Not alpha/sqrt(3)/sqrt(3 sequences), as with the packed length: each sequence keeps its own scale.
     assert per_sequence == pytest.approx([ALPHA / SQRT3] * 3, rel=1e-5)
     if method == "symnoise":
-        assert torch.allclose(noise[:, sum(lengths):], -first, rtol=0, atol=1e-6)
+        assert torch.allclose(noise.narrow(along, ids.shape[along], ids.shape[along]), -first, rtol=0, atol=1e-6)
+    assert out.logits.shape[:2] == (1, total)
 
 
-def test_packed_symnoise_loss_equals_padded_symnoise_loss_at_alpha_zero_limit(llama):
+def add_cu_seq_lens(packed):
+    cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32)
+    packed.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=9, max_length_k=9)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_packed_symnoise_loss_equals_padded_symnoise_loss_at_alpha_zero_limit(llama, varlen):
     """With negligible noise the doubled packed row must give the padded loss: no attention across the copy
     boundary, and the copy's first token is not a target of the original's last."""
     padded, packed = packed_and_padded([5, 9, 3])
     packed.pop("use_cache")  # symnoise turns the cache off itself for a doubled packed row
+    if varlen:
+        add_cu_seq_lens(packed)
     llama.train()
     assert llama(**packed, use_cache=False).loss.item() == pytest.approx(llama(**padded).loss.item(), rel=1e-6)
     with attach(llama, NoiseConfig("symnoise", 1e-30, seed=0)):

@@ -274,7 +274,11 @@ class NoiseHandle:
         batch = call.input_shape[0]
         mask = call.attention_mask
         packed_row = batch == 1 and (mask is None and call.position_ids is not None)
-        call.doubled_along = 1 if packed_row else 0
+        # A packed row stays one row only for varlen kernels (flash attention, cu_seq_lens), which need it;
+        # elsewhere the copy becomes a second row, since a dense mask over one doubled row costs (2T)^2.
+        implementation = str(getattr(getattr(self.model, "config", None), "_attn_implementation", ""))
+        varlen = kwargs.get("cu_seq_lens_q") is not None or "flash" in implementation
+        call.doubled_along = 1 if packed_row and varlen else 0
         double_batch(kwargs, call.doubled_along)
         if packed_row and "use_cache" in self._forward_params:
             # transformers separates packed sequences by their position ids only when no cache is in use;

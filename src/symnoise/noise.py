@@ -22,6 +22,7 @@ DISTRIBUTIONS = ("uniform", "gaussian", "bernoulli")
 _UNIFORM_SECOND_MOMENT = 1.0 / 3.0  # E[u^2] for u ~ U(-1, 1); Gaussian and Bernoulli have 1.
 
 
+@torch.compiler.disable  # dynamo cannot trace a draw from an explicit torch.Generator: one break, here only
 def sample_unit_noise(
     shape: tuple[int, ...] | torch.Size,
     distribution: str,
