@@ -224,3 +224,15 @@ def test_trl_sft_trainer(tmp_path, tiny_tokenizer, mode):
     assert all(0.0 <= e["mean_token_accuracy"] <= 1.0 for e in logs)
     # Packed rows keep each sequence's own scale: Bernoulli noise has norm exactly alpha/sqrt(3) per sequence.
     assert all(e["noise_norm"] == pytest.approx(ALPHA / SQRT3, rel=1e-5) for e in logs)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "opt", "gemma", "qwen2"])
+def test_trainer_short_run_on_each_model_family(tmp_path, tiny_tokenizer, kind):
+    trainer = make_trainer(tmp_path, tiny_tokenizer, model=make_tiny_model(kind), max_steps=2)
+    add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0))
+    before = weights(trainer.model)
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(math.isfinite(e["loss"]) for e in logs)
+    assert all(e["noise_norm"] == pytest.approx(ALPHA / SQRT3, rel=1e-5) for e in logs)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
