@@ -15,7 +15,7 @@ from symnoise.train import ConfigError, load_config, train
 from symnoise.train.config import validate_config
 
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
-TRAIN_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts]
+TRAIN_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts and "grid" not in p.parts]
 
 
 def minimal(**sections):
