@@ -247,6 +247,14 @@ def test_grid_killed_between_cells_resumes_without_recomputing(tmp_path, monkeyp
     assert all(c["reference_loss"] > 0 for c in summary["cells"])
     assert summary["pretrain"]["final_loss"] < summary["pretrain"]["first_loss"]
 
+    changed = yaml.safe_load(path.read_text())
+    changed["evaluation"]["decoding"]["max_new_tokens"] = 7
+    outcome = run_grid(validate_grid(changed, str(path)), log=lambda line: None)
+    assert all(c.status == "failed" and "other evaluation settings" in c.error for c in outcome.cells)
+    for directory in (first, second):
+        now = file_times(directory)
+        assert now.pop("failure.json") and now == after_resume[directory], "stale results were touched"
+
 
 def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", [{"instruction": f"Say {i}.", "output": str(i)} for i in range(16)])
@@ -268,3 +276,8 @@ def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     report = json.loads((tmp_path / "grid/report/report.json").read_text())
     assert [Path(r["path"]).name for r in report["runs"]] == ["tiny-llama-good-none-a0-s0"]
     assert "tiny-llama-broken-none-a0-s0: train: DataError" in (tmp_path / "grid/summary.md").read_text()
+
+    data["base"]["training"]["learning_rate"] = 2e-3  # a changed config must not reuse the old cell silently
+    outcome = run_grid(validate_grid(data), log=lambda line: None)
+    assert outcome.cells[1].status == "failed" and "StaleCellError" in outcome.cells[1].error
+    assert "delete the cell directory" in outcome.cells[1].error

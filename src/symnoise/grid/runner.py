@@ -19,6 +19,7 @@ that raises is recorded in ``failure.json`` and ``OUTPUT/status.json``, and the 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import subprocess
 import sys
@@ -59,6 +60,31 @@ def mark_stage(directory: Path, stage: str, info: dict[str, Any], seconds: float
     stages[stage] = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "seconds": round(seconds, 2), **info}
     write_json_atomic(directory / STAGES_FILE, stages)
+
+
+class StaleCellError(RuntimeError):
+    """A cell directory holds stages made with other settings than the grid file now says."""
+
+
+def evaluation_fingerprint(grid: Grid) -> str:
+    """A short hash of the evaluation settings, stored with every evaluation stage."""
+    text = json.dumps(grid.spec.evaluation.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_not_stale(grid: Grid, cell: Cell, done: dict[str, Any]) -> None:
+    """Finished stages are reused only when the cell's train config and the evaluation settings are unchanged;
+    otherwise the cell fails with a message saying what to do (results are never silently mixed)."""
+    path = cell.run_dir / CELL_CONFIG_FILE
+    if done.get("train") and path.is_file() and path.read_text(encoding="utf-8") != cell_config_text(cell):
+        raise StaleCellError(f"{path} differs from this grid's config for the cell, which was trained with the "
+                             "old one; delete the cell directory to retrain it, or choose another output_dir")
+    fingerprint = evaluation_fingerprint(grid)
+    changed = [s for s, info in done.items() if s != "train" and info.get("evaluation") not in (None, fingerprint)]
+    if changed:
+        raise StaleCellError(f"stages {', '.join(changed)} of {cell.run_dir} were made with other evaluation "
+                             f"settings; remove them from {cell.run_dir / STAGES_FILE} (and their files) to redo "
+                             "them, or choose another output_dir")
 
 
 def planned_stages(grid: Grid) -> list[str]:
@@ -215,9 +241,13 @@ class CellOutcome:
     stage: str | None = None
 
 
+def cell_config_text(cell: Cell) -> str:
+    return yaml.safe_dump(cell.config.to_dict(), sort_keys=False)
+
+
 def write_cell_config(cell: Cell) -> None:
     cell.run_dir.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(cell.config.to_dict(), sort_keys=False)
+    text = cell_config_text(cell)
     path = cell.run_dir / CELL_CONFIG_FILE
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         tmp = path.with_name(path.name + ".tmp")
@@ -232,6 +262,7 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> Cell
     ctx = CellContext(grid, cell)
     stage = None
     try:
+        check_not_stale(grid, cell, done)
         write_cell_config(cell)
         for stage in planned_stages(grid):
             if stage in done:
@@ -240,6 +271,8 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> Cell
             log(f"[{cell.id}] {stage}")
             started = time.perf_counter()
             info = STAGE_FUNCTIONS[stage](ctx)
+            if stage != "train":
+                info["evaluation"] = evaluation_fingerprint(grid)
             mark_stage(cell.run_dir, stage, info, time.perf_counter() - started)
             outcome.ran.append(stage)
     except Exception as error:  # a failed cell must not stop the grid; KeyboardInterrupt still does
