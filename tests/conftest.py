@@ -90,3 +90,24 @@ def make_tiny_model(kind: str = "llama", vocab_size: int = 400, hidden: int = 32
 @pytest.fixture
 def tiny_model_factory():
     return make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory):
+    """A tiny Llama and its tokenizer saved with save_pretrained, loadable by name like a hub model."""
+    path = tmp_path_factory.mktemp("base")
+    make_tiny_model("llama").save_pretrained(path)
+    build_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def alpaca_file(tmp_path_factory):
+    """36 Alpaca-format rows (half with an input) in a JSON file."""
+    import json
+
+    rows = [{"instruction": f"Add {a} and {b}.", "input": "" if a % 2 else f"{a} {b}", "output": str(a + b)}
+            for a in range(12) for b in range(3)]
+    path = tmp_path_factory.mktemp("data") / "train.json"
+    path.write_text(json.dumps(rows))
+    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, build_tiny_tokenizer, make_tiny_model
+from conftest import REPO_ROOT
 from safetensors.torch import load_file
 from test_train import tiny_config
 from transformers import Trainer
@@ -33,23 +33,6 @@ STEPS = 6
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
                     "symnoise_noise_rank0.pt"}
 KILLS: list[str] = []  # what each kill test saw, printed at the end for docs/reliability.md
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    make_tiny_model("llama").save_pretrained(path)
-    build_tiny_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def alpaca_file(tmp_path_factory):
-    rows = [{"instruction": f"Add {a} and {b}.", "input": "" if a % 2 else f"{a} {b}", "output": str(a + b)}
-            for a in range(12) for b in range(3)]
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text(json.dumps(rows))
-    return path
 
 
 @pytest.fixture

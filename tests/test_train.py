@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, build_tiny_tokenizer, make_tiny_model
+from conftest import REPO_ROOT
 
 from symnoise.train import ConfigError, load_config, train
 from symnoise.train.config import validate_config
@@ -93,23 +93,6 @@ def test_overrides_are_typed():
                                 "noise.method=neftune", "lora.enabled=true", "lora.target_modules=[q_proj]"])
     assert config.noise.alpha == 10.0 and config.noise.method == "uniform"
     assert config.lora.enabled and config.lora.target_modules == ["q_proj"]
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    make_tiny_model("llama").save_pretrained(path)
-    build_tiny_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def alpaca_file(tmp_path_factory):
-    rows = [{"instruction": f"Add {a} and {b}.", "input": "" if a % 2 else f"{a} {b}", "output": str(a + b)}
-            for a in range(12) for b in range(3)]
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text(json.dumps(rows))
-    return path
 
 
 def tiny_config(base_model, data_path, out, **overrides):

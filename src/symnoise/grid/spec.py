@@ -62,6 +62,12 @@ class DatasetEntry(_Section):
         None, description="synthetic: when the local file is missing, train on the built-in synthetic task set")
 
 
+def _non_negative(values: list[float] | None) -> list[float] | None:
+    if values and any(v < 0 for v in values):
+        raise ValueError("alphas must be >= 0")
+    return values
+
+
 class MethodEntry(_Section):
     name: str = Field(description="short name used in cell ids (neftune, gaussian-unmatched, ...)")
     method: str | None = Field(None, description="NoiseConfig.method; default: the name")
@@ -71,9 +77,7 @@ class MethodEntry(_Section):
     @field_validator("alpha")
     @classmethod
     def _alphas(cls, values: list[float] | None) -> list[float] | None:
-        if values and any(v < 0 for v in values):
-            raise ValueError("alphas must be >= 0")
-        return values
+        return _non_negative(values)
 
     @model_validator(mode="after")
     def _known(self) -> MethodEntry:
@@ -116,9 +120,7 @@ class Axes(_Section):
     @field_validator("alpha")
     @classmethod
     def _alphas(cls, values: list[float] | None) -> list[float] | None:
-        if values and any(v < 0 for v in values):
-            raise ValueError("alphas must be >= 0")
-        return values
+        return _non_negative(values)
 
 
 class Decoding(_Section):
