@@ -234,12 +234,17 @@ def plan_batches(lengths: Sequence[int], pending: Sequence[int], batch_size: int
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    """Every token id that ends a response: the tokenizer's EOS and any listed in the model's generation config."""
+def eos_token_ids(generation_config, tokenizer) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS and any listed in the generation config."""
     ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
+    configured = getattr(generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
     return sorted(i for i in ids if i is not None)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS and any listed in the model's generation config."""
+    return eos_token_ids(model.generation_config, tokenizer)
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device):
@@ -383,10 +388,15 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def run_header(template: str, settings: DecodingSettings, generator: str) -> dict:
-    """What must not change between a run and its resumption (batch size may)."""
+def run_header(template: str, settings: DecodingSettings, generator: str, backend: str = "hf") -> dict:
+    """What must not change between a run and its resumption (batch size may).
+
+    The backend is recorded only when it is not the default ``hf``, so sidecars of the transformers path stay
+    as they were, and a run is never finished by another backend (their numerics differ).
+    """
     decoding = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
-    return {"template": template, "generator": generator, **decoding}
+    backend_field = {} if backend == "hf" else {"backend": backend}
+    return {"template": template, "generator": generator, **decoding, **backend_field}
 
 
 def generate_outputs(
@@ -404,9 +414,34 @@ def generate_outputs(
 
     ``after_batch(number_of_batches_done)`` is called after each batch is safely on disk.
     """
+    return run_resumable(
+        tokenizer, prompts, template, settings, partial, run_header(template, settings, generator),
+        plan=lambda lengths, pending: plan_batches(lengths, pending, settings.batch_size),
+        generate=lambda rows: generate_batch(model, tokenizer, rows, settings),
+        progress=progress, after_batch=after_batch,
+    )
+
+
+def run_resumable(
+    tokenizer,
+    prompts: Sequence[Prompt],
+    template: str,
+    settings: DecodingSettings,
+    partial: Path,
+    header: dict,
+    plan: Callable[[list[int], list[int]], list[list[int]]],
+    generate: Callable[[list[list[int]]], list[list[int]]],
+    progress: bool = True,
+    after_batch: Callable[[int], None] | None = None,
+) -> tuple[list[str], GenerationStats]:
+    """The resumable driver shared by the backends.
+
+    ``plan(prompt_lengths, pending_indices)`` groups the pending prompts into batches (lists of indices);
+    ``generate(prompt_id_rows)`` returns each row's new ids (EOS included when reached, at most its budget).
+    Each batch's records are appended to the sidecar before the next batch starts.
+    """
     from tqdm.auto import tqdm
 
-    header = run_header(template, settings, generator)
     done = read_sidecar(partial, header, prompts)
     if not partial.is_file() or partial.stat().st_size == 0:
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -415,9 +450,9 @@ def generate_outputs(
     pending = [i for i in range(len(prompts)) if i not in done]
     stats = GenerationStats(resumed=len(done))
     bar = tqdm(total=len(prompts), initial=len(done), unit="prompt", disable=not progress, desc="generate")
-    for number, batch in enumerate(plan_batches([len(r) for r in token_ids], pending, settings.batch_size), 1):
+    for number, batch in enumerate(plan([len(r) for r in token_ids], pending), 1):
         start = time.perf_counter()
-        new_ids = generate_batch(model, tokenizer, [token_ids[i] for i in batch], settings)
+        new_ids = generate([token_ids[i] for i in batch])
         stats.seconds += time.perf_counter() - start
         records = [
             {"index": i, "instruction": prompts[i].instruction, "output": decode_output(tokenizer, ids),

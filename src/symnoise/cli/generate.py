@@ -1,7 +1,8 @@
 """``symnoise generate``: AlpacaEval ``model_outputs.json`` from a run directory or a hub model.
 
 Everything that can be checked without the model (prompt file, template, settings) is checked before
-the model is loaded, so a typo costs seconds, not a model load.
+the model is loaded, so a typo costs seconds, not a model load. ``--backend vllm`` runs the same prompts
+and decoding with vLLM (optional, CUDA only); without vLLM installed it is refused at the same stage.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from symnoise import generation
+from symnoise import generation, vllm_backend
 
 AE1_PROMPTS = Path("alpaca_eval") / "alpaca_eval_ae1_reference_text_davinci_003.jsonl"
 
@@ -38,13 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", choices=generation.TEMPLATES,
                         help="prompt template; default: the one in MODEL/symnoise_run.json (required without it)")
     parser.add_argument("--name", help="generator name in the output (default: the model directory name)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                        help="hf: batched transformers generate (default); vllm: vLLM on a CUDA GPU, same prompt "
+                        'ids and decoding (pip install "symnoise[vllm]")')
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward (hf backend)")
+    parser.add_argument("--chunk-size", type=int, default=vllm_backend.DEFAULT_CHUNK_SIZE,
+                        help="prompts handed to vLLM at once; each chunk is saved before the next (vllm backend)")
     parser.add_argument("--max-length", type=int, default=1024, help="prompt + new tokens, per prompt")
     parser.add_argument("--max-new-tokens", type=int, help="further limit on new tokens")
     parser.add_argument("--repetition-penalty", type=float, default=1.2)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (hf backend)")
     parser.add_argument("--dtype", choices=generation.DTYPES, default="auto")
     parser.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub repository")
+    parser.add_argument("--seed", type=int, default=0, help="vLLM engine seed (vllm backend; decoding is greedy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -58,6 +65,13 @@ def _output_path(args: argparse.Namespace) -> Path:
 
 def _prepare(args: argparse.Namespace):
     """Prompts, template, settings, output path and generator name, all checked; raises ValueError."""
+    if args.backend == "vllm":
+        vllm_backend.check_available()
+        if args.device != "auto":
+            raise ValueError("--device applies to --backend hf; vLLM uses the visible CUDA GPUs "
+                             "(choose them with CUDA_VISIBLE_DEVICES)")
+        if args.chunk_size < 1:
+            raise ValueError("--chunk-size must be >= 1")
     prompts_file = args.prompts or default_prompts()
     if prompts_file is None:
         raise ValueError("no --prompts given and the AlpacaEval prompt file was not found in the shared data")
@@ -69,7 +83,7 @@ def _prepare(args: argparse.Namespace):
     )
     output = _output_path(args)
     generator = args.name or Path(str(args.model).rstrip("/")).name
-    header = generation.run_header(template, settings, generator)
+    header = generation.run_header(template, settings, generator, backend=args.backend)
     resumed = generation.read_sidecar(generation.sidecar_path(output), header, prompts)
     return prompts, template, settings, output, generator, len(resumed)
 
@@ -80,12 +94,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"symnoise generate: error: {error}", file=sys.stderr)
         return 2
-    print(f"{len(prompts)} prompts, template {template!r}, {n_resumed} already done; loading {args.model}")
-    model, tokenizer = generation.load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
-    outputs, stats = generation.generate_outputs(
-        model, tokenizer, prompts, template, settings, generation.sidecar_path(output), generator,
-        progress=not args.no_progress,
-    )
+    print(f"{len(prompts)} prompts, template {template!r}, {n_resumed} already done; loading {args.model}"
+          + (" with vLLM" if args.backend == "vllm" else ""))
+    if args.backend == "vllm":
+        llm, tokenizer, eos_ids = vllm_backend.load(args.model, args.dtype, args.trust_remote_code, args.seed)
+        outputs, stats = vllm_backend.generate_outputs(
+            llm, tokenizer, eos_ids, prompts, template, settings, generation.sidecar_path(output), generator,
+            chunk_size=args.chunk_size, progress=not args.no_progress,
+        )
+    else:
+        model, tokenizer = generation.load_model_and_tokenizer(
+            args.model, args.device, args.dtype, args.trust_remote_code
+        )
+        outputs, stats = generation.generate_outputs(
+            model, tokenizer, prompts, template, settings, generation.sidecar_path(output), generator,
+            progress=not args.no_progress,
+        )
     generation.write_json_atomic(output, generation.model_outputs_records(prompts, outputs, generator))
     print(
         f"wrote {len(outputs)} outputs to {output} ({stats.resumed} resumed); generated {stats.prompts} prompts, "
