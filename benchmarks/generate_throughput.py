@@ -4,12 +4,22 @@ Same model, same prompts, same decoding (greedy, repetition penalty 1.2, the sam
 the script also checks that both give the same outputs. The model is a randomly initialised Llama of real
 shape (default 4 layers, d=256) on the quickstart tokenizer, so it runs on a CPU without any download.
 
-    python benchmarks/generate_throughput.py --prompts 64 --batch-size 16 --max-new-tokens 64 --threads 1
+Timing, made for a shared machine: an untimed warm-up of both paths, then ``--repeats`` rounds; in each round
+the batched path and the loop run once each, in an order drawn from ``--seed``, so both see similar load. The
+summary gives the median prompts/s of each path with min..max over the rounds, the median and min..max of the
+per-round speed-ups (loop seconds / batched seconds, judged against the 4x target), the number of identical
+outputs, and the load averages (1, 5, 15 minutes, as `uptime` prints them) before, during and after.
+
+    python benchmarks/generate_throughput.py --prompts 64 --batch-size 16 --max-new-tokens 64 --repeats 3 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +30,8 @@ import transformers
 from symnoise import generation, synthetic
 from symnoise.generation import DecodingSettings, Prompt
 
+TARGET = 4.0  # batched prompts/s over the per-prompt loop's
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,7 +40,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared machine "
+                        "more threads wait at every parallel barrier)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -69,22 +83,64 @@ def loop(model, tokenizer, prompts, settings: DecodingSettings) -> tuple[list[st
     return outputs, time.perf_counter() - start
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` prints them."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def span(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}..{max(values):.{digits}f}]"
+
+
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
+    torch.set_num_threads(args.threads)
+    print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}); torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, torch threads {torch.get_num_threads()}")
+    print(f"load average before: {load_average()}", flush=True)
     tokenizer, model, prompts = build(args)
     settings = DecodingSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    loop(model, tokenizer, prompts[:2], settings)  # warm-up
-    batched_outputs, batched_s = batched(model, tokenizer, prompts, settings)
-    loop_outputs, loop_s = loop(model, tokenizer, prompts, settings)
-    same = sum(a == b for a, b in zip(batched_outputs, loop_outputs, strict=True))
     n = len(prompts)
     print(f"model: Llama {args.layers} layers, d={args.hidden}, vocab {len(tokenizer)}; {n} prompts, "
-          f"max_new_tokens {args.max_new_tokens}, torch threads {torch.get_num_threads()}")
-    print(f"per-prompt model.generate loop: {n / loop_s:7.2f} prompts/s ({loop_s:.1f} s)")
-    print(f"batched (batch size {args.batch_size}):       {n / batched_s:7.2f} prompts/s ({batched_s:.1f} s)")
-    print(f"speed-up: {loop_s / batched_s:.2f}x; identical outputs: {same}/{n}")
+          f"max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}, {args.repeats} rounds", flush=True)
+
+    loop(model, tokenizer, prompts[:2], settings)  # warm-up, untimed
+    batched(model, tokenizer, prompts[: args.batch_size], settings)
+
+    paths = {"batched": batched, "loop": loop}
+    rng = random.Random(args.seed)
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
+    identical: list[int] = []
+    for round_number in range(1, args.repeats + 1):
+        order = rng.sample(sorted(paths), k=len(paths))
+        outputs = {}
+        for name in order:
+            outputs[name], elapsed = paths[name](model, tokenizer, prompts, settings)
+            seconds[name].append(elapsed)
+        identical.append(sum(a == b for a, b in zip(outputs["batched"], outputs["loop"], strict=True)))
+        print(f"round {round_number} ({' then '.join(order)}): batched {seconds['batched'][-1]:6.1f} s, "
+              f"loop {seconds['loop'][-1]:6.1f} s, speed-up {seconds['loop'][-1] / seconds['batched'][-1]:.2f}x, "
+              f"load {load_average()}", flush=True)
+
+    ratios = [lo / ba for lo, ba in zip(seconds["loop"], seconds["batched"], strict=True)]
+    verdict = "PASS" if statistics.median(ratios) >= TARGET else "MISS"
+    print(f"per-prompt model.generate loop: {span([n / s for s in seconds['loop']])} prompts/s")
+    print(f"batched (batch size {args.batch_size}):       {span([n / s for s in seconds['batched']])} prompts/s")
+    print(f"speed-up (median of per-round ratios): {span(ratios)}x  target {TARGET:.0f}x  {verdict}")
+    print(f"identical outputs: {min(identical)}/{n}" + ("" if len(set(identical)) == 1 else f" (per round {identical})"))
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":
