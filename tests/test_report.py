@@ -192,6 +192,89 @@ def test_table_5_equals_stats_on_the_same_files(runs):
     assert table_5.cell("mean chars", "base", column="Evol-Instruct") == DASH
 
 
+def test_table_5_note_states_the_papers_n_by_default(runs):
+    table_5 = build_tables(load_runs(runs))[2]
+    assert table_5.notes[0] == "repetition and log-diversity on the first N words: Alpaca 50, Evol-Instruct 100"
+    assert not any("--words" in note for note in table_5.notes)  # every shown run has outputs long enough
+
+
+def test_words_overrides_n_for_every_dataset(runs):
+    loaded = load_runs(runs, words=20)
+    table_5 = build_tables(loaded)[2]
+    (base,) = file_stats([runs[3] / "model_outputs.json"], 20)
+    (sym,) = file_stats([runs[0] / "model_outputs.json"], 20)  # Evol-Instruct too: 20, not the papers' 100
+    (sym_100,) = file_stats([runs[0] / "model_outputs.json"], 100)
+    assert sym.n_kept > sym_100.n_kept and sym.rep_2_pct != sym_100.rep_2_pct  # the override is observable
+    for stats, method, column in ((base, "base", "Alpaca"), (sym, "+SymNoise", "Evol-Instruct")):
+        assert table_5.cell("mean chars", method, column=column) == f"{stats.mean_chars:.1f}"
+        assert table_5.cell("2-gram rep. %", method, column=column) == f"{stats.rep_2_pct:.2f}"
+        assert table_5.cell("log-diversity", method, column=column) == f"{stats.log_diversity:.2f}"
+    assert table_5.notes[0] == ("repetition and log-diversity on the first N words: Alpaca 20, Evol-Instruct 20 "
+                                "(set by --words; the papers' N: Alpaca 50, Evol-Instruct 100)")
+    assert {r.stats.words for r in loaded if r.stats} == {20}
+    assert load_run(runs[0], words=20).stats == sym
+
+
+def test_words_must_be_an_integer_of_at_least_5(runs, tmp_path, capsys):
+    for bad in (4, 0, -1, 2.5, "20", True):
+        with pytest.raises(ReportError, match="--words must be an integer of at least 5"):
+            load_runs(runs, words=bad)
+    for bad in ("4", "x", "7.5"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["report", *map(str, runs), "--out", str(tmp_path / "out"), "--words", bad])
+        assert exit_info.value.code == 2
+        assert "argument --words" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert len(load_runs(runs, words=5)) == len(runs)  # 5 words is enough for 4-grams
+
+
+def short_outputs_run(root: Path, name: str, n_words: int, **noise) -> Path:
+    """A run directory with 4 outputs of exactly ``n_words`` words each (like the mini grid's tiny model)."""
+    run = make_run(root, name, **noise)
+    texts = [" ".join(f"w{i}{j % 7}" for j in range(n_words)) for i in range(4)]
+    write_json(run / "model_outputs.json", [{"instruction": f"q{i}", "output": t, "generator": name}
+                                            for i, t in enumerate(texts)])
+    return run
+
+
+def test_short_outputs_get_a_note_suggesting_words(tmp_path, capsys):
+    runs = [short_outputs_run(tmp_path, "base", 12, method="none"),
+            short_outputs_run(tmp_path, "neft", 15, method="uniform", alpha=5)]
+    table_5 = build_tables(load_runs(runs))[2]
+    assert table_5.cell("mean words", "+NEFT", column="Alpaca") == "15.0"
+    assert table_5.cell("2-gram rep. %", "+NEFT", column="Alpaca") == DASH
+    assert table_5.cell("log-diversity", "base", column="Alpaca") == DASH
+    (note,) = [n for n in table_5.notes if "--words" in n]
+    assert note.startswith("no output is at least N words long, so 2-gram repetition and log-diversity are blank")
+    assert f"{runs[0]} (Alpaca: N 50, 4 outputs of 12.0 words on average)" in note
+    assert f"{runs[1]} (Alpaca: N 50, 4 outputs of 15.0 words on average)" in note
+    assert "`symnoise report --words N`" in note
+    out = tmp_path / "out"
+    assert main(["report", *map(str, runs), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert f"Note: {note}" in markdown
+
+    # With --words 10 both runs' outputs count: numbers, and no such note.
+    assert main(["report", *map(str, runs), "--out", str(out), "--words", "10"]) == 0
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    (stats,) = file_stats([runs[1] / "model_outputs.json"], 10)
+    assert stats.n_kept == 4
+    assert f"| log-diversity | +NEFT | {stats.log_diversity:.2f} |" in markdown
+    assert "no output is at least N words long" not in markdown
+    assert "first N words: Alpaca 10 (set by --words; the papers' N: Alpaca 50)" in markdown
+    capsys.readouterr()
+
+
+def test_short_note_only_names_runs_with_outputs_and_none_long_enough(tmp_path):
+    runs = load_runs([short_outputs_run(tmp_path, "long", 60, method="none"),
+                      short_outputs_run(tmp_path, "short", 8, method="uniform", alpha=5),
+                      make_run(tmp_path, "no-outputs", method="symnoise", alpha=5)])
+    notes = build_tables(runs)[2].notes
+    (note,) = [n for n in notes if "--words" in n]
+    assert str(tmp_path / "short") in note
+    assert str(tmp_path / "long") not in note and "no-outputs" not in note
+
+
 def test_leaderboard_and_runs_tables(runs):
     _, _, _, board, runs_table = build_tables(load_runs(runs))
     assert board.header == ["dataset", "variant", "run", "ARC", "HellaSwag", "MMLU", "average"]

@@ -2,7 +2,8 @@
 
 Where each piece of a run is looked for is listed in :mod:`symnoise.evaluation.report`; missing pieces show as
 "–". Writes ``report.md``, ``winrate_vs_alpha.png``, ``length_vs_alpha.png`` and, with ``--json``, ``report.json``
-into ``--out``, and prints the markdown.
+into ``--out``, and prints the markdown. ``--words N`` computes repetition and log-diversity (Table 5) on the first N
+words for every dataset instead of the papers' N (50 Alpaca, 100 Evol-Instruct, 150 ShareGPT and OpenPlatypus).
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from symnoise.evaluation.report import (
     load_runs,
     write_report,
 )
+from symnoise.evaluation.stats import MIN_WORDS, WORDS_PER_DATASET
+
+
+def words_argument(text: str) -> int:
+    """``--words``: an integer of at least 5 (4-gram repetition needs 5 words); argparse names the flag on error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least {MIN_WORDS}, got {text!r}") from None
+    if value < MIN_WORDS:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_WORDS} (4-grams need {MIN_WORDS} words), got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
                         help="folder for report.md and the plots (default ./report)")
     parser.add_argument("--json", action="store_true", help="also write a machine-readable DIR/report.json")
+    parser.add_argument("--words", type=words_argument, default=None, metavar="N",
+                        help="Table 5: 2-gram repetition and log-diversity on the first N words for every dataset "
+                        f"(at least {MIN_WORDS}; default the papers' N: "
+                        + ", ".join(f"{k} {v}" for k, v in WORDS_PER_DATASET.items())
+                        + "); outputs shorter than N are left out of them")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        runs = load_runs(args.runs)
+        runs = load_runs(args.runs, words=args.words)
         files = write_report(runs, args.out, json_summary=args.json)
     except ReportError as error:
         print(f"symnoise report: error: {error}", file=sys.stderr)

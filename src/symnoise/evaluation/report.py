@@ -25,7 +25,9 @@ leaderboard               ``RUN/eval/leaderboard.json``, ``RUN/leaderboard.json`
 
 Win rates are those of :mod:`symnoise.evaluation.winrate` over the whole annotation file (which must hold a
 single generator); lengths, 2-gram repetition and log-diversity those of :mod:`symnoise.evaluation.stats`, on the
-first N words for the run's dataset (N = 50 for datasets the papers did not use).
+first N words for the run's dataset (N = 50 for datasets the papers did not use), or on the first ``words`` words
+for every dataset when ``words`` is given (``symnoise report --words N``, e.g. for short outputs of tiny models: with
+no output of N words or more, repetition and log-diversity are blank, and a note under Table 5 says so).
 
 Labels. The dataset is the run's data ``format`` when it is one of the papers' four (alpaca, evol-instruct,
 sharegpt, openplatypus), else the stem of the data path. The method comes from the noise config: none -> "base",
@@ -52,7 +54,14 @@ from pathlib import Path
 from typing import Any
 
 from symnoise.config import METHODS, NoiseConfig
-from symnoise.evaluation.stats import WORDS_PER_DATASET, OutputsError, OutputStats, load_outputs, output_stats
+from symnoise.evaluation.stats import (
+    MIN_WORDS,
+    WORDS_PER_DATASET,
+    OutputsError,
+    OutputStats,
+    load_outputs,
+    output_stats,
+)
 from symnoise.evaluation.winrate import AnnotationError, WinRate, load_annotations, win_rate
 
 DASH = "–"
@@ -109,6 +118,12 @@ class Run:
     stats: OutputStats | None = None
     leaderboard: dict[str, float | None] | None = None
     files: dict[str, str | None] = field(default_factory=dict)
+    words: int | None = None  # N for repetition and log-diversity when set by ``--words``; None: the papers' N
+
+    @property
+    def n_words(self) -> int:
+        """The first-N-words length the repetition and log-diversity of this run are (or would be) computed on."""
+        return self.words if self.words is not None else WORDS_PER_DATASET.get(self.dataset, DEFAULT_WORDS)
 
     @property
     def name(self) -> str:
@@ -244,11 +259,20 @@ def read_win_rate(path: Path) -> WinRate:
     return win_rate(annotations, file=str(path), generator=generators[0])
 
 
-def read_output_stats(path: Path, dataset: str) -> OutputStats:
-    """Length and repetition of an outputs file, on the papers' first N words for ``dataset``."""
+def check_words(words: int | None) -> int | None:
+    """``words`` (the ``--words`` override of N) if it is None or an integer of at least 5, else a ReportError."""
+    if words is not None and (isinstance(words, bool) or not isinstance(words, int) or words < MIN_WORDS):
+        raise ReportError(f"--words must be an integer of at least {MIN_WORDS} (4-grams need {MIN_WORDS} words), "
+                          f"got {words!r}")
+    return words
+
+
+def read_output_stats(path: Path, dataset: str, words: int | None = None) -> OutputStats:
+    """Length and repetition of an outputs file, on the first ``words`` words, else the papers' N for ``dataset``."""
+    n_words = check_words(words) or WORDS_PER_DATASET.get(dataset, DEFAULT_WORDS)
     try:
         outputs, generators = load_outputs(path)
-        return output_stats(outputs, WORDS_PER_DATASET.get(dataset, DEFAULT_WORDS), str(path), generators)
+        return output_stats(outputs, n_words, str(path), generators)
     except (OutputsError, ValueError) as error:
         raise ReportError(str(error)) from None
 
@@ -265,8 +289,12 @@ def read_leaderboard(path: Path) -> dict[str, float | None]:
     return scores
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read one run directory: the run file is required, every other piece is optional."""
+def load_run(run_dir: str | Path, words: int | None = None) -> Run:
+    """Read one run directory: the run file is required, every other piece is optional.
+
+    ``words``: N for repetition and log-diversity, for any dataset (default: the papers' N for the run's dataset).
+    """
+    check_words(words)
     run_dir = Path(run_dir)
     info, noise = read_run_info(run_dir)
     dataset = dataset_label(info)
@@ -277,16 +305,19 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(
         path=run_dir, noise=noise, dataset=dataset, model=info.get("model"), train=read_train_metrics(run_dir),
         win_rate=read_win_rate(annotations) if annotations else None,
-        stats=read_output_stats(outputs, dataset) if outputs else None,
+        stats=read_output_stats(outputs, dataset, words) if outputs else None,
         leaderboard=read_leaderboard(leaderboard) if leaderboard else None,
         files={key: str(path) if path else None for key, path in files.items()},
+        words=words,
     )
 
 
-def load_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
+def load_runs(run_dirs: Sequence[str | Path], words: int | None = None) -> list[Run]:
+    """Read every run directory (see :func:`load_run`); ``words`` overrides N for all of them."""
+    check_words(words)
     if not run_dirs:
         raise ReportError("no run directories given")
-    return [load_run(d) for d in run_dirs]
+    return [load_run(d, words) for d in run_dirs]
 
 
 # ------------------------------------------------------------------------------------------------------ tables
@@ -420,10 +451,34 @@ def table_5(runs: Sequence[Run]) -> Table:
         for method in methods:
             stats = [getattr(chosen.get((method, d)), "stats", None) for d in datasets]
             rows.append([name, _method_row(method)] + [_fmt(get(s) if s else None, digits) for s in stats])
-    words = ", ".join(f"{_title(d)} {WORDS_PER_DATASET.get(d, DEFAULT_WORDS)}" for d in datasets)
     return Table("Table 5: length and repetition of the outputs", ["metric", "method"] + [_title(d) for d in datasets],
-                 rows, keys=2, notes=[f"repetition and log-diversity on the first N words: {words}"]
+                 rows, keys=2, notes=[_words_note(runs, datasets)] + _too_short_note(chosen.values())
                  + _left_out_note(left_out, "another run of the method is closer to the papers' alpha"))
+
+
+def _words_note(runs: Sequence[Run], datasets: Sequence[str]) -> str:
+    """The N of each dataset; where ``--words`` set it, the papers' N too."""
+    def n_words(dataset: str) -> str:
+        values = dict.fromkeys(r.n_words for r in runs if r.dataset == dataset)
+        return "/".join(str(n) for n in values)
+
+    words = ", ".join(f"{_title(d)} {n_words(d)}" for d in datasets)
+    note = f"repetition and log-diversity on the first N words: {words}"
+    if any(r.words is not None for r in runs):
+        papers = ", ".join(f"{_title(d)} {WORDS_PER_DATASET.get(d, DEFAULT_WORDS)}" for d in datasets)
+        note += f" (set by --words; the papers' N: {papers})"
+    return note
+
+
+def _too_short_note(shown: Sequence[Run]) -> list[str]:
+    """Runs in the table whose outputs are there but none of at least N words: why their repetition cells are blank."""
+    short = [r for r in shown if r.stats is not None and r.stats.n_kept == 0]
+    if not short:
+        return []
+    runs = ", ".join(f"{r.path} ({_title(r.dataset)}: N {r.stats.words}, {r.stats.n_responses} outputs of "
+                     f"{r.stats.mean_words:.1f} words on average)" for r in short)
+    return [f"no output is at least N words long, so 2-gram repetition and log-diversity are blank, in: {runs}; "
+            "`symnoise report --words N` sets a smaller N for every dataset (e.g. --words 20 for short outputs)"]
 
 
 def leaderboard_table(runs: Sequence[Run]) -> Table | None:
