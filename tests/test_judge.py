@@ -465,7 +465,8 @@ def test_hf_judge_plumbing_yields_judged_or_null(tmp_path, tiny_tokenizer):
     from conftest import make_tiny_model
 
     folder = tmp_path / "tiny-judge"
-    make_tiny_model("llama").save_pretrained(folder)
+    # The judge template alone is ~300 tokens of the tiny tokenizer: more than the default 256 positions.
+    make_tiny_model("llama", max_position_embeddings=JUDGE_POSITIONS).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     references = synthetic_references(4)
     ref_path, out_path, _ = write_pair(tmp_path, references)
@@ -483,6 +484,150 @@ def test_hf_judge_plumbing_yields_judged_or_null(tmp_path, tiny_tokenizer):
     again = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run")
     assert again.stats.cached == 4
     assert [a["preference"] for a in again.annotations] == [a["preference"] for a in result.annotations]
+
+
+JUDGE_POSITIONS = 512  # the tiny Llama's context as a judge; the judge template alone is ~300 tokens
+LONG_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
+
+
+def long_text(tag: str, n_words: int) -> str:
+    return " ".join(f"{tag}{LONG_WORDS[i % len(LONG_WORDS)]}{i}" for i in range(n_words))
+
+
+def spied_hf_judge(tokenizer, max_new_tokens: int = 4):
+    """An HFJudge on a tiny Llama with JUDGE_POSITIONS positions recording the messages and ids given to the model."""
+    from conftest import make_tiny_model
+
+    judge = J.HFJudge("tiny-judge", model=make_tiny_model("llama", max_position_embeddings=JUDGE_POSITIONS),
+                      tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    seen = {"messages": [], "input_ids": []}
+    complete, generate = judge.complete, judge.model.generate
+
+    def spy_complete(messages):
+        seen["messages"].append(messages)
+        return complete(messages)
+
+    def spy_generate(**kwargs):
+        seen["input_ids"].append(kwargs["input_ids"][0].tolist())
+        return generate(**kwargs)
+
+    judge.complete, judge.model.generate = spy_complete, spy_generate
+    return judge, seen
+
+
+def shown(example: J.Example, seed: int = 0) -> tuple[str, str]:
+    """(output_a, output_b) in the order the runner shows them."""
+    if J.model_shown_first(seed, example.instruction):
+        return example.output, example.reference
+    return example.reference, example.output
+
+
+def example(instruction: str, reference: str, output: str) -> J.Example:
+    return J.Example(instruction, reference, output, "ref-model", "tiny-model", "synthetic")
+
+
+def test_hf_judge_context_is_the_smaller_known_limit(tiny_tokenizer):
+    from types import SimpleNamespace
+
+    def model(positions):
+        return SimpleNamespace(config=SimpleNamespace(max_position_embeddings=positions))
+
+    assert tiny_tokenizer.model_max_length > 1e9  # no limit set: ignored
+    assert J.context_length(tiny_tokenizer, model(256)) == 256
+    assert J.context_length(SimpleNamespace(model_max_length=128), model(256)) == 128
+    assert J.context_length(SimpleNamespace(model_max_length=4096), model(2048)) == 2048
+    assert J.context_length(SimpleNamespace(model_max_length=int(1e30)), SimpleNamespace()) is None
+    assert J.context_length(SimpleNamespace(model_max_length=512), SimpleNamespace(config=SimpleNamespace())) == 512
+
+
+def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_tokenizer):
+    judge, seen = spied_hf_judge(tiny_tokenizer)
+    assert judge.context_length == JUDGE_POSITIONS
+    instruction = "Task 1: " + long_text("i", 4)
+    short = example("Task 0: say hi.", "Hi there, friend.", "Hello!")
+    long = example(instruction, long_text("r", 400), long_text("m", 300))
+    uneven = example("Task 2: " + long_text("j", 5), "A short reference.", long_text("u", 500))
+    examples = [short, long, uneven]
+    full = [judge.prompt_tokens(J.build_messages(ex.instruction, *shown(ex))) for ex in examples]
+    assert full[0] + 4 <= JUDGE_POSITIONS and full[1] > 1000 and full[2] > 1000  # only the last two must be cut
+
+    annotations, stats = J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"))
+    assert stats.requests == 3 and stats.failed == 0 and stats.truncated == 2
+    for ids in seen["input_ids"]:
+        assert len(ids) + judge.max_new_tokens <= JUDGE_POSITIONS  # the prompt fits, with room to answer
+
+    # A short example is shown byte for byte as built, and recorded as not truncated.
+    assert seen["messages"][0] == J.build_messages(short.instruction, *shown(short))
+    assert seen["input_ids"][0] == tiny_tokenizer(judge._prompt(J.build_messages(short.instruction,
+                                                                                  *shown(short))))["input_ids"]
+    assert annotations[0]["prompt_truncated"] is None
+
+    # The long one: instruction and template whole, both outputs cut from their ends to the same allowance.
+    user = seen["messages"][1][1]["content"]
+    assert seen["messages"][1][0]["content"] == J.SYSTEM_PROMPT
+    body = re.fullmatch(r"Which response follows the instruction better\?\n\n## Instruction\n(.*)\n\n"
+                        r"## Output \(a\)\n(.*)\n\n## Output \(b\)\n(.*)\n\n"
+                        r'Reply with exactly "Output \(a\)" or "Output \(b\)" and nothing else\.', user, re.S)
+    assert body and body.group(1) == instruction
+    for kept, original in zip(body.group(2, 3), shown(long), strict=True):
+        assert 0 < len(kept) < len(original) and original.startswith(kept)
+    cut = annotations[1]["prompt_truncated"]
+    assert cut["context_tokens"] == JUDGE_POSITIONS and cut["max_new_tokens"] == 4
+    assert cut["prompt_tokens"][0] == full[1]
+    assert JUDGE_POSITIONS - 4 - 10 <= cut["prompt_tokens"][1] == len(seen["input_ids"][1]) <= JUDGE_POSITIONS - 4
+    (ref_before, ref_after), (out_before, out_after) = cut["output_1_tokens"], cut["output_2_tokens"]
+    assert ref_before > out_before > ref_after == out_after > 20  # evenly: the same number of tokens kept
+    assert ref_before == len(tiny_tokenizer(long.reference, add_special_tokens=False)["input_ids"])
+    assert annotations[1]["output_1"] == long.reference and annotations[1]["output_2"] == long.output  # untouched
+
+    # Uneven: the short reference is kept whole and the long output gets the rest of the room.
+    user = seen["messages"][2][1]["content"]
+    assert "\nA short reference.\n" in user
+    cut = annotations[2]["prompt_truncated"]
+    assert cut["output_1_tokens"][0] == cut["output_1_tokens"][1] and cut["output_2_tokens"][1] < cut[
+        "output_2_tokens"][0]
+    assert cut["output_2_tokens"][1] > ref_after  # more than the even share of the long pair above
+
+    # A re-run takes the verdicts from the cache and still reports which prompts were cut.
+    again, stats = J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"))
+    assert stats.cached == 3 and stats.requests == 0 and stats.truncated == 2
+    assert [a["prompt_truncated"] for a in again] == [a["prompt_truncated"] for a in annotations]
+
+    with pytest.raises(J.JudgeInputError, match="exceeds the context"):  # unfitted messages are refused
+        judge.complete(J.build_messages(long.instruction, long.reference, long.output))
+
+
+def test_hf_judge_refuses_an_instruction_that_does_not_fit(tmp_path, tiny_tokenizer, capsys):
+    from conftest import make_tiny_model
+
+    judge, seen = spied_hf_judge(tiny_tokenizer)
+    examples = [example("Task 0: say hi.", "Hi.", "Hello!"), example(long_text("x", 300), "Ok.", "Fine.")]
+    with pytest.raises(J.JudgeInputError, match=r"example 1 \(row 1 of the outputs\): the judge prompt is \d+ "
+                       r"tokens without the two outputs \(the instruction alone \d+\) and 4 tokens must be "
+                       r"generated, but the judge hf:tiny-judge has a context of 512 tokens"):
+        J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"))
+    assert len(seen["input_ids"]) <= 1  # the long instruction never reached the model
+
+    folder = tmp_path / "tiny-judge"
+    make_tiny_model("llama", max_position_embeddings=JUDGE_POSITIONS).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    ref_path, out_path = tmp_path / "reference.jsonl", tmp_path / "model_outputs.json"
+    ref_path.write_text("".join(json.dumps({"instruction": ex.instruction, "output": ex.reference}) + "\n"
+                                for ex in examples), encoding="utf-8")
+    out_path.write_text(json.dumps([{"instruction": ex.instruction, "output": ex.output} for ex in examples]))
+    rc = main(["judge", str(out_path), "--reference", str(ref_path), "--judge", "hf", "--model", str(folder),
+               "--out", str(tmp_path / "run")])
+    assert rc == 2 and "example 1 (row 1 of the outputs)" in capsys.readouterr().err
+
+    # Long outputs instead: judged, and the CLI says how many prompts were cut.
+    long = example("Task 9: say more.", long_text("r", 300), long_text("m", 300))
+    ref_path.write_text(json.dumps({"instruction": long.instruction, "output": long.reference}) + "\n")
+    out_path.write_text(json.dumps([{"instruction": long.instruction, "output": long.output}]))
+    rc = main(["judge", str(out_path), "--reference", str(ref_path), "--judge", "hf", "--model", str(folder),
+               "--out", str(tmp_path / "run")])
+    assert rc == 0 and "1 judge prompt(s) had outputs shortened" in capsys.readouterr().err
+    (annotation,) = json.loads((tmp_path / "run" / J.ANNOTATIONS_FILENAME).read_text())
+    assert annotation["prompt_truncated"]["prompt_tokens"][1] <= JUDGE_POSITIONS - 12  # the CLI's 12 new tokens
 
 
 def test_alpaca_eval_judge_without_the_package_says_how_to_install(tmp_path, capsys):

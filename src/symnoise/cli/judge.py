@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     stats = result.stats.as_dict()
     print("requests {requests}, retries {retries}, cached {cached}, unparsable {unparsable}, "
           "failed {failed}".format(**stats), file=sys.stderr)
+    if stats["truncated"]:
+        print(f"{stats['truncated']} judge prompt(s) had outputs shortened to fit the judge's context "
+              "(see prompt_truncated in the annotations)", file=sys.stderr)
     print(f"{J.format_metrics(result.metrics)} -> {_out_dir(args)}")
     return 0
 

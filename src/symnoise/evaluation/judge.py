@@ -9,6 +9,11 @@ bounded budget, and the result is written as AlpacaEval annotations (``preferenc
 
 Judges: any OpenAI-compatible chat-completions server (:class:`OpenAIChatJudge`), a local Hugging Face causal LM
 (:class:`HFJudge`), or the ``alpaca_eval`` package's annotators (:class:`AlpacaEvalJudge`).
+
+A judge with a known context (the local model) gets a prompt that fits it: when the prompt plus the tokens to
+generate would not fit, the two outputs (never the instruction or the template) are cut from their ends to the same
+token allowance (:meth:`HFJudge.fit_messages`), and the annotation's ``prompt_truncated`` records by how much
+(``null`` when the prompt was shown whole); an instruction that does not fit even without the outputs is an error.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ USER_TEMPLATE = (
 
 
 class JudgeInputError(ValueError):
-    """The outputs or reference file is unusable; raised before any judge request is sent."""
+    """The outputs or reference file is unusable; raised before any judge request is sent. Also an example whose
+    instruction does not fit the local judge's context (raised when that example's turn comes)."""
 
 
 class JudgeFatalError(RuntimeError):
@@ -297,6 +303,10 @@ class HFJudge:
 
     Pass ``model`` and ``tokenizer`` to reuse loaded objects; otherwise both are loaded from
     ``model_name_or_path`` (a local folder or a hub name). Calls are serialised: one model, one forward at a time.
+
+    ``context_length``: the most tokens the model may see, prompt and generated tokens together; the smaller of the
+    tokenizer's ``model_max_length`` (when below 1e9: tokenizers without a limit report ~1e30) and the config's
+    ``max_position_embeddings``; None when neither is known (then prompts are never shortened).
     """
 
     def __init__(self, model_name_or_path: str, model: Any = None, tokenizer: Any = None,
@@ -311,6 +321,7 @@ class HFJudge:
         if device:
             self.model.to(device)
         self.model.eval()
+        self.context_length = context_length(self.tokenizer, self.model)
         self._lock = threading.Lock()
 
     def _prompt(self, messages: list[dict[str, str]]) -> str:
@@ -318,10 +329,68 @@ class HFJudge:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
 
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Length in tokens of the prompt :meth:`complete` gives the model for ``messages``."""
+        return len(self.tokenizer(self._prompt(messages))["input_ids"])
+
+    def fit_messages(self, instruction: str, output_a: str, output_b: str,
+                     index: int | None = None) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+        """The judge messages, with the two outputs shortened when the prompt would not fit the context.
+
+        Returns ``(messages, None)`` with exactly :func:`build_messages`'s messages when the prompt and
+        ``max_new_tokens`` fit (or the context is unknown). Otherwise each output is cut from its end to at most
+        the same number of tokens ``k`` (an output shorter than ``k`` is kept whole, and the other gets the rest),
+        with ``k`` as large as fits; the instruction and the template's text are never changed. The second value
+        then says ``context_tokens``, ``max_new_tokens`` and, as ``[before, after]``, ``prompt_tokens``,
+        ``output_a_tokens`` and ``output_b_tokens``. An instruction that does not fit even with both outputs empty
+        is a :class:`JudgeInputError` naming ``index`` and the lengths.
+        """
+        messages = build_messages(instruction, output_a, output_b)
+        if self.context_length is None:
+            return messages, None
+        budget = self.context_length - self.max_new_tokens
+        before = self.prompt_tokens(messages)
+        if before <= budget:
+            return messages, None
+        fixed = self.prompt_tokens(build_messages(instruction, "", ""))
+        if fixed > budget:
+            where = "an example" if index is None else f"example {index} (row {index} of the outputs)"
+            n_instruction = len(self.tokenizer(instruction, add_special_tokens=False)["input_ids"])
+            raise JudgeInputError(
+                f"{where}: the judge prompt is {fixed} tokens without the two outputs (the instruction alone "
+                f"{n_instruction}) and {self.max_new_tokens} tokens must be generated, but the judge "
+                f"{self.judge_id} has a context of {self.context_length} tokens; the instruction is never "
+                f"shortened, so use a judge with a longer context")
+        ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in (output_a, output_b)]
+        allowance = _even_allowance([len(i) for i in ids], budget - fixed)
+        while True:
+            texts = [text if len(i) <= allowance else self._decode_prefix(i, allowance)
+                     for text, i in zip((output_a, output_b), ids, strict=True)]
+            messages = build_messages(instruction, *texts)
+            after = self.prompt_tokens(messages)
+            if after <= budget or allowance == 0:
+                break
+            # Re-tokenising the cut text inside the template can merge differently; cut a little more and retry.
+            allowance -= max(1, (after - budget + 1) // 2)
+            allowance = max(0, allowance)
+        kept = [min(len(i), allowance) for i in ids]
+        return messages, {"context_tokens": self.context_length, "max_new_tokens": self.max_new_tokens,
+                          "prompt_tokens": [before, after], "output_a_tokens": [len(ids[0]), kept[0]],
+                          "output_b_tokens": [len(ids[1]), kept[1]]}
+
+    def _decode_prefix(self, ids: Sequence[int], n: int) -> str:
+        text = self.tokenizer.decode(list(ids[:n]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return text.rstrip("\ufffd")  # a byte-level token cut inside a character decodes to U+FFFD
+
     def complete(self, messages: list[dict[str, str]]) -> str:
         import torch
 
         inputs = self.tokenizer(self._prompt(messages), return_tensors="pt").to(self.model.device)
+        n_prompt = inputs["input_ids"].shape[1]
+        if self.context_length is not None and n_prompt + self.max_new_tokens > self.context_length:
+            raise JudgeInputError(
+                f"judge prompt of {n_prompt} tokens plus {self.max_new_tokens} to generate exceeds the context of "
+                f"{self.judge_id} ({self.context_length} tokens); fit_messages() shortens the outputs to fit")
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id
@@ -330,6 +399,30 @@ class HFJudge:
                                             pad_token_id=pad_id)
         new_tokens = generated[0, inputs["input_ids"].shape[1]:]
         return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+
+def context_length(tokenizer: Any, model: Any) -> int | None:
+    """The smaller of the tokenizer's ``model_max_length`` (if below 1e9) and ``config.max_position_embeddings``."""
+    limits = []
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, (int, float)) and 0 < tokenizer_limit < 1e9:
+        limits.append(int(tokenizer_limit))
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    return min(limits) if limits else None
+
+
+def _even_allowance(lengths: Sequence[int], room: int) -> int:
+    """The largest ``k`` with ``sum(min(length, k)) <= room``: every output keeps up to the same ``k`` tokens."""
+    low, high = 0, max(lengths, default=0)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if sum(min(length, middle) for length in lengths) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 class AlpacaEvalJudge:
@@ -394,7 +487,8 @@ class RetryPolicy:
 @dataclass
 class RunStats:
     """Counts of one judging run: requests sent (retries included), retries, verdicts taken from the cache, and
-    the examples that ended judged, null for an unparsable answer, or null because every attempt failed."""
+    the examples that ended judged, null for an unparsable answer, or null because every attempt failed;
+    ``truncated``: examples whose verdict was given on a prompt with shortened outputs (cached ones included)."""
 
     requests: int = 0
     retries: int = 0
@@ -402,6 +496,7 @@ class RunStats:
     judged: int = 0
     unparsable: int = 0
     failed: int = 0
+    truncated: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -411,7 +506,7 @@ class RunStats:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in ("requests", "retries", "cached", "judged", "unparsable",
-                                                       "failed")}
+                                                       "failed", "truncated")}
 
 
 @dataclass
@@ -456,7 +551,27 @@ def _call_with_retries(judge: Judge, messages: list[dict[str, str]], policy: Ret
     raise AssertionError("unreachable")  # the loop always returns on its last attempt
 
 
-def _judge_one(example: Example, judge: Judge, cache: JudgmentCache, seed: int, policy: RetryPolicy,
+def _judge_messages(judge: Judge, index: int, instruction: str, output_a: str,
+                    output_b: str) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+    """The messages for ``judge``: fitted to its context when it can say how (``fit_messages``), else as built."""
+    fit = getattr(judge, "fit_messages", None)
+    if fit is None:
+        return build_messages(instruction, output_a, output_b), None
+    return fit(instruction, output_a, output_b, index=index)
+
+
+def _truncation_record(truncation: dict[str, Any] | None, model_first: bool) -> dict[str, Any] | None:
+    """``fit_messages``'s shown-order (a, b) lengths as output_1 (reference) and output_2 (model) lengths."""
+    if truncation is None:
+        return None
+    model, reference = ("output_a_tokens", "output_b_tokens") if model_first else ("output_b_tokens",
+                                                                                   "output_a_tokens")
+    return {"context_tokens": truncation["context_tokens"], "max_new_tokens": truncation["max_new_tokens"],
+            "prompt_tokens": truncation["prompt_tokens"], "output_1_tokens": truncation[reference],
+            "output_2_tokens": truncation[model]}
+
+
+def _judge_one(index: int, example: Example, judge: Judge, cache: JudgmentCache, seed: int, policy: RetryPolicy,
                budget: _RetryBudget, stats: RunStats, stop: threading.Event) -> dict[str, Any]:
     first = model_shown_first(seed, example.instruction)
     output_a, output_b = (example.output, example.reference) if first else (example.reference, example.output)
@@ -464,16 +579,22 @@ def _judge_one(example: Example, judge: Judge, cache: JudgmentCache, seed: int, 
     record = cache.get(key)
     if record is not None:
         stats.add(cached=1)
+        truncated = record.get("prompt_truncated")
     else:
-        completion, failure = _call_with_retries(judge, build_messages(example.instruction, output_a, output_b),
-                                                 policy, budget, stats, stop)
+        messages, truncation = _judge_messages(judge, index, example.instruction, output_a, output_b)
+        truncated = _truncation_record(truncation, first)
+        completion, failure = _call_with_retries(judge, messages, policy, budget, stats, stop)
         if completion is None:
             stats.add(failed=1)
-            return _annotation(example, judge.judge_id, None, first, None, failure)
+            return _annotation(example, judge.judge_id, None, first, None, failure, truncated)
         completion = _redact(completion, judge.secrets)
         record = {"key": key, "judge": judge.judge_id, "verdict": parse_verdict(completion),
                   "raw_completion": completion}
+        if truncated is not None:
+            record["prompt_truncated"] = truncated
         cache.put(record)
+    if truncated is not None:
+        stats.add(truncated=1)
     verdict = record["verdict"]
     if verdict:
         stats.add(judged=1)
@@ -481,16 +602,19 @@ def _judge_one(example: Example, judge: Judge, cache: JudgmentCache, seed: int, 
         stats.add(unparsable=1)
     preference = None if verdict is None else (2 if (verdict == "a") == first else 1)
     return _annotation(example, judge.judge_id, preference, first, record["raw_completion"],
-                       None if verdict else "unparsable verdict")
+                       None if verdict else "unparsable verdict", truncated)
 
 
 def _annotation(example: Example, annotator: str, preference: float | None, model_first: bool | None,
-                raw_completion: str | None, null_reason: str | None) -> dict[str, Any]:
+                raw_completion: str | None, null_reason: str | None,
+                prompt_truncated: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An AlpacaEval annotation; ``prompt_truncated``: null, or how the outputs were cut to fit the judge's context
+    (``[before, after]`` token counts of the prompt, ``output_1`` (reference) and ``output_2`` (model))."""
     return {
         "instruction": example.instruction, "output_1": example.reference, "generator_1": example.generator_reference,
         "dataset": example.dataset, "output_2": example.output, "generator_2": example.generator_model,
         "annotator": annotator, "preference": preference, "model_shown_first": model_first,
-        "raw_completion": raw_completion, "null_reason": null_reason,
+        "raw_completion": raw_completion, "null_reason": null_reason, "prompt_truncated": prompt_truncated,
     }
 
 
@@ -510,7 +634,7 @@ def judge_examples(examples: Sequence[Example], judge: Judge, cache: JudgmentCac
         if stop.is_set():
             return index, None
         try:
-            return index, _judge_one(examples[index], judge, cache, seed, policy, budget, stats, stop)
+            return index, _judge_one(index, examples[index], judge, cache, seed, policy, budget, stats, stop)
         except BaseException:
             stop.set()  # here, not in the caller, so that this worker starts no further request
             raise
