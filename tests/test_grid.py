@@ -242,6 +242,7 @@ def test_grid_killed_between_cells_resumes_without_recomputing(tmp_path, monkeyp
     assert sorted(Path(r["path"]).name for r in report["runs"]) == sorted([first.name, second.name])
     assert {r["variant"] for r in report["runs"]} == {"base", "SymNoise 5"}
     assert all(r["stats"] is not None for r in report["runs"])
+    assert {r["stats"]["words"] for r in report["runs"]} == {5}  # the grid's stats_words, not the papers' 50
     summary = json.loads((tmp_path / "grid/summary.json").read_text())
     assert [c["status"] for c in summary["cells"]] == ["finished", "finished"]
     assert all(c["reference_loss"] > 0 for c in summary["cells"])

@@ -75,5 +75,5 @@ def write_grid_report(grid: Grid, outcomes: dict[str, CellOutcome], seconds: flo
     if not trained:
         return None
     report_dir = grid.output_dir / "report"
-    write_report(load_runs(trained), report_dir, json_summary=True)
+    write_report(load_runs(trained, words=grid.spec.evaluation.stats_words), report_dir, json_summary=True)
     return report_dir
