@@ -55,7 +55,7 @@ def test_cli_runs_end_to_end_and_writes_the_table(tmp_path, monkeypatch, capsys)
     rows = [line for line in results.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert header[:3] == ["method", "alpha", "exact match (n=10)"]
-    assert set(quickstart.COPY_FAMILIES) <= set(header)
+    assert set(quickstart.QUICKSTART_FAMILIES) <= set(header)
     body = {row.split("|")[1].strip(): row for row in rows[1:]}
     assert list(body) == ["none", "neftune", "symnoise"]
     assert re.match(r"\| symnoise \| 5 \| \d+\.\d% \|", body["symnoise"])
@@ -94,8 +94,8 @@ def test_format_table_lists_every_method_and_family():
     scores = [MethodScore("none", 0.0, 0.5, 1.25, 1.5, 12.0, {"capital": 1.0, "date_to_iso": 0.0}),
               MethodScore("symnoise", 5.0, 0.25, 2.0, 2.5, 30.4, {"capital": 0.5, "date_to_iso": 0.0})]
     assert format_table(scores, 4).splitlines() == [
-        "| method | alpha | exact match (n=4) | capital | date_to_iso | answer loss | last train loss | train s |",
-        "|---|---|---|---|---|---|---|---|",
-        "| none | 0 | 50.0% | 100% | 0% | 1.250 | 1.500 | 12 |",
-        "| symnoise | 5 | 25.0% | 50% | 0% | 2.000 | 2.500 | 30 |",
+        "| method | alpha | exact match (n=4) | ± s.e. | capital | date_to_iso | answer loss | last train loss | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| none | 0 | 50.0% | 25.0 | 100% | 0% | 1.250 | 1.500 | 12 |",
+        "| symnoise | 5 | 25.0% | 21.7 | 50% | 0% | 2.000 | 2.500 | 30 |",
     ]

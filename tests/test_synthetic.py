@@ -48,13 +48,13 @@ def test_sizes_unique_and_disjoint(world):
 
 def test_every_family_in_both_sets(world):
     train, evaluation, _ = world
-    assert {family_of(e) for e in train} == set(synthetic.FAMILIES)
-    assert {family_of(e) for e in evaluation} == set(synthetic.FAMILIES)
+    assert {family_of(e) for e in train} == set(synthetic.DEFAULT_FAMILIES)
+    assert {family_of(e) for e in evaluation} == set(synthetic.DEFAULT_FAMILIES)
 
 
 def test_too_few_examples_for_all_families():
     with pytest.raises(ValueError, match="one per family"):
-        make_task_examples(len(synthetic.FAMILIES) - 1, 20)
+        make_task_examples(len(synthetic.DEFAULT_FAMILIES) - 1, 20)
 
 
 def _recompute(family: str, instruction: str, text: str) -> str:
@@ -86,6 +86,11 @@ def _recompute(family: str, instruction: str, text: str) -> str:
     if family == "date_to_iso":
         day, month, year = text.split("/")
         return f"{year}-{month}-{day}"
+    if family == "us_date_to_eu":
+        month, day, year = text.split("/")
+        return f"{day}/{month}/{year}"
+    if family == "increment":
+        return str(int(text) + 1)
     raise AssertionError(f"no check for family {family}")
 
 
@@ -95,6 +100,18 @@ def test_outputs_recomputed_from_inputs(world):
         assert example.output == _recompute(family_of(example), example.instruction, example.input), example
 
 
+def test_chosen_families_only_and_every_family_checked():
+    train, evaluation = make_task_examples(40, 20, seed=1, families=("increment", "us_date_to_eu"))
+    assert sorted(family_of(e) for e in evaluation).count("increment") == 10
+    assert {family_of(e) for e in train + evaluation} == {"increment", "us_date_to_eu"}
+    everything, _ = make_task_examples(10 * len(synthetic.FAMILIES), len(synthetic.FAMILIES),
+                                       families=tuple(synthetic.FAMILIES))
+    for example in everything + train + evaluation:
+        assert example.output == _recompute(family_of(example), example.instruction, example.input), example
+    with pytest.raises(ValueError, match="unknown task families"):
+        make_task_examples(40, 20, families=("increment", "telepathy"))
+
+
 def test_hand_checked_examples():
     assert _recompute("add", "", "17 and 25") == "42"
     fixed = {"subtract": ("", "3 minus 10", "-7"), "reverse": ("", "kalo", "olak"),
@@ -102,7 +119,8 @@ def test_hand_checked_examples():
              "capital": ("Using the table, what is the capital of Ravo?", "Ravo: Tesk; Mubi: Lon", "Tesk"),
              "nth_item": ("What is the 2nd item of the list?", "pa, ki, zo", "ki"),
              "key_value_to_json": ("", "a=1; b=zo", '{"a": "1", "b": "zo"}'),
-             "date_to_iso": ("", "04/11/1987", "1987-11-04")}
+             "date_to_iso": ("", "04/11/1987", "1987-11-04"),
+             "us_date_to_eu": ("", "11/04/1987", "04/11/1987"), "increment": ("", "1299", "1300")}
     for family, (instruction, text, answer) in fixed.items():
         assert _recompute(family, instruction, text) == answer
 

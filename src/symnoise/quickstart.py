@@ -1,13 +1,13 @@
 """The built-in quickstart: the whole method on a laptop, with nothing to download.
 
 It generates an instruction dataset of small exactly-checkable tasks (`symnoise.synthetic`), trains a
-tokenizer on it and builds a small Llama-style model. A tiny model trained from scratch for a few minutes does
-not learn to copy from its prompt (induction) inside the fine-tuning budget, which every task needs, so the
-base model is first given a short plain language-model pretraining on task text (`pretrain`), shared by all
-methods. Then the real `symnoise train` recipe fine-tunes that base once per noise method, on examples the
-pretraining never saw, and each model is scored on held-out task instances: exact-match accuracy of greedy
-answers (overall and per family), and the loss of the reference answers. Seeds and the thread count are fixed,
-so every run on the same machine prints the same table.
+tokenizer on it and builds a small Llama-style model. A tiny model needs about 800 steps before it starts to solve
+these tasks at all, so the base model first gets a short noise-free warm start on task text (`pretrain`), shared by
+all methods; it stops while the model is still learning fast. Then the real `symnoise train` recipe continues from
+that base once per noise method, on examples the warm start never saw, so the steps in which the model learns
+most are taken under each method's noise. Each model is scored on held-out task instances: exact-match accuracy of
+greedy answers (overall, with its standard error, and per family), and the loss of the reference answers. Seeds
+and the thread count are fixed, so every run on the same machine prints the same table.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 from .data import Example, tokenize_examples
 from .generation import DecodingSettings, Prompt, decode_output, generate_batch, prompt_token_ids
 from .synthetic import (
-    FAMILIES,
     exact_match,
     family_of,
     make_task_examples,
@@ -40,10 +39,10 @@ from .train.config import validate_config
 logger = logging.getLogger("symnoise.quickstart")
 
 METHOD_ALPHAS = {"none": 0.0, "neftune": 5.0, "symnoise": 5.0}
-# Families whose answer is copied or re-ordered from the prompt: the ones a tiny model can start to learn within
-# the budget (arithmetic, reversal, vowel removal and sorting need more than copying). key_value_to_json is
-# rarely answered exactly, but its long copied answers are what teach copying: without it the others did worse.
-COPY_FAMILIES = ("capital", "nth_item", "key_value_to_json", "date_to_iso", "uppercase")
+# Tasks whose answer re-arranges or transforms the digits of the prompt at fixed offsets: the ones a 2-layer model
+# learns from scratch within minutes on a CPU (tasks that need content-based copying, such as table lookups or
+# list items, need induction heads that did not form in the budget). Measured choice; see `QuickstartSettings`.
+QUICKSTART_FAMILIES = ("date_to_iso", "us_date_to_eu", "increment")
 TEMPLATE = "alpaca"
 
 
@@ -51,19 +50,21 @@ TEMPLATE = "alpaca"
 class QuickstartSettings:
     """Everything that decides the quickstart's result; the defaults fit about 5 minutes on 2 CPU cores.
 
-    ``n_pretrain`` examples are used only for pretraining (about one pass: repeated examples get memorised,
-    random words and all, instead of teaching the model to copy), ``n_train`` only for fine-tuning and ``n_eval`` only
-    for scoring; all three are disjoint and spread evenly over ``families``.
+    ``n_pretrain`` examples are used only for the warm start (one pass), ``n_train`` only for fine-tuning (one
+    epoch: 250 steps per method) and ``n_eval`` only for scoring; all three are disjoint and spread evenly over
+    ``families``. Measured with these defaults (2 layers, width 128, 2 threads): tasks that need content-based copying
+    (table lookups, list items, JSON) stayed at 0-5% after 2000 steps, while the fixed-offset digit tasks reach
+    30-80% after the warm start and the fine-tuning, leaving room for the methods to differ.
     """
 
     out_dir: Path = Path("runs/quickstart")
     methods: tuple[str, ...] = ("none", "neftune", "symnoise")
-    families: tuple[str, ...] = COPY_FAMILIES
-    n_pretrain: int = 40000
-    pretrain_steps: int = 2000
+    families: tuple[str, ...] = QUICKSTART_FAMILIES
+    n_pretrain: int = 25600
+    pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
-    n_train: int = 1000
-    n_eval: int = 250
+    n_train: int = 8000
+    n_eval: int = 600
     epochs: float = 1.0
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -87,20 +88,9 @@ class MethodScore:
 
 
 def split_examples(settings: QuickstartSettings) -> tuple[list[Example], list[Example], list[Example]]:
-    """Disjoint pretraining, fine-tuning and eval examples of ``settings.families``, each balanced over them.
-
-    `make_task_examples` spreads over every family; asking it for proportionally more and keeping the chosen
-    families gives the same balance and the same disjointness guarantee.
-    """
-    unknown = sorted(set(settings.families) - set(FAMILIES))
-    if unknown or not settings.families:
-        raise ValueError(f"unknown task families {unknown or '(none given)'}; choose from {', '.join(FAMILIES)}")
-    scale = math.ceil(len(FAMILIES) / len(settings.families))
-    n_train = settings.n_pretrain + settings.n_train
-    train_pool, eval_pool = make_task_examples(n_train * scale, settings.n_eval * scale, seed=settings.seed)
-    keep = set(settings.families)
-    train_pool = [e for e in train_pool if family_of(e) in keep][:n_train]
-    eval_pool = [e for e in eval_pool if family_of(e) in keep][: settings.n_eval]
+    """Disjoint pretraining, fine-tuning and eval examples of ``settings.families``, each balanced over them."""
+    train_pool, eval_pool = make_task_examples(settings.n_pretrain + settings.n_train, settings.n_eval,
+                                               seed=settings.seed, families=settings.families)
     return train_pool[: settings.n_pretrain], train_pool[settings.n_pretrain:], eval_pool
 
 
@@ -112,11 +102,10 @@ def write_alpaca_jsonl(path: Path, examples: list[Example]) -> None:
 
 
 def pretrain(model, dataset, settings: QuickstartSettings) -> list[float]:
-    """A short plain training loop that gives the base model its copying skill before any noise is involved.
+    """A short plain training loop that warm-starts the base model before any noise is involved.
 
-    Loss on answer tokens only: measured here, that forms induction within the budget where a loss on every
-    token (mostly unpredictable random words) did not. AdamW with linear warmup and decay, batches shuffled by a
-    seeded generator; returns the loss per step.
+    Loss on answer tokens only (the prompts are boilerplate and random digits, nothing worth predicting). AdamW
+    with linear warmup and decay, batches shuffled by a seeded generator; returns the loss per step.
     """
     generator = random.Random(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.0)
@@ -170,7 +159,7 @@ def build_world(settings: QuickstartSettings) -> tuple[Path, Path, list[Example]
     write_alpaca_jsonl(settings.out_dir / "data" / "eval.jsonl", eval_examples)
     # A few thousand examples give the same merges as all of them, in a fraction of the time.
     tokenizer = train_tokenizer(tokenizer_corpus((train_examples + pretrain_examples)[:4000]), vocab_size=1024,
-                                model_max_length=256)
+                                model_max_length=256, isolate_spaces=True)
     torch.manual_seed(settings.seed)
     config = tiny_llama_config(len(tokenizer), hidden_size=settings.hidden_size, layers=settings.layers,
                                heads=settings.heads, max_position_embeddings=256)
@@ -263,7 +252,7 @@ def run_quickstart(settings: QuickstartSettings = QuickstartSettings()) -> list[
 def describe(settings: QuickstartSettings) -> str:
     """What the table measures, in one paragraph, so results.md stands alone."""
     return (f"Quickstart: task families {', '.join(settings.families)}. A {settings.layers}-layer, "
-            f"{settings.hidden_size}-wide Llama-style model, pretrained without noise ({settings.pretrain_steps} "
+            f"{settings.hidden_size}-wide Llama-style model, warm-started without noise ({settings.pretrain_steps} "
             f"steps of answer loss on {settings.n_pretrain} examples), then fine-tuned per method with `symnoise train` "
             f"({settings.epochs:g} epoch(s) of {settings.n_train} other examples, batch {settings.batch_size}, "
             f"lr {settings.learning_rate:g}); exact match and answer loss on {settings.n_eval} held-out instances, "
@@ -271,13 +260,15 @@ def describe(settings: QuickstartSettings) -> str:
 
 
 def format_table(scores: list[MethodScore], n_eval: int) -> str:
-    """A Markdown table: one row per method, overall and per-family held-out exact match, losses, train time."""
+    """A Markdown table: one row per method, overall held-out exact match with its binomial standard error,
+    per-family exact match, losses and train time."""
     families = list(scores[0].per_family) if scores else []
-    header = ["method", "alpha", f"exact match (n={n_eval})", *families, "answer loss", "last train loss",
+    header = ["method", "alpha", f"exact match (n={n_eval})", "± s.e.", *families, "answer loss", "last train loss",
               "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in scores:
-        cells = [s.method, f"{s.alpha:g}", f"{100 * s.exact_match:.1f}%",
+        error = math.sqrt(s.exact_match * (1 - s.exact_match) / n_eval)
+        cells = [s.method, f"{s.alpha:g}", f"{100 * s.exact_match:.1f}%", f"{100 * error:.1f}",
                  *(f"{100 * s.per_family.get(name, math.nan):.0f}%" for name in families),
                  f"{s.eval_loss:.3f}", f"{s.train_loss:.3f}", f"{s.seconds:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from symnoise.data import Example, render_prompt
 
@@ -113,6 +113,17 @@ def _date_to_iso(rng: random.Random) -> Task:
     return instruction, f"{day:02d}/{month:02d}/{year}", f"{year}-{month:02d}-{day:02d}"
 
 
+def _us_date_to_eu(rng: random.Random) -> Task:
+    year, month, day = rng.randint(1900, 2099), rng.randint(1, 12), rng.randint(1, 28)
+    instruction = rng.choice(["Convert the date from MM/DD/YYYY to DD/MM/YYYY.", "Write the US date the European way."])
+    return instruction, f"{month:02d}/{day:02d}/{year}", f"{day:02d}/{month:02d}/{year}"
+
+
+def _increment(rng: random.Random) -> Task:
+    number = rng.randint(100, 99998)
+    return rng.choice(["Add one to the number.", "What number comes next?"]), str(number), str(number + 1)
+
+
 FAMILIES: dict[str, Callable[[random.Random], Task]] = {
     "add": _add,
     "subtract": _subtract,
@@ -125,7 +136,12 @@ FAMILIES: dict[str, Callable[[random.Random], Task]] = {
     "nth_item": _nth_item,
     "key_value_to_json": _key_value_to_json,
     "date_to_iso": _date_to_iso,
+    "us_date_to_eu": _us_date_to_eu,
+    "increment": _increment,
 }
+# The mixed instruction set of the grid, the examples and the benchmarks (fixed, so their data never changes).
+DEFAULT_FAMILIES = ("add", "subtract", "reverse", "uppercase", "remove_vowels", "sort_numbers", "sort_words",
+                    "capital", "nth_item", "key_value_to_json", "date_to_iso")
 
 
 def family_of(example: Example) -> str:
@@ -151,20 +167,24 @@ def _split_counts(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def make_task_examples(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """Train and held-out eval examples, balanced over all families and shuffled, deterministic in ``seed``.
+def make_task_examples(n_train: int, n_eval: int, seed: int = 0,
+                       families: Sequence[str] = DEFAULT_FAMILIES) -> tuple[list[Example], list[Example]]:
+    """Train and held-out eval examples, balanced over ``families`` and shuffled, deterministic in ``seed``.
 
     No (instruction, input) pair occurs twice across both sets, so eval measures generalisation to new
     instances of familiar tasks. Both sizes must be at least the number of families.
     """
-    if min(n_train, n_eval) < len(FAMILIES):
-        raise ValueError(f"n_train and n_eval must be >= {len(FAMILIES)} (one per family); got {n_train}, {n_eval}")
+    unknown = [name for name in families if name not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"unknown task families {unknown or '(none given)'}; choose from {', '.join(FAMILIES)}")
+    if min(n_train, n_eval) < len(families):
+        raise ValueError(f"n_train and n_eval must be >= {len(families)} (one per family); got {n_train}, {n_eval}")
     rng = random.Random(seed)
     seen: set[tuple[str, str]] = set()
     train: list[Example] = []
     evaluation: list[Example] = []
     for family, n_tr, n_ev in zip(
-        FAMILIES, _split_counts(n_train, len(FAMILIES)), _split_counts(n_eval, len(FAMILIES)), strict=True
+        families, _split_counts(n_train, len(families)), _split_counts(n_eval, len(families)), strict=True
     ):
         train += _unique_examples(rng, family, n_tr, seen)
         evaluation += _unique_examples(rng, family, n_ev, seen)
@@ -186,17 +206,27 @@ def tokenizer_corpus(examples: Iterable[Example], templates: Iterable[str] = ("a
     return texts
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 1024):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 1024,
+                    isolate_spaces: bool = False):
     """A deterministic byte-level BPE tokenizer trained on ``texts``, behaving like a Llama tokenizer.
 
     Ids 0-3 are ``<pad>``, ``<s>``, ``</s>``, ``<unk>``. Encoding prepends ``<s>`` (through the
     post-processor) and never appends ``</s>``; byte-level pre-tokenisation means any text round-trips.
+    With ``isolate_spaces`` every whitespace character, punctuation mark and digit is a token of its own (as
+    Llama does for digits), so a word is the same tokens wherever it stands: copying a word from the prompt into
+    the answer is then a pure token copy, which a tiny model learns far sooner than GPT-2-style " word" forms.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if isolate_spaces:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\s|[^\w\s]|\d"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

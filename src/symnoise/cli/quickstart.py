@@ -21,8 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from ..quickstart import METHOD_ALPHAS, QuickstartSettings, describe, format_table, run_quickstart
 
+    transformers_logging.disable_progress_bar()  # weight loading and saving bars, six times per run
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("symnoise.quickstart").setLevel(logging.INFO)  # pretraining progress
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
