@@ -184,3 +184,26 @@ def test_builds_in_seconds():
     train, _ = make_task_examples(2000, 200, seed=0)
     train_tokenizer(synthetic.tokenizer_corpus(train), vocab_size=1024)
     assert time.perf_counter() - start < 10
+
+
+def _contains(sequence: list[int], part: list[int]) -> bool:
+    return any(sequence[k:k + len(part)] == part for k in range(len(sequence) - len(part) + 1))
+
+
+def test_isolating_tokenizer_gives_a_word_the_same_tokens_everywhere(world):
+    train, _, default = world
+    tokenizer = train_tokenizer(synthetic.tokenizer_corpus(train), vocab_size=1024, isolate_spaces=True)
+    text = "Reverse: bakotu, mefa bakotu\n12/05/1987 -> 1987-05-12 {\"bakotu\": \"x\"}"
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    for token in tokenizer.convert_ids_to_tokens(ids):
+        if not token.isalpha():  # spaces, punctuation and digits: one character per token
+            assert len(token) == 1 or token == "<s>", token
+
+    def encode(piece, tok=tokenizer):
+        return tok(piece, add_special_tokens=False)["input_ids"]
+
+    for context in (" bakotu", ", bakotu", '"bakotu"', "\nbakotu"):
+        assert _contains(encode(context), encode("bakotu")), context
+    # The default (GPT-2 style) tokenizer folds the space into the word, which is what the option avoids.
+    assert not _contains(encode(" bakotu", default), encode("bakotu", default))
