@@ -6,8 +6,9 @@ the same optimizer and schedule, the same number of optimizer steps):
 * baseline: ``transformers.Trainer`` with ``neftune_noise_alpha=5``, ``DataCollatorForSeq2Seq`` (pad to the
   longest in the micro-batch) and random order, i.e. what one gets from transformers without symnoise;
 * ``symnoise.train.train(config)``, the real recipe end to end, with NEFTune (``noise.method=uniform``) and with
-  SymNoise, each with ``data.packing=padding_free`` (one row of concatenated sequences with position-id resets)
-  and with ``data.group_by_length`` (padded, but batches of similar lengths).
+  SymNoise, each with ``data.packing=rows`` (each batch packed into balanced rows of at most ``max_length``
+  tokens with position-id resets), ``data.packing=padding_free`` (one row of concatenated sequences) and
+  ``data.group_by_length`` (padded, but batches of similar lengths).
 
 Equal work is exact: the training set is ``steps x effective batch`` examples and every run trains one epoch
 over it, so every run consumes exactly the same real tokens, and tokens/s is that count divided by the
@@ -63,7 +64,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import DataCollatorForSeq2Seq, Trainer, set_seed  # noqa: E402
 
-from symnoise.data import Example, load_examples, tokenize_examples  # noqa: E402
+from symnoise.data import Example, load_examples, real_token_count, tokenize_examples  # noqa: E402
 from symnoise.synthetic import make_task_examples, tiny_llama_config, tokenizer_corpus, train_tokenizer  # noqa: E402
 from symnoise.train import recipe  # noqa: E402
 from symnoise.train.config import validate_config  # noqa: E402
@@ -95,6 +96,8 @@ def parse_args() -> argparse.Namespace:
                         help="torch.set_num_threads on CPU; 1 by default because on a shared machine a second "
                         "thread waiting at every parallel barrier made steps up to 6x slower and far noisier")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variant names to run besides the baseline (default: all)")
     args = parser.parse_args()
     if args.model is None:
         args.model = "1b" if torch.cuda.is_available() else "tiny"
@@ -155,11 +158,26 @@ class Variant:
 
 VARIANTS = (
     Variant(BASELINE, None),
+    Variant("recipe neftune rows", "uniform", packing="rows"),
     Variant("recipe neftune padding_free", "uniform", packing="padding_free"),
     Variant("recipe neftune group_by_length", "uniform", group_by_length=True),
+    Variant("recipe symnoise rows", "symnoise", packing="rows"),
     Variant("recipe symnoise padding_free", "symnoise", packing="padding_free"),
     Variant("recipe symnoise group_by_length", "symnoise", group_by_length=True),
+    Variant("recipe neftune rows+grouped", "uniform", packing="rows", group_by_length=True),
+    Variant("recipe symnoise rows+grouped", "symnoise", packing="rows", group_by_length=True),
 )
+
+
+def selected_variants(names: str | None) -> list[Variant]:
+    """The baseline and the named variants (all of them by default), in table order."""
+    if names is None:
+        return list(VARIANTS)
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    unknown = wanted - {v.name for v in VARIANTS}
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {[v.name for v in VARIANTS[1:]]}")
+    return [v for v in VARIANTS if v.name == BASELINE or v.name in wanted]
 
 
 @dataclass
@@ -182,9 +200,8 @@ class CountingCollator:
     def __call__(self, features):
         batch = self.inner(features)
         ids = batch["input_ids"]
-        mask = batch.get("attention_mask")
+        self.real += int(real_token_count(batch))
         self.positions += ids.numel()
-        self.real += int(mask.sum()) if mask is not None else ids.numel()
         return batch
 
 
@@ -357,14 +374,16 @@ def main() -> None:
               f"{args.per_device_batch}, effective batch {args.effective_batch}, max length {args.max_length}, "
               f"alpha {args.alpha}, lr {args.learning_rate}, {args.repeats} repeats", flush=True)
         started = time.perf_counter()
-        for variant in (VARIANTS[0], VARIANTS[3]):  # untimed warm-up of the process: kernels, allocator, imports
+        warm_up = [v for v in VARIANTS if v.name in (BASELINE, "recipe symnoise rows")]
+        for variant in warm_up:  # untimed warm-up of the process: kernels, allocator, imports
             warm = argparse.Namespace(**{**vars(args), "steps": 2})
             run_variant(variant, warm, paths, args.seed, "warmup", eval_items[:4], tokenizer)
-        results: dict[str, list[RunResult]] = {v.name: [] for v in VARIANTS}
+        chosen = selected_variants(args.variants)
+        results: dict[str, list[RunResult]] = {v.name: [] for v in chosen}
         rng = random.Random(args.seed)
         loads = []
         for repeat in range(args.repeats):
-            order = list(VARIANTS)
+            order = list(chosen)
             rng.shuffle(order)
             for variant in order:
                 result = run_variant(variant, args, paths, args.seed + repeat, f"r{repeat}", eval_items, tokenizer)

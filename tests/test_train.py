@@ -182,6 +182,15 @@ def test_padding_free_packing_trains_with_the_same_noise_scale(base_model, alpac
     assert all(s["noise_norm"] == pytest.approx(5 / 3**0.5, rel=1e-5) for s in steps)
 
 
+def test_rows_packing_trains_with_the_same_noise_scale_and_counts_real_tokens(base_model, alpaca_file, tmp_path):
+    out = tmp_path / "rows"
+    train(tiny_config(base_model, alpaca_file, out, data__packing="rows", training__max_steps=2))
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "loss" in s]
+    assert all(0 <= s["padding_fraction"] < 0.5 for s in steps)
+    assert all(s["noise_norm"] == pytest.approx(5 / 3**0.5, rel=1e-5) for s in steps)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks train, their noise differs, one run directory."""

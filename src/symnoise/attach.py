@@ -280,9 +280,9 @@ class NoiseHandle:
         varlen = kwargs.get("cu_seq_lens_q") is not None or "flash" in implementation
         call.doubled_along = 1 if packed_row and varlen else 0
         double_batch(kwargs, call.doubled_along)
-        if packed_row and "use_cache" in self._forward_params:
+        if mask is None and call.position_ids is not None and "use_cache" in self._forward_params:
             # transformers separates packed sequences by their position ids only when no cache is in use;
-            # without that the copy would attend to the original.
+            # without that, packed sequences (and a copy doubled along the sequence) would attend to each other.
             kwargs["use_cache"] = False
 
     def _on_embeddings(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:

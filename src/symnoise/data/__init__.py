@@ -9,6 +9,7 @@ from .formats import (
     format_of_keys,
     load_examples,
 )
+from .packing import PackedRowsCollator, pack_rows, real_token_count
 from .templates import TEMPLATES, render_prompt
 from .tokenize import IGNORE_INDEX, TokenizedDataset, tokenize_examples
 
@@ -19,10 +20,13 @@ __all__ = [
     "DataError",
     "Example",
     "LoadReport",
+    "PackedRowsCollator",
     "TokenizedDataset",
     "default_template",
     "format_of_keys",
     "load_examples",
+    "pack_rows",
+    "real_token_count",
     "render_prompt",
     "tokenize_examples",
 ]

@@ -44,9 +44,11 @@ class DataSection(_Section):
     on_bad_row: Literal["error", "skip"] = "error"
     limit: int | None = Field(None, ge=1, description="use only the first N examples")
     eval_path: str | None = Field(None, description="held-out data in the same format, for eval loss")
-    packing: Literal["none", "padding_free"] = Field(
-        "none", description="padding_free: each batch is one row of concatenated sequences with position-id "
-        "resets (no padding, attention kept per sequence); none: pad to the longest in the batch")
+    packing: Literal["none", "rows", "padding_free"] = Field(
+        "none", description="rows: each batch packed into rows of at most max_length tokens with position-id "
+        "resets (attention kept per sequence, almost no padding; the fast layout for SDPA and eager attention); "
+        "padding_free: each batch is one row of concatenated sequences (no padding; for FlashAttention's varlen "
+        "kernels, since other attention builds a dense mask over the whole row); none: pad to the longest")
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding)")
 
 

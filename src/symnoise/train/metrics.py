@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..data.packing import real_token_count
+
 # Dense bf16 peak TFLOP/s per GPU (vendor datasheets, without sparsity), matched by substring of the device name.
 PEAK_BF16_TFLOPS = {
     "H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "GH200": 989.0,
@@ -51,10 +53,8 @@ class TokenCounter:
         trainer.get_batch_samples = get_batch_samples
 
     def add(self, batch: dict) -> None:
-        ids = batch["input_ids"]
-        mask = batch.get("attention_mask")
-        self.total += ids.numel()
-        self.real = self.real + (mask.sum() if mask is not None else ids.numel())
+        self.total += batch["input_ids"].numel()
+        self.real = self.real + real_token_count(batch)
 
 
 def peak_memory_gb(device: torch.device) -> float:

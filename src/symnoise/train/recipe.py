@@ -32,6 +32,7 @@ import yaml
 
 from .. import __version__
 from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokenize_examples
+from ..data.packing import PackedRowsCollator
 from ..hf import add_noise
 from .config import ConfigError, TrainConfig
 from .metrics import RunMetrics, TokenCounter, jsonl_to_csv, model_card, write_json
@@ -174,6 +175,8 @@ def make_collator(config: TrainConfig, tokenizer):
 
     if config.data.packing == "padding_free":
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    if config.data.packing == "rows":
+        return PackedRowsCollator(row_length=config.data.max_length, pad_token_id=tokenizer.pad_token_id)
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
 
 
