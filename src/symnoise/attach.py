@@ -83,6 +83,7 @@ class _Call:
     position_ids: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     doubled_along: int | None = None  # 0: batch, 1: sequence (packed rows), None: not doubled
+    logits_length: int | None = None  # positions per half of logits kept at given positions along the sequence
     sign: int = 1  # paired execution: +1 or -1
     applied: bool = False
 
@@ -279,6 +280,9 @@ class NoiseHandle:
         implementation = str(getattr(getattr(self.model, "config", None), "_attn_implementation", ""))
         varlen = kwargs.get("cu_seq_lens_q") is not None or "flash" in implementation
         call.doubled_along = 1 if packed_row and varlen else 0
+        keep = kwargs.get("logits_to_keep")
+        if call.doubled_along == 1 and isinstance(keep, torch.Tensor) and keep.dtype != torch.bool:
+            call.logits_length = keep.shape[-1]
         double_batch(kwargs, call.doubled_along)
         if mask is None and call.position_ids is not None and "use_cache" in self._forward_params:
             # transformers separates packed sequences by their position ids only when no cache is in use;
@@ -297,7 +301,7 @@ class NoiseHandle:
         if call is None or not call.active or output is None:
             return None
         if call.doubled_along is not None:
-            return fold_pair_outputs(output, call.doubled_along, call.input_shape)
+            return fold_pair_outputs(output, call.doubled_along, call.input_shape, call.logits_length)
         return None
 
     # ----------------------------------------------------------------- noise
@@ -370,9 +374,13 @@ class NoiseHandle:
 def double_batch(kwargs: dict, along: int) -> None:
     """Duplicate every per-token input of a forward call in place: along the batch (0) or, for a packed
     padding-free row, along the sequence (1) so the copy becomes more packed sequences of the same row."""
+    length = next((v.shape[1] for k in _BATCH_KEYS if isinstance(v := kwargs.get(k), torch.Tensor) and v.dim() > 1),
+                  None)
     for key in _BATCH_KEYS:
         value = kwargs.get(key)
-        if isinstance(value, torch.Tensor):
+        if key == "shift_labels" and isinstance(value, torch.Tensor) and value.dim() == 1:
+            kwargs[key] = torch.cat([value, value])  # flattened targets of a logits_to_keep mask
+        elif isinstance(value, torch.Tensor):
             if along == 1 and value.dim() != 2 and key != "inputs_embeds":
                 raise ValueError(f"symnoise: cannot double {key} of shape {tuple(value.shape)} in a packed row")
             doubled = torch.cat([value, value], dim=along)
@@ -390,22 +398,43 @@ def double_batch(kwargs: dict, along: int) -> None:
         kwargs["seq_idx"] = torch.cat([seq_idx, seq_idx + seq_idx.max() + 1], dim=along)
     if kwargs.get("num_items_in_batch") is not None:
         kwargs["num_items_in_batch"] = kwargs["num_items_in_batch"] * 2
+    if "logits_to_keep" in kwargs:
+        kwargs["logits_to_keep"] = _double_logits_to_keep(kwargs["logits_to_keep"], along, length)
 
 
-def fold_pair_outputs(output: Any, along: int, input_shape: torch.Size) -> Any:
+def _double_logits_to_keep(keep: Any, along: int, length: int) -> Any:
+    """``logits_to_keep`` for a doubled batch: the copy keeps the same positions of its own rows, or, doubled
+    along the sequence, of its half of the row (``length`` = the original row's length)."""
+    if keep is None or isinstance(keep, int) and (keep == 0 or along == 0):
+        return keep  # all positions, or the last ``keep`` of every row
+    if not isinstance(keep, torch.Tensor):
+        raise ValueError(f"symnoise: cannot double logits_to_keep={keep!r} along the sequence")
+    if keep.dtype == torch.bool:  # a mask: flattened kept positions, the copy's after the original's
+        return torch.cat([keep, keep], dim=along)
+    if along == 0:
+        return keep if keep.dim() == 1 else torch.cat([keep, keep])
+    return torch.cat([keep, keep + length], dim=keep.dim() - 1)
+
+
+def fold_pair_outputs(output: Any, along: int, input_shape: torch.Size, logits_length: int | None = None) -> Any:
     """Give a doubled forward's per-token outputs the caller's shape again (the loss already covers both halves).
 
     ``logits`` and masks keep the ``X + eps`` half. Other per-token tensors (log-probabilities, entropies,
     top-1 hits, as returned by TRL's fused LM head) become the mean of the two halves, so a loss or a metric summed
     over them equals the mean over the pair. Along the sequence (packed rows) a shifted field of length ``2T - 1``
-    is split around the boundary position, whose target is masked.
+    is split around the boundary position, whose target is masked. Logits computed at ``logits_to_keep``
+    positions have ``logits_length`` positions per half along the sequence, or, for a mask, are flattened rows
+    whose first half is the original's.
     """
     if not isinstance(output, dict):
         return None
-    n = input_shape[along]
     for key, value in list(output.items()):
         if key == "loss" or not isinstance(value, torch.Tensor) or value.dim() <= along:
             continue
+        if key == "logits" and value.dim() == 2:
+            output[key] = value[: value.shape[0] // 2]
+            continue
+        n = logits_length if key == "logits" and logits_length is not None else input_shape[along]
         size = value.shape[along]
         if size == 2 * n:
             first, second = value.narrow(along, 0, n), value.narrow(along, n, n)

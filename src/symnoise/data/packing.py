@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -121,3 +122,55 @@ def real_token_count(batch: dict) -> torch.Tensor | int:
     trained = labels != IGNORE_INDEX
     columns = torch.arange(1, labels.shape[1] + 1, device=labels.device)
     return (trained * columns).amax(dim=1).sum()
+
+
+@dataclass
+class TrainedLogitsOnly:
+    """Wrap a collator so the model computes logits only where a next token is trained (the response).
+
+    The loss covers response tokens only, yet a causal LM computes ``hidden @ lm_head`` for every position, prompt
+    and padding included: for Alpaca-style data about half of them, and the head is a large share of a small or
+    large-vocabulary model (Qwen, Gemma, Llama 3). This adds, per row, the positions whose shifted label is not
+    -100 as ``logits_to_keep`` (``(rows, K)`` integer positions, K the most any row has; shorter rows repeat
+    positions whose target is -100) and the matching ``shift_labels``; transformers' causal-LM loss then gives
+    exactly the loss of the full logits. Computed on the host, so it costs no device sync. ``labels`` stay in
+    the batch (token counts, ``num_items_in_batch``).
+    """
+
+    inner: Any
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        batch = self.inner(features)
+        labels = batch["labels"]
+        shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        trained = shifted != IGNORE_INDEX
+        width = max(int(trained.sum(dim=1).max()), 1)
+        # Trained positions first, in order (a stable sort of "not trained"), then untrained ones as filler.
+        positions = torch.argsort((~trained).to(torch.int8), dim=1, stable=True)[:, :width]
+        batch["logits_to_keep"] = positions
+        batch["shift_labels"] = shifted.gather(1, positions)
+        return batch
+
+
+def supports_trained_logits_only(model: Any) -> bool:
+    """Whether ``model`` accepts ``(rows, K)`` integer ``logits_to_keep`` and a ``shift_labels`` loss argument.
+
+    True for transformers causal LMs whose forward slices hidden states with ``slice_logits_to_keep`` (nearly all
+    of them in transformers 5) when that helper takes per-row positions; checked on the helper itself.
+    """
+    import inspect
+
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep
+    except ImportError:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs through
+    forward = getattr(base, "forward", None)
+    try:
+        if forward is None or "logits_to_keep" not in inspect.signature(forward).parameters:
+            return False
+        hidden = torch.arange(12.0).reshape(2, 3, 2)
+        kept = slice_logits_to_keep(hidden, torch.tensor([[2], [0]]))
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        return False
+    return tuple(kept.shape) == (2, 1, 2) and kept[0, 0, 0].item() == 4.0 and kept[1, 0, 0].item() == 6.0

@@ -74,6 +74,9 @@ class TrainingSection(_Section):
     effective_batch_size: int = Field(128, ge=1, description="examples per optimizer step over all devices")
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
+    trained_logits_only: bool = Field(
+        True, description="compute the LM head only where a next token is trained (the response): the same loss "
+        "with less compute; used when the model takes per-row logits_to_keep (transformers causal LMs do)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise")
     seed: int = 42

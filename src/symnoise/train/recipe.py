@@ -32,7 +32,7 @@ import yaml
 
 from .. import __version__
 from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokenize_examples
-from ..data.packing import PackedRowsCollator
+from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
 from ..hf import add_noise
 from .config import ConfigError, TrainConfig
 from .metrics import RunMetrics, TokenCounter, jsonl_to_csv, model_card, write_json
@@ -240,8 +240,15 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model = load_model(config, precision)
     check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
     args = training_arguments(config, run_dir, precision, eval_dataset is not None)
+    collator = make_collator(config, tokenizer)
+    if config.training.trained_logits_only:
+        if supports_trained_logits_only(model):
+            collator = TrainedLogitsOnly(collator)
+        else:
+            logger.info("training.trained_logits_only: %s does not take per-row logits_to_keep; computing all logits",
+                        type(model).__name__)
     trainer = Trainer(model=model, args=args, train_dataset=IndexedDataset(dataset), eval_dataset=eval_dataset,
-                      data_collator=indexing_collator(make_collator(config, tokenizer)), processing_class=tokenizer)
+                      data_collator=indexing_collator(collator), processing_class=tokenizer)
     counter = TokenCounter(trainer)
     n_params = sum(p.numel() for p in model.parameters())
     metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size())
