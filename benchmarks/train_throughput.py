@@ -154,6 +154,7 @@ class Variant:
     method: str | None  # symnoise noise method; None: the baseline (transformers' own NEFTune)
     packing: str = "none"
     group_by_length: bool = False
+    execution: str = "concat"  # SymNoise: one doubled forward, or two passes sharing eps
 
 
 VARIANTS = (
@@ -166,6 +167,7 @@ VARIANTS = (
     Variant("recipe symnoise group_by_length", "symnoise", group_by_length=True),
     Variant("recipe neftune rows+grouped", "uniform", packing="rows", group_by_length=True),
     Variant("recipe symnoise rows+grouped", "symnoise", packing="rows", group_by_length=True),
+    Variant("recipe symnoise rows paired", "symnoise", packing="rows", execution="paired"),
 )
 
 
@@ -227,7 +229,7 @@ def train_config(args: argparse.Namespace, variant: Variant, model_dir: Path, da
         "model": {"name": str(model_dir)},
         "data": {"path": str(data), "format": "alpaca", "max_length": args.max_length, "packing": variant.packing,
                  "group_by_length": variant.group_by_length},
-        "noise": {"method": variant.method or "none", "alpha": args.alpha},
+        "noise": {"method": variant.method or "none", "alpha": args.alpha, "execution": variant.execution},
         "training": {"output_dir": str(out), "epochs": 1, "max_steps": args.steps,
                      "per_device_batch_size": args.per_device_batch, "effective_batch_size": args.effective_batch,
                      "learning_rate": args.learning_rate, "save_steps": args.steps + 1, "report_to": [],
