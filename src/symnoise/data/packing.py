@@ -13,7 +13,10 @@ inside each sequence (and how symnoise finds each sequence's length for its nois
 sequence is -100, so no sequence is trained to predict the first token of the next. A row shorter than the
 widest is completed with a filler segment (pad token ids, labels -100, its own position ids from 0): it attends
 only to itself and nothing attends to it, so it changes no loss and no gradient. Like any segment it receives
-noise, which it passes on to nothing.
+noise of the usual per-sequence norm (and counts in the logged mean noise norm), which it passes on to nothing.
+
+`TrainedLogitsOnly` is the other batch transform here: it tells the model to compute logits only where a next
+token is trained.
 """
 
 from __future__ import annotations
