@@ -1,6 +1,7 @@
 """`symnoise train`: config validation, shipped configs, an end-to-end run on a tiny model, resume, DDP."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -180,6 +181,22 @@ def test_padding_free_packing_trains_with_the_same_noise_scale(base_model, alpac
     steps = [s for s in steps if "loss" in s]
     assert all(s["padding_fraction"] == 0 for s in steps)
     assert all(s["noise_norm"] == pytest.approx(5 / 3**0.5, rel=1e-5) for s in steps)
+
+
+def test_eval_loss_is_logged_without_gathering_logits(base_model, alpaca_file, tmp_path, monkeypatch):
+    """Eval reports the loss only: gathering eval logits would hold (examples x length x vocab) floats."""
+    import transformers
+
+    gathered = []
+    real_step = transformers.Trainer.prediction_step
+    monkeypatch.setattr(transformers.Trainer, "prediction_step", lambda self, *a, **k: gathered.append(
+        (out := real_step(self, *a, **k))[1]) or out)
+    out = tmp_path / "eval"
+    train(tiny_config(base_model, alpaca_file, out, training__max_steps=2, training__eval_steps=2,
+                      data__eval_path=str(alpaca_file)))
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(math.isfinite(s.get("eval_loss", math.nan)) for s in steps)
+    assert gathered and all(logits is None for logits in gathered)
 
 
 def test_rows_packing_trains_with_the_same_noise_scale_and_counts_real_tokens(base_model, alpaca_file, tmp_path):

@@ -198,7 +198,8 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
         bf16=precision == "bf16", fp16=precision == "fp16", seed=t.seed, data_seed=t.seed,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, eval_strategy="steps" if has_eval and t.eval_steps else "no",
-        eval_steps=t.eval_steps, report_to=list(t.report_to),
+        eval_steps=t.eval_steps, prediction_loss_only=True,  # eval reports the loss; never gather eval logits
+        report_to=list(t.report_to),
         dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
         use_cpu=t.device == "cpu", disable_tqdm=False, optim="adamw_torch", label_names=["labels"],
