@@ -284,7 +284,9 @@ def write_offline_tasks(
             if (data_dir / HELLASWAG_TRAIN).is_file():  # the harness's few-shot source
                 _write_jsonl(read_hellaswag_hub_jsonl(data_dir / HELLASWAG_TRAIN), jsonl / "hellaswag_train.jsonl")
                 files["train"] = "hellaswag_train.jsonl"
-                splits = {"training_split": "train", "fewshot_split": "train"}
+                # the harness's own split settings, so that even its sampler draws the same shots
+                splits = {"training_split": "train", "validation_split": "validation", "test_split": None,
+                          "fewshot_split": None}
             _task_yaml(task_dir / "hellaswag.yaml", "hellaswag.yaml", "symnoise_hellaswag", jsonl, files,
                        num_fewshot=shots["hellaswag"], **splits)
         else:
