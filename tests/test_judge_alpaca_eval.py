@@ -426,3 +426,14 @@ def test_reference_outputs_offline_come_from_the_data_folder(shared_data):
     assert source.endswith("gpt4_1106_preview.json") and rows[0]["generator"] == "gpt4_1106_preview"
     with pytest.raises(R.ReferenceError, match="offline.*no file .*gpt4_1106_preview.json"):
         R.load_reference_outputs(ae2, shared_data / "nowhere")
+
+
+def test_a_judge_built_without_settings_takes_the_annotators(tmp_path):
+    """As the grid builds it (`OpenAIChatJudge(url, model)`): the annotator's decoding settings are sent."""
+    ref_path, out_path = synthetic(tmp_path, 2)
+    ranking = "[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]"
+    with ChatServer(lambda body: (200, chat_response(ranking))) as server:
+        judge = J.OpenAIChatJudge(server.base_url, "local-judge")
+        result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "out")
+        assert [(b["max_tokens"], b["temperature"], b["top_p"]) for b in server.bodies] == [(100, 0, 1.0)] * 2
+    assert result.metrics["annotator"] == "alpaca_eval_gpt4" and result.metrics["n_null"] == 0

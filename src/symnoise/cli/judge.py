@@ -120,8 +120,8 @@ def _make_judge(args: argparse.Namespace, annotator):
         if annotator.wants_choice:
             raise J.JudgeInputError(f"--judge hf cannot serve {annotator.name}: it reads log-probabilities of an "
                                     "OpenAI-compatible server; use --judge openai (e.g. a local vLLM server)")
-        default_new = 12 if annotator.name == A.PAIRWISE_V1 else annotator.request_params["max_tokens"]
-        return J.HFJudge(args.model, max_new_tokens=args.max_tokens or default_new)
+        pairwise_default = 12 if annotator.name == A.PAIRWISE_V1 else None  # the annotator's max_tokens otherwise
+        return J.HFJudge(args.model, max_new_tokens=args.max_tokens or pairwise_default)
     model = args.model or os.environ.get("SYMNOISE_JUDGE_MODEL") or annotator.model
     if not model:
         raise J.JudgeInputError(f"--annotator {annotator.name} needs --model or SYMNOISE_JUDGE_MODEL "

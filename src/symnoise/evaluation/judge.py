@@ -205,19 +205,30 @@ class OpenAIChatJudge:
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 max_tokens: int = 16, params: dict[str, Any] | None = None, return_choice: bool = False):
+                 max_tokens: int | None = None, params: dict[str, Any] | None = None,
+                 return_choice: bool | None = None):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
-        self.params = request_body(params if params is not None else {"temperature": 0, "max_tokens": max_tokens},
-                                   model)
-        self.return_choice = return_choice
+        if params is None and max_tokens is not None:
+            params = {"temperature": 0, "max_tokens": max_tokens}
+        self._explicit = params is not None
+        self.params = request_body(params if params is not None else {"temperature": 0, "max_tokens": 16}, model)
+        self.return_choice = bool(return_choice)
+        self._explicit_choice = return_choice is not None
         self._api_key = api_key or ""
         self.secrets = (self._api_key,) if self._api_key else ()
         self.judge_id = f"openai:{model}"
 
     def __repr__(self) -> str:
         return f"OpenAIChatJudge(url={self.url!r}, model={self.model!r})"
+
+    def adopt_annotator(self, annotator: Annotator) -> None:
+        """Take the annotator's decoding settings (and choice parsing) unless they were given explicitly."""
+        if not self._explicit:
+            self.params = request_body(annotator.request_params, self.model)
+        if not self._explicit_choice:
+            self.return_choice = annotator.wants_choice
 
     def complete(self, messages: list[dict[str, str]]) -> str | dict[str, Any]:
         body = json.dumps({"messages": messages, **self.params}).encode("utf-8")
@@ -299,12 +310,13 @@ class HFJudge:
     """
 
     def __init__(self, model_name_or_path: str, model: Any = None, tokenizer: Any = None,
-                 max_new_tokens: int = 12, device: str | None = None):
+                 max_new_tokens: int | None = None, device: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.judge_id = f"hf:{model_name_or_path}"
         self.secrets: tuple[str, ...] = ()
-        self.max_new_tokens = max_new_tokens
+        self._explicit = max_new_tokens is not None
+        self.max_new_tokens = 12 if max_new_tokens is None else max_new_tokens
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_name_or_path)
         self.model = model or AutoModelForCausalLM.from_pretrained(model_name_or_path)
         if device:
@@ -312,6 +324,15 @@ class HFJudge:
         self.model.eval()
         self.context_length = context_length(self.tokenizer, self.model)
         self._lock = threading.Lock()
+
+    def adopt_annotator(self, annotator: Annotator) -> None:
+        """Generate the annotator's ``max_tokens`` unless ``max_new_tokens`` was given; log-prob annotators, which
+        read an OpenAI response's log-probabilities, are refused."""
+        if annotator.wants_choice:
+            raise JudgeInputError(f"a local HF judge cannot serve {annotator.name}: it parses log-probabilities of "
+                                  "an OpenAI-compatible server; use one (e.g. a local vLLM server)")
+        if not self._explicit:
+            self.max_new_tokens = int(annotator.request_params.get("max_tokens", self.max_new_tokens))
 
     def _prompt(self, messages: list[dict[str, str]]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -676,7 +697,11 @@ def judge_examples(examples: Sequence[Example], judge: Judge, cache: JudgmentCac
     error propagates.
     """
     policy = retry or RetryPolicy()
-    run = _Run(judge=judge, annotator=annotator or load_annotator(DEFAULT_ANNOTATOR, seed=seed), cache=cache,
+    annotator = annotator or load_annotator(DEFAULT_ANNOTATOR, seed=seed)
+    adopt = getattr(judge, "adopt_annotator", None)
+    if adopt is not None:
+        adopt(annotator)
+    run = _Run(judge=judge, annotator=annotator, cache=cache,
                policy=policy, budget=_RetryBudget(policy.max_total_retries), stats=RunStats(),
                stop=threading.Event(), max_reasks=max_reasks, retry_nulls=retry_nulls)
     results: list[dict[str, Any] | None] = [None] * len(examples)
