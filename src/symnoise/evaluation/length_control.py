@@ -93,7 +93,7 @@ def length_controlled_win_rate(path: str | Path, gamed_data: str | Path | None =
 
     glm_winrate = _glm_module()
     frame = pd.DataFrame(load_annotation_rows(path))
-    frame = frame[["instruction", "output_1", "output_2", "generator_1", "generator_2", "preference"]].assign(
+    frame = frame[["output_1", "output_2", "generator_1", "generator_2", "preference"]].assign(
         annotator=frame.get("annotator", "unknown"))
     kwargs = dict(save_weights_dir=None, is_warn_extreme_changes=False)
     with warnings.catch_warnings():  # scikit-learn's notices about LogisticRegressionCV's future attributes
