@@ -11,8 +11,8 @@ arithmetic:
 * memory: full fine-tuning with AdamW holds 16 bytes per parameter (bf16 weights and gradients, fp32 master weights
   and two moments) sharded over the GPUs (FSDP/ZeRO-3), with 80 % of each GPU usable for them; LoRA needs
   2 bytes per parameter, QLoRA 0.55, on one GPU;
-* generation: 2 x parameters FLOPs per new token at 1 % utilisation (batched `generate` is memory-bound), 400 new tokens per
-  prompt on average (NEFTune-length answers) unless ``max_new_tokens`` is smaller.
+* generation: 2 x parameters FLOPs per new token at 1 % utilisation (batched ``generate`` is memory-bound),
+  400 new tokens per prompt on average (NEFTune-length answers) unless ``max_new_tokens`` is smaller.
 
 Real times vary by a factor of two either way (interconnect, sequence packing, attention kernels).
 """

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import Example, tokenize_examples
-from ..generation import Prompt, load_prompts
 from ..evaluation import sources
+from ..generation import Prompt, load_prompts
 from ..synthetic import make_task_examples
 from .spec import GridSpec, JudgeSection, synthetic_dir
 
