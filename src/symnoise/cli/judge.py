@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from symnoise.evaluation import judge as J
+from symnoise.evaluation import sources
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KEY_VARIABLES = ("SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY")
@@ -23,10 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (f"The API key is read from {' or '.join(KEY_VARIABLES)}, never from a flag. Writes "
                      f"{J.ANNOTATIONS_FILENAME}, {J.METRICS_FILENAME} and {J.CACHE_FILENAME} (re-runs reuse it) to --out.")
     parser.add_argument("outputs", type=Path, help="AlpacaEval model_outputs.json (list of instruction/output)")
-    parser.add_argument("--reference", type=Path, help="reference outputs (JSON list or JSONL); default: "
-                        f"DATA_DIR/alpaca_eval/{J.REFERENCE_FILENAME}")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SYMNOISE_DATA_DIR", "data")),
-                        help="where to look for the default reference (env SYMNOISE_DATA_DIR; default ./data)")
+    parser.add_argument("--reference", type=Path, help="reference outputs (JSON list or JSONL); default: the "
+                        "AlpacaEval 1 text-davinci-003 outputs, from --data-dir or the hub")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"local data folder for the default reference, DIR/alpaca_eval/{J.REFERENCE_FILENAME} "
+                        f"(default: ${sources.DATA_DIR_ENV}, else the tatsu-lab/alpaca_eval hub dataset)")
     parser.add_argument("--judge", choices=["openai", "hf", "alpaca_eval"], default="openai",
                         help="openai: any OpenAI-compatible server; hf: local causal LM; alpaca_eval: its annotators")
     parser.add_argument("--model", help="judge model: served model name (openai; env SYMNOISE_JUDGE_MODEL), "
@@ -100,10 +102,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _reference_path(args: argparse.Namespace) -> Path:
     if args.reference:
         return args.reference
-    default = args.data_dir / "alpaca_eval" / J.REFERENCE_FILENAME
-    if not default.is_file():
-        raise J.JudgeInputError(f"no reference file at {default}: pass --reference FILE or --data-dir DIR")
-    return default
+    try:
+        return sources.alpaca_eval_file("alpaca_eval", sources.data_dir(args.data_dir))
+    except sources.SourceError as error:
+        raise J.JudgeInputError(f"no default reference ({error}); pass --reference FILE") from None
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
