@@ -14,6 +14,7 @@ from pathlib import Path
 from symnoise import generation, vllm_backend
 from symnoise.evaluation import sources
 
+
 def default_prompts(data_dir: str | Path | None = None) -> Path:
     """The 805 AlpacaEval 1 prompts: from the local data folder (``--data-dir``, else $SYMNOISE_DATA_DIR) when one
     is named, else the ``tatsu-lab/alpaca_eval`` hub dataset (see `symnoise.evaluation.sources`)."""
