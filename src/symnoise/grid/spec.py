@@ -11,9 +11,12 @@ A grid file has these sections (every field is documented below, next to its typ
       method: [none, neftune, {name: gaussian-unmatched, method: gaussian, noise: {match_uniform_norm: false}}]
       alpha: [5, 10]                      # optional; a method's own alpha list wins, then this, then the dataset's
       seed: [42]
-    evaluation: {prompts: ..., references: ..., decoding: {...}, judge: null, leaderboard: null}
+      pairs: null                         # or [[model, dataset], ...]: only these combinations
+    evaluation: {prompts: alpaca_eval, references: alpaca_eval, decoding: {...}, judge: null, leaderboard: null}
+                                          # named sources: the hub, or evaluation.data_dir (symnoise.evaluation.sources)
     launcher: {kind: local}               # or {kind: accelerate, config_file: configs/accelerate/fsdp.yaml}
     pretrain: null                        # or a small model pretrained from scratch (see `PretrainSection`)
+    expected: null                        # the papers' numbers; default GRID.expected.yaml beside the grid file
 
 The alpha of a cell: 0 for method ``none`` (one cell whatever the alpha lists say), else the method's own
 ``alpha`` list, else ``axes.alpha``, else the dataset's ``alpha``, else the base config's ``noise.alpha``.
