@@ -156,3 +156,49 @@ def test_unreachable_evaluation_data_stops_the_grid_before_training(tmp_path, mo
     assert not (tmp_path / "grid").exists()
     with pytest.raises(GridError, match="no cell 'nope'"):
         run_grid(load_grid(grid_file, data_dir=tmp_path), log=lambda line: None, only="nope")
+
+
+@pytest.mark.slow
+def test_a_grid_reads_named_evaluation_data_from_the_hub_or_the_named_folder(tmp_path, monkeypatch, shared_data):
+    """One tiny cell run end to end (`--cell`) with prompts and references named ``alpaca_eval``: first from a hub
+    stand-in (a hub cache read by the real client in offline mode), then from a local data folder named by
+    ``--data-dir``, which wins; the generated outputs answer exactly the prompts of the source used."""
+    import json
+
+    import huggingface_hub.constants
+
+    from symnoise.grid import read_stages
+
+    cache = tmp_path / "hub" / "datasets--tatsu-lab--alpaca_eval"
+    (cache / "snapshots" / "abc").mkdir(parents=True)
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text("abc")
+    hub_rows = [{"instruction": f"Spell {w} backwards.", "output": w[::-1], "generator": "text_davinci_003",
+                 "dataset": "vicuna"} for w in ("kalo", "mipe", "tonar")]
+    (cache / "snapshots" / "abc" / "alpaca_eval.json").write_text(json.dumps(hub_rows))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("SYMNOISE_DATA_DIR", raising=False)
+
+    data = tiny_grid(tmp_path, methods=["neftune"])
+    data["evaluation"].update(prompts="alpaca_eval", references="alpaca_eval", subset=4)  # the hub file has 3
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    grid = load_grid(grid_file)
+    cell = grid.cells[0]
+    outcome = run_grid(grid, log=lambda line: None, only=cell.id)
+    assert [c.status for c in outcome.cells] == ["finished"]
+    outputs = json.loads((cell.run_dir / "model_outputs.json").read_text())
+    assert [o["instruction"] for o in outputs] == [r["instruction"] for r in hub_rows]
+    assert read_stages(cell.run_dir)["generate"]["prompts_file"].endswith("snapshots/abc/alpaca_eval.json")
+    assert read_stages(cell.run_dir)["reference_loss"]["examples"] == 3
+
+    data["output_dir"] = str(tmp_path / "local")
+    grid_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    local = load_grid(grid_file, data_dir=shared_data)  # 4 of the 805 local prompts, spread evenly
+    cell = local.cells[0]
+    assert run_grid(local, log=lambda line: None, only=cell.id).cells[0].status == "finished"
+    ae1 = [json.loads(line) for line in
+           (shared_data / "alpaca_eval/alpaca_eval_ae1_reference_text_davinci_003.jsonl").read_text().splitlines()]
+    outputs = json.loads((cell.run_dir / "model_outputs.json").read_text())
+    assert [o["instruction"] for o in outputs] == [ae1[i * 805 // 4]["instruction"] for i in range(4)]
