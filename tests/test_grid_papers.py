@@ -188,6 +188,7 @@ def test_a_grid_reads_named_evaluation_data_from_the_hub_or_the_named_folder(tmp
     cell = grid.cells[0]
     outcome = run_grid(grid, log=lambda line: None, only=cell.id)
     assert [c.status for c in outcome.cells] == ["finished"]
+    assert outcome.report_dir is None and not (tmp_path / "grid" / "report").exists()  # left to the final run
     outputs = json.loads((cell.run_dir / "model_outputs.json").read_text())
     assert [o["instruction"] for o in outputs] == [r["instruction"] for r in hub_rows]
     assert read_stages(cell.run_dir)["generate"]["prompts_file"].endswith("snapshots/abc/alpaca_eval.json")

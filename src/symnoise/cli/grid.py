@@ -58,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for cell in outcome.failed:
         print(f"failed: {cell.cell} ({cell.stage}): {cell.error}", file=sys.stderr)
-    where = outcome.report_dir or grid.output_dir
-    print(f"{len(outcome.cells) - len(outcome.failed)}/{len(outcome.cells)} cells finished in "
-          f"{outcome.seconds:.0f} s; summary {grid.output_dir / 'summary.md'}, report {where}")
+    done = f"{len(outcome.cells) - len(outcome.failed)}/{len(outcome.cells)} cells finished in {outcome.seconds:.0f} s"
+    if args.cell:
+        print(f"{done}; once every cell is done, `symnoise grid {args.grid}` writes the summary and the report")
+    else:
+        where = outcome.report_dir or grid.output_dir
+        print(f"{done}; summary {grid.output_dir / 'summary.md'}, report {where}")
     return 1 if outcome.failed else 0

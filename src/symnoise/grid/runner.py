@@ -367,5 +367,6 @@ def run_grid(grid: Grid, log: Callable[[str], None] = print, only: str | None = 
         outcomes[cell.id] = run_cell(grid, cell, log)
         write_status(grid, outcomes)
         sys.stdout.flush()
-    report_dir = write_grid_report(grid, outcomes, time.perf_counter() - started)
+    # A single cell is a cluster job running beside others: the report is left to a final `symnoise grid GRID`.
+    report_dir = None if only else write_grid_report(grid, outcomes, time.perf_counter() - started)
     return GridOutcome(list(outcomes.values()), report_dir, time.perf_counter() - started)
