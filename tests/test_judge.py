@@ -648,13 +648,12 @@ def test_hf_judge_refuses_an_instruction_that_does_not_fit(tmp_path, tiny_tokeni
     assert annotation["prompt_truncated"]["prompt_tokens"][1] <= JUDGE_POSITIONS - 12  # the CLI's 12 new tokens
 
 
-def test_alpaca_eval_judge_without_the_package_says_how_to_install(tmp_path, capsys):
-    try:
-        import alpaca_eval  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("alpaca_eval is installed here")
+def test_alpaca_eval_judge_without_the_package_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "alpaca_eval" or m.startswith("alpaca_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "alpaca_eval", None)  # what an environment without the package gives
     with pytest.raises(J.JudgeFatalError, match="pip install alpaca-eval"):
         J.AlpacaEvalJudge()
     ref_path, out_path, _ = write_pair(tmp_path, synthetic_references(2))

@@ -23,6 +23,7 @@ from pathlib import Path
 from symnoise.evaluation import annotators as A
 from symnoise.evaluation import judge as J
 from symnoise.evaluation import references as R
+from symnoise.evaluation import sources
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KEY_VARIABLES = ("SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY")
@@ -39,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"chatgpt_fn: its ChatGPT judge; {A.AE2_ANNOTATOR}: AlpacaEval 2), or {A.PAIRWISE_V1} "
                         "(symnoise's own prompt, not comparable with AlpacaEval)")
     parser.add_argument("--reference", type=Path, help="reference outputs (JSON list or JSONL); default: the "
-                        "annotator's AlpacaEval reference, from the alpaca_eval package online or from "
-                        "DATA_DIR/alpaca_eval offline")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SYMNOISE_DATA_DIR", "data")),
-                        help="where to look for the offline reference (env SYMNOISE_DATA_DIR; default ./data)")
+                        "annotator's AlpacaEval reference, from --data-dir when given, else the alpaca_eval package")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"local data folder: the reference is read from DIR/alpaca_eval/ (default: "
+                        f"${sources.DATA_DIR_ENV}; without either, the alpaca_eval package's loader fetches it)")
     parser.add_argument("--judge", choices=["openai", "hf", "alpaca_eval"], default="openai",
                         help="openai: any OpenAI-compatible server (default); hf: a local causal LM; alpaca_eval: "
                         "the alpaca_eval package end to end (its own client and cache, no resume)")
@@ -106,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
 def _reference(args: argparse.Namespace) -> Path | list[dict]:
     if args.reference:
         return args.reference
-    rows, source = R.load_reference_outputs(R.reference_set_for(args.annotator), args.data_dir)
+    folder = sources.data_dir(args.data_dir)  # a named local folder is used as such; else the package's loader
+    rows, source = R.load_reference_outputs(R.reference_set_for(args.annotator), folder,
+                                            offline=True if folder is not None else None)
     print(f"reference outputs: {source}", file=sys.stderr)
     return rows
 

@@ -7,11 +7,14 @@ the mean weighted by subject size (the harness's own ``mmlu`` group, ``weight_by
 
 Two ways to get the data:
 
-* offline (default): the local copies in a data folder laid out like ``../shared/data`` (``arc/``, ``hellaswag/``,
+* offline: the local copies in a data folder laid out like ``../shared/data`` (``arc/``, ``hellaswag/``,
   ``mmlu/``). They are converted to JSON Lines in the schemas of the hub datasets the harness uses, and scored with
   the task definitions in ``lm_eval_tasks/`` (the harness's own prompts, targets and few-shot rules; see the YAML
   comments for the one HellaSwag difference: few-shot examples from validation, the train split being absent);
 * online: the harness's registered tasks ``arc_challenge``, ``hellaswag`` and ``mmlu``, downloaded from the hub.
+
+`symnoise leaderboard` and `symnoise grid` choose with `symnoise.evaluation.sources`: offline when a data folder is
+named (``--data-dir``, a grid's ``data_dir``, or ``$SYMNOISE_DATA_DIR``), else online.
 
 Everything that can be wrong with the request (task names, data folder, files) is checked before the model loads.
 """
@@ -119,10 +122,11 @@ def required_files(task: str) -> list[str]:
 
 
 def default_data_dirs() -> list[Path]:
-    """Where a data folder is looked for when none is given: ``$SYMNOISE_DATA_DIR``, ./data, ../shared/data, ..."""
-    cwd = Path.cwd()
-    env = os.environ.get("SYMNOISE_DATA_DIR")
-    return ([Path(env)] if env else []) + [cwd / "data", cwd / "shared" / "data", cwd.parent / "shared" / "data"]
+    """The data folder used when none is given: ``$SYMNOISE_DATA_DIR`` (see `symnoise.evaluation.sources`)."""
+    from .sources import data_dir
+
+    folder = data_dir()
+    return [folder] if folder is not None else []
 
 
 def find_data_dir(tasks: Sequence[LeaderboardTask], data_dir: str | Path | None = None) -> Path:
@@ -147,8 +151,9 @@ def find_data_dir(tasks: Sequence[LeaderboardTask], data_dir: str | Path | None 
     for root in candidates:
         if all((root / f).is_file() for f in needed):
             return root
+    where = f"in {', '.join(map(str, candidates))}" if candidates else "($SYMNOISE_DATA_DIR is not set)"
     raise LeaderboardError(
-        f"no local data for {', '.join(t.name for t in tasks)} in {', '.join(map(str, candidates))}; "
+        f"no local data for {', '.join(t.name for t in tasks)} {where}; "
         "pass a data folder (--data-dir) or use the hub datasets (--online)"
     )
 
