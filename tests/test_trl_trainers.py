@@ -197,20 +197,30 @@ def test_dpo_noises_every_policy_pass_and_no_reference_pass(tmp_path, tiny_token
             torch.testing.assert_close(minus["noise"], -plus["noise"], rtol=0, atol=1e-5)
 
 
+def comparable_logs(trainer):
+    return [{k: v for k, v in e.items() if k not in IGNORED_LOG_KEYS} for e in trainer.state.log_history]
+
+
+@pytest.fixture(scope="module")
+def plain_dpo_logs(tmp_path_factory, tiny_tokenizer):
+    """The logs of plain DPO (no symnoise), once per setup."""
+    logs = {}
+    for setup in ("full", "lora"):
+        trainer = dpo_trainer(tmp_path_factory.mktemp(f"plain-{setup}"), tiny_tokenizer, setup)
+        trainer.train()
+        logs[setup] = comparable_logs(trainer)
+    return logs
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("setup", ["full", "lora"])
 @pytest.mark.parametrize("method", ["uniform", "symnoise"])
-def test_dpo_with_alpha_zero_logs_exactly_plain_dpo(tmp_path, tiny_tokenizer, setup, method):
-    plain = dpo_trainer(tmp_path / "plain", tiny_tokenizer, setup)
-    plain.train()
-    noised = dpo_trainer(tmp_path / "noised", tiny_tokenizer, setup)
+def test_dpo_with_alpha_zero_logs_exactly_plain_dpo(tmp_path, tiny_tokenizer, plain_dpo_logs, setup, method):
+    noised = dpo_trainer(tmp_path, tiny_tokenizer, setup)
     add_noise(noised, NoiseConfig(method, 0.0, seed=0))
     noised.train()
-
-    def comparable(trainer):
-        return [{k: v for k, v in e.items() if k not in IGNORED_LOG_KEYS} for e in trainer.state.log_history]
-
-    assert comparable(noised) == comparable(plain)
-    assert {"rewards/margins", "mean_token_accuracy", "num_tokens"} <= set(plain.state.log_history[0])
+    assert comparable_logs(noised) == plain_dpo_logs[setup]
+    assert {"loss", "rewards/margins", "mean_token_accuracy", "num_tokens"} <= set(plain_dpo_logs[setup][0])
 
 
 @pytest.mark.parametrize("setup", ["full", "lora"])
@@ -261,6 +271,7 @@ def test_dpo_step_without_a_recognised_reference_pass_fails(tmp_path, tiny_token
         trainer.train()
 
 
+@pytest.mark.slow
 def test_kto_lora_reference_and_kl_passes_stay_clean(tmp_path, tiny_tokenizer):
     from trl import KTOConfig, KTOTrainer
 
@@ -278,6 +289,37 @@ def test_kto_lora_reference_and_kl_passes_stay_clean(tmp_path, tiny_tokenizer):
     assert len(trained) == 4 and all(p["role"] == "policy" and p["noise"].abs().max() > 0.01 for p in trained)
     assert any(p["role"] == "reference" for p in gradient_free)
     assert all(torch.count_nonzero(p["noise"]) == 0 for p in gradient_free)
+
+
+@pytest.mark.slow
+def test_orpo_without_reference_runs_the_pair_around_its_loss(tmp_path, tiny_tokenizer):
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    trainer = ORPOTrainer(model=tiny_policy(), args=ORPOConfig(**common_args(tmp_path)), processing_class=tiny_tokenizer,
+                          train_dataset=Dataset.from_list(PREFERENCES * 2))
+    assert add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0)).config.execution == "paired"
+    spy = PassSpy(trainer)
+    trainer.train()
+    spy.remove()
+    logs = losses_logged(trainer)
+    assert len(logs) == 2 and all(math.isfinite(e["loss"]) and "rewards/margins" in e for e in logs)
+    assert len(spy.passes) == 4 and all(p["grad"] and p["role"] == "policy" for p in spy.passes)
+    for plus, minus in zip(spy.passes[0::2], spy.passes[1::2], strict=True):
+        assert plus["noise"].abs().max() > 0.01
+        torch.testing.assert_close(minus["noise"], -plus["noise"], rtol=0, atol=1e-5)
+
+
+def test_symnoise_is_refused_where_training_step_builds_its_own_batch(tmp_path, tiny_tokenizer):
+    from test_hf_integration import make_trainer
+    from transformers import Trainer
+
+    # Stands for TRL's GRPOTrainer: generation inside training_step means a second pass sees other samples.
+    online = type("GRPOTrainer", (Trainer,), {"__module__": "trl.trainer.grpo_trainer"})
+    plain = make_trainer(tmp_path, tiny_tokenizer)
+    trainer = online(model=plain.model, args=plain.args, train_dataset=plain.train_dataset)
+    with pytest.raises(ValueError, match="GRPOTrainer builds its batches inside training_step"):
+        add_noise(trainer, NoiseConfig("symnoise", ALPHA))
+    assert add_noise(trainer, NoiseConfig("uniform", ALPHA)).config.execution == "concat"
 
 
 # ---------------------------------------------------------------------------------------------------------- SFT

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 # TRL trainers whose loss compares the policy with a reference model (or reference log-probabilities).
 REFERENCE_TRAINERS = ("DPOTrainer", "KTOTrainer")
+# TRL trainers whose training_step trains on the batch it is given, so it can run twice on one batch (the two
+# passes of a pair). Online trainers (GRPO, RLOO, online DPO...) generate or slice a buffer inside training_step:
+# a second call would train on other samples.
+FIXED_BATCH_TRL = ("SFTTrainer", "DPOTrainer", "KTOTrainer", "ORPOTrainer", "CPOTrainer", "RewardTrainer")
 # TRL versions whose reference path was read: the reference forward of a PEFT policy runs under torch.no_grad()
 # with the adapters disabled (or the "ref" adapter active). Newer majors are refused until checked.
 RECOGNISED_TRL = (1, 0), (2, 0)
@@ -73,6 +77,11 @@ def execution_for(trainer: Any, config: NoiseConfig) -> NoiseConfig:
     """``config``, with the symmetric pair switched to ``paired`` execution where the trainer computes the loss
     itself (`loss_outside_model`): one forward over the doubled batch would give that loss the mean of the pair's
     outputs instead of the mean of the pair's losses."""
+    name = trl_class_name(trainer)
+    if config.symmetric and name is not None and name not in FIXED_BATCH_TRL:
+        raise ValueError(f"symnoise: the symmetric pair needs both passes on one batch, and TRL's {name} builds its "
+                         f"batches inside training_step (checked: {', '.join(FIXED_BATCH_TRL)}); use a one-sided "
+                         "method (uniform, gaussian, bernoulli) with it")
     reason = loss_outside_model(trainer)
     if not config.symmetric or config.execution == "paired" or reason is None:
         return config
