@@ -85,6 +85,10 @@ def execution_for(trainer: Any, config: NoiseConfig) -> NoiseConfig:
     reason = loss_outside_model(trainer)
     if not config.symmetric or config.execution == "paired" or reason is None:
         return config
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        raise ValueError(f"symnoise: {reason}, so the symmetric pair must run as two passes sharing eps, which "
+                         "DeepSpeed turns into two optimizer steps; use a one-sided method (uniform, gaussian, "
+                         "bernoulli) with DeepSpeed for this trainer")
     logger.info("symnoise: %s, so the symmetric pair runs as two passes sharing eps (execution='paired')", reason)
     return dataclasses.replace(config, execution="paired")
 
