@@ -388,6 +388,14 @@ def test_execution_is_paired_exactly_where_the_trainer_computes_the_loss(tmp_pat
     assert "DPOTrainer" in T.loss_outside_model(dpo_trainer(tmp_path, tiny_tokenizer, "full"))
     own = OwnLoss(model=plain.model, args=plain.args, train_dataset=plain.train_dataset)
     assert "overrides compute_loss" in T.loss_outside_model(own)
+    sft = sft_trainer(tmp_path, tiny_tokenizer)
+
+    class OwnSFT(type(sft)):
+        def compute_loss(self, *args, **kwargs):
+            return super().compute_loss(*args, **kwargs)
+
+    sft.__class__ = OwnSFT
+    assert "OwnSFT overrides compute_loss" in T.loss_outside_model(sft)
     config = NoiseConfig("symnoise", ALPHA)
     assert T.execution_for(plain, config) is config
     assert T.execution_for(own, config).execution == "paired"

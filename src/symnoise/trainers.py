@@ -5,7 +5,7 @@ Two questions decide how noise meets a trainer:
 * **Who computes the loss?** When the trainer takes the model's own loss (``Trainer.compute_loss`` without label
   smoothing or ``compute_loss_func``; TRL's ``SFTTrainer`` with its NLL loss), SymNoise's pair can run as one
   forward over the doubled batch (``concat``): that loss is linear in the per-token outputs, so it is the mean over
-  ``X + eps`` and ``X - eps``. Any other trainer (TRL's DPO, KTO, ORPO, CPO, GRPO..., label smoothing, a custom
+  ``X + eps`` and ``X - eps``. Any other trainer (TRL's DPO, KTO, ORPO, CPO, label smoothing, a custom
   ``compute_loss_func``, a ``compute_loss`` override) computes a loss that is not linear in the model's outputs;
   there the pair runs as two passes sharing ``eps`` around the trainer's whole ``compute_loss`` (``paired``), so the
   objective is the mean of the trainer's loss at ``X + eps`` and at ``X - eps``.
@@ -43,12 +43,17 @@ RECOGNISED_TRL = (1, 0), (2, 0)
 _REF_ADAPTER = "ref"
 
 
-def trl_class_name(trainer: Any) -> str | None:
-    """The name of the first TRL trainer class in ``trainer``'s class hierarchy (``SFTTrainer``, ``DPOTrainer``...)."""
+def trl_class(trainer: Any) -> type | None:
+    """The first TRL trainer class in ``trainer``'s class hierarchy (``SFTTrainer``, ``DPOTrainer``...)."""
     for cls in type(trainer).__mro__:
         if cls.__module__.split(".")[0] == "trl" and cls.__name__.endswith("Trainer"):
-            return cls.__name__
+            return cls
     return None
+
+
+def trl_class_name(trainer: Any) -> str | None:
+    cls = trl_class(trainer)
+    return None if cls is None else cls.__name__
 
 
 def loss_outside_model(trainer: Any) -> str | None:
@@ -60,6 +65,9 @@ def loss_outside_model(trainer: Any) -> str | None:
         return "label_smoothing_factor > 0 (the Trainer smooths the loss from the logits)"
     if getattr(trainer, "compute_loss_func", None) is not None:
         return "compute_loss_func computes the loss from the logits"
+    library_class = trl_class(trainer) or Trainer
+    if type(trainer).compute_loss is not library_class.compute_loss:
+        return f"{type(trainer).__name__} overrides compute_loss"
     name = trl_class_name(trainer)
     if name == "SFTTrainer":
         loss_type = getattr(trainer.args, "loss_type", "nll")
@@ -68,8 +76,6 @@ def loss_outside_model(trainer: Any) -> str | None:
         return None
     if name is not None:
         return f"TRL's {name} computes its loss from the model's per-token outputs"
-    if type(trainer).compute_loss is not Trainer.compute_loss:
-        return f"{type(trainer).__name__} overrides compute_loss"
     return None
 
 
