@@ -143,16 +143,18 @@ def losses_logged(trainer):
     return [e for e in trainer.state.log_history if "loss" in e]
 
 
-def replay(trainer, inputs, noised_inputs):
+def replay(trainer, inputs, noised_inputs, backward_weight=None):
     """The trainer's own loss on ``inputs`` with the policy's gradient-recording forwards fed the recorded
-    ``noised_inputs`` (first decoder layer inputs, in order), every other forward clean; noise is off."""
+    ``noised_inputs`` (first decoder layer inputs, in order), every other forward clean; noise is off. With
+    ``backward_weight``, ``loss * backward_weight`` is also backpropagated (gradients accumulate)."""
     layer = unwrap_model(trainer.model).model.layers[0]
     queue = list(noised_inputs)
 
     def inject(module, args, kwargs):
         if not torch.is_grad_enabled() or _is_reference(trainer):
             return None
-        hidden = queue.pop(0)
+        live = args[0] if args else kwargs["hidden_states"]
+        hidden = queue.pop(0) + (live - live.detach())  # the recorded values, the gradient of the live embeddings
         return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
     hook = layer.register_forward_pre_hook(inject, with_kwargs=True)
@@ -160,6 +162,8 @@ def replay(trainer, inputs, noised_inputs):
         trainer.model.train()
         with torch.enable_grad(), symnoise.noise_off(trainer.model):
             loss = trainer.compute_loss(trainer.model, dict(inputs))
+            if backward_weight is not None:
+                (loss * backward_weight).backward()
     finally:
         hook.remove()
     assert not queue
@@ -252,6 +256,40 @@ def test_dpo_symnoise_loss_and_metrics_are_the_mean_of_the_signed_passes(tmp_pat
         assert len(replayed[key]) == 2
         assert logged[key] == pytest.approx(sum(replayed[key]) / 2, rel=1e-5, abs=1e-9), key
     assert logged["num_tokens"] == inputs["attention_mask"].sum().item()
+
+
+@pytest.mark.slow
+def test_dpo_symnoise_gradient_accumulation_gives_the_mean_of_the_pair_losses(tmp_path, tiny_tokenizer):
+    """Two micro-batches of 2 pairs: the accumulated gradient is the gradient of the mean over micro-batches of the
+    mean of the two signed passes' DPO losses, and the logged loss is that mean."""
+    from transformers import TrainerCallback
+
+    trainer = dpo_trainer(tmp_path, tiny_tokenizer, "full", max_steps=1, learning_rate=0.0,
+                          per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0))
+    grads = {}
+
+    class KeepGradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.update({k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None})
+
+    trainer.add_callback(KeepGradients())
+    steps = StepSpy(trainer)
+    spy = PassSpy(trainer)
+    trainer.train()
+    spy.remove()
+
+    policy = [p["input"] for p in spy.passes if p["role"] == "policy"]
+    assert len(steps.steps) == 2 and len(policy) == 4 and grads
+    trainer.model.zero_grad()
+    total = 0.0
+    for (inputs, returned), pair in zip(steps.steps, (policy[:2], policy[2:]), strict=True):
+        halves = [replay(trainer, inputs, [hidden], backward_weight=0.25) for hidden in pair]
+        torch.testing.assert_close(returned, (halves[0] + halves[1]) / 4, rtol=1e-6, atol=0)
+        total += returned.item()
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(total, rel=1e-6)
+    for name, param in trainer.model.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name], rtol=1e-5, atol=1e-8)
 
 
 def test_dpo_reference_on_an_unchecked_trl_version_is_refused(tmp_path, tiny_tokenizer, monkeypatch):
