@@ -9,9 +9,9 @@ FSDP, DeepSpeed, ``torch.compile`` and PEFT wrappers):
 * a forward hook on the input embedding module that adds the noise to its output (what the first layer sees;
   for Gemma that is after the ``sqrt(d)`` scale, as in transformers);
 * a forward hook on the model that forgets the call and, after a doubled forward, gives the per-token outputs
-  the caller's batch shape again (`fold_pair_outputs`: the loss covers both halves, logits are the ``X + eps``
-  half, per-token log-probabilities and metrics the mean of the pair), so code that pairs the outputs with its
-  own labels (TRL's fused loss and token accuracy) stays correct.
+  the caller's batch shape again (`fold_pair_outputs`: the loss covers both halves, logits and boolean outputs
+  are the ``X + eps`` half, per-token log-probabilities the mean of the pair), so code that pairs the outputs with
+  its own labels (TRL's fused loss and token accuracy) stays correct.
 
 Noise is added only when the model is in training mode, outside ``noise_off()``, and while the current alpha
 is above zero; ``generate()`` never sees it. Nothing is stored in the model's state dict.
@@ -259,19 +259,22 @@ class NoiseHandle:
         return args, kwargs
 
     def _prepare_symmetric(self, call: _Call, kwargs: dict) -> None:
-        if call.labels is None:
-            raise ValueError(
-                "symnoise: the symmetric pair (SymNoise) needs labels in the training forward so that the model "
-                "computes the loss over both X + eps and X - eps; pass labels=..., or wrap passes that only need "
-                "logits (reference models, probes) in handle.noise_off()"
-            )
         if self.config.execution == "paired":
+            # Each pass is an ordinary forward at X + eps or X - eps: whoever computes the loss (the model from
+            # labels, or the caller from the logits) computes it once per pass, so no labels are needed here.
             if self._pair_sign is None:
                 raise RuntimeError("symnoise: execution='paired' runs two passes per batch; drive them with "
                                    "`for _ in handle.paired_passes(): ...` (symnoise.hf does it for Trainer), "
                                    "or use execution='concat'")
             call.sign = self._pair_sign
             return
+        if call.labels is None:
+            raise ValueError(
+                "symnoise: the symmetric pair in execution='concat' needs labels in the training forward so that "
+                "the model computes the loss over both X + eps and X - eps; when the loss is computed outside the "
+                "model (from the logits), use execution='paired' (symnoise.hf.add_noise picks it for such "
+                "trainers), and wrap passes that only need logits (reference models, probes) in handle.noise_off()"
+            )
         batch = call.input_shape[0]
         mask = call.attention_mask
         packed_row = batch == 1 and (mask is None and call.position_ids is not None)
@@ -419,12 +422,12 @@ def _double_logits_to_keep(keep: Any, along: int, length: int) -> Any:
 def fold_pair_outputs(output: Any, along: int, input_shape: torch.Size, logits_length: int | None = None) -> Any:
     """Give a doubled forward's per-token outputs the caller's shape again (the loss already covers both halves).
 
-    ``logits`` and masks keep the ``X + eps`` half. Other per-token tensors (log-probabilities, entropies,
-    top-1 hits, as returned by TRL's fused LM head) become the mean of the two halves, so a loss or a metric summed
-    over them equals the mean over the pair. Along the sequence (packed rows) a shifted field of length ``2T - 1``
-    is split around the boundary position, whose target is masked. Logits computed at ``logits_to_keep``
-    positions have ``logits_length`` positions per half along the sequence, or, for a mask, are flattened rows
-    whose first half is the original's.
+    ``logits``, masks and every boolean or integer tensor (TRL's ``is_top1`` hits) keep the ``X + eps`` half, with
+    their dtype. Floating per-token tensors (log-probabilities, entropies, as returned by TRL's fused LM head)
+    become the mean of the two halves, so a loss or a metric summed over them equals the mean over the pair.
+    Along the sequence (packed rows) a shifted field of length ``2T - 1`` is split around the boundary position,
+    whose target is masked. Logits computed at ``logits_to_keep`` positions have ``logits_length`` positions per
+    half along the sequence, or, for a mask, are flattened rows whose first half is the original's.
     """
     if not isinstance(output, dict):
         return None
@@ -442,11 +445,9 @@ def fold_pair_outputs(output: Any, along: int, input_shape: torch.Size, logits_l
             first, second = value.narrow(along, 0, n - 1), value.narrow(along, n, n - 1)
         else:
             continue
-        if key == "logits" or key.endswith("mask"):
-            output[key] = first
-        elif value.dtype == torch.bool:
-            output[key] = (first.float() + second.float()) / 2
-        elif value.is_floating_point():
+        if key == "logits" or key.endswith("mask") or not value.is_floating_point():
+            output[key] = first  # booleans and integers (top-1 hits, ids) are never averaged
+        else:
             output[key] = (first + second) / 2
     return output
 
