@@ -99,12 +99,14 @@ def flash_reference(monkeypatch):
     from transformers import AttentionInterface
     from transformers import modeling_flash_attention_utils as fa
     from transformers.integrations.flash_attention import flash_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
     kernels = ReferenceKernels()
     process = fa._lazy_define_process_function(kernels.varlen)
     monkeypatch.setattr(fa, "lazy_import_flash_attention", lambda *args, **kwargs: (
         (kernels.dense, kernels.varlen, None, fa._pad_input, fa._unpad_input), (process, dict)))
     AttentionInterface.register(FLASH_REFERENCE, flash_attention_forward)
+    AttentionMaskInterface.register(FLASH_REFERENCE, flash_attention_mask)  # the masks FlashAttention 2 gets
     return kernels
 
 
