@@ -148,3 +148,15 @@ def test_a_trainer_logs_processed_tokens_with_the_symnoise_copy(tmp_path, method
     for line in lines:
         ratio = line["processed_tokens_per_s"] / line["tokens_per_s"]
         assert ratio == pytest.approx(factor / (1 - line["padding_fraction"]), rel=1e-3)
+
+
+def test_the_peak_comes_from_the_gpu_name_and_an_unknown_gpu_is_reported(monkeypatch, tmp_path, caplog):
+    counter = FakeCounter()
+    for name, peak in [("NVIDIA L40", 181.05e12), ("NVIDIA T4", None)]:
+        monkeypatch.setattr(M.torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        with caplog.at_level("INFO", logger=M.__name__):
+            run = M.RunMetrics(tmp_path, counter, torch.device("cuda"), n_params=1000, world_size=1, n_trained=10)
+        assert run.flops == (pytest.approx(peak) if peak else None)
+        assert run.flops_per_token == 4020
+        assert ("not in the peak table" in caplog.text) == (peak is None)
+        caplog.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 
 from ..data.packing import real_token_count
+
+logger = logging.getLogger(__name__)
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peak TFLOP/s per GPU from the vendors' datasheets, matched in this order
 # against the name torch reports (whole words, so "L4" is not "L40" and "H200" is not "GH200"). V100 has no bf16:
@@ -163,8 +166,16 @@ class RunMetrics:
         self.device = device
         self.n_params = n_params
         self.world_size = world_size
-        self.flops_per_token = training_flops_per_token(n_params, n_params if n_trained is None else n_trained)
-        self.flops = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        self.n_trained = n_params if n_trained is None else n_trained
+        self.flops_per_token = training_flops_per_token(n_params, self.n_trained)
+        self.flops = None
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+            self.flops = peak_flops(name)
+            logger.info("MFU: %.4g FLOPs per token (N = %d, trained %d), %s", self.flops_per_token, n_params,
+                        self.n_trained,
+                        f"peak {self.flops / 1e12:g} TFLOP/s ({name})" if self.flops else
+                        f"not logged: {name!r} is not in the peak table")
         self._last = (time.perf_counter(), 0, 0, 0)
 
     def extend(self, logs: dict[str, float]) -> None:
