@@ -241,16 +241,16 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     examples, report, eval_examples = load_data(config)
     if is_main_process():  # one summary per run, not one per rank
         logger.info("%s", report.summary())
+    use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
+    precision = resolve_precision(config, use_cuda)
+    # Built before tokenizer and model load: a value transformers refuses (training.trainer_args) costs no load.
+    args = training_arguments(config, run_dir, precision, eval_examples is not None)
     template = config.resolved_template(report.format)
     tokenizer = load_tokenizer(config)
     dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
     eval_dataset = eval_examples and tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
     if is_main_process():
         logger.info("%s", dataset.summary())
-    use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
-    precision = resolve_precision(config, use_cuda)
-    # Built before the model loads: a value transformers refuses (training.trainer_args) costs no model load.
-    args = training_arguments(config, run_dir, precision, eval_dataset is not None)
     if is_main_process():
         write_run_files(config, run_dir, template, report, dataset)
     model = load_model(config, precision)
