@@ -24,8 +24,8 @@ logger = logging.getLogger("symnoise.train")
 WANDB_INSTALL_HINT = 'training.wandb needs the wandb package: pip install "symnoise[wandb]" (or pip install wandb)'
 
 # What goes to the hub from a run directory: the final model or adapter, tokenizer, card and symnoise's run files.
-HUB_IGNORE = ["checkpoint-*", "checkpoint-*/**", "tmp-*", "tmp-*/**", "runs/**", "*.partial.jsonl", ".write_test_*",
-              "training_args.bin"]
+HUB_IGNORE = ["checkpoint-*", "checkpoint-*/**", "tmp-*", "tmp-*/**", "runs/**", "merged/**", "wandb/**", "*.partial.jsonl",
+              ".write_test_*", "training_args.bin"]
 
 
 def wandb_settings(config: TrainConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
