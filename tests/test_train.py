@@ -228,6 +228,8 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert Path(out / "metrics.jsonl").read_text().count('"loss"') == 2  # written once, by rank 0
+    logged = proc.stdout + proc.stderr
+    assert logged.count("loaded 36 of 36 rows") == 1 and logged.count(" examples, ") == 1  # rank 0's summary only
 
 
 def test_cli_stops_cleanly_on_a_non_finite_loss(base_model, alpaca_file, tmp_path):
