@@ -106,3 +106,15 @@ def test_top_level_help_is_for_users():
     assert "dispatcher" not in proc.stdout and "entry module" not in proc.stdout
     for command in ("configs list", "configs copy", "symnoise train", "symnoise export", "--merge-lora"):
         assert command in proc.stdout
+
+
+def test_a_copied_paper_grid_finds_its_base_config_outside_the_checkout(tmp_path, monkeypatch):
+    from symnoise.grid.spec import validate_grid
+
+    monkeypatch.chdir(tmp_path)
+    copy_config("grid/paper-table1", tmp_path)
+    data = yaml.safe_load((tmp_path / "paper-table1.yaml").read_text())
+    assert data["base"] == "configs/llama2-7b/alpaca-none.yaml" and not (tmp_path / "configs").exists()
+    data["evaluation"]["fallback"] = "synthetic"  # the paper grid names data files the user provides
+    grid = validate_grid(data, "paper-table1.yaml")
+    assert grid.cells and {c.config.model.name for c in grid.cells} == {"meta-llama/Llama-2-7b-hf"}

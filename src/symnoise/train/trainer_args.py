@@ -93,7 +93,8 @@ def check_trainer_args(values: dict[str, Any]) -> dict[str, Any]:
         elif name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""
-            problems.append(f"{name} is not a field of transformers.TrainingArguments{hint}")
+            shown = name if name.isidentifier() else repr(name)
+            problems.append(f"{shown} is not a field of transformers.TrainingArguments{hint}")
     if problems:
         raise ValueError("; ".join(problems))
     return values
