@@ -95,6 +95,12 @@ def test_wandb_settings_come_from_the_config_then_the_environment(tmp_path):
                                                  "tags": ["x"], "group": "g"}
 
 
+def test_hub_model_id_is_checked_up_front(tmp_path):
+    assert validate_config(config_data(tmp_path, hub_model_id="me/tiny-1.5b_v2")).training.hub_model_id
+    with pytest.raises(ConfigError, match="training.hub_model_id: String should match pattern"):
+        validate_config(config_data(tmp_path, hub_model_id="me/tiny model"))
+
+
 def test_wandb_section_needs_wandb_in_report_to(tmp_path):
     with pytest.raises(ConfigError, match="wandb is set but report_to does not include wandb"):
         validate_config(config_data(tmp_path, wandb={"project": "p"}))
@@ -243,3 +249,16 @@ def test_model_card_of_a_lora_run_on_a_hub_dataset(tmp_path):
                 "| licence of the base model | apache-2.0 |", "| training data | tatsu-lab/alpaca |",
                 "| LoRA | r=8, alpha=16.0, dropout=0.05", "| final training loss | 1.2346 |"):
         assert row in card, row
+
+
+def test_a_failed_upload_says_the_run_is_saved_and_how_to_retry(tmp_path):
+    class FailingApi(FakeHubApi):
+        def upload_folder(self, **kwargs):
+            raise ConnectionError("no route to host")
+
+    config = validate_config(config_data(tmp_path, push_to_hub=True, hub_model_id="me/tiny"))
+    with pytest.raises(sharing.UploadError) as error:
+        sharing.push_to_hub(config, tmp_path / "my-run", api=FailingApi(tmp_path))
+    message = str(error.value)
+    assert f"saved in {tmp_path / 'my-run'}" in message and "ConnectionError: no route to host" in message
+    assert f"hf upload me/tiny {tmp_path / 'my-run'} --private" in message

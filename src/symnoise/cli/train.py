@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..shipped_configs import resolve_config_path
     from ..train import ConfigError, load_config
     from ..train.reliability import TrainingError
+    from ..train.sharing import UploadError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except TrainingError as error:  # stopped on purpose (non-finite loss, disk full): the message says what to do
         print(f"training stopped: {error}", file=sys.stderr)
+        return 1
+    except UploadError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"finished {result.steps} steps on {result.train_examples} examples; final loss "
           f"{result.final_loss if result.final_loss is None else round(result.final_loss, 4)}; wrote {result.run_dir}")

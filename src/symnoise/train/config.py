@@ -103,7 +103,8 @@ class TrainingSection(_Section):
     run_name: str | None = Field(None, description="run name for trackers (W&B); default: the output_dir name")
     wandb: WandbSection | None = Field(None, description="W&B project, entity, tags, group; needs report_to: [wandb]")
     push_to_hub: bool = Field(False, description="upload the final model, tokenizer and model card to the hub")
-    hub_model_id: str | None = Field(None, description="hub repository (user/name); default: the output_dir name "
+    hub_model_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$",
+                                     description="hub repository (user/name); default: the output_dir name "
                                      "under the logged-in account")
     hub_private: bool = Field(True, description="create the hub repository private")
     trainer_args: dict[str, Any] = Field(

@@ -21,6 +21,10 @@ from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("symnoise.train")
 
+
+class UploadError(RuntimeError):
+    """Training finished and the run is saved, but the upload to the hub failed; the message says how to retry."""
+
 WANDB_INSTALL_HINT = 'training.wandb needs the wandb package: pip install "symnoise[wandb]" (or pip install wandb)'
 
 # What goes to the hub from a run directory: the final model or adapter, tokenizer, card and symnoise's run files.
@@ -84,12 +88,18 @@ def push_to_hub(config: TrainConfig, run_dir: Path, api=None) -> str:
     from huggingface_hub import HfApi
 
     api = api or HfApi()
-    repo = api.create_repo(hub_repo_id(config), private=config.training.hub_private, exist_ok=True,
-                           repo_type="model")
-    repo_id = getattr(repo, "repo_id", None) or hub_repo_id(config)
-    api.upload_folder(repo_id=repo_id, folder_path=str(run_dir), repo_type="model", ignore_patterns=HUB_IGNORE,
-                      commit_message=f"symnoise: {config.noise.method} (alpha {config.noise.alpha}) fine-tune of "
-                                     f"{config.model.name}")
+    repo_id = hub_repo_id(config)
+    try:
+        repo = api.create_repo(repo_id, private=config.training.hub_private, exist_ok=True, repo_type="model")
+        repo_id = getattr(repo, "repo_id", None) or repo_id
+        api.upload_folder(repo_id=repo_id, folder_path=str(run_dir), repo_type="model", ignore_patterns=HUB_IGNORE,
+                          commit_message=f"symnoise: {config.noise.method} (alpha {config.noise.alpha}) fine-tune "
+                                         f"of {config.model.name}")
+    except Exception as error:  # network, permissions, quota: the run itself is complete and saved
+        private = " --private" if config.training.hub_private else ""
+        raise UploadError(f"the run finished and is saved in {run_dir}, but the upload to {repo_id} failed "
+                          f"({type(error).__name__}: {error}); upload it later with: hf upload {repo_id} {run_dir}"
+                          f"{private} --exclude 'checkpoint-*' --exclude 'runs/*'") from error
     url = f"https://huggingface.co/{repo_id}"
     logger.info("uploaded %s to %s", run_dir, url)
     return url
