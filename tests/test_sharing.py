@@ -262,3 +262,16 @@ def test_a_failed_upload_says_the_run_is_saved_and_how_to_retry(tmp_path):
     message = str(error.value)
     assert f"saved in {tmp_path / 'my-run'}" in message and "ConnectionError: no route to host" in message
     assert f"hf upload me/tiny {tmp_path / 'my-run'} --private" in message
+
+
+def test_model_card_lists_every_source_of_a_mixture(tmp_path):
+    """With a `data.datasets` mixture (no single data.path) the card names each source; hub ids go in metadata."""
+    from types import SimpleNamespace
+
+    config = validate_config(config_data(tmp_path))
+    mixture = SimpleNamespace(path=None, max_length=512, datasets=[SimpleNamespace(path="tatsu-lab/alpaca"),
+                                                                   SimpleNamespace(path=str(tmp_path / "mine.jsonl"))])
+    card = model_card(SimpleNamespace(model=config.model, noise=config.noise, lora=config.lora,
+                                      training=config.training, data=mixture), "alpaca", 10, None, 1.0)
+    assert yaml.safe_load(card.split("---")[1])["datasets"] == ["tatsu-lab/alpaca"]
+    assert "| training data | tatsu-lab/alpaca + a local file (mine.jsonl) |" in card

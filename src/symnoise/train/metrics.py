@@ -159,6 +159,12 @@ def is_hub_dataset(path: str) -> bool:
     return not Path(path).exists() and not path.endswith(LOCAL_DATA_SUFFIXES) and not path.startswith((".", "/", "~"))
 
 
+def data_paths(config: Any) -> list[str]:
+    """Every training data source: ``data.path``, or each entry of a ``data.datasets`` mixture."""
+    datasets = getattr(config.data, "datasets", None)
+    return [entry.path for entry in datasets] if datasets else [config.data.path]
+
+
 def _dataset_label(path: str) -> str:
     return path if is_hub_dataset(path) else f"a local file ({Path(path).name})"
 
@@ -173,7 +179,7 @@ def card_metadata(config: Any) -> str:
         lines.append(f"license: {config.model.license}")
     lines.append("pipeline_tag: text-generation")
     lines += ["tags:"] + [f"- {tag}" for tag in tags if tag]
-    hub_datasets = [path for path in [config.data.path] if is_hub_dataset(path)]
+    hub_datasets = [path for path in data_paths(config) if is_hub_dataset(path)]
     if hub_datasets:
         lines += ["datasets:"] + [f"- {path}" for path in hub_datasets]
     return "\n".join(lines) + "\n"
@@ -189,7 +195,8 @@ def model_card(config: Any, template: str, steps: int, final_loss: float | None,
     return MODEL_CARD.format(
         metadata=card_metadata(config), name=Path(config.training.output_dir).name, version=__version__,
         base_model=config.model.name, license=getattr(config.model, "license", None) or "not stated in the config",
-        datasets=_dataset_label(config.data.path), method=noise.method, alpha=noise.alpha,
+        datasets=" + ".join(_dataset_label(path) for path in data_paths(config)), method=noise.method,
+        alpha=noise.alpha,
         lora_sentence=", LoRA adapter" if lora.enabled else "", symmetric=noise.symmetric,
         match=noise.match_uniform_norm, length_mode=noise.length_mode, region=noise.region,
         schedule=noise.schedule, template=template, max_length=config.data.max_length,
