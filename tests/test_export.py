@@ -92,3 +92,16 @@ def test_vllm_backend_serves_a_lora_run_through_its_merged_copy(lora_run, tmp_pa
     assert main(args[:-5] + ["--output", str(tmp_path / "again.json"), "--max-length", "64", "--no-progress"]) == 0
     assert fake.llm_kwargs[1]["model"] == str(merged) and "merging" not in capsys.readouterr().out
     assert (merged / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not merged again
+
+
+
+def test_the_hf_backend_on_the_run_and_vllm_s_merged_copy_run_the_same_weights(lora_run, tmp_path):
+    """`generate` (hf) loads the LoRA run as base + adapter; vLLM gets the merged copy: same logits, same tokens."""
+    merged = export.merge_lora(lora_run, tmp_path / "merged")
+    (run_model, tokenizer), (merged_model, _) = (generation.load_model_and_tokenizer(m, "cpu", "float32")
+                                                 for m in (lora_run, merged))
+    assert hasattr(run_model, "peft_config") and not hasattr(merged_model, "peft_config")
+    ids = tokenizer("Add 3 and 4. Sort 3 1 2.", return_tensors="pt").input_ids
+    torch.testing.assert_close(logits(run_model, ids), logits(merged_model, ids), rtol=1e-5, atol=1e-5)
+    greedy = [m.generate(ids, max_new_tokens=6, do_sample=False)[0].tolist() for m in (run_model, merged_model)]
+    assert greedy[0] == greedy[1]
