@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     generation.write_json_atomic(output, generation.model_outputs_records(prompts, outputs, generator))
+    generation.sidecar_path(output).unlink(missing_ok=True)  # progress file: everything is in the output now
     print(
         f"wrote {len(outputs)} outputs to {output} ({stats.resumed} resumed); generated {stats.prompts} prompts, "
         f"{stats.new_tokens} tokens in {stats.seconds:.1f} s = {stats.tokens_per_second:.1f} tokens/s"

@@ -182,6 +182,7 @@ def stage_generate(ctx: CellContext) -> dict:
     outputs, stats = generate_outputs(model, tokenizer, prompts, ctx.template, settings, sidecar_path(output),
                                       ctx.cell.id, progress=False)
     write_json_atomic(output, model_outputs_records(prompts, outputs, ctx.cell.id))
+    sidecar_path(output).unlink(missing_ok=True)  # progress file: everything is in the output now
     return {"prompts": len(prompts), "prompts_file": str(evaluate.evaluation_file(ctx.grid.spec, "prompts")),
             "new_tokens": stats.new_tokens, "tokens_per_s": stats.tokens_per_second}
 

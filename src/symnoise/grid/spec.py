@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import METHOD_ALIASES, METHODS, NoiseConfig
 from ..evaluation.sources import is_alpaca_eval_name
+from ..shipped_configs import resolve_config_path
 from ..train.config import ConfigError, TrainConfig, apply_overrides, validate_config
 
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -220,6 +221,12 @@ class LauncherSection(_Section):
     num_processes: int | None = Field(None, ge=1, description="overrides the accelerate config's num_processes")
     executable: str = Field("accelerate", description="the accelerate command")
 
+    @field_validator("config_file")
+    @classmethod
+    def _shipped(cls, value: str | None) -> str | None:
+        """A shipped accelerate config's name or clone path (configs/accelerate/fsdp.yaml) works from an install."""
+        return None if value is None else str(resolve_config_path(value))
+
     @model_validator(mode="after")
     def _config(self) -> LauncherSection:
         if self.kind == "accelerate" and not self.config_file:
@@ -342,7 +349,8 @@ def base_config_data(spec: GridSpec, source: str) -> dict[str, Any]:
     if isinstance(spec.base, dict):
         data = copy.deepcopy(spec.base)
     else:
-        data = _read_yaml(Path(spec.base), "base config (field base)")
+        # a shipped config's name (or its path in a clone) also works, so shipped grids run from an install
+        data = _read_yaml(resolve_config_path(spec.base), "base config (field base)")
         if not isinstance(data, dict):
             raise GridError(f"{source}: base: {spec.base} must hold a mapping with model, data, noise, training")
     try:

@@ -32,6 +32,8 @@ class ModelSection(_Section):
         "auto", description="weights dtype: auto = bfloat16 on GPUs that support it, else float32")
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
     trust_remote_code: bool = Field(False, description="run code shipped with the model; off unless asked")
+    license: str | None = Field(None, description="the base model's licence id (apache-2.0, llama3.2, ...), "
+                                "stated in the model card")
 
 
 class DataSection(_Section):
@@ -63,6 +65,15 @@ class LoraSection(_Section):
     quantize_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base weights (needs CUDA and bitsandbytes)")
 
 
+class WandbSection(_Section):
+    """Weights & Biases run settings; each falls back to its usual environment variable when not given."""
+
+    project: str | None = Field(None, description="W&B project (else $WANDB_PROJECT, else 'symnoise')")
+    entity: str | None = Field(None, description="W&B team or user (else $WANDB_ENTITY)")
+    tags: list[str] | None = Field(None, description="run tags (else $WANDB_TAGS, comma-separated)")
+    group: str | None = Field(None, description="group runs together (else $WANDB_RUN_GROUP)")
+
+
 class TrainingSection(_Section):
     output_dir: str = Field(description="run directory: checkpoints, final model, config, metrics")
     epochs: float = Field(3.0, gt=0)
@@ -90,6 +101,36 @@ class TrainingSection(_Section):
     device: Literal["auto", "cpu"] = Field("auto", description="cpu forces CPU training even with a GPU")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss or gradient: stop the run (weights stay finite) or skip that step")
+    run_name: str | None = Field(None, description="run name for trackers (W&B); default: the output_dir name")
+    wandb: WandbSection | None = Field(None, description="W&B project, entity, tags, group; needs report_to: [wandb]")
+    push_to_hub: bool = Field(False, description="upload the final model, tokenizer and model card to the hub")
+    hub_model_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$",
+                                     description="hub repository (user/name); default: the output_dir name "
+                                     "under the logged-in account")
+    hub_private: bool = Field(True, description="create the hub repository private")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="any other transformers.TrainingArguments field (optim, adam_beta2, "
+        "torch_compile, ...), checked against the installed transformers")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hf_aliases(cls, data: Any) -> Any:
+        from .trainer_args import rename_aliases
+
+        return rename_aliases(data)
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from .trainer_args import check_trainer_args
+
+        return check_trainer_args(value)
+
+    @model_validator(mode="after")
+    def _wandb_needs_report_to(self) -> TrainingSection:
+        if self.wandb is not None and "wandb" not in self.report_to:
+            raise ValueError("wandb is set but report_to does not include wandb (report_to: [wandb])")
+        return self
 
     @field_validator("max_steps")
     @classmethod

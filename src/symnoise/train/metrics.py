@@ -223,22 +223,18 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 MODEL_CARD = """---
-library_name: transformers
-base_model: {base_model}
-tags:
-- symnoise
-- noisy-embeddings
-- {method}
-datasets:
-- {dataset}
----
+{metadata}---
 
 # {name}
 
-{base_model} fine-tuned on {dataset} with [symnoise](https://pypi.org/project/symnoise/).
+{base_model} fine-tuned on {datasets} with symnoise {version}: noisy-embedding instruction tuning
+(`{method}`, alpha {alpha}){lora_sentence}.
 
 | | |
 |---|---|
+| base model | {base_model} |
+| licence of the base model | {license} |
+| training data | {datasets} |
 | noise method | `{method}` |
 | alpha | {alpha} |
 | symmetric pair (+eps / -eps) | {symmetric} |
@@ -250,23 +246,69 @@ datasets:
 | max length | {max_length} |
 | learning rate | {lr} |
 | effective batch size | {batch} |
-| epochs / steps | {epochs} / {steps} |
+| trained | {steps} optimizer steps, {epochs} epochs |
 | LoRA | {lora} |
 | final training loss | {final_loss} |
 
-The noise is used only during training; the saved weights are an ordinary causal LM. Generate with the same
+The noise is used only during training; the saved weights are an ordinary {kind}. Generate with the same
 prompt template (`symnoise generate` reads it from `symnoise_run.json`).
 """
 
+METHOD_TAGS = {"uniform": "neftune", "gaussian": "gaussian-noise", "bernoulli": "bernoulli-noise",
+               "symnoise": "symnoise"}
+LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
-def model_card(config: Any, template: str, steps: int, final_loss: float | None) -> str:
-    noise = config.noise
+
+def is_hub_dataset(path: str) -> bool:
+    """Whether a data path names a hub dataset (``tatsu-lab/alpaca``) rather than a local file or folder."""
+    return not Path(path).exists() and not path.endswith(LOCAL_DATA_SUFFIXES) and not path.startswith((".", "/", "~"))
+
+
+def data_paths(config: Any) -> list[str]:
+    """Every training data source: ``data.path``, or each entry of a ``data.datasets`` mixture."""
+    datasets = getattr(config.data, "datasets", None)
+    return [entry.path for entry in datasets] if datasets else [config.data.path]
+
+
+def _dataset_label(path: str) -> str:
+    return path if is_hub_dataset(path) else f"a local file ({Path(path).name})"
+
+
+def card_metadata(config: Any) -> str:
+    """The YAML header the hub reads: library, base model, licence, tags (each once), hub datasets."""
+    tags = list(dict.fromkeys(["symnoise", "noisy-embeddings", METHOD_TAGS.get(config.noise.method),
+                               "lora" if config.lora.enabled else None, "text-generation"]))
+    lines = [f"library_name: {'peft' if config.lora.enabled else 'transformers'}",
+             f"base_model: {config.model.name}"]
+    if getattr(config.model, "license", None):
+        lines.append(f"license: {config.model.license}")
+    lines.append("pipeline_tag: text-generation")
+    lines += ["tags:"] + [f"- {tag}" for tag in tags if tag]
+    hub_datasets = [path for path in data_paths(config) if is_hub_dataset(path)]
+    if hub_datasets:
+        lines += ["datasets:"] + [f"- {path}" for path in hub_datasets]
+    return "\n".join(lines) + "\n"
+
+
+def model_card(config: Any, template: str, steps: int, final_loss: float | None,
+               epochs: float | None = None) -> str:
+    """The run's README.md: what was trained, on what, how, and for how long (the steps and epochs actually
+    trained, which ``max_steps`` can make fewer than ``training.epochs``)."""
+    from .. import __version__
+
+    noise, lora = config.noise, config.lora
     return MODEL_CARD.format(
-        base_model=config.model.name, name=Path(config.training.output_dir).name, method=noise.method,
-        dataset=config.data.path, alpha=noise.alpha, symmetric=noise.symmetric, match=noise.match_uniform_norm,
-        length_mode=noise.length_mode, region=noise.region, schedule=noise.schedule, template=template,
-        max_length=config.data.max_length, lr=config.training.learning_rate,
-        batch=config.training.effective_batch_size, epochs=config.training.epochs, steps=steps,
-        lora=f"r={config.lora.r}, alpha={config.lora.alpha}" if config.lora.enabled else "no (full fine-tuning)",
+        metadata=card_metadata(config), name=Path(config.training.output_dir).name, version=__version__,
+        base_model=config.model.name, license=getattr(config.model, "license", None) or "not stated in the config",
+        datasets=" + ".join(_dataset_label(path) for path in data_paths(config)), method=noise.method,
+        alpha=noise.alpha,
+        lora_sentence=", LoRA adapter" if lora.enabled else "", symmetric=noise.symmetric,
+        match=noise.match_uniform_norm, length_mode=noise.length_mode, region=noise.region,
+        schedule=noise.schedule, template=template, max_length=config.data.max_length,
+        lr=config.training.learning_rate, batch=config.training.effective_batch_size, steps=steps,
+        epochs="n/a" if epochs is None else f"{epochs:.2f}",
+        lora=(f"r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules={lora.target_modules}"
+              + (", 4-bit base (QLoRA)" if lora.quantize_4bit else "")) if lora.enabled else "no (full fine-tuning)",
+        kind="LoRA adapter for the base model" if lora.enabled else "causal LM",
         final_loss="n/a" if final_loss is None else f"{final_loss:.4f}",
     )

@@ -34,6 +34,7 @@ from .. import __version__
 from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokenize_examples
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
 from ..hf import add_noise
+from . import trainer_args
 from .config import ConfigError, TrainConfig
 from .metrics import RunMetrics, TokenCounter, flop_parameters, jsonl_to_csv, model_card, write_json
 from .reliability import (
@@ -51,6 +52,7 @@ from .reliability import (
     publish_files,
     truncate_log,
 )
+from .sharing import check_sharing, finish_wandb, push_to_hub, start_wandb
 
 logger = logging.getLogger("symnoise.train")
 
@@ -189,7 +191,7 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
     if accumulation % world_size():
         raise ConfigError(f"training.effective_batch_size={t.effective_batch_size} is not divisible by "
                           f"per_device_batch_size x processes = {t.per_device_batch_size} x {world_size()}")
-    return TrainingArguments(
+    own = dict(
         output_dir=str(run_dir), num_train_epochs=t.epochs, max_steps=t.max_steps, learning_rate=t.learning_rate,
         weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
         per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
@@ -204,7 +206,15 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
         dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
         use_cpu=t.device == "cpu", disable_tqdm=False, optim="adamw_torch", label_names=["labels"],
+        run_name=t.run_name or run_dir.name,
     )
+    try:
+        return TrainingArguments(**trainer_args.merge(own, t.trainer_args))
+    except (ValueError, TypeError) as error:  # a pass-through value transformers refuses
+        if not t.trainer_args:
+            raise
+        raise ConfigError(f"training.trainer_args: transformers.TrainingArguments refused the settings: {error}"
+                          ) from None
 
 
 def write_run_files(config: TrainConfig, run_dir: Path, template: str, report: LoadReport,
@@ -226,22 +236,26 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Run one fine-tuning job as configured; returns where it wrote and how it ended."""
     from transformers import Trainer, set_seed
 
+    check_sharing(config)
     run_dir = check_run_dir(config, resume)
     set_seed(config.training.seed)
     examples, report, eval_examples = load_data(config)
-    logger.info("%s", report.summary())
+    if is_main_process():  # one summary per run, not one per rank
+        logger.info("%s", report.summary())
+    use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
+    precision = resolve_precision(config, use_cuda)
+    # Built before tokenizer and model load: a value transformers refuses (training.trainer_args) costs no load.
+    args = training_arguments(config, run_dir, precision, eval_examples is not None)
     template = config.resolved_template(report.format)
     tokenizer = load_tokenizer(config)
     dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
     eval_dataset = eval_examples and tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
-    logger.info("%s", dataset.summary())
-    use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
-    precision = resolve_precision(config, use_cuda)
+    if is_main_process():
+        logger.info("%s", dataset.summary())
     if is_main_process():
         write_run_files(config, run_dir, template, report, dataset)
     model = load_model(config, precision)
     check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
-    args = training_arguments(config, run_dir, precision, eval_dataset is not None)
     collator = make_collator(config, tokenizer)
     if config.training.trained_logits_only:
         if supports_trained_logits_only(model):
@@ -259,14 +273,20 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     make_checkpoints_atomic(trainer)
     NonFiniteGuard(trainer, config.training.on_nonfinite, _kept_sources(examples, dataset), run_dir)
     checkpoint = _resume_point(run_dir) if resume else None
-    if checkpoint is not None and _trained_to_the_end(checkpoint, config):
-        _load_finished(trainer, checkpoint)
-        steps = trainer.state.global_step
-    else:
-        steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
-    final_loss = _last_training_loss(trainer)
-    if trainer.is_world_process_zero():
-        _save_final(trainer, tokenizer, config, run_dir, template, final_loss)
+    wandb_run = start_wandb(config, run_dir) if trainer.is_world_process_zero() else None
+    try:
+        if checkpoint is not None and _trained_to_the_end(checkpoint, config):
+            _load_finished(trainer, checkpoint)
+            steps = trainer.state.global_step
+        else:
+            steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
+        final_loss = _last_training_loss(trainer)
+        if trainer.is_world_process_zero():
+            _save_final(trainer, tokenizer, config, run_dir, template, final_loss)
+            if config.training.push_to_hub:
+                push_to_hub(config, run_dir)
+    finally:
+        finish_wandb(wandb_run)
     return TrainResult(run_dir, steps, final_loss, len(dataset))
 
 
@@ -340,8 +360,8 @@ def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template
         trainer.save_model(str(staging))
         tokenizer.save_pretrained(str(staging))
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says the same safely
-        (staging / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss),
-                                           encoding="utf-8")
+        (staging / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss,
+                                                      trainer.state.epoch), encoding="utf-8")
         publish_files(staging, run_dir, last=FINAL_WEIGHTS)
         metrics_file = run_dir / "metrics.jsonl"
         if metrics_file.exists():
