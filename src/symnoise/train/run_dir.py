@@ -229,6 +229,8 @@ class Change:
     harmless: bool
 
     def __str__(self) -> str:
+        if self.field == "data file content":  # already described: hash and size
+            return f"{self.field}: {self.old} -> {self.new}"
         return f"{self.field}: {self.old!r} -> {self.new!r}"
 
 
