@@ -207,8 +207,8 @@ def check_chat_template(config: TrainConfig, tokenizer, template: str) -> None:
 def check_before_data(config: TrainConfig) -> None:
     """What is known from the config and the environment alone (run before the data is read)."""
     check_environment(config)
-    local = Path(config.model.name).expanduser()
-    if local.exists():
+    name = config.model.name
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         check_model_source(config)
 
 

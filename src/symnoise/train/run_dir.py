@@ -364,13 +364,23 @@ class Claim:
     run_dir: Path
     resume: bool
     lock: RunLock | None
+    fresh: bool = False  # this run wrote the start record of a new run
+    created: bool = False  # this run created the directory
 
     def __enter__(self) -> Claim:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.lock is not None:
-            self.lock.release()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.lock is None:
+            return
+        failed_early = (exc_type is not None and issubclass(exc_type, Exception) and self.fresh
+                        and not training_began(self.run_dir))
+        if failed_early:  # a bad input found before training: leave no half-made run behind
+            remove_run_files(Contents.of(self.run_dir))
+        self.lock.release()
+        if failed_early and self.created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
+            (self.run_dir / LOCK_FILE).unlink()
+            self.run_dir.rmdir()
 
 
 def _foreign_error(run_dir: Path, foreign: list[Path]) -> ConfigError:
@@ -393,6 +403,7 @@ def claim_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Claim:
                           "training.output_dir, --overwrite deletes it; pass one")
     check_output_dir(run_dir)
     main = is_main_process()
+    created = not run_dir.exists()
     if main:
         make_output_dir(run_dir)
         probe_writable(run_dir)
@@ -405,7 +416,7 @@ def claim_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Claim:
         if lock is not None:
             lock.release()
         raise
-    return Claim(run_dir, effective, lock)
+    return Claim(run_dir, effective, lock, fresh=main and not resume, created=created)
 
 
 def training_began(run_dir: Path) -> bool:
