@@ -376,7 +376,6 @@ class CodeOnLoad:
 @pytest.mark.parametrize("name", ["symnoise_noise_rank0.pt", "rng_state.pth", "optimizer.pt"])
 def test_resume_never_runs_code_from_a_checkpoint(base_model, alpaca_file, tmp_path, name):
     import pickle
-
     import shutil
 
     out = tmp_path / "run"

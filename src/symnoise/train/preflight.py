@@ -19,7 +19,6 @@ import errno
 import importlib.util
 import logging
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -118,7 +117,7 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
             return None
     except urllib.error.HTTPError:
         return None  # the hub answered (401 without a token): it is reachable
-    except (urllib.error.URLError, socket.timeout, OSError) as error:
+    except (TimeoutError, urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         return f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
 
