@@ -18,6 +18,7 @@ from conftest import REPO_ROOT
 from test_train import tiny_config
 
 from symnoise.cli.main import main
+from symnoise.train.run_dir import LOCK_FILE
 
 TABLE: list[str] = []  # case -> message, printed at the end for docs/reliability.md
 
@@ -144,8 +145,10 @@ def test_bad_input_is_one_clear_error_before_the_model_loads(case, tmp_path, bas
     import re
 
     assert re.search(CASES[case], message[0]), message[0]
-    if not existed:  # refused before a run directory was made
-        assert not out.exists() or not any(p.name != "symnoise.lock" for p in out.iterdir())
+    if not existed:  # refused, and no run directory left behind
+        assert not out.exists()
+    elif out.is_dir():
+        assert LOCK_FILE not in {p.name for p in out.iterdir()}
     TABLE.append(f"| {case} | `{message[0].removeprefix('error: ').replace(str(tmp_path), 'TMP')}` | "
                  f"{seconds:.1f} s |")
     print("\n" + TABLE[-1])

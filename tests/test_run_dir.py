@@ -3,6 +3,7 @@ never append to an earlier run, `--overwrite` deleting only symnoise's files, an
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -63,6 +64,7 @@ def crash_at_step(monkeypatch, step):
 
 
 # ------------------------------------------------------------------------------------------ --resume
+@pytest.mark.slow
 def test_resume_with_a_training_change_is_refused_naming_every_field(base_model, alpaca_file, tmp_path):
     """The issue's three cases through the CLI at once: each field is named with both values, nothing is written,
     and config.yaml still describes the training; a logging change is allowed and recorded."""
@@ -118,6 +120,7 @@ def test_field_classification():
 
 
 # ------------------------------------------------------------------------------------------ fresh runs
+@pytest.mark.slow
 def test_fresh_run_after_a_kill_before_the_first_checkpoint(base_model, alpaca_file, tmp_path, monkeypatch):
     """It is refused (naming --resume and --overwrite) instead of appending to the old metrics.jsonl; a torn last
     line there does not matter; --resume starts again from step 0 and --overwrite replaces the run."""
@@ -155,13 +158,14 @@ def test_user_files_in_output_dir_are_never_overwritten(base_model, alpaca_file,
     (out / "README.md").write_text("my notes\n")
     (out / "config.yaml").write_text("my: config\n")
     config_file = write_config(tmp_path / "c.yaml", tiny_config(base_model, alpaca_file, out))
-    for extra in ([], ["--overwrite"]):
-        proc = cli(config_file, *extra)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert (f"training.output_dir: {out} holds files symnoise did not write (README.md, config.yaml); "
-                "symnoise never overwrites or deletes them") in proc.stderr
+    expected = (f"training.output_dir: {out} holds files symnoise did not write (README.md, config.yaml); "
+                "symnoise never overwrites or deletes them")
+    proc = cli(config_file)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in proc.stderr
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        train(tiny_config(base_model, alpaca_file, out), overwrite=True)
     assert (out / "README.md").read_text() == "my notes\n" and (out / "config.yaml").read_text() == "my: config\n"
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml", LOCK_FILE]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml"]  # not even a lock file left
 
 
 def test_overwrite_removes_only_symnoise_files(base_model, alpaca_file, tmp_path):

@@ -107,6 +107,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.fd: int | None = None
+        self.created = False  # this process made the lock file (so a refused run can leave no trace)
 
     def _read_holder(self) -> dict[str, Any]:
         try:
@@ -118,6 +119,7 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}
+        self.created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             locked_by_os = self._flock(fd)
@@ -378,9 +380,17 @@ class Claim:
         if failed_early:  # a bad input found before training: leave no half-made run behind
             remove_run_files(Contents.of(self.run_dir))
         self.lock.release()
-        if failed_early and self.created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
-            (self.run_dir / LOCK_FILE).unlink()
-            self.run_dir.rmdir()
+        if failed_early:
+            _remove_traces(self.run_dir, self.lock, self.created)
+
+
+def _remove_traces(run_dir: Path, lock: RunLock, created_dir: bool) -> None:
+    """After a refused or failed start: remove the lock file this run made, and the directory if it made it and
+    nothing else is in it."""
+    if lock.created:
+        lock.path.unlink(missing_ok=True)
+    if created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _foreign_error(run_dir: Path, foreign: list[Path]) -> ConfigError:
@@ -415,6 +425,7 @@ def claim_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Claim:
     except BaseException:
         if lock is not None:
             lock.release()
+            _remove_traces(run_dir, lock, created)
         raise
     return Claim(run_dir, effective, lock, fresh=main and not resume, created=created)
 
