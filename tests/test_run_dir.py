@@ -71,7 +71,7 @@ def test_resume_with_a_training_change_is_refused_naming_every_field(base_model,
     out = tmp_path / "run"
     config_file = write_config(tmp_path / "c.yaml", unfinished_run(base_model, alpaca_file, out))
     config_before = (out / "config.yaml").read_text()
-    proc = cli(config_file, "noise.alpha=10", "noise.method=neftune", "training.learning_rate=1e-2", "--resume")
+    proc = cli(config_file, "--resume", "noise.alpha=10", "noise.method=neftune", "training.learning_rate=1e-2")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     for line in ("noise.alpha: 5.0 -> 10.0", "noise.method: 'symnoise' -> 'uniform'",
                  "training.learning_rate: 0.001 -> 0.01"):

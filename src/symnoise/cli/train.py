@@ -13,6 +13,8 @@ import argparse
 import logging
 import sys
 
+INTERMIXED_ARGS = True  # `symnoise train C.yaml --resume noise.alpha=10`: overrides may follow the flags
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (see configs/); sections model, data, noise, lora, training")
