@@ -57,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
 def check(config) -> str:
     """Everything `symnoise train` checks before loading the model, without writing anything."""
     from ..train import preflight
-    from ..train.recipe import load_data
+    from ..train.recipe import load_data, load_tokenizer
 
     preflight.check_before_data(config)
     preflight.check_output_dir(config.training.output_dir)
     examples, report, eval_examples = load_data(config)
     preflight.check_before_model(config)
+    preflight.check_chat_template(config, load_tokenizer(config), config.resolved_template(report.format))
     held_out = f", {len(eval_examples)} held-out" if eval_examples is not None else ""
     return f"{len(examples)} examples from {report.source}{held_out}; model {config.model.name}"

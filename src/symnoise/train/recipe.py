@@ -4,6 +4,8 @@ Order of work: validate the config (done by the caller), check the run directory
 (bad rows fail here, before any model is loaded), load the model, train with `symnoise.hf.add_noise`, and
 write the run directory::
 
+    RUN/run_start.json         what the run was started with (config, data hash), checked by --resume
+    RUN/symnoise.lock          held by the running process (PID and host inside); see train/run_dir.py
     RUN/config.yaml            the resolved config
     RUN/symnoise_run.json      template, max length and noise, read by `symnoise generate`
     RUN/data_report.json       rows read, skipped (and why), truncated, dropped
