@@ -222,7 +222,9 @@ def test_sharegpt_bad_rows(tmp_path, row, field, reason):
     ("row", "expected", "reason"),
     [
         ({"input": "", "output": "o"}, "field 'instruction' is missing", "missing instruction"),
-        ({"instruction": None, "output": "o"}, "field 'instruction' is missing", "missing instruction"),
+        ({"instruction": None, "output": "o"}, "field 'instruction' is null; it must be a non-empty string",
+         "null instruction"),
+        ({"instruction": "i", "output": None}, "field 'output' is null; it must be a non-empty string", "null output"),
         ({"instruction": "i", "output": 5}, "field 'output' must be a string, got int", "non-string output"),
         ({"instruction": "i", "input": ["x"], "output": "o"}, "field 'input' must be a string, got list",
          "non-string input"),
@@ -414,8 +416,10 @@ def test_truncation_cuts_the_response_end_and_keeps_eos_only_if_it_fits(tiny_tok
     assert no_eos[0]["input_ids"] == prompt + response and no_eos.n_truncated == 1
     one = tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=len(prompt) + 1)
     assert one[0]["labels"] == [IGNORE_INDEX] * len(prompt) + response[:1]
-    with pytest.raises(DataError, match="every one of 1 prompts fills max_length"):
-        tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=len(prompt))
+    n = len(prompt)
+    with pytest.raises(DataError, match=rf"^t: every one of the 1 prompts \(vicuna template\) is at least "
+                       rf"max_length={n} tokens long \(the shortest is {n} tokens\).*raise data.max_length above {n}"):
+        tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=n)
 
 
 def test_sharegpt_tokenised_with_vicuna(shared_data, tiny_tokenizer):

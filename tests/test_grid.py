@@ -220,8 +220,8 @@ def test_grid_killed_between_cells_resumes_without_recomputing(tmp_path, monkeyp
 
     calls = []
     real_train = grid_runner.train
-    monkeypatch.setattr(grid_runner, "train", lambda config, resume=False: calls.append(
-        (Path(config.training.output_dir).name, resume)) or real_train(config, resume=resume))
+    monkeypatch.setattr(grid_runner, "train", lambda config, resume=False, **kwargs: calls.append(
+        (Path(config.training.output_dir).name, resume)) or real_train(config, resume=resume, **kwargs))
     outcome = run_grid(load_grid(path), log=lambda line: None)
     assert [c.status for c in outcome.cells] == ["finished", "finished"]
     assert outcome.cells[0].ran == [] and outcome.cells[0].skipped == STAGES

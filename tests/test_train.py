@@ -146,12 +146,19 @@ def test_existing_run_is_not_overwritten_and_resume_continues(base_model, alpaca
     train(config)
     with pytest.raises(ConfigError, match="already holds a run"):
         train(config)
+    # More steps change the schedule (cosine over 4 steps, not 2): resuming would mix two runs, so it is refused.
     longer = tiny_config(base_model, alpaca_file, out, training__max_steps=4)
-    result = train(longer, resume=True)
-    assert result.steps == 4
+    with pytest.raises(ConfigError, match=r"training.max_steps: 2 -> 4"):
+        train(longer, resume=True)
+    relogged = tiny_config(base_model, alpaca_file, out, training__max_steps=2, training__logging_steps=2)
+    result = train(relogged, resume=True)  # a logging change does not change training: allowed and recorded
+    assert result.steps == 2
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2]
+    record = json.loads((out / "run_start.json").read_text())
+    assert record["config"]["training"]["logging_steps"] == 1
+    assert record["resumes"][-1]["harmless_changes"] == {"training.logging_steps": [1, 2]}
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(tiny_config(base_model, alpaca_file, tmp_path / "fresh"), resume=True)
 

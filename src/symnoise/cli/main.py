@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(available[name][0])
     parser = argparse.ArgumentParser(prog=f"symnoise {name}", description=available[name][1])
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    # Commands taking overrides after their positional arguments (`train C.yaml --resume noise.alpha=10`) let
+    # options and positionals mix; plain parse_args would reject the overrides after --resume.
+    parse = parser.parse_intermixed_args if getattr(module, "INTERMIXED_ARGS", False) else parser.parse_args
+    return int(module.run(parse(rest)) or 0)
 
 
 if __name__ == "__main__":

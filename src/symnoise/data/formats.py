@@ -308,6 +308,8 @@ def _required_text(row: dict, key: str, where: str | None = None) -> str:
     """A string field that must be present and not blank (whitespace only counts as empty)."""
     where = where or key
     value = _string_field(row, key, where)
+    if value is None and key in row:
+        raise _BadRow(f"null {key}", f"field '{where}' is null; it must be a non-empty string")
     if value is None:
         raise _BadRow(f"missing {key}", f"field '{where}' is missing")
     if not value.strip():

@@ -133,5 +133,10 @@ def tokenize_examples(examples: Sequence[Example], tokenizer, template: str,
         items.append(joined.item)
         n_truncated += joined.truncated
     if not items:
-        raise DataError(f"every one of {len(examples)} prompts fills max_length={max_length}; nothing to train on")
+        sources = sorted({example.source.rsplit(":row", 1)[0] for example in examples})
+        shortest = min(len(prefix) + len(ids) for ids in prompt_ids)
+        raise DataError(
+            f"{', '.join(sources)}: every one of the {len(examples)} prompts ({template} template) is at least "
+            f"max_length={max_length} tokens long (the shortest is {shortest} tokens), so no response token is "
+            f"left to train on; raise data.max_length above {shortest} or shorten the prompts")
     return TokenizedDataset(items, max_length, n_truncated, tuple(dropped))

@@ -35,7 +35,9 @@ import yaml
 
 from ..generation import write_json_atomic
 from ..train import train
+from ..train.config import ConfigError
 from ..train.reliability import last_complete_checkpoint
+from ..train.run_dir import read_start_record, refuse_training_changes, run_changes, training_began
 from . import evaluate
 from .spec import Cell, Grid, GridError, LauncherSection, pretrained_model_dir
 
@@ -80,6 +82,12 @@ def check_not_stale(grid: Grid, cell: Cell, done: dict[str, Any]) -> None:
     if done.get("train") and path.is_file() and path.read_text(encoding="utf-8") != cell_config_text(cell):
         raise StaleCellError(f"{path} differs from this grid's config for the cell, which was trained with the "
                              "old one; delete the cell directory to retrain it, or choose another output_dir")
+    record = read_start_record(cell.run_dir) if not done.get("train") else None
+    if record is not None:  # training started with some config: resuming it with another would mix two runs
+        try:
+            refuse_training_changes(run_changes(record, cell.config), cell.run_dir, f"cell {cell.id}")
+        except ConfigError as error:
+            raise StaleCellError(f"{error}; delete the cell directory to retrain it with the grid's config") from None
     fingerprint = evaluation_fingerprint(grid)
     changed = [s for s, info in done.items() if s != "train" and info.get("evaluation") not in (None, fingerprint)]
     if changed:
@@ -135,13 +143,14 @@ class CellContext:
         return resolve_template(self.cell.run_dir, None)
 
 
-def accelerate_command(launcher: LauncherSection, cell_config: Path, resume: bool) -> list[str]:
+def accelerate_command(launcher: LauncherSection, cell_config: Path, resume: bool,
+                       overwrite: bool = False) -> list[str]:
     """``accelerate launch --config_file F [--num_processes N] -m symnoise train CELL.yaml [--resume]``."""
     command = [launcher.executable, "launch", "--config_file", str(launcher.config_file)]
     if launcher.num_processes:
         command += ["--num_processes", str(launcher.num_processes)]
     command += ["-m", "symnoise", "train", str(cell_config)]
-    return command + (["--resume"] if resume else [])
+    return command + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
 
 
 def _train_finished(run_dir: Path) -> dict | None:
@@ -155,15 +164,18 @@ def stage_train(ctx: CellContext) -> dict:
     run_dir = ctx.cell.run_dir
     finished = _train_finished(run_dir)
     if finished is None:
+        # An earlier attempt with a checkpoint is resumed; one without is started again (its files deleted).
+        # Either way `check_not_stale` has already compared its start config with the cell's.
         resume = last_complete_checkpoint(run_dir) is not None
+        overwrite = not resume and run_dir.is_dir() and training_began(run_dir)
         launcher = ctx.grid.spec.launcher
         if launcher.kind == "accelerate":
-            command = accelerate_command(launcher, run_dir / CELL_CONFIG_FILE, resume)
+            command = accelerate_command(launcher, run_dir / CELL_CONFIG_FILE, resume, overwrite)
             result = subprocess.run(command, check=False)
             if result.returncode != 0:
                 raise RuntimeError(f"`{' '.join(command)}` exited with status {result.returncode}")
         else:
-            train(ctx.cell.config, resume=resume)
+            train(ctx.cell.config, resume=resume, overwrite=overwrite)
         finished = _train_finished(run_dir)
         if finished is None:
             raise RuntimeError(f"training ended without writing {run_dir}/train_summary.json")

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import strict_yaml
 from ..config import METHOD_ALIASES, METHODS, NoiseConfig
 from ..evaluation.sources import is_alpaca_eval_name
 from ..shipped_configs import resolve_config_path
@@ -339,7 +340,7 @@ def _read_yaml(path: Path, what: str) -> Any:
     if not path.is_file():
         raise GridError(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return strict_yaml.load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise GridError(f"{path}: not valid YAML ({error})") from None
 

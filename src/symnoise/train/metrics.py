@@ -205,8 +205,19 @@ class RunMetrics:
 
 
 def jsonl_to_csv(jsonl: Path, csv_path: Path) -> None:
-    """Write the JSONL metrics as a CSV with the union of their columns (blank where a row lacks one)."""
-    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Write the JSONL metrics as a CSV with the union of their columns (blank where a row lacks one).
+
+    A line that is not a JSON object (a torn last line left by a kill) is left out: the CSV is a convenience
+    copy, and it must never fail a run whose model is already written.
+    """
+    rows = []
+    for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     tmp = csv_path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:

@@ -4,6 +4,8 @@ Order of work: validate the config (done by the caller), check the run directory
 (bad rows fail here, before any model is loaded), load the model, train with `symnoise.hf.add_noise`, and
 write the run directory::
 
+    RUN/run_start.json         what the run was started with (config, data hash), checked by --resume
+    RUN/symnoise.lock          held by the running process (PID and host inside); see train/run_dir.py
     RUN/config.yaml            the resolved config
     RUN/symnoise_run.json      template, max length and noise, read by `symnoise generate`
     RUN/data_report.json       rows read, skipped (and why), truncated, dropped
@@ -37,6 +39,7 @@ from ..hf import add_noise
 from . import trainer_args
 from .config import ConfigError, TrainConfig
 from .metrics import RunMetrics, TokenCounter, flop_parameters, jsonl_to_csv, model_card, write_json
+from .preflight import check_before_data, check_before_model, check_chat_template
 from .reliability import (
     STAGING_PREFIX,
     CheckpointWriteError,
@@ -52,6 +55,7 @@ from .reliability import (
     publish_files,
     truncate_log,
 )
+from .run_dir import claim_run_dir
 from .sharing import check_sharing, finish_wandb, push_to_hub, start_wandb
 
 logger = logging.getLogger("symnoise.train")
@@ -74,18 +78,14 @@ def is_main_process() -> bool:
 
 
 def check_run_dir(config: TrainConfig, resume: bool) -> Path:
-    """The run directory must be writable, and must not hold a finished or started run unless resuming.
+    """The run directory must be writable and, when resuming, hold a complete checkpoint.
 
-    Saves cut short by a crash (``tmp-*`` directories) are removed; they never count as checkpoints.
+    Whether a fresh run may use it at all was decided by `run_dir.claim_run_dir`. Saves cut short by a crash
+    (``tmp-*`` directories) are removed; they never count as checkpoints.
     """
     run_dir = Path(config.training.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"training.output_dir: {run_dir} exists and is not a directory")
-    started = run_dir.is_dir() and any(checkpoint_step(p) is not None for p in run_dir.iterdir())
-    finished = (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists()
-    if not resume and (started or finished):
-        raise ConfigError(f"training.output_dir: {run_dir} already holds a run; pass --resume to continue it "
-                          "or choose another output_dir")
     if resume and last_complete_checkpoint(run_dir) is None:
         raise ConfigError(f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -232,8 +232,18 @@ def write_run_files(config: TrainConfig, run_dir: Path, template: str, report: L
     })
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run one fine-tuning job as configured; returns where it wrote and how it ended."""
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Run one fine-tuning job as configured; returns where it wrote and how it ended.
+
+    The run directory is locked for the whole run; ``resume`` continues it only with a config that trains the
+    same way; ``overwrite`` deletes an earlier run's files first (see `symnoise.train.run_dir`).
+    """
+    check_before_data(config)
+    with claim_run_dir(config, resume, overwrite) as claim:
+        return _train(config, claim.resume)
+
+
+def _train(config: TrainConfig, resume: bool) -> TrainResult:
     from transformers import Trainer, set_seed
 
     check_sharing(config)
@@ -242,12 +252,14 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     examples, report, eval_examples = load_data(config)
     if is_main_process():  # one summary per run, not one per rank
         logger.info("%s", report.summary())
+    check_before_model(config)
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = resolve_precision(config, use_cuda)
     # Built before tokenizer and model load: a value transformers refuses (training.trainer_args) costs no load.
     args = training_arguments(config, run_dir, precision, eval_examples is not None)
     template = config.resolved_template(report.format)
     tokenizer = load_tokenizer(config)
+    check_chat_template(config, tokenizer, template)
     dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
     eval_dataset = eval_examples and tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
     if is_main_process():
@@ -369,7 +381,7 @@ def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template
         summary = {"steps": trainer.state.global_step, "final_loss": final_loss,
                    "train_runtime_s": _runtime(trainer), "finished": True}
         write_json(run_dir / "train_summary.json", summary)
-    except OSError as error:
+    except Exception as error:  # any writer's failure (OSError, SafetensorError, torch's RuntimeError)
         shutil.rmtree(staging, ignore_errors=True)
         raise CheckpointWriteError(describe_write_error(error, "the final model", run_dir)) from error
 
