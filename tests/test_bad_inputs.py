@@ -98,7 +98,7 @@ CASES = {
     "template chat, tokenizer without chat template": r"data.template=chat: the tokenizer of .* has no chat template",
     "LoRA target_modules not in the model": r"lora.target_modules: query_key_value not found in .*; its modules are "
                                             r"named .*q_proj",
-    "report_to wandb without wandb": r"training.report_to: wandb is not installed \(pip install wandb\)",
+    "report_to wandb without wandb": r"training.report_to: wandb is not installed \(pip install \"symnoise\[wandb\]\"\)",
     "empty model directory": r"model.name: .*model is an empty folder; it must hold a saved model",
     "model directory without config.json": r"model.name: .*model has no config.json, so it is not a saved model "
                                            r"\(it holds tokenizer.json\)",
@@ -227,7 +227,7 @@ def test_cli_subprocess_wandb_missing_fails_in_seconds_and_writes_nothing(tmp_pa
     proc = subprocess.run([sys.executable, "-m", "symnoise", "train", str(path)], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == ("error: training.report_to: wandb is not installed (pip install wandb); install "
+    assert proc.stderr.strip() == ("error: training.report_to: wandb is not installed (pip install \"symnoise[wandb]\"); install "
                                    "it or remove wandb from training.report_to")
     assert not out.exists()
 

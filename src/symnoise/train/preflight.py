@@ -82,7 +82,7 @@ def check_environment(config: TrainConfig) -> None:
     """Packages the config needs are installed, and flash attention has what it needs to run."""
     for target in config.training.report_to:
         if target == "wandb" and not _importable("wandb"):
-            raise ConfigError("training.report_to: wandb is not installed (pip install wandb); install it or "
+            raise ConfigError("training.report_to: wandb is not installed (pip install \"symnoise[wandb]\"); install it or "
                               "remove wandb from training.report_to")
         if target == "tensorboard" and not (_importable("tensorboard") or _importable("tensorboardX")):
             raise ConfigError("training.report_to: tensorboard is not installed (pip install tensorboard); "

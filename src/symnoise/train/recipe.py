@@ -252,11 +252,11 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     examples, report, eval_examples = load_data(config)
     if is_main_process():  # one summary per run, not one per rank
         logger.info("%s", report.summary())
-    check_before_model(config)
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = resolve_precision(config, use_cuda)
     # Built before tokenizer and model load: a value transformers refuses (training.trainer_args) costs no load.
     args = training_arguments(config, run_dir, precision, eval_examples is not None)
+    check_before_model(config)
     template = config.resolved_template(report.format)
     tokenizer = load_tokenizer(config)
     check_chat_template(config, tokenizer, template)
