@@ -315,8 +315,8 @@ def test_all_rows_bad_is_an_error_not_an_empty_result(tmp_path):
 
 def test_bad_arguments(tmp_path):
     path = write_json(tmp_path / "d.json", [{"instruction": "a", "output": "b"}])
-    with pytest.raises(DataError, match="unknown data format 'dolly'"):
-        load_examples(path, format="dolly")
+    with pytest.raises(DataError, match="unknown data format 'oasst'; expected auto or one of alpaca, sharegpt"):
+        load_examples(path, format="oasst")
     with pytest.raises(DataError, match="on_bad_row"):
         load_examples(path, on_bad_row="ignore")
     with pytest.raises(DataError, match="limit"):

@@ -1,5 +1,6 @@
 """The data layer of `symnoise train`: load instruction data, render prompts, tokenise with masked prompts."""
 
+from .conversations import TURN_MODES, Conversation, Exchange
 from .formats import (
     FORMATS,
     DataError,
@@ -7,7 +8,9 @@ from .formats import (
     LoadReport,
     default_template,
     format_of_keys,
+    iter_records,
     load_examples,
+    load_records,
 )
 from .packing import PackedRowsCollator, pack_rows, real_token_count
 from .templates import TEMPLATES, render_prompt
@@ -15,6 +18,9 @@ from .tokenize import IGNORE_INDEX, TokenizedDataset, tokenize_examples
 
 __all__ = [
     "FORMATS",
+    "TURN_MODES",
+    "Conversation",
+    "Exchange",
     "IGNORE_INDEX",
     "TEMPLATES",
     "DataError",
@@ -24,7 +30,9 @@ __all__ = [
     "TokenizedDataset",
     "default_template",
     "format_of_keys",
+    "iter_records",
     "load_examples",
+    "load_records",
     "pack_rows",
     "real_token_count",
     "render_prompt",

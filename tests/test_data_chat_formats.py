@@ -1,0 +1,176 @@
+"""The formats people use today: chat messages, prompt/completion, ShareGPT with role/content turns, Dolly;
+auto-detection, forcing, ambiguity errors, multi-turn parsing and file encodings."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from symnoise.data import DataError, Example, default_template, load_examples
+from symnoise.data.conversations import Conversation, Exchange
+from symnoise.data.formats import load_records
+
+SHAREGPT = "sharegpt_vicuna/dummy_conversation.json"
+
+
+def write_jsonl(path: Path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+def test_messages_with_optional_system_are_detected(tmp_path):
+    rows = [{"messages": [msg("system", "Be brief."), msg("user", "q1"), msg("assistant", "a1"),
+                          msg("user", "q2"), msg("assistant", "a2")]},
+            {"messages": [msg("user", "q3"), msg("assistant", "a3")]}]
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    records, report = load_records(path)
+    assert report.format == "messages" and default_template("messages") == "vicuna"
+    assert records == [
+        Conversation("Be brief.", (Exchange("q1", "a1"), Exchange("q2", "a2")), f"{path}:row 0 (line 1)"),
+        Conversation(None, (Exchange("q3", "a3"),), f"{path}:row 1 (line 2)"),
+    ]
+    assert (report.n_conversations, report.n_assistant_turns) == (2, 3)
+    first, _ = load_records(path, turns="first")
+    assert [len(r.exchanges) for r in first] == [1, 1] and first[0].system == "Be brief."
+
+
+def test_openassistant_roles_and_sharegpt_role_content_turns(tmp_path):
+    oasst = [{"messages": [msg("prompter", "q"), msg("assistant", "a")]}]
+    records, report = load_records(write_jsonl(tmp_path / "oasst.jsonl", oasst))
+    assert report.format == "messages" and records[0].exchanges == (Exchange("q", "a"),)
+    role_content = [{"conversations": [msg("user", "q"), msg("assistant", "a"), msg("user", "q2"), msg("gpt", "a2")]}]
+    records, report = load_records(write_jsonl(tmp_path / "sg.jsonl", role_content))
+    assert report.format == "sharegpt"
+    assert records[0].exchanges == (Exchange("q", "a"), Exchange("q2", "a2"))
+
+
+def test_prompt_completion_plain_and_conversational(tmp_path):
+    plain = [{"prompt": "The sky is", "completion": " blue."}]
+    records, report = load_records(write_jsonl(tmp_path / "plain.jsonl", plain))
+    assert report.format == "prompt-completion" and default_template("prompt-completion") == "plain"
+    assert records == [Example("The sky is", "", " blue.", f"{tmp_path / 'plain.jsonl'}:row 0 (line 1)")]
+    conversational = [{"prompt": [msg("system", "s"), msg("user", "q1"), msg("assistant", "a1"), msg("user", "q2")],
+                       "completion": [msg("assistant", "a2")]}]
+    records, _ = load_records(write_jsonl(tmp_path / "conv.jsonl", conversational))
+    assert records[0].system == "s"
+    assert records[0].exchanges == (Exchange("q1", "a1", train=False), Exchange("q2", "a2", train=True))
+    assert records[0].first().exchanges == records[0].exchanges  # the first trained reply comes after the context
+    mixed = [{"prompt": "text", "completion": [msg("assistant", "a")]}]
+    with pytest.raises(DataError, match=r"row 0 \(line 1\): fields 'prompt' and 'completion' must both be text"):
+        load_records(write_jsonl(tmp_path / "mixed.jsonl", mixed))
+
+
+def test_dolly_and_dolly_with_output_keep_their_context(tmp_path):
+    dolly = [{"instruction": "Summarise.", "context": "A long text.", "response": "Short.", "category": "summarization"},
+             {"instruction": "Say hi.", "context": "", "response": "Hi."}]
+    examples, report = load_examples(write_jsonl(tmp_path / "dolly.jsonl", dolly))
+    assert report.format == "dolly" and default_template("dolly") == "alpaca"
+    assert [(e.instruction, e.input, e.output) for e in examples] == [("Summarise.", "A long text.", "Short."),
+                                                                       ("Say hi.", "", "Hi.")]
+    renamed = [{"instruction": "Summarise.", "context": "A long text.", "output": "Short."}]
+    path = write_jsonl(tmp_path / "dolly_output.jsonl", renamed)
+    examples, report = load_examples(path)
+    assert report.format == "dolly" and (examples[0].input, examples[0].output) == ("A long text.", "Short.")
+    for forced in ["evol-instruct", "alpaca"]:
+        with pytest.raises(DataError) as error:
+            load_examples(path, format=forced)
+        assert str(error.value).startswith(f"{path}:row 0 (line 1): field 'context' is not part of the {forced}")
+        assert "format: dolly" in str(error.value)
+
+
+def test_ambiguous_rows_and_mixed_formats_are_errors(tmp_path):
+    both = [{"messages": [msg("user", "q"), msg("assistant", "a")], "instruction": "q", "output": "a"}]
+    path = write_jsonl(tmp_path / "both.jsonl", both)
+    with pytest.raises(DataError, match=r"both.jsonl:row 0 \(line 1\): ambiguous format: .* fit messages and "
+                                        r"evol-instruct; set the format"):
+        load_records(path)
+    records, report = load_records(path, format="messages")
+    assert report.format == "messages" and len(records) == 1
+    mixed = [{"instruction": "q", "input": "", "output": "a"}, {"instruction": "q", "output": "a"},
+             {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]
+    with pytest.raises(DataError, match=r"rows of different formats: .*row 0 \(line 1\) is alpaca, .*row 2 "
+                                        r"\(line 3\) is sharegpt"):
+        load_records(write_jsonl(tmp_path / "mixed.jsonl", mixed))
+    same_family = mixed[:2]
+    _, report = load_records(write_jsonl(tmp_path / "family.jsonl", same_family))
+    assert report.format == "alpaca"
+
+
+@pytest.mark.parametrize(
+    ("turns", "field", "reason"),
+    [
+        ([msg("user", "q"), msg("robot", "a")], "messages[1].role", "unknown turn role"),
+        ([msg("user", "q"), msg("assistant", "a"), msg("assistant", "b")], "messages[2]", "turns do not alternate"),
+        ([msg("user", "q"), msg("user", "q2"), msg("assistant", "a")], "messages[1].role", "no reply"),
+        ([msg("user", "q"), msg("assistant", "a"), msg("system", "s"), msg("user", "q2"), msg("assistant", "b")],
+         "messages[2]", "misplaced system turn"),
+        ([msg("user", "q"), msg("assistant", "a"), msg("user", "q2"), msg("assistant", " ")],
+         "messages[3].content", "empty content"),
+    ],
+)
+def test_bad_multi_turn_rows_name_the_turn(tmp_path, turns, field, reason):
+    good = {"messages": [msg("user", "q"), msg("assistant", "a")]}
+    path = write_jsonl(tmp_path / "m.jsonl", [good, {"messages": turns}])
+    with pytest.raises(DataError) as error:
+        load_records(path)
+    assert f"m.jsonl:row 1 (line 2): field '{field}'" in str(error.value)
+    records, report = load_records(path, on_bad_row="skip")
+    assert len(records) == 1 and report.skipped == Counter({reason: 1})
+
+
+def test_tolerated_turns_are_counted_warnings(tmp_path):
+    rows = [{"conversations": [{"from": "gpt", "value": "left over"}, {"from": "human", "value": "q"},
+                               {"from": "gpt", "value": "a"}, {"from": "human", "value": "unanswered"}]}]
+    records, report = load_records(write_jsonl(tmp_path / "s.jsonl", rows))
+    assert records[0].exchanges == (Exchange("q", "a"),)
+    assert report.warnings == Counter({"leading assistant turn skipped": 1, "final user turn without reply dropped": 1})
+    assert "warnings: 1 leading assistant turn skipped, 1 final user turn without reply dropped" in report.summary()
+
+
+def test_sharegpt_sample_keeps_every_turn(shared_data):
+    raw = json.loads((shared_data / SHAREGPT).read_text(encoding="utf-8"))
+    records, report = load_records(str(shared_data / SHAREGPT))
+    print(f"\nsharegpt, all turns: {report.summary()}")
+    assert (report.n_rows, report.n_conversations, report.n_assistant_turns) == (500, 500, 1000)
+    assert Counter(len(r.exchanges) for r in records) == Counter({1: 167, 2: 166, 3: 167})
+    assert sum(len(r.exchanges) > 1 for r in records) == 333
+    for record, row in zip(records, raw, strict=True):
+        turns = row["conversations"]
+        assert [(e.user, e.assistant) for e in record.exchanges] == [
+            (turns[k]["value"], turns[k + 1]["value"]) for k in range(0, len(turns), 2)]
+    first, report = load_records(str(shared_data / SHAREGPT), turns="first")
+    assert (report.n_conversations, report.n_assistant_turns) == (500, 500)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom", "named"),
+    [("utf-16-le", codecs.BOM_UTF16_LE, "UTF-16 (little-endian, with a byte-order mark)"),
+     ("utf-16-be", codecs.BOM_UTF16_BE, "UTF-16 (big-endian, with a byte-order mark)"),
+     ("utf-16-le", b"", "UTF-16 (little-endian, without a byte-order mark)"),
+     ("utf-32-le", codecs.BOM_UTF32_LE, "UTF-32 (little-endian, with a byte-order mark)")],
+)
+def test_wide_encodings_are_named(tmp_path, encoding, bom, named):
+    text = json.dumps([{"instruction": "a", "input": "", "output": "b"}])
+    for suffix in [".json", ".jsonl"]:
+        path = tmp_path / f"wide{suffix}"
+        path.write_bytes(bom + text.encode(encoding))
+        with pytest.raises(DataError) as error:
+            load_examples(str(path))
+        assert str(error.value).startswith(f"{path}: the file is encoded as {named}; symnoise reads UTF-8")
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    row = {"instruction": "caf\u00e9", "input": "", "output": "b"}
+    for suffix, text in [(".json", json.dumps([row])), (".jsonl", json.dumps(row) + "\n")]:
+        path = tmp_path / f"bom{suffix}"
+        path.write_bytes(codecs.BOM_UTF8 + text.encode("utf-8"))
+        examples, _ = load_examples(str(path))
+        assert [(e.instruction, e.output) for e in examples] == [("caf\u00e9", "b")]
