@@ -111,3 +111,13 @@ def alpaca_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.json"
     path.write_text(json.dumps(rows))
     return path
+
+
+# Tokenised data is cached by content hash (symnoise.data.prepare); keep the tests' cache out of the home folder.
+if "SYMNOISE_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["SYMNOISE_CACHE"] = tempfile.mkdtemp(prefix="symnoise-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SYMNOISE_CACHE"], ignore_errors=True)

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.field=value",
                         help="override config fields, e.g. noise.alpha=10 training.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    parser.add_argument("--check", action="store_true", help="validate the config and data, then stop")
+    parser.add_argument("--check", action="store_true", help="validate the config, read every data file and "
+                        "tokenise a sample with the model's tokenizer (no weights), then stop")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.overrides)
         if args.check:
-            print(f"{args.config}: valid")
-            return 0
+            return check(args.config, config)
         from ..train import train
 
         result = train(config, resume=args.resume)
@@ -44,4 +44,26 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"finished {result.steps} steps on {result.train_examples} examples; final loss "
           f"{result.final_loss if result.final_loss is None else round(result.final_loss, 4)}; wrote {result.run_dir}")
+    return 0
+
+
+def check(config_path: str, config) -> int:
+    """--check: the config is valid; read every data file and tokenise a sample with the tokenizer (no weights)."""
+    from ..data.check import check_sources
+    from ..data.mixture import specs_from_section
+    from ..train.recipe import load_tokenizer
+
+    print(f"{config_path}: config valid")
+    specs, eval_spec = specs_from_section(config.data)
+    try:
+        tokenizer = load_tokenizer(config)
+    except Exception as error:  # offline, no such model, no access: say so, and still check the data
+        print(f"error: cannot load the tokenizer of {config.model.name}: {type(error).__name__}: "
+              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}", file=sys.stderr)
+        tokenizer = None
+    for line in check_sources(specs, eval_spec, tokenizer, config.data.max_length):
+        print(line)
+    if tokenizer is None:
+        return 2
+    print(f"{config_path}: data valid")
     return 0

@@ -48,6 +48,7 @@ class Conversation:
     system: str | None
     exchanges: tuple[Exchange, ...]
     source: str
+    n_unused: int = 0  # assistant turns after the first exchange, not read with ``turns: first``
 
     @property
     def n_trained(self) -> int:
@@ -64,7 +65,8 @@ class Conversation:
         """The system message and the first trained exchange with the context before it (``data.turns: first``)."""
         for position, exchange in enumerate(self.exchanges):
             if exchange.train:
-                return Conversation(self.system, self.exchanges[: position + 1], self.source)
+                later = sum(e.train for e in self.exchanges[position + 1:])
+                return Conversation(self.system, self.exchanges[: position + 1], self.source, self.n_unused + later)
         return self
 
 
@@ -121,6 +123,12 @@ def _content(turn: dict, key: str, where: str) -> str:
     return value
 
 
+def _later_replies(turns: list) -> int:
+    """How many of these (unchecked) turns look like assistant turns: what ``turns: first`` leaves unused."""
+    return sum(1 for turn in turns if isinstance(turn, dict)
+               and str(turn.get("from", turn.get("role", ""))).strip().lower() in ASSISTANT_ROLES)
+
+
 def parse_turns(turns, field: str, style: str, turns_mode: str, source: str, warnings: Counter,
                 trained_from: int = 0) -> Conversation:
     """A `Conversation` from a list of turns in row field `field`.
@@ -170,7 +178,7 @@ def parse_turns(turns, field: str, style: str, turns_mode: str, source: str, war
         exchanges.append(Exchange(pending[1], _content(turn, content_key, where), train=position >= trained_from))
         pending = None
         if turns_mode == "first" and exchanges[-1].train:
-            return Conversation(system, tuple(exchanges), source)
+            return Conversation(system, tuple(exchanges), source, _later_replies(turns[position + 1:]))
     if pending is not None:
         if not exchanges:
             raise BadRow("no reply", f"field '{field}' has no turn after the user turn {pending[0]}")

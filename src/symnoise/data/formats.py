@@ -77,6 +77,8 @@ class LoadReport:
     warnings: Counter = field(default_factory=Counter)
     n_conversations: int = 0
     n_assistant_turns: int = 0
+    n_unused_turns: int = 0  # later assistant turns not read with ``turns: first``
+    first_bad: str | None = None  # "train.json:row 12: field 'output' is missing", the first row skipped
 
     def skipped_summary(self) -> str:
         """'skipped 3 rows: 2 empty output, 1 missing instruction', or '' when nothing was skipped."""
@@ -103,6 +105,7 @@ class LoadReport:
         if isinstance(record, Conversation):
             self.n_conversations += 1
             self.n_assistant_turns += len(record.exchanges)
+            self.n_unused_turns += record.n_unused
 
 
 # ------------------------------------------------------------------------------------- format detection
@@ -307,6 +310,7 @@ def _records(rows: Iterable[RawRow], report: LoadReport, on_bad_row: str, limit:
             if on_bad_row == "error":
                 raise DataError(f"{where}: {bad.detail}") from None
             report.skipped[bad.reason] += 1
+            report.first_bad = report.first_bad or f"{where}: {bad.detail}"
             continue
         report.count(record)
         yield record

@@ -158,7 +158,7 @@ def model_card(config: Any, template: str, steps: int, final_loss: float | None)
     noise = config.noise
     return MODEL_CARD.format(
         base_model=config.model.name, name=Path(config.training.output_dir).name, method=noise.method,
-        dataset=config.data.path, alpha=noise.alpha, symmetric=noise.symmetric, match=noise.match_uniform_norm,
+        dataset=config.data.source_label, alpha=noise.alpha, symmetric=noise.symmetric, match=noise.match_uniform_norm,
         length_mode=noise.length_mode, region=noise.region, schedule=noise.schedule, template=template,
         max_length=config.data.max_length, lr=config.training.learning_rate,
         batch=config.training.effective_batch_size, epochs=config.training.epochs, steps=steps,

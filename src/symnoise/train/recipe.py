@@ -6,7 +6,8 @@ write the run directory::
 
     RUN/config.yaml            the resolved config
     RUN/symnoise_run.json      template, max length and noise, read by `symnoise generate`
-    RUN/data_report.json       rows read, skipped (and why), truncated, dropped
+    RUN/data_report.json       per source: rows read, skipped (and why), warnings, conversations, assistant
+                               turns trained and truncated by max_length, examples dropped
     RUN/metrics.jsonl, .csv    one line per logging step: loss, lr, grad norm, noise norm, tokens/s, memory
     RUN/runs/                  TensorBoard event files
     RUN/checkpoint-N/          Trainer checkpoints, with each rank's noise generator state (written as
@@ -31,7 +32,8 @@ import torch
 import yaml
 
 from .. import __version__
-from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokenize_examples
+from ..data.check import check_sources
+from ..data.mixture import TrainingData, prepare_training_data, specs_from_section
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
 from ..hf import add_noise
 from .config import ConfigError, TrainConfig
@@ -108,16 +110,23 @@ def load_tokenizer(config: TrainConfig):
     return tokenizer
 
 
-def load_data(config: TrainConfig) -> tuple[list[Example], LoadReport, list[Example] | None]:
-    """Read and check every row before anything expensive (tokenizer, model) is loaded."""
-    examples, report = load_examples(config.data.path, format=config.data.format,
-                                     on_bad_row=config.data.on_bad_row, split=config.data.split,
-                                     limit=config.data.limit)
-    eval_examples = None
-    if config.data.eval_path:
-        eval_examples, _ = load_examples(config.data.eval_path, format=report.format,
-                                         on_bad_row=config.data.on_bad_row)
-    return examples, report, eval_examples
+def load_tokenizer_for_data(config: TrainConfig):
+    """The tokenizer; when it cannot be loaded, the data is read first so that a bad row is reported before a
+    tokenizer or model problem (reading is cheap; tokenising needs the tokenizer)."""
+    try:
+        return load_tokenizer(config)
+    except Exception:
+        specs, eval_spec = specs_from_section(config.data)
+        for _ in check_sources(specs, eval_spec, None, config.data.max_length):
+            pass
+        raise
+
+
+def load_data(config: TrainConfig, tokenizer) -> TrainingData:
+    """Read, check and tokenise every source (bad rows fail here, before the model is loaded); cached by content."""
+    specs, eval_spec = specs_from_section(config.data)
+    return prepare_training_data(specs, tokenizer, config.data.max_length, config.training.seed, eval_spec,
+                                 cache=config.data.cache)
 
 
 def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
@@ -206,19 +215,14 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
     )
 
 
-def write_run_files(config: TrainConfig, run_dir: Path, template: str, report: LoadReport,
-                    dataset: TokenizedDataset) -> None:
+def write_run_files(config: TrainConfig, run_dir: Path, template: str, data: TrainingData) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     write_json(run_dir / "symnoise_run.json", {
         "symnoise_version": __version__, "template": template, "max_length": config.data.max_length,
-        "noise": config.noise.to_dict(), "model": config.model.name, "dataset": config.data.path,
-        "format": report.format, "lora": config.lora.enabled,
+        "noise": config.noise.to_dict(), "model": config.model.name, "dataset": config.data.source_label,
+        "format": data.format, "lora": config.lora.enabled,
     })
-    write_json(run_dir / "data_report.json", {
-        "source": report.source, "format": report.format, "rows": report.n_rows, "loaded": report.n_loaded,
-        "skipped": dict(report.skipped), "examples": len(dataset), "truncated": dataset.n_truncated,
-        "dropped": dataset.n_dropped, "max_length": dataset.max_length,
-    })
+    write_json(run_dir / "data_report.json", data.to_dict())
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
@@ -227,17 +231,15 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     run_dir = check_run_dir(config, resume)
     set_seed(config.training.seed)
-    examples, report, eval_examples = load_data(config)
-    logger.info("%s", report.summary())
-    template = config.resolved_template(report.format)
-    tokenizer = load_tokenizer(config)
-    dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
-    eval_dataset = eval_examples and tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
-    logger.info("%s", dataset.summary())
+    tokenizer = load_tokenizer_for_data(config)
+    data = load_data(config, tokenizer)
+    for line in data.summary_lines():
+        logger.info("%s", line)
+    template, dataset, eval_dataset = data.template, data.train, data.eval
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = resolve_precision(config, use_cuda)
     if is_main_process():
-        write_run_files(config, run_dir, template, report, dataset)
+        write_run_files(config, run_dir, template, data)
     model = load_model(config, precision)
     check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
     args = training_arguments(config, run_dir, precision, eval_dataset is not None)
@@ -256,7 +258,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     _log_with_metrics(trainer, metrics)
     add_noise(trainer, config.noise)
     make_checkpoints_atomic(trainer)
-    NonFiniteGuard(trainer, config.training.on_nonfinite, _kept_sources(examples, dataset), run_dir)
+    NonFiniteGuard(trainer, config.training.on_nonfinite, dataset.sources, run_dir)
     checkpoint = _resume_point(run_dir) if resume else None
     if checkpoint is not None and _trained_to_the_end(checkpoint, config):
         _load_finished(trainer, checkpoint)
@@ -267,12 +269,6 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if trainer.is_world_process_zero():
         _save_final(trainer, tokenizer, config, run_dir, template, final_loss)
     return TrainResult(run_dir, steps, final_loss, len(dataset))
-
-
-def _kept_sources(examples: list[Example], dataset: TokenizedDataset) -> list[str]:
-    """The source ("train.json:row 12") of each tokenised example, in dataset order."""
-    dropped = set(dataset.dropped_sources)
-    return [example.source for example in examples if example.source not in dropped]
 
 
 def _resume_point(run_dir: Path) -> str:
