@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from itertools import chain
@@ -172,7 +173,7 @@ def prepare_dataset(spec: DatasetSpec, tokenizer, max_length: int, cache: bool =
         _remove_at_exit(staging)
         return dataset, report
     final = publish(staging / "store", directory)
-    _remove_at_exit(staging)
+    shutil.rmtree(staging, ignore_errors=True)
     return TokenizedDataset.open(final), report
 
 

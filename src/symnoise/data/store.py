@@ -133,7 +133,7 @@ class TokenWriter:
         stats.turns += len(spans)
         kept_ids = ids[: self.max_length]
         kept = [(start, min(end, self.max_length)) for start, end in spans if start < self.max_length]
-        cut = sum(end > self.max_length for _, end in spans) + len(spans) - len(kept)
+        cut = sum(end > self.max_length for _, end in spans)
         if not kept:
             stats.turns_truncated += cut
             stats.dropped_sources.append(source)
