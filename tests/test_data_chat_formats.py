@@ -174,3 +174,31 @@ def test_utf8_bom_is_accepted(tmp_path):
         path.write_bytes(codecs.BOM_UTF8 + text.encode("utf-8"))
         examples, _ = load_examples(str(path))
         assert [(e.instruction, e.output) for e in examples] == [("caf\u00e9", "b")]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
+def test_json_arrays_are_read_in_chunks_exactly(tmp_path, monkeypatch, chunk):
+    """A JSON array read in chunks of any size gives json.loads's rows, and json.loads's line and column for a
+    malformed file (multi-byte characters and numbers cut by chunk ends included)."""
+    from symnoise.data import readers
+
+    monkeypatch.setattr(readers._ChunkedText, "CHUNK", chunk)
+    rows = [{"instruction": "caf\u00e9 \u2603 \U0001f600", "input": "", "output": "12345"},
+            {"instruction": "x" * 40, "output": "y\n\"z\""}, {"instruction": "a", "input": "b", "output": "c"}]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
+    examples, _ = load_examples(str(path))
+    assert [(e.instruction, e.input, e.output) for e in examples] == \
+        [(r["instruction"], r.get("input", ""), r["output"]) for r in rows]
+    numbers = tmp_path / "n.json"
+    numbers.write_text("[123456, 7]")
+    with pytest.raises(DataError, match=r"n.json:row 0: the row is a JSON int"):
+        load_examples(str(numbers), format="alpaca")
+    text = json.dumps(rows, indent=2).replace('"output": "c"', '"output": "c",, ')
+    bad = tmp_path / "bad.json"
+    bad.write_text(text, encoding="utf-8")
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(DataError) as error:
+        load_examples(str(bad))
+    assert f"bad.json: not valid JSON at line {expected.value.lineno} column {expected.value.colno}" in str(error.value)

@@ -119,64 +119,118 @@ def _read_text(path: Path, name: str) -> tuple[str, int | None]:
     return text.removeprefix("\ufeff"), bad_at
 
 
-def _not_json(name: str, error: json.JSONDecodeError, bad_at: int | None) -> DataError:
-    hint = f" (the file is not valid UTF-8 from byte {bad_at})" if bad_at is not None else ""
-    return DataError(f"{name}: not valid JSON at line {error.lineno} column {error.colno}: {error.msg}{hint}")
+class _ChunkedText:
+    """The text of a file read in chunks: a window `text` that starts `start` characters into the file, grown
+    with `more()` and cut with `drop()`, so a large JSON array is never held whole."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self.strict = codecs.getincrementaldecoder("utf-8")()  # only to find the first undecodable byte
+        self.text = ""
+        self.start = 0
+        self.lines_before = 0  # newlines in the dropped text
+        self.column_base = 0  # characters after the last dropped newline
+        self.bad_at: int | None = None
+        self.bytes_read = 0
+        self.at_end = False
+
+    def more(self) -> bool:
+        """Reads another chunk into the window; False at the end of the file."""
+        if self.at_end:
+            return False
+        data = self.handle.read(self.CHUNK)
+        self.at_end = not data
+        if self.bad_at is None:
+            try:
+                self.strict.decode(data, final=self.at_end)
+            except UnicodeDecodeError as error:
+                self.bad_at = max(0, self.bytes_read + error.start)
+        self.bytes_read += len(data)
+        text = self.decoder.decode(data, final=self.at_end)
+        if self.start == 0 and not self.text:
+            text = text.removeprefix("\ufeff")
+        self.text += text
+        return bool(data)
+
+    def drop(self, upto: int) -> None:
+        """Forgets the window's first `upto` characters."""
+        dropped = self.text[:upto]
+        newlines = dropped.count("\n")
+        if newlines:
+            self.lines_before += newlines
+            self.column_base = len(dropped) - dropped.rfind("\n") - 1
+        else:
+            self.column_base += len(dropped)
+        self.text = self.text[upto:]
+        self.start += upto
+
+    def error(self, name: str, message: str, position: int) -> DataError:
+        """A whole-file error at `position` of the window, with the line and column in the file."""
+        line = self.text.count("\n", 0, position)
+        column = position - self.text.rfind("\n", 0, position) if line else position + 1 + self.column_base
+        hint = f" (the file is not valid UTF-8 from byte {self.bad_at})" if self.bad_at is not None else ""
+        return DataError(f"{name}: not valid JSON at line {self.lines_before + line + 1} column {column}: "
+                         f"{message}{hint}")
+
+    def skip_space(self, position: int) -> int:
+        """The first non-blank position from `position`, reading more as needed (len(text) at the end)."""
+        while True:
+            while position < len(self.text) and self.text[position] in " \t\r\n":
+                position += 1
+            if position < len(self.text) or not self.more():
+                return position
 
 
 def _json_array_rows(path: Path, name: str) -> Iterator[RawRow]:
-    """Rows of a file holding one JSON array, decoded element by element; a malformed file is a whole-file error."""
-    text, bad_at = _read_text(path, name)
+    """Rows of a file holding one JSON array, decoded element by element from chunks of the file; a malformed
+    file is a whole-file error with its line and column."""
     decoder = json.JSONDecoder()
-    position = _skip_space(text, 0)
-    if text[position:position + 1] != "[":
-        value = _whole_value(text, name, bad_at)
-        raise DataError(f"{name}: the top level is a JSON {type(value).__name__}, expected a list of records "
-                        "(or JSON Lines, one record per line)")
-    position = _skip_space(text, position + 1)
-    index = 0
-    if text[position:position + 1] == "]":
-        _expect_end(text, position + 1, name, bad_at)
-        return
+    with _open(path, name) as handle:
+        window = _ChunkedText(handle)
+        position = window.skip_space(0)
+        if window.text[position:position + 1] != "[":
+            raise window.error(name, "expected a JSON array", position)
+        position = window.skip_space(position + 1)
+        index = 0
+        if window.text[position:position + 1] == "]":
+            _expect_end(window, position + 1, name)
+            return
+        while True:
+            value, position = _decode_element(window, decoder, position, name)
+            yield RawRow(index, None, value)
+            index += 1
+            position = window.skip_space(position)
+            separator = window.text[position:position + 1]
+            if separator == "]":
+                _expect_end(window, position + 1, name)
+                return
+            if separator != ",":
+                raise window.error(name, "Expecting ',' delimiter", position)
+            window.drop(position + 1)
+            position = window.skip_space(0)
+
+
+def _decode_element(window: _ChunkedText, decoder: json.JSONDecoder, position: int, name: str) -> tuple[Any, int]:
+    """The JSON value at `position`, reading more of the file while the value is cut by the window's end."""
     while True:
         try:
-            value, position = decoder.raw_decode(text, position)
+            value, end = decoder.raw_decode(window.text, position)
+            if end < len(window.text) or not window.more():  # a number at the window's end may go on
+                return value, end
         except json.JSONDecodeError as error:
-            raise _not_json(name, error, bad_at) from None
+            if not window.more():
+                raise window.error(name, error.msg, error.pos) from None
         except RecursionError:
             raise DataError(f"{name}: not readable JSON: nested too deeply") from None
-        yield RawRow(index, None, value)
-        index += 1
-        position = _skip_space(text, position)
-        separator = text[position:position + 1]
-        if separator == "]":
-            _expect_end(text, position + 1, name, bad_at)
-            return
-        if separator != ",":
-            error = json.JSONDecodeError("Expecting ',' delimiter", text, position)
-            raise _not_json(name, error, bad_at)
-        position = _skip_space(text, position + 1)
 
 
-def _skip_space(text: str, position: int) -> int:
-    while position < len(text) and text[position] in " \t\r\n":
-        position += 1
-    return position
-
-
-def _expect_end(text: str, position: int, name: str, bad_at: int | None) -> None:
-    position = _skip_space(text, position)
-    if position < len(text):
-        raise _not_json(name, json.JSONDecodeError("Extra data", text, position), bad_at)
-
-
-def _whole_value(text: str, name: str, bad_at: int | None) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _not_json(name, error, bad_at) from None
-    except RecursionError:
-        raise DataError(f"{name}: not readable JSON: nested too deeply") from None
+def _expect_end(window: _ChunkedText, position: int, name: str) -> None:
+    position = window.skip_space(position)
+    if position < len(window.text):
+        raise window.error(name, "Extra data", position)
 
 
 def _first_line(path: Path, name: str) -> str:
