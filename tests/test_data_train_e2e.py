@@ -155,3 +155,36 @@ def test_shipped_sharegpt_configs_keep_the_papers_single_turn_protocol(monkeypat
     cells = expand_cells(GridSpec.model_validate(yaml.safe_load(grid_file.read_text())), str(grid_file))
     turns = {cell.config.data.format: cell.config.data.turns for cell in cells}
     assert turns["sharegpt"] == "first" and turns["alpaca"] == "all"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"path": "a.json", "datasets": [{"path": "b.json"}]}, "data: give either path (one source) or datasets"),
+    ({}, "data: give either path (one source) or datasets"),
+    ({"datasets": [{"path": "b.json", "weight": 2, "limit": 3}]}, "data.datasets.0: set weight or limit, not both"),
+    ({"datasets": [{"path": "b.json"}], "limit": 3}, "data: limit applies to path; with datasets, set limit on each"),
+    ({"datasets": [{"path": "b.json", "weight": 0}]}, "data.datasets.0.weight: Input should be greater than 0"),
+    ({"datasets": [{"path": "b.json", "turns": "some"}]}, "data.datasets.0.turns: Input should be 'all' or 'first'"),
+    ({"datasets": [{"path": "b.json", "shuffle": True}]}, "data.datasets.0.shuffle: unknown field"),
+])
+def test_data_section_validation_names_the_field(data, message):
+    from symnoise.train import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        validate_config({"model": {"name": "m"}, "data": data, "training": {"output_dir": "o"}}, source="c.yaml")
+    assert message in str(error.value)
+
+
+def test_mixture_entries_take_the_section_defaults():
+    from symnoise.data.mixture import specs_from_section
+
+    config = validate_config({"model": {"name": "m"}, "training": {"output_dir": "o"},
+                              "data": {"template": "chat", "turns": "first", "on_bad_row": "skip",
+                                       "eval_path": "e.json",
+                                       "datasets": [{"path": "a.json", "limit": 5},
+                                                    {"path": "b.json", "format": "sharegpt", "turns": "all",
+                                                     "weight": 0.5}]}})
+    specs, eval_spec = specs_from_section(config.data)
+    assert [(s.path, s.format, s.template, s.turns, s.limit, s.weight, s.on_bad_row) for s in specs] == [
+        ("a.json", "auto", "chat", "first", 5, None, "skip"), ("b.json", "sharegpt", "chat", "all", None, 0.5, "skip")]
+    assert (eval_spec.path, eval_spec.format, eval_spec.template) == ("e.json", "auto", "chat")
+    assert config.data.source_label == "a.json + b.json"
