@@ -202,3 +202,25 @@ def test_json_arrays_are_read_in_chunks_exactly(tmp_path, monkeypatch, chunk):
     with pytest.raises(DataError) as error:
         load_examples(str(bad))
     assert f"bad.json: not valid JSON at line {expected.value.lineno} column {expected.value.colno}" in str(error.value)
+
+
+def test_a_minified_array_is_not_read_whole_to_find_its_layout(tmp_path, monkeypatch):
+    """Layout detection reads at most the first 64 KiB: a one-line JSON array larger than that is read as an
+    array (.json) or as one JSON Lines row (.jsonl, as before), without json.loads of the whole file."""
+    from symnoise.data import readers
+
+    rows = [{"instruction": f"i{k}", "input": "", "output": "o" * 50} for k in range(2000)]
+    text = json.dumps(rows)
+    assert "\n" not in text and len(text) > readers.HEAD_BYTES
+    array = tmp_path / "big.json"
+    array.write_text(text, encoding="utf-8")
+    loads = json.loads
+    monkeypatch.setattr(readers.json, "loads", lambda s, *a, **k: (_ for _ in ()).throw(AssertionError("whole"))
+                        if len(s) > readers.HEAD_BYTES else loads(s, *a, **k))
+    examples, _ = load_examples(str(array))
+    assert len(examples) == 2000 and examples[-1].instruction == "i1999"
+    lines = tmp_path / "big.jsonl"
+    lines.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(readers.json, "loads", loads)
+    with pytest.raises(DataError, match=r"big.jsonl:row 0 \(line 1\): the row is a JSON list"):
+        load_examples(str(lines), format="alpaca")

@@ -10,7 +10,7 @@ Nothing is cached and nothing is written.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 
 from .conversations import Conversation
@@ -28,7 +28,7 @@ class SourceCheck:
     spec: DatasetSpec
     report: LoadReport
     template: str
-    sample: list = None  # the first records, kept for the tokeniser check
+    sample: list = field(default_factory=list)  # the first records, kept for the tokeniser check
 
     def line(self) -> str:
         return f"{self.report.summary()}; template {self.template}"

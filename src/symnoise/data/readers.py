@@ -233,28 +233,36 @@ def _expect_end(window: _ChunkedText, position: int, name: str) -> None:
         raise window.error(name, "Extra data", position)
 
 
-def _first_line(path: Path, name: str) -> str:
-    """The first non-blank line of a text file (BOM removed), or "" for a blank file."""
+HEAD_BYTES = 1 << 16
+
+
+def _first_line(path: Path, name: str) -> tuple[str, bool]:
+    """The first non-blank line of a text file (BOM removed; "" for a blank file), read from at most the first
+    64 KiB, and whether it ended there (a minified JSON array is one long line, never read whole here)."""
     with _open(path, name) as handle:
-        for raw in handle:
-            line = _decode_line(raw).removeprefix("\ufeff").strip()
-            if line:
-                return line
-    return ""
+        head = handle.read(HEAD_BYTES)
+        at_end = len(head) < HEAD_BYTES
+    text = head.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    for line in text.split("\n")[:-1] if not at_end else text.split("\n"):
+        if line.strip():
+            return line.strip(), True
+    stripped = text.split("\n")[-1].strip()
+    return stripped, not stripped
 
 
 def _text_file_rows(path: Path, name: str) -> Iterator[RawRow]:
-    """Rows of a .json or .jsonl file, whichever of the two layouts it actually uses."""
+    """Rows of a .json or .jsonl file, whichever of the two layouts it actually uses: a JSON array when the file
+    starts with "[" and is named .json or its first line is not a complete JSON value, JSON Lines otherwise."""
     _check_encoding(path, name)
-    first = _first_line(path, name)
+    first, complete = _first_line(path, name)
     if not first:
         raise DataError(f"{name}: the file is empty")
-    first_is_json = not isinstance(_parse_line(first), BadRow)
+    first_is_json = complete and not isinstance(_parse_line(first), BadRow)
     is_json = path.suffix.lower() == ".json"
-    if first.startswith("[") and (is_json or not first_is_json):
+    if first.startswith("[") and (is_json or (complete and not first_is_json)):
         return _json_array_rows(path, name)
-    if is_json and not first_is_json and first.startswith("{"):
-        text, bad_at = _read_text(path, name)
+    if is_json and complete and not first_is_json and first.startswith("{"):
+        text, _ = _read_text(path, name)
         try:
             whole = json.loads(text)
         except (json.JSONDecodeError, RecursionError):
