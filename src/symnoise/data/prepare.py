@@ -62,7 +62,7 @@ class DatasetReport:
         load, stats = self.load, self.stats
         return {
             "source": load.source, "format": load.format, "template": self.template, "turns": self.turns,
-            "rows": load.n_rows, "loaded": load.n_loaded, "skipped": dict(load.skipped),
+            "rows": load.n_rows, "loaded": load.n_loaded, "skipped": dict(load.skipped), "first_bad_row": load.first_bad,
             "warnings": dict(load.warnings), "conversations": load.n_conversations,
             "assistant_turns": load.n_assistant_turns, "turns_unused": _unused(load),
             "turns_trained": stats.turns_trained, "turns_truncated": stats.turns_truncated,
