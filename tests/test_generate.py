@@ -257,7 +257,7 @@ def test_template_from_run_config(tmp_path):
 def test_default_prompts_are_the_ae1_reference(shared_data, monkeypatch):
     from symnoise.cli.generate import default_prompts
 
-    monkeypatch.setenv("SYMNOISE_SHARED_DATA", str(shared_data))
+    monkeypatch.setenv("SYMNOISE_DATA_DIR", str(shared_data))
     path = default_prompts()
     prompts = generation.load_prompts(path)
     assert path.name == "alpaca_eval_ae1_reference_text_davinci_003.jsonl" and len(prompts) == 805

@@ -7,7 +7,8 @@ Public API::
     with symnoise.attach(model, config) as handle:
         ...  # any training loop that calls model(input_ids=..., attention_mask=..., labels=...)
 
-For transformers' ``Trainer`` and TRL's ``SFTTrainer`` see ``symnoise.hf.add_noise``.
+For transformers' ``Trainer`` and TRL's ``SFTTrainer``, ``DPOTrainer``, ``KTOTrainer`` and ``ORPOTrainer`` see
+``symnoise.hf.add_noise``.
 """
 
 from .attach import NoiseHandle, attach, get_handle, noise_off, unwrap_model

@@ -37,7 +37,7 @@ from ..generation import write_json_atomic
 from ..train import train
 from ..train.reliability import last_complete_checkpoint
 from . import evaluate
-from .spec import Cell, Grid, LauncherSection, pretrained_model_dir
+from .spec import Cell, Grid, GridError, LauncherSection, pretrained_model_dir
 
 STAGES_FILE = "stages.json"
 FAILURE_FILE = "failure.json"
@@ -67,8 +67,9 @@ class StaleCellError(RuntimeError):
 
 
 def evaluation_fingerprint(grid: Grid) -> str:
-    """A short hash of the evaluation settings, stored with every evaluation stage."""
-    text = json.dumps(grid.spec.evaluation.model_dump(mode="json"), sort_keys=True)
+    """A short hash of the evaluation settings, stored with every evaluation stage. The data folder is left out:
+    it says where the same named data is read from, not what is computed."""
+    text = json.dumps(grid.spec.evaluation.model_dump(mode="json", exclude={"data_dir"}), sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -181,7 +182,8 @@ def stage_generate(ctx: CellContext) -> dict:
     outputs, stats = generate_outputs(model, tokenizer, prompts, ctx.template, settings, sidecar_path(output),
                                       ctx.cell.id, progress=False)
     write_json_atomic(output, model_outputs_records(prompts, outputs, ctx.cell.id))
-    return {"prompts": len(prompts), "new_tokens": stats.new_tokens, "tokens_per_s": stats.tokens_per_second}
+    return {"prompts": len(prompts), "prompts_file": str(evaluate.evaluation_file(ctx.grid.spec, "prompts")),
+            "new_tokens": stats.new_tokens, "tokens_per_s": stats.tokens_per_second}
 
 
 def stage_reference_loss(ctx: CellContext) -> dict:
@@ -216,7 +218,8 @@ def stage_leaderboard(ctx: CellContext) -> dict:
     from ..evaluation.leaderboard import run_leaderboard
 
     section = ctx.grid.spec.evaluation.leaderboard
-    report = run_leaderboard(str(ctx.cell.run_dir), section.tasks, data_dir=section.data_dir, online=section.online,
+    source = evaluate.leaderboard_source(ctx.grid.spec)
+    report = run_leaderboard(str(ctx.cell.run_dir), section.tasks, data_dir=source.data_dir, online=source.online,
                              limit=section.limit, batch_size=section.batch_size)
     write_json_atomic(ctx.cell.run_dir / "eval" / "leaderboard.json", report)
     return {"average": report["average"]}
@@ -328,28 +331,42 @@ def run_pretrain(grid: Grid, log: Callable[[str], None]) -> None:
     mark_stage(folder, "pretrain", info, time.perf_counter() - started)
 
 
+def check_inputs(grid: Grid) -> None:
+    """Raise `GridError` listing every evaluation input that cannot be read, before anything is trained."""
+    problems = evaluate.unreachable_inputs(grid.spec)
+    if problems:
+        raise GridError("\n".join([f"{grid.source}: evaluation inputs not reachable (nothing was trained):"]
+                                   + [f"  {p}" for p in problems]))
+
+
 def prepare(grid: Grid, log: Callable[[str], None]) -> None:
-    """Everything the cells share: the output folder, the grid file, the synthetic data and the pretrained model."""
+    """Everything the cells share: the output folder, the grid file, the synthetic data and the pretrained model,
+    after checking that every evaluation input is reachable."""
+    check_inputs(grid)
     grid.output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(grid.output_dir / "grid.json", grid.spec.model_dump(mode="json"))
-    evaluate.check_judge_environment(grid.spec.evaluation)
     if evaluate.needs_synthetic(grid.spec):
         evaluate.write_synthetic_world(grid.spec)
     if grid.spec.pretrain:
         run_pretrain(grid, log)
 
 
-def run_grid(grid: Grid, log: Callable[[str], None] = print) -> GridOutcome:
-    """Run every cell one after another, then write the report over all cells that finished training."""
+def run_grid(grid: Grid, log: Callable[[str], None] = print, only: str | None = None) -> GridOutcome:
+    """Run every cell (or only the cell with the id ``only``, as a cluster job does) one after another, then write
+    the report over all cells that finished training."""
     from .summary import write_grid_report
 
+    cells = [c for c in grid.cells if only is None or c.id == only]
+    if not cells:
+        raise GridError(f"{grid.source}: no cell {only!r}; `symnoise grid {grid.source} --check` lists the cells")
     started = time.perf_counter()
     prepare(grid, log)
     outcomes: dict[str, CellOutcome] = {}
-    for number, cell in enumerate(grid.cells, start=1):
-        log(f"cell {number}/{len(grid.cells)}: {cell.id}")
+    for number, cell in enumerate(cells, start=1):
+        log(f"cell {number}/{len(cells)}: {cell.id}")
         outcomes[cell.id] = run_cell(grid, cell, log)
         write_status(grid, outcomes)
         sys.stdout.flush()
-    report_dir = write_grid_report(grid, outcomes, time.perf_counter() - started)
+    # A single cell is a cluster job running beside others: the report is left to a final `symnoise grid GRID`.
+    report_dir = None if only else write_grid_report(grid, outcomes, time.perf_counter() - started)
     return GridOutcome(list(outcomes.values()), report_dir, time.perf_counter() - started)

@@ -79,7 +79,8 @@ class DataSection(_Section):
                         "keyed by file content, settings and tokenizer")
     packing: Literal["none", "rows", "padding_free"] = Field(
         "none", description="rows: each batch packed into rows of at most max_length tokens with position-id "
-        "resets (attention kept per sequence, almost no padding; the fast layout for SDPA and eager attention); "
+        "resets (attention kept per sequence, almost no padding; the fast layout for SDPA and eager attention, "
+        "exact under FlashAttention too through the batch's cu_seq_lens); "
         "padding_free: each batch is one row of concatenated sequences (no padding; for FlashAttention's varlen "
         "kernels, since other attention builds a dense mask over the whole row); none: pad to the longest")
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding)")

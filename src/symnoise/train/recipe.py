@@ -37,7 +37,7 @@ from ..data.mixture import TrainingData, prepare_training_data, specs_from_secti
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
 from ..hf import add_noise
 from .config import ConfigError, TrainConfig
-from .metrics import RunMetrics, TokenCounter, jsonl_to_csv, model_card, write_json
+from .metrics import RunMetrics, TokenCounter, flop_parameters, jsonl_to_csv, model_card, write_json
 from .reliability import (
     STAGING_PREFIX,
     CheckpointWriteError,
@@ -183,7 +183,8 @@ def make_collator(config: TrainConfig, tokenizer):
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if config.data.packing == "padding_free":
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        # The varlen kwargs spare FlashAttention re-deriving them from position ids (a host sync) in every layer.
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=True)
     if config.data.packing == "rows":
         return PackedRowsCollator(row_length=config.data.max_length, pad_token_id=tokenizer.pad_token_id)
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
@@ -253,8 +254,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     trainer = Trainer(model=model, args=args, train_dataset=IndexedDataset(dataset), eval_dataset=eval_dataset,
                       data_collator=indexing_collator(collator), processing_class=tokenizer)
     counter = TokenCounter(trainer)
-    n_params = sum(p.numel() for p in model.parameters())
-    metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size())
+    n_params, n_trained = flop_parameters(model)
+    metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size(), n_trained)
     _log_with_metrics(trainer, metrics)
     add_noise(trainer, config.noise)
     make_checkpoints_atomic(trainer)
