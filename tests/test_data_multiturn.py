@@ -334,3 +334,14 @@ def test_vicuna_pieces_and_truncation_on_arbitrary_text(tiny_tokenizer, conversa
     assert trained_runs(data[0]["labels"]) == kept
     assert data.stats.turns_truncated == sum(b > max_length for _, b in spans)
     assert data.stats.turns_trained == len(kept)
+
+
+def test_an_unwritable_cache_place_tokenises_without_caching(tmp_path, tiny_tokenizer, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("SYMNOISE_CACHE", str(blocker))
+    path = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Add 1 and 1.", "output": "2"}])
+    with caplog.at_level("WARNING", logger="symnoise.data"):
+        dataset, report = prepare_dataset(DatasetSpec(path), tiny_tokenizer, 128)
+    assert len(dataset) == 1 and not report.cached
+    assert "not writable" in caplog.text and "tokenising without a cache" in caplog.text

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from .store import TokenizedDataset, TokenStats, publish
 from .tokenize import check_tokenizer, write_tokens
 
 CACHE_FORMAT = 1
+logger = logging.getLogger("symnoise.data")
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,15 @@ def prepare_dataset(spec: DatasetSpec, tokenizer, max_length: int, cache: bool =
     check_tokenizer(tokenizer, template, max_length)
     staging_parent = directory.parent if directory is not None else None
     if staging_parent is not None:
-        staging_parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=staging_parent))
+        try:
+            staging_parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=staging_parent))
+        except OSError as error:  # a read-only or full cache place: tokenise without caching
+            logger.warning("data cache %s not writable (%s); tokenising without a cache", staging_parent,
+                           error.strerror or error)
+            directory = None
+    if directory is None:
+        staging = Path(tempfile.mkdtemp(prefix="symnoise-tokens-"))
     dataset = write_tokens(chain([first], records), tokenizer, template, max_length, staging / "store")
     report = DatasetReport(load, template, spec.turns, dataset.stats)
     _save_report(staging / "store", report)
