@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from symnoise.data import DataError, Example, default_template, load_examples
 from symnoise.data.conversations import Conversation, Exchange
@@ -224,3 +226,100 @@ def test_a_minified_array_is_not_read_whole_to_find_its_layout(tmp_path, monkeyp
     monkeypatch.setattr(readers.json, "loads", loads)
     with pytest.raises(DataError, match=r"big.jsonl:row 0 \(line 1\): the row is a JSON list"):
         load_examples(str(lines), format="alpaca")
+
+
+# ------------------------------------------------------------------------- property: multi-turn messages
+
+USER, ASSISTANT = {"user", "human", "prompter"}, {"assistant", "gpt", "chatgpt", "bard", "model"}
+
+
+class Bad(Exception):
+    def __init__(self, field):
+        super().__init__(field)
+        self.field = field
+
+
+def messages_oracle(turns):
+    """The spec of a `messages` row read with every turn (conversations.py docstring), written out directly:
+    (system, [(user, assistant)]) or Bad(the field the error names)."""
+    if not isinstance(turns, list):
+        raise Bad("messages")
+    system, exchanges, pending, started = None, [], None, False
+    for k, turn in enumerate(turns):
+        where = f"messages[{k}]"
+        if not isinstance(turn, dict):
+            raise Bad(where)
+        role_key = "role" if "role" in turn or "from" not in turn else "from"
+        content_key = "content" if "content" in turn or "value" not in turn else "value"
+        role = turn.get(role_key)
+        if not isinstance(role, str) or role.strip().lower() not in USER | ASSISTANT | {"system"}:
+            raise Bad(f"{where}.{role_key}")
+        role = role.strip().lower()
+        if pending is not None and role not in ASSISTANT:
+            raise Bad(f"{where}.{role_key}")
+        if role == "system":
+            if started:
+                raise Bad(where)
+            content = turn.get(content_key)
+            if system is None and isinstance(content, str) and content.strip():
+                system = content
+            continue
+        if not started and role in ASSISTANT:
+            continue
+        started = True
+        content = turn.get(content_key)
+        if not isinstance(content, str) or not content.strip():
+            raise Bad(f"{where}.{content_key}")
+        if role in USER:
+            pending = content
+        elif pending is None:
+            raise Bad(where)
+        else:
+            exchanges.append((pending, content))
+            pending = None
+    if not exchanges:
+        raise Bad("messages")
+    return system, exchanges
+
+
+roles = st.sampled_from(["user", "assistant", "system", "gpt", "Human", "prompter", "robot", ""])
+texts = st.one_of(st.text(max_size=6), st.sampled_from(["", " ", "q", "a"]))
+turn = st.one_of(st.fixed_dictionaries({"role": roles, "content": texts}),
+                 st.fixed_dictionaries({"role": roles, "content": texts}),
+                 st.fixed_dictionaries({"from": roles, "value": texts}),
+                 st.fixed_dictionaries({}, optional={"role": st.one_of(roles, st.integers()),
+                                                     "content": st.one_of(texts, st.none(), st.integers())}),
+                 st.integers())
+
+
+good_text = st.text(min_size=1, max_size=6).filter(str.strip)
+
+
+def said(role_names, text=good_text):
+    return st.builds(lambda role, content, style: {"role": role, "content": content} if style else
+                     {"from": role, "value": content}, st.sampled_from(role_names), text, st.booleans())
+
+
+valid_turns = st.builds(
+    lambda system, leading, pairs, trailing: system + leading + [t for pair in pairs for t in pair] + trailing,
+    st.lists(said(["system"], texts), max_size=2), st.lists(said(["gpt"]), max_size=1),
+    st.lists(st.tuples(said(["user", "Human", "prompter"]), said(["assistant", "gpt", "model"])), min_size=1,
+             max_size=3),
+    st.lists(said(["user"]), max_size=1))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=st.one_of(valid_turns, valid_turns, st.lists(turn, max_size=6), st.text(max_size=3)))
+def test_messages_rows_load_as_the_spec_says(tmp_path, turns):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"messages": turns}])
+    try:
+        expected = messages_oracle(turns)
+    except Bad as bad:
+        with pytest.raises(DataError) as error:
+            load_records(path, format="messages")
+        assert f"p.jsonl:row 0 (line 1): field '{bad.field}'" in str(error.value), (turns, str(error.value))
+        return
+    records, _ = load_records(path, format="messages")
+    system, exchanges = expected
+    assert records[0].system == system
+    assert [(e.user, e.assistant) for e in records[0].exchanges] == exchanges
