@@ -129,3 +129,13 @@ def snapshot_sidecars(monkeypatch) -> dict:
 
     monkeypatch.setattr(generation, "write_json_atomic", write_and_snapshot)
     return snapshots
+
+
+# Tokenised data is cached by content hash (symnoise.data.prepare); keep the tests' cache out of the home folder.
+if "SYMNOISE_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["SYMNOISE_CACHE"] = tempfile.mkdtemp(prefix="symnoise-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SYMNOISE_CACHE"], ignore_errors=True)

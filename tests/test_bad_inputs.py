@@ -181,8 +181,11 @@ def test_check_reads_the_data_and_the_model_source(tmp_path, base_model, alpaca_
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tiny_config(base_model, alpaca_file, tmp_path / "run").to_dict()))
     assert main(["train", str(path), "--check"]) == 0
-    out = capsys.readouterr().out
-    assert out.strip() == f"{path}: valid (36 examples from {alpaca_file}; model {base_model})"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"{path}: config valid"
+    assert lines[1] == f"model {base_model}: source and tokenizer ok"
+    assert lines[2] == f"data[0]: loaded 36 of 36 rows from {alpaca_file} (format alpaca); template alpaca"
+    assert lines[-1] == f"{path}: data valid"
     assert not (tmp_path / "run").exists()
 
 

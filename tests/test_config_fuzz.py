@@ -69,6 +69,7 @@ def text():
 
 
 LR = ("cosine", "linear", "constant", "constant_with_warmup")
+FORMATS = ("auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages", "prompt-completion")
 # field path -> (strategy of invalid values, words the error must contain besides the field's name)
 FIELDS = {
     "model.name": (text(), ["string|character"]),
@@ -79,9 +80,13 @@ FIELDS = {
     "model.trust_remote_code": (boolean(), ["true or false"]),
     "model.license": (text().filter(lambda v: v is not None), ["string|character"]),
     "data.path": (text(), ["string|character"]),
-    "data.format": (choice(("auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus")),
-                    ["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus"]),
-    "data.template": (choice(("alpaca", "vicuna", "chat")), ["alpaca", "vicuna", "chat"]),
+    "data.format": (choice(FORMATS), list(FORMATS)),
+    "data.template": (choice(("alpaca", "vicuna", "chat", "plain")), ["alpaca", "vicuna", "chat", "plain"]),
+    "data.turns": (choice(("all", "first")), ["all", "first"]),
+    "data.datasets": (st.one_of(st.text(max_size=5), st.integers(), st.just([]), st.lists(st.integers(), min_size=1,
+                                                                                      max_size=2)),
+                      ["list|item|dictionary|DatasetEntry"]),
+    "data.cache": (boolean(), ["true or false"]),
     "data.eval_path": (text(), ["string|character"]),
     "data.split": (text(), ["string|character"]),
     "data.max_length": (integer(minimum=8), ["integer|finite|8"]),

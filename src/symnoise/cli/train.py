@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the files of an earlier run in output_dir first (only files symnoise wrote)")
     parser.add_argument("--check", action="store_true",
-                        help="validate the config, the environment, the data and the model source, then stop")
+                        help="validate the config, the environment and the model source, read every data file and "
+                        "tokenise a sample with the model's tokenizer (no weights), then stop")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(resolve_config_path(args.config), args.overrides)
         if args.check:
-            print(f"{args.config}: valid ({check(config)})")
-            return 0
+            return check(args.config, config)
         from ..train import train
 
         result = train(config, resume=args.resume, overwrite=args.overwrite)
@@ -61,15 +61,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check(config) -> str:
-    """Everything `symnoise train` checks before loading the model, without writing anything."""
-    from ..train import preflight
-    from ..train.recipe import load_data, load_tokenizer
+def check(config_path: str, config) -> int:
+    """--check: everything `symnoise train` checks before loading the model, without writing anything: the
+    config, the environment and output_dir, the model source, every data file read to the end, and a sample
+    rendered and tokenised with the model's tokenizer (no weights)."""
+    from ..data.check import check_sources
+    from ..data.mixture import specs_from_section
+    from ..train import ConfigError, preflight
+    from ..train.recipe import load_tokenizer
 
     preflight.check_before_data(config)
     preflight.check_output_dir(config.training.output_dir)
-    examples, report, eval_examples = load_data(config)
-    preflight.check_before_model(config)
-    preflight.check_chat_template(config, load_tokenizer(config), config.resolved_template(report.format))
-    held_out = f", {len(eval_examples)} held-out" if eval_examples is not None else ""
-    return f"{len(examples)} examples from {report.source}{held_out}; model {config.model.name}"
+    print(f"{config_path}: config valid")
+    specs, eval_spec = specs_from_section(config.data)
+    try:
+        preflight.check_before_model(config)
+        tokenizer = load_tokenizer(config)
+    except ConfigError as error:  # the model source is wrong: say so, and still check the data
+        print(f"error: {error}", file=sys.stderr)
+        tokenizer = None
+    except Exception as error:  # offline, no such model, no access: say so, and still check the data
+        print(f"error: cannot load the tokenizer of {config.model.name}: {type(error).__name__}: "
+              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}", file=sys.stderr)
+        tokenizer = None
+    if tokenizer is not None:
+        preflight.check_chat_template(config, tokenizer, config.data.template)
+        print(f"model {config.model.name}: source and tokenizer ok")
+    for line in check_sources(specs, eval_spec, tokenizer, config.data.max_length):
+        print(line)
+    if tokenizer is None:
+        return 2
+    print(f"{config_path}: data valid")
+    return 0

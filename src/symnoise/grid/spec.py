@@ -63,8 +63,11 @@ class ModelEntry(_Section):
 class DatasetEntry(_Section):
     name: str = Field(description="short name used in cell ids (alpaca, evol-instruct, ...)")
     path: str = Field(description="local data file or hub dataset name (data.path)")
-    format: Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus"] = "auto"
-    template: Literal["alpaca", "vicuna", "chat"] | None = None
+    format: Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages",
+                    "prompt-completion"] = "auto"
+    template: Literal["alpaca", "vicuna", "chat", "plain"] | None = None
+    turns: Literal["all", "first"] | None = Field(None, description="data.turns: first for the papers' single-turn "
+                                                  "ShareGPT protocol")
     alpha: float | None = Field(None, ge=0, description="the papers' alpha for this dataset (5, 5, 10, 15)")
     fallback: Literal["synthetic"] | None = Field(
         None, description="synthetic: when the local file is missing, train on the built-in synthetic task set")
@@ -385,6 +388,8 @@ def _cell_data(base: dict[str, Any], model: ModelEntry | None, dataset: DatasetE
         section.update(path=dataset.path, format=dataset.format)
         if dataset.template:
             section["template"] = dataset.template
+        if dataset.turns:
+            section["turns"] = dataset.turns
     per_method = ("method", "alpha", "symmetric", "match_uniform_norm")
     noise = {k: v for k, v in (data.get("noise") or {}).items() if k not in per_method}
     data["noise"] = noise | method.noise | {"method": method.noise_method, "alpha": alpha}

@@ -37,16 +37,49 @@ class ModelSection(_Section):
                                 "stated in the model card")
 
 
+DataFormat = Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages",
+                     "prompt-completion"]
+DataTemplate = Literal["alpaca", "vicuna", "chat", "plain"]
+
+
+class DatasetEntry(_Section):
+    """One source of a mixture (``data.datasets``); unset fields take the ``data`` section's value."""
+
+    path: str = Field(description="local .json/.jsonl/.parquet file or hub dataset name")
+    format: DataFormat | None = None
+    template: DataTemplate | None = None
+    split: str | None = None
+    turns: Literal["all", "first"] | None = None
+    weight: float | None = Field(None, gt=0, description="take every example this many times (0.5: a random "
+                                 "half, 2: twice); default 1")
+    limit: int | None = Field(None, ge=1, description="use only the first N examples of this source")
+
+    @model_validator(mode="after")
+    def _weight_or_limit(self) -> DatasetEntry:
+        if self.weight is not None and self.limit is not None:
+            raise ValueError("set weight or limit, not both")
+        return self
+
+
 class DataSection(_Section):
-    path: str = Field(description="local .json/.jsonl/.parquet file or hub dataset name (tatsu-lab/alpaca)")
-    format: Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus"] = "auto"
-    template: Literal["alpaca", "vicuna", "chat"] | None = Field(
-        None, description="prompt template; default: vicuna for ShareGPT, alpaca otherwise")
+    path: str | None = Field(None, description="local .json/.jsonl/.parquet file or hub dataset name "
+                             "(tatsu-lab/alpaca); or give datasets")
+    datasets: list[DatasetEntry] | None = Field(None, min_length=1, description="a mixture of sources, each "
+                                                "read, checked and reported on its own")
+    format: DataFormat = "auto"
+    template: DataTemplate | None = Field(
+        None, description="prompt template; default: vicuna for conversations, alpaca for instruction data, plain "
+        "for text prompt/completion")
+    turns: Literal["all", "first"] = Field(
+        "all", description="train on every assistant turn of a conversation, or on the first one only (the "
+        "papers' single-turn ShareGPT protocol)")
     split: str = "train"
     max_length: int = Field(512, ge=8)
     on_bad_row: Literal["error", "skip"] = "error"
     limit: int | None = Field(None, ge=1, description="use only the first N examples")
     eval_path: str | None = Field(None, description="held-out data in the same format, for eval loss")
+    cache: bool = Field(True, description="keep tokenised local files in $SYMNOISE_CACHE (~/.cache/symnoise), "
+                        "keyed by file content, settings and tokenizer")
     packing: Literal["none", "rows", "padding_free"] = Field(
         "none", description="rows: each batch packed into rows of at most max_length tokens with position-id "
         "resets (attention kept per sequence, almost no padding; the fast layout for SDPA and eager attention, "
@@ -54,6 +87,19 @@ class DataSection(_Section):
         "padding_free: each batch is one row of concatenated sequences (no padding; for FlashAttention's varlen "
         "kernels, since other attention builds a dense mask over the whole row); none: pad to the longest")
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding)")
+
+    @property
+    def source_label(self) -> str:
+        """The data source(s) in one line, for the model card and the run file."""
+        return self.path if self.datasets is None else " + ".join(entry.path for entry in self.datasets)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if (self.path is None) == (self.datasets is None):
+            raise ValueError("give either path (one source) or datasets (a mixture), not both or neither")
+        if self.datasets is not None and self.limit is not None:
+            raise ValueError("limit applies to path; with datasets, set limit on each entry")
+        return self
 
 
 class LoraSection(_Section):

@@ -8,7 +8,8 @@ write the run directory::
     RUN/symnoise.lock          held by the running process (PID and host inside); see train/run_dir.py
     RUN/config.yaml            the resolved config
     RUN/symnoise_run.json      template, max length and noise, read by `symnoise generate`
-    RUN/data_report.json       rows read, skipped (and why), truncated, dropped
+    RUN/data_report.json       per source: rows read, skipped (and why), warnings, conversations, assistant
+                               turns trained and truncated by max_length, examples dropped
     RUN/metrics.jsonl, .csv    one line per logging step: loss, lr, grad norm, noise norm, tokens/s, memory
     RUN/runs/                  TensorBoard event files
     RUN/checkpoint-N/          Trainer checkpoints, with each rank's noise generator state (written as
@@ -33,7 +34,8 @@ import torch
 import yaml
 
 from .. import __version__
-from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokenize_examples
+from ..data.check import check_sources
+from ..data.mixture import TrainingData, prepare_training_data, specs_from_section
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
 from ..hf import add_noise
 from . import trainer_args
@@ -110,16 +112,25 @@ def load_tokenizer(config: TrainConfig):
     return tokenizer
 
 
-def load_data(config: TrainConfig) -> tuple[list[Example], LoadReport, list[Example] | None]:
-    """Read and check every row before anything expensive (tokenizer, model) is loaded."""
-    examples, report = load_examples(config.data.path, format=config.data.format,
-                                     on_bad_row=config.data.on_bad_row, split=config.data.split,
-                                     limit=config.data.limit)
-    eval_examples = None
-    if config.data.eval_path:
-        eval_examples, _ = load_examples(config.data.eval_path, format=report.format,
-                                         on_bad_row=config.data.on_bad_row)
-    return examples, report, eval_examples
+def load_tokenizer_for_data(config: TrainConfig):
+    """The tokenizer, after the model source is checked (cache, offline mode, LoRA targets); when either fails,
+    the data is read first so that a bad row is reported before a tokenizer or model problem (reading is cheap;
+    tokenising needs the tokenizer)."""
+    try:
+        check_before_model(config)
+        return load_tokenizer(config)
+    except Exception:
+        specs, eval_spec = specs_from_section(config.data)
+        for _ in check_sources(specs, eval_spec, None, config.data.max_length):
+            pass
+        raise
+
+
+def load_data(config: TrainConfig, tokenizer) -> TrainingData:
+    """Read, check and tokenise every source (bad rows fail here, before the model is loaded); cached by content."""
+    specs, eval_spec = specs_from_section(config.data)
+    return prepare_training_data(specs, tokenizer, config.data.max_length, config.training.seed, eval_spec,
+                                 cache=config.data.cache)
 
 
 def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
@@ -217,19 +228,14 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
                           ) from None
 
 
-def write_run_files(config: TrainConfig, run_dir: Path, template: str, report: LoadReport,
-                    dataset: TokenizedDataset) -> None:
+def write_run_files(config: TrainConfig, run_dir: Path, template: str, data: TrainingData) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     write_json(run_dir / "symnoise_run.json", {
         "symnoise_version": __version__, "template": template, "max_length": config.data.max_length,
-        "noise": config.noise.to_dict(), "model": config.model.name, "dataset": config.data.path,
-        "format": report.format, "lora": config.lora.enabled,
+        "noise": config.noise.to_dict(), "model": config.model.name, "dataset": config.data.source_label,
+        "format": data.format, "lora": config.lora.enabled,
     })
-    write_json(run_dir / "data_report.json", {
-        "source": report.source, "format": report.format, "rows": report.n_rows, "loaded": report.n_loaded,
-        "skipped": dict(report.skipped), "examples": len(dataset), "truncated": dataset.n_truncated,
-        "dropped": dataset.n_dropped, "max_length": dataset.max_length,
-    })
+    write_json(run_dir / "data_report.json", data.to_dict())
 
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -249,23 +255,19 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     check_sharing(config)
     run_dir = check_run_dir(config, resume)
     set_seed(config.training.seed)
-    examples, report, eval_examples = load_data(config)
-    if is_main_process():  # one summary per run, not one per rank
-        logger.info("%s", report.summary())
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = resolve_precision(config, use_cuda)
     # Built before tokenizer and model load: a value transformers refuses (training.trainer_args) costs no load.
-    args = training_arguments(config, run_dir, precision, eval_examples is not None)
-    check_before_model(config)
-    template = config.resolved_template(report.format)
-    tokenizer = load_tokenizer(config)
-    check_chat_template(config, tokenizer, template)
-    dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
-    eval_dataset = eval_examples and tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
+    args = training_arguments(config, run_dir, precision, config.data.eval_path is not None)
+    tokenizer = load_tokenizer_for_data(config)
+    check_chat_template(config, tokenizer, config.data.template)
+    data = load_data(config, tokenizer)
+    if is_main_process():  # one summary per run, not one per rank
+        for line in data.summary_lines():
+            logger.info("%s", line)
+    template, dataset, eval_dataset = data.template, data.train, data.eval
     if is_main_process():
-        logger.info("%s", dataset.summary())
-    if is_main_process():
-        write_run_files(config, run_dir, template, report, dataset)
+        write_run_files(config, run_dir, template, data)
     model = load_model(config, precision)
     check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
     collator = make_collator(config, tokenizer)
@@ -283,7 +285,7 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     _log_with_metrics(trainer, metrics)
     add_noise(trainer, config.noise)
     make_checkpoints_atomic(trainer)
-    NonFiniteGuard(trainer, config.training.on_nonfinite, _kept_sources(examples, dataset), run_dir)
+    NonFiniteGuard(trainer, config.training.on_nonfinite, dataset.sources, run_dir)
     checkpoint = _resume_point(run_dir) if resume else None
     wandb_run = start_wandb(config, run_dir) if trainer.is_world_process_zero() else None
     try:
@@ -300,12 +302,6 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     finally:
         finish_wandb(wandb_run)
     return TrainResult(run_dir, steps, final_loss, len(dataset))
-
-
-def _kept_sources(examples: list[Example], dataset: TokenizedDataset) -> list[str]:
-    """The source ("train.json:row 12") of each tokenised example, in dataset order."""
-    dropped = set(dataset.dropped_sources)
-    return [example.source for example in examples if example.source not in dropped]
 
 
 def _resume_point(run_dir: Path) -> str:
