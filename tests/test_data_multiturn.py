@@ -326,7 +326,7 @@ def test_vicuna_pieces_and_truncation_on_arbitrary_text(tiny_tokenizer, conversa
         spans.append((start, len(pieces)))
     kept = [(a, min(b, max_length)) for a, b in spans if a < max_length]
     if not kept:
-        with pytest.raises(DataError, match="fills max_length"):
+        with pytest.raises(DataError, match=rf"every one of the 1 prompts \(vicuna template\) is at least max_length={max_length} "):
             tokenize_examples([conversation], tiny_tokenizer, "vicuna", max_length)
         return
     data = tokenize_examples([conversation], tiny_tokenizer, "vicuna", max_length)

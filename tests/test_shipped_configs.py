@@ -77,7 +77,7 @@ def test_copy_refuses_to_overwrite(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_list_copy_and_train_check_by_name(tmp_path):
+def test_cli_list_copy_and_train_check_by_name(tmp_path, base_model, alpaca_file):
     def symnoise(*args):
         return subprocess.run([sys.executable, "-m", "symnoise", *args], capture_output=True, text=True,
                               timeout=120, cwd=tmp_path)
@@ -94,10 +94,17 @@ def test_cli_list_copy_and_train_check_by_name(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     missing = symnoise("configs", "copy", "no/such", "x.yaml")
     assert missing.returncode == 2 and "symnoise configs list" in missing.stderr
-    checked = symnoise("train", "llama3.2-1b/alpaca-symnoise-lora", "training.max_steps=5", "--check")
-    assert checked.returncode == 0 and "valid" in checked.stdout, checked.stderr
-    checked = symnoise("train", "mine.yaml", "--check")
-    assert checked.returncode == 0, checked.stderr
+    # Offline (the tests' HF_HUB_OFFLINE=1), the shipped hub names are refused clearly; with a local model and
+    # data in their place, the check reads both and passes.
+    offline = symnoise("train", "llama3.2-1b/alpaca-symnoise-lora", "--check")
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    assert "meta-llama/Llama-3.2-1B-Instruct" in offline.stderr and "HF_HUB_OFFLINE" in offline.stderr
+    local = [f"model.name={base_model}", f"data.path={alpaca_file}", "data.template=alpaca"]
+    checked = symnoise("train", "llama3.2-1b/alpaca-symnoise-lora", *local, "training.max_steps=5", "--check")
+    assert checked.returncode == 0 and "config valid" in checked.stdout, checked.stderr
+    assert "data valid" in checked.stdout
+    checked = symnoise("train", "mine.yaml", *local, "--check")
+    assert checked.returncode == 0 and "data valid" in checked.stdout, checked.stderr
 
 
 def test_top_level_help_is_for_users():

@@ -197,10 +197,18 @@ def data_fingerprint(path: str) -> dict[str, Any] | None:
     return {"path": str(file.resolve()), "bytes": file.stat().st_size, "sha256": digest.hexdigest()}
 
 
+def training_data_paths(config: TrainConfig) -> list[str]:
+    """Every training data source: ``data.path``, or each entry of a ``data.datasets`` mixture."""
+    datasets = getattr(config.data, "datasets", None)
+    paths = [entry.path for entry in datasets] if datasets else [config.data.path]
+    return [path for path in paths if path]
+
+
 def start_record(config: TrainConfig) -> dict[str, Any]:
+    files = [data_fingerprint(path) for path in training_data_paths(config)]
     return {"symnoise_version": __version__, "started_at": _now(), "host": socket.gethostname(),
             "pid": os.getpid(), "processes": world_size(), "config": config.to_dict(),
-            "data": data_fingerprint(config.data.path), "resumes": []}
+            "data": files[0] if len(files) == 1 else None, "data_files": files, "resumes": []}
 
 
 def read_start_record(run_dir: Path) -> dict[str, Any] | None:
@@ -279,11 +287,14 @@ def config_changes(recorded: dict[str, Any], current: TrainConfig) -> list[Chang
 def run_changes(record: dict[str, Any], config: TrainConfig) -> list[Change]:
     """Config changes plus the data file's content and the number of processes, against a start record."""
     changes = config_changes(record.get("config") or {}, config)
-    before = record.get("data")
-    if before and before.get("sha256"):
-        after = data_fingerprint(config.data.path)
+    recorded = record.get("data_files") or [record.get("data")]
+    for before, path in zip(recorded, training_data_paths(config), strict=False):
+        if not (before and before.get("sha256")):
+            continue
+        after = data_fingerprint(path)
         if after and after["sha256"] != before["sha256"]:
-            changes.append(Change("data file content", f"sha256 {before['sha256'][:12]}… ({before['bytes']} bytes)",
+            what = "data file content" if len(recorded) == 1 else f"data file content ({path})"
+            changes.append(Change(what, f"sha256 {before['sha256'][:12]}… ({before['bytes']} bytes)",
                                   f"sha256 {after['sha256'][:12]}… ({after['bytes']} bytes)", False))
     if record.get("processes") not in (None, world_size()):
         changes.append(Change("processes (WORLD_SIZE)", record["processes"], world_size(), False))
