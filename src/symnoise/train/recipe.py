@@ -38,8 +38,14 @@ from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokeniz
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
 from ..hf import add_noise
 from .config import ConfigError, TrainConfig
-from .distributed import (check_launch, check_world_size, describe_world, final_state_dict, keep_fsdp_on_cpu,
-                          quantized_device_map)
+from .distributed import (
+    check_launch,
+    check_world_size,
+    describe_world,
+    final_state_dict,
+    keep_fsdp_on_cpu,
+    quantized_device_map,
+)
 from .metrics import RunMetrics, TokenCounter, jsonl_to_csv, model_card, write_json
 from .reliability import (
     STAGING_PREFIX,
