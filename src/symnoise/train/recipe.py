@@ -376,7 +376,10 @@ def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template
         return
     try:
         shutil.rmtree(staging, ignore_errors=True)
-        trainer._save(str(staging), state_dict=state_dict)
+        if state_dict is None:  # one process, DDP, ZeRO-1/2: the model's own state dict is whole
+            trainer.save_model(str(staging))
+        else:
+            trainer._save(str(staging), state_dict=state_dict)
         tokenizer.save_pretrained(str(staging))
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says the same safely
         (staging / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss),
