@@ -114,3 +114,14 @@ def keep_fsdp_on_cpu(env: Mapping[str, str] = os.environ) -> bool:
     PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
     logger.info("FSDP on CPU processes (gloo): sharding the model as on GPUs")
     return True
+
+
+def check_nonfinite_mode(on_nonfinite: str, env: Mapping[str, str] = os.environ) -> None:
+    """``training.on_nonfinite: skip`` cannot work under DeepSpeed: DeepSpeed runs the optimizer step inside
+    ``backward``, before the Trainer's pre-optimizer-step hook where a step is checked and dropped."""
+    if on_nonfinite == "skip" and _truthy(env.get("ACCELERATE_USE_DEEPSPEED")):
+        from .config import ConfigError
+
+        raise ConfigError("training.on_nonfinite=skip does not work under DeepSpeed, which steps the optimizer "
+                          "inside backward, before a step can be checked; use on_nonfinite: stop (the run stops at "
+                          "the first non-finite loss and the last checkpoint stays intact)")

@@ -40,6 +40,7 @@ from ..hf import add_noise
 from .config import ConfigError, TrainConfig
 from .distributed import (
     check_launch,
+    check_nonfinite_mode,
     check_world_size,
     describe_world,
     final_state_dict,
@@ -253,6 +254,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     from transformers import Trainer, set_seed
 
     check_launch()
+    check_nonfinite_mode(config.training.on_nonfinite)
     run_dir = check_run_dir(config, resume)
     set_seed(config.training.seed)
     examples, report, eval_examples = load_data(config)
