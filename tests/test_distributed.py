@@ -117,7 +117,12 @@ def test_kill_and_resume_matches_the_uninterrupted_run_and_nan_steps_are_skipped
     nan = () if deepspeed else ("--nan-at-step", "2", "--nan-rank", "1")
     mode = "stop" if deepspeed else "skip"
     reference = tmp_path / "reference"
-    check_ok(train(kind, write_config(base_model, alpaca_file, reference, "uniform", on_nonfinite=mode), *nan))
+    first = train(kind, write_config(base_model, alpaca_file, reference, "uniform", on_nonfinite=mode), *nan)
+    check_ok(first)
+    if kind == "fsdp2":  # the shipped fsdp_cpu_ram_efficient_loading, seen by from_pretrained on every rank
+        assert all(f"process {r}: loading for FSDP cpu_ram_efficient_loading" in first.stderr for r in (0, 1))
+    if kind == "zero3":  # the shipped zero3_init_flag: no rank holds the whole model while loading
+        assert all(f"process {r}: model partitioned while loading" in first.stderr for r in (0, 1))
     if kind == "fsdp2":  # really sharded: the checkpoints hold FSDP's sharded state dict
         assert (reference / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
     if kind.startswith("zero"):  # really DeepSpeed: the checkpoints hold its engine state

@@ -275,7 +275,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     check_world_size(args.world_size)
     if not use_cuda:
         keep_fsdp_on_cpu()
+    _log_efficient_loading(args.process_index)
     model = load_model(config, precision, args.local_process_index)
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        logger.info("process %d: model partitioned while loading (DeepSpeed zero3_init)", args.process_index)
     check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
     collator = make_collator(config, tokenizer)
     if config.training.trained_logits_only:
@@ -302,6 +305,16 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     final_loss = _last_training_loss(trainer)
     _save_final(trainer, tokenizer, config, run_dir, template, final_loss)
     return TrainResult(run_dir, steps, final_loss, len(dataset))
+
+
+def _log_efficient_loading(process: int) -> None:
+    """Say when from_pretrained will load for FSDP's cpu_ram_efficient_loading (transformers sees it only once the
+    process group exists): the model is sharded from rank 0's weights, broadcast to the other ranks."""
+    from transformers.integrations import is_fsdp_enabled
+
+    if is_fsdp_enabled():
+        logger.info("process %d: loading for FSDP cpu_ram_efficient_loading (rank 0's weights are broadcast)",
+                    process)
 
 
 def _kept_sources(examples: list[Example], dataset: TokenizedDataset) -> list[str]:
