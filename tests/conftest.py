@@ -111,3 +111,31 @@ def alpaca_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.json"
     path.write_text(json.dumps(rows))
     return path
+
+
+def snapshot_sidecars(monkeypatch) -> dict:
+    """`symnoise generate` deletes its progress sidecar once model_outputs.json is written; tests that inspect
+    the sidecar get its text as it was just before, by output path."""
+    from symnoise import generation
+
+    snapshots = {}
+    real_write = generation.write_json_atomic
+
+    def write_and_snapshot(path, obj):
+        sidecar = generation.sidecar_path(path)
+        if sidecar.is_file():
+            snapshots[Path(path)] = sidecar.read_text()
+        real_write(path, obj)
+
+    monkeypatch.setattr(generation, "write_json_atomic", write_and_snapshot)
+    return snapshots
+
+
+# Tokenised data is cached by content hash (symnoise.data.prepare); keep the tests' cache out of the home folder.
+if "SYMNOISE_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["SYMNOISE_CACHE"] = tempfile.mkdtemp(prefix="symnoise-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SYMNOISE_CACHE"], ignore_errors=True)

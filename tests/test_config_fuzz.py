@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from symnoise.train import ConfigError, load_config
 from symnoise.train.config import TrainConfig, validate_config
+from symnoise.train.trainer_args import FIXED, OWNED, training_argument_names
 
 TRIED: dict[str, int] = {}
 
@@ -68,6 +69,7 @@ def text():
 
 
 LR = ("cosine", "linear", "constant", "constant_with_warmup")
+FORMATS = ("auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages", "prompt-completion")
 # field path -> (strategy of invalid values, words the error must contain besides the field's name)
 FIELDS = {
     "model.name": (text(), ["string|character"]),
@@ -76,10 +78,15 @@ FIELDS = {
     "model.attn_implementation": (choice(("eager", "sdpa", "flash_attention_2", "flash_attention_3")),
                                   ["eager", "sdpa", "flash_attention_2", "flash_attention_3"]),
     "model.trust_remote_code": (boolean(), ["true or false"]),
+    "model.license": (text().filter(lambda v: v is not None), ["string|character"]),
     "data.path": (text(), ["string|character"]),
-    "data.format": (choice(("auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus")),
-                    ["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus"]),
-    "data.template": (choice(("alpaca", "vicuna", "chat")), ["alpaca", "vicuna", "chat"]),
+    "data.format": (choice(FORMATS), list(FORMATS)),
+    "data.template": (choice(("alpaca", "vicuna", "chat", "plain")), ["alpaca", "vicuna", "chat", "plain"]),
+    "data.turns": (choice(("all", "first")), ["all", "first"]),
+    "data.datasets": (st.one_of(st.text(max_size=5), st.integers(), st.just([]), st.lists(st.integers(), min_size=1,
+                                                                                      max_size=2)),
+                      ["list|item|dictionary|DatasetEntry"]),
+    "data.cache": (boolean(), ["true or false"]),
     "data.eval_path": (text(), ["string|character"]),
     "data.split": (text(), ["string|character"]),
     "data.max_length": (integer(minimum=8), ["integer|finite|8"]),
@@ -120,6 +127,17 @@ FIELDS = {
     "training.dataloader_num_workers": (integer(minimum=0), ["integer|finite|0"]),
     "training.device": (choice(("auto", "cpu")), ["auto", "cpu"]),
     "training.on_nonfinite": (choice(("stop", "skip")), ["stop", "skip"]),
+    "training.run_name": (text().filter(lambda v: v is not None), ["string|character"]),
+    "training.wandb": (st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2)),
+                       ["dictionary"]),
+    "training.push_to_hub": (boolean(), ["true or false"]),
+    "training.hub_model_id": (text().filter(lambda v: v is not None), ["string|character"]),
+    "training.hub_private": (boolean(), ["true or false"]),
+    "training.trainer_args": (st.one_of(
+        st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(min_size=1, max_size=8).filter(
+            lambda k: k not in training_argument_names() or k in OWNED or k in FIXED), st.integers(),
+            min_size=1, max_size=2)), ["dictionary|TrainingArguments|set by symnoise|cannot be changed"]),
     "noise.method": (choice(("none", "uniform", "gaussian", "bernoulli", "symnoise", "neftune", "neft")),
                      ["none", "uniform", "gaussian", "bernoulli", "symnoise"]),
     "noise.alpha": (number(low=0, low_valid=True), ["number"]),

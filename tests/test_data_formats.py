@@ -222,7 +222,9 @@ def test_sharegpt_bad_rows(tmp_path, row, field, reason):
     ("row", "expected", "reason"),
     [
         ({"input": "", "output": "o"}, "field 'instruction' is missing", "missing instruction"),
-        ({"instruction": None, "output": "o"}, "field 'instruction' is missing", "missing instruction"),
+        ({"instruction": None, "output": "o"}, "field 'instruction' is null; it must be a non-empty string",
+         "null instruction"),
+        ({"instruction": "i", "output": None}, "field 'output' is null; it must be a non-empty string", "null output"),
         ({"instruction": "i", "output": 5}, "field 'output' must be a string, got int", "non-string output"),
         ({"instruction": "i", "input": ["x"], "output": "o"}, "field 'input' must be a string, got list",
          "non-string input"),
@@ -315,8 +317,8 @@ def test_all_rows_bad_is_an_error_not_an_empty_result(tmp_path):
 
 def test_bad_arguments(tmp_path):
     path = write_json(tmp_path / "d.json", [{"instruction": "a", "output": "b"}])
-    with pytest.raises(DataError, match="unknown data format 'dolly'"):
-        load_examples(path, format="dolly")
+    with pytest.raises(DataError, match="unknown data format 'oasst'; expected auto or one of alpaca, sharegpt"):
+        load_examples(path, format="oasst")
     with pytest.raises(DataError, match="on_bad_row"):
         load_examples(path, on_bad_row="ignore")
     with pytest.raises(DataError, match="limit"):
@@ -414,8 +416,10 @@ def test_truncation_cuts_the_response_end_and_keeps_eos_only_if_it_fits(tiny_tok
     assert no_eos[0]["input_ids"] == prompt + response and no_eos.n_truncated == 1
     one = tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=len(prompt) + 1)
     assert one[0]["labels"] == [IGNORE_INDEX] * len(prompt) + response[:1]
-    with pytest.raises(DataError, match="every one of 1 prompts fills max_length"):
-        tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=len(prompt))
+    n = len(prompt)
+    with pytest.raises(DataError, match=rf"^t: every one of the 1 prompts \(vicuna template\) is at least "
+                       rf"max_length={n} tokens long \(the shortest is {n} tokens\).*raise data.max_length above {n}"):
+        tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=n)
 
 
 def test_sharegpt_tokenised_with_vicuna(shared_data, tiny_tokenizer):
@@ -454,17 +458,27 @@ def test_bos_is_added_as_the_tokenizer_adds_it(tiny_tokenizer):
     assert item["labels"][: len(plain) + 1] == [IGNORE_INDEX] * (len(plain) + 1)
 
 
-def test_chat_template_prompt_tokens(tiny_tokenizer):
+def test_chat_template_tokens_are_the_whole_rendered_conversation(tiny_tokenizer):
+    """template: chat trains on what the chat template renders for the conversation, not on a prompt plus the
+    response and an appended EOS (issue 12); a template whose prompt is not the start of the full rendering
+    (this one ignores the generation prompt and writes " ASSISTANT:" last) is refused, not guessed."""
     import copy
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
-    tokenizer.chat_template = "<s>{% for m in messages %}{{ m['content'] }}{% endfor %} ASSISTANT:"
     example = Example("Add 12 and 30", "", "42", "t:row 0")
+    tokenizer.chat_template = "<s>{% for m in messages %}{{ m['content'] }}{% endfor %} ASSISTANT:"
+    with pytest.raises(DataError, match="t:row 0: the tokenizer's chat template does not render conversations turn"):
+        tokenize_examples([example], tokenizer, "chat")
+    tokenizer.chat_template = ("<s>{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }} ASSISTANT:"
+                               "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
     item = tokenize_examples([example], tokenizer, "chat")[0]
-    assert item["input_ids"][0] == tokenizer.bos_token_id
-    assert item["input_ids"].count(tokenizer.bos_token_id) == 1
+    messages = [{"role": "user", "content": "Add 12 and 30"}, {"role": "assistant", "content": "42"}]
+    assert item["input_ids"] == tokenizer.apply_chat_template(messages)["input_ids"]
+    assert item["input_ids"].count(tokenizer.bos_token_id) == 1 and item["input_ids"][0] == tokenizer.bos_token_id
+    assert item["input_ids"].count(tokenizer.eos_token_id) == 1
     n_prompt = item["labels"].count(IGNORE_INDEX)
     assert tokenizer.decode(item["input_ids"][:n_prompt]) == "<s>Add 12 and 30 ASSISTANT:"
+    assert tokenizer.decode(item["labels"][n_prompt:]) == "42</s>"
 
 
 def test_sentencepiece_style_response_starts_at_a_word_boundary():

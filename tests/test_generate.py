@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import snapshot_sidecars
 
 from symnoise import generation, synthetic
 from symnoise.cli.main import main
@@ -188,6 +189,8 @@ def test_cli_resumes_and_writes_alpaca_eval_file_in_order(world, tmp_path, capsy
         _run(world, generation.sidecar_path(output), after_batch=_stop_after(1))
     args = ["generate", str(run_dir), "--prompts", str(prompt_file), "--output", str(output), "--batch-size", "3",
             "--max-length", str(settings.max_length), "--device", "cpu", "--no-progress"]
+    assert main(args + ["--name", "other", "--device", "no-such-device"]) == 2  # refused before loading
+    assert "other settings" in capsys.readouterr().err
     assert main(args) == 0
     printed = capsys.readouterr().out
     print(printed)
@@ -198,9 +201,8 @@ def test_cli_resumes_and_writes_alpaca_eval_file_in_order(world, tmp_path, capsy
     assert [r["output"] for r in records] == uninterrupted
     assert {r["generator"] for r in records} == {"tiny-run"}
     assert set(records[0]) == {"instruction", "output", "generator", "dataset"}
-    assert main(args + ["--name", "other", "--device", "no-such-device"]) == 2  # refused before loading
-    assert "other settings" in capsys.readouterr().err
     assert not list(output.parent.glob("*.tmp"))
+    assert sorted(p.name for p in output.parent.iterdir()) == ["model_outputs.json"]  # no *.partial.jsonl left
 
 
 def _write(path: Path, text: str) -> Path:
@@ -257,7 +259,7 @@ def test_template_from_run_config(tmp_path):
 def test_default_prompts_are_the_ae1_reference(shared_data, monkeypatch):
     from symnoise.cli.generate import default_prompts
 
-    monkeypatch.setenv("SYMNOISE_SHARED_DATA", str(shared_data))
+    monkeypatch.setenv("SYMNOISE_DATA_DIR", str(shared_data))
     path = default_prompts()
     prompts = generation.load_prompts(path)
     assert path.name == "alpaca_eval_ae1_reference_text_davinci_003.jsonl" and len(prompts) == 805
@@ -265,7 +267,7 @@ def test_default_prompts_are_the_ae1_reference(shared_data, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_killed_mid_run_resumes_to_the_uninterrupted_result(world, tmp_path):
+def test_cli_killed_mid_run_resumes_to_the_uninterrupted_result(world, tmp_path, monkeypatch):
     """A real SIGKILL after the first batch reached disk; the rerun completes every prompt exactly once."""
     import os
     import signal
@@ -293,9 +295,11 @@ def test_cli_killed_mid_run_resumes_to_the_uninterrupted_result(world, tmp_path)
     print(f"\nkilled with {done_before}/{N_PROMPTS} prompts on disk")
     assert 2 <= done_before < N_PROMPTS and not killed.exists()
 
+    sidecars = snapshot_sidecars(monkeypatch)
     assert main([*args, "--output", str(killed)]) == 0
     fresh = tmp_path / "fresh" / "model_outputs.json"
     assert main([*args, "--output", str(fresh)]) == 0
     assert json.loads(killed.read_text()) == json.loads(fresh.read_text())
-    indices = [json.loads(line)["index"] for line in partial.read_text().splitlines()[1:]]
+    assert not partial.exists()  # removed once model_outputs.json is written
+    indices = [json.loads(line)["index"] for line in sidecars[killed].splitlines()[1:]]
     assert sorted(indices) == list(range(N_PROMPTS))

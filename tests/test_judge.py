@@ -24,6 +24,7 @@ import pytest
 
 from symnoise.cli.main import main
 from symnoise.evaluation import judge as J
+from symnoise.evaluation.annotators import PAIRWISE_V1, load_annotator
 from symnoise.evaluation.judge_cache import JudgmentCache
 
 MARKER = "PREFERME"
@@ -178,8 +179,16 @@ def write_pair(tmp_path: Path, references: list[dict]) -> tuple[Path, Path, dict
 def _no_proxy(monkeypatch):
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    for name in ("SYMNOISE_JUDGE_BASE_URL", "SYMNOISE_JUDGE_MODEL", "SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY"):
+    for name in ("SYMNOISE_JUDGE_BASE_URL", "SYMNOISE_JUDGE_MODEL", "SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY",
+                 "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the reference outputs come from the data folder, not the hub
+
+
+def pairwise_v1(seed: int = 0):
+    """symnoise's own prompt, which the fake server below speaks (the alpaca_eval annotators are tested in
+    test_judge_alpaca_eval.py)."""
+    return load_annotator(PAIRWISE_V1, seed=seed)
 
 
 def fast_policy(sleeps: list[float], **overrides) -> J.RetryPolicy:
@@ -250,12 +259,12 @@ def test_faults_end_judged_or_null_with_exact_preferences(tmp_path, shared_data)
     ref_path, out_path, expected = write_pair(tmp_path, references)
     ins = [r["instruction"] for r in references]
     plan = {ins[0]: ["slow"], ins[1]: ["429", "429"], ins[2]: ["500"], ins[3]: ["garbage"], ins[4]: ["drop"],
-            ins[5]: ["unparsable"], ins[6]: ["500"] * 4, ins[7]: ["drop", "slow", "429"],
-            ins[8]: ["500", "drop"]}
+            ins[5]: ["unparsable"] * 3, ins[6]: ["500"] * 4, ins[7]: ["drop", "slow", "429"],
+            ins[8]: ["500", "drop"], ins[9]: ["unparsable"]}  # ins[9]: the re-ask gets a verdict
     sleeps: list[float] = []
     with FakeJudgeServer(ins, plan) as server:
         judge = J.OpenAIChatJudge(server.base_url, "fake-judge", api_key=API_KEY, timeout=CLIENT_TIMEOUT_S)
-        result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", seed=3, workers=3,
+        result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1(3), workers=3,
                                  retry=fast_policy(sleeps))
         first_requests = server.count()
 
@@ -278,7 +287,9 @@ def test_faults_end_judged_or_null_with_exact_preferences(tmp_path, shared_data)
 
         stats = result.stats
         retries_expected = 1 + 2 + 1 + 1 + 1 + 3 + 3 + 2  # one per failed attempt that had another try
-        assert stats.retries == retries_expected and stats.requests == len(references) + retries_expected
+        assert stats.reasks == 2 + 1 and stats.unparsable == 1  # ins[5] asked 3 times in all, ins[9] twice
+        assert stats.retries == retries_expected
+        assert stats.requests == len(references) + retries_expected + stats.reasks
         assert first_requests == stats.requests
         assert 0.01 in sleeps and 0.02 in sleeps and 0.04 in sleeps and max(sleeps) <= 0.05 and 0.0 in sleeps
         metrics = json.loads((tmp_path / "run" / J.METRICS_FILENAME).read_text())
@@ -293,7 +304,7 @@ def test_faults_end_judged_or_null_with_exact_preferences(tmp_path, shared_data)
               f"slow {server.count('slow')}, 429 {server.count('429')}, 500 {server.count('500')}, "
               f"garbage {server.count('garbage')}, dropped {server.count('drop')}")
 
-        rerun = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", seed=3, workers=3,
+        rerun = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1(3), workers=3,
                                 retry=fast_policy([]))
         assert server.count() - first_requests == 1  # only the example that had failed is asked again
         assert rerun.stats.cached == len(references) - 1
@@ -307,7 +318,7 @@ def test_total_retry_budget_bounds_the_run(tmp_path):
     plan = {r["instruction"]: ["500"] * 10 for r in references}
     with FakeJudgeServer([r["instruction"] for r in references], plan) as server:
         judge = J.OpenAIChatJudge(server.base_url, "fake-judge", timeout=CLIENT_TIMEOUT_S)
-        result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run",
+        result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1(),
                                  retry=fast_policy([], max_attempts=3, max_total_retries=4))
         assert server.count() == len(references) + 4 == result.stats.requests
     assert all(a["preference"] is None for a in result.annotations)
@@ -324,12 +335,12 @@ def test_unauthorized_stops_the_run_at_once_and_redacts_the_key(tmp_path, monkey
                          {r["instruction"]: ["401"] * 3 for r in references}) as server:
         judge = J.OpenAIChatJudge(server.base_url, "fake-judge", api_key=API_KEY, timeout=CLIENT_TIMEOUT_S)
         with pytest.raises(J.JudgeFatalError, match="HTTP 401") as info:
-            J.judge_outputs(out_path, ref_path, judge, tmp_path / "lib", retry=fast_policy([]))
+            J.judge_outputs(out_path, ref_path, judge, tmp_path / "lib", annotator=pairwise_v1(), retry=fast_policy([]))
         assert server.count() == 1 and API_KEY not in str(info.value) and "[REDACTED]" in str(info.value)
 
         monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
         with caplog.at_level(logging.DEBUG):
-            rc = main(["judge", str(out_path), "--reference", str(ref_path), "--base-url", server.base_url,
+            rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--base-url", server.base_url,
                        "--model", "fake-judge", "--out", str(tmp_path / "cli"), "--workers", "1"])
         assert server.count() == 2
     err = capsys.readouterr().err
@@ -347,11 +358,12 @@ def test_api_key_appears_in_no_file_and_no_log(tmp_path, monkeypatch, capsys, ca
     with FakeJudgeServer(ins, plan) as server:
         monkeypatch.setenv("SYMNOISE_JUDGE_BASE_URL", server.base_url)
         with caplog.at_level(logging.DEBUG):
-            rc = main(["judge", str(out_path), "--reference", str(ref_path), "--out", str(tmp_path / "out"),
+            rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--out", str(tmp_path / "out"),
                        "--max-retries", "3", "--backoff", "0.001", "--timeout", str(CLIENT_TIMEOUT_S)])
         assert server.auth == {f"Bearer {API_KEY}"}  # the key was really sent, so there was something to leak
     captured = capsys.readouterr()
-    assert rc == 0 and "win_rate" in captured.out and "n_null 1" in captured.out
+    assert rc == 3 and "win_rate" in captured.out and "n_null 1" in captured.out  # one example has no verdict
+    assert "incomplete: 1 of 8 examples have no verdict (unparsable 0, failed 1)" in captured.err
     assert "[REDACTED]" in caplog.text  # the server echoed the key in error bodies; the client hid it
     assert API_KEY not in captured.out + captured.err + caplog.text
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -369,7 +381,7 @@ def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
     out_dir, k = tmp_path / "out", 4
     env = {**os.environ, "SYMNOISE_JUDGE_API_KEY": API_KEY, "PYTHONPATH": str(Path(J.__file__).parents[2])}
     with FakeJudgeServer(ins, hang_after=k) as server:
-        cmd = [sys.executable, "-m", "symnoise.cli.main", "judge", str(out_path), "--reference", str(ref_path),
+        cmd = [sys.executable, "-m", "symnoise.cli.main", "judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path),
                "--base-url", server.base_url, "--model", "fake-judge", "--out", str(out_dir), "--workers", "1"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -394,7 +406,7 @@ def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
         server.hang_after = None
         monkeypatch.setenv("SYMNOISE_JUDGE_API_KEY", API_KEY)
         before = server.count()
-        rc = main(["judge", str(out_path), "--reference", str(ref_path), "--base-url", server.base_url,
+        rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--base-url", server.base_url,
                    "--model", "fake-judge", "--out", str(out_dir), "--workers", "2"])
         assert rc == 0
         assert server.count() - before == len(ins) - k
@@ -428,11 +440,11 @@ def test_bad_input_is_rejected_before_any_request(tmp_path, monkeypatch, capsys)
             with pytest.raises(J.JudgeInputError, match=re.escape(message)) as info:
                 J.load_examples(path, ref_path)
             assert str(path) in str(info.value)
-            rc = main(["judge", str(path), "--reference", str(ref_path), "--base-url", server.base_url,
+            rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(path), "--reference", str(ref_path), "--base-url", server.base_url,
                        "--model", "fake-judge", "--out", str(tmp_path / "out")])
             err = capsys.readouterr().err
             assert rc == 2 and message in err and str(path) in err
-        rc = main(["judge", str(out_path), "--data-dir", str(tmp_path / "nowhere"), "--base-url", server.base_url,
+        rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--data-dir", str(tmp_path / "nowhere"), "--base-url", server.base_url,
                    "--model", "fake-judge"])
         assert rc == 2 and "--reference" in capsys.readouterr().err
         assert server.count() == 0
@@ -445,7 +457,7 @@ def test_cli_finds_the_default_reference_and_honours_limit(tmp_path, shared_data
     references = real_references(shared_data, 3)
     rows = json.loads(outputs.read_text())[:3]
     with FakeJudgeServer([r["instruction"] for r in rows]) as server:
-        rc = main(["judge", str(outputs), "--data-dir", str(shared_data), "--limit", "3", "--base-url",
+        rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(outputs), "--data-dir", str(shared_data), "--limit", "3", "--base-url",
                    server.base_url, "--model", "fake-judge", "--out", str(tmp_path / "out"), "--seed", "7"])
         assert rc == 0 and server.count() == 3
     annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
@@ -455,7 +467,7 @@ def test_cli_finds_the_default_reference_and_honours_limit(tmp_path, shared_data
     assert [a["preference"] for a in annotations] == [2 if J.model_shown_first(7, r["instruction"]) else 1
                                                       for r in rows]
     assert "n_total 3" in capsys.readouterr().out
-    assert main(["judge", str(outputs), "--limit", "0", "--model", "m", "--base-url", server.base_url]) == 2
+    assert main(["judge", "--annotator", "symnoise_pairwise_v1", str(outputs), "--limit", "0", "--model", "m", "--base-url", server.base_url]) == 2
 
 
 # ------------------------------------------------------------------------------------------ other judges
@@ -471,17 +483,19 @@ def test_hf_judge_plumbing_yields_judged_or_null(tmp_path, tiny_tokenizer):
     references = synthetic_references(4)
     ref_path, out_path, _ = write_pair(tmp_path, references)
     judge = J.HFJudge(str(folder), max_new_tokens=4)
-    result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run")
-    assert len(result.annotations) == 4 and result.stats.requests == 4
+    result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1())
+    assert len(result.annotations) == 4 and result.stats.requests == 4 + result.stats.reasks
+    assert result.stats.reasks == 2 * result.stats.unparsable  # an unparsable answer is asked twice more
     for a in result.annotations:
-        assert isinstance(a["raw_completion"], str) and a["annotator"] == f"hf:{folder}"
+        assert isinstance(a["raw_completion"], str) and a["judge"] == f"hf:{folder}"
+        assert a["annotator"] == PAIRWISE_V1
         assert a["preference"] in (1, 2) or (a["preference"] is None and a["null_reason"] == "unparsable verdict")
 
     def no_more_calls(messages):
         raise AssertionError("a cached verdict was asked again")
 
     judge.complete = no_more_calls
-    again = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run")
+    again = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1())
     assert again.stats.cached == 4
     assert [a["preference"] for a in again.annotations] == [a["preference"] for a in result.annotations]
 
@@ -551,7 +565,8 @@ def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_t
     full = [judge.prompt_tokens(J.build_messages(ex.instruction, *shown(ex))) for ex in examples]
     assert full[0] + 4 <= JUDGE_POSITIONS and full[1] > 1000 and full[2] > 1000  # only the last two must be cut
 
-    annotations, stats = J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"))
+    annotations, stats = J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"),
+                                         annotator=pairwise_v1(), max_reasks=0)
     assert stats.requests == 3 and stats.failed == 0 and stats.truncated == 2
     for ids in seen["input_ids"]:
         assert len(ids) + judge.max_new_tokens <= JUDGE_POSITIONS  # the prompt fits, with room to answer
@@ -589,7 +604,8 @@ def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_t
     assert cut["output_2_tokens"][1] > ref_after  # more than the even share of the long pair above
 
     # A re-run takes the verdicts from the cache and still reports which prompts were cut.
-    again, stats = J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"))
+    again, stats = J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"),
+                                         annotator=pairwise_v1(), max_reasks=0)
     assert stats.cached == 3 and stats.requests == 0 and stats.truncated == 2
     assert [a["prompt_truncated"] for a in again] == [a["prompt_truncated"] for a in annotations]
 
@@ -605,7 +621,8 @@ def test_hf_judge_refuses_an_instruction_that_does_not_fit(tmp_path, tiny_tokeni
     with pytest.raises(J.JudgeInputError, match=r"example 1 \(row 1 of the outputs\): the judge prompt is \d+ "
                        r"tokens without the two outputs \(the instruction alone \d+\) and 4 tokens must be "
                        r"generated, but the judge hf:tiny-judge has a context of 512 tokens"):
-        J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"))
+        J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"),
+                                         annotator=pairwise_v1(), max_reasks=0)
     assert len(seen["input_ids"]) <= 1  # the long instruction never reached the model
 
     folder = tmp_path / "tiny-judge"
@@ -615,7 +632,7 @@ def test_hf_judge_refuses_an_instruction_that_does_not_fit(tmp_path, tiny_tokeni
     ref_path.write_text("".join(json.dumps({"instruction": ex.instruction, "output": ex.reference}) + "\n"
                                 for ex in examples), encoding="utf-8")
     out_path.write_text(json.dumps([{"instruction": ex.instruction, "output": ex.output} for ex in examples]))
-    rc = main(["judge", str(out_path), "--reference", str(ref_path), "--judge", "hf", "--model", str(folder),
+    rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--judge", "hf", "--model", str(folder),
                "--out", str(tmp_path / "run")])
     assert rc == 2 and "example 1 (row 1 of the outputs)" in capsys.readouterr().err
 
@@ -623,22 +640,22 @@ def test_hf_judge_refuses_an_instruction_that_does_not_fit(tmp_path, tiny_tokeni
     long = example("Task 9: say more.", long_text("r", 300), long_text("m", 300))
     ref_path.write_text(json.dumps({"instruction": long.instruction, "output": long.reference}) + "\n")
     out_path.write_text(json.dumps([{"instruction": long.instruction, "output": long.output}]))
-    rc = main(["judge", str(out_path), "--reference", str(ref_path), "--judge", "hf", "--model", str(folder),
+    rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--judge", "hf", "--model", str(folder),
                "--out", str(tmp_path / "run")])
-    assert rc == 0 and "1 judge prompt(s) had outputs shortened" in capsys.readouterr().err
+    assert "1 judge prompt(s) had outputs shortened" in capsys.readouterr().err
     (annotation,) = json.loads((tmp_path / "run" / J.ANNOTATIONS_FILENAME).read_text())
+    assert rc == (0 if annotation["preference"] is not None else 3)  # 3: the tiny judge's answer was unparsable
     assert annotation["prompt_truncated"]["prompt_tokens"][1] <= JUDGE_POSITIONS - 12  # the CLI's 12 new tokens
 
 
-def test_alpaca_eval_judge_without_the_package_says_how_to_install(tmp_path, capsys):
-    try:
-        import alpaca_eval  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("alpaca_eval is installed here")
+def test_alpaca_eval_judge_without_the_package_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "alpaca_eval" or m.startswith("alpaca_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "alpaca_eval", None)  # what an environment without the package gives
     with pytest.raises(J.JudgeFatalError, match="pip install alpaca-eval"):
         J.AlpacaEvalJudge()
     ref_path, out_path, _ = write_pair(tmp_path, synthetic_references(2))
-    rc = main(["judge", str(out_path), "--reference", str(ref_path), "--judge", "alpaca_eval"])
+    rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--judge", "alpaca_eval"])
     assert rc == 1 and "pip install alpaca-eval" in capsys.readouterr().err

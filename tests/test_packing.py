@@ -21,6 +21,7 @@ from symnoise.train.recipe import make_collator, training_arguments
 
 ALPHA = 5.0
 HIDDEN = 32
+FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,8 @@ def test_pack_rows_places_every_sequence_once_within_the_row_length():
 
 def test_rows_layout_packs_each_sequence_whole_with_its_own_positions(data):
     features, padded, packed = row_batch(data)
-    assert set(packed) == {"input_ids", "labels", "position_ids"}
+    assert set(packed) == {"input_ids", "labels", "position_ids", "use_cache", *FLASH_KWARGS}
+    assert packed["use_cache"] is False
     rows, width = packed["input_ids"].shape
     assert 1 < rows < len(features) and width <= ROW_LENGTH
     segments = row_segments(packed, features)

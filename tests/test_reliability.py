@@ -376,13 +376,17 @@ class CodeOnLoad:
 @pytest.mark.parametrize("name", ["symnoise_noise_rank0.pt", "rng_state.pth", "optimizer.pt"])
 def test_resume_never_runs_code_from_a_checkpoint(base_model, alpaca_file, tmp_path, name):
     import pickle
+    import shutil
 
     out = tmp_path / "run"
-    train(tiny_config(base_model, alpaca_file, out, training__max_steps=2))
+    config = tiny_config(base_model, alpaca_file, out, training__max_steps=4)
+    train(config)
+    shutil.rmtree(out / "checkpoint-4")  # as if the run had been killed after checkpoint-2
+    (out / "model.safetensors").unlink()
     marker = tmp_path / "code-ran"
     torch.save({"state": CodeOnLoad(marker)}, out / "checkpoint-2" / name)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        train(tiny_config(base_model, alpaca_file, out, training__max_steps=4), resume=True)
+        train(config, resume=True)
     assert not marker.exists()
 
 

@@ -87,7 +87,10 @@ def test_unknown_template_names_the_choices():
 
 def test_default_template_follows_the_papers():
     assert default_template("sharegpt") == "vicuna"
-    for fmt in ["alpaca", "evol-instruct", "openplatypus"]:
+    for fmt in ["alpaca", "evol-instruct", "openplatypus", "dolly"]:
         assert default_template(fmt) == "alpaca"
+    assert default_template("messages") == "vicuna"
+    assert default_template("prompt-completion") == "plain"
+    assert default_template("prompt-completion", conversational=True) == "vicuna"
     with pytest.raises(DataError, match="unknown data format"):
-        default_template("dolly")
+        default_template("oasst")

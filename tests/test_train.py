@@ -16,7 +16,7 @@ from symnoise.train import ConfigError, load_config, train
 from symnoise.train.config import validate_config
 
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
-TRAIN_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts and "grid" not in p.parts]
+TRAIN_CONFIGS = [p for p in CONFIGS if "llama2-7b" in p.parts]  # the papers' grid; starters: test_shipped_configs
 
 
 def minimal(**sections):
@@ -29,7 +29,7 @@ def minimal(**sections):
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_shipped_config_validates(path):
     config = load_config(path)
-    assert config.model.name == "meta-llama/Llama-2-7b-hf"
+    assert config.model.name == "meta-llama/Llama-2-7b-hf" and config.model.license == "llama2"
     assert config.training.effective_batch_size == 128
     method = path.stem.split("-")[-1] if not path.stem.endswith("lora") else "symnoise"
     expected = {"none": "none", "neftune": "uniform"}.get(method, method)
@@ -146,12 +146,19 @@ def test_existing_run_is_not_overwritten_and_resume_continues(base_model, alpaca
     train(config)
     with pytest.raises(ConfigError, match="already holds a run"):
         train(config)
+    # More steps change the schedule (cosine over 4 steps, not 2): resuming would mix two runs, so it is refused.
     longer = tiny_config(base_model, alpaca_file, out, training__max_steps=4)
-    result = train(longer, resume=True)
-    assert result.steps == 4
+    with pytest.raises(ConfigError, match=r"training.max_steps: 2 -> 4"):
+        train(longer, resume=True)
+    relogged = tiny_config(base_model, alpaca_file, out, training__max_steps=2, training__logging_steps=2)
+    result = train(relogged, resume=True)  # a logging change does not change training: allowed and recorded
+    assert result.steps == 2
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2]
+    record = json.loads((out / "run_start.json").read_text())
+    assert record["config"]["training"]["logging_steps"] == 1
+    assert record["resumes"][-1]["harmless_changes"] == {"training.logging_steps": [1, 2]}
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(tiny_config(base_model, alpaca_file, tmp_path / "fresh"), resume=True)
 
@@ -228,6 +235,8 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert Path(out / "metrics.jsonl").read_text().count('"loss"') == 2  # written once, by rank 0
+    logged = proc.stdout + proc.stderr
+    assert logged.count("loaded 36 of 36 rows") == 1 and logged.count(" examples, ") == 1  # rank 0's summary only
 
 
 def test_cli_stops_cleanly_on_a_non_finite_loss(base_model, alpaca_file, tmp_path):

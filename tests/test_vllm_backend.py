@@ -15,7 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_tokenizer, make_tiny_model
+from conftest import build_tiny_tokenizer, make_tiny_model, snapshot_sidecars
 
 from symnoise import generation, vllm_backend
 from symnoise.cli.main import main
@@ -111,6 +111,7 @@ def test_cli_hands_vllm_the_hf_paths_prompts_and_decoding(world, fake_vllm, tmp_
     args = ["generate", str(run_dir), "--backend", "vllm", "--prompts", str(_prompt_file(tmp_path / "p.jsonl")),
             "--output", str(output), "--max-length", str(settings.max_length), "--max-new-tokens", "12",
             "--chunk-size", "4", "--dtype", "bfloat16", "--seed", "3", "--no-progress"]
+    sidecars = snapshot_sidecars(monkeypatch)
     assert main(args) == 0
     assert "with vLLM" in capsys.readouterr().out
 
@@ -138,8 +139,9 @@ def test_cli_hands_vllm_the_hf_paths_prompts_and_decoding(world, fake_vllm, tmp_
     assert all(records[k]["output"] == "" for k in no_room)
     assert {r["generator"] for r in records} == {"tiny-vllm-run"}
     assert set(records[0]) == {"instruction", "output", "generator", "dataset"}
-    header = json.loads(generation.sidecar_path(output).read_text().splitlines()[0])["header"]
+    header = json.loads(sidecars[output].splitlines()[0])["header"]
     assert header["backend"] == "vllm"
+    assert not generation.sidecar_path(output).exists()  # removed once model_outputs.json is written
 
 
 def test_resume_sends_only_pending_prompts(world, fake_vllm, tmp_path):

@@ -9,9 +9,9 @@ FSDP, DeepSpeed, ``torch.compile`` and PEFT wrappers):
 * a forward hook on the input embedding module that adds the noise to its output (what the first layer sees;
   for Gemma that is after the ``sqrt(d)`` scale, as in transformers);
 * a forward hook on the model that forgets the call and, after a doubled forward, gives the per-token outputs
-  the caller's batch shape again (`fold_pair_outputs`: the loss covers both halves, logits are the ``X + eps``
-  half, per-token log-probabilities and metrics the mean of the pair), so code that pairs the outputs with its
-  own labels (TRL's fused loss and token accuracy) stays correct.
+  the caller's batch shape again (`fold_pair_outputs`: the loss covers both halves, logits and boolean outputs
+  are the ``X + eps`` half, per-token log-probabilities the mean of the pair), so code that pairs the outputs with
+  its own labels (TRL's fused loss and token accuracy) stays correct.
 
 Noise is added only when the model is in training mode, outside ``noise_off()``, and while the current alpha
 is above zero; ``generate()`` never sees it. Nothing is stored in the model's state dict.
@@ -36,6 +36,7 @@ from .config import NoiseConfig
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "labels", "position_ids", "token_type_ids",
                "shift_labels")
 _CU_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
+_VARLEN_KEYS = (*_CU_KEYS, "max_length_q", "max_length_k")
 _IGNORE_INDEX = -100
 _ATTRIBUTE = "_symnoise_handle"
 
@@ -127,6 +128,9 @@ class NoiseHandle:
         self._off_depth = 0
         self._pair_sign: int | None = None
         self._pair_draw: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Token positions the symmetric pair added to what callers passed (the X - eps copy or pass): the extra
+        # work the hardware MFU counts. A Python int, so reading it costs no device sync.
+        self.pair_copy_positions = 0
         self._forward_params = list(inspect.signature(self.model.forward).parameters)
         self._hooks = [
             self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
@@ -261,6 +265,8 @@ class NoiseHandle:
         call = _Call(active=self._noise_wanted())
         self._calls.append(call)
         if not call.active:
+            if self.model.training and _packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
+                return args, {**kwargs, "use_cache": False}
             return None
         if args:  # bind positional inputs to names so they can be read and doubled
             kwargs = {**dict(zip(self._forward_params, args, strict=False)), **kwargs}
@@ -279,6 +285,8 @@ class NoiseHandle:
         if self.config.region != "all" and call.labels is None:
             raise ValueError(f"symnoise: NoiseConfig.region={self.config.region!r} needs labels in the forward "
                              "call to tell prompt tokens (-100) from response tokens")
+        if _packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
+            kwargs["use_cache"] = False
         if self.config.symmetric:
             self._prepare_symmetric(call, kwargs)
         if embeds is not None:
@@ -287,35 +295,35 @@ class NoiseHandle:
         return args, kwargs
 
     def _prepare_symmetric(self, call: _Call, kwargs: dict) -> None:
-        if call.labels is None:
-            raise ValueError(
-                "symnoise: the symmetric pair (SymNoise) needs labels in the training forward so that the model "
-                "computes the loss over both X + eps and X - eps; pass labels=..., or wrap passes that only need "
-                "logits (reference models, probes) in handle.noise_off()"
-            )
         if self.config.execution == "paired":
+            # Each pass is an ordinary forward at X + eps or X - eps: whoever computes the loss (the model from
+            # labels, or the caller from the logits) computes it once per pass, so no labels are needed here.
             if self._pair_sign is None:
                 raise RuntimeError("symnoise: execution='paired' runs two passes per batch; drive them with "
                                    "`for _ in handle.paired_passes(): ...` (symnoise.hf does it for Trainer), "
                                    "or use execution='concat'")
             call.sign = self._pair_sign
+            if call.sign == -1:
+                self.pair_copy_positions += call.input_shape.numel()
             return
-        batch = call.input_shape[0]
-        mask = call.attention_mask
-        packed_row = batch == 1 and (mask is None and call.position_ids is not None)
-        # A packed row stays one row only for varlen kernels (flash attention, cu_seq_lens), which need it;
-        # elsewhere the copy becomes a second row, since a dense mask over one doubled row costs (2T)^2.
-        implementation = str(getattr(getattr(self.model, "config", None), "_attn_implementation", ""))
-        varlen = kwargs.get("cu_seq_lens_q") is not None or "flash" in implementation
-        call.doubled_along = 1 if packed_row and varlen else 0
+        if call.labels is None:
+            raise ValueError(
+                "symnoise: the symmetric pair in execution='concat' needs labels in the training forward so that "
+                "the model computes the loss over both X + eps and X - eps; when the loss is computed outside the "
+                "model (from the logits), use execution='paired' (symnoise.hf.add_noise picks it for such "
+                "trainers), and wrap passes that only need logits (reference models, probes) in handle.noise_off()"
+            )
+        implementation = str(getattr(getattr(self.model, "config", None), "_attn_implementation", "") or "")
+        call.doubled_along = pair_axis(call.input_shape[0], _packed_without_mask(kwargs), implementation,
+                                       all(kwargs.get(key) is not None for key in _VARLEN_KEYS))
         keep = kwargs.get("logits_to_keep")
         if call.doubled_along == 1 and isinstance(keep, torch.Tensor) and keep.dtype != torch.bool:
             call.logits_length = keep.shape[-1]
         double_batch(kwargs, call.doubled_along)
-        if mask is None and call.position_ids is not None and "use_cache" in self._forward_params:
-            # transformers separates packed sequences by their position ids only when no cache is in use;
-            # without that, packed sequences (and a copy doubled along the sequence) would attend to each other.
-            kwargs["use_cache"] = False
+        self.pair_copy_positions += call.input_shape.numel()
+
+    def _cache_may_be_on(self, kwargs: dict) -> bool:
+        return "use_cache" in self._forward_params and kwargs.get("use_cache") is not False
 
     def _on_embeddings(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         call = self._calls[-1] if self._calls else None
@@ -403,6 +411,30 @@ class NoiseHandle:
         return generator.manual_seed(draw_seed(self.seed, self.draws))
 
 
+def _packed_without_mask(kwargs: dict) -> bool:
+    """Whether a forward's inputs are packed sequences told apart only by position ids or ``cu_seq_lens``.
+
+    transformers looks for such sequences only when no KV cache is in use: with one (a model whose config
+    enables it, ``TrainingArguments(use_cache=True)``), every packed sequence would attend to the ones before it.
+    """
+    return kwargs.get("attention_mask") is None and (
+        kwargs.get("position_ids") is not None or kwargs.get("cu_seq_lens_q") is not None)
+
+
+def pair_axis(rows: int, packed_without_mask: bool, attn_implementation: str, varlen_kwargs: bool) -> int:
+    """Along which axis the symmetric pair doubles a batch: 0, the copy is more rows; 1, it extends the row.
+
+    Only a FlashAttention kernel (``flash_attention_2/3``, hub kernels: transformers' test is "flash" in the name)
+    that must infer packed sequences from position ids needs the copy in the same row, because transformers does
+    that only for a one-row batch. Given all the varlen kwargs (``cu_seq_lens_q/k``, ``max_length_q/k``),
+    FlashAttention runs over the flattened batch, where a second row is the same tokens in the same order. SDPA,
+    eager and flex attention build a mask per row: the copy as a second row costs two ``T^2`` blocks instead of
+    one ``(2T)^2`` mask.
+    """
+    one_row_needed = rows == 1 and packed_without_mask and "flash" in attn_implementation and not varlen_kwargs
+    return 1 if one_row_needed else 0
+
+
 def double_batch(kwargs: dict, along: int) -> None:
     """Duplicate every per-token input of a forward call in place: along the batch (0) or, for a packed
     padding-free row, along the sequence (1) so the copy becomes more packed sequences of the same row."""
@@ -451,12 +483,12 @@ def _double_logits_to_keep(keep: Any, along: int, length: int) -> Any:
 def fold_pair_outputs(output: Any, along: int, input_shape: torch.Size, logits_length: int | None = None) -> Any:
     """Give a doubled forward's per-token outputs the caller's shape again (the loss already covers both halves).
 
-    ``logits`` and masks keep the ``X + eps`` half. Other per-token tensors (log-probabilities, entropies,
-    top-1 hits, as returned by TRL's fused LM head) become the mean of the two halves, so a loss or a metric summed
-    over them equals the mean over the pair. Along the sequence (packed rows) a shifted field of length ``2T - 1``
-    is split around the boundary position, whose target is masked. Logits computed at ``logits_to_keep``
-    positions have ``logits_length`` positions per half along the sequence, or, for a mask, are flattened rows
-    whose first half is the original's.
+    ``logits``, masks and every boolean or integer tensor (TRL's ``is_top1`` hits) keep the ``X + eps`` half, with
+    their dtype. Floating per-token tensors (log-probabilities, entropies, as returned by TRL's fused LM head)
+    become the mean of the two halves, so a loss or a metric summed over them equals the mean over the pair.
+    Along the sequence (packed rows) a shifted field of length ``2T - 1`` is split around the boundary position,
+    whose target is masked. Logits computed at ``logits_to_keep`` positions have ``logits_length`` positions per
+    half along the sequence, or, for a mask, are flattened rows whose first half is the original's.
     """
     if not isinstance(output, dict):
         return None
@@ -474,11 +506,9 @@ def fold_pair_outputs(output: Any, along: int, input_shape: torch.Size, logits_l
             first, second = value.narrow(along, 0, n - 1), value.narrow(along, n, n - 1)
         else:
             continue
-        if key == "logits" or key.endswith("mask"):
-            output[key] = first
-        elif value.dtype == torch.bool:
-            output[key] = (first.float() + second.float()) / 2
-        elif value.is_floating_point():
+        if key == "logits" or key.endswith("mask") or not value.is_floating_point():
+            output[key] = first  # booleans and integers (top-1 hits, ids) are never averaged
+        else:
             output[key] = (first + second) / 2
     return output
 

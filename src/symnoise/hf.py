@@ -8,7 +8,9 @@ The noise is attached when ``train()`` starts and removed when it returns or rai
 ``global_step / max_steps``; the noise generator state is saved in every checkpoint (with the Trainer's RNG
 states, while the checkpoint is being written) and restored by ``train(resume_from_checkpoint=...)``;
 ``noise_norm`` and ``noise_alpha`` are added to the training logs.
-``execution='paired'`` runs each training step as two forward/backward passes sharing one ``eps``.
+``execution='paired'`` runs each training step as two forward/backward passes sharing one ``eps``; trainers that
+compute their loss from the model's outputs (TRL's DPO/KTO/ORPO, label smoothing, ``compute_loss_func``) always get
+it, and their reference and probe passes stay clean (see `symnoise.trainers`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .attach import NoiseHandle, attach
 from .config import NoiseConfig
+from .trainers import TrainerIntegration, execution_for
 
 NOISE_STATE_PATTERN = "symnoise_noise_rank{rank}.pt"
 
@@ -38,6 +41,8 @@ class TrainerNoise(TrainerCallback):
                              "NEFTune noise on top of symnoise's; set neftune_noise_alpha=None")
         if getattr(trainer, "_symnoise", None) is not None:
             raise RuntimeError("symnoise noise is already added to this trainer")
+        self.integration = TrainerIntegration(trainer)
+        config = execution_for(trainer, config)
         paired = config.symmetric and config.execution == "paired"
         if paired and getattr(trainer, "is_deepspeed_enabled", False):
             raise ValueError("execution='paired' runs two backward passes per step, which DeepSpeed turns into "
@@ -70,11 +75,13 @@ class TrainerNoise(TrainerCallback):
     def _train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         self.handle = attach(self.trainer.model, self.config)
         try:
+            self.integration.install(self.handle)
             checkpoint = self._checkpoint_dir(resume_from_checkpoint)
             if checkpoint is not None:
                 self._load_noise_state(checkpoint)
             return self._originals["train"](resume_from_checkpoint, *args, **kwargs)
         finally:
+            self.integration.uninstall()
             self.handle.remove()
 
     def _paired_training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> Any:
@@ -83,8 +90,11 @@ class TrainerNoise(TrainerCallback):
         # (a model fresh from from_pretrained() is in eval mode and would get no pair on the first step).
         model.train()
         try:
-            for weight in self.handle.paired_passes():
+            tokens = self.integration.token_count()
+            for index, weight in enumerate(self.handle.paired_passes()):
                 self._pass_weight = weight
+                if index:
+                    self.integration.rewind_token_count(tokens)
                 # A copy per pass: compute_loss may pop labels from the dict it is given.
                 total = total + self._originals["training_step"](model, dict(inputs), num_items_in_batch)
         finally:

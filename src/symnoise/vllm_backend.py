@@ -8,7 +8,8 @@ Prompts go to vLLM in chunks in file order; each finished chunk is appended to t
 killed run resumes with the prompts that are still pending. The sidecar header records ``backend: vllm``, so
 a run started with one backend is never finished with the other.
 
-vLLM is optional (``pip install "symnoise[vllm]"``) and needs a CUDA GPU; it is imported only when used.
+A LoRA run is served through a merged copy of base and adapter (``RUN/merged/``, made once), not through vLLM's
+LoRA adapters, so both backends run the same weights. vLLM is optional (``pip install "symnoise[vllm]"``) and needs a CUDA GPU; it is imported only when used.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from symnoise.generation import DecodingSettings, GenerationStats, Prompt
 
 BACKEND = "vllm"
 DEFAULT_CHUNK_SIZE = 256
+MERGED_DIR = "merged"  # inside a LoRA run directory: base + adapter, what vLLM loads
 INSTALL_HINT = (
     '--backend vllm needs the vllm package and a CUDA GPU; install it with pip install "symnoise[vllm]" '
     "(or pip install vllm), or use --backend hf"
@@ -68,11 +70,32 @@ def _generation_config(model: str | Path, trust_remote_code: bool):
         return GenerationConfig.from_model_config(config)
 
 
+def servable_model(model: str | Path, trust_remote_code: bool = False) -> str | Path:
+    """What vLLM loads for ``model``: the model itself, or for a LoRA run directory its merged copy in
+    ``RUN/merged/`` (made on first use with :func:`symnoise.export.merge_lora`, reused while it is newer than
+    the adapter), so vLLM serves exactly the weights the transformers path generates with."""
+    from symnoise import export
+
+    if not export.is_lora_run(model):
+        return model
+    merged = Path(model) / MERGED_DIR
+    adapter = Path(model) / "adapter_model.safetensors"
+    weights = sorted(merged.glob("model*.safetensors"))
+    if weights and (not adapter.is_file() or weights[0].stat().st_mtime >= adapter.stat().st_mtime):
+        return merged
+    print(f"{model} is a LoRA run: merging the adapter into {merged} for vLLM (reused next time)")
+    return export.merge_lora(model, merged, overwrite=True, trust_remote_code=trust_remote_code)
+
+
 def load(model: str | Path, dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0):
-    """A ``vllm.LLM`` for the model, its Hugging Face tokenizer, and the ids that end a response."""
+    """A ``vllm.LLM`` for the model, its Hugging Face tokenizer, and the ids that end a response.
+
+    A LoRA run directory is served through its merged copy (:func:`servable_model`).
+    """
     import vllm
     from transformers import AutoTokenizer
 
+    model = servable_model(model, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
     eos_ids = generation.eos_token_ids(_generation_config(model, trust_remote_code), tokenizer)
     llm = vllm.LLM(model=str(model), dtype=vllm_dtype(dtype), trust_remote_code=trust_remote_code, seed=seed)

@@ -8,33 +8,25 @@ and decoding with vLLM (optional, CUDA only); without vLLM installed it is refus
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from symnoise import generation, vllm_backend
+from symnoise.evaluation import sources
 
-AE1_PROMPTS = Path("alpaca_eval") / "alpaca_eval_ae1_reference_text_davinci_003.jsonl"
 
-
-def default_prompts() -> Path | None:
-    """The 805 AlpacaEval-1 prompts from the shared data folder, if there is one.
-
-    Looked for in $SYMNOISE_SHARED_DATA, then ``shared/data`` beside the working directory and beside a
-    source checkout.
-    """
-    beside_checkout = Path(__file__).resolve().parents[4] / "shared" / "data"
-    roots = [os.environ.get("SYMNOISE_SHARED_DATA"), Path.cwd().parent / "shared" / "data", beside_checkout]
-    for root in roots:
-        if root and (Path(root) / AE1_PROMPTS).is_file():
-            return Path(root) / AE1_PROMPTS
-    return None
+def default_prompts(data_dir: str | Path | None = None) -> Path:
+    """The 805 AlpacaEval 1 prompts: from the local data folder (``--data-dir``, else $SYMNOISE_DATA_DIR) when one
+    is named, else the ``tatsu-lab/alpaca_eval`` hub dataset (see `symnoise.evaluation.sources`)."""
+    return sources.alpaca_eval_file("alpaca_eval", sources.data_dir(data_dir))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="run directory written by `symnoise train`, or any causal LM path / hub name")
     parser.add_argument("--prompts", type=Path, help="JSON list or JSONL of {instruction, dataset, input?} "
-                        "(default: the AlpacaEval-1 805 prompts from the shared data folder)")
+                        "(default: the 805 AlpacaEval 1 prompts, from --data-dir or the hub)")
+    parser.add_argument("--data-dir", type=Path, help=f"local data folder for the default prompts (default: "
+                        f"${sources.DATA_DIR_ENV}, else the tatsu-lab/alpaca_eval hub dataset)")
     parser.add_argument("--output", type=Path, help="model_outputs.json to write (default: MODEL/model_outputs.json)")
     parser.add_argument("--template", choices=generation.TEMPLATES,
                         help="prompt template; default: the one in MODEL/symnoise_run.json (required without it)")
@@ -72,9 +64,10 @@ def _prepare(args: argparse.Namespace):
                              "(choose them with CUDA_VISIBLE_DEVICES)")
         if args.chunk_size < 1:
             raise ValueError("--chunk-size must be >= 1")
-    prompts_file = args.prompts or default_prompts()
-    if prompts_file is None:
-        raise ValueError("no --prompts given and the AlpacaEval prompt file was not found in the shared data")
+    try:
+        prompts_file = args.prompts or default_prompts(args.data_dir)
+    except sources.SourceError as error:
+        raise ValueError(f"no --prompts given and the AlpacaEval prompts are not available: {error}") from None
     prompts = generation.load_prompts(prompts_file)
     template = generation.resolve_template(args.model, args.template)
     settings = generation.DecodingSettings(
@@ -111,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     generation.write_json_atomic(output, generation.model_outputs_records(prompts, outputs, generator))
+    generation.sidecar_path(output).unlink(missing_ok=True)  # progress file: everything is in the output now
     print(
         f"wrote {len(outputs)} outputs to {output} ({stats.resumed} resumed); generated {stats.prompts} prompts, "
         f"{stats.new_tokens} tokens in {stats.seconds:.1f} s = {stats.tokens_per_second:.1f} tokens/s"

@@ -1,8 +1,10 @@
 """``symnoise grid GRID.yaml``: train and evaluate every cell of a grid, then build the papers' tables.
 
-The whole grid file is validated (every cell's train config included) before anything runs. Re-running the same
-command skips finished stages and continues unfinished cells; a failed cell is recorded and the grid goes on.
-``--check`` validates and lists the cells; ``--print-commands`` shows each cell's training command.
+The whole grid file is validated (every cell's train config included) before anything runs, and every evaluation
+input is checked to be reachable before anything is trained. Re-running the same command skips finished stages
+and continues unfinished cells; a failed cell is recorded and the grid goes on. ``--check`` lists the cells, a
+stated estimate of GPUs and time per cell and every input with whether it is reachable (exit status 1 when one
+is not); ``--print-commands`` prints one command per cell (``--cell ID``) for a cluster scheduler.
 """
 
 from __future__ import annotations
@@ -15,30 +17,15 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("grid", type=Path, help="grid YAML (see configs/grid/)")
-    parser.add_argument("--check", action="store_true", help="validate the grid and list its cells, then stop")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the grid, list its cells with an estimate of GPUs and time, and every input "
+                        "that is unreachable; run nothing")
     parser.add_argument("--print-commands", action="store_true",
-                        help="print the training command line of every cell, then stop")
-
-
-def _list_cells(grid) -> None:
-    from symnoise.grid import planned_stages, read_stages
-
-    stages = planned_stages(grid)
-    print(f"{grid.source}: valid, {len(grid.cells)} cells, stages: {', '.join(stages)}")
-    for cell in grid.cells:
-        done = [s for s in stages if s in read_stages(cell.run_dir)]
-        print(f"  {cell.id}  ({len(done)}/{len(stages)} stages done)")
-
-
-def _print_commands(grid) -> None:
-    from symnoise.grid import accelerate_command
-
-    for cell in grid.cells:
-        config = cell.run_dir / "cell.yaml"
-        if grid.spec.launcher.kind == "accelerate":
-            print(" ".join(accelerate_command(grid.spec.launcher, config, resume=False)))
-        else:
-            print(f"symnoise train {config}")
+                        help="print one command per cell (training and evaluation of that cell), then stop")
+    parser.add_argument("--cell", metavar="ID", help="run only this cell (ids from --check)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="local data folder for the evaluation data (default: the grid's evaluation.data_dir, "
+                        "else $SYMNOISE_DATA_DIR, else the hub)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,27 +33,35 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        grid = load_grid(args.grid)
+        grid = load_grid(args.grid, data_dir=args.data_dir)
     except GridError as error:
         print(f"symnoise grid: error: {error}", file=sys.stderr)
         return 2
     if args.check:
-        _list_cells(grid)
-        return 0
+        from symnoise.grid.check import check_lines
+
+        lines, unreachable = check_lines(grid)
+        print("\n".join(lines))
+        return 1 if unreachable else 0
     if args.print_commands:
-        _print_commands(grid)
+        from symnoise.grid.check import cell_commands
+
+        print("\n".join(cell_commands(grid, str(args.grid), args.data_dir)))
         return 0
     from symnoise.evaluation.judge import JudgeInputError
     from symnoise.grid import run_grid
 
     try:
-        outcome = run_grid(grid, log=lambda line: print(line, flush=True))
-    except JudgeInputError as error:  # raised before any cell runs
+        outcome = run_grid(grid, log=lambda line: print(line, flush=True), only=args.cell)
+    except (GridError, JudgeInputError) as error:  # raised before any cell runs
         print(f"symnoise grid: error: {error}", file=sys.stderr)
         return 2
     for cell in outcome.failed:
         print(f"failed: {cell.cell} ({cell.stage}): {cell.error}", file=sys.stderr)
-    where = outcome.report_dir or grid.output_dir
-    print(f"{len(outcome.cells) - len(outcome.failed)}/{len(outcome.cells)} cells finished in "
-          f"{outcome.seconds:.0f} s; summary {grid.output_dir / 'summary.md'}, report {where}")
+    done = f"{len(outcome.cells) - len(outcome.failed)}/{len(outcome.cells)} cells finished in {outcome.seconds:.0f} s"
+    if args.cell:
+        print(f"{done}; once every cell is done, `symnoise grid {args.grid}` writes the summary and the report")
+    else:
+        where = outcome.report_dir or grid.output_dir
+        print(f"{done}; summary {grid.output_dir / 'summary.md'}, report {where}")
     return 1 if outcome.failed else 0

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from symnoise.evaluation import sources
 from symnoise.evaluation.leaderboard import LEADERBOARD_TASKS, LeaderboardError, format_table, run_leaderboard
 
 
@@ -18,10 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         + " (default all)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="local data folder laid out like ../shared/data (arc/, hellaswag/, mmlu/); "
-                        "default: $SYMNOISE_DATA_DIR, ./data, ./shared/data or ../shared/data, the first complete one")
+                        help="local data folder laid out like ../shared/data (arc/, hellaswag/, mmlu/); default: "
+                        f"${sources.DATA_DIR_ENV}, else the harness's own tasks and hub datasets")
     source.add_argument("--online", action="store_true",
-                        help="use the harness's own tasks and the hub datasets instead of local data")
+                        help=f"use the harness's own tasks and the hub datasets even when ${sources.DATA_DIR_ENV} "
+                        "is set")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="score only the first N documents of each task (of each MMLU subject); quick checks only")
     parser.add_argument("--batch-size", type=int, default=1, metavar="B")
@@ -32,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    source = sources.resolve_leaderboard(None if args.online else sources.data_dir(args.data_dir), args.online)
+    print(f"tasks from {source.describe()}", file=sys.stderr)
     try:
-        report = run_leaderboard(args.checkpoint, args.tasks, data_dir=args.data_dir, online=args.online,
+        report = run_leaderboard(args.checkpoint, args.tasks, data_dir=source.data_dir, online=source.online,
                                  limit=args.limit, batch_size=args.batch_size, device=args.device)
     except LeaderboardError as error:
         print(f"symnoise leaderboard: error: {error}", file=sys.stderr)

@@ -11,8 +11,26 @@ import importlib
 import importlib.util
 import sys
 
+DESCRIPTION = """\
+Instruction fine-tuning with noisy embeddings (NEFTune, Gaussian, Bernoulli, SymNoise) and the papers' evaluation.
+"""
+
+EPILOG = """\
+start here:
+  symnoise quickstart                                   train and compare methods on a built-in task set (CPU)
+  symnoise configs list                                 the shipped configs (0.5B, 1B, 8B starters, paper grid)
+  symnoise configs copy qwen2.5-0.5b/alpaca-symnoise-lora my.yaml
+  symnoise train my.yaml data.path=my_data.jsonl        fine-tune on your own data (fields: see the README)
+  symnoise export runs/my-run --merge-lora merged/      a LoRA run as one model for transformers or vLLM
+  symnoise generate runs/my-run --prompts prompts.jsonl
+
+Run `symnoise COMMAND --help` for a command's options.
+"""
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("symnoise.cli.train", "fine-tune a causal LM on instruction data with noisy embeddings"),
+    "configs": ("symnoise.cli.configs", "list the shipped configs, or copy one to edit"),
+    "export": ("symnoise.cli.export", "merge a LoRA run into its base model for serving"),
     "quickstart": ("symnoise.cli.quickstart", "train and compare noise methods on a built-in task set, no download"),
     "generate": ("symnoise.cli.generate", "generate AlpacaEval-format outputs from a checkpoint"),
     "judge": ("symnoise.cli.judge", "judge model outputs against reference outputs with an LLM"),
@@ -26,7 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(available: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="symnoise", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="symnoise", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in available.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -43,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(available[name][0])
     parser = argparse.ArgumentParser(prog=f"symnoise {name}", description=available[name][1])
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    # Commands taking overrides after their positional arguments (`train C.yaml --resume noise.alpha=10`) let
+    # options and positionals mix; plain parse_args would reject the overrides after --resume.
+    parse = parser.parse_intermixed_args if getattr(module, "INTERMIXED_ARGS", False) else parser.parse_args
+    return int(module.run(parse(rest)) or 0)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Where each piece of a run is looked for is listed in :mod:`symnoise.evaluation.r
 "–". Writes ``report.md``, ``winrate_vs_alpha.png``, ``length_vs_alpha.png`` and, with ``--json``, ``report.json``
 into ``--out``, and prints the markdown. ``--words N`` computes repetition and log-diversity (Table 5) on the first N
 words for every dataset instead of the papers' N (50 Alpaca, 100 Evol-Instruct, 150 ShareGPT and OpenPlatypus).
+``--expected FILE`` prints the papers' tables (an expected-numbers file, `symnoise.evaluation.expected`) first, each
+cell "paper / reproduced (difference ± standard error)". ``--grid GRID.yaml`` reports the grid's trained cells and
+reads its companion GRID.expected.yaml.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from symnoise.evaluation.expected import load_expected
 from symnoise.evaluation.report import (
     ANNOTATION_FILES,
     LEADERBOARD_FILES,
     OUTPUTS_FILES,
+    RUN_FILE,
     ReportError,
     load_runs,
     write_report,
@@ -38,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Looked for in each RUN_DIR: symnoise_run.json (required), train_summary.json, metrics.jsonl; "
                      f"outputs: {', '.join(OUTPUTS_FILES)}; annotations: {', '.join(ANNOTATION_FILES)}; "
                      f"leaderboard: {', '.join(LEADERBOARD_FILES)} (the first found of each).")
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`")
+    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`")
+    parser.add_argument("--grid", type=Path, metavar="GRID.yaml",
+                        help="report the grid's cells that have trained, next to its GRID.expected.yaml if any")
+    parser.add_argument("--expected", type=Path, metavar="FILE.yaml",
+                        help="the papers' numbers (configs/grid/*.expected.yaml), printed beside the reproduced ones")
     parser.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
                         help="folder for report.md and the plots (default ./report)")
     parser.add_argument("--json", action="store_true", help="also write a machine-readable DIR/report.json")
@@ -49,10 +58,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         + "); outputs shorter than N are left out of them")
 
 
+def _grid_runs(grid_file: Path) -> tuple[list[Path], Path | None]:
+    """The run directories of a grid's cells that have trained, and its companion expected file."""
+    from symnoise.grid import GridError, load_grid
+    from symnoise.grid.spec import expected_file
+
+    try:
+        grid = load_grid(grid_file)
+    except GridError as error:
+        raise ReportError(str(error)) from None
+    trained = [cell.run_dir for cell in grid.cells if (cell.run_dir / RUN_FILE).is_file()]
+    if not trained:
+        raise ReportError(f"{grid_file}: none of its {len(grid.cells)} cells has trained yet (under {grid.output_dir})")
+    return trained, expected_file(grid)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        runs = load_runs(args.runs, words=args.words)
-        files = write_report(runs, args.out, json_summary=args.json)
+        runs_dirs, expected = list(args.runs), args.expected
+        if args.grid is not None:
+            grid_runs, companion = _grid_runs(args.grid)
+            runs_dirs += grid_runs
+            expected = expected or companion
+        runs = load_runs(runs_dirs, words=args.words)
+        files = write_report(runs, args.out, json_summary=args.json,
+                             expected=load_expected(expected) if expected else None)
     except ReportError as error:
         print(f"symnoise report: error: {error}", file=sys.stderr)
         return 2

@@ -1,35 +1,38 @@
-"""Loading instruction-tuning data and normalising every row to one `Example`.
+"""Loading instruction-tuning data and normalising every row to an `Example` or a `Conversation`.
 
-Four row formats are understood, all reduced to (instruction, input, output):
+Formats, auto-detected from the keys of the first rows or forced with ``format=``:
 
 - ``alpaca``: ``instruction``, ``input`` (optional), ``output``;
 - ``openplatypus``: the same keys plus bookkeeping keys such as ``data_source`` (ignored);
 - ``evol-instruct``: ``instruction`` and ``output``, or ShareGPT-style ``conversations``;
-- ``sharegpt``: ``conversations``, a list of ``{"from", "value"}`` turns, of which the papers use a single turn:
-  the first human turn and the assistant turn right after it.
+- ``dolly``: ``instruction``, ``context`` (optional, becomes the input), ``response`` (or ``output``);
+- ``sharegpt``: ``conversations``, a list of turns ``{"from", "value"}`` (or ``{"role", "content"}``);
+- ``messages``: ``messages``, a list of chat messages ``{"role", "content"}`` (TRL, axolotl, OpenAssistant);
+- ``prompt-completion``: ``prompt`` and ``completion``, both text (TRL's "standard" rows: the prompt is used as
+  is, the completion is trained) or both lists of messages (TRL's "conversational" rows).
 
-Sources are local ``.json`` (a list of objects; JSON Lines is accepted too), ``.jsonl`` (one object per line;
-a pretty-printed JSON array is accepted too, as NEFTune's ``alpaca-train.jsonl`` is one), ``.parquet``, or a Hugging Face dataset
-name read with `datasets.load_dataset`. Every problem surfaces as a `DataError` that names the source, the row
-(0-based, plus the line for JSON Lines) and the field, so a bad row in a 70k-row file can be found and fixed.
+Instruction rows become an `Example` (instruction, input, output). Conversational rows become a `Conversation`
+(`symnoise.data.conversations`): every exchange, or only the first one with ``turns="first"`` (the papers'
+single-turn ShareGPT protocol). Every problem surfaces as a `DataError` that names the source, the row (0-based,
+plus the line for JSON Lines) and the field, so a bad row in a 70k-row file can be found and fixed. A row that
+fits its format but carries a field of another one (a Dolly ``context`` in an Alpaca file) is an error, not a
+silent drop; tolerated oddities are counted as warnings in the `LoadReport`.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from pathlib import Path
 from typing import Any
 
-FORMATS = ("alpaca", "sharegpt", "evol-instruct", "openplatypus")
+from .conversations import TURN_MODES, BadRow, Conversation, check_text, parse_turns
+from .readers import FILE_SUFFIXES, DataError, RawRow, open_source
+
+FORMATS = ("alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages", "prompt-completion")
+INSTRUCTION_FORMATS = ("alpaca", "evol-instruct", "openplatypus")
 BAD_ROW_POLICIES = ("error", "skip")
-FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
-HUMAN_ROLES = frozenset({"human", "user"})
-ASSISTANT_ROLES = frozenset({"gpt", "assistant", "chatgpt", "bard"})
-SYSTEM_ROLES = frozenset({"system"})
 DETECTION_ROWS = 100
 
 _FORMAT_KEYS = {
@@ -37,11 +40,13 @@ _FORMAT_KEYS = {
     "sharegpt": "conversations",
     "evol-instruct": "instruction, output (or conversations)",
     "openplatypus": "instruction, input, output, data_source",
+    "dolly": "instruction, context, response (or output)",
+    "messages": "messages",
+    "prompt-completion": "prompt, completion",
 }
 
-
-class DataError(ValueError):
-    """A data source, or one of its rows, cannot be turned into training examples."""
+__all__ = ["BAD_ROW_POLICIES", "FILE_SUFFIXES", "FORMATS", "TURN_MODES", "Conversation", "DataError", "Example",
+           "LoadReport", "default_template", "format_of_keys", "iter_records", "load_examples", "load_records"]
 
 
 @dataclass(frozen=True)
@@ -57,15 +62,23 @@ class Example:
     source: str
 
 
+Record = Example | Conversation
+
+
 @dataclass
 class LoadReport:
-    """What `load_examples` read: rows seen, examples kept, and why the others were skipped."""
+    """What was read: rows seen, records kept, why the others were skipped, and counted warnings."""
 
     source: str
     format: str
     n_rows: int = 0
     n_loaded: int = 0
     skipped: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)
+    n_conversations: int = 0
+    n_assistant_turns: int = 0
+    n_unused_turns: int = 0  # later assistant turns not read with ``turns: first``
+    first_bad: str | None = None  # "train.json:row 12: field 'output' is missing", the first row skipped
 
     def skipped_summary(self) -> str:
         """'skipped 3 rows: 2 empty output, 1 missing instruction', or '' when nothing was skipped."""
@@ -78,196 +91,76 @@ class LoadReport:
     def summary(self) -> str:
         """One line for logs: how many examples were loaded from where, in which format."""
         line = f"loaded {self.n_loaded} of {self.n_rows} rows from {self.source} (format {self.format})"
+        if self.n_conversations:
+            line += f"; {self.n_conversations} conversations with {self.n_assistant_turns} assistant turns"
         skipped = self.skipped_summary()
-        return f"{line}; {skipped}" if skipped else line
+        if skipped:
+            line += f"; {skipped}"
+        if self.warnings:
+            line += "; warnings: " + ", ".join(f"{count} {what}" for what, count in self.warnings.most_common())
+        return line
 
-
-class _BadRow(Exception):
-    """A row-level problem: `reason` is short and countable ("empty output"), `detail` explains it."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class _RawRow:
-    """A row as read from its source, before validation; `value` is a `_BadRow` when it could not be parsed."""
-
-    index: int
-    line: int | None
-    value: Any
-
-
-# ---------------------------------------------------------------------------------------------- reading
-
-
-def _decode(data: bytes) -> tuple[str, int | None]:
-    """UTF-8 text of a file, and the byte offset of the first undecodable byte (None when all is valid).
-
-    Undecodable bytes are kept as lone surrogates so the row holding them can be named later, instead of
-    failing the whole file.
-    """
-    try:
-        text, bad_at = data.decode("utf-8"), None
-    except UnicodeDecodeError as error:
-        text, bad_at = data.decode("utf-8", errors="surrogateescape"), error.start
-    return text.removeprefix("\ufeff"), bad_at
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the file: {error.strerror or error}") from None
-
-
-def _json_array_rows(text: str, name: str, bad_at: int | None) -> list[_RawRow]:
-    """Rows of a file holding one JSON array of objects; a malformed file is a whole-file error."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        hint = f" (the file is not valid UTF-8 from byte {bad_at})" if bad_at is not None else ""
-        raise DataError(
-            f"{name}: not valid JSON at line {error.lineno} column {error.colno}: {error.msg}{hint}"
-        ) from None
-    except RecursionError:
-        raise DataError(f"{name}: not readable JSON: nested too deeply") from None
-    if not isinstance(data, list):
-        raise DataError(
-            f"{name}: the top level is a JSON {type(data).__name__}, expected a list of records "
-            "(or JSON Lines, one record per line)"
-        )
-    return [_RawRow(index, None, value) for index, value in enumerate(data)]
-
-
-def _json_lines_rows(text: str) -> list[_RawRow]:
-    """Rows of a JSON Lines text; blank lines are ignored, an unparsable line becomes a bad row.
-
-    Lines are split on "\\n" only: U+2028 and friends may legally appear inside JSON strings.
-    """
-    rows = []
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        try:
-            value: Any = json.loads(line)
-        except json.JSONDecodeError as error:
-            value = _BadRow("invalid JSON", f"not valid JSON at column {error.colno}: {error.msg}")
-        except RecursionError:
-            value = _BadRow("invalid JSON", "not readable JSON: nested too deeply")
-        rows.append(_RawRow(len(rows), line_number, value))
-    return rows
-
-
-def _text_file_rows(path: Path, name: str) -> list[_RawRow]:
-    """Rows of a .json or .jsonl file, whichever of the two layouts it actually uses."""
-    text, bad_at = _decode(_read_bytes(path))
-    stripped = text.lstrip()
-    if not stripped:
-        raise DataError(f"{name}: the file is empty")
-    if stripped.startswith("[") and (path.suffix.lower() == ".json" or not _first_line_is_json(stripped)):
-        return _json_array_rows(text, name, bad_at)
-    if path.suffix.lower() == ".json" and "\n" in stripped.rstrip():
-        single = _single_json_value(text)
-        if isinstance(single, dict):
-            raise DataError(f"{name}: the top level is a JSON object, expected a list of records")
-    return _json_lines_rows(text)
-
-
-def _first_line_is_json(text: str) -> bool:
-    """Whether the first line parses on its own, as in JSON Lines (a pretty-printed array's "[" does not)."""
-    try:
-        json.loads(text.split("\n", 1)[0])
-    except (json.JSONDecodeError, RecursionError):
-        return False
-    return True
-
-
-def _single_json_value(text: str) -> Any:
-    """The file parsed as one JSON document, or None when it is not one (e.g. JSON Lines)."""
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-
-
-def _parquet_rows(path: Path, name: str) -> list[_RawRow]:
-    try:
-        import pyarrow.parquet as pq
-
-        records = pq.read_table(path).to_pylist()
-    except Exception as error:  # pyarrow raises several unrelated types for unreadable files
-        raise DataError(f"{name}: not a readable Parquet file: {type(error).__name__}: {error}") from None
-    return [_RawRow(index, None, value) for index, value in enumerate(records)]
-
-
-def _hub_rows(name: str, split: str) -> Iterator[_RawRow]:
-    """Rows of a Hugging Face dataset, by name or as one file of a dataset repository
-    (``hf://datasets/OWNER/NAME/FILE.json``); any failure to load it becomes one clear DataError."""
-    try:
-        import datasets
-
-        if name.startswith("hf://"):  # one file inside a hub dataset repository
-            builder = "parquet" if name.lower().endswith(".parquet") else "json"
-            dataset = datasets.load_dataset(builder, data_files=name, split="train")
-        else:
-            dataset = datasets.load_dataset(name, split=split)
-    except Exception as error:  # network, auth, missing split, bad name: all mean "could not load"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
-        raise DataError(
-            f"could not load dataset '{name}' (split '{split}') from the Hugging Face hub: "
-            f"{type(error).__name__}: {reason}. A local file must end in {', '.join(FILE_SUFFIXES)}."
-        ) from None
-    return (_RawRow(index, None, value) for index, value in enumerate(dataset))
-
-
-def _open_source(source: str, split: str) -> Iterable[_RawRow]:
-    """The raw rows of a local file or, when `source` is not a path, of a hub dataset."""
-    if source.startswith("hf://"):
-        return _hub_rows(source, split)
-    path = Path(source).expanduser()
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        raise DataError(f"{source}: is a directory; give a {', '.join(FILE_SUFFIXES)} file or a hub dataset name")
-    if path.exists():
-        if suffix == ".parquet":
-            return _parquet_rows(path, source)
-        if suffix in (".json", ".jsonl"):
-            return _text_file_rows(path, source)
-        raise DataError(f"{source}: unsupported file type '{suffix}'; expected one of {', '.join(FILE_SUFFIXES)}")
-    if suffix in FILE_SUFFIXES or source.startswith(("/", ".", "~")):
-        raise DataError(f"{source}: file not found")
-    return _hub_rows(source, split)
+    def count(self, record: Record) -> None:
+        self.n_loaded += 1
+        if isinstance(record, Conversation):
+            self.n_conversations += 1
+            self.n_assistant_turns += len(record.exchanges)
+            self.n_unused_turns += record.n_unused
 
 
 # ------------------------------------------------------------------------------------- format detection
 
 
-def format_of_keys(keys: Iterable[str]) -> str | None:
-    """The format a row with these keys belongs to, or None when no format fits."""
-    keys = set(keys)
+def _candidates(keys: set[str]) -> list[str]:
+    """Every format whose keys a row has (more than one means the row is ambiguous)."""
+    found = []
+    if "messages" in keys:
+        found.append("messages")
     if "conversations" in keys:
-        return "sharegpt"
-    if {"instruction", "output"} <= keys:
-        if "data_source" in keys:
-            return "openplatypus"
-        return "alpaca" if "input" in keys else "evol-instruct"
-    return None
+        found.append("sharegpt")
+    if {"prompt", "completion"} <= keys:
+        found.append("prompt-completion")
+    if "instruction" in keys and ("response" in keys or ("context" in keys and "output" in keys)):
+        found.append("dolly")
+    elif {"instruction", "output"} <= keys:
+        found.append("openplatypus" if "data_source" in keys else "alpaca" if "input" in keys else "evol-instruct")
+    return found
 
 
-def _detect_format(head: list[_RawRow], name: str) -> str:
-    """The format of the first row in `head` whose keys fit one; a DataError listing the keys otherwise."""
+def format_of_keys(keys: Iterable[str]) -> str | None:
+    """The format a row with these keys belongs to, or None when no format or more than one fits."""
+    found = _candidates({str(key) for key in keys})
+    return found[0] if len(found) == 1 else None
+
+
+def _family(format: str) -> str:
+    """Alpaca, Evol-Instruct and Open-Platypus rows are the same rows with or without optional keys."""
+    return "instruction" if format in INSTRUCTION_FORMATS else format
+
+
+def _detect_format(head: list[RawRow], name: str) -> str:
+    """The format of the first rows: the first row that fits one decides; a row fitting several, or rows of
+    different formats, is an error that says which rows and keys, and how to force a format."""
     keys_seen: set[str] = set()
+    detected: tuple[str, RawRow] | None = None
     for row in head:
-        if isinstance(row.value, dict):
-            keys = [str(key) for key in row.value]
-            detected = format_of_keys(keys)
-            if detected:
-                return detected
-            keys_seen.update(keys)
+        if not isinstance(row.value, dict):
+            continue
+        keys = {str(key) for key in row.value}
+        found = _candidates(keys)
+        keys_seen |= keys
+        if len(found) > 1:
+            raise DataError(f"{_row_name(name, row)}: ambiguous format: its keys {sorted(keys)} fit "
+                            f"{' and '.join(found)}; set the format (data.format) to the one meant")
+        if not found:
+            continue
+        if detected is None:
+            detected = (found[0], row)
+        elif _family(found[0]) != _family(detected[0]):
+            raise DataError(f"{name}: rows of different formats: {_row_name(name, detected[1])} is {detected[0]}, "
+                            f"{_row_name(name, row)} is {found[0]}; set the format (data.format) to the one meant")
+    if detected:
+        return detected[0]
     if not head:
         raise DataError(f"{name}: contains no rows")
     if not keys_seen:
@@ -282,16 +175,6 @@ def _detect_format(head: list[_RawRow], name: str) -> str:
 # ------------------------------------------------------------------------------------- row normalising
 
 
-def _check_text(value: str, where: str) -> None:
-    """Rejects text that cannot be encoded as UTF-8 (undecodable bytes in the file, lone surrogates)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise _BadRow(
-            "invalid UTF-8", f"field '{where}' is not valid UTF-8 text (bad character at position {error.start})"
-        ) from None
-
-
 def _string_field(row: dict, key: str, where: str | None = None) -> str | None:
     """`row[key]` as a string; None when absent or null; a bad row when it has another type."""
     where = where or key
@@ -299,8 +182,8 @@ def _string_field(row: dict, key: str, where: str | None = None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _BadRow(f"non-string {key}", f"field '{where}' must be a string, got {type(value).__name__}")
-    _check_text(value, where)
+        raise BadRow(f"non-string {key}", f"field '{where}' must be a string, got {type(value).__name__}")
+    check_text(value, where)
     return value
 
 
@@ -308,79 +191,70 @@ def _required_text(row: dict, key: str, where: str | None = None) -> str:
     """A string field that must be present and not blank (whitespace only counts as empty)."""
     where = where or key
     value = _string_field(row, key, where)
+    if value is None and key in row:
+        raise BadRow(f"null {key}", f"field '{where}' is null; it must be a non-empty string")
     if value is None:
-        raise _BadRow(f"missing {key}", f"field '{where}' is missing")
+        raise BadRow(f"missing {key}", f"field '{where}' is missing")
     if not value.strip():
-        raise _BadRow(f"empty {key}", f"field '{where}' is empty or whitespace only")
+        raise BadRow(f"empty {key}", f"field '{where}' is empty or whitespace only")
     return value
 
 
-def _instruction_fields(row: dict) -> tuple[str, str, str]:
-    """(instruction, input, output) of an Alpaca / Open-Platypus / Evol-Instruct row; other keys are ignored."""
+def _instruction_example(row: dict, format: str, source: str) -> Example:
+    """An Alpaca / Open-Platypus / Evol-Instruct row; bookkeeping keys are ignored, a Dolly context is not."""
     instruction = _required_text(row, "instruction")
     input_ = _string_field(row, "input") or ""
     output = _required_text(row, "output")
-    return instruction, input_, output
+    context = row.get("context")
+    if context not in (None, "") and not (isinstance(context, str) and context == input_):
+        raise BadRow("unused context", f"field 'context' is not part of the {format} format and would be dropped; "
+                     "this looks like Dolly data (format: dolly uses it as the input)")
+    return Example(instruction, input_, output, source)
 
 
-def _turn(turns: list, position: int) -> tuple[str, dict]:
-    """The lower-cased role and the turn object at `position`, validated."""
-    where = f"conversations[{position}]"
-    turn = turns[position]
-    if not isinstance(turn, dict):
-        raise _BadRow("bad turn", f"field '{where}' must be an object with 'from' and 'value'")
-    role = _string_field(turn, "from", f"{where}.from")
-    if role is None:
-        raise _BadRow("missing turn role", f"field '{where}.from' is missing")
-    role = role.strip().lower()
-    if role not in HUMAN_ROLES | ASSISTANT_ROLES | SYSTEM_ROLES:
-        known = sorted(HUMAN_ROLES | ASSISTANT_ROLES | SYSTEM_ROLES)
-        raise _BadRow("unknown turn role", f"field '{where}.from' is '{role}', expected one of {known}")
-    return role, turn
+def _dolly_example(row: dict, source: str) -> Example:
+    """A Dolly row: instruction, context (optional) as the input, response (or output, in renamed copies)."""
+    if "response" in row and "output" in row:
+        raise BadRow("ambiguous response", "fields 'response' and 'output' are both present; keep one")
+    key = "response" if "response" in row or "output" not in row else "output"
+    instruction = _required_text(row, "instruction")
+    context = _string_field(row, "context") or ""
+    return Example(instruction, context, _required_text(row, key), source)
 
 
-def _conversation_fields(row: dict) -> tuple[str, str, str]:
-    """(first human turn, "", the assistant turn right after it) of a ShareGPT-style row.
-
-    Turns before the first human turn (a system prompt, or an assistant turn left over from splitting a long
-    conversation) are skipped; later turns are not used and so not checked.
-    """
-    turns = row.get("conversations")
-    if turns is None:
-        raise _BadRow("missing conversations", "field 'conversations' is missing")
-    if not isinstance(turns, list):
-        raise _BadRow(
-            "non-list conversations", f"field 'conversations' must be a list, got {type(turns).__name__}"
-        )
-    for position in range(len(turns)):
-        role, turn = _turn(turns, position)
-        if role in HUMAN_ROLES:
-            instruction = _required_text(turn, "value", f"conversations[{position}].value")
-            if position + 1 >= len(turns):
-                raise _BadRow("no reply", f"field 'conversations' has no turn after the human turn {position}")
-            reply_role, reply = _turn(turns, position + 1)
-            if reply_role not in ASSISTANT_ROLES:
-                raise _BadRow(
-                    "no reply",
-                    f"field 'conversations[{position + 1}].from' is '{reply_role}', expected an assistant turn",
-                )
-            output = _required_text(reply, "value", f"conversations[{position + 1}].value")
-            return instruction, "", output
-    raise _BadRow("no human turn", "field 'conversations' has no human turn")
+def _prompt_completion(row: dict, turns: str, source: str, warnings: Counter) -> Example | Conversation:
+    """TRL's prompt/completion rows: both text (an `Example` rendered without a template by default) or both
+    message lists (a `Conversation` whose completion alone is trained)."""
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, list) or isinstance(completion, list):
+        if not isinstance(prompt, list) or not isinstance(completion, list):
+            raise BadRow("mixed prompt-completion", "fields 'prompt' and 'completion' must both be text or both be "
+                         f"lists of messages, got {type(prompt).__name__} and {type(completion).__name__}")
+        if not completion:
+            raise BadRow("empty completion", "field 'completion' is an empty list")
+        return parse_turns(prompt + completion, "prompt+completion", "messages", turns, source, warnings,
+                           trained_from=len(prompt))
+    return Example(_required_text(row, "prompt"), "", _required_text(row, "completion"), source)
 
 
-def _row_fields(value: Any, format: str) -> tuple[str, str, str]:
-    """(instruction, input, output) of one parsed row in the given format, or a `_BadRow`."""
-    if isinstance(value, _BadRow):
+def _record(value: Any, format: str, turns: str, source: str, warnings: Counter) -> Example | Conversation:
+    """The record of one parsed row in the given format, or a `BadRow`."""
+    if isinstance(value, BadRow):
         raise value
     if not isinstance(value, dict):
-        raise _BadRow("not an object", f"the row is a JSON {type(value).__name__}, expected an object")
+        raise BadRow("not an object", f"the row is a JSON {type(value).__name__}, expected an object")
     if format == "sharegpt" or (format == "evol-instruct" and "conversations" in value):
-        return _conversation_fields(value)
-    return _instruction_fields(value)
+        return parse_turns(value.get("conversations"), "conversations", "sharegpt", turns, source, warnings)
+    if format == "messages":
+        return parse_turns(value.get("messages"), "messages", "messages", turns, source, warnings)
+    if format == "prompt-completion":
+        return _prompt_completion(value, turns, source, warnings)
+    if format == "dolly":
+        return _dolly_example(value, source)
+    return _instruction_example(value, format, source)
 
 
-def _row_name(name: str, row: _RawRow) -> str:
+def _row_name(name: str, row: RawRow) -> str:
     line = f" (line {row.line})" if row.line is not None else ""
     return f"{name}:row {row.index}{line}"
 
@@ -388,20 +262,90 @@ def _row_name(name: str, row: _RawRow) -> str:
 # ---------------------------------------------------------------------------------------------- public
 
 
-def default_template(format: str) -> str:
-    """The prompt template the papers use with a data format: Vicuna v1.1 for ShareGPT, Alpaca for the rest."""
+def default_template(format: str, conversational: bool = False) -> str:
+    """The prompt template a data format gets unless one is set: the papers' Vicuna v1.1 for ShareGPT and other
+    conversations, Alpaca for instruction formats, and the text as it is (``plain``) for TRL's standard
+    prompt/completion rows."""
     if format not in FORMATS:
         raise DataError(f"unknown data format '{format}'; expected one of {', '.join(FORMATS)}")
-    return "vicuna" if format == "sharegpt" else "alpaca"
+    if format in ("sharegpt", "messages") or conversational:
+        return "vicuna"
+    return "plain" if format == "prompt-completion" else "alpaca"
 
 
-def _check_arguments(format: str, on_bad_row: str, limit: int | None) -> None:
+def _check_arguments(format: str, on_bad_row: str, limit: int | None, turns: str) -> None:
     if format != "auto" and format not in FORMATS:
         raise DataError(f"unknown data format '{format}'; expected auto or one of {', '.join(FORMATS)}")
     if on_bad_row not in BAD_ROW_POLICIES:
         raise DataError(f"on_bad_row must be one of {', '.join(BAD_ROW_POLICIES)}, got '{on_bad_row}'")
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of examples, got {limit}")
+    if turns not in TURN_MODES:
+        raise DataError(f"turns must be one of {', '.join(TURN_MODES)}, got '{turns}'")
+
+
+def iter_records(source: str, format: str = "auto", on_bad_row: str = "error", split: str = "train",
+                 limit: int | None = None, turns: str = "all") -> tuple[LoadReport, Iterator[Example | Conversation]]:
+    """The load report (format already detected) and a one-pass iterator over the records of `source`.
+
+    The report's counts fill in as the iterator runs; when it ends, having found no usable record at all is a
+    `DataError`. See `load_records` for the arguments.
+    """
+    _check_arguments(format, on_bad_row, limit, turns)
+    rows = iter(open_source(source, split))
+    head = list(islice(rows, DETECTION_ROWS))
+    detected = _detect_format(head, source) if format == "auto" else format
+    report = LoadReport(source=source, format=detected)
+    return report, _records(chain(head, rows), report, on_bad_row, limit, turns)
+
+
+def _records(rows: Iterable[RawRow], report: LoadReport, on_bad_row: str, limit: int | None,
+             turns: str) -> Iterator[Example | Conversation]:
+    for row in rows:
+        if limit is not None and report.n_loaded >= limit:
+            break
+        report.n_rows += 1
+        where = _row_name(report.source, row)
+        try:
+            record = _record(row.value, report.format, turns, where, report.warnings)
+        except BadRow as bad:
+            if on_bad_row == "error":
+                raise DataError(f"{where}: {bad.detail}") from None
+            report.skipped[bad.reason] += 1
+            report.first_bad = report.first_bad or f"{where}: {bad.detail}"
+            continue
+        report.count(record)
+        yield record
+    if not report.n_rows:
+        raise DataError(f"{report.source}: contains no rows")
+    if not report.n_loaded:
+        raise DataError(f"{report.source}: no usable examples in {report.n_rows} rows; {report.skipped_summary()}")
+
+
+def load_records(source: str, format: str = "auto", on_bad_row: str = "error", split: str = "train",
+                 limit: int | None = None, turns: str = "all") -> tuple[list[Example | Conversation], LoadReport]:
+    """Reads `source` and returns its records (an `Example` per instruction row, a `Conversation` per
+    conversational row) with a report of what was read.
+
+    `source` is a local .json / .jsonl / .parquet file or a Hugging Face dataset name (loaded with
+    `datasets.load_dataset(source, split=split)`). `format` is detected from the keys of the first rows
+    unless given. A bad row raises a `DataError` naming source, row and field, or, with
+    ``on_bad_row="skip"``, is skipped and counted in the report. `limit` stops after that many records.
+    `turns` is "all" (every exchange of a conversation) or "first" (the first exchange only; later turns are
+    then neither read nor checked). Finding no usable record at all is a `DataError` too.
+    """
+    report, records = iter_records(source, format, on_bad_row, split, limit, turns)
+    return list(records), report
+
+
+def first_exchange(record: Example | Conversation) -> Example:
+    """The single-turn `Example` of a record: the first trained exchange of a conversation (its system message
+    and earlier context are not part of an `Example`)."""
+    if isinstance(record, Example):
+        return record
+    conversation = record.first()
+    last = conversation.exchanges[-1]
+    return Example(last.user, "", last.assistant, record.source)
 
 
 def load_examples(
@@ -411,36 +355,7 @@ def load_examples(
     split: str = "train",
     limit: int | None = None,
 ) -> tuple[list[Example], LoadReport]:
-    """Reads `source` and returns its examples with a report of what was read.
-
-    `source` is a local .json / .jsonl / .parquet file or a Hugging Face dataset name (loaded with
-    `datasets.load_dataset(source, split=split)`). `format` is detected from the keys of the first rows
-    unless given. A bad row raises a `DataError` naming source, row and field, or, with
-    ``on_bad_row="skip"``, is skipped and counted in the report. `limit` stops after that many examples.
-    Finding no usable example at all is a `DataError` too.
-    """
-    _check_arguments(format, on_bad_row, limit)
-    rows = iter(_open_source(source, split))
-    head = list(islice(rows, DETECTION_ROWS))
-    detected = _detect_format(head, source) if format == "auto" else format
-    report = LoadReport(source=source, format=detected)
-    examples: list[Example] = []
-    for row in chain(head, rows):
-        if limit is not None and len(examples) >= limit:
-            break
-        report.n_rows += 1
-        where = _row_name(source, row)
-        try:
-            instruction, input_, output = _row_fields(row.value, detected)
-        except _BadRow as bad:
-            if on_bad_row == "error":
-                raise DataError(f"{where}: {bad.detail}") from None
-            report.skipped[bad.reason] += 1
-            continue
-        examples.append(Example(instruction, input_, output, where))
-    report.n_loaded = len(examples)
-    if not report.n_rows:
-        raise DataError(f"{source}: contains no rows")
-    if not examples:
-        raise DataError(f"{source}: no usable examples in {report.n_rows} rows; {report.skipped_summary()}")
-    return examples, report
+    """Reads `source` as single-turn examples: instruction rows as they are, conversations as their first
+    exchange (the papers' protocol). Training goes through `load_records`, which keeps every turn."""
+    records, report = load_records(source, format, on_bad_row, split, limit, turns="first")
+    return [first_exchange(record) for record in records], report

@@ -8,8 +8,14 @@ model. Rows of at most ``max_length`` tokens, balanced so that the batch has as 
 attention as cheap as in padded batches while removing most of their padding.
 
 Layout of a packed batch: ``input_ids``, ``labels`` and ``position_ids`` of shape ``(rows, width)`` and no
-``attention_mask``; every sequence restarts its position ids at 0, which is how transformers keeps attention
-inside each sequence (and how symnoise finds each sequence's length for its noise scale). The first label of every
+``attention_mask``; every sequence restarts its position ids at 0, which is how SDPA, eager and flex attention in
+transformers keep attention inside each sequence (and how symnoise finds each sequence's length for its noise
+scale). FlashAttention infers sequences from position ids only for a one-row batch, so the batch also carries the
+varlen kwargs of the flattened rows (``cu_seq_lens_q/k``, ``max_length_q/k``, as transformers'
+``DataCollatorWithFlattening(return_flash_attn_kwargs=True)`` gives them for one row): FlashAttention then runs
+its varlen kernel over every sequence of every row, exactly, and without deriving them again in every layer; other
+attention implementations ignore them. And ``use_cache=False``: with a KV cache transformers does not look for
+packed sequences at all, so a model whose config enables the cache would attend across them. The first label of every
 sequence is -100, so no sequence is trained to predict the first token of the next. A row shorter than the
 widest is completed with a filler segment (pad token ids, labels -100, its own position ids from 0): it attends
 only to itself and nothing attends to it, so it changes no loss and no gradient. Like any segment it receives
@@ -82,16 +88,21 @@ def balanced_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
 
 @dataclass
 class PackedRowsCollator:
-    """Collate tokenised examples (``input_ids``, ``labels``) into packed rows of at most ``row_length`` tokens."""
+    """Collate tokenised examples (``input_ids``, ``labels``) into packed rows of at most ``row_length`` tokens.
+
+    ``return_flash_attn_kwargs`` adds the varlen kwargs FlashAttention needs to keep the sequences of several rows
+    apart (see the module docstring); turn it off only for a model whose forward does not accept them.
+    """
 
     row_length: int
     pad_token_id: int
+    return_flash_attn_kwargs: bool = True
 
-    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[dict]) -> dict[str, Any]:
         lengths = [len(f["input_ids"]) for f in features]
         rows = balanced_rows(lengths, self.row_length)
         width = max(sum(lengths[i] for i in row) for row in rows)
-        ids, labels, positions = [], [], []
+        ids, labels, positions, segments = [], [], [], []
         for row in rows:
             row_ids: list[int] = []
             row_labels: list[int] = []
@@ -101,12 +112,31 @@ class PackedRowsCollator:
                 row_ids += list(feature["input_ids"])
                 row_labels += [IGNORE_INDEX, *list(feature["labels"])[1:]]
                 row_positions += range(lengths[index])
+                segments.append(lengths[index])
             filler = width - len(row_ids)
+            if filler:
+                segments.append(filler)
             ids.append(row_ids + [self.pad_token_id] * filler)
             labels.append(row_labels + [IGNORE_INDEX] * filler)
             positions.append(row_positions + list(range(filler)))
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "position_ids": torch.tensor(positions)}
+        batch: dict[str, Any] = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+                                 "position_ids": torch.tensor(positions), "use_cache": False}
+        if self.return_flash_attn_kwargs:
+            batch.update(flash_attn_kwargs(segments))
+        return batch
+
+
+def flash_attn_kwargs(segment_lengths: Sequence[int]) -> dict[str, Any]:
+    """FlashAttention's varlen kwargs for sequences of ``segment_lengths`` laid end to end over the flattened
+    batch (row after row): cumulative lengths ``[0, l1, l1 + l2, ...]`` as int32 tensors and the longest length as
+    a Python int, as transformers' ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)`` returns them."""
+    cumulative = [0]
+    for length in segment_lengths:
+        cumulative.append(cumulative[-1] + length)
+    cu_seq_lens = torch.tensor(cumulative, dtype=torch.int32)
+    longest = max(segment_lengths, default=0)
+    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens.clone(),
+            "max_length_q": longest, "max_length_k": longest}
 
 
 def real_token_count(batch: dict) -> torch.Tensor | int:

@@ -5,7 +5,8 @@
 - ``vicuna``: FastChat's ``vicuna_v1.1`` conversation (ShareGPT). For one user turn FastChat renders
   system + " " + "USER: " + message + " " + "ASSISTANT:" (separator style ADD_COLON_TWO, sep " ",
   sep2 "</s>"); the generation prompt ends at "ASSISTANT:" and the response follows;
-- ``chat``: the tokenizer's own chat template with ``add_generation_prompt=True``, for chat models.
+- ``chat``: the tokenizer's own chat template with ``add_generation_prompt=True``, for chat models;
+- ``plain``: the instruction (and input) as they are, no template: TRL's "standard" prompt/completion rows.
 
 The response is not part of any prompt; `symnoise.data.tokenize` appends it after the prompt.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from .formats import Example
 
-TEMPLATES = ("alpaca", "vicuna", "chat")
+TEMPLATES = ("alpaca", "vicuna", "chat", "plain")
 
 ALPACA_HEADER_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -63,11 +64,13 @@ def chat_prompt(example: Example, tokenizer) -> str:
 
 
 def render_prompt(example: Example, template: str, tokenizer=None) -> str:
-    """The prompt text of `example` in `template` (alpaca | vicuna | chat); chat needs the tokenizer."""
+    """The prompt text of `example` in `template` (alpaca | vicuna | chat | plain); chat needs the tokenizer."""
     if template == "alpaca":
         return alpaca_prompt(example)
     if template == "vicuna":
         return vicuna_prompt(example)
     if template == "chat":
         return chat_prompt(example, tokenizer)
+    if template == "plain":
+        return user_message(example)
     raise ValueError(f"unknown template '{template}'; expected one of {', '.join(TEMPLATES)}")

@@ -1,87 +1,37 @@
-"""Turning examples into token ids with the loss on the response only.
+"""Turning examples and conversations into token ids with the loss on the assistant's replies only.
 
-Prompt and response are tokenised separately and concatenated, so the boundary between them is exact:
-labels are -100 on every prompt token and equal the input ids on the response and the EOS appended to it.
-Special tokens written inside the data (a literal "</s>" in a response, say) stay plain text; only the
+For the ``alpaca``, ``vicuna`` and ``plain`` templates every piece of text (each prompt, each reply) is tokenised
+on its own and the pieces are concatenated, so each boundary is exact: labels are -100 on every prompt token and
+equal the input ids on every trained reply and the EOS appended to it. A multi-turn conversation in Vicuna v1.1
+reads as FastChat writes it: ``SYSTEM USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>``, every reply
+trained. Special tokens written inside the data (a literal "</s>" in a response, say) stay plain text; only the
 tokenizer's own BOS (as it adds it) and the appended EOS are special. With SentencePiece tokenizers such as
 LLaMA's, the separately tokenised response starts with a word-boundary marker, which is what FastChat's
 "ASSISTANT: {response}" and Alpaca's "### Response:{response}" tokenise to as well.
+
+For ``chat`` the model's own chat template renders the whole conversation (`symnoise.data.chat_template`).
+
+Examples longer than ``max_length`` lose their end; an example with nothing trainable left is dropped. Results
+go to a memory-mapped `TokenizedDataset` (`symnoise.data.store`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
 
+from .chat_template import encode_chat
+from .conversations import Conversation
 from .formats import DataError, Example
-from .templates import render_prompt
+from .store import IGNORE_INDEX, TokenizedDataset, TokenStats, TokenWriter
+from .templates import VICUNA_SYSTEM, alpaca_prompt, user_message, vicuna_prompt
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "TokenStats", "TokenizedDataset", "special_prefix", "tokenize_examples", "write_tokens"]
 
-
-@dataclass(frozen=True)
-class _Joined:
-    """One tokenised example, and whether its response had to be cut to fit."""
-
-    item: dict[str, list[int]] | None
-    truncated: bool
-
-
-class TokenizedDataset(Sequence):
-    """Tokenised examples as a map-style dataset (works with `torch.utils.data.DataLoader`).
-
-    Each item is {"input_ids", "labels", "attention_mask"}, lists of ints without padding.
-    `n_truncated` examples lost the end of their response to `max_length`; `n_dropped` were removed because the
-    prompt alone left no room for a response token; `dropped_sources` says which.
-    """
-
-    def __init__(self, items: list[dict[str, list[int]]], max_length: int, n_truncated: int,
-                 dropped_sources: tuple[str, ...] = ()):
-        self.items = items
-        self.max_length = max_length
-        self.n_truncated = n_truncated
-        self.dropped_sources = dropped_sources
-
-    @property
-    def n_dropped(self) -> int:
-        return len(self.dropped_sources)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Number of tokens of each example, for length-grouped batching and token counts."""
-        return [len(item["input_ids"]) for item in self.items]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.items[index]
-
-    def summary(self) -> str:
-        """'5000 examples, 37 truncated to 512 tokens' (plus the dropped ones, if any)."""
-        line = f"{len(self)} examples, {self.n_truncated} truncated to {self.max_length} tokens"
-        if self.n_dropped:
-            line += f", {self.n_dropped} dropped (prompt alone reaches {self.max_length} tokens)"
-        return line
-
-
-def join_prompt_response(prompt_ids: list[int], response_ids: list[int], eos_id: int, max_length: int) -> _Joined:
-    """Concatenates prompt and response + EOS, truncating the response end to `max_length`.
-
-    EOS is kept only when it fits. A prompt that leaves no room for any response token gives no item.
-    """
-    room = max_length - len(prompt_ids)
-    if room <= 0:
-        return _Joined(None, truncated=False)
-    target = [*response_ids, eos_id]
-    kept = target[:room]
-    input_ids = [*prompt_ids, *kept]
-    item = {
-        "input_ids": input_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + kept,
-        "attention_mask": [1] * len(input_ids),
-    }
-    return _Joined(item, truncated=len(kept) < len(target))
+BATCH_SIZE = 1000
+Segment = tuple[str, bool, bool]  # (text, trained, followed by EOS)
 
 
 def special_prefix(tokenizer) -> list[int]:
@@ -97,41 +47,138 @@ def special_prefix(tokenizer) -> list[int]:
     return []
 
 
-def _token_ids(tokenizer, texts: list[str], parse_special: bool) -> list[list[int]]:
-    """Token ids of each text, without added special tokens; special-token strings stay text unless asked."""
+def _single(record: Example | Conversation, template: str) -> Example:
+    """The `Example` a single-instruction template (alpaca, plain) renders; more than that is an error."""
+    if isinstance(record, Example):
+        return record
+    if record.system is not None or len(record.exchanges) != 1 or not record.exchanges[0].train:
+        what = "a system message" if record.system is not None else f"{len(record.exchanges)} exchanges"
+        raise DataError(f"{record.source}: template '{template}' renders one instruction and its response, and this "
+                        f"conversation has {what}; use template: vicuna or chat, or data.turns: first")
+    exchange = record.exchanges[0]
+    return Example(exchange.user, "", exchange.assistant, record.source)
+
+
+def segments(record: Example | Conversation, template: str) -> list[Segment]:
+    """The pieces of text of a record in a non-chat template, in order, each marked trained or not."""
+    if template == "vicuna" and isinstance(record, Conversation):
+        system = record.system if record.system is not None else VICUNA_SYSTEM
+        pieces: list[Segment] = []
+        for position, exchange in enumerate(record.exchanges):
+            head = f"{system} " if position == 0 else ""
+            pieces.append((f"{head}USER: {exchange.user} ASSISTANT:", False, False))
+            pieces.append((exchange.assistant, exchange.train, True))
+        return pieces
+    if template == "vicuna":
+        return [(vicuna_prompt(record), False, False), (record.output, True, True)]
+    example = _single(record, template)
+    if template == "alpaca":
+        return [(alpaca_prompt(example), False, False), (example.output, True, True)]
+    if template == "plain":
+        return [(user_message(example), False, False), (example.output, True, True)]
+    raise ValueError(f"unknown template '{template}'; expected one of alpaca, vicuna, chat, plain")
+
+
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without added special tokens; special-token strings in the data stay text."""
     if not texts:
         return []
-    encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=not parse_special)
+    encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-def tokenize_examples(examples: Sequence[Example], tokenizer, template: str,
-                      max_length: int = 512) -> TokenizedDataset:
-    """Renders each example with `template`, tokenises it and masks the prompt out of the labels.
+def _encode_batch(batch: list[Example | Conversation], tokenizer, template: str,
+                  prefix: list[int]) -> Iterator[tuple[list[int], list[tuple[int, int]], str]]:
+    """(ids, trained ranges, source) of each record of a batch; one tokenizer call for all their texts."""
+    if template == "chat":
+        for record in batch:
+            conversation = record if isinstance(record, Conversation) else _as_conversation(record)
+            ids, spans = encode_chat(conversation, tokenizer)
+            yield ids, spans, record.source
+        return
+    pieces = [segments(record, template) for record in batch]
+    flat = _token_ids(tokenizer, [text for record_pieces in pieces for text, _, _ in record_pieces])
+    eos = tokenizer.eos_token_id
+    position = 0
+    for record, record_pieces in zip(batch, pieces, strict=True):
+        ids = list(prefix)
+        spans = []
+        for _, trained, with_eos in record_pieces:
+            piece = flat[position]
+            position += 1
+            start = len(ids)
+            ids += piece
+            if with_eos:
+                ids.append(eos)
+            if trained:
+                spans.append((start, len(ids)))
+        yield ids, spans, record.source
 
-    The chat template writes its own special tokens (BOS included) into the text, so they are parsed there
-    and no BOS is added; for alpaca and vicuna the tokenizer's BOS, if it adds one, starts the prompt.
-    Raises a `DataError` when no example is left.
-    """
+
+def _as_conversation(example: Example) -> Conversation:
+    from .conversations import Exchange
+
+    return Conversation(None, (Exchange(user_message(example), example.output),), example.source)
+
+
+def check_tokenizer(tokenizer, template: str, max_length: int) -> None:
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
-    if tokenizer.eos_token_id is None:
+    if template != "chat" and tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before tokenising")
-    if not examples:
+
+
+def write_tokens(records: Iterable[Example | Conversation], tokenizer, template: str, max_length: int,
+                 directory: Path) -> TokenizedDataset:
+    """Tokenises `records` into a store at `directory` (created) and opens it; a `DataError` when no example
+    is left. Records are consumed one batch at a time, so an iterator over a large file is never held whole."""
+    check_tokenizer(tokenizer, template, max_length)
+    prefix = [] if template == "chat" else special_prefix(tokenizer)
+    writer = TokenWriter(directory, len(tokenizer), max_length)
+    records = iter(records)
+    seen = 0
+    sources: set[str] = set()  # the files (row suffixes cut), named if no example is left
+    shortest = max_length  # tokens before the first trained one, over all records
+    try:
+        while batch := list(islice(records, BATCH_SIZE)):
+            seen += len(batch)
+            for ids, spans, source in _encode_batch(batch, tokenizer, template, prefix):
+                sources.add(source.rsplit(":row", 1)[0])
+                shortest = min(shortest, spans[0][0] if spans else len(ids))
+                writer.add(ids, spans, source)
+    except BaseException:
+        writer.abort()
+        raise
+    if not seen:
+        writer.abort()
         raise DataError("no examples to tokenise")
-    is_chat = template == "chat"
-    prefix = [] if is_chat else special_prefix(tokenizer)
-    prompts = [render_prompt(example, template, tokenizer) for example in examples]
-    prompt_ids = _token_ids(tokenizer, prompts, parse_special=is_chat)
-    response_ids = _token_ids(tokenizer, [example.output for example in examples], parse_special=False)
-    items, dropped, n_truncated = [], [], 0
-    for example, prompt, response in zip(examples, prompt_ids, response_ids, strict=True):
-        joined = join_prompt_response(prefix + prompt, response, tokenizer.eos_token_id, max_length)
-        if joined.item is None:
-            dropped.append(example.source)
-            continue
-        items.append(joined.item)
-        n_truncated += joined.truncated
-    if not items:
-        raise DataError(f"every one of {len(examples)} prompts fills max_length={max_length}; nothing to train on")
-    return TokenizedDataset(items, max_length, n_truncated, tuple(dropped))
+    if not writer.stats.n_examples:
+        writer.abort()
+        files = ", ".join(sorted(sources))
+        raise DataError(
+            f"{files}: every one of the {seen} prompts ({template} template) is at least max_length={max_length} "
+            f"tokens long (the shortest is {shortest} tokens), so no response token is left to train on; raise "
+            f"data.max_length above {shortest} or shorten the prompts")
+    return writer.finish()
+
+
+def tokenize_examples(examples: Iterable[Example | Conversation], tokenizer, template: str,
+                      max_length: int = 512) -> TokenizedDataset:
+    """Renders each example or conversation with `template`, tokenises it and masks everything but the trained
+    replies out of the labels, into a temporary memory-mapped store (removed when the process ends).
+
+    The chat template writes its own special tokens (BOS included) into the text, so they are parsed there
+    and no BOS is added; for alpaca, vicuna and plain the tokenizer's BOS, if it adds one, starts the prompt.
+    Raises a `DataError` when no example is left.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="symnoise-tokens-"))
+    dataset = write_tokens(examples, tokenizer, template, max_length, directory / "store")
+    _remove_at_exit(directory)
+    return dataset
+
+
+def _remove_at_exit(directory: Path) -> None:
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)

@@ -1,14 +1,20 @@
-"""Pairwise LLM judging of model outputs against reference outputs, AlpacaEval style.
+"""Pairwise LLM judging of model outputs against reference outputs: AlpacaEval's annotators, resumable.
 
-Each model output is shown to a judge next to the reference output for the same instruction; the judge answers
-"Output (a)" or "Output (b)". Which of the two is shown first is drawn per example from a seeded RNG, to cancel
-the judges' position bias, and mapped back afterwards. Verdicts go to a crash-safe cache as they arrive
-(:mod:`symnoise.evaluation.judge_cache`), transient failures are retried with exponential backoff within a
-bounded budget, and the result is written as AlpacaEval annotations (``preference``: 1 = reference wins,
-2 = model wins, 0 = tie, null = no usable verdict) plus the win rate.
+Each model output (``output_2``) is shown to a judge next to the reference output (``output_1``) for the same
+instruction. The prompt, the order of the two outputs and the parsing of the answer come from an annotator
+(:mod:`symnoise.evaluation.annotators`): by default ``alpaca_eval_gpt4``, taken from the installed ``alpaca_eval``
+package. As in ``alpaca_eval``, an output identical to the reference is a draw (preference 1.5) without a request.
+
+What this module adds around the annotator: verdicts go to a crash-safe cache as they arrive
+(:mod:`symnoise.evaluation.judge_cache`), so a killed run resumes without paying any example twice; transient
+failures are retried with exponential backoff (or the server's ``Retry-After``) within a bounded budget; an answer
+the annotator cannot parse is asked again a bounded number of times, then recorded as null with its raw text
+(``retry_nulls`` asks recorded nulls again); the API key is redacted from everything written. The result is
+written as AlpacaEval annotations (``preference``: 1 = reference wins, 2 = model wins, 1.5 = draw, fractional for
+weighted annotators, null = no verdict) plus the win rate.
 
 Judges: any OpenAI-compatible chat-completions server (:class:`OpenAIChatJudge`), a local Hugging Face causal LM
-(:class:`HFJudge`), or the ``alpaca_eval`` package's annotators (:class:`AlpacaEvalJudge`).
+(:class:`HFJudge`), or the ``alpaca_eval`` package end to end (:class:`AlpacaEvalJudge`, without our cache).
 
 A judge with a known context (the local model) gets a prompt that fits it: when the prompt plus the tokens to
 generate would not fit, the two outputs (never the instruction or the template) are cut from their ends to the same
@@ -23,8 +29,6 @@ import json
 import logging
 import math
 import os
-import random
-import re
 import statistics
 import threading
 import time
@@ -36,6 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from symnoise.evaluation.annotators import (  # noqa: F401
+    DEFAULT_ANNOTATOR,
+    Annotator,
+    build_messages,
+    load_annotator,
+    model_shown_first,
+    parse_verdict,
+    request_body,
+)
+
+# pairwise-v1's helpers lived here before symnoise.evaluation.annotators; kept importable from here
+from symnoise.evaluation.annotators import PAIRWISE_V1_SYSTEM as SYSTEM_PROMPT  # noqa: F401
+from symnoise.evaluation.annotators import PAIRWISE_V1_USER as USER_TEMPLATE  # noqa: F401
 from symnoise.evaluation.judge_cache import JudgmentCache, cache_key
 
 log = logging.getLogger(__name__)
@@ -44,21 +61,8 @@ REFERENCE_FILENAME = "alpaca_eval_ae1_reference_text_davinci_003.jsonl"
 CACHE_FILENAME = "judge_cache.jsonl"
 ANNOTATIONS_FILENAME = "annotations.json"
 METRICS_FILENAME = "metrics.json"
-PROMPT_VERSION = "pairwise-v1"  # part of every cache key: rewording the prompt must not reuse old verdicts
-
-SYSTEM_PROMPT = (
-    "You are a careful, impartial evaluator of AI assistants. You compare two responses to the same "
-    "instruction and decide which one follows the instruction better: more helpful, accurate, relevant and "
-    "complete. Neither the order in which the responses appear nor their length should sway you."
-)
-USER_TEMPLATE = (
-    "Which response follows the instruction better?\n\n"
-    "## Instruction\n{instruction}\n\n"
-    "## Output (a)\n{output_a}\n\n"
-    "## Output (b)\n{output_b}\n\n"
-    'Reply with exactly "Output (a)" or "Output (b)" and nothing else.'
-)
-
+PROMPT_VERSION = "pairwise-v1"  # cache id of symnoise_pairwise_v1 (each annotator's cache id is in every key)
+DRAW = 1.5  # alpaca_eval's preference for an output identical to the reference (older files wrote 0)
 
 class JudgeInputError(ValueError):
     """The outputs or reference file is unusable; raised before any judge request is sent. Also an example whose
@@ -78,12 +82,15 @@ class TransientJudgeError(Exception):
 
 
 class Judge(Protocol):
-    """What the runner needs from a judge. ``secrets`` are strings to redact from everything written."""
+    """What the runner needs from a judge. ``secrets`` are strings to redact from everything written.
+
+    ``complete`` returns the answer's text, or the whole response choice (a dict, with log-probs) when the judge
+    was built for an annotator that parses choices."""
 
     judge_id: str
     secrets: tuple[str, ...]
 
-    def complete(self, messages: list[dict[str, str]]) -> str: ...
+    def complete(self, messages: list[dict[str, str]]) -> str | dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -161,10 +168,12 @@ def pair_with_references(outputs: list[dict], references: list[dict], outputs_pa
     return examples
 
 
-def load_examples(outputs_path: str | os.PathLike[str], reference_path: str | os.PathLike[str]) -> list[Example]:
-    """Load and validate both files and pair them; everything that can be wrong is found here, before judging."""
+def load_examples(outputs_path: str | os.PathLike[str],
+                  reference: str | os.PathLike[str] | list[dict]) -> list[Example]:
+    """Load and validate the outputs and the references (a file, or rows already loaded) and pair them; everything
+    that can be wrong is found here, before judging."""
     outputs = load_records(outputs_path)
-    references = load_records(reference_path)
+    references = reference if isinstance(reference, list) else load_records(reference)
     return pair_with_references(outputs, references, outputs_path, default_generator=Path(outputs_path).stem)
 
 
@@ -173,44 +182,6 @@ def _shorten(text: str, limit: int = 80) -> str:
 
 
 # ------------------------------------------------------------------------------------ prompt and verdicts
-
-
-def build_messages(instruction: str, output_a: str, output_b: str) -> list[dict[str, str]]:
-    """The chat messages asking which of two outputs better follows the instruction."""
-    user = USER_TEMPLATE.format(instruction=instruction, output_a=output_a, output_b=output_b)
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
-def model_shown_first(seed: int, instruction: str) -> bool:
-    """Whether the model output is shown as Output (a); a coin flip seeded by (seed, instruction).
-
-    Seeding per instruction (not by position) keeps the order of an example fixed under ``--limit``,
-    reordering and restarts, so cached verdicts stay valid.
-    """
-    return random.Random(f"{seed}\x00{instruction}").random() < 0.5
-
-
-_LABEL = re.compile(r"\boutput\s*[\(\[]?\s*([ab])\s*[\)\]]?(?![a-z0-9])")
-_BARE = re.compile(r"^\(?([ab])\)?[.!]?$")
-
-
-def parse_verdict(text: str | None) -> str | None:
-    """``"a"`` or ``"b"`` from a judge's answer, or None when it names neither or both.
-
-    Tolerates case, markdown emphasis, quotes and text around the answer ("**Output (B)** is better.").
-    When both labels appear, an answer that starts with one label counts as that label; otherwise it is ambiguous.
-    """
-    if not text:
-        return None
-    clean = re.sub(r"[*_`#\"']", " ", text.lower()).strip()
-    labels = _LABEL.findall(clean)
-    if len(set(labels)) == 1:
-        return labels[0]
-    if labels:
-        lead = _LABEL.match(clean)
-        return lead.group(1) if lead else None
-    bare = _BARE.match(clean)
-    return bare.group(1) if bare else None
 
 
 def _redact(text: str, secrets: Sequence[str]) -> str:
@@ -226,16 +197,25 @@ def _redact(text: str, secrets: Sequence[str]) -> str:
 class OpenAIChatJudge:
     """Any OpenAI-compatible ``POST {base_url}/chat/completions`` server: OpenAI, vLLM, llama.cpp, Ollama.
 
-    Greedy (temperature 0), a few tokens. The API key is sent only in the Authorization header and is redacted
-    from every message this class produces.
+    ``params`` is the request body without ``messages`` (an annotator's ``request_params``: ``max_tokens``,
+    ``temperature``, tools, log-probs, ...); by default pairwise-v1's greedy 16 tokens. Reasoning models get
+    ``max_completion_tokens`` instead of ``max_tokens`` (:func:`~symnoise.evaluation.annotators.request_body`).
+    ``return_choice``: return the whole response choice (for log-prob parsers) instead of its text. The API key is
+    sent only in the Authorization header and is redacted from every message this class produces.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 max_tokens: int = 16):
+                 max_tokens: int | None = None, params: dict[str, Any] | None = None,
+                 return_choice: bool | None = None):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
-        self.max_tokens = max_tokens
+        if params is None and max_tokens is not None:
+            params = {"temperature": 0, "max_tokens": max_tokens}
+        self._explicit = params is not None
+        self.params = request_body(params if params is not None else {"temperature": 0, "max_tokens": 16}, model)
+        self.return_choice = bool(return_choice)
+        self._explicit_choice = return_choice is not None
         self._api_key = api_key or ""
         self.secrets = (self._api_key,) if self._api_key else ()
         self.judge_id = f"openai:{model}"
@@ -243,9 +223,15 @@ class OpenAIChatJudge:
     def __repr__(self) -> str:
         return f"OpenAIChatJudge(url={self.url!r}, model={self.model!r})"
 
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
-                           "max_tokens": self.max_tokens}).encode("utf-8")
+    def adopt_annotator(self, annotator: Annotator) -> None:
+        """Take the annotator's decoding settings (and choice parsing) unless they were given explicitly."""
+        if not self._explicit:
+            self.params = request_body(annotator.request_params, self.model)
+        if not self._explicit_choice:
+            self.return_choice = annotator.wants_choice
+
+    def complete(self, messages: list[dict[str, str]]) -> str | dict[str, Any]:
+        body = json.dumps({"messages": messages, **self.params}).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -271,17 +257,31 @@ class OpenAIChatJudge:
             f"judge endpoint {self.url} refused the request with HTTP {err.code} {err.reason}.{hint} "
             f"Server said: {detail}"))
 
-    def _content(self, raw: bytes) -> str:
+    def _content(self, raw: bytes) -> str | dict[str, Any]:
         try:
-            data = json.loads(raw)
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            choice = json.loads(raw)["choices"][0]
+            text = choice_text(choice)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise TransientJudgeError(
                 self._clean(f"malformed response body: {_shorten(raw.decode('utf-8', 'replace'), 120)!r}")) from None
-        return content if isinstance(content, str) else ""
+        return {**choice, "text": text} if self.return_choice else text
 
     def _clean(self, text: str) -> str:
         return _redact(text, self.secrets)
+
+
+def choice_text(choice: dict[str, Any]) -> str:
+    """The text of a chat-completions choice as ``alpaca_eval``'s OpenAI decoder reads it: the content (``" "``
+    for an empty one), or the arguments of the first tool call or of the function call when there is one."""
+    message = choice["message"]
+    text = message.get("content")
+    if text == "":
+        text = " "
+    if message.get("function_call"):
+        text = message["function_call"]["arguments"]
+    if message.get("tool_calls"):
+        text = message["tool_calls"][0]["function"]["arguments"]
+    return text if isinstance(text, str) else ""
 
 
 def _read_error_body(err: urllib.error.HTTPError) -> str:
@@ -310,12 +310,13 @@ class HFJudge:
     """
 
     def __init__(self, model_name_or_path: str, model: Any = None, tokenizer: Any = None,
-                 max_new_tokens: int = 12, device: str | None = None):
+                 max_new_tokens: int | None = None, device: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.judge_id = f"hf:{model_name_or_path}"
         self.secrets: tuple[str, ...] = ()
-        self.max_new_tokens = max_new_tokens
+        self._explicit = max_new_tokens is not None
+        self.max_new_tokens = 12 if max_new_tokens is None else max_new_tokens
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_name_or_path)
         self.model = model or AutoModelForCausalLM.from_pretrained(model_name_or_path)
         if device:
@@ -323,6 +324,15 @@ class HFJudge:
         self.model.eval()
         self.context_length = context_length(self.tokenizer, self.model)
         self._lock = threading.Lock()
+
+    def adopt_annotator(self, annotator: Annotator) -> None:
+        """Generate the annotator's ``max_tokens`` unless ``max_new_tokens`` was given; log-prob annotators, which
+        read an OpenAI response's log-probabilities, are refused."""
+        if annotator.wants_choice:
+            raise JudgeInputError(f"a local HF judge cannot serve {annotator.name}: it parses log-probabilities of "
+                                  "an OpenAI-compatible server; use one (e.g. a local vLLM server)")
+        if not self._explicit:
+            self.max_new_tokens = int(annotator.request_params.get("max_tokens", self.max_new_tokens))
 
     def _prompt(self, messages: list[dict[str, str]]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -333,11 +343,13 @@ class HFJudge:
         """Length in tokens of the prompt :meth:`complete` gives the model for ``messages``."""
         return len(self.tokenizer(self._prompt(messages))["input_ids"])
 
-    def fit_messages(self, instruction: str, output_a: str, output_b: str,
-                     index: int | None = None) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
-        """The judge messages, with the two outputs shortened when the prompt would not fit the context.
+    def fit_messages(self, instruction: str, output_a: str, output_b: str, index: int | None = None,
+                     build: Callable[[str, str, str], list[dict[str, str]]] = build_messages,
+                     ) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+        """The judge messages made by ``build`` (an annotator's ``messages``), with the two outputs shortened when
+        the prompt would not fit the context.
 
-        Returns ``(messages, None)`` with exactly :func:`build_messages`'s messages when the prompt and
+        Returns ``(messages, None)`` with exactly ``build``'s messages when the prompt and
         ``max_new_tokens`` fit (or the context is unknown). Otherwise each output is cut from its end to at most
         the same number of tokens ``k`` (an output shorter than ``k`` is kept whole, and the other gets the rest),
         with ``k`` as large as fits; the instruction and the template's text are never changed. The second value
@@ -345,14 +357,14 @@ class HFJudge:
         ``output_a_tokens`` and ``output_b_tokens``. An instruction that does not fit even with both outputs empty
         is a :class:`JudgeInputError` naming ``index`` and the lengths.
         """
-        messages = build_messages(instruction, output_a, output_b)
+        messages = build(instruction, output_a, output_b)
         if self.context_length is None:
             return messages, None
         budget = self.context_length - self.max_new_tokens
         before = self.prompt_tokens(messages)
         if before <= budget:
             return messages, None
-        fixed = self.prompt_tokens(build_messages(instruction, "", ""))
+        fixed = self.prompt_tokens(build(instruction, "", ""))
         if fixed > budget:
             where = "an example" if index is None else f"example {index} (row {index} of the outputs)"
             n_instruction = len(self.tokenizer(instruction, add_special_tokens=False)["input_ids"])
@@ -366,7 +378,7 @@ class HFJudge:
         while True:
             texts = [text if len(i) <= allowance else self._decode_prefix(i, allowance)
                      for text, i in zip((output_a, output_b), ids, strict=True)]
-            messages = build_messages(instruction, *texts)
+            messages = build(instruction, *texts)
             after = self.prompt_tokens(messages)
             if after <= budget or allowance == 0:
                 break
@@ -440,6 +452,7 @@ class AlpacaEvalJudge:
                 "the alpaca_eval judge needs the alpaca_eval package, which is not installed: "
                 "run `pip install alpaca-eval`, or use --judge openai / --judge hf") from None
         self.judge_id = f"alpaca_eval:{annotators_config}"
+        self.annotators_config = annotators_config
         self.secrets: tuple[str, ...] = ()
         self._annotator = PairwiseAnnotator(annotators_config=annotators_config)
 
@@ -449,7 +462,7 @@ class AlpacaEvalJudge:
         outputs_2 = [{"instruction": ex.instruction, "output": ex.output, "generator": ex.generator_model,
                       "dataset": ex.dataset} for ex in examples]
         rows = self._annotator.annotate_head2head(outputs_1=outputs_1, outputs_2=outputs_2)
-        return [_annotation(ex, self.judge_id, _float_or_none(row.get("preference")), None,
+        return [_annotation(ex, self.judge_id, self.annotators_config, _float_or_none(row.get("preference")), None,
                             row.get("raw_completion"), None) for ex, row in zip(examples, rows, strict=True)]
 
 
@@ -486,13 +499,16 @@ class RetryPolicy:
 
 @dataclass
 class RunStats:
-    """Counts of one judging run: requests sent (retries included), retries, verdicts taken from the cache, and
-    the examples that ended judged, null for an unparsable answer, or null because every attempt failed;
-    ``truncated``: examples whose verdict was given on a prompt with shortened outputs (cached ones included)."""
+    """Counts of one judging run: requests sent (retries and re-asks included), retries after transient failures,
+    re-asks after unparsable answers, verdicts taken from the cache, draws given without a request (output
+    identical to the reference), and the examples that ended judged, null for an unparsable answer, or null because
+    every attempt failed; ``truncated``: examples whose verdict was given on a prompt with shortened outputs."""
 
     requests: int = 0
     retries: int = 0
+    reasks: int = 0
     cached: int = 0
+    identical: int = 0
     judged: int = 0
     unparsable: int = 0
     failed: int = 0
@@ -505,8 +521,8 @@ class RunStats:
                 setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in ("requests", "retries", "cached", "judged", "unparsable",
-                                                       "failed", "truncated")}
+        return {name: getattr(self, name) for name in ("requests", "retries", "reasks", "cached", "identical",
+                                                       "judged", "unparsable", "failed", "truncated")}
 
 
 @dataclass
@@ -551,13 +567,13 @@ def _call_with_retries(judge: Judge, messages: list[dict[str, str]], policy: Ret
     raise AssertionError("unreachable")  # the loop always returns on its last attempt
 
 
-def _judge_messages(judge: Judge, index: int, instruction: str, output_a: str,
+def _judge_messages(judge: Judge, annotator: Annotator, index: int, instruction: str, output_a: str,
                     output_b: str) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
-    """The messages for ``judge``: fitted to its context when it can say how (``fit_messages``), else as built."""
+    """The annotator's messages: fitted to the judge's context when it can say how (``fit_messages``)."""
     fit = getattr(judge, "fit_messages", None)
     if fit is None:
-        return build_messages(instruction, output_a, output_b), None
-    return fit(instruction, output_a, output_b, index=index)
+        return annotator.messages(instruction, output_a, output_b), None
+    return fit(instruction, output_a, output_b, index=index, build=annotator.messages)
 
 
 def _truncation_record(truncation: dict[str, Any] | None, model_first: bool) -> dict[str, Any] | None:
@@ -571,72 +587,132 @@ def _truncation_record(truncation: dict[str, Any] | None, model_first: bool) -> 
             "output_2_tokens": truncation[model]}
 
 
-def _judge_one(index: int, example: Example, judge: Judge, cache: JudgmentCache, seed: int, policy: RetryPolicy,
-               budget: _RetryBudget, stats: RunStats, stop: threading.Event) -> dict[str, Any]:
-    first = model_shown_first(seed, example.instruction)
-    output_a, output_b = (example.output, example.reference) if first else (example.reference, example.output)
-    key = cache_key(f"{judge.judge_id}/{PROMPT_VERSION}", example.instruction, output_a, output_b)
-    record = cache.get(key)
-    if record is not None:
-        stats.add(cached=1)
-        truncated = record.get("prompt_truncated")
-    else:
-        messages, truncation = _judge_messages(judge, index, example.instruction, output_a, output_b)
-        truncated = _truncation_record(truncation, first)
-        completion, failure = _call_with_retries(judge, messages, policy, budget, stats, stop)
+def _redact_completion(completion: str | dict[str, Any], secrets: Sequence[str]) -> str | dict[str, Any]:
+    if isinstance(completion, str):
+        return _redact(completion, secrets)
+    return json.loads(_redact(json.dumps(completion, ensure_ascii=False), secrets))
+
+
+def _shown_verdict(value: Any) -> float | None:
+    """A cached verdict in shown order; symnoise before 0.2 stored pairwise-v1's ``"a"``/``"b"``."""
+    return {"a": 1.0, "b": 2.0}.get(value, value) if isinstance(value, str) else value
+
+
+@dataclass
+class _Run:
+    """Everything one judging run shares between its examples."""
+
+    judge: Judge
+    annotator: Annotator
+    cache: JudgmentCache
+    policy: RetryPolicy
+    budget: _RetryBudget
+    stats: RunStats
+    stop: threading.Event
+    max_reasks: int
+    retry_nulls: bool
+
+
+def _ask(run: _Run, index: int, example: Example, shown: tuple[str, str], key: str,
+         switched: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """Ask the judge (re-asking unparsable answers up to ``max_reasks`` times) and cache the outcome.
+
+    Returns ``(record, None)``, the record holding the verdict in shown order or null with the last raw answer, or
+    ``(None, why)`` when every attempt failed (nothing is cached then, so a re-run asks again)."""
+    messages, truncation = _judge_messages(run.judge, run.annotator, index, example.instruction, *shown)
+    truncated = _truncation_record(truncation, switched)
+    for ask in range(1 + run.max_reasks):
+        if ask:
+            run.stats.add(reasks=1)
+        completion, failure = _call_with_retries(run.judge, messages, run.policy, run.budget, run.stats, run.stop)
         if completion is None:
-            stats.add(failed=1)
-            return _annotation(example, judge.judge_id, None, first, None, failure, truncated)
-        completion = _redact(completion, judge.secrets)
-        record = {"key": key, "judge": judge.judge_id, "verdict": parse_verdict(completion),
-                  "raw_completion": completion}
-        if truncated is not None:
-            record["prompt_truncated"] = truncated
-        cache.put(record)
+            return None, failure
+        completion = _redact_completion(completion, run.judge.secrets)
+        verdict = run.annotator.parse(completion)
+        if verdict is not None:
+            break
+    record = {"key": key, "judge": run.judge.judge_id, "annotator": run.annotator.name, "verdict": verdict,
+              "raw_completion": completion, "asks": ask + 1}
     if truncated is not None:
-        stats.add(truncated=1)
-    verdict = record["verdict"]
-    if verdict:
-        stats.add(judged=1)
+        record["prompt_truncated"] = truncated
+    run.cache.put(record, replace=True)
+    return record, None
+
+
+def _judge_one(index: int, example: Example, run: _Run) -> dict[str, Any]:
+    annotator, judge_id = run.annotator, run.judge.judge_id
+    if example.output == example.reference:  # alpaca_eval: a draw, and no request
+        run.stats.add(identical=1)
+        return _annotation(example, judge_id, annotator.name, DRAW, None, None, None)
+    switched = annotator.is_switched(example.instruction, example.reference, example.output)
+    shown = (example.output, example.reference) if switched else (example.reference, example.output)
+    key = cache_key(f"{judge_id}/{annotator.cache_id}", example.instruction, *shown)
+    record = run.cache.get(key)
+    if record is not None and (_shown_verdict(record["verdict"]) is not None or not run.retry_nulls):
+        run.stats.add(cached=1)
     else:
-        stats.add(unparsable=1)
-    preference = None if verdict is None else (2 if (verdict == "a") == first else 1)
-    return _annotation(example, judge.judge_id, preference, first, record["raw_completion"],
-                       None if verdict else "unparsable verdict", truncated)
+        record, failure = _ask(run, index, example, shown, key, switched)
+        if record is None:
+            run.stats.add(failed=1)
+            return _annotation(example, judge_id, annotator.name, None, switched, None, failure)
+    truncated = record.get("prompt_truncated")
+    if truncated is not None:
+        run.stats.add(truncated=1)
+    verdict = _shown_verdict(record["verdict"])
+    if verdict is None:
+        run.stats.add(unparsable=1)
+        return _annotation(example, judge_id, annotator.name, None, switched, record["raw_completion"],
+                           "unparsable verdict", truncated)
+    run.stats.add(judged=1)
+    if verdict == 0:  # an old-style tie
+        verdict = DRAW
+    preference = 3.0 - verdict if switched else verdict  # alpaca_eval's un-switching rule
+    return _annotation(example, judge_id, annotator.name, preference, switched, record["raw_completion"], None,
+                       truncated)
 
 
-def _annotation(example: Example, annotator: str, preference: float | None, model_first: bool | None,
-                raw_completion: str | None, null_reason: str | None,
+def _annotation(example: Example, judge_id: str, annotator: str, preference: float | None,
+                model_first: bool | None, raw_completion: str | dict | None, null_reason: str | None,
                 prompt_truncated: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An AlpacaEval annotation; ``prompt_truncated``: null, or how the outputs were cut to fit the judge's context
-    (``[before, after]`` token counts of the prompt, ``output_1`` (reference) and ``output_2`` (model))."""
+    """An AlpacaEval annotation; ``model_shown_first``: the model output was shown first (null: no request);
+    ``prompt_truncated``: null, or how the outputs were cut to fit the judge's context (``[before, after]`` token
+    counts of the prompt, ``output_1`` (reference) and ``output_2`` (model))."""
     return {
         "instruction": example.instruction, "output_1": example.reference, "generator_1": example.generator_reference,
         "dataset": example.dataset, "output_2": example.output, "generator_2": example.generator_model,
-        "annotator": annotator, "preference": preference, "model_shown_first": model_first,
+        "annotator": annotator, "judge": judge_id, "preference": preference, "model_shown_first": model_first,
         "raw_completion": raw_completion, "null_reason": null_reason, "prompt_truncated": prompt_truncated,
     }
 
 
-def judge_examples(examples: Sequence[Example], judge: Judge, cache: JudgmentCache, *, seed: int = 0,
-                   retry: RetryPolicy | None = None, workers: int = 1,
+def judge_examples(examples: Sequence[Example], judge: Judge, cache: JudgmentCache, *,
+                   annotator: Annotator | None = None, seed: int = 0, retry: RetryPolicy | None = None,
+                   workers: int = 1, max_reasks: int = 2, retry_nulls: bool = False,
                    progress: Callable[[int, int, RunStats], None] | None = None) -> tuple[list[dict], RunStats]:
     """Judge every example (cached verdicts are reused), returning annotations in input order and run counts.
 
-    Every example ends with a preference or with null and a ``null_reason``. A :class:`JudgeFatalError` stops
-    the run: no new requests start, those in flight finish (and are cached), and the error propagates.
+    ``annotator`` defaults to ``alpaca_eval_gpt4`` with ``seed``. Every example ends with a preference or with null
+    and a ``null_reason``. ``retry_nulls``: ask again the examples whose cached verdict is null. A
+    :class:`JudgeFatalError` stops the run: no new requests start, those in flight finish (and are cached), and the
+    error propagates.
     """
     policy = retry or RetryPolicy()
-    budget, stats, stop = _RetryBudget(policy.max_total_retries), RunStats(), threading.Event()
+    annotator = annotator or load_annotator(DEFAULT_ANNOTATOR, seed=seed)
+    adopt = getattr(judge, "adopt_annotator", None)
+    if adopt is not None:
+        adopt(annotator)
+    run = _Run(judge=judge, annotator=annotator, cache=cache,
+               policy=policy, budget=_RetryBudget(policy.max_total_retries), stats=RunStats(),
+               stop=threading.Event(), max_reasks=max_reasks, retry_nulls=retry_nulls)
     results: list[dict[str, Any] | None] = [None] * len(examples)
 
     def work(index: int) -> tuple[int, dict[str, Any] | None]:
-        if stop.is_set():
+        if run.stop.is_set():
             return index, None
         try:
-            return index, _judge_one(index, examples[index], judge, cache, seed, policy, budget, stats, stop)
+            return index, _judge_one(index, examples[index], run)
         except BaseException:
-            stop.set()  # here, not in the caller, so that this worker starts no further request
+            run.stop.set()  # here, not in the caller, so that this worker starts no further request
             raise
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -646,13 +722,13 @@ def judge_examples(examples: Sequence[Example], judge: Judge, cache: JudgmentCac
                 index, annotation = future.result()
                 results[index] = annotation
                 if progress:
-                    progress(done, len(examples), stats)
+                    progress(done, len(examples), run.stats)
         except BaseException:
-            stop.set()
+            run.stop.set()
             for future in futures:
                 future.cancel()
             raise
-    return [r for r in results if r is not None], stats
+    return [r for r in results if r is not None], run.stats
 
 
 # ------------------------------------------------------------------------------------------------- metrics
@@ -689,27 +765,34 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- top level
 
 
-def judge_outputs(outputs_path: str | os.PathLike[str], reference_path: str | os.PathLike[str],
-                  judge: Judge | AlpacaEvalJudge, out_dir: str | os.PathLike[str], *, seed: int = 0,
-                  limit: int | None = None, retry: RetryPolicy | None = None, workers: int = 1,
+def judge_outputs(outputs_path: str | os.PathLike[str], reference: str | os.PathLike[str] | list[dict],
+                  judge: Judge | AlpacaEvalJudge, out_dir: str | os.PathLike[str], *,
+                  annotator: Annotator | None = None, seed: int = 0, limit: int | None = None,
+                  retry: RetryPolicy | None = None, workers: int = 1, max_reasks: int = 2, retry_nulls: bool = False,
                   progress: Callable[[int, int, RunStats], None] | None = None) -> JudgeResult:
-    """Judge a model-outputs file against a reference file; write annotations, metrics and the verdict cache.
+    """Judge a model-outputs file against reference outputs (a file, or rows already loaded); write annotations,
+    metrics and the verdict cache.
 
-    Both files are validated before the first request. ``out_dir`` receives ``annotations.json``,
+    Both inputs are validated before the first request. ``out_dir`` receives ``annotations.json``,
     ``metrics.json`` and ``judge_cache.jsonl``; re-running into the same folder reuses every cached verdict.
+    ``annotator`` defaults to ``alpaca_eval_gpt4`` (with ``seed``).
     """
-    examples = load_examples(outputs_path, reference_path)
+    examples = load_examples(outputs_path, reference)
     if limit is not None:
         examples = examples[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(judge, AlpacaEvalJudge):
-        annotations, stats = judge.annotate(examples), RunStats()
+        annotations, stats, name = judge.annotate(examples), RunStats(), judge.annotators_config
     else:
+        annotator = annotator or load_annotator(DEFAULT_ANNOTATOR, seed=seed)
         cache = JudgmentCache(out / CACHE_FILENAME)
-        annotations, stats = judge_examples(examples, judge, cache, seed=seed, retry=retry, workers=workers,
+        annotations, stats = judge_examples(examples, judge, cache, annotator=annotator, retry=retry,
+                                            workers=workers, max_reasks=max_reasks, retry_nulls=retry_nulls,
                                             progress=progress)
-    metrics = {"annotator": judge.judge_id, "generator": examples[0].generator_model if examples else None,
+        name = annotator.name
+    metrics = {"annotator": name, "judge": judge.judge_id,
+               "generator": examples[0].generator_model if examples else None,
                **_win_rate_metrics([a["preference"] for a in annotations])}
     _write_json(out / ANNOTATIONS_FILENAME, annotations)
     _write_json(out / METRICS_FILENAME, metrics)

@@ -71,11 +71,12 @@ class JudgmentCache:
     def get(self, key: str) -> dict[str, Any] | None:
         return self._records.get(key)
 
-    def put(self, record: dict[str, Any]) -> None:
-        """Append ``record`` (which must carry ``"key"``) durably; a key already present is not written again."""
+    def put(self, record: dict[str, Any], replace: bool = False) -> None:
+        """Append ``record`` (which must carry ``"key"``) durably. A key already present is not written again,
+        unless ``replace`` (a re-asked null): then the new line is appended and, being later, wins on load."""
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            if record["key"] in self._records:
+            if record["key"] in self._records and not replace:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as handle:

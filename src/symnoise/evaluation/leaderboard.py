@@ -1,16 +1,20 @@
 """Open LLM Leaderboard (v1) scores of a checkpoint through lm-evaluation-harness: ARC, HellaSwag, MMLU.
 
 The leaderboard settings (NEFTune and SymNoise report them): ARC-Challenge test, 25-shot, ``acc_norm``; HellaSwag
-validation, 10-shot, ``acc_norm``; MMLU test, 5-shot, ``acc`` averaged over its 57 subjects without weighting by
-subject size (the harness's own ``mmlu`` group weights by size, so the mean is taken here, in both modes).
+validation, 10-shot, ``acc_norm``; MMLU test, 5-shot, ``acc``. MMLU is reported both ways, named: ``value`` is the
+mean over its 57 subjects without weighting (Open LLM Leaderboard v1, the papers' Table 3), ``size_weighted_value``
+the mean weighted by subject size (the harness's own ``mmlu`` group, ``weight_by_size: True``).
 
 Two ways to get the data:
 
-* offline (default): the local copies in a data folder laid out like ``../shared/data`` (``arc/``, ``hellaswag/``,
+* offline: the local copies in a data folder laid out like ``../shared/data`` (``arc/``, ``hellaswag/``,
   ``mmlu/``). They are converted to JSON Lines in the schemas of the hub datasets the harness uses, and scored with
   the task definitions in ``lm_eval_tasks/`` (the harness's own prompts, targets and few-shot rules; see the YAML
   comments for the one HellaSwag difference: few-shot examples from validation, the train split being absent);
 * online: the harness's registered tasks ``arc_challenge``, ``hellaswag`` and ``mmlu``, downloaded from the hub.
+
+`symnoise leaderboard` and `symnoise grid` choose with `symnoise.evaluation.sources`: offline when a data folder is
+named (``--data-dir``, a grid's ``data_dir``, or ``$SYMNOISE_DATA_DIR``), else online.
 
 Everything that can be wrong with the request (task names, data folder, files) is checked before the model loads.
 """
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from symnoise.evaluation.lm_eval_tasks.utils import split_context
 
 TASKS_DIR = Path(__file__).with_name("lm_eval_tasks")
 
@@ -47,6 +53,7 @@ MMLU_SUBJECTS = (
 )  # fmt: skip
 
 ARC_FILES = {"train": "Train", "validation": "Dev", "test": "Test"}
+HELLASWAG_TRAIN = "hellaswag/hellaswag_train.jsonl"  # optional: the hub's train split, for few-shot examples
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,9 @@ class LeaderboardError(ValueError):
 
 @dataclass
 class TaskScore:
-    """The reported number of one task; for MMLU ``value`` is the mean of ``subjects`` and ``n_docs`` their sum."""
+    """The reported number of one task. For MMLU ``value`` is the unweighted mean of ``subjects`` (Leaderboard v1)
+    and ``size_weighted_value`` the mean weighted by their sizes (the harness's ``mmlu`` group); ``n_docs`` is
+    their sum. ``fewshot_split``: where the few-shot examples came from."""
 
     task: str
     n_shot: int
@@ -81,6 +90,10 @@ class TaskScore:
     stderr: float | None
     n_docs: int
     subjects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aggregation: str | None = None
+    size_weighted_value: float | None = None
+    size_weighted_stderr: float | None = None
+    fewshot_split: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- request checks
@@ -109,10 +122,11 @@ def required_files(task: str) -> list[str]:
 
 
 def default_data_dirs() -> list[Path]:
-    """Where a data folder is looked for when none is given: ``$SYMNOISE_DATA_DIR``, ./data, ../shared/data, ..."""
-    cwd = Path.cwd()
-    env = os.environ.get("SYMNOISE_DATA_DIR")
-    return ([Path(env)] if env else []) + [cwd / "data", cwd / "shared" / "data", cwd.parent / "shared" / "data"]
+    """The data folder used when none is given: ``$SYMNOISE_DATA_DIR`` (see `symnoise.evaluation.sources`)."""
+    from .sources import data_dir
+
+    folder = data_dir()
+    return [folder] if folder is not None else []
 
 
 def find_data_dir(tasks: Sequence[LeaderboardTask], data_dir: str | Path | None = None) -> Path:
@@ -137,8 +151,9 @@ def find_data_dir(tasks: Sequence[LeaderboardTask], data_dir: str | Path | None 
     for root in candidates:
         if all((root / f).is_file() for f in needed):
             return root
+    where = f"in {', '.join(map(str, candidates))}" if candidates else "($SYMNOISE_DATA_DIR is not set)"
     raise LeaderboardError(
-        f"no local data for {', '.join(t.name for t in tasks)} in {', '.join(map(str, candidates))}; "
+        f"no local data for {', '.join(t.name for t in tasks)} {where}; "
         "pass a data folder (--data-dir) or use the hub datasets (--online)"
     )
 
@@ -178,7 +193,8 @@ def read_arc(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_hellaswag(path: str | Path) -> list[dict[str, Any]]:
-    """The 6-lines-per-item text file (context, gold 0-3, four endings) -> rows ``{ind, ctx, endings, label}``."""
+    """The 6-lines-per-item text file (context, gold 0-3, four endings) -> rows ``{ind, activity_label, ctx_a,
+    ctx_b, ctx, endings, label}`` (the hub's fields, ``ctx_a``/``ctx_b`` recovered by ``split_context``)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -189,7 +205,28 @@ def read_hellaswag(path: str | Path) -> list[dict[str, Any]]:
         ctx, label, *endings = lines[start : start + 6]
         if label.strip() not in {"0", "1", "2", "3"}:
             raise LeaderboardError(f"{path}:{start + 2}: label {label!r} is not one of 0-3")
-        rows.append({"ind": ind, "ctx": ctx, "endings": endings, "label": label.strip()})
+        activity_label, ctx_a, ctx_b = split_context(ctx)
+        rows.append({"ind": ind, "activity_label": activity_label, "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": ctx,
+                     "endings": endings, "label": label.strip()})
+    return rows
+
+
+def read_hellaswag_hub_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """A HellaSwag split in the hub / rowanz schema (JSON Lines) -> the rows :func:`read_hellaswag` writes."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            missing = [k for k in ("activity_label", "ctx_a", "ctx_b", "endings", "label") if k not in item]
+            if missing or len(item["endings"]) != 4 or str(item["label"]) not in {"0", "1", "2", "3"}:
+                raise LeaderboardError(f"{path}:{number}: expected a HellaSwag row (activity_label, ctx_a, ctx_b, "
+                                       f"4 endings, label 0-3){'; missing ' + ', '.join(missing) if missing else ''}")
+            rows.append({"ind": int(item.get("ind", number - 1)), "activity_label": item["activity_label"],
+                         "ctx_a": item["ctx_a"], "ctx_b": item["ctx_b"],
+                         "ctx": item.get("ctx", item["ctx_a"] + " " + item["ctx_b"]), "endings": item["endings"],
+                         "label": str(item["label"])})
     return rows
 
 
@@ -248,8 +285,15 @@ def write_offline_tasks(
                        num_fewshot=shots["arc"])
         elif task.name == "hellaswag":
             _write_jsonl(read_hellaswag(data_dir / "hellaswag/hellaswag_val_full.txt"), jsonl / "hellaswag.jsonl")
-            _task_yaml(task_dir / "hellaswag.yaml", "hellaswag.yaml", "symnoise_hellaswag", jsonl,
-                       {"validation": "hellaswag.jsonl"}, num_fewshot=shots["hellaswag"])
+            files, splits = {"validation": "hellaswag.jsonl"}, {}
+            if (data_dir / HELLASWAG_TRAIN).is_file():  # the harness's few-shot source
+                _write_jsonl(read_hellaswag_hub_jsonl(data_dir / HELLASWAG_TRAIN), jsonl / "hellaswag_train.jsonl")
+                files["train"] = "hellaswag_train.jsonl"
+                # the harness's own split settings, so that even its sampler draws the same shots
+                splits = {"training_split": "train", "validation_split": "validation", "test_split": None,
+                          "fewshot_split": None}
+            _task_yaml(task_dir / "hellaswag.yaml", "hellaswag.yaml", "symnoise_hellaswag", jsonl, files,
+                       num_fewshot=shots["hellaswag"], **splits)
         else:
             for subject, name in zip(MMLU_SUBJECTS, offline_task_names("mmlu"), strict=True):
                 files = {}
@@ -271,7 +315,7 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _score(results: dict[str, Any], task: LeaderboardTask, online: bool) -> TaskScore:
+def _score(results: dict[str, Any], task: LeaderboardTask, online: bool, fewshot_split: str | None = None) -> TaskScore:
     """Pick the leaderboard metric of one task out of ``simple_evaluate``'s results (shots as the harness ran them)."""
     key = f"{task.metric},none"
     stderr_key = f"{task.metric}_stderr,none"
@@ -279,19 +323,43 @@ def _score(results: dict[str, Any], task: LeaderboardTask, online: bool) -> Task
         name = task.harness_name if online else offline_task_names(task.name)[0]
         res = results["results"][name]
         return TaskScore(task.name, int(results["n-shot"][name]), task.metric, float(res[key]),
-                         _number(res[stderr_key]), int(results["n-samples"][name]["effective"]))
+                         _number(res[stderr_key]), int(results["n-samples"][name]["effective"]),
+                         fewshot_split=fewshot_split)
     names = [f"mmlu_{s}" for s in MMLU_SUBJECTS] if online else offline_task_names("mmlu")
     subjects = {
         s: {"value": float(results["results"][n][key]), "stderr": _number(results["results"][n][stderr_key]),
             "n_docs": int(results["n-samples"][n]["effective"]), "n_shot": int(results["n-shot"][n])}
         for s, n in zip(MMLU_SUBJECTS, names, strict=True)
     }
+    return TaskScore("mmlu", int(results["n-shot"][names[0]]), task.metric, n_docs=sum(
+        v["n_docs"] for v in subjects.values()), subjects=subjects, fewshot_split="dev", **mmlu_aggregates(subjects))
+
+
+def mmlu_aggregates(subjects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """MMLU over its subjects, both ways, with the harness's own aggregation functions: the unweighted mean
+    (Leaderboard v1; stderr of a mean of independent means) and the size-weighted mean (the ``mmlu`` group; pooled
+    stderr)."""
+    from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
+
     values = [v["value"] for v in subjects.values()]
     errors = [v["stderr"] for v in subjects.values()]
-    # Standard error of an unweighted mean of independent subject means.
-    stderr = None if None in errors else math.sqrt(sum(e * e for e in errors)) / len(errors)
-    return TaskScore("mmlu", int(results["n-shot"][names[0]]), task.metric, sum(values) / len(values), stderr,
-                     sum(v["n_docs"] for v in subjects.values()), subjects)
+    sizes = [v["n_docs"] for v in subjects.values()]
+    known = None not in errors
+    return {
+        "value": aggregate_subtask_metrics(values, sizes, weight_by_size=False),
+        "stderr": math.sqrt(sum(e * e for e in errors)) / len(errors) if known else None,
+        "aggregation": "unweighted mean of the 57 subjects (Open LLM Leaderboard v1)",
+        "size_weighted_value": aggregate_subtask_metrics(values, sizes, weight_by_size=True),
+        "size_weighted_stderr": float(pooled_sample_stderr(errors, sizes)) if known and sum(sizes) > len(sizes)
+        else None,
+    }
+
+
+def _fewshot_split(task: str, online: bool, data_dir: Path | None) -> str:
+    """Where the few-shot examples of ``task`` come from in this run."""
+    if task == "hellaswag" and not online and not (Path(data_dir) / HELLASWAG_TRAIN).is_file():
+        return "validation (no train split here; the evaluated item excluded)"
+    return {"arc": "train", "hellaswag": "train", "mmlu": "dev"}[task]
 
 
 def run_leaderboard(
@@ -345,7 +413,7 @@ def run_leaderboard(
                 model=lm, tasks=names, num_fewshot=shots[task.name] if online else None, limit=limit,
                 task_manager=manager, log_samples=False,
             )
-            scores.append(_score(results, task, online))
+            scores.append(_score(results, task, online, _fewshot_split(task.name, online, root)))
     return {
         "checkpoint": str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else type(checkpoint).__name__,
         "mode": "online" if online else "offline",
@@ -365,5 +433,10 @@ def format_table(report: dict[str, Any]) -> str:
         stderr = "n/a" if s["stderr"] is None else f"{100 * s['stderr']:.2f}"
         lines.append(f"{s['task']:<10} {s['n_shot']:>6} {s['metric']:<9} {100 * s['value']:>8.2f} {stderr:>9} "
                      f"{s['n_docs']:>6}")
+        if s.get("size_weighted_value") is not None:
+            weighted = s["size_weighted_stderr"]
+            weighted = "n/a" if weighted is None else f"{100 * weighted:.2f}"
+            lines.append(f"{'  weighted':<10} {'':>6} {s['metric']:<9} {100 * s['size_weighted_value']:>8.2f} "
+                         f"{weighted:>9} {'':>6}  (by subject size, as the harness's mmlu group)")
     lines.append(f"{'average':<10} {'':>6} {'':<9} {100 * report['average']:>8.2f}")
     return "\n".join(lines)

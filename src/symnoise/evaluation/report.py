@@ -566,21 +566,31 @@ class ReportFiles:
     json: Path | None
 
 
-def write_report(runs: Sequence[Run], out_dir: str | Path, json_summary: bool = False) -> ReportFiles:
-    """Write ``report.md``, the two plots and, if asked, ``report.json`` into ``out_dir``."""
+def write_report(runs: Sequence[Run], out_dir: str | Path, json_summary: bool = False,
+                 expected: Any = None) -> ReportFiles:
+    """Write ``report.md``, the two plots and, if asked, ``report.json`` into ``out_dir``.
+
+    ``expected`` (a :class:`symnoise.evaluation.expected.ExpectedFile`): the papers' tables, printed first with the
+    reproduced numbers side by side.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = [
         plot_against_alpha(runs, lambda r: r.win_rate and r.win_rate.win_rate, "win rate (%)", out / WINRATE_PLOT),
         plot_against_alpha(runs, lambda r: r.mean_chars, "mean length (chars)", out / LENGTH_PLOT),
     ]
-    tables = build_tables(runs)
+    tables, comparisons = build_tables(runs), []
+    if expected is not None:
+        from .expected import comparison_tables
+
+        paper_tables, comparisons = comparison_tables(expected, runs)
+        tables = paper_tables + tables
     markdown = out / MARKDOWN_FILE
     markdown.write_text(to_markdown(tables, [str(p) for p in plots]), encoding="utf-8")
     summary = None
     if json_summary:
         summary = out / JSON_FILE
         data = {"runs": [r.to_dict() for r in runs], "tables": [t.to_dict() for t in tables],
-                "plots": [str(p) for p in plots]}
+                "plots": [str(p) for p in plots], "comparisons": [asdict(c) for c in comparisons]}
         summary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return ReportFiles(markdown, plots, summary)

@@ -7,19 +7,23 @@ Generation, output statistics, judging and the leaderboard themselves are `symno
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import Example, tokenize_examples
+from ..evaluation import sources
 from ..generation import Prompt, load_prompts
 from ..synthetic import make_task_examples
-from .spec import EvaluationSection, GridSpec, JudgeSection, synthetic_dir
+from .spec import GridSpec, JudgeSection, synthetic_dir
 
 SYNTHETIC_TRAIN = "train.jsonl"
 SYNTHETIC_EVAL = "eval.jsonl"
 SYNTHETIC_SIZES = (2200, 220)
+# What the alpaca_eval package reads its OpenAI credentials from (its constants module).
+ALPACA_EVAL_KEY_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_PATH")
 
 
 def write_synthetic_world(spec: GridSpec, seed: int = 0) -> Path:
@@ -38,22 +42,40 @@ def write_synthetic_world(spec: GridSpec, seed: int = 0) -> Path:
     return folder
 
 
+def data_folder(spec: GridSpec) -> Path | None:
+    """The local data folder of the evaluation (evaluation.data_dir, else $SYMNOISE_DATA_DIR); None: online."""
+    return sources.data_dir(None, spec.evaluation.data_dir)
+
+
+def local_evaluation_path(spec: GridSpec, value: str) -> Path | None:
+    """The local file a prompts/references value stands for; None for a named source read from the hub."""
+    if not sources.is_alpaca_eval_name(value):
+        return Path(value)
+    return sources.resolve_alpaca_eval(value, data_folder(spec)).local_path
+
+
 def needs_synthetic(spec: GridSpec) -> bool:
     """Whether any configured file is missing and falls back to the synthetic set."""
     evaluation = spec.evaluation
-    files = [evaluation.prompts, evaluation.references] if evaluation.fallback else []
+    files = []
+    if evaluation.fallback:
+        files = [local_evaluation_path(spec, v) for v in (evaluation.prompts, evaluation.references) if v]
     files += [d.path for d in spec.axes.dataset if d.fallback]
     files += [spec.pretrain.text] if spec.pretrain and spec.pretrain.fallback else []
     return any(f and not Path(f).is_file() for f in files) or bool(spec.pretrain and not spec.pretrain.text)
 
 
 def evaluation_file(spec: GridSpec, name: str) -> Path | None:
-    """``prompts`` or ``references``: the configured file, or the synthetic held-out set when it is missing."""
+    """``prompts`` or ``references``: the configured file or named source (a local file, or the hub file in the
+    hub cache, see `symnoise.evaluation.sources`), or the synthetic held-out set when a local file is missing."""
     value = getattr(spec.evaluation, name)
     if value is None:
         return None
-    if Path(value).is_file() or spec.evaluation.fallback != "synthetic":
-        return Path(value)
+    local = local_evaluation_path(spec, value)
+    if local is None:
+        return sources.alpaca_eval_file(value)
+    if local.is_file() or spec.evaluation.fallback != "synthetic":
+        return local
     return synthetic_dir(spec) / SYNTHETIC_EVAL
 
 
@@ -122,6 +144,8 @@ def build_judge(section: JudgeSection):
 
     if section.kind == "hf":
         return J.HFJudge(section.model)
+    if section.kind == "alpaca_eval":
+        return J.AlpacaEvalJudge(section.annotators)
     model = section.model or os.environ.get(section.model_env)
     if not model:
         raise J.JudgeInputError(f"evaluation.judge: no model; set evaluation.judge.model or ${section.model_env}")
@@ -132,7 +156,50 @@ def build_judge(section: JudgeSection):
     return J.OpenAIChatJudge(base_url, model, api_key=api_key, timeout=section.timeout)
 
 
-def check_judge_environment(evaluation: EvaluationSection) -> None:
-    """Fail before training when the judge cannot be built (no model name, no key)."""
-    if evaluation.judge is not None and evaluation.judge.kind == "openai":
-        build_judge(evaluation.judge)
+def judge_problem(section: JudgeSection | None) -> str | None:
+    """What keeps the judge from running, found without sending a request; None when nothing does."""
+    if section is None:
+        return None
+    if section.kind == "openai":
+        from ..evaluation.judge import JudgeInputError
+
+        try:
+            build_judge(section)
+        except JudgeInputError as error:
+            return str(error)
+    elif section.kind == "alpaca_eval":
+        if importlib.util.find_spec("alpaca_eval") is None:
+            return 'evaluation.judge: kind alpaca_eval needs the alpaca_eval package (pip install "symnoise[eval]")'
+        if not any(os.environ.get(v) for v in ALPACA_EVAL_KEY_VARIABLES):
+            return (f"evaluation.judge: the alpaca_eval annotators {section.annotators} need an OpenAI key: set "
+                    f"{' or '.join(ALPACA_EVAL_KEY_VARIABLES)}")
+    return None
+
+
+def leaderboard_source(spec: GridSpec) -> sources.LeaderboardSource:
+    """Where the leaderboard stage reads its tasks: the section's folder, the evaluation's, or the harness online."""
+    section = spec.evaluation.leaderboard
+    folder = sources.data_dir(section.data_dir, spec.evaluation.data_dir)
+    return sources.resolve_leaderboard(folder, online=section.online)
+
+
+def unreachable_inputs(spec: GridSpec) -> list[str]:
+    """Every evaluation input the grid will need that cannot be read now (files, hub files, judge, harness)."""
+    evaluation, problems = spec.evaluation, []
+    for name in ("prompts", "references"):
+        value = getattr(evaluation, name)
+        if not value:
+            continue
+        local = local_evaluation_path(spec, value)
+        if local is None:
+            problem = sources.check_alpaca_eval(value)
+            if problem:
+                problems.append(f"evaluation.{name}: {sources.resolve_alpaca_eval(value).describe()}: {problem}")
+        elif not local.is_file() and evaluation.fallback != "synthetic":
+            problems.append(f"evaluation.{name}: {local} not found")
+    judge = judge_problem(evaluation.judge)
+    if judge:
+        problems.append(judge)
+    if evaluation.leaderboard:
+        problems += sources.check_leaderboard(evaluation.leaderboard.tasks, leaderboard_source(spec))
+    return problems

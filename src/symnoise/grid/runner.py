@@ -35,9 +35,11 @@ import yaml
 
 from ..generation import write_json_atomic
 from ..train import train
+from ..train.config import ConfigError
 from ..train.reliability import last_complete_checkpoint
+from ..train.run_dir import read_start_record, refuse_training_changes, run_changes, training_began
 from . import evaluate
-from .spec import Cell, Grid, LauncherSection, pretrained_model_dir
+from .spec import Cell, Grid, GridError, LauncherSection, pretrained_model_dir
 
 STAGES_FILE = "stages.json"
 FAILURE_FILE = "failure.json"
@@ -67,8 +69,9 @@ class StaleCellError(RuntimeError):
 
 
 def evaluation_fingerprint(grid: Grid) -> str:
-    """A short hash of the evaluation settings, stored with every evaluation stage."""
-    text = json.dumps(grid.spec.evaluation.model_dump(mode="json"), sort_keys=True)
+    """A short hash of the evaluation settings, stored with every evaluation stage. The data folder is left out:
+    it says where the same named data is read from, not what is computed."""
+    text = json.dumps(grid.spec.evaluation.model_dump(mode="json", exclude={"data_dir"}), sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -79,6 +82,12 @@ def check_not_stale(grid: Grid, cell: Cell, done: dict[str, Any]) -> None:
     if done.get("train") and path.is_file() and path.read_text(encoding="utf-8") != cell_config_text(cell):
         raise StaleCellError(f"{path} differs from this grid's config for the cell, which was trained with the "
                              "old one; delete the cell directory to retrain it, or choose another output_dir")
+    record = read_start_record(cell.run_dir) if not done.get("train") else None
+    if record is not None:  # training started with some config: resuming it with another would mix two runs
+        try:
+            refuse_training_changes(run_changes(record, cell.config), cell.run_dir, f"cell {cell.id}")
+        except ConfigError as error:
+            raise StaleCellError(f"{error}; delete the cell directory to retrain it with the grid's config") from None
     fingerprint = evaluation_fingerprint(grid)
     changed = [s for s, info in done.items() if s != "train" and info.get("evaluation") not in (None, fingerprint)]
     if changed:
@@ -134,13 +143,14 @@ class CellContext:
         return resolve_template(self.cell.run_dir, None)
 
 
-def accelerate_command(launcher: LauncherSection, cell_config: Path, resume: bool) -> list[str]:
+def accelerate_command(launcher: LauncherSection, cell_config: Path, resume: bool,
+                       overwrite: bool = False) -> list[str]:
     """``accelerate launch --config_file F [--num_processes N] -m symnoise train CELL.yaml [--resume]``."""
     command = [launcher.executable, "launch", "--config_file", str(launcher.config_file)]
     if launcher.num_processes:
         command += ["--num_processes", str(launcher.num_processes)]
     command += ["-m", "symnoise", "train", str(cell_config)]
-    return command + (["--resume"] if resume else [])
+    return command + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
 
 
 def _train_finished(run_dir: Path) -> dict | None:
@@ -154,15 +164,18 @@ def stage_train(ctx: CellContext) -> dict:
     run_dir = ctx.cell.run_dir
     finished = _train_finished(run_dir)
     if finished is None:
+        # An earlier attempt with a checkpoint is resumed; one without is started again (its files deleted).
+        # Either way `check_not_stale` has already compared its start config with the cell's.
         resume = last_complete_checkpoint(run_dir) is not None
+        overwrite = not resume and run_dir.is_dir() and training_began(run_dir)
         launcher = ctx.grid.spec.launcher
         if launcher.kind == "accelerate":
-            command = accelerate_command(launcher, run_dir / CELL_CONFIG_FILE, resume)
+            command = accelerate_command(launcher, run_dir / CELL_CONFIG_FILE, resume, overwrite)
             result = subprocess.run(command, check=False)
             if result.returncode != 0:
                 raise RuntimeError(f"`{' '.join(command)}` exited with status {result.returncode}")
         else:
-            train(ctx.cell.config, resume=resume)
+            train(ctx.cell.config, resume=resume, overwrite=overwrite)
         finished = _train_finished(run_dir)
         if finished is None:
             raise RuntimeError(f"training ended without writing {run_dir}/train_summary.json")
@@ -181,7 +194,9 @@ def stage_generate(ctx: CellContext) -> dict:
     outputs, stats = generate_outputs(model, tokenizer, prompts, ctx.template, settings, sidecar_path(output),
                                       ctx.cell.id, progress=False)
     write_json_atomic(output, model_outputs_records(prompts, outputs, ctx.cell.id))
-    return {"prompts": len(prompts), "new_tokens": stats.new_tokens, "tokens_per_s": stats.tokens_per_second}
+    sidecar_path(output).unlink(missing_ok=True)  # progress file: everything is in the output now
+    return {"prompts": len(prompts), "prompts_file": str(evaluate.evaluation_file(ctx.grid.spec, "prompts")),
+            "new_tokens": stats.new_tokens, "tokens_per_s": stats.tokens_per_second}
 
 
 def stage_reference_loss(ctx: CellContext) -> dict:
@@ -216,7 +231,8 @@ def stage_leaderboard(ctx: CellContext) -> dict:
     from ..evaluation.leaderboard import run_leaderboard
 
     section = ctx.grid.spec.evaluation.leaderboard
-    report = run_leaderboard(str(ctx.cell.run_dir), section.tasks, data_dir=section.data_dir, online=section.online,
+    source = evaluate.leaderboard_source(ctx.grid.spec)
+    report = run_leaderboard(str(ctx.cell.run_dir), section.tasks, data_dir=source.data_dir, online=source.online,
                              limit=section.limit, batch_size=section.batch_size)
     write_json_atomic(ctx.cell.run_dir / "eval" / "leaderboard.json", report)
     return {"average": report["average"]}
@@ -328,28 +344,42 @@ def run_pretrain(grid: Grid, log: Callable[[str], None]) -> None:
     mark_stage(folder, "pretrain", info, time.perf_counter() - started)
 
 
+def check_inputs(grid: Grid) -> None:
+    """Raise `GridError` listing every evaluation input that cannot be read, before anything is trained."""
+    problems = evaluate.unreachable_inputs(grid.spec)
+    if problems:
+        raise GridError("\n".join([f"{grid.source}: evaluation inputs not reachable (nothing was trained):"]
+                                   + [f"  {p}" for p in problems]))
+
+
 def prepare(grid: Grid, log: Callable[[str], None]) -> None:
-    """Everything the cells share: the output folder, the grid file, the synthetic data and the pretrained model."""
+    """Everything the cells share: the output folder, the grid file, the synthetic data and the pretrained model,
+    after checking that every evaluation input is reachable."""
+    check_inputs(grid)
     grid.output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(grid.output_dir / "grid.json", grid.spec.model_dump(mode="json"))
-    evaluate.check_judge_environment(grid.spec.evaluation)
     if evaluate.needs_synthetic(grid.spec):
         evaluate.write_synthetic_world(grid.spec)
     if grid.spec.pretrain:
         run_pretrain(grid, log)
 
 
-def run_grid(grid: Grid, log: Callable[[str], None] = print) -> GridOutcome:
-    """Run every cell one after another, then write the report over all cells that finished training."""
+def run_grid(grid: Grid, log: Callable[[str], None] = print, only: str | None = None) -> GridOutcome:
+    """Run every cell (or only the cell with the id ``only``, as a cluster job does) one after another, then write
+    the report over all cells that finished training."""
     from .summary import write_grid_report
 
+    cells = [c for c in grid.cells if only is None or c.id == only]
+    if not cells:
+        raise GridError(f"{grid.source}: no cell {only!r}; `symnoise grid {grid.source} --check` lists the cells")
     started = time.perf_counter()
     prepare(grid, log)
     outcomes: dict[str, CellOutcome] = {}
-    for number, cell in enumerate(grid.cells, start=1):
-        log(f"cell {number}/{len(grid.cells)}: {cell.id}")
+    for number, cell in enumerate(cells, start=1):
+        log(f"cell {number}/{len(cells)}: {cell.id}")
         outcomes[cell.id] = run_cell(grid, cell, log)
         write_status(grid, outcomes)
         sys.stdout.flush()
-    report_dir = write_grid_report(grid, outcomes, time.perf_counter() - started)
+    # A single cell is a cluster job running beside others: the report is left to a final `symnoise grid GRID`.
+    report_dir = None if only else write_grid_report(grid, outcomes, time.perf_counter() - started)
     return GridOutcome(list(outcomes.values()), report_dir, time.perf_counter() - started)

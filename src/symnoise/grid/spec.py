@@ -11,9 +11,12 @@ A grid file has these sections (every field is documented below, next to its typ
       method: [none, neftune, {name: gaussian-unmatched, method: gaussian, noise: {match_uniform_norm: false}}]
       alpha: [5, 10]                      # optional; a method's own alpha list wins, then this, then the dataset's
       seed: [42]
-    evaluation: {prompts: ..., references: ..., decoding: {...}, judge: null, leaderboard: null}
+      pairs: null                         # or [[model, dataset], ...]: only these combinations
+    evaluation: {prompts: alpaca_eval, references: alpaca_eval, decoding: {...}, judge: null, leaderboard: null}
+                                          # named sources: the hub, or evaluation.data_dir (symnoise.evaluation.sources)
     launcher: {kind: local}               # or {kind: accelerate, config_file: configs/accelerate/fsdp.yaml}
     pretrain: null                        # or a small model pretrained from scratch (see `PretrainSection`)
+    expected: null                        # the papers' numbers; default GRID.expected.yaml beside the grid file
 
 The alpha of a cell: 0 for method ``none`` (one cell whatever the alpha lists say), else the method's own
 ``alpha`` list, else ``axes.alpha``, else the dataset's ``alpha``, else the base config's ``noise.alpha``.
@@ -33,7 +36,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import strict_yaml
 from ..config import METHOD_ALIASES, METHODS, NoiseConfig
+from ..evaluation.sources import is_alpaca_eval_name
+from ..shipped_configs import resolve_config_path
 from ..train.config import ConfigError, TrainConfig, apply_overrides, validate_config
 
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -50,16 +56,25 @@ class _Section(BaseModel):
 class ModelEntry(_Section):
     name: str = Field(description="short name used in cell ids and tables")
     path: str = Field(description="hub name or local directory handed to model.name")
+    params_b: float | None = Field(None, gt=0, description="parameters in billions, for --check's estimate; "
+                                   "default: read from the name (7b, 6.7b, 13b)")
 
 
 class DatasetEntry(_Section):
     name: str = Field(description="short name used in cell ids (alpaca, evol-instruct, ...)")
     path: str = Field(description="local data file or hub dataset name (data.path)")
-    format: Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus"] = "auto"
-    template: Literal["alpaca", "vicuna", "chat"] | None = None
+    format: Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages",
+                    "prompt-completion"] = "auto"
+    template: Literal["alpaca", "vicuna", "chat", "plain"] | None = None
+    turns: Literal["all", "first"] | None = Field(None, description="data.turns: first for the papers' single-turn "
+                                                  "ShareGPT protocol")
     alpha: float | None = Field(None, ge=0, description="the papers' alpha for this dataset (5, 5, 10, 15)")
     fallback: Literal["synthetic"] | None = Field(
         None, description="synthetic: when the local file is missing, train on the built-in synthetic task set")
+    examples: int | None = Field(None, ge=1, description="training examples, for --check's estimate (default: "
+                                 "counted in a local file; data.limit wins)")
+    mean_tokens: float | None = Field(None, gt=0, description="mean tokens per example, for --check's estimate "
+                                      "(default: data.max_length, an upper bound)")
 
 
 def _non_negative(values: list[float] | None) -> list[float] | None:
@@ -102,6 +117,9 @@ class Axes(_Section):
     method: list[MethodEntry] = Field(min_length=1, description="method names or {name, method, alpha, noise}")
     alpha: list[float] | None = Field(None, min_length=1)
     seed: list[int] | None = Field(None, min_length=1, description="default: the base config's training.seed")
+    pairs: list[tuple[str, str]] | None = Field(
+        None, min_length=1, description="[model name, dataset name] pairs to keep (default: every pair), for "
+        "tables that do not cross every model with every dataset")
 
     @field_validator("model", mode="before")
     @classmethod
@@ -136,9 +154,12 @@ class Decoding(_Section):
 
 class JudgeSection(_Section):
     """The LLM judge. ``openai``: any OpenAI-compatible server; settings come from environment variables,
-    named here, so no key is ever written into a grid file. ``hf``: a local causal LM (``model``)."""
+    named here, so no key is ever written into a grid file. ``hf``: a local causal LM (``model``).
+    ``alpaca_eval``: the ``alpaca_eval`` package's annotators (``annotators``: alpaca_eval_gpt4 is AlpacaEval 1's
+    GPT-4 judge, chatgpt_fn the ChatGPT judge of NEFTune's scripts), keys as that package reads them."""
 
-    kind: Literal["openai", "hf"] = "openai"
+    kind: Literal["openai", "hf", "alpaca_eval"] = "openai"
+    annotators: str | None = Field(None, description="alpaca_eval: the annotators config (alpaca_eval_gpt4, ...)")
     model: str | None = Field(None, description="hf: path or hub name; openai: served model (else model_env)")
     model_env: str = "SYMNOISE_JUDGE_MODEL"
     base_url_env: str = "SYMNOISE_JUDGE_BASE_URL"
@@ -153,23 +174,31 @@ class JudgeSection(_Section):
     def _hf_model(self) -> JudgeSection:
         if self.kind == "hf" and not self.model:
             raise ValueError("kind hf needs model (a local folder or hub name)")
+        if (self.kind == "alpaca_eval") != bool(self.annotators):
+            raise ValueError("annotators is needed by kind alpaca_eval and only by it (e.g. alpaca_eval_gpt4)")
         return self
 
 
 class LeaderboardSection(_Section):
     tasks: list[Literal["arc", "hellaswag", "mmlu"]] = Field(default_factory=lambda: ["arc", "hellaswag", "mmlu"],
                                                               min_length=1)
-    data_dir: str | None = Field(None, description="local copies (arc/, hellaswag/, mmlu/); default: search")
-    online: bool = False
+    data_dir: str | None = Field(None, description="local copies (arc/, hellaswag/, mmlu/); default: "
+                                 "evaluation.data_dir, else $SYMNOISE_DATA_DIR, else the harness's online tasks")
+    online: bool = Field(False, description="the harness's online tasks even when a data folder is named")
     limit: int | None = Field(None, ge=1, description="first N documents per task: quick checks only")
     batch_size: int = Field(1, ge=1)
 
 
 class EvaluationSection(_Section):
-    prompts: str | None = Field(None, description="AlpacaEval-style prompts (JSON/JSONL); none: no generation")
+    data_dir: str | None = Field(
+        None, description="a local data folder laid out like the shared data folder; named sources (prompts, "
+        "references, leaderboard) are read from it instead of the hub (symnoise grid --data-dir wins, "
+        "$SYMNOISE_DATA_DIR is used when neither is set)")
+    prompts: str | None = Field(
+        None, description="alpaca_eval (AlpacaEval 1's 805 prompts), or a JSON/JSONL file; none: no generation")
     references: str | None = Field(
-        None, description="reference outputs by instruction (AE1 davinci-003 file): for the judge and the "
-        "held-out reference loss")
+        None, description="alpaca_eval (text-davinci-003, AlpacaEval 1), alpaca_eval_2 (GPT-4 Turbo), or a file "
+        "of reference outputs by instruction: for the judge and the held-out reference loss")
     subset: int | None = Field(None, ge=1, description="use N prompts spread evenly over the file (quick runs)")
     fallback: Literal["synthetic"] | None = Field(
         None, description="synthetic: missing prompts/references files are replaced by held-out synthetic tasks")
@@ -195,6 +224,12 @@ class LauncherSection(_Section):
     config_file: str | None = Field(None, description="accelerate config (configs/accelerate/*.yaml)")
     num_processes: int | None = Field(None, ge=1, description="overrides the accelerate config's num_processes")
     executable: str = Field("accelerate", description="the accelerate command")
+
+    @field_validator("config_file")
+    @classmethod
+    def _shipped(cls, value: str | None) -> str | None:
+        """A shipped accelerate config's name or clone path (configs/accelerate/fsdp.yaml) works from an install."""
+        return None if value is None else str(resolve_config_path(value))
 
     @model_validator(mode="after")
     def _config(self) -> LauncherSection:
@@ -246,6 +281,8 @@ class GridSpec(_Section):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     launcher: LauncherSection = Field(default_factory=LauncherSection)
     pretrain: PretrainSection | None = None
+    expected: str | None = Field(None, description="the papers' numbers for `symnoise report` (default: "
+                                 "GRID.expected.yaml beside the grid file, when there is one)")
 
     @model_validator(mode="after")
     def _one_model_source(self) -> GridSpec:
@@ -306,7 +343,7 @@ def _read_yaml(path: Path, what: str) -> Any:
     if not path.is_file():
         raise GridError(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return strict_yaml.load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise GridError(f"{path}: not valid YAML ({error})") from None
 
@@ -316,7 +353,8 @@ def base_config_data(spec: GridSpec, source: str) -> dict[str, Any]:
     if isinstance(spec.base, dict):
         data = copy.deepcopy(spec.base)
     else:
-        data = _read_yaml(Path(spec.base), "base config (field base)")
+        # a shipped config's name (or its path in a clone) also works, so shipped grids run from an install
+        data = _read_yaml(resolve_config_path(spec.base), "base config (field base)")
         if not isinstance(data, dict):
             raise GridError(f"{source}: base: {spec.base} must hold a mapping with model, data, noise, training")
     try:
@@ -350,11 +388,27 @@ def _cell_data(base: dict[str, Any], model: ModelEntry | None, dataset: DatasetE
         section.update(path=dataset.path, format=dataset.format)
         if dataset.template:
             section["template"] = dataset.template
+        if dataset.turns:
+            section["turns"] = dataset.turns
     per_method = ("method", "alpha", "symmetric", "match_uniform_norm")
     noise = {k: v for k, v in (data.get("noise") or {}).items() if k not in per_method}
     data["noise"] = noise | method.noise | {"method": method.noise_method, "alpha": alpha}
     data.setdefault("training", {}).update(seed=seed, output_dir=str(run_dir))
     return data
+
+
+def _checked_pairs(spec: GridSpec, source: str, models: list, datasets: list) -> set[tuple[str, str]] | None:
+    """``axes.pairs`` as a set, each pair checked to name a model and a dataset of the axes."""
+    if spec.axes.pairs is None:
+        return None
+    model_names = {m.name for m in models if m is not None}
+    dataset_names = {d.name for d in datasets if d is not None}
+    for i, (model, dataset) in enumerate(spec.axes.pairs):
+        if model not in model_names or dataset not in dataset_names:
+            raise GridError(f"{source}: axes.pairs.{i}: [{model}, {dataset}] must name a model of axes.model "
+                            f"({', '.join(sorted(model_names)) or 'none'}) and a dataset of axes.dataset "
+                            f"({', '.join(sorted(dataset_names)) or 'none'})")
+    return {tuple(p) for p in spec.axes.pairs}
 
 
 def expand_cells(spec: GridSpec, source: str, pretrained_model: Path | None = None) -> list[Cell]:
@@ -366,10 +420,13 @@ def expand_cells(spec: GridSpec, source: str, pretrained_model: Path | None = No
     base_alpha = float((base.get("noise") or {}).get("alpha", 5.0))
     seeds = spec.axes.seed or [int((base.get("training") or {}).get("seed", 42))]
     cells, seen = [], {}
+    pairs = _checked_pairs(spec, source, models, datasets)
     for model in models:
         model_name = model.name if model else _slug((base.get("model") or {}).get("name", "model"))
-        for dataset in (resolve_dataset(d, spec) if d else None for d in datasets):
+        for entry, dataset in ((d, resolve_dataset(d, spec) if d else None) for d in datasets):
             dataset_name = dataset.name if dataset else _slug(Path(str((base.get("data") or {}).get("path", "data"))).stem)
+            if pairs is not None and (model and model.name, entry and entry.name) not in pairs:
+                continue
             for method in spec.axes.method:
                 for alpha in _alphas(method, spec.axes, dataset and dataset.alpha, base_alpha):
                     for seed in seeds:
@@ -408,7 +465,7 @@ def _check_files(spec: GridSpec, source: str) -> None:
     evaluation = spec.evaluation
     for name in ("prompts", "references"):
         value = getattr(evaluation, name)
-        if value and not Path(value).is_file() and not evaluation.fallback:
+        if value and not is_alpaca_eval_name(value) and not Path(value).is_file() and not evaluation.fallback:
             problems.append(f"evaluation.{name}: {value} not found")
     for i, dataset in enumerate(spec.axes.dataset):
         remote = dataset.path.startswith("hf://")
@@ -436,10 +493,22 @@ def validate_grid(data: Any, source: str = "grid") -> Grid:
     return Grid(spec, source, expand_cells(spec, source, pretrained))
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and validate a grid YAML file."""
+def load_grid(path: str | Path, data_dir: str | Path | None = None) -> Grid:
+    """Read and validate a grid YAML file; ``data_dir`` (the ``--data-dir`` flag) replaces evaluation.data_dir."""
     path = Path(path)
-    return validate_grid(_read_yaml(path, "grid file"), source=str(path))
+    data = _read_yaml(path, "grid file")
+    if data_dir is not None and isinstance(data, dict):
+        data.setdefault("evaluation", {})["data_dir"] = str(data_dir)
+    return validate_grid(data, source=str(path))
+
+
+def expected_file(grid: Grid) -> Path | None:
+    """The grid's companion file of the papers' numbers: ``expected``, else GRID.expected.yaml if it exists."""
+    if grid.spec.expected:
+        return Path(grid.spec.expected)
+    source = Path(grid.source)
+    beside = source.with_name(source.stem + ".expected.yaml")
+    return beside if source.suffix in (".yaml", ".yml") and beside.is_file() else None
 
 
 def pretrained_model_dir(spec: GridSpec) -> Path:

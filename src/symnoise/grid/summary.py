@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.expected import load_expected
 from ..evaluation.report import load_runs, write_report
 from ..generation import write_json_atomic
 from .runner import FAILURE_FILE, CellOutcome, is_finished, read_stages
-from .spec import Cell, Grid, pretrained_model_dir
+from .spec import Cell, Grid, expected_file, pretrained_model_dir
 
 SUMMARY_COLUMNS = (
     ("method", "method", None), ("alpha", "alpha", "g"), ("seed", "seed", None),
@@ -75,5 +76,7 @@ def write_grid_report(grid: Grid, outcomes: dict[str, CellOutcome], seconds: flo
     if not trained:
         return None
     report_dir = grid.output_dir / "report"
-    write_report(load_runs(trained, words=grid.spec.evaluation.stats_words), report_dir, json_summary=True)
+    expected = expected_file(grid)
+    write_report(load_runs(trained, words=grid.spec.evaluation.stats_words), report_dir, json_summary=True,
+                 expected=load_expected(expected) if expected else None)
     return report_dir

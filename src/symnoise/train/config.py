@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import strict_yaml
 from ..config import NoiseConfig
 
 
@@ -34,24 +35,73 @@ class ModelSection(_Section):
         "fine-tuning keeps float32 master weights (with bf16 autocast) unless training.pure_bf16 is set")
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
     trust_remote_code: bool = Field(False, description="run code shipped with the model; off unless asked")
+    license: str | None = Field(None, description="the base model's licence id (apache-2.0, llama3.2, ...), "
+                                "stated in the model card")
+
+
+DataFormat = Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages",
+                     "prompt-completion"]
+DataTemplate = Literal["alpaca", "vicuna", "chat", "plain"]
+
+
+class DatasetEntry(_Section):
+    """One source of a mixture (``data.datasets``); unset fields take the ``data`` section's value."""
+
+    path: str = Field(description="local .json/.jsonl/.parquet file or hub dataset name")
+    format: DataFormat | None = None
+    template: DataTemplate | None = None
+    split: str | None = None
+    turns: Literal["all", "first"] | None = None
+    weight: float | None = Field(None, gt=0, description="take every example this many times (0.5: a random "
+                                 "half, 2: twice); default 1")
+    limit: int | None = Field(None, ge=1, description="use only the first N examples of this source")
+
+    @model_validator(mode="after")
+    def _weight_or_limit(self) -> DatasetEntry:
+        if self.weight is not None and self.limit is not None:
+            raise ValueError("set weight or limit, not both")
+        return self
 
 
 class DataSection(_Section):
-    path: str = Field(description="local .json/.jsonl/.parquet file or hub dataset name (tatsu-lab/alpaca)")
-    format: Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus"] = "auto"
-    template: Literal["alpaca", "vicuna", "chat"] | None = Field(
-        None, description="prompt template; default: vicuna for ShareGPT, alpaca otherwise")
+    path: str | None = Field(None, description="local .json/.jsonl/.parquet file or hub dataset name "
+                             "(tatsu-lab/alpaca); or give datasets")
+    datasets: list[DatasetEntry] | None = Field(None, min_length=1, description="a mixture of sources, each "
+                                                "read, checked and reported on its own")
+    format: DataFormat = "auto"
+    template: DataTemplate | None = Field(
+        None, description="prompt template; default: vicuna for conversations, alpaca for instruction data, plain "
+        "for text prompt/completion")
+    turns: Literal["all", "first"] = Field(
+        "all", description="train on every assistant turn of a conversation, or on the first one only (the "
+        "papers' single-turn ShareGPT protocol)")
     split: str = "train"
     max_length: int = Field(512, ge=8)
     on_bad_row: Literal["error", "skip"] = "error"
     limit: int | None = Field(None, ge=1, description="use only the first N examples")
     eval_path: str | None = Field(None, description="held-out data in the same format, for eval loss")
+    cache: bool = Field(True, description="keep tokenised local files in $SYMNOISE_CACHE (~/.cache/symnoise), "
+                        "keyed by file content, settings and tokenizer")
     packing: Literal["none", "rows", "padding_free"] = Field(
         "none", description="rows: each batch packed into rows of at most max_length tokens with position-id "
-        "resets (attention kept per sequence, almost no padding; the fast layout for SDPA and eager attention); "
+        "resets (attention kept per sequence, almost no padding; the fast layout for SDPA and eager attention, "
+        "exact under FlashAttention too through the batch's cu_seq_lens); "
         "padding_free: each batch is one row of concatenated sequences (no padding; for FlashAttention's varlen "
         "kernels, since other attention builds a dense mask over the whole row); none: pad to the longest")
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding)")
+
+    @property
+    def source_label(self) -> str:
+        """The data source(s) in one line, for the model card and the run file."""
+        return self.path if self.datasets is None else " + ".join(entry.path for entry in self.datasets)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if (self.path is None) == (self.datasets is None):
+            raise ValueError("give either path (one source) or datasets (a mixture), not both or neither")
+        if self.datasets is not None and self.limit is not None:
+            raise ValueError("limit applies to path; with datasets, set limit on each entry")
+        return self
 
 
 class LoraSection(_Section):
@@ -62,6 +112,15 @@ class LoraSection(_Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     quantize_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base weights (needs CUDA and bitsandbytes)")
+
+
+class WandbSection(_Section):
+    """Weights & Biases run settings; each falls back to its usual environment variable when not given."""
+
+    project: str | None = Field(None, description="W&B project (else $WANDB_PROJECT, else 'symnoise')")
+    entity: str | None = Field(None, description="W&B team or user (else $WANDB_ENTITY)")
+    tags: list[str] | None = Field(None, description="run tags (else $WANDB_TAGS, comma-separated)")
+    group: str | None = Field(None, description="group runs together (else $WANDB_RUN_GROUP)")
 
 
 class TrainingSection(_Section):
@@ -96,6 +155,36 @@ class TrainingSection(_Section):
     device: Literal["auto", "cpu"] = Field("auto", description="cpu forces CPU training even with a GPU")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss or gradient: stop the run (weights stay finite) or skip that step")
+    run_name: str | None = Field(None, description="run name for trackers (W&B); default: the output_dir name")
+    wandb: WandbSection | None = Field(None, description="W&B project, entity, tags, group; needs report_to: [wandb]")
+    push_to_hub: bool = Field(False, description="upload the final model, tokenizer and model card to the hub")
+    hub_model_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$",
+                                     description="hub repository (user/name); default: the output_dir name "
+                                     "under the logged-in account")
+    hub_private: bool = Field(True, description="create the hub repository private")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="any other transformers.TrainingArguments field (optim, adam_beta2, "
+        "torch_compile, ...), checked against the installed transformers")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hf_aliases(cls, data: Any) -> Any:
+        from .trainer_args import rename_aliases
+
+        return rename_aliases(data)
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from .trainer_args import check_trainer_args
+
+        return check_trainer_args(value)
+
+    @model_validator(mode="after")
+    def _wandb_needs_report_to(self) -> TrainingSection:
+        if self.wandb is not None and "wandb" not in self.report_to:
+            raise ValueError("wandb is set but report_to does not include wandb (report_to: [wandb])")
+        return self
 
     @field_validator("max_steps")
     @classmethod
@@ -212,7 +301,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = strict_yaml.load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -4,9 +4,12 @@ Order of work: validate the config (done by the caller), check the run directory
 (bad rows fail here, before any model is loaded), load the model, train with `symnoise.hf.add_noise`, and
 write the run directory::
 
+    RUN/run_start.json         what the run was started with (config, data hash), checked by --resume
+    RUN/symnoise.lock          held by the running process (PID and host inside); see train/run_dir.py
     RUN/config.yaml            the resolved config
     RUN/symnoise_run.json      template, max length and noise, read by `symnoise generate`
-    RUN/data_report.json       rows read, skipped (and why), truncated, dropped
+    RUN/data_report.json       per source: rows read, skipped (and why), warnings, conversations, assistant
+                               turns trained and truncated by max_length, examples dropped
     RUN/metrics.jsonl, .csv    one line per logging step: loss, lr, grad norm, noise norm, tokens/s, memory
     RUN/runs/                  TensorBoard event files
     RUN/checkpoint-N/          Trainer checkpoints, with each rank's noise generator state (written as
@@ -34,9 +37,11 @@ import torch
 import yaml
 
 from .. import __version__
-from ..data import Example, LoadReport, TokenizedDataset, load_examples, tokenize_examples
+from ..data.check import check_sources
+from ..data.mixture import TrainingData, prepare_training_data, specs_from_section
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
 from ..hf import add_noise
+from . import trainer_args
 from .config import ConfigError, TrainConfig
 from .distributed import (
     check_launch,
@@ -47,7 +52,8 @@ from .distributed import (
     keep_fsdp_on_cpu,
     quantized_device_map,
 )
-from .metrics import RunMetrics, TokenCounter, jsonl_to_csv, model_card, write_json
+from .metrics import RunMetrics, TokenCounter, flop_parameters, jsonl_to_csv, model_card, write_json
+from .preflight import check_before_data, check_before_model, check_chat_template
 from .reliability import (
     STAGING_PREFIX,
     CheckpointWriteError,
@@ -63,6 +69,8 @@ from .reliability import (
     publish_files,
     truncate_log,
 )
+from .run_dir import claim_run_dir
+from .sharing import check_sharing, finish_wandb, push_to_hub, start_wandb
 
 logger = logging.getLogger("symnoise.train")
 
@@ -84,19 +92,14 @@ def is_main_process() -> bool:
 
 
 def check_run_dir(config: TrainConfig, resume: bool) -> Path:
-    """The run directory must be writable, and must not hold a finished or started run unless resuming.
+    """The run directory must be writable and, when resuming, hold a complete checkpoint.
 
-    Saves cut short by a crash (``tmp-*`` directories) are removed; they never count as checkpoints.
+    Whether a fresh run may use it at all was decided by `run_dir.claim_run_dir`. Saves cut short by a crash
+    (``tmp-*`` directories) are removed; they never count as checkpoints.
     """
     run_dir = Path(config.training.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"training.output_dir: {run_dir} exists and is not a directory")
-    started = run_dir.is_dir() and any(checkpoint_step(p) is not None for p in run_dir.iterdir())
-    finished = any((run_dir / name).exists() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                          "adapter_model.safetensors"))
-    if not resume and (started or finished):
-        raise ConfigError(f"training.output_dir: {run_dir} already holds a run; pass --resume to continue it "
-                          "or choose another output_dir")
     if resume and last_complete_checkpoint(run_dir) is None:
         raise ConfigError(f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,16 +124,25 @@ def load_tokenizer(config: TrainConfig):
     return tokenizer
 
 
-def load_data(config: TrainConfig) -> tuple[list[Example], LoadReport, list[Example] | None]:
-    """Read and check every row before anything expensive (tokenizer, model) is loaded."""
-    examples, report = load_examples(config.data.path, format=config.data.format,
-                                     on_bad_row=config.data.on_bad_row, split=config.data.split,
-                                     limit=config.data.limit)
-    eval_examples = None
-    if config.data.eval_path:
-        eval_examples, _ = load_examples(config.data.eval_path, format=report.format,
-                                         on_bad_row=config.data.on_bad_row)
-    return examples, report, eval_examples
+def load_tokenizer_for_data(config: TrainConfig):
+    """The tokenizer, after the model source is checked (cache, offline mode, LoRA targets); when either fails,
+    the data is read first so that a bad row is reported before a tokenizer or model problem (reading is cheap;
+    tokenising needs the tokenizer)."""
+    try:
+        check_before_model(config)
+        return load_tokenizer(config)
+    except Exception:
+        specs, eval_spec = specs_from_section(config.data)
+        for _ in check_sources(specs, eval_spec, None, config.data.max_length):
+            pass
+        raise
+
+
+def load_data(config: TrainConfig, tokenizer) -> TrainingData:
+    """Read, check and tokenise every source (bad rows fail here, before the model is loaded); cached by content."""
+    specs, eval_spec = specs_from_section(config.data)
+    return prepare_training_data(specs, tokenizer, config.data.max_length, config.training.seed, eval_spec,
+                                 cache=config.data.cache)
 
 
 def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
@@ -202,7 +214,8 @@ def make_collator(config: TrainConfig, tokenizer):
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if config.data.packing == "padding_free":
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        # The varlen kwargs spare FlashAttention re-deriving them from position ids (a host sync) in every layer.
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=True)
     if config.data.packing == "rows":
         return PackedRowsCollator(row_length=config.data.max_length, pad_token_id=tokenizer.pad_token_id)
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
@@ -216,7 +229,7 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
     if accumulation % world_size():
         raise ConfigError(f"training.effective_batch_size={t.effective_batch_size} is not divisible by "
                           f"per_device_batch_size x processes = {t.per_device_batch_size} x {world_size()}")
-    return TrainingArguments(
+    own = dict(
         output_dir=str(run_dir), num_train_epochs=t.epochs, max_steps=t.max_steps, learning_rate=t.learning_rate,
         weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
         per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
@@ -231,48 +244,63 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
         dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
         use_cpu=use_cpu or t.device == "cpu", disable_tqdm=False, optim="adamw_torch", label_names=["labels"],
+        run_name=t.run_name or run_dir.name,
     )
+    try:
+        return TrainingArguments(**trainer_args.merge(own, t.trainer_args))
+    except (ValueError, TypeError) as error:  # a pass-through value transformers refuses
+        if not t.trainer_args:
+            raise
+        raise ConfigError(f"training.trainer_args: transformers.TrainingArguments refused the settings: {error}"
+                          ) from None
 
 
-def write_run_files(config: TrainConfig, run_dir: Path, template: str, report: LoadReport,
-                    dataset: TokenizedDataset) -> None:
+def write_run_files(config: TrainConfig, run_dir: Path, template: str, data: TrainingData) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     write_json(run_dir / "symnoise_run.json", {
         "symnoise_version": __version__, "template": template, "max_length": config.data.max_length,
-        "noise": config.noise.to_dict(), "model": config.model.name, "dataset": config.data.path,
-        "format": report.format, "lora": config.lora.enabled,
+        "noise": config.noise.to_dict(), "model": config.model.name, "dataset": config.data.source_label,
+        "format": data.format, "lora": config.lora.enabled,
     })
-    write_json(run_dir / "data_report.json", {
-        "source": report.source, "format": report.format, "rows": report.n_rows, "loaded": report.n_loaded,
-        "skipped": dict(report.skipped), "examples": len(dataset), "truncated": dataset.n_truncated,
-        "dropped": dataset.n_dropped, "max_length": dataset.max_length,
-    })
+    write_json(run_dir / "data_report.json", data.to_dict())
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run one fine-tuning job as configured; returns where it wrote and how it ended."""
-    from transformers import Trainer, set_seed
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Run one fine-tuning job as configured; returns where it wrote and how it ended.
 
+    The run directory is locked for the whole run; ``resume`` continues it only with a config that trains the
+    same way; ``overwrite`` deletes an earlier run's files first (see `symnoise.train.run_dir`).
+    """
     check_launch()
     check_nonfinite_mode(config.training.on_nonfinite)
+    check_before_data(config)
+    with claim_run_dir(config, resume, overwrite) as claim:
+        return _train(config, claim.resume)
+
+
+def _train(config: TrainConfig, resume: bool) -> TrainResult:
+    from transformers import Trainer, set_seed
+
+    check_sharing(config)
     run_dir = check_run_dir(config, resume)
     set_seed(config.training.seed)
-    examples, report, eval_examples = load_data(config)
-    logger.info("%s", report.summary())
-    template = config.resolved_template(report.format)
-    tokenizer = load_tokenizer(config)
-    dataset = tokenize_examples(examples, tokenizer, template, config.data.max_length)
-    eval_dataset = eval_examples and tokenize_examples(eval_examples, tokenizer, template, config.data.max_length)
-    logger.info("%s", dataset.summary())
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = resolve_precision(config, use_cuda)
-    if is_main_process():
-        write_run_files(config, run_dir, template, report, dataset)
-    # Without CUDA the processes train on the CPU (gloo); otherwise torchrun on a CPU machine trains N
-    # independent copies. The distributed state is made here (args.device), before the model is loaded.
-    args = training_arguments(config, run_dir, precision, eval_dataset is not None, use_cpu=not use_cuda)
+    # Built before tokenizer and model load: a value transformers refuses (training.trainer_args) costs no load.
+    # It also makes the distributed state, before the model is loaded; without CUDA the processes train on the
+    # CPU over gloo (otherwise torchrun on a CPU machine would train N independent copies).
+    args = training_arguments(config, run_dir, precision, config.data.eval_path is not None, use_cpu=not use_cuda)
     logger.info("%s", describe_world(args))
     check_world_size(args.world_size)
+    tokenizer = load_tokenizer_for_data(config)
+    check_chat_template(config, tokenizer, config.data.template)
+    data = load_data(config, tokenizer)
+    if is_main_process():  # one summary per run, not one per rank
+        for line in data.summary_lines():
+            logger.info("%s", line)
+    template, dataset, eval_dataset = data.template, data.train, data.eval
+    if is_main_process():
+        write_run_files(config, run_dir, template, data)
     if not use_cuda:
         keep_fsdp_on_cpu()
     _log_efficient_loading(args.process_index)
@@ -290,20 +318,26 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     trainer = Trainer(model=model, args=args, train_dataset=IndexedDataset(dataset), eval_dataset=eval_dataset,
                       data_collator=indexing_collator(collator), processing_class=tokenizer)
     counter = TokenCounter(trainer)
-    n_params = sum(p.numel() for p in model.parameters())
-    metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size())
+    n_params, n_trained = flop_parameters(model)
+    metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size(), n_trained)
     _log_with_metrics(trainer, metrics)
     add_noise(trainer, config.noise)
     make_checkpoints_atomic(trainer)
-    NonFiniteGuard(trainer, config.training.on_nonfinite, _kept_sources(examples, dataset), run_dir)
+    NonFiniteGuard(trainer, config.training.on_nonfinite, dataset.sources, run_dir)
     checkpoint = _resume_point(run_dir) if resume else None
-    if checkpoint is not None and _trained_to_the_end(checkpoint, config):
-        _load_finished(trainer, checkpoint)
-        steps = trainer.state.global_step
-    else:
-        steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
-    final_loss = _last_training_loss(trainer)
-    _save_final(trainer, tokenizer, config, run_dir, template, final_loss)
+    wandb_run = start_wandb(config, run_dir) if trainer.is_world_process_zero() else None
+    try:
+        if checkpoint is not None and _trained_to_the_end(checkpoint, config):
+            _load_finished(trainer, checkpoint)
+            steps = trainer.state.global_step
+        else:
+            steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
+        final_loss = _last_training_loss(trainer)
+        _save_final(trainer, tokenizer, config, run_dir, template, final_loss)  # every rank takes part
+        if trainer.is_world_process_zero() and config.training.push_to_hub:
+            push_to_hub(config, run_dir)
+    finally:
+        finish_wandb(wandb_run)
     return TrainResult(run_dir, steps, final_loss, len(dataset))
 
 
@@ -315,12 +349,6 @@ def _log_efficient_loading(process: int) -> None:
     if is_fsdp_enabled():
         logger.info("process %d: loading for FSDP cpu_ram_efficient_loading (rank 0's weights are broadcast)",
                     process)
-
-
-def _kept_sources(examples: list[Example], dataset: TokenizedDataset) -> list[str]:
-    """The source ("train.json:row 12") of each tokenised example, in dataset order."""
-    dropped = set(dataset.dropped_sources)
-    return [example.source for example in examples if example.source not in dropped]
 
 
 def _resume_point(run_dir: Path) -> str:
@@ -397,8 +425,8 @@ def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template
             trainer._save(str(staging), state_dict=state_dict)
         tokenizer.save_pretrained(str(staging))
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says the same safely
-        (staging / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss),
-                                           encoding="utf-8")
+        (staging / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss,
+                                                      trainer.state.epoch), encoding="utf-8")
         publish_files(staging, run_dir, last=FINAL_WEIGHTS)
         metrics_file = run_dir / "metrics.jsonl"
         if metrics_file.exists():
@@ -406,7 +434,7 @@ def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template
         summary = {"steps": trainer.state.global_step, "final_loss": final_loss,
                    "train_runtime_s": _runtime(trainer), "finished": True}
         write_json(run_dir / "train_summary.json", summary)
-    except OSError as error:
+    except Exception as error:  # any writer's failure (OSError, SafetensorError, torch's RuntimeError)
         shutil.rmtree(staging, ignore_errors=True)
         raise CheckpointWriteError(describe_write_error(error, "the final model", run_dir)) from error
     trainer.accelerator.wait_for_everyone()

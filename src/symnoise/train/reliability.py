@@ -123,9 +123,18 @@ def publish(staged: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def describe_write_error(error: OSError, what: str, run_dir: Path) -> str:
-    """A message saying what could not be written, why, and which checkpoint is still good."""
-    reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+def describe_write_error(error: BaseException, what: str, run_dir: Path) -> str:
+    """A message saying what could not be written, why, and which checkpoint is still good.
+
+    Writers report a full disk in their own ways: ``OSError(ENOSPC)`` from Python, ``SafetensorError`` from
+    safetensors, ``RuntimeError: [enforce fail at inline_container.cc] ... file write failed`` from
+    ``torch.save``; any of them is named by its class and text when it is not an ``OSError``.
+    """
+    if isinstance(error, OSError):
+        reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    else:
+        text = " ".join(str(error).split())
+        reason = f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
     last = last_complete_checkpoint(run_dir)
     intact = (f"the last complete checkpoint, {last.name}, is intact: fix this and rerun with --resume"
               if last else "no earlier checkpoint exists")
@@ -160,9 +169,11 @@ def make_checkpoints_atomic(trainer: Any) -> None:
                 (staging / name / "training_args.bin").unlink(missing_ok=True)
                 publish(staging / name, run_dir / name)
                 staging.rmdir()
-        except OSError as error:
+        except Exception as error:  # any writer's failure (OSError, SafetensorError, torch's RuntimeError)
             if main:
                 shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, TrainingError):
+                raise
             raise CheckpointWriteError(describe_write_error(error, name, run_dir)) from error
         finally:
             vars(trainer).pop("_get_output_dir", None)

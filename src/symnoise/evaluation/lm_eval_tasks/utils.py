@@ -1,11 +1,16 @@
 """Document processing for the local HellaSwag task (referenced from ``hellaswag.yaml`` with ``!function``).
 
-The harness builds each HellaSwag query from the original fields as
-``preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())``. The local text file only has the line
-``activity_label: ctx`` with ``ctx = ctx_a + " " + ctx_b`` (WikiHow markup already removed), so ``ctx_b`` is
-recovered as the text after the last ". " and capitalized when it starts with a lower-case letter. That is exact for
-the usual ActivityNet item ("... on a roof. he" -> "... on a roof. He") and leaves WikiHow items, whose ``ctx_b`` is
-empty, unchanged; rare items whose context does not end in a full stop before ``ctx_b`` stay uncapitalized.
+The harness builds each HellaSwag query from the hub fields as
+``preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())``, and :func:`hellaswag_doc` does exactly
+that. Rows of the hub schema (e.g. a local copy of the train split) already carry those fields. The local validation
+file only has the line ``activity_label: ctx`` with ``ctx = ctx_a + " " + ctx_b`` (WikiHow markup already
+removed), so :func:`split_context` recovers them:
+
+* WikiHow items (their ``activity_label`` is a WikiHow category, e.g. "Personal Care and Style") have an empty
+  ``ctx_b``: nothing is capitalised, even where a sentence seems to start after an abbreviation ("u.s. nationals",
+  "10 a.m. to 10 p.m.");
+* ActivityNet items end with the fragment ``ctx_b`` after the last ". " ("... on a roof. he"), capitalised by the
+  harness; a context whose last fragment does not start with a lower-case letter is taken as all ``ctx_a``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,15 @@ from typing import Any
 
 _MARKUP = re.compile(r"\[.*?\]")
 
+# The activity labels of HellaSwag's WikiHow items: WikiHow's top-level categories (all 19 in the validation split).
+WIKIHOW_CATEGORIES = frozenset({
+    "Arts and Entertainment", "Cars & Other Vehicles", "Computers and Electronics", "Education and Communications",
+    "Family Life", "Finance and Business", "Food and Entertaining", "Health", "Hobbies and Crafts",
+    "Holidays and Traditions", "Home and Garden", "Home,Categories", "Personal Care and Style", "Pets and Animals",
+    "Philosophy and Religion", "Relationships", "Sports and Fitness", "Travel", "Uncategorized", "Work World",
+    "Youth",
+})
+
 
 def preprocess(text: str) -> str:
     """The harness's HellaSwag clean-up: WikiHow ``[title]`` becomes a sentence break, other ``[...]`` tags go."""
@@ -22,23 +36,43 @@ def preprocess(text: str) -> str:
     return _MARKUP.sub("", text).replace("  ", " ")
 
 
-def capitalize_continuation(ctx_line: str) -> str:
-    """Capitalize the trailing sentence fragment (``ctx_b``) of an ``activity_label: ctx`` line, as the harness does.
+def split_context(ctx_line: str) -> tuple[str, str, str]:
+    """``activity_label: ctx`` -> ``(activity_label, ctx_a, ctx_b)`` as in the hub dataset (see the module doc)."""
+    label, sep, ctx = ctx_line.partition(": ")
+    if not sep:
+        label, ctx = "", ctx_line
+    if label in WIKIHOW_CATEGORIES:
+        return label, ctx, ""
+    cut = ctx.rfind(". ")
+    start = cut + 2 if cut >= 0 else 0
+    fragment = ctx[start:]
+    if not fragment[:1].islower():
+        return label, ctx, ""
+    return label, ctx[:start].rstrip(" "), fragment
 
-    ``str.capitalize`` also lower-cases the rest of the fragment; the harness does the same, so it is kept.
-    """
-    cut = ctx_line.rfind(". ")
-    start = cut + 2 if cut >= 0 else ctx_line.find(": ") + 2 if ": " in ctx_line else 0
-    fragment = ctx_line[start:]
-    if fragment[:1].islower():
-        return ctx_line[:start] + fragment.capitalize()
-    return ctx_line
+
+def capitalize_continuation(ctx_line: str) -> str:
+    """The ``activity_label: ctx`` line with ``ctx_b`` capitalised as the harness does (``str.capitalize`` also
+    lower-cases the rest of the fragment; so does the harness)."""
+    label, ctx_a, ctx_b = split_context(ctx_line)
+    if not ctx_b:
+        return ctx_line
+    head = f"{label}: {ctx_a}" if label else ctx_a
+    return f"{head} {ctx_b.capitalize()}" if ctx_a else f"{label}: {ctx_b.capitalize()}"
 
 
 def hellaswag_doc(row: dict[str, Any]) -> dict[str, Any]:
-    """One local row ``{ctx, endings, label}`` -> the fields the task reads: query, choices, gold."""
+    """One row -> the fields the task reads (query, choices, gold), by the harness's formula.
+
+    Rows of the hub schema carry ``activity_label``, ``ctx_a``, ``ctx_b``; local rows ``{ctx, endings, label}``
+    get them from :func:`split_context`.
+    """
+    if row.get("ctx_a") is not None and row.get("activity_label") is not None:
+        label, ctx_a, ctx_b = row["activity_label"], row["ctx_a"], row.get("ctx_b") or ""
+    else:
+        label, ctx_a, ctx_b = split_context(row["ctx"])
     return {
-        "query": preprocess(capitalize_continuation(row["ctx"])),
+        "query": preprocess(label + ": " + ctx_a + " " + ctx_b.capitalize()),
         "choices": [preprocess(ending) for ending in row["endings"]],
         "gold": int(row["label"]),
     }

@@ -1,0 +1,344 @@
+"""Reading the raw rows of a data source, one at a time, without holding the parsed file in memory.
+
+Local ``.json`` (a list of objects; JSON Lines is accepted too), ``.jsonl`` (one object per line; a
+pretty-printed JSON array is accepted too, as NEFTune's ``alpaca-train.jsonl`` is one), ``.parquet``, or a Hugging
+Face dataset name read with `datasets.load_dataset`. JSON Lines are read line by line and a JSON array element by
+element, so a large file costs its text (for an array) and never a list of every parsed row.
+
+UTF-16 and UTF-32 files are refused with a message naming the encoding; a UTF-8 byte-order mark is accepted.
+Undecodable bytes are kept as lone surrogates so the row holding them can be named later, instead of failing the
+whole file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .conversations import BadRow
+
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32 (little-endian, with a byte-order mark)"),
+    (codecs.BOM_UTF32_BE, "UTF-32 (big-endian, with a byte-order mark)"),
+    (codecs.BOM_UTF16_LE, "UTF-16 (little-endian, with a byte-order mark)"),
+    (codecs.BOM_UTF16_BE, "UTF-16 (big-endian, with a byte-order mark)"),
+)
+
+
+class DataError(ValueError):
+    """A data source, or one of its rows, cannot be turned into training examples."""
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """A row as read from its source, before validation; `value` is a `BadRow` when it could not be parsed."""
+
+    index: int
+    line: int | None
+    value: Any
+
+
+def wide_encoding(head: bytes) -> str | None:
+    """The name of a UTF-16/UTF-32 encoding the first bytes of a file show (by BOM or by zero bytes), or None."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            return name
+    sample = head[:64]
+    if len(sample) >= 4 and sample.count(0) >= len(sample) // 4:
+        if sample[0] == 0 and sample[1] != 0:
+            return "UTF-16 (big-endian, without a byte-order mark)"
+        if sample[0] != 0 and sample[1] == 0:
+            return "UTF-16 (little-endian, without a byte-order mark)"
+    return None
+
+
+def _check_encoding(path: Path, name: str) -> bool:
+    """Refuses UTF-16/32 files with a message naming the encoding; True when the file starts with a UTF-8 BOM."""
+    with _open(path, name) as handle:
+        head = handle.read(64)
+    wide = wide_encoding(head)
+    if wide:
+        raise DataError(f"{name}: the file is encoded as {wide}; symnoise reads UTF-8. Convert it, e.g. "
+                        f"iconv -f UTF-16 -t UTF-8 (or open and save it as UTF-8)")
+    return head.startswith(codecs.BOM_UTF8)
+
+
+def _open(path: Path, name: str):
+    try:
+        return path.open("rb")
+    except OSError as error:
+        raise DataError(f"{name}: cannot read the file: {error.strerror or error}") from None
+
+
+def _decode_line(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _parse_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        return BadRow("invalid JSON", f"not valid JSON at column {error.colno}: {error.msg}")
+    except RecursionError:
+        return BadRow("invalid JSON", "not readable JSON: nested too deeply")
+
+
+def _json_lines_rows(path: Path, name: str) -> Iterator[RawRow]:
+    """Rows of a JSON Lines file, read line by line; blank lines are ignored, an unparsable line is a bad row.
+
+    Lines are split on "\\n" only: U+2028 and friends may legally appear inside JSON strings.
+    """
+    index = 0
+    with _open(path, name) as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            line = _decode_line(raw.rstrip(b"\n").removesuffix(b"\r"))
+            if line_number == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
+                continue
+            yield RawRow(index, line_number, _parse_line(line))
+            index += 1
+
+
+def _read_text(path: Path, name: str) -> tuple[str, int | None]:
+    """The whole text of a file, and the byte offset of its first undecodable byte (None when all is valid)."""
+    with _open(path, name) as handle:
+        data = handle.read()
+    try:
+        text, bad_at = data.decode("utf-8"), None
+    except UnicodeDecodeError as error:
+        text, bad_at = data.decode("utf-8", errors="surrogateescape"), error.start
+    return text.removeprefix("\ufeff"), bad_at
+
+
+class _ChunkedText:
+    """The text of a file read in chunks: a window `text` that starts `start` characters into the file, grown
+    with `more()` and cut with `drop()`, so a large JSON array is never held whole."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self.strict = codecs.getincrementaldecoder("utf-8")()  # only to find the first undecodable byte
+        self.text = ""
+        self.start = 0
+        self.lines_before = 0  # newlines in the dropped text
+        self.column_base = 0  # characters after the last dropped newline
+        self.bad_at: int | None = None
+        self.bytes_read = 0
+        self.at_end = False
+
+    def more(self) -> bool:
+        """Reads another chunk into the window; False at the end of the file."""
+        if self.at_end:
+            return False
+        data = self.handle.read(self.CHUNK)
+        self.at_end = not data
+        if self.bad_at is None:
+            try:
+                self.strict.decode(data, final=self.at_end)
+            except UnicodeDecodeError as error:
+                self.bad_at = max(0, self.bytes_read + error.start)
+        self.bytes_read += len(data)
+        text = self.decoder.decode(data, final=self.at_end)
+        if self.start == 0 and not self.text:
+            text = text.removeprefix("\ufeff")
+        self.text += text
+        return bool(data)
+
+    def drop(self, upto: int) -> None:
+        """Forgets the window's first `upto` characters."""
+        dropped = self.text[:upto]
+        newlines = dropped.count("\n")
+        if newlines:
+            self.lines_before += newlines
+            self.column_base = len(dropped) - dropped.rfind("\n") - 1
+        else:
+            self.column_base += len(dropped)
+        self.text = self.text[upto:]
+        self.start += upto
+
+    def error(self, name: str, message: str, position: int) -> DataError:
+        """A whole-file error at `position` of the window, with the line and column in the file."""
+        line = self.text.count("\n", 0, position)
+        column = position - self.text.rfind("\n", 0, position) if line else position + 1 + self.column_base
+        hint = f" (the file is not valid UTF-8 from byte {self.bad_at})" if self.bad_at is not None else ""
+        return DataError(f"{name}: not valid JSON at line {self.lines_before + line + 1} column {column}: "
+                         f"{message}{hint}")
+
+    def skip_space(self, position: int) -> int:
+        """The first non-blank position from `position`, reading more as needed (len(text) at the end)."""
+        while True:
+            while position < len(self.text) and self.text[position] in " \t\r\n":
+                position += 1
+            if position < len(self.text) or not self.more():
+                return position
+
+
+def _json_array_rows(path: Path, name: str) -> Iterator[RawRow]:
+    """Rows of a file holding one JSON array, decoded element by element from chunks of the file; a malformed
+    file is a whole-file error with its line and column."""
+    decoder = json.JSONDecoder()
+    with _open(path, name) as handle:
+        window = _ChunkedText(handle)
+        position = window.skip_space(0)
+        if window.text[position:position + 1] != "[":
+            raise window.error(name, "expected a JSON array", position)
+        position = window.skip_space(position + 1)
+        index = 0
+        if window.text[position:position + 1] == "]":
+            _expect_end(window, position + 1, name)
+            return
+        while True:
+            value, position = _decode_element(window, decoder, position, name)
+            yield RawRow(index, None, value)
+            index += 1
+            position = window.skip_space(position)
+            separator = window.text[position:position + 1]
+            if separator == "]":
+                _expect_end(window, position + 1, name)
+                return
+            if separator != ",":
+                raise window.error(name, "Expecting ',' delimiter", position)
+            window.drop(position + 1)
+            position = window.skip_space(0)
+
+
+def _decode_element(window: _ChunkedText, decoder: json.JSONDecoder, position: int, name: str) -> tuple[Any, int]:
+    """The JSON value at `position`, reading more of the file while the value is cut by the window's end."""
+    while True:
+        try:
+            value, end = decoder.raw_decode(window.text, position)
+            if end < len(window.text) or not window.more():  # a number at the window's end may go on
+                return value, end
+        except json.JSONDecodeError as error:
+            if not window.more():
+                raise window.error(name, error.msg, error.pos) from None
+        except RecursionError:
+            raise DataError(f"{name}: not readable JSON: nested too deeply") from None
+
+
+def _expect_end(window: _ChunkedText, position: int, name: str) -> None:
+    position = window.skip_space(position)
+    if position < len(window.text):
+        raise window.error(name, "Extra data", position)
+
+
+HEAD_BYTES = 1 << 16
+
+
+def _first_line(path: Path, name: str) -> tuple[str, bool]:
+    """The first non-blank line of a text file (BOM removed; "" for a blank file), read from at most the first
+    64 KiB, and whether it ended there (a minified JSON array is one long line, never read whole here)."""
+    with _open(path, name) as handle:
+        head = handle.read(HEAD_BYTES)
+        at_end = len(head) < HEAD_BYTES
+    text = head.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    for line in text.split("\n")[:-1] if not at_end else text.split("\n"):
+        if line.strip():
+            return line.strip(), True
+    stripped = text.split("\n")[-1].strip()
+    return stripped, not stripped
+
+
+def _text_file_rows(path: Path, name: str) -> Iterator[RawRow]:
+    """Rows of a .json or .jsonl file, whichever of the two layouts it actually uses: a JSON array when the file
+    starts with "[" and is named .json or its first line is not a complete JSON value, JSON Lines otherwise."""
+    _check_encoding(path, name)
+    first, complete = _first_line(path, name)
+    if not first:
+        raise DataError(f"{name}: the file is empty")
+    first_is_json = complete and not isinstance(_parse_line(first), BadRow)
+    is_json = path.suffix.lower() == ".json"
+    if first.startswith("[") and (is_json or (complete and not first_is_json)):
+        return _json_array_rows(path, name)
+    if is_json and complete and not first_is_json and first.startswith("{"):
+        text, _ = _read_text(path, name)
+        try:
+            whole = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            whole = None
+        if isinstance(whole, dict):
+            raise DataError(f"{name}: the top level is a JSON object, expected a list of records")
+    return _json_lines_rows(path, name)
+
+
+def _parquet_rows(path: Path, name: str) -> Iterator[RawRow]:
+    """Rows of a Parquet file, read one record batch at a time."""
+    try:
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+        first = next(batches, None)
+    except Exception as error:  # pyarrow raises several unrelated types for unreadable files
+        raise DataError(f"{name}: not a readable Parquet file: {type(error).__name__}: {error}") from None
+    return _batch_rows(first, batches, name)
+
+
+def _batch_rows(first, batches, name: str) -> Iterator[RawRow]:
+    index = 0
+    batch = first
+    while batch is not None:
+        for value in batch.to_pylist():
+            yield RawRow(index, None, value)
+            index += 1
+        try:
+            batch = next(batches, None)
+        except Exception as error:  # a corrupt later row group
+            raise DataError(f"{name}: not a readable Parquet file: {type(error).__name__}: {error}") from None
+
+
+def _hub_rows(name: str, split: str) -> Iterator[RawRow]:
+    """Rows of a Hugging Face dataset, by name or as one file of a dataset repository
+    (``hf://datasets/OWNER/NAME/FILE.json``); any failure to load it becomes one clear DataError."""
+    try:
+        import datasets
+
+        if name.startswith("hf://"):  # one file inside a hub dataset repository
+            builder = "parquet" if name.lower().endswith(".parquet") else "json"
+            dataset = datasets.load_dataset(builder, data_files=name, split="train")
+        else:
+            dataset = datasets.load_dataset(name, split=split)
+    except Exception as error:  # network, auth, missing split, bad name: all mean "could not load"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
+        raise DataError(
+            f"could not load dataset '{name}' (split '{split}') from the Hugging Face hub: "
+            f"{type(error).__name__}: {reason}. A local file must end in {', '.join(FILE_SUFFIXES)}."
+        ) from None
+    return (RawRow(index, None, value) for index, value in enumerate(dataset))
+
+
+def local_path(source: str) -> Path | None:
+    """The local file `source` names, or None when it is a hub dataset; a DataError for a bad local path."""
+    if source.startswith("hf://"):
+        return None
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise DataError(f"{source}: is a directory; give a {', '.join(FILE_SUFFIXES)} file or a hub dataset name")
+    if path.exists():
+        if suffix not in FILE_SUFFIXES:
+            raise DataError(f"{source}: unsupported file type '{suffix}'; expected one of {', '.join(FILE_SUFFIXES)}")
+        return path
+    if suffix in FILE_SUFFIXES or source.startswith(("/", ".", "~")):
+        raise DataError(f"{source}: file not found")
+    return None
+
+
+def open_source(source: str, split: str) -> Iterator[RawRow]:
+    """The raw rows of a local file or, when `source` is not a path, of a hub dataset."""
+    path = local_path(source)
+    if path is None:
+        return _hub_rows(source, split)
+    if path.suffix.lower() == ".parquet":
+        return _parquet_rows(path, source)
+    return _text_file_rows(path, source)

@@ -1,0 +1,103 @@
+"""Turn a LoRA run into one ordinary model: base weights with the adapter merged in, saved as safetensors.
+
+A LoRA run directory holds only the adapter; serving stacks that load a plain causal LM (transformers'
+``from_pretrained``, vLLM, llama.cpp converters) need the merged weights. :func:`merge_lora` loads the base model
+named in the adapter config (unquantised, also for a QLoRA run), merges the adapter, and writes the model, the
+tokenizer, the run's ``symnoise_run.json`` (so ``symnoise generate`` finds the template) and its model card. The
+result is written to a staging folder and renamed into place, so an interrupted export never leaves a folder
+that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+ADAPTER_CONFIG = "adapter_config.json"
+RUN_FILES = ("symnoise_run.json", "config.yaml", "data_report.json", "train_summary.json")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ExportError(ValueError):
+    """A run directory or destination that cannot be exported as asked; the message says why."""
+
+
+def is_lora_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / ADAPTER_CONFIG).is_file()
+
+
+def base_model_of(run_dir: str | Path) -> str:
+    config = json.loads((Path(run_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    return config.get("base_model_name_or_path") or "(unknown)"
+
+
+def check_export(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse, before loading anything, a run that is not a LoRA run or a destination that holds files."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: no such run directory")
+    if not is_lora_run(run_dir):
+        if (run_dir / "model.safetensors").is_file() or (run_dir / "model.safetensors.index.json").is_file():
+            raise ExportError(f"{run_dir} is a full fine-tune: the directory is already a complete model that "
+                              "transformers and vLLM load as it is; there is no adapter to merge")
+        raise ExportError(f"{run_dir}: no {ADAPTER_CONFIG}; not a finished LoRA run (is training still going?)")
+    if out_dir.resolve() == run_dir.resolve():
+        raise ExportError("the merged model needs its own directory, not the run directory")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{out_dir} already holds files; choose another directory or pass --force")
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def merge_lora(run_dir: str | Path, out_dir: str | Path, dtype: str = "auto", overwrite: bool = False,
+               trust_remote_code: bool = False) -> Path:
+    """Merge the run's LoRA adapter into its base model and save the result to ``out_dir``; returns it.
+
+    ``dtype=auto`` keeps the base model's stored dtype (bfloat16 for most current models).
+    """
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_export(run_dir, out_dir, overwrite)
+    torch_dtype = _torch_dtype(dtype)
+    model = AutoPeftModelForCausalLM.from_pretrained(str(run_dir), dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    merged = model.merge_and_unload()
+    merged.config.use_cache = True  # training switched the cache off; generation wants it
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir), trust_remote_code=trust_remote_code)
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        merged.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        for name in RUN_FILES:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, staging / name)
+        if (run_dir / "README.md").is_file():
+            (staging / "README.md").write_text(merged_card((run_dir / "README.md").read_text(encoding="utf-8"),
+                                                           run_dir), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def merged_card(card: str, run_dir: Path) -> str:
+    """The run's model card for the merged weights: a transformers model now, not a PEFT adapter."""
+    card = card.replace("library_name: peft\n", "library_name: transformers\n", 1)
+    card = card.replace("- lora\n", "- lora\n- merged\n", 1)
+    card = card.replace("the saved weights are an ordinary LoRA adapter for the base model",
+                        "these weights are the base model with the LoRA adapter merged in (symnoise export)")
+    return card

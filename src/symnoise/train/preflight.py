@@ -1,0 +1,217 @@
+"""Checks made before anything expensive: each turns a late traceback into a `ConfigError` naming the field.
+
+Without them a run can load a 7B model (or train for hours) before it finds that wandb is not installed, that
+flash-attn cannot be imported, that a LoRA target module does not exist, or that the hub cannot be reached.
+Every check here reads only small files (a model's ``config.json``, a tokenizer) or the environment:
+
+* `check_output_dir`: ``training.output_dir`` is not under a file and its nearest existing folder is writable.
+* `check_environment`: packages that the config asks for are importable (wandb, tensorboard, flash-attn).
+* `check_model_source`: ``model.name`` is a directory holding a saved model, or a hub name that can be fetched
+  (cached, or the hub answers within seconds; ``HF_HUB_OFFLINE`` is honoured and named).
+* `check_lora_targets`: every ``lora.target_modules`` name matches a module of the model, found on a model
+  built on the meta device from its config (no weights are read).
+* `check_chat_template`: ``data.template: chat`` has a tokenizer with a chat template.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig
+
+logger = logging.getLogger("symnoise.train")
+
+HUB_PROBE_TIMEOUT_S = 5.0
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# ------------------------------------------------------------------------------------------ output directory
+def check_output_dir(output_dir: str | Path) -> None:
+    """``output_dir`` must be a directory or creatable as one, in a folder this process can write."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"training.output_dir: {path} exists and is not a directory")
+    ancestor = path
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise ConfigError(f"training.output_dir: {path} cannot be created: {ancestor} is a file, not a folder")
+    if path.is_dir():
+        return  # the write probe after the directory is locked tells whether it is writable
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"training.output_dir: {path} cannot be created: {ancestor} is not writable")
+
+
+def make_output_dir(path: Path) -> None:
+    """Create the run directory (and its parents), turning an OS refusal into a `ConfigError`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"training.output_dir: cannot create {path} ({error.strerror or error})") from None
+
+
+def probe_writable(path: Path) -> None:
+    """Write and remove a small file in ``path``; a read-only mount or folder fails here, not at the first save."""
+    probe = path / f".write_test_{os.getpid()}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        reason = "read-only file system" if error.errno == errno.EROFS else (error.strerror or str(error))
+        raise ConfigError(f"training.output_dir: cannot write to {path} ({reason})") from None
+
+
+# ------------------------------------------------------------------------------------------ packages
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_environment(config: TrainConfig) -> None:
+    """Packages the config needs are installed, and flash attention has what it needs to run."""
+    for target in config.training.report_to:
+        if target == "wandb" and not _importable("wandb"):
+            raise ConfigError("training.report_to: wandb is not installed (pip install \"symnoise[wandb]\"); install it or "
+                              "remove wandb from training.report_to")
+        if target == "tensorboard" and not (_importable("tensorboard") or _importable("tensorboardX")):
+            raise ConfigError("training.report_to: tensorboard is not installed (pip install tensorboard); "
+                              "install it or remove tensorboard from training.report_to")
+    attention = config.model.attn_implementation
+    if attention in ("flash_attention_2", "flash_attention_3"):
+        module = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}[attention]
+        if not _importable(module):
+            package = "flash-attn" if attention == "flash_attention_2" else "flash-attn 3 (flash_attn_interface)"
+            raise ConfigError(f"model.attn_implementation={attention} needs {package}, which is not installed; "
+                              "install it or use sdpa (the default)")
+        import torch
+
+        if config.training.device == "cpu" or not torch.cuda.is_available():
+            raise ConfigError(f"model.attn_implementation={attention} needs a CUDA GPU; use sdpa or eager on CPU")
+
+
+# ------------------------------------------------------------------------------------------ model
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None when the hub answers an HTTP request within ``timeout`` seconds, else why not."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{hub_endpoint()}/api/whoami-v2", method="HEAD"),
+                                    timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # the hub answered (401 without a token): it is reachable
+    except (TimeoutError, urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+
+
+def _cached(name: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # an invalid repo id: not cached
+        return False
+    return isinstance(found, str)
+
+
+def check_model_source(config: TrainConfig) -> None:
+    """``model.name`` is a folder with a saved model, or a hub name this machine can get (cached or online)."""
+    name = config.model.name
+    local = Path(name).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ConfigError(f"model.name: {local} is a file; give a model folder (config.json and weights) or "
+                              "a hub name")
+        files = {p.name for p in local.iterdir()}
+        if not files:
+            raise ConfigError(f"model.name: {local} is an empty folder; it must hold a saved model (config.json "
+                              "and *.safetensors, as written by save_pretrained)")
+        if "config.json" not in files and "adapter_config.json" not in files:
+            raise ConfigError(f"model.name: {local} has no config.json, so it is not a saved model (it holds "
+                              f"{', '.join(sorted(files)[:5])}{', ...' if len(files) > 5 else ''})")
+        if not any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+            raise ConfigError(f"model.name: {local} has a config.json but no weights (*.safetensors or *.bin)")
+        return
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    if looks_local:
+        raise ConfigError(f"model.name: {name} does not exist (not a folder, and not a hub name like org/model)")
+    if _cached(name, config.model.revision):
+        return
+    if hub_offline():
+        raise ConfigError(f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
+                          "HF_HUB_OFFLINE is set, so it cannot be downloaded; unset HF_HUB_OFFLINE, or set "
+                          "model.name to a local model folder")
+    problem = hub_reachable()
+    if problem is not None:
+        raise ConfigError(f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
+                          f"{hub_endpoint()} cannot be reached ({problem}); connect to the network, or set "
+                          "model.name to a local model folder")
+
+
+def model_module_names(config: TrainConfig) -> list[str]:
+    """Dotted names of every module of the configured model, built on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(config.model.name, revision=config.model.revision,
+                                              trust_remote_code=config.model.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
+    return [name for name, _ in model.named_modules() if name]
+
+
+def check_lora_targets(config: TrainConfig) -> None:
+    """Every name in ``lora.target_modules`` matches a module as PEFT matches them (the name or its last parts)."""
+    targets = config.lora.target_modules
+    if not config.lora.enabled or targets == "all-linear":
+        return
+    local = Path(config.model.name).expanduser()
+    if local.is_dir() and (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
+        return  # an adapter folder: its base model's modules are not known without loading it
+    names = model_module_names(config)
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        last_parts = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+        raise ConfigError(f"lora.target_modules: {', '.join(missing)} not found in {config.model.name}; its "
+                          f"modules are named {', '.join(last_parts)} (or use all-linear)")
+
+
+def check_chat_template(config: TrainConfig, tokenizer, template: str) -> None:
+    """``template: chat`` renders prompts with the tokenizer's chat template, which it must have."""
+    if template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"data.template=chat: the tokenizer of {config.model.name} has no chat template; use "
+                          "data.template=alpaca or vicuna, or a model whose tokenizer defines chat_template")
+
+
+def check_before_data(config: TrainConfig) -> None:
+    """What is known from the config and the environment alone (run before the data is read)."""
+    check_environment(config)
+    name = config.model.name
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        check_model_source(config)
+
+
+def check_before_model(config: TrainConfig) -> None:
+    """What needs the model's name resolved or its config read (run after the data is read, before loading)."""
+    check_model_source(config)
+    check_lora_targets(config)

@@ -1,0 +1,120 @@
+"""The configs shipped inside the package: every one validates, `symnoise configs list/copy` work, and a clone's
+`configs/` is the same folder as the package's."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+from symnoise.shipped_configs import CONFIGS_ROOT, copy_config, find_config, list_configs, resolve_config_path
+from symnoise.train import load_config
+
+STARTERS = {  # name -> (hub model, licence, LoRA, 4-bit)
+    "qwen2.5-0.5b/alpaca-symnoise": ("Qwen/Qwen2.5-0.5B-Instruct", "apache-2.0", False, False),
+    "qwen2.5-0.5b/alpaca-symnoise-lora": ("Qwen/Qwen2.5-0.5B-Instruct", "apache-2.0", True, False),
+    "llama3.2-1b/alpaca-symnoise": ("meta-llama/Llama-3.2-1B-Instruct", "llama3.2", False, False),
+    "llama3.2-1b/alpaca-symnoise-lora": ("meta-llama/Llama-3.2-1B-Instruct", "llama3.2", True, False),
+    "llama3.1-8b/alpaca-symnoise-qlora": ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1", True, True),
+}
+
+
+def test_the_clone_configs_folder_is_the_package_folder():
+    assert (REPO_ROOT / "configs").is_symlink()
+    assert (REPO_ROOT / "configs").resolve() == CONFIGS_ROOT.resolve() == (REPO_ROOT / "src/symnoise/configs").resolve()
+
+
+def test_list_covers_every_file_with_its_kind():
+    configs = list_configs()
+    assert {c.path for c in configs} == set(CONFIGS_ROOT.rglob("*.yaml"))
+    kinds = {c.name: c.kind for c in configs}
+    assert kinds["grid/mini"] == "grid" and kinds["accelerate/fsdp"] == "accelerate"
+    assert kinds["llama2-7b/alpaca-symnoise"] == "train" and set(STARTERS) <= set(kinds)
+    assert all(c.description for c in configs)
+    train_names = [c.name for c in configs if c.kind == "train"]
+    assert train_names.index("qwen2.5-0.5b/alpaca-symnoise") < train_names.index("llama2-7b/alpaca-none")
+
+
+@pytest.mark.parametrize("name", sorted(STARTERS))
+def test_starter_configs_validate(name):
+    model, licence, lora, four_bit = STARTERS[name]
+    config = load_config(find_config(name).path)
+    assert (config.model.name, config.model.license) == (model, licence)
+    assert (config.lora.enabled, config.lora.quantize_4bit) == (lora, four_bit)
+    assert config.noise.method == "symnoise" and config.noise.alpha == 5.0
+    assert config.data.template == "chat"  # instruct models: their own chat template
+    assert config.training.output_dir == f"runs/{name}"
+    assert config.training.learning_rate == (2e-4 if lora else 1e-5)
+
+
+def test_every_train_config_validates_by_name():
+    for config in list_configs():
+        if config.kind == "train":
+            assert load_config(resolve_config_path(config.name)).training.output_dir
+
+
+def test_find_and_resolve(tmp_path, monkeypatch):
+    assert find_config("configs/grid/mini.yaml").name == "grid/mini"
+    with pytest.raises(KeyError, match="did you mean qwen2.5-0.5b/alpaca-symnoise"):
+        find_config("qwen2.5-0.5b/alpaca-symnose")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_path("qwen2.5-0.5b/alpaca-symnoise") == find_config("qwen2.5-0.5b/alpaca-symnoise").path
+    local = tmp_path / "qwen2.5-0.5b" / "alpaca-symnoise"
+    local.parent.mkdir()
+    local.write_text("model: {name: mine}\n")
+    assert resolve_config_path("qwen2.5-0.5b/alpaca-symnoise") == local.relative_to(tmp_path)  # a file wins
+
+
+def test_copy_refuses_to_overwrite(tmp_path):
+    target = copy_config("qwen2.5-0.5b/alpaca-symnoise-lora", tmp_path)
+    assert target == tmp_path / "alpaca-symnoise-lora.yaml"
+    assert target.read_bytes() == find_config("qwen2.5-0.5b/alpaca-symnoise-lora").path.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        copy_config("grid/mini", target)
+    copy_config("grid/mini", target, overwrite=True)
+    assert yaml.safe_load(target.read_text())["name"] == "mini"
+
+
+@pytest.mark.slow
+def test_cli_list_copy_and_train_check_by_name(tmp_path):
+    def symnoise(*args):
+        return subprocess.run([sys.executable, "-m", "symnoise", *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    listed = symnoise("configs", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "qwen2.5-0.5b/alpaca-symnoise-lora" in listed.stdout and "grid/mini" in listed.stdout
+    assert str(CONFIGS_ROOT / "accelerate" / "fsdp.yaml") in listed.stdout  # accelerate needs the file path
+    only_grid = symnoise("configs", "list", "--kind", "grid")
+    assert "grid/mini" in only_grid.stdout and "qwen" not in only_grid.stdout
+    copied = symnoise("configs", "copy", "qwen2.5-0.5b/alpaca-symnoise", "mine.yaml")
+    assert copied.returncode == 0 and (tmp_path / "mine.yaml").is_file()
+    again = symnoise("configs", "copy", "qwen2.5-0.5b/alpaca-symnoise", "mine.yaml")
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    missing = symnoise("configs", "copy", "no/such", "x.yaml")
+    assert missing.returncode == 2 and "symnoise configs list" in missing.stderr
+    checked = symnoise("train", "llama3.2-1b/alpaca-symnoise-lora", "training.max_steps=5", "--check")
+    assert checked.returncode == 0 and "valid" in checked.stdout, checked.stderr
+    checked = symnoise("train", "mine.yaml", "--check")
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_top_level_help_is_for_users():
+    proc = subprocess.run([sys.executable, "-m", "symnoise", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "dispatcher" not in proc.stdout and "entry module" not in proc.stdout
+    for command in ("configs list", "configs copy", "symnoise train", "symnoise export", "--merge-lora"):
+        assert command in proc.stdout
+
+
+def test_a_copied_paper_grid_finds_its_base_config_outside_the_checkout(tmp_path, monkeypatch):
+    from symnoise.grid.spec import validate_grid
+
+    monkeypatch.chdir(tmp_path)
+    copy_config("grid/paper-table1", tmp_path)
+    data = yaml.safe_load((tmp_path / "paper-table1.yaml").read_text())
+    assert data["base"] == "configs/llama2-7b/alpaca-none.yaml" and not (tmp_path / "configs").exists()
+    data["evaluation"]["fallback"] = "synthetic"  # the paper grid names data files the user provides
+    grid = validate_grid(data, "paper-table1.yaml")
+    assert grid.cells and {c.config.model.name for c in grid.cells} == {"meta-llama/Llama-2-7b-hf"}
