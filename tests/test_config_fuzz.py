@@ -116,6 +116,7 @@ FIELDS = {
     "training.gradient_checkpointing": (boolean(), ["true or false"]),
     "training.trained_logits_only": (boolean(), ["true or false"]),
     "training.precision": (choice(("auto", "bf16", "fp16", "fp32")), ["auto", "bf16", "fp16", "fp32"]),
+    "training.pure_bf16": (boolean(), ["true or false"]),
     "training.seed": (integer(), ["integer|finite"]),
     "training.logging_steps": (integer(minimum=1), ["integer|finite|1"]),
     "training.save_steps": (integer(minimum=1), ["integer|finite|1"]),

@@ -74,6 +74,14 @@ def derive_seed(seed: int | None, rank: int) -> int:
     return int(np.random.SeedSequence([base % 2**63, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def draw_seed(stream_seed: int, draw: int) -> int:
+    """The seed of noise draw number ``draw`` (0, 1, ...) of a stream: with ``stream_seed`` it fixes the draw on
+    a given device type, whatever happened before (device moves, a resume in a new process)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([stream_seed % 2**63, draw]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 @dataclass
 class _Call:
     """What the pre-hook learned about one forward call, for the embedding hook to use."""
@@ -106,10 +114,12 @@ class NoiseHandle:
                                "unset neftune_noise_alpha so that the noise is not added twice")
         self.rank = _distributed_rank()
         self.seed = derive_seed(config.seed, self.rank)
-        device = self.embeddings.weight.device if hasattr(self.embeddings, "weight") else torch.device("cpu")
-        if device.type == "meta":
-            device = torch.device("cpu")
-        self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        # The noise stream's whole state is (seed, draws): draw k comes from a generator on the embeddings' device
+        # seeded with draw_seed(seed, k), so the state restores on any device, and a model that moves between
+        # devices (FSDP/DeepSpeed attach on the CPU, train on the GPU) continues the stream instead of restarting.
+        self.draws = 0
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._last_device: torch.device | None = None
         self.alpha = config.alpha
         self.progress = 0.0
         self._norm_inputs: tuple | None = None
@@ -219,14 +229,32 @@ class NoiseHandle:
             self._pair_sign = None
             self._pair_draw = None
 
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator the next draw uses, on the device of the last draw (the embeddings' device before the
+        first): already seeded for that draw. Each draw re-seeds it, so setting its state has no lasting effect."""
+        device = self._last_device
+        if device is None:
+            weight = getattr(self.embeddings, "weight", None)
+            device = weight.device if isinstance(weight, torch.Tensor) and weight.device.type != "meta" else \
+                torch.device("cpu")
+        return self._generator_for(device)
+
     def state_dict(self) -> dict[str, Any]:
-        """Noise generator state and schedule position, to save with a checkpoint (one file per rank)."""
-        return {"generator": self.generator.get_state(), "seed": self.seed, "rank": self.rank,
-                "progress": self.progress, "config": self.config.to_dict()}
+        """Noise stream state and schedule position, to save with a checkpoint (one file per rank).
+
+        Device-independent: ``generator`` is the int64 pair (seed, draws so far), which continues the stream on
+        whatever device the resumed run draws on."""
+        return {"generator": torch.tensor([self.seed, self.draws], dtype=torch.int64), "seed": self.seed,
+                "draws": self.draws, "rank": self.rank, "progress": self.progress, "config": self.config.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the noise sequence of a saved run (the same rank's file)."""
-        self.generator.set_state(state["generator"])
+        """Continue the noise sequence of a saved run (the same rank's file), on any device."""
+        if "draws" not in state:
+            raise ValueError("symnoise: this noise state holds a device-specific generator state (written by an "
+                             "earlier symnoise), which cannot continue the noise sequence exactly on another device; "
+                             "start the run afresh, or resume from a checkpoint written by this version")
+        self.seed, self.draws = int(state["seed"]), int(state["draws"])
         self.set_progress(state["progress"])
 
     # ----------------------------------------------------------------- hooks
@@ -344,6 +372,7 @@ class NoiseHandle:
         scale = N.noise_scale(lengths, embeds.shape[-1], self.alpha, factor).to(embeds.dtype)
         eps = N.sample_unit_noise(embeds.shape, cfg.distribution, generator=self._generator_for(embeds.device),
                                   dtype=embeds.dtype, device=embeds.device)
+        self.draws += 1
         positions = call.position_ids if cfg.length_mode == "tokens" else None
         self._norm_inputs = (eps, scale, lengths, positions)
         self._norm_value = None
@@ -374,9 +403,12 @@ class NoiseHandle:
         return N.token_lengths(real, positions)
 
     def _generator_for(self, device: torch.device) -> torch.Generator:
-        if self.generator.device.type != device.type:
-            self.generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self.generator
+        """A generator on ``device`` seeded for the next draw; one per device, created once (no host sync)."""
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        self._last_device = device
+        return generator.manual_seed(draw_seed(self.seed, self.draws))
 
 
 def _packed_without_mask(kwargs: dict) -> bool:

@@ -17,7 +17,10 @@ write the run directory::
     RUN/nonfinite_steps.jsonl  steps with a NaN/inf loss or gradient, their examples, and what was done
     RUN/model.safetensors ...  the final model (or LoRA adapter) and tokenizer, and README.md (model card)
 
-Works unchanged under ``accelerate launch`` / ``torchrun`` (DDP, FSDP, DeepSpeed through accelerate configs).
+Works unchanged under ``accelerate launch`` / ``torchrun`` (DDP, FSDP, DeepSpeed through accelerate configs): the
+distributed state is set up before the model is loaded (so FSDP's cpu_ram_efficient_loading and DeepSpeed's
+zero3_init apply), every rank takes part in the final save, and without CUDA the processes train on the CPU over
+gloo. Full fine-tuning keeps float32 master weights under bf16 autocast unless ``training.pure_bf16`` is set.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_train
 from ..hf import add_noise
 from . import trainer_args
 from .config import ConfigError, TrainConfig
+from .distributed import (
+    check_launch,
+    check_nonfinite_mode,
+    check_world_size,
+    describe_world,
+    final_state_dict,
+    keep_fsdp_on_cpu,
+    quantized_device_map,
+)
 from .metrics import RunMetrics, TokenCounter, flop_parameters, jsonl_to_csv, model_card, write_json
 from .preflight import check_before_data, check_before_model, check_chat_template
 from .reliability import (
@@ -142,17 +154,32 @@ def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
     return precision
 
 
-def load_model(config: TrainConfig, precision: str):
+def weights_dtype(config: TrainConfig, precision: str) -> torch.dtype:
+    """The dtype the model is loaded in. Full fine-tuning trains float32 master weights (bf16/fp16 is the compute
+    dtype, through autocast): AdamW updates at the papers' lr (5e-5) are mostly below bf16's resolution and a
+    bf16 weight would not move. Only ``training.pure_bf16`` trains bf16 weights; under LoRA/QLoRA the frozen base
+    takes ``model.dtype`` (auto: bf16 when training in bf16) and peft keeps the adapters in float32."""
+    if config.training.pure_bf16:
+        return torch.bfloat16
+    if not config.lora.enabled:
+        return torch.float32
+    return {"auto": {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision],
+            "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
+
+
+def load_model(config: TrainConfig, precision: str, local_rank: int = 0):
+    """Load the model to train. Call it after the distributed state exists (``TrainingArguments.device``), so that
+    from_pretrained sees FSDP's cpu_ram_efficient_loading and DeepSpeed's zero3_init; ``local_rank`` is this
+    process's GPU for a QLoRA model."""
     from transformers import AutoModelForCausalLM
 
-    dtype = {"auto": {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision],
-             "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
-    kwargs: dict[str, Any] = dict(revision=config.model.revision, dtype=dtype,
+    kwargs: dict[str, Any] = dict(revision=config.model.revision, dtype=weights_dtype(config, precision),
                                   trust_remote_code=config.model.trust_remote_code)
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
     if config.lora.quantize_4bit:
         kwargs["quantization_config"] = quantization_config()
+        kwargs["device_map"] = quantized_device_map(local_rank)
     model = AutoModelForCausalLM.from_pretrained(config.model.name, **kwargs)
     model.config.use_cache = False  # no cache in training; packed rows also need it off
     if config.lora.enabled:
@@ -194,7 +221,7 @@ def make_collator(config: TrainConfig, tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
 
 
-def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_eval: bool):
+def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_eval: bool, use_cpu: bool = False):
     from transformers import TrainingArguments
 
     t = config.training
@@ -216,7 +243,7 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
         report_to=list(t.report_to),
         dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
-        use_cpu=t.device == "cpu", disable_tqdm=False, optim="adamw_torch", label_names=["labels"],
+        use_cpu=use_cpu or t.device == "cpu", disable_tqdm=False, optim="adamw_torch", label_names=["labels"],
         run_name=t.run_name or run_dir.name,
     )
     try:
@@ -244,6 +271,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     The run directory is locked for the whole run; ``resume`` continues it only with a config that trains the
     same way; ``overwrite`` deletes an earlier run's files first (see `symnoise.train.run_dir`).
     """
+    check_launch()
+    check_nonfinite_mode(config.training.on_nonfinite)
     check_before_data(config)
     with claim_run_dir(config, resume, overwrite) as claim:
         return _train(config, claim.resume)
@@ -258,7 +287,11 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = resolve_precision(config, use_cuda)
     # Built before tokenizer and model load: a value transformers refuses (training.trainer_args) costs no load.
-    args = training_arguments(config, run_dir, precision, config.data.eval_path is not None)
+    # It also makes the distributed state, before the model is loaded; without CUDA the processes train on the
+    # CPU over gloo (otherwise torchrun on a CPU machine would train N independent copies).
+    args = training_arguments(config, run_dir, precision, config.data.eval_path is not None, use_cpu=not use_cuda)
+    logger.info("%s", describe_world(args))
+    check_world_size(args.world_size)
     tokenizer = load_tokenizer_for_data(config)
     check_chat_template(config, tokenizer, config.data.template)
     data = load_data(config, tokenizer)
@@ -268,7 +301,12 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     template, dataset, eval_dataset = data.template, data.train, data.eval
     if is_main_process():
         write_run_files(config, run_dir, template, data)
-    model = load_model(config, precision)
+    if not use_cuda:
+        keep_fsdp_on_cpu()
+    _log_efficient_loading(args.process_index)
+    model = load_model(config, precision, args.local_process_index)
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        logger.info("process %d: model partitioned while loading (DeepSpeed zero3_init)", args.process_index)
     check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
     collator = make_collator(config, tokenizer)
     if config.training.trained_logits_only:
@@ -295,13 +333,22 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
         else:
             steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
         final_loss = _last_training_loss(trainer)
-        if trainer.is_world_process_zero():
-            _save_final(trainer, tokenizer, config, run_dir, template, final_loss)
-            if config.training.push_to_hub:
-                push_to_hub(config, run_dir)
+        _save_final(trainer, tokenizer, config, run_dir, template, final_loss)  # every rank takes part
+        if trainer.is_world_process_zero() and config.training.push_to_hub:
+            push_to_hub(config, run_dir)
     finally:
         finish_wandb(wandb_run)
     return TrainResult(run_dir, steps, final_loss, len(dataset))
+
+
+def _log_efficient_loading(process: int) -> None:
+    """Say when from_pretrained will load for FSDP's cpu_ram_efficient_loading (transformers sees it only once the
+    process group exists): the model is sharded from rank 0's weights, broadcast to the other ranks."""
+    from transformers.integrations import is_fsdp_enabled
+
+    if is_fsdp_enabled():
+        logger.info("process %d: loading for FSDP cpu_ram_efficient_loading (rank 0's weights are broadcast)",
+                    process)
 
 
 def _resume_point(run_dir: Path) -> str:
@@ -361,11 +408,21 @@ FINAL_WEIGHTS = ("model.safetensors.index.json", "adapter_config.json", "adapter
 def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template: str,
                 final_loss: float | None) -> None:
     """Write the final model into ``RUN/tmp-final/`` and move it into the run directory, weights last, so a
-    crash or a full disk never leaves a ``model.safetensors`` that marks an unfinished run as finished."""
+    crash or a full disk never leaves a ``model.safetensors`` that marks an unfinished run as finished.
+
+    Every rank calls this: the full state dict is gathered by all of them (FSDP, ZeRO-3), and the main process
+    writes one consolidated safetensors model (or LoRA adapter) with ``save_pretrained``."""
     staging = run_dir / f"{STAGING_PREFIX}final"
+    state_dict = final_state_dict(trainer)
+    if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()
+        return
     try:
         shutil.rmtree(staging, ignore_errors=True)
-        trainer.save_model(str(staging))
+        if state_dict is None:  # one process, DDP, ZeRO-1/2: the model's own state dict is whole
+            trainer.save_model(str(staging))
+        else:
+            trainer._save(str(staging), state_dict=state_dict)
         tokenizer.save_pretrained(str(staging))
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says the same safely
         (staging / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss,
@@ -380,6 +437,7 @@ def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template
     except Exception as error:  # any writer's failure (OSError, SafetensorError, torch's RuntimeError)
         shutil.rmtree(staging, ignore_errors=True)
         raise CheckpointWriteError(describe_write_error(error, "the final model", run_dir)) from error
+    trainer.accelerator.wait_for_everyone()
 
 
 def _runtime(trainer) -> float | None:

@@ -286,6 +286,8 @@ class NonFiniteGuard(TrainerCallback):
         losses, self.losses = self.losses, []
         grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor norm over sharded gradients; every rank is here
+            grad_norm = grad_norm.full_tensor()
         loss_values = torch.stack([loss.float().reshape(()) for loss in losses]) if losses else torch.zeros(())
         bad = (~torch.isfinite(loss_values)).any() | ~torch.isfinite(grad_norm)
         bad = bad.to(torch.float32)
