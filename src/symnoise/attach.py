@@ -370,8 +370,7 @@ class NoiseHandle:
         cfg = self.config
         factor = N.distribution_factor(cfg.distribution, cfg.match_uniform_norm)
         scale = N.noise_scale(lengths, embeds.shape[-1], self.alpha, factor).to(embeds.dtype)
-        eps = N.sample_unit_noise(embeds.shape, cfg.distribution, generator=self._generator_for(embeds.device),
-                                  dtype=embeds.dtype, device=embeds.device)
+        eps = self._seeded_sample_unit_noise(embeds.shape, embeds.dtype, embeds.device)
         self.draws += 1
         positions = call.position_ids if cfg.length_mode == "tokens" else None
         self._norm_inputs = (eps, scale, lengths, positions)
@@ -401,6 +400,12 @@ class NoiseHandle:
             real = real & (response if self.config.region == "response" else ~response)
         positions = call.position_ids.to(device) if call.position_ids is not None else None
         return N.token_lengths(real, positions)
+
+    @torch.compiler.disable  # creating and seeding a generator cannot be traced: the draw is the one graph break
+    def _seeded_sample_unit_noise(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The next draw of this stream: unit noise from the device's generator seeded for draw ``self.draws``."""
+        return N.sample_unit_noise(shape, self.config.distribution, generator=self._generator_for(device),
+                                   dtype=dtype, device=device)
 
     def _generator_for(self, device: torch.device) -> torch.Generator:
         """A generator on ``device`` seeded for the next draw; one per device, created once (no host sync)."""
