@@ -336,6 +336,23 @@ def test_vicuna_pieces_and_truncation_on_arbitrary_text(tiny_tokenizer, conversa
     assert data.stats.turns_trained == len(kept)
 
 
+@pytest.mark.parametrize("lost", ["ids.bin", "meta.json"])
+def test_a_damaged_cache_entry_is_tokenised_again_and_replaced(tmp_path, tiny_tokenizer, monkeypatch, lost):
+    """An entry missing a file (a copied or half-deleted cache) must not be opened: tokenise again, replace it."""
+    monkeypatch.setenv("SYMNOISE_CACHE", str(tmp_path / "cache"))
+    path = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"Add {k} and 1.", "output": str(k + 1)}
+                                              for k in range(5)])
+    first, _ = prepare_dataset(DatasetSpec(path), tiny_tokenizer, 64)
+    expected = [first[i] for i in range(len(first))]
+    (entry,) = (tmp_path / "cache" / "tokenized").iterdir()
+    (entry / lost).unlink()
+    again, report = prepare_dataset(DatasetSpec(path), tiny_tokenizer, 64)
+    assert not report.cached and [again[i] for i in range(len(again))] == expected
+    assert (entry / lost).is_file()  # the entry was replaced by a complete one
+    _, cached = prepare_dataset(DatasetSpec(path), tiny_tokenizer, 64)
+    assert cached.cached
+
+
 def test_an_unwritable_cache_place_tokenises_without_caching(tmp_path, tiny_tokenizer, monkeypatch, caplog):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache folder would go")

@@ -9,12 +9,12 @@ from conftest import REPO_ROOT
 
 
 @pytest.mark.parametrize("script", ["custom_loop.py", "sft_trainer.py", "python_api.py"])
-def test_example_runs(script):
+def test_example_runs(script, tmp_path):
     # PYTHONPATH passes through so a worktree's tests run its own symnoise, not an installed one
     inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / script)], capture_output=True, text=True,
                           timeout=300, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                                            "PATH": "/usr/bin:/bin", "HOME": str(REPO_ROOT), **inherited})
+                                            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **inherited})
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if "loss" in line]
     assert len(lines) >= 4

@@ -182,7 +182,10 @@ def prepare_dataset(spec: DatasetSpec, tokenizer, max_length: int, cache: bool =
         _remove_at_exit(staging)
         return dataset, report
     final = publish(staging / "store", directory)
-    shutil.rmtree(staging, ignore_errors=True)
+    if final == directory:
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        _remove_at_exit(staging)
     return TokenizedDataset.open(final), report
 
 

@@ -173,10 +173,30 @@ class TokenWriter:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+STORE_FILES = ("ids.bin", "offsets.npy", "spans.npy", "span_offsets.npy", "sources.txt", "meta.json")
+
+
+def is_complete(directory: Path) -> bool:
+    """Whether a store directory holds every file of a finished store."""
+    return all((directory / name).is_file() for name in STORE_FILES)
+
+
 def publish(staging: Path, final: Path) -> Path:
-    """Move a finished store into its cache place atomically (another process may have written it meanwhile)."""
+    """Move a finished store into its cache place atomically and return where it is.
+
+    Another process may have published the same store meanwhile: that one is kept. An incomplete entry (a
+    damaged cache) is replaced; if it cannot be, the staged store is used where it is."""
     try:
         os.replace(staging, final)
+        return final
     except OSError:
+        pass
+    if is_complete(final):
         shutil.rmtree(staging, ignore_errors=True)
-    return final
+        return final
+    shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(staging, final)
+        return final
+    except OSError:
+        return staging
