@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import __version__
 from .config import ConfigError, TrainConfig, validate_config
+from .metrics import data_paths
 from .preflight import check_output_dir, make_output_dir, probe_writable
 from .reliability import checkpoint_step, last_complete_checkpoint
 
@@ -198,10 +199,8 @@ def data_fingerprint(path: str) -> dict[str, Any] | None:
 
 
 def training_data_paths(config: TrainConfig) -> list[str]:
-    """Every training data source: ``data.path``, or each entry of a ``data.datasets`` mixture."""
-    datasets = getattr(config.data, "datasets", None)
-    paths = [entry.path for entry in datasets] if datasets else [config.data.path]
-    return [path for path in paths if path]
+    """Every training data source (``data.path``, or each entry of a ``data.datasets`` mixture) that is set."""
+    return [path for path in data_paths(config) if path]
 
 
 def start_record(config: TrainConfig) -> dict[str, Any]:
