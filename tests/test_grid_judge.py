@@ -108,6 +108,8 @@ def test_grid_judge_model_and_base_url_from_the_environment(tmp_path, monkeypatc
 def test_unknown_annotator_is_a_validation_error_naming_the_field(tmp_path):
     with pytest.raises(GridError, match=r"evaluation\.judge\.annotator: .*unknown annotator 'gpt4_nope'"):
         judged_grid(tmp_path, {"kind": "openai", "annotator": "gpt4_nope"})
+    with pytest.raises(GridError, match="annotator is read by kind openai only, not by kind alpaca_eval"):
+        judged_grid(tmp_path, {"kind": "alpaca_eval", "annotators": "chatgpt_fn", "annotator": "chatgpt_fn"})
     assert judged_grid(tmp_path, {"kind": "openai", "annotator": A.PAIRWISE_V1}).spec.evaluation.judge.annotator \
         == A.PAIRWISE_V1
 

@@ -190,6 +190,8 @@ class JudgeSection(_Section):
             raise ValueError("kind hf needs model (a local folder or hub name)")
         if (self.kind == "alpaca_eval") != bool(self.annotators):
             raise ValueError("annotators is needed by kind alpaca_eval and only by it (e.g. alpaca_eval_gpt4)")
+        if self.kind != "openai" and "annotator" in self.model_fields_set:
+            raise ValueError(f"annotator is read by kind openai only, not by kind {self.kind}")
         return self
 
     @field_validator("annotator")
