@@ -87,7 +87,7 @@ def test_paper_grids_cover_the_papers_tables(monkeypatch):
         for m in ("none", "uniform", "gaussian", "symnoise")}
     assert all(c.config.model.name == "meta-llama/Llama-2-7b-hf" for c in table1.cells)
     judge = table1.spec.evaluation.judge  # AlpacaEval 1's own GPT-4 annotators, the papers' judge for Table 1
-    assert judge is not None and (judge.kind, judge.annotators) == ("alpaca_eval", "alpaca_eval_gpt4")
+    assert judge is not None and (judge.kind, judge.annotator) == ("openai", "alpaca_eval_gpt4")
     table4 = load("paper-table4.yaml")
     variants = {(c.config.noise.method, c.alpha, c.config.noise.match_uniform_norm) for c in table4.cells}
     assert variants == {("none", 0.0, True), ("uniform", 5, True), ("uniform", 10, True), ("uniform", 15, True),

@@ -66,8 +66,8 @@ def test_paper_grid_cells_are_the_tables_cells(name, monkeypatch):
                 assert len(same) == 1, f"{name}: {row.label} / {column.label} matches {len(same)} cells"
                 used.add(run.path)
     assert used == {r.path for r in runs}, f"{name}: cells no table shows: {sorted({r.path for r in runs} - used)}"
-    judge = grid.spec.evaluation.judge
-    assert (judge and judge.annotators) == annotators
+    judge = grid.spec.evaluation.judge  # the annotator through symnoise's cached, resumable client
+    assert (judge and (judge.kind, judge.annotator)) == (annotators and ("openai", annotators))
     if grid.spec.evaluation.prompts:
         assert grid.spec.evaluation.prompts == "alpaca_eval" and grid.spec.evaluation.data_dir is None
         decoding = grid.spec.evaluation.decoding
@@ -111,8 +111,9 @@ def test_pairs_must_name_axes_entries(tmp_path):
 
 
 def test_check_lists_cells_estimates_and_unreachable_inputs(shared_data, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_API_KEYS",
-                                                            "OPENAI_CLIENT_CONFIG_PATH")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_BASE_URL",
+                                                            "OPENAI_CLIENT_CONFIG_PATH", "SYMNOISE_JUDGE_API_KEY",
+                                                            "SYMNOISE_JUDGE_BASE_URL")}
     env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-cache"), SYMNOISE_DATA_DIR=str(shared_data))
     result = subprocess.run([sys.executable, "-m", "symnoise", "grid", "configs/grid/paper-table1.yaml", "--check"],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
@@ -125,8 +126,9 @@ def test_check_lists_cells_estimates_and_unreachable_inputs(shared_data, tmp_pat
     assert row.split()[1:6] == ["6.74B", "52002", "49.9M", "2", "5.99"]
     ae = shared_data / "alpaca_eval/alpaca_eval_ae1_reference_text_davinci_003.jsonl"
     assert f"  ok          evaluation.prompts: alpaca_eval: local file {ae}" in lines
-    assert any(line.startswith("  UNREACHABLE evaluation.judge: alpaca_eval annotators alpaca_eval_gpt4: ")
-               and "OPENAI_API_KEY" in line for line in lines)
+    assert ("  UNREACHABLE evaluation.judge: annotator alpaca_eval_gpt4 on an OpenAI-compatible server (model "
+            "$SYMNOISE_JUDGE_MODEL, else the annotator's): evaluation.judge: https://api.openai.com/v1 needs a key in "
+            "$SYMNOISE_JUDGE_API_KEY or $OPENAI_API_KEY") in lines
     assert ("  UNREACHABLE model: hub model meta-llama/Llama-2-7b-hf: HF_HUB_OFFLINE is set and the repository is "
             "not in the hub cache") in lines
     assert lines[-1] == "6 input(s) unreachable"  # the judge, the model and the 4 training datasets

@@ -50,7 +50,8 @@ def evaluation_inputs(grid: Grid) -> list[Input]:
         rows.append(Input(f"evaluation.{name}", where, problem))
     judge = spec.evaluation.judge
     if judge is not None:
-        what = {"openai": f"OpenAI-compatible {judge.model or '$' + judge.model_env}",
+        model = judge.model or f"${judge.model_env}, else the annotator's"
+        what = {"openai": f"annotator {judge.annotator} on an OpenAI-compatible server (model {model})",
                 "hf": f"local model {judge.model}", "alpaca_eval": f"alpaca_eval annotators {judge.annotators}"}
         rows.append(Input("evaluation.judge", what[judge.kind], evaluate.judge_problem(judge)))
     section = spec.evaluation.leaderboard

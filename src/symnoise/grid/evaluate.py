@@ -138,22 +138,39 @@ def reference_loss(model, tokenizer, examples: Sequence[Example], template: str,
             "dropped": dataset.n_dropped}
 
 
-def build_judge(section: JudgeSection):
-    """The judge the grid asks for; the OpenAI-compatible one takes model, URL and key from the environment."""
+# Where the OpenAI-compatible judge's base URL is read from after the section's own variable (as `symnoise judge`).
+OPENAI_BASE_URL_VARIABLE = "OPENAI_BASE_URL"
+
+
+def judge_annotator(section: JudgeSection):
+    """The annotator of the openai judge (its prompt, parser and decoding, as `symnoise judge --annotator` loads
+    it); None for the other kinds, which keep their own defaults."""
+    from ..evaluation.annotators import load_annotator
+
+    return load_annotator(section.annotator, seed=section.seed) if section.kind == "openai" else None
+
+
+def build_judge(section: JudgeSection, annotator=None):
+    """The judge the grid asks for; the OpenAI-compatible one takes model, URL and key from the environment and
+    sends ``annotator``'s request (loaded from the section when not given), exactly as `symnoise judge` does."""
     from ..evaluation import judge as J
 
     if section.kind == "hf":
         return J.HFJudge(section.model)
     if section.kind == "alpaca_eval":
         return J.AlpacaEvalJudge(section.annotators)
-    model = section.model or os.environ.get(section.model_env)
+    annotator = annotator or judge_annotator(section)
+    model = section.model or os.environ.get(section.model_env) or annotator.model
     if not model:
-        raise J.JudgeInputError(f"evaluation.judge: no model; set evaluation.judge.model or ${section.model_env}")
-    base_url = os.environ.get(section.base_url_env) or section.default_base_url
+        raise J.JudgeInputError(f"evaluation.judge: annotator {section.annotator} has no model; set "
+                                f"evaluation.judge.model or ${section.model_env}")
+    base_url = (os.environ.get(section.base_url_env) or os.environ.get(OPENAI_BASE_URL_VARIABLE)
+                or section.default_base_url)
     api_key = next((os.environ[v] for v in section.api_key_env if os.environ.get(v)), None)
     if api_key is None and base_url == section.default_base_url:
         raise J.JudgeInputError(f"evaluation.judge: {base_url} needs a key in ${' or $'.join(section.api_key_env)}")
-    return J.OpenAIChatJudge(base_url, model, api_key=api_key, timeout=section.timeout)
+    return J.OpenAIChatJudge(base_url, model, api_key=api_key, timeout=section.timeout,
+                             params=annotator.request_params, return_choice=annotator.wants_choice)
 
 
 def judge_problem(section: JudgeSection | None) -> str | None:
@@ -161,10 +178,13 @@ def judge_problem(section: JudgeSection | None) -> str | None:
     if section is None:
         return None
     if section.kind == "openai":
+        from ..evaluation.annotators import AnnotatorError
         from ..evaluation.judge import JudgeInputError
 
         try:
             build_judge(section)
+        except AnnotatorError as error:
+            return f"evaluation.judge.annotator: {error}"
         except JudgeInputError as error:
             return str(error)
     elif section.kind == "alpaca_eval":

@@ -221,9 +221,11 @@ def stage_judge(ctx: CellContext) -> dict:
     from ..evaluation.judge import judge_outputs
 
     section = ctx.grid.spec.evaluation.judge
+    annotator = evaluate.judge_annotator(section)
     result = judge_outputs(ctx.cell.run_dir / OUTPUTS_FILE, evaluate.evaluation_file(ctx.grid.spec, "references"),
-                           evaluate.build_judge(section), ctx.cell.run_dir / "eval", seed=section.seed,
-                           limit=section.limit, workers=section.workers if section.kind == "openai" else 1)
+                           evaluate.build_judge(section, annotator), ctx.cell.run_dir / "eval", annotator=annotator,
+                           seed=section.seed, limit=section.limit,
+                           workers=section.workers if section.kind == "openai" else 1)
     return {k: result.metrics[k] for k in ("win_rate", "standard_error", "n_total", "n_null")}
 
 

@@ -28,13 +28,22 @@ working directory, as in `symnoise train`.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .. import strict_yaml
 from ..config import METHOD_ALIASES, METHODS, NoiseConfig
@@ -153,14 +162,19 @@ class Decoding(_Section):
 
 
 class JudgeSection(_Section):
-    """The LLM judge. ``openai``: any OpenAI-compatible server; settings come from environment variables,
-    named here, so no key is ever written into a grid file. ``hf``: a local causal LM (``model``).
-    ``alpaca_eval``: the ``alpaca_eval`` package's annotators (``annotators``: alpaca_eval_gpt4 is AlpacaEval 1's
-    GPT-4 judge, chatgpt_fn the ChatGPT judge of NEFTune's scripts), keys as that package reads them."""
+    """The LLM judge. ``openai``: any OpenAI-compatible server serving ``annotator`` (an ``alpaca_eval``
+    annotator: its prompt, parser and decoding, through symnoise's cached, resumable client, as `symnoise judge`);
+    settings come from environment variables, named here, so no key is ever written into a grid file.
+    ``hf``: a local causal LM (``model``). ``alpaca_eval``: the ``alpaca_eval`` package end to end (``annotators``:
+    alpaca_eval_gpt4 is AlpacaEval 1's GPT-4 judge, chatgpt_fn the ChatGPT judge of NEFTune's scripts; its own
+    client, no resume), keys as that package reads them."""
 
     kind: Literal["openai", "hf", "alpaca_eval"] = "openai"
     annotators: str | None = Field(None, description="alpaca_eval: the annotators config (alpaca_eval_gpt4, ...)")
-    model: str | None = Field(None, description="hf: path or hub name; openai: served model (else model_env)")
+    annotator: str = Field("alpaca_eval_gpt4", description="openai: the alpaca_eval annotator (alpaca_eval_gpt4, "
+                           "chatgpt_fn, weighted_alpaca_eval_gpt4_turbo, ...) or symnoise_pairwise_v1")
+    model: str | None = Field(None, description="hf: path or hub name; openai: served model (else model_env, "
+                              "else the annotator's model)")
     model_env: str = "SYMNOISE_JUDGE_MODEL"
     base_url_env: str = "SYMNOISE_JUDGE_BASE_URL"
     default_base_url: str = "https://api.openai.com/v1"
@@ -176,7 +190,25 @@ class JudgeSection(_Section):
             raise ValueError("kind hf needs model (a local folder or hub name)")
         if (self.kind == "alpaca_eval") != bool(self.annotators):
             raise ValueError("annotators is needed by kind alpaca_eval and only by it (e.g. alpaca_eval_gpt4)")
+        if self.kind != "openai" and "annotator" in self.model_fields_set:
+            raise ValueError(f"annotator is read by kind openai only, not by kind {self.kind}")
         return self
+
+    @field_validator("annotator")
+    @classmethod
+    def _known_annotator(cls, name: str, info: ValidationInfo) -> str:
+        """For kind openai, an annotator `symnoise.evaluation.annotators` can load; without the alpaca_eval package
+        it is not checked here and `symnoise grid --check` reports the missing package."""
+        from ..evaluation import annotators as A
+
+        if info.data.get("kind", "openai") != "openai" or name == A.PAIRWISE_V1 \
+                or importlib.util.find_spec("alpaca_eval") is None:
+            return name
+        try:
+            A.load_annotator(name)
+        except A.AnnotatorError as error:
+            raise ValueError(str(error)) from None
+        return name
 
 
 class LeaderboardSection(_Section):
@@ -214,7 +246,23 @@ class EvaluationSection(_Section):
             raise ValueError("judge needs both prompts (to generate) and references (to compare with)")
         if self.reference_loss and not self.references:
             raise ValueError("reference_loss needs references")
+        wanted = annotator_references(self.judge)
+        if wanted and is_alpaca_eval_name(self.references) and self.references != wanted:
+            raise ValueError(f"references is {self.references} but judge.annotator {self.judge.annotator} compares "
+                             f"against {wanted}'s reference outputs: set references: {wanted}")
         return self
+
+
+def annotator_references(judge: JudgeSection | None) -> str | None:
+    """The named reference source the openai judge's annotator was made for (``alpaca_eval``: text-davinci-003,
+    ``alpaca_eval_2``: gpt4_1106_preview, per `symnoise.evaluation.references.reference_set_for`); None when
+    there is no such judge or its annotator is symnoise's own."""
+    from ..evaluation.annotators import PAIRWISE_V1
+    from ..evaluation.references import reference_set_for
+
+    if judge is None or judge.kind != "openai" or judge.annotator == PAIRWISE_V1:
+        return None
+    return "alpaca_eval_2" if reference_set_for(judge.annotator).name == "ae2" else "alpaca_eval"
 
 
 class LauncherSection(_Section):
