@@ -26,7 +26,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,22 +174,26 @@ def check_checkpoint(checkpoint: str) -> None:
 def read_arc(path: str | Path) -> list[dict[str, Any]]:
     """Official ARC JSONL -> rows in the hub ``allenai/ai2_arc`` schema the harness's ARC prompts read."""
     rows = []
+    for number, item in _jsonl_items(path):
+        choices = item["question"]["choices"]
+        row = {
+            "id": item["id"],
+            "question": item["question"]["stem"],
+            "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]},
+            "answerKey": item["answerKey"],
+        }
+        if row["answerKey"] not in row["choices"]["label"]:
+            raise LeaderboardError(f"{path}:{number}: answerKey {row['answerKey']!r} is not a choice label")
+        rows.append(row)
+    return rows
+
+
+def _jsonl_items(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, parsed object) of each non-blank line of a JSON Lines file."""
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            choices = item["question"]["choices"]
-            row = {
-                "id": item["id"],
-                "question": item["question"]["stem"],
-                "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]},
-                "answerKey": item["answerKey"],
-            }
-            if row["answerKey"] not in row["choices"]["label"]:
-                raise LeaderboardError(f"{path}:{number}: answerKey {row['answerKey']!r} is not a choice label")
-            rows.append(row)
-    return rows
+            if line.strip():
+                yield number, json.loads(line)
 
 
 def read_hellaswag(path: str | Path) -> list[dict[str, Any]]:
@@ -214,19 +218,15 @@ def read_hellaswag(path: str | Path) -> list[dict[str, Any]]:
 def read_hellaswag_hub_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """A HellaSwag split in the hub / rowanz schema (JSON Lines) -> the rows :func:`read_hellaswag` writes."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            missing = [k for k in ("activity_label", "ctx_a", "ctx_b", "endings", "label") if k not in item]
-            if missing or len(item["endings"]) != 4 or str(item["label"]) not in {"0", "1", "2", "3"}:
-                raise LeaderboardError(f"{path}:{number}: expected a HellaSwag row (activity_label, ctx_a, ctx_b, "
-                                       f"4 endings, label 0-3){'; missing ' + ', '.join(missing) if missing else ''}")
-            rows.append({"ind": int(item.get("ind", number - 1)), "activity_label": item["activity_label"],
-                         "ctx_a": item["ctx_a"], "ctx_b": item["ctx_b"],
-                         "ctx": item.get("ctx", item["ctx_a"] + " " + item["ctx_b"]), "endings": item["endings"],
-                         "label": str(item["label"])})
+    for number, item in _jsonl_items(path):
+        missing = [k for k in ("activity_label", "ctx_a", "ctx_b", "endings", "label") if k not in item]
+        if missing or len(item["endings"]) != 4 or str(item["label"]) not in {"0", "1", "2", "3"}:
+            raise LeaderboardError(f"{path}:{number}: expected a HellaSwag row (activity_label, ctx_a, ctx_b, "
+                                   f"4 endings, label 0-3){'; missing ' + ', '.join(missing) if missing else ''}")
+        rows.append({"ind": int(item.get("ind", number - 1)), "activity_label": item["activity_label"],
+                     "ctx_a": item["ctx_a"], "ctx_b": item["ctx_b"],
+                     "ctx": item.get("ctx", item["ctx_a"] + " " + item["ctx_b"]), "endings": item["endings"],
+                     "label": str(item["label"])})
     return rows
 
 

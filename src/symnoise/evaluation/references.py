@@ -13,27 +13,30 @@ Which set an annotator uses follows the package's own table of leaderboards (``P
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..offline import hub_offline
+from .sources import ALPACA_EVAL_SOURCES
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """One AlpacaEval reference: the package's loader for it, its hub config, and its file in a data folder."""
+    """One AlpacaEval reference: the package's loader for it, its hub config, and the named evaluation source
+    (`symnoise.evaluation.sources`) that says where it is in a data folder."""
 
     name: str
     generator: str
     hub_config: str
-    local_file: str
+    source: str
 
 
 REFERENCE_SETS = {
-    "ae1": ReferenceSet("ae1", "text_davinci_003", "alpaca_eval", "alpaca_eval_ae1_reference_text_davinci_003.jsonl"),
-    "ae2": ReferenceSet("ae2", "gpt4_1106_preview", "alpaca_eval_gpt4_baseline", "model_outputs/gpt4_1106_preview.json"),
+    "ae1": ReferenceSet("ae1", "text_davinci_003", "alpaca_eval", "alpaca_eval"),
+    "ae2": ReferenceSet("ae2", "gpt4_1106_preview", "alpaca_eval_gpt4_baseline", "alpaca_eval_2"),
 }
 # AlpacaEval 2 annotators whose leaderboard the package keys on the AE2 reference (used when it is not installed).
 _AE2_ANNOTATORS = frozenset({"weighted_alpaca_eval_gpt4_turbo", "alpaca_eval_gpt4_turbo_fn", "claude_3_opus_ranking",
@@ -55,14 +58,8 @@ def reference_set_for(annotator: str) -> ReferenceSet:
     return REFERENCE_SETS["ae2" if annotator in names else "ae1"]
 
 
-def is_offline() -> bool:
-    """Whether the Hugging Face offline switches are on."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def local_reference_path(reference: ReferenceSet, data_dir: str | Path) -> Path:
-    return Path(data_dir) / "alpaca_eval" / reference.local_file
+    return Path(data_dir) / ALPACA_EVAL_SOURCES[reference.source].local
 
 
 def load_reference_outputs(reference: ReferenceSet, data_dir: str | Path | None = None,
@@ -71,7 +68,7 @@ def load_reference_outputs(reference: ReferenceSet, data_dir: str | Path | None 
 
     Online: the ``alpaca_eval`` package's loader; offline (or if it fails): ``data_dir``'s local file.
     """
-    offline = is_offline() if offline is None else offline
+    offline = hub_offline(datasets=True) if offline is None else offline
     problems = []
     if not offline:
         try:
@@ -92,7 +89,7 @@ def load_reference_outputs(reference: ReferenceSet, data_dir: str | Path | None 
     else:
         problems.append("no data folder given")
     raise ReferenceError(f"no {reference.name} reference outputs ({reference.generator}): {'; '.join(problems)}. "
-                         f"Pass --reference FILE, or --data-dir DIR holding alpaca_eval/{reference.local_file}")
+                         f"Pass --reference FILE, or --data-dir DIR holding {ALPACA_EVAL_SOURCES[reference.source].local}")
 
 
 def _alpaca_eval_constants():

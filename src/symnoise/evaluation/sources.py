@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..offline import hub_offline
+
 DATA_DIR_ENV = "SYMNOISE_DATA_DIR"
 ALPACA_EVAL_REPO = "tatsu-lab/alpaca_eval"
 
@@ -76,11 +78,6 @@ def data_dir(flag: str | os.PathLike | None = None, config: str | os.PathLike | 
 def is_alpaca_eval_name(value: str | None) -> bool:
     """Whether a grid's ``prompts``/``references`` value names a source (else it is a file path)."""
     return value in ALPACA_EVAL_SOURCES
-
-
-def offline() -> bool:
-    """Whether the hub may not be contacted (``HF_HUB_OFFLINE``), read at call time."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # ------------------------------------------------------------------------------------------------- AlpacaEval
@@ -162,7 +159,7 @@ def check_hub_repo(repo: str, repo_type: str = "model", filename: str | None = N
     Online: asks the hub whether it exists (``api``: an ``HfApi``, replaceable in tests). Offline: looks in the
     hub cache (``cache_dir``, default the Hugging Face cache) for the file, or for any snapshot of the repository.
     """
-    if offline():
+    if hub_offline():
         if filename is not None:
             from huggingface_hub import try_to_load_from_cache
 

@@ -262,7 +262,7 @@ def annotator_references(judge: JudgeSection | None) -> str | None:
 
     if judge is None or judge.kind != "openai" or judge.annotator == PAIRWISE_V1:
         return None
-    return "alpaca_eval_2" if reference_set_for(judge.annotator).name == "ae2" else "alpaca_eval"
+    return reference_set_for(judge.annotator).source
 
 
 class LauncherSection(_Section):

@@ -25,6 +25,16 @@ class LaunchError(TrainingError):
     """The processes were launched in a way that would not train as one distributed run."""
 
 
+def world_size() -> int:
+    """The number of processes the launcher started (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this is the global rank 0 process (or the only one)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _truthy(value: str | None) -> bool:
     return str(value).lower() in ("1", "true", "yes")
 

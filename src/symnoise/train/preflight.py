@@ -23,13 +23,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..offline import hub_offline
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("symnoise.train")
 
 HUB_PROBE_TIMEOUT_S = 5.0
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-_TRUE = {"1", "true", "yes", "on"}
 
 
 # ------------------------------------------------------------------------------------------ output directory
@@ -101,10 +101,6 @@ def check_environment(config: TrainConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------ model
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
-
-
 def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 

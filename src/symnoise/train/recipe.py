@@ -49,8 +49,10 @@ from .distributed import (
     check_world_size,
     describe_world,
     final_state_dict,
+    is_main_process,
     keep_fsdp_on_cpu,
     quantized_device_map,
+    world_size,
 )
 from .metrics import RunMetrics, TokenCounter, flop_parameters, jsonl_to_csv, model_card, write_json
 from .preflight import check_before_data, check_before_model, check_chat_template
@@ -81,14 +83,6 @@ class TrainResult:
     steps: int
     final_loss: float | None
     train_examples: int
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_run_dir(config: TrainConfig, resume: bool) -> Path:

@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import __version__
 from .config import ConfigError, TrainConfig, validate_config
+from .distributed import is_main_process, world_size
 from .metrics import data_paths
 from .preflight import check_output_dir, make_output_dir, probe_writable
 from .reliability import checkpoint_step, last_complete_checkpoint
@@ -72,14 +73,6 @@ COMPANION_FILES = frozenset({"cell.yaml", "stages.json", "failure.json", "model_
 
 class RunLockedError(ConfigError):
     """Another process holds the run directory's lock."""
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _now() -> str:

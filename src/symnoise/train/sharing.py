@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..offline import hub_offline
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("symnoise.train")
@@ -54,7 +55,7 @@ def check_sharing(config: TrainConfig, environ: Mapping[str, str] = os.environ) 
     if config.training.push_to_hub:
         from huggingface_hub import get_token
 
-        if environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        if hub_offline(environ):
             raise ConfigError("training.push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it "
                               "or set training.push_to_hub: false")
         if get_token() is None:
