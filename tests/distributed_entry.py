@@ -5,6 +5,8 @@
 ``--kill-at-step N``: every rank SIGKILLs itself once step N is logged (and saved, if due): a hard crash.
 ``--nan-at-step N --nan-rank R``: rank R writes a NaN into its (local shard of the) gradient of step N just before
 the non-finite guard runs, so only the guard's cross-rank decision makes the other rank skip or stop too.
+Whatever the command returns, a process group still alive when it returns fails the run (exit 70): left alive,
+gloo aborts a fraction of exits at random (SIGABRT), which is how CI once saw a finished run fail.
 """
 
 from __future__ import annotations
@@ -60,9 +62,15 @@ def main(argv: list[str]) -> int:
         install_kill(options.kill_at_step)
     if options.nan_at_step:
         install_nan(options.nan_at_step, options.nan_rank)
+    import torch.distributed as dist
+
     from symnoise.cli.main import main as symnoise_main
 
-    return symnoise_main(rest)
+    status = symnoise_main(rest)
+    if dist.is_initialized():  # gloo aborts some exits at random while a group is alive: make it certain here
+        print("symnoise train returned with its process group still alive", file=sys.stderr)
+        return 70
+    return status
 
 
 if __name__ == "__main__":

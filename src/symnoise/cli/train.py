@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataError
     from ..shipped_configs import resolve_config_path
     from ..train import ConfigError, load_config
+    from ..train.distributed import leave_process_group
     from ..train.reliability import TrainingError
     from ..train.sharing import UploadError
 
@@ -46,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
             return check(args.config, config)
         from ..train import train
 
-        result = train(config, resume=args.resume, overwrite=args.overwrite)
+        try:
+            result = train(config, resume=args.resume, overwrite=args.overwrite)
+        finally:
+            leave_process_group()
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
