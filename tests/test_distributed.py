@@ -56,9 +56,9 @@ def launcher(kind: str) -> list[str]:
             "--main_process_port", port]
 
 
-def run(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: int = 240, **env: str) -> subprocess.CompletedProcess:
     """Run a launcher in its own process group; on a timeout kill the whole group (the ranks too)."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -69,8 +69,9 @@ def run(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def train(kind: str, config: Path, *faults: str, resume: bool = False) -> subprocess.CompletedProcess:
-    return run([*launcher(kind), str(ENTRY), *faults, "train", str(config), *(["--resume"] if resume else [])])
+def train(kind: str, config: Path, *faults: str, resume: bool = False, **env: str) -> subprocess.CompletedProcess:
+    return run([*launcher(kind), str(ENTRY), *faults, "train", str(config), *(["--resume"] if resume else [])],
+               **env)
 
 
 def write_config(base_model, alpaca_file, out: Path, method: str, **training) -> Path:
@@ -160,7 +161,12 @@ def test_kill_and_resume_matches_the_uninterrupted_run_and_nan_steps_are_skipped
 def test_fsdp2_symnoise_run_writes_one_consolidated_model_that_generates(base_model, alpaca_file, tmp_path):
     """(SymNoise under DDP: tests/test_train.py::test_ddp_two_processes_on_cpu.)"""
     out = tmp_path / "symnoise"
-    check_ok(train("fsdp2", write_config(base_model, alpaca_file, out, "symnoise", max_steps=3, save_steps=100)))
+    first = train("fsdp2", write_config(base_model, alpaca_file, out, "symnoise", max_steps=3, save_steps=100),
+                  SYMNOISE_CACHE=str(tmp_path / "cache"))
+    check_ok(first)
+    # An empty cache: the first process tokenises while the other waits, then opens what it wrote.
+    assert "process 0: training data tokenised" in first.stderr
+    assert "process 1: training data opened from the cache" in first.stderr
     logs = step_logs(out)
     # The shipped FSDP2 config's mixed_precision: bf16 makes FSDP compute in bf16 (here on the CPU too): the
     # noise is drawn in bf16, so its norm is alpha/sqrt(3) to bf16 precision.

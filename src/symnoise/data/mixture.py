@@ -85,6 +85,12 @@ class TrainingData:
     def format(self) -> str:
         return self.reports[0].load.format
 
+    @property
+    def from_cache(self) -> bool:
+        """Whether every source (and the eval set) was opened from the tokenised-data cache."""
+        reports = [*self.reports, *([self.eval_report] if self.eval_report is not None else [])]
+        return all(report.cached for report in reports)
+
     def summary_lines(self) -> list[str]:
         lines = [f"data: {report.summary()}" for report in self.reports]
         if len(self.reports) > 1:

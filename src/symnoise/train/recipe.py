@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,12 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     check_world_size(args.world_size)
     tokenizer = load_tokenizer_for_data(config)
     check_chat_template(config, tokenizer, config.data.template)
-    data = load_data(config, tokenizer)
+    # Each node's first process tokenises into the cache while the others wait, then opens what it wrote.
+    with args.main_process_first(local=True, desc="tokenising") if config.data.cache else nullcontext():
+        data = load_data(config, tokenizer)
+    if args.world_size > 1:
+        logger.info("process %d: training data %s", args.process_index,
+                    "opened from the cache" if data.from_cache else "tokenised")
     if is_main_process():  # one summary per run, not one per rank
         for line in data.summary_lines():
             logger.info("%s", line)
