@@ -279,3 +279,25 @@ def test_a_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     outcome = run_grid(validate_grid(data), log=lambda line: None)
     assert outcome.cells[1].status == "failed" and "StaleCellError" in outcome.cells[1].error
     assert "delete the cell directory" in outcome.cells[1].error
+
+
+def test_check_and_estimate_read_every_source_of_a_mixture(tmp_path):
+    """A base config training on a mixture (no dataset axis): `grid --check` probes each source and the eval file,
+    and the estimate counts each source within its limit, taken weight times."""
+    from symnoise.grid.check import training_inputs
+    from symnoise.grid.estimate import estimate_cell
+
+    data = tiny_grid(tmp_path)
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(10)]))
+    lines = write_jsonl(tmp_path / "lines.jsonl", [{"instruction": f"Echo {i}.", "output": str(i)} for i in range(7)])
+    del data["axes"]["dataset"]
+    data["base"]["data"] = {"datasets": [{"path": str(listed), "weight": 2.5}, {"path": str(lines), "limit": 3}],
+                            "format": "alpaca", "max_length": 256, "eval_path": str(tmp_path / "missing.json")}
+    data["base"]["training"]["max_steps"] = -1
+    grid = load_grid(write_grid(tmp_path, data))
+    cell = grid.cells[0]
+    assert estimate_cell(grid, cell).examples == 2 * 10 + 5 + 3
+    inputs = {item.where: item.problem for item in training_inputs(grid) if item.what == "dataset"}
+    assert inputs == {f"local {listed}": None, f"local {lines}": None,
+                      f"local {tmp_path / 'missing.json'}": f"{tmp_path / 'missing.json'} not found"}

@@ -75,10 +75,13 @@ def _probe_path(path: str, repo_type: str) -> tuple[str, str | None]:
 
 def training_inputs(grid: Grid) -> list[Input]:
     """The models and training datasets of the cells, each probed once."""
+    from ..data.mixture import specs_from_section
+
     rows, seen = [], set()
     for cell in grid.cells:
-        for what, path, repo_type in (("model", cell.config.model.name, "model"),
-                                      ("dataset", cell.config.data.path, "dataset")):
+        specs, eval_spec = specs_from_section(cell.config.data)
+        datasets = [("dataset", spec.path, "dataset") for spec in (*specs, *([eval_spec] if eval_spec else []))]
+        for what, path, repo_type in (("model", cell.config.model.name, "model"), *datasets):
             if (what, path) in seen or (grid.spec.pretrain and what == "model"):
                 continue
             seen.add((what, path))

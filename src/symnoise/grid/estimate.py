@@ -86,6 +86,24 @@ def count_examples(path: str) -> int | None:
         return None
 
 
+def count_training_examples(data) -> int | None:
+    """Examples a ``data`` section trains on, counted from its local files: ``data.path`` (within ``limit``), or
+    each mixture source within its ``limit`` and taken ``weight`` times; None when a source cannot be counted
+    (a hub dataset, an unreadable file)."""
+    from ..data.mixture import specs_from_section
+
+    total = 0
+    for spec in specs_from_section(data)[0]:
+        rows = count_examples(spec.path) if spec.path else None
+        if rows is None:
+            return None
+        if spec.limit is not None:
+            rows = min(rows, spec.limit)
+        weight = 1.0 if spec.weight is None else spec.weight
+        total += int(weight) * rows + round((weight - int(weight)) * rows)
+    return total
+
+
 def _pretrain_params_b(spec: GridSpec) -> float:
     p = spec.pretrain
     return (12 * p.layers * p.hidden_size ** 2 + 2 * p.vocab_size * p.hidden_size) / 1e9
@@ -105,13 +123,15 @@ def estimate_cell(grid: Grid, cell: Cell) -> CellEstimate:
         params = _pretrain_params_b(spec)
     else:
         params = (model.params_b if model and model.params_b else None) or params_from_name(config.model.name)
-    examples = (dataset.examples if dataset and dataset.examples else None) or count_examples(config.data.path)
+    examples = dataset.examples if dataset and dataset.examples else None
+    if examples is not None and config.data.limit is not None:
+        examples = min(examples, config.data.limit)
+    if examples is None:
+        examples = count_training_examples(config.data)
     if examples is None and cell.dataset == "synthetic":
         from .evaluate import SYNTHETIC_SIZES
 
-        examples = SYNTHETIC_SIZES[0]
-    if config.data.limit is not None and examples is not None:
-        examples = min(examples, config.data.limit)
+        examples = min(SYNTHETIC_SIZES[0], config.data.limit or SYNTHETIC_SIZES[0])
     mean_tokens = min(dataset.mean_tokens if dataset and dataset.mean_tokens else config.data.max_length,
                       config.data.max_length)
     missing = None if params else "model size unknown: set params_b on the model entry"
