@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from local_server import clean_judge_environment
 from test_grid import tiny_grid
 from test_judge_alpaca_eval import API_KEY, ChatServer, chat_response
 
@@ -22,12 +23,7 @@ from symnoise.grid.runner import OUTPUTS_FILE, stage_judge
 
 @pytest.fixture(autouse=True)
 def _clean_judge_environment(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                 "SYMNOISE_JUDGE_BASE_URL", "SYMNOISE_JUDGE_MODEL", "SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY",
-                 "OPENAI_BASE_URL", "OPENAI_API_BASE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    clean_judge_environment(monkeypatch)
 
 
 def any_verdict(body: dict) -> tuple[int, dict]:

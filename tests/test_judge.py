@@ -17,10 +17,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from local_server import LocalServer, clean_judge_environment
 
 from symnoise.cli.main import main
 from symnoise.evaluation import judge as J
@@ -38,7 +39,7 @@ ANSWER_STYLES = ["Output ({})", "**Output ({})**", "I prefer Output ({}).", "out
 # --------------------------------------------------------------------------------------------- fake server
 
 
-class FakeJudgeServer:
+class FakeJudgeServer(LocalServer):
     """A threaded chat-completions server. ``plan[instruction]`` lists the fault of each successive request
     for that instruction ("slow", "429", "500", "garbage", "drop", "unparsable", "401"); then it answers."""
 
@@ -52,29 +53,11 @@ class FakeJudgeServer:
         self.requests: list[tuple[str, str]] = []  # (instruction, fault) of every request received
         self.verdicts: Counter[str] = Counter()  # instruction -> verdicts delivered (the "paid" answers)
         self.auth: set[str] = set()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                server.handle(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
+        super().__init__()
 
     def __exit__(self, *exc):
         self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__exit__(*exc)
 
     def count(self, fault: str | None = None) -> int:
         with self.lock:
@@ -124,17 +107,6 @@ class FakeJudgeServer:
             style = ANSWER_STYLES[len(self.requests) % len(ANSWER_STYLES)]
         return style.format(label.upper() if len(self.requests) % 2 else label)
 
-    @staticmethod
-    def send(h, status: int, payload, headers: dict | None = None) -> None:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            h.send_header(name, value)
-        h.end_headers()
-        h.wfile.write(data)
-
 
 def completion(text: str) -> dict:
     return {"id": "x", "object": "chat.completion", "choices": [
@@ -177,12 +149,7 @@ def write_pair(tmp_path: Path, references: list[dict]) -> tuple[Path, Path, dict
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("SYMNOISE_JUDGE_BASE_URL", "SYMNOISE_JUDGE_MODEL", "SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY",
-                 "OPENAI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the reference outputs come from the data folder, not the hub
+    clean_judge_environment(monkeypatch)
 
 
 def pairwise_v1(seed: int = 0):

@@ -20,10 +20,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from local_server import LocalServer, clean_judge_environment
 
 from symnoise.cli.main import main
 from symnoise.evaluation import annotators as A
@@ -42,45 +42,21 @@ API_KEY = "sk-replay-NOT-A-REAL-KEY-5521"
 # --------------------------------------------------------------------------------------------- the server
 
 
-class ChatServer:
-    """A threaded chat-completions server: ``answer(body)`` gives ``(status, payload)``; every body is recorded."""
+class ChatServer(LocalServer):
+    """A chat-completions server: ``answer(body)`` gives ``(status, payload)``; every body is recorded."""
 
     def __init__(self, answer: Callable[[dict], tuple[int, dict]]):
         self.answer = answer
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                body = json.loads(raw)
-                with server.lock:
-                    server.bodies.append(body)
-                status, payload = server.answer(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+    def handle(self, request) -> None:
+        body = json.loads(request.rfile.read(int(request.headers["Content-Length"])))
+        with self.lock:
+            self.bodies.append(body)
+        status, payload = self.answer(body)
+        self.send(request, status, payload)
 
 
 def chat_response(content: str | None = None, **message) -> dict:
@@ -117,12 +93,7 @@ def replay_answer(rows: list[dict]) -> Callable[[dict], tuple[int, dict]]:
 
 @pytest.fixture(autouse=True)
 def _offline_and_clean(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                 "SYMNOISE_JUDGE_BASE_URL", "SYMNOISE_JUDGE_MODEL", "SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY",
-                 "OPENAI_BASE_URL", "OPENAI_API_BASE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    clean_judge_environment(monkeypatch)
 
 
 def published(shared_data: Path, name: str) -> list[dict]:
