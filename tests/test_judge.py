@@ -30,8 +30,8 @@ from symnoise.evaluation.judge_cache import JudgmentCache
 
 MARKER = "PREFERME"
 API_KEY = "sk-fake-7Qx2-DO-NOT-LEAK-91zK"
-SLOW_S = 1.0
-CLIENT_TIMEOUT_S = 0.3
+SLOW_S = 4.0
+CLIENT_TIMEOUT_S = 1.5  # far above a normal answer even on a loaded 2-core CI machine
 ANSWER_STYLES = ["Output ({})", "**Output ({})**", "I prefer Output ({}).", "output {}", "Output ({}) is better "
                  "than the other one."]
 
