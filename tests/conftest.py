@@ -4,6 +4,7 @@ and tiny models built from configs. Nothing here downloads anything."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,14 @@ TOKENIZER_CORPUS = [
     "Sort the numbers 3 1 2 in ascending order: 1 2 3. Add 12 and 30 to get 42.",
     "The quick brown fox jumps over the lazy dog. abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789",
 ]
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free right now, for a launcher's rendezvous (a fixed port collides with another
+    test worker or a port still in TIME_WAIT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 from symnoise.train.config import ConfigError
 from symnoise.train.distributed import LaunchError, check_launch, check_nonfinite_mode, check_world_size
@@ -37,12 +36,6 @@ def has_deepspeed() -> bool:
 
 KINDS = ["ddp", "fsdp2", *(pytest.param(kind, marks=pytest.mark.skipif(not has_deepspeed(), reason="deepspeed is "
                                                                        "not installed")) for kind in ("zero2", "zero3"))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launcher(kind: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 from symnoise.train import ConfigError, load_config, train
 from symnoise.train.config import validate_config
@@ -224,7 +224,7 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
                                                  training__save_steps=2).to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
          "-m", "symnoise", "train", str(config)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     checkpoint = out / "checkpoint-2"
