@@ -252,6 +252,23 @@ def test_cli_subprocess_hub_name_offline_fails_in_seconds(tmp_path, alpaca_file)
     print(f"\nhub unreachable: refused after {seconds:.1f} s (whole process)")
 
 
+def test_cli_subprocess_hub_dataset_with_the_hub_unreachable_fails_in_seconds(tmp_path, base_model):
+    """Before the probe, datasets retried for about 24 s and the process printed its ConnectionError."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(PYTHONPATH=str(REPO_ROOT / "src"), HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(base_model, "tatsu-lab/alpaca", tmp_path / "run").to_dict()))
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "symnoise", "train", str(path)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert ("error: dataset 'tatsu-lab/alpaca' (split 'train') is not a local file and is not in the Hugging Face "
+            "cache, and http://127.0.0.1:9 cannot be reached (") in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
+    print(f"\nhub dataset, hub unreachable: refused after {seconds:.1f} s (whole process)")
+
+
 def test_print_table():
     """Prints the rows collected above (run with -s) for docs/reliability.md."""
     print("\n" + "\n".join(TABLE))

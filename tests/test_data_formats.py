@@ -328,20 +328,46 @@ def test_bad_arguments(tmp_path):
 # ------------------------------------------------------------------------------------------------ hub
 
 
-def test_hub_name_offline_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+@pytest.fixture
+def empty_hf_home(monkeypatch, tmp_path):
+    """A Hugging Face home with nothing cached (the tests decide what the cache holds)."""
+    for name in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def test_hub_name_offline_is_a_clear_error(monkeypatch, empty_hf_home):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError) as error:
         load_examples("tatsu-lab/alpaca")
-    message = str(error.value)
-    assert message.startswith("could not load dataset 'tatsu-lab/alpaca' (split 'train') from the Hugging Face hub")
-    assert "\n" not in message
+    assert str(error.value) == ("dataset 'tatsu-lab/alpaca' (split 'train') is not a local file and is not in the "
+                                "Hugging Face cache, and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set, so it "
+                                "cannot be downloaded; unset it, or give a local file")
 
 
-def test_hub_path_goes_through_load_dataset(monkeypatch):
-    """The hub branch calls datasets.load_dataset(name, split=split) and reads its rows like any other source."""
+def test_hub_name_with_the_hub_unreachable_fails_in_seconds(monkeypatch, empty_hf_home):
+    """Without the probe, datasets retries for about 20 s before it gives up."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused
+    with pytest.raises(DataError) as error:
+        load_examples("hf://datasets/tatsu-lab/alpaca/data/train.json")
+    assert str(error.value).startswith(
+        "dataset 'hf://datasets/tatsu-lab/alpaca/data/train.json' (split 'train') is not a local file and is not in "
+        "the Hugging Face cache, and http://127.0.0.1:9 cannot be reached (")
+
+
+@pytest.mark.parametrize("cache", ["hub download", "datasets cache"])
+def test_hub_path_goes_through_load_dataset(monkeypatch, empty_hf_home, cache):
+    """A cached hub dataset is left to datasets.load_dataset(name, split=split), even offline, and its rows are
+    read like any other source."""
     import datasets
 
+    if cache == "hub download":
+        (empty_hf_home / "hub" / "datasets--garage-bAInd--Open-Platypus" / "snapshots" / "abc").mkdir(parents=True)
+    else:
+        (empty_hf_home / "datasets" / "garage-bAInd___Open-Platypus" / "default").mkdir(parents=True)
     calls = []
 
     def fake_load_dataset(name, split):
@@ -355,6 +381,17 @@ def test_hub_path_goes_through_load_dataset(monkeypatch):
     assert calls == [("garage-bAInd/Open-Platypus", "train[:2]")]
     assert report.format == "openplatypus" and report.skipped == Counter({"empty output": 1})
     assert examples == [Example("q", "", "a", "garage-bAInd/Open-Platypus:row 0")]
+
+
+def test_hub_dataset_that_fails_to_load_is_one_clear_error(monkeypatch, empty_hf_home):
+    (empty_hf_home / "datasets" / "tatsu-lab___alpaca" / "default").mkdir(parents=True)  # not loadable
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError) as error:
+        load_examples("tatsu-lab/alpaca")
+    message = str(error.value)
+    assert message.startswith("could not load dataset 'tatsu-lab/alpaca' (split 'train') from the Hugging Face hub")
+    assert "\n" not in message
 
 
 # ------------------------------------------------------------------------------------------ tokenising

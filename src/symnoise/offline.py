@@ -1,13 +1,18 @@
-"""Whether the Hugging Face hub may be contacted, read from the environment at call time.
+"""Whether the Hugging Face hub may be contacted, whether it answers, and what is cached, read from the
+environment at call time.
 
-``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, when it is imported; users and tests set it later (a launcher
-script, ``monkeypatch``), so every symnoise check that must not reach the hub asks here instead.
+``huggingface_hub`` reads ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and its cache folders once, when it is imported;
+users and tests set them later (a launcher script, ``monkeypatch``), so every symnoise check asks here instead.
+A probe here answers in seconds where the libraries retry for tens of seconds before failing.
 """
 
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 
@@ -16,3 +21,39 @@ def hub_offline(environ: Mapping[str, str] = os.environ, datasets: bool = False)
     """``HF_HUB_OFFLINE`` is set to a true value (with ``datasets``, ``HF_DATASETS_OFFLINE`` counts too)."""
     names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if datasets else ("HF_HUB_OFFLINE",)
     return any(environ.get(name, "").strip().lower() in TRUE_VALUES for name in names)
+
+
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None when the hub answers an HTTP request within ``timeout`` seconds, else why not."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{hub_endpoint()}/api/whoami-v2", method="HEAD"),
+                                    timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # the hub answered (401 without a token): it is reachable
+    except (TimeoutError, urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+
+
+def _huggingface_home() -> Path:
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "huggingface"
+
+
+def hub_dataset_cached(repo: str) -> bool:
+    """Whether a hub dataset (``org/name``) has anything in the hub's download cache or in ``datasets``' own
+    cache: then ``datasets.load_dataset`` may work without the hub, and only it can tell."""
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or _huggingface_home() / "hub").expanduser()
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or _huggingface_home() / "datasets").expanduser()
+    snapshots = hub_cache / f"datasets--{repo.replace('/', '--')}" / "snapshots"
+    prepared = datasets_cache / repo.replace("/", "___")
+    return any(folder.is_dir() and any(folder.iterdir()) for folder in (snapshots, prepared))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..offline import hub_dataset_cached, hub_endpoint, hub_offline, hub_reachable
 from .conversations import BadRow
 
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -297,9 +298,26 @@ def _batch_rows(first, batches, name: str) -> Iterator[RawRow]:
             raise DataError(f"{name}: not a readable Parquet file: {type(error).__name__}: {error}") from None
 
 
+def check_hub_dataset(name: str, split: str) -> None:
+    """A hub dataset that is in no local cache needs the hub: say at once when ``HF_HUB_OFFLINE`` forbids it or
+    the hub does not answer (``datasets`` itself retries for about 20 s before failing)."""
+    repo = "/".join(name.removeprefix("hf://datasets/").split("/")[:2])
+    if hub_dataset_cached(repo):
+        return
+    where = f"dataset '{name}' (split '{split}') is not a local file and is not in the Hugging Face cache"
+    if hub_offline(datasets=True):
+        raise DataError(f"{where}, and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set, so it cannot be "
+                        "downloaded; unset it, or give a local file")
+    problem = hub_reachable()
+    if problem is not None:
+        raise DataError(f"{where}, and {hub_endpoint()} cannot be reached ({problem}); connect to the network, "
+                        "or give a local file")
+
+
 def _hub_rows(name: str, split: str) -> Iterator[RawRow]:
     """Rows of a Hugging Face dataset, by name or as one file of a dataset repository
     (``hf://datasets/OWNER/NAME/FILE.json``); any failure to load it becomes one clear DataError."""
+    check_hub_dataset(name, split)
     try:
         import datasets
 

@@ -19,16 +19,13 @@ import errno
 import importlib.util
 import logging
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from ..offline import hub_offline
+from ..offline import hub_endpoint, hub_offline, hub_reachable
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("symnoise.train")
 
-HUB_PROBE_TIMEOUT_S = 5.0
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -101,23 +98,6 @@ def check_environment(config: TrainConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------ model
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """None when the hub answers an HTTP request within ``timeout`` seconds, else why not."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(f"{hub_endpoint()}/api/whoami-v2", method="HEAD"),
-                                    timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # the hub answered (401 without a token): it is reachable
-    except (TimeoutError, urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        return f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
-
-
 def _cached(name: str, revision: str | None) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
