@@ -9,10 +9,10 @@ Lines file of short rows, from a fixed seed, plus a 32,000-token byte-level BPE 
 them (the size of LLaMA-2's vocabulary; no download). ``run`` measures, in a fresh process: resident memory after
 the imports and the tokenizer (the baseline), the peak while the file is read, checked and tokenised into the
 cache, the wall and CPU time that took (rows/s, rows per CPU second: on a shared machine the second is the one to
-compare), the tokenizer call alone on 20,000 of the rows (the ceiling), and the time of a second call that finds
-the cache. ``--api examples`` uses
-`load_examples` + `tokenize_examples` instead, the path symnoise took before issue 12 (run it with an older
-checkout on PYTHONPATH to compare). Nothing here is written inside the repository.
+compare), the tokenizer alone on 20,000 of the rows (through ``tokenizer(...)`` and through the direct call
+symnoise makes: the ceiling of any loader), and the time of a second call that finds the cache. ``--api
+examples`` uses `load_examples` + `tokenize_examples` instead, the path symnoise took before issue 12 (run it with
+an older checkout on PYTHONPATH to compare). Nothing here is written inside the repository.
 """
 
 from __future__ import annotations
@@ -79,19 +79,27 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def tokenizer_alone(path: Path, tokenizer, rows: int = 20_000) -> int:
-    """Rows per CPU second of the tokenizer call alone on the first `rows` rows' prompt and response texts (the
-    same call symnoise makes): the ceiling any loader using this tokenizer has."""
+def tokenizer_alone(path: Path, tokenizer, rows: int = 20_000) -> dict[str, int]:
+    """Rows per second (wall, and per CPU second) of the tokenizer alone on the first `rows` rows' prompt and
+    response texts: through ``tokenizer(...)``, and through the direct Rust call symnoise makes when it can
+    (`symnoise.data.tokenize.rust_backend`). The second is the ceiling of symnoise's loader with this tokenizer."""
     from itertools import islice
 
     from symnoise.data.formats import iter_records
     from symnoise.data.templates import alpaca_prompt
+    from symnoise.data.tokenize import _token_ids
 
     _, records = iter_records(str(path), on_bad_row="skip")
     texts = [text for record in islice(records, rows) for text in (alpaca_prompt(record), record.output)]
-    start = cpu_seconds()
-    tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
-    return round(len(texts) / 2 / (cpu_seconds() - start))
+    calls = {"tokenizer_call": lambda: tokenizer(texts, add_special_tokens=False, split_special_tokens=True),
+             "symnoise_call": lambda: _token_ids(tokenizer, texts)}
+    figures = {}
+    for name, call in calls.items():
+        start, cpu_start = time.perf_counter(), cpu_seconds()
+        call()
+        figures[f"{name}_rows_per_s"] = round(len(texts) / 2 / (time.perf_counter() - start))
+        figures[f"{name}_rows_per_cpu_s"] = round(len(texts) / 2 / (cpu_seconds() - cpu_start))
+    return figures
 
 
 def run(path: Path, api: str, max_length: int) -> None:
@@ -121,7 +129,7 @@ def run(path: Path, api: str, max_length: int) -> None:
             "peak_over_baseline_mb": round(peak - baseline),
             "peak_over_baseline_x_file": round((peak - baseline) / (path.stat().st_size / 2**20), 2)}
     if api == "prepare":
-        line["tokenizer_alone_rows_per_cpu_s"] = tokenizer_alone(path, tokenizer)
+        line.update(tokenizer_alone(path, tokenizer))
         start = time.perf_counter()
         again, cached = prepare_dataset(DatasetSpec(str(path), on_bad_row="skip"), tokenizer, max_length)
         line["cached_seconds"] = round(time.perf_counter() - start, 2)

@@ -79,26 +79,71 @@ def segments(record: Example | Conversation, template: str) -> list[Segment]:
     raise ValueError(f"unknown template '{template}'; expected one of alpaca, vicuna, chat, plain")
 
 
+ENCODING_METHODS = ("__call__", "_encode_plus", "encode", "tokenize", "_switch_to_input_mode")
+
+
+def rust_backend(tokenizer):
+    """The Rust tokenizer to call directly for `tokenizer`'s ids, or None when only ``tokenizer(...)`` is right.
+
+    ``encode_batch_fast`` (no character offsets) tokenises about 1.7x faster than ``tokenizer(...)`` and gives the
+    same ids when the tokenizer is transformers' plain Rust-backed class (no subclass changes how text becomes
+    tokens) and its backend truncates and pads nothing.
+    """
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    if not isinstance(tokenizer, TokenizersBackend):
+        return None
+    cls = type(tokenizer)
+    if any(getattr(cls, name, None) is not getattr(TokenizersBackend, name, None) for name in ENCODING_METHODS):
+        return None
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None or backend.padding is not None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    return backend
+
+
 def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, without added special tokens; special-token strings in the data stay text."""
     if not texts:
         return []
-    encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
-    return [list(ids) for ids in encoded["input_ids"]]
+    backend = rust_backend(tokenizer)
+    if backend is None:
+        encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
+        return [list(ids) for ids in encoded["input_ids"]]
+    previous = backend.encode_special_tokens
+    backend.encode_special_tokens = True  # what split_special_tokens=True does
+    try:
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    finally:
+        backend.encode_special_tokens = previous
 
 
-def _encode_batch(batch: list[Example | Conversation], tokenizer, template: str,
-                  prefix: list[int]) -> Iterator[tuple[list[int], list[tuple[int, int]], str]]:
-    """(ids, trained ranges, source) of each record of a batch; one tokenizer call for all their texts."""
-    if template == "chat":
-        for record in batch:
-            conversation = record if isinstance(record, Conversation) else _as_conversation(record)
-            ids, spans = encode_chat(conversation, tokenizer)
-            yield ids, spans, record.source
-        return
-    pieces = [segments(record, template) for record in batch]
-    flat = _token_ids(tokenizer, [text for record_pieces in pieces for text, _, _ in record_pieces])
+def _encoded(records: Iterator[Example | Conversation], tokenizer, template: str,
+             prefix: list[int]) -> Iterator[tuple[int, Iterator[tuple[list[int], list[tuple[int, int]], str]]]]:
+    """(records in the batch, their (ids, trained ranges, source)) one batch of `BATCH_SIZE` at a time; one
+    tokenizer call per batch for the non-chat templates. (Tokenising in a worker thread while the next batch is
+    read was measured: no faster on 2 cores, whose both threads the Rust encoder already uses.)"""
     eos = tokenizer.eos_token_id
+    while batch := list(islice(records, BATCH_SIZE)):
+        if template == "chat":
+            yield len(batch), (_encode_chat_record(record, tokenizer) for record in batch)
+            continue
+        pieces = [segments(record, template) for record in batch]
+        flat = _token_ids(tokenizer, [text for record_pieces in pieces for text, _, _ in record_pieces])
+        yield len(batch), _assemble(batch, pieces, flat, prefix, eos)
+
+
+def _encode_chat_record(record: Example | Conversation, tokenizer) -> tuple[list[int], list[tuple[int, int]], str]:
+    conversation = record if isinstance(record, Conversation) else _as_conversation(record)
+    ids, spans = encode_chat(conversation, tokenizer)
+    return ids, spans, record.source
+
+
+def _assemble(batch: list[Example | Conversation], pieces: list[list[Segment]], flat: list[list[int]],
+              prefix: list[int], eos: int) -> Iterator[tuple[list[int], list[tuple[int, int]], str]]:
+    """Each record's ids (the tokenizer's prefix, then its pieces' ids, EOS after each reply) and trained ranges."""
     position = 0
     for record, record_pieces in zip(batch, pieces, strict=True):
         ids = list(prefix)
@@ -140,9 +185,9 @@ def write_tokens(records: Iterable[Example | Conversation], tokenizer, template:
     sources: set[str] = set()  # the files (row suffixes cut), named if no example is left
     shortest = max_length  # tokens before the first trained one, over all records
     try:
-        while batch := list(islice(records, BATCH_SIZE)):
-            seen += len(batch)
-            for ids, spans, source in _encode_batch(batch, tokenizer, template, prefix):
+        for size, encoded in _encoded(records, tokenizer, template, prefix):
+            seen += size
+            for ids, spans, source in encoded:
                 sources.add(source.rsplit(":row", 1)[0])
                 shortest = min(shortest, spans[0][0] if spans else len(ids))
                 writer.add(ids, spans, source)
