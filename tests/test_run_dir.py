@@ -103,6 +103,86 @@ def test_resume_refuses_changed_data_content(base_model, alpaca_file, tmp_path):
         train(config, resume=True)
 
 
+def test_resume_refuses_a_local_model_whose_files_changed(base_model, alpaca_file, tmp_path):
+    """A LoRA or full run resumed on a base model rewritten since its start would mix two models; an identical
+    copy (new file times, same bytes) is the same model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from symnoise.train.run_dir import read_start_record, run_changes
+
+    model = tmp_path / "model"
+    shutil.copytree(base_model, model)
+    out = tmp_path / "run"
+    config = unfinished_run(model, alpaca_file, out)
+    record = read_start_record(out)
+    assert set(record["model"]["files"]) == {"config.json", "model.safetensors"}
+
+    original = model / "model.safetensors"
+    kept = tmp_path / "kept.safetensors"
+    shutil.copy(original, kept)
+    weights = load_file(original)
+    name = sorted(weights)[-1]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, original, metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=re.escape(f"model files ({model}): as at the start -> changed since: "
+                                                    "model.safetensors")):
+        train(config, resume=True)
+
+    shutil.copy(kept, original)  # the same bytes again, with a new modification time
+    assert [c.field for c in run_changes(record, config)] == []
+
+
+def test_sampled_weight_hash_reads_blocks_spread_over_a_large_file(tmp_path):
+    from symnoise.train.run_dir import BLOCK_BYTES, SAMPLED_BLOCKS, _sampled_sha256
+
+    big = tmp_path / "model.safetensors"
+    size = 3 * SAMPLED_BLOCKS * BLOCK_BYTES + 12_345
+    big.write_bytes(bytes(size))
+    before = _sampled_sha256(big)
+    with big.open("r+b") as handle:  # one byte inside the 10th block
+        handle.seek(10 * (size - BLOCK_BYTES) // (SAMPLED_BLOCKS - 1) + 7)
+        handle.write(b"\x01")
+    assert _sampled_sha256(big) != before
+
+
+@pytest.mark.slow
+def test_resume_loads_the_hub_commit_the_run_started_with(base_model, alpaca_file, tmp_path):
+    """The hub branch moves between the start and the resume (here to a model of another shape, which the
+    checkpoint could not be loaded into): --resume still loads the recorded commit, and says so."""
+    import shutil
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--symnoise-test--tiny"
+    first, second = "a" * 40, "b" * 40
+    shutil.copytree(base_model, repo / "snapshots" / first)
+    shutil.copytree(base_model, repo / "snapshots" / second)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(first)
+    env = {**ENV, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    config_file = write_config(tmp_path / "c.yaml", tiny_config("symnoise-test/tiny", alpaca_file, out))
+    started = subprocess.run([sys.executable, "-m", "symnoise", "train", str(config_file)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert json.loads((out / START_RECORD).read_text())["model"] == {"hub": "symnoise-test/tiny", "revision": None,
+                                                                    "commit": first}
+    shutil.rmtree(out / "checkpoint-4")
+    for name in ("model.safetensors", "train_summary.json"):
+        (out / name).unlink()
+    moved = json.loads((repo / "snapshots" / second / "config.json").read_text())
+    moved["hidden_size"], moved["intermediate_size"] = 48, 96
+    (repo / "snapshots" / second / "config.json").write_text(json.dumps(moved))
+    (repo / "refs" / "main").write_text(second)
+
+    resumed = subprocess.run([sys.executable, "-m", "symnoise", "train", str(config_file), "--resume"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"--resume: loading symnoise-test/tiny at commit {first}, the one this run started with" in resumed.stderr
+    assert metric_steps(out) == [1, 2, 3, 4] and (out / "model.safetensors").is_file()
+
+
 def test_field_classification():
     """Output paths that resolve the same are no change; a relative and an absolute spelling of another path,
     logging and eval cadence are harmless; everything else (and integers equal as floats) as expected."""

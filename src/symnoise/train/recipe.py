@@ -72,7 +72,7 @@ from .reliability import (
     publish_files,
     truncate_log,
 )
-from .run_dir import claim_run_dir
+from .run_dir import claim_run_dir, pinned_revision, record_model_commit
 from .sharing import check_sharing, finish_wandb, push_to_hub, start_wandb
 
 logger = logging.getLogger("symnoise.train")
@@ -278,6 +278,10 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
 
     check_sharing(config)
     run_dir = check_run_dir(config, resume)
+    commit = pinned_revision(run_dir, config) if resume else None
+    if commit is not None:
+        logger.info("--resume: loading %s at commit %s, the one this run started with", config.model.name, commit)
+        config = config.model_copy(update={"model": config.model.model_copy(update={"revision": commit})})
     set_seed(config.training.seed)
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = resolve_precision(config, use_cuda)
@@ -305,6 +309,8 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
         keep_fsdp_on_cpu()
     _log_efficient_loading(args.process_index)
     model = load_model(config, precision, args.local_process_index)
+    if is_main_process():
+        record_model_commit(run_dir, config)
     if any(hasattr(p, "ds_id") for p in model.parameters()):
         logger.info("process %d: model partitioned while loading (DeepSpeed zero3_init)", args.process_index)
     check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)

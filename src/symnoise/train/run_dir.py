@@ -8,10 +8,12 @@ A run directory holds one run. Three things keep it that way:
   directory is refused with the holder's PID and host. ``flock`` works across processes on one machine and, on
   Linux NFS, across machines (it is mapped to POSIX locks there); on a file system without locks the PID record
   alone is checked.
-* **A start record.** ``RUN/run_start.json`` holds the resolved config, a hash of the data file and the number
-  of processes, written once when the run starts (before the data is read). ``--resume`` compares the new config
-  with it: a difference that changes training (noise, data, model, LoRA, optimiser, schedule, batch, steps) is
-  refused, naming each field with both values; a difference in a field that does not change the result
+* **A start record.** ``RUN/run_start.json`` holds the resolved config, a hash of each data file, the base
+  model's identity (a local folder's config and sampled weight hashes; a hub model's commit) and the number of
+  processes, written once when the run starts (before the data is read). ``--resume`` loads a hub model at the
+  recorded commit, refuses a local model whose files changed, and compares the new config with the record: a
+  difference that changes training (noise, data, model, LoRA, optimiser, schedule, batch, steps) is refused,
+  naming each field with both values; a difference in a field that does not change the result
   (`HARMLESS_FIELDS`) is allowed, logged, and appended to the record's ``resumes`` list.
 * **No mixing on a fresh start.** A fresh run into a directory that holds a run (finished, with a checkpoint,
   or stopped before its first checkpoint) is refused and told about ``--resume`` and ``--overwrite``;
@@ -39,7 +41,7 @@ from .. import __version__
 from .config import ConfigError, TrainConfig, validate_config
 from .distributed import is_main_process, world_size
 from .metrics import data_paths
-from .preflight import check_output_dir, make_output_dir, probe_writable
+from .preflight import WEIGHT_SUFFIXES, check_output_dir, make_output_dir, probe_writable
 from .reliability import checkpoint_step, last_complete_checkpoint
 
 logger = logging.getLogger("symnoise.train")
@@ -191,6 +193,81 @@ def data_fingerprint(path: str) -> dict[str, Any] | None:
     return {"path": str(file.resolve()), "bytes": file.stat().st_size, "sha256": digest.hexdigest()}
 
 
+SAMPLED_BLOCKS, BLOCK_BYTES = 64, 1 << 16
+
+
+def _sampled_sha256(file: Path) -> str:
+    """SHA-256 of a whole small file, or of `SAMPLED_BLOCKS` blocks spread evenly over a large one (4 MiB read
+    however large the model): any rewrite of the weights changes some of them (a LoRA merge into the attention
+    projections alone changes ~15 % of a LLaMA file, and all 64 blocks miss it with probability 3e-5)."""
+    size = file.stat().st_size
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        if size <= SAMPLED_BLOCKS * BLOCK_BYTES:
+            digest.update(handle.read())
+        else:
+            for k in range(SAMPLED_BLOCKS):
+                handle.seek(k * (size - BLOCK_BYTES) // (SAMPLED_BLOCKS - 1))
+                digest.update(handle.read(BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit a hub model's revision resolves to in the local Hugging Face cache; None when not cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # not a valid repo id
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def model_fingerprint(name: str, revision: str | None) -> dict[str, Any]:
+    """What identifies the base model: a local folder's config.json hash and each weight file's size and sampled
+    hash, or the commit a hub name resolves to (None until it is in the cache)."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return {"hub": name, "revision": revision, "commit": hub_commit(name, revision)}
+    files = {}
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and (file.name.endswith(WEIGHT_SUFFIXES) or file.name == "config.json"):
+            files[file.name] = {"bytes": file.stat().st_size, "sha256": _sampled_sha256(file)}
+    return {"path": str(folder.resolve()), "files": files}
+
+
+def record_model_commit(run_dir: Path, config: TrainConfig) -> None:
+    """Fill in the commit of a hub model that was downloaded by this run (it was not cached at the start)."""
+    record = read_start_record(run_dir)
+    model = (record or {}).get("model") or {}
+    if "hub" in model and model.get("commit") is None:
+        model["commit"] = hub_commit(config.model.name, config.model.revision)
+        if model["commit"] is not None:
+            write_start_record(run_dir, record)
+
+
+def pinned_revision(run_dir: Path, config: TrainConfig) -> str | None:
+    """On resume: the commit of the hub model the run started with, when ``model.revision`` does not already
+    name it; loading that commit keeps a moved branch from mixing two models (or two tokenizers) in one run."""
+    model = (read_start_record(run_dir) or {}).get("model") or {}
+    commit = model.get("commit")
+    if "hub" not in model or commit is None or config.model.revision == commit:
+        return None
+    return commit
+
+
+def _model_changes(before: dict[str, Any] | None, config: TrainConfig) -> list[Change]:
+    if not before or "files" not in before:
+        return []
+    after = model_fingerprint(config.model.name, config.model.revision)
+    changed = sorted(name for name in before["files"].keys() | after.get("files", {}).keys()
+                     if before["files"].get(name) != after.get("files", {}).get(name))
+    if not changed:
+        return []
+    return [Change(f"model files ({config.model.name})", "as at the start",
+                   f"changed since: {', '.join(changed)}", False)]
+
+
 def training_data_paths(config: TrainConfig) -> list[str]:
     """Every training data source (``data.path``, or each entry of a ``data.datasets`` mixture) that is set."""
     return [path for path in data_paths(config) if path]
@@ -200,7 +277,8 @@ def start_record(config: TrainConfig) -> dict[str, Any]:
     files = [data_fingerprint(path) for path in training_data_paths(config)]
     return {"symnoise_version": __version__, "started_at": _now(), "host": socket.gethostname(),
             "pid": os.getpid(), "processes": world_size(), "config": config.to_dict(),
-            "data": files[0] if len(files) == 1 else None, "data_files": files, "resumes": []}
+            "data": files[0] if len(files) == 1 else None, "data_files": files,
+            "model": model_fingerprint(config.model.name, config.model.revision), "resumes": []}
 
 
 def read_start_record(run_dir: Path) -> dict[str, Any] | None:
@@ -231,7 +309,7 @@ class Change:
     harmless: bool
 
     def __str__(self) -> str:
-        if self.field == "data file content":  # already described: hash and size
+        if self.field.startswith(("data file content", "model files")):  # already described
             return f"{self.field}: {self.old} -> {self.new}"
         return f"{self.field}: {self.old!r} -> {self.new!r}"
 
@@ -288,6 +366,7 @@ def run_changes(record: dict[str, Any], config: TrainConfig) -> list[Change]:
             what = "data file content" if len(recorded) == 1 else f"data file content ({path})"
             changes.append(Change(what, f"sha256 {before['sha256'][:12]}… ({before['bytes']} bytes)",
                                   f"sha256 {after['sha256'][:12]}… ({after['bytes']} bytes)", False))
+    changes += _model_changes(record.get("model"), config)
     if record.get("processes") not in (None, world_size()):
         changes.append(Change("processes (WORLD_SIZE)", record["processes"], world_size(), False))
     return changes
