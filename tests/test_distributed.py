@@ -106,7 +106,8 @@ def check_ok(proc: subprocess.CompletedProcess) -> None:
 def test_kill_and_resume_matches_the_uninterrupted_run_and_nan_steps_are_skipped(kind, base_model, alpaca_file,
                                                                                   tmp_path):
     """NEFTune (uniform) noise, so the logged noise norm differs per draw and shows the stream continuing.
-    (DeepSpeed steps the optimizer inside backward, so a step cannot be skipped there: no NaN is injected.)"""
+    (DeepSpeed steps the optimizer inside backward, so a step cannot be skipped there: no NaN is injected.)
+    Under FSDP2 and ZeRO-3 a run killed after its last checkpoint is resumed into the same final model too."""
     deepspeed = kind.startswith("zero")
     nan = () if deepspeed else ("--nan-at-step", "2", "--nan-rank", "1")
     mode = "stop" if deepspeed else "skip"
@@ -148,6 +149,38 @@ def test_kill_and_resume_matches_the_uninterrupted_run_and_nan_steps_are_skipped
     ours, theirs = final_weights(crashed), final_weights(reference)
     for key, value in theirs.items():
         torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6)
+
+    if kind not in ("fsdp2", "zero3"):  # where writing the final model is a collective gathering
+        return
+    # Killed after the last checkpoint, before the final model: the resume trains nothing and writes it.
+    late = tmp_path / "late"
+    config = write_config(base_model, alpaca_file, late, "uniform", on_nonfinite=mode)
+    assert train(kind, config, *nan, "--kill-at-step", "4").returncode != 0
+    assert (late / "checkpoint-4").is_dir() and not (late / "model.safetensors").exists()
+    finished = train(kind, config, resume=True)
+    check_ok(finished)
+    assert "holds every step of the run; writing the final model from it" in finished.stderr
+    assert sorted(step_logs(late)) == [1, 2, 3, 4]
+    ours = final_weights(late)
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_stop_mode_stops_every_rank_at_a_nan_on_one(kind, base_model, alpaca_file, tmp_path):
+    """on_nonfinite: stop with a NaN gradient on rank 1 only: both ranks stop before the optimizer step, with the
+    message, one record, no checkpoint of that step and no final model (and no rank left waiting)."""
+    out = tmp_path / "run"
+    proc = train(kind, write_config(base_model, alpaca_file, out, "uniform", on_nonfinite="stop"),
+                 "--nan-at-step", "2", "--nan-rank", "1")
+    assert proc.returncode != 0
+    assert proc.stderr.count("training stopped: non-finite loss or gradient at step 2") == 2, proc.stderr[-3000:]
+    assert "process group still alive" not in proc.stderr
+    records = [json.loads(line) for line in (out / "nonfinite_steps.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["action"]) for r in records] == [(2, "stop")]
+    assert sorted(step_logs(out)) == [1]
+    assert not (out / "checkpoint-2").exists() and not (out / "model.safetensors").exists()
 
 
 @pytest.mark.slow

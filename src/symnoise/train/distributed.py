@@ -121,6 +121,14 @@ def final_state_dict(trainer: Any) -> dict | None:
     return None
 
 
+def deepspeed_checkpoint_state_dict(checkpoint: str | os.PathLike) -> dict:
+    """The whole model's float32 weights in a DeepSpeed checkpoint folder (any ZeRO stage), read from its files by
+    one process with DeepSpeed's own consolidator: no engine and no collective needed."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+
+
 def keep_fsdp_on_cpu(env: Mapping[str, str] = os.environ) -> bool:
     """Make an FSDP launch (``ACCELERATE_USE_FSDP``) shard the model on CPU processes too; returns whether it did.
 

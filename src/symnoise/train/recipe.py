@@ -48,6 +48,7 @@ from .distributed import (
     check_launch,
     check_nonfinite_mode,
     check_world_size,
+    deepspeed_checkpoint_state_dict,
     describe_world,
     final_state_dict,
     is_main_process,
@@ -334,12 +335,13 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     wandb_run = start_wandb(config, run_dir) if trainer.is_world_process_zero() else None
     try:
         if checkpoint is not None and _trained_to_the_end(checkpoint, config):
-            _load_finished(trainer, checkpoint)
+            final = _load_finished(trainer, checkpoint)
             steps = trainer.state.global_step
         else:
+            final = None
             steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
         final_loss = _last_training_loss(trainer)
-        _save_final(trainer, tokenizer, config, run_dir, template, final_loss)  # every rank takes part
+        _save_final(trainer, tokenizer, config, run_dir, template, final_loss, final)  # every rank takes part
         if trainer.is_world_process_zero() and config.training.push_to_hub:
             push_to_hub(config, run_dir)
     finally:
@@ -381,12 +383,19 @@ def _trained_to_the_end(checkpoint: str, config: TrainConfig) -> bool:
     return state["global_step"] >= state["max_steps"] and state["num_train_epochs"] == config.training.epochs
 
 
-def _load_finished(trainer, checkpoint: str) -> None:
+def _load_finished(trainer, checkpoint: str) -> FinishedWeights | None:
+    """Load a checkpoint that holds every step, for the final save without training. Under DeepSpeed the weights
+    are consolidated from the checkpoint's files by the main process (there is no engine to load into: the
+    Trainer builds it inside ``train``), and returned; otherwise they are loaded into the model (None)."""
     from transformers import TrainerState
 
     logger.info("%s holds every step of the run; writing the final model from it", checkpoint)
-    trainer._load_from_checkpoint(checkpoint)
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return FinishedWeights(deepspeed_checkpoint_state_dict(checkpoint) if trainer.is_world_process_zero()
+                               else None)
+    trainer._load_from_checkpoint(checkpoint)
+    return None
 
 
 def _log_with_metrics(trainer, metrics: RunMetrics) -> None:
@@ -411,15 +420,22 @@ FINAL_WEIGHTS = ("model.safetensors.index.json", "adapter_config.json", "adapter
                  "model.safetensors")
 
 
+@dataclass
+class FinishedWeights:
+    """The final weights read from a finished checkpoint's files (main process; None on the others)."""
+
+    state_dict: dict | None
+
+
 def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template: str,
-                final_loss: float | None) -> None:
+                final_loss: float | None, finished: FinishedWeights | None = None) -> None:
     """Write the final model into ``RUN/tmp-final/`` and move it into the run directory, weights last, so a
     crash or a full disk never leaves a ``model.safetensors`` that marks an unfinished run as finished.
 
     Every rank calls this: the full state dict is gathered by all of them (FSDP, ZeRO-3), and the main process
     writes one consolidated safetensors model (or LoRA adapter) with ``save_pretrained``."""
     staging = run_dir / f"{STAGING_PREFIX}final"
-    state_dict = final_state_dict(trainer)
+    state_dict = final_state_dict(trainer) if finished is None else finished.state_dict
     if not trainer.is_world_process_zero():
         trainer.accelerator.wait_for_everyone()
         return
