@@ -204,6 +204,7 @@ def test_push_to_hub_uploads_the_final_model_and_card(base_model, alpaca_file, t
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "config.yaml",
             "symnoise_run.json"} <= uploaded
     assert not any(name.startswith(("checkpoint-", "runs/", "tmp-")) for name in uploaded)
+    assert (out / "run_start.json").is_file() and {"run_start.json", "symnoise.lock"}.isdisjoint(uploaded)
     assert (remote / "README.md").read_text() == (out / "README.md").read_text()
     check_card((remote / "README.md").read_text(), steps=result.steps)
 

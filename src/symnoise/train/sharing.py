@@ -30,7 +30,7 @@ WANDB_INSTALL_HINT = 'training.wandb needs the wandb package: pip install "symno
 
 # What goes to the hub from a run directory: the final model or adapter, tokenizer, card and symnoise's run files.
 HUB_IGNORE = ["checkpoint-*", "checkpoint-*/**", "tmp-*", "tmp-*/**", "runs/**", "merged/**", "wandb/**", "*.partial.jsonl",
-              ".write_test_*", "training_args.bin"]
+              ".write_test_*", "training_args.bin", "symnoise.lock", "run_start.json"]  # these two: host, PID
 
 
 def wandb_settings(config: TrainConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
