@@ -4,6 +4,7 @@ and tiny models built from configs. Nothing here downloads anything."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -28,11 +29,24 @@ TOKENIZER_CORPUS = [
 
 
 def free_port() -> int:
-    """A TCP port of 127.0.0.1 free right now, for a launcher's rendezvous (a fixed port collides with another
-    test worker or a port still in TIME_WAIT)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port of 127.0.0.1 free right now, for a launcher's rendezvous, drawn below the kernel's ephemeral
+    range: a port the kernel hands out for port 0 can be taken again as the source port of some outgoing
+    connection (gloo opens many) before the launcher binds it. A fixed port collides with another test worker."""
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 @pytest.fixture(scope="session")
