@@ -40,7 +40,12 @@ def as_config(config: TrainConfig | Mapping[str, Any] | str | Path, overrides: I
 def train(config: TrainConfig | Mapping[str, Any] | str | Path, overrides: Iterable[str] = (),
           resume: bool = False):
     """Run one fine-tuning job, as ``symnoise train`` does; returns a `symnoise.train.TrainResult`
-    (run directory, steps, final loss, number of training examples)."""
+    (run directory, steps, final loss, number of training examples).
+
+    Under a multi-process launch (torchrun, accelerate launch) the process group stays open for the caller's own
+    use; end it with `symnoise.train.distributed.leave_process_group()` before the script exits (``symnoise
+    train`` does), since a gloo group still open at exit aborts some exits at random.
+    """
     from .train.recipe import train as run_recipe
 
     return run_recipe(as_config(config, overrides), resume=resume)
