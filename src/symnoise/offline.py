@@ -57,3 +57,14 @@ def hub_dataset_cached(repo: str) -> bool:
     snapshots = hub_cache / f"datasets--{repo.replace('/', '--')}" / "snapshots"
     prepared = datasets_cache / repo.replace("/", "___")
     return any(folder.is_dir() and any(folder.iterdir()) for folder in (snapshots, prepared))
+
+
+def hub_commit(name: str, revision: str | None = None) -> str | None:
+    """The commit a hub model's revision resolves to in the local Hugging Face cache; None when not cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # huggingface_hub missing, or not a valid repo id: not cached
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None

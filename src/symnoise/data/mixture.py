@@ -56,10 +56,17 @@ class MixedDataset(Sequence):
                 f"{self.max_length} tokens")
 
 
+def weighted_count(size: int, weight: float | None) -> int:
+    """How many examples a source of `size` examples gives at `weight` (None: 1): whole copies, then a rounded
+    remainder."""
+    weight = 1.0 if weight is None else weight
+    return int(weight) * size + round((weight - int(weight)) * size)
+
+
 def weighted_selection(size: int, weight: float, rng: np.random.Generator) -> np.ndarray:
     """Indices of a dataset of `size` examples taken `weight` times: whole copies, then a random remainder."""
     whole = int(weight)
-    extra = round((weight - whole) * size)
+    extra = weighted_count(size, weight) - whole * size
     chosen = [np.arange(size)] * whole
     if extra:
         chosen.append(np.sort(rng.choice(size, size=extra, replace=False)))

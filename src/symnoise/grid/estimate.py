@@ -90,7 +90,7 @@ def count_training_examples(data) -> int | None:
     """Examples a ``data`` section trains on, counted from its local files: ``data.path`` (within ``limit``), or
     each mixture source within its ``limit`` and taken ``weight`` times; None when a source cannot be counted
     (a hub dataset, an unreadable file)."""
-    from ..data.mixture import specs_from_section
+    from ..data.mixture import specs_from_section, weighted_count
 
     total = 0
     for spec in specs_from_section(data)[0]:
@@ -99,8 +99,7 @@ def count_training_examples(data) -> int | None:
             return None
         if spec.limit is not None:
             rows = min(rows, spec.limit)
-        weight = 1.0 if spec.weight is None else spec.weight
-        total += int(weight) * rows + round((weight - int(weight)) * rows)
+        total += weighted_count(rows, spec.weight)
     return total
 
 

@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..offline import hub_endpoint, hub_offline, hub_reachable
+from ..offline import hub_commit, hub_endpoint, hub_offline, hub_reachable
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("symnoise.train")
@@ -98,18 +98,6 @@ def check_environment(config: TrainConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------ model
-def _cached(name: str, revision: str | None) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    try:
-        found = try_to_load_from_cache(name, "config.json", revision=revision)
-    except Exception:  # an invalid repo id: not cached
-        return False
-    return isinstance(found, str)
-
-
 def check_model_source(config: TrainConfig) -> None:
     """``model.name`` is a folder with a saved model, or a hub name this machine can get (cached or online)."""
     name = config.model.name
@@ -131,7 +119,7 @@ def check_model_source(config: TrainConfig) -> None:
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
     if looks_local:
         raise ConfigError(f"model.name: {name} does not exist (not a folder, and not a hub name like org/model)")
-    if _cached(name, config.model.revision):
+    if hub_commit(name, config.model.revision) is not None:
         return
     if hub_offline():
         raise ConfigError(f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "

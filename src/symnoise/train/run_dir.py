@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..offline import hub_commit
 from .config import ConfigError, TrainConfig, validate_config
 from .distributed import is_main_process, world_size
 from .metrics import data_paths
@@ -210,17 +211,6 @@ def _sampled_sha256(file: Path) -> str:
                 handle.seek(k * (size - BLOCK_BYTES) // (SAMPLED_BLOCKS - 1))
                 digest.update(handle.read(BLOCK_BYTES))
     return digest.hexdigest()
-
-
-def hub_commit(name: str, revision: str | None) -> str | None:
-    """The commit a hub model's revision resolves to in the local Hugging Face cache; None when not cached."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(name, "config.json", revision=revision)
-    except Exception:  # not a valid repo id
-        return None
-    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def model_fingerprint(name: str, revision: str | None) -> dict[str, Any]:
