@@ -27,9 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the of and to in is for that with as on be by this are from or an it at not which can have "
-         "model data train noise token answer question list write explain describe give three example number "
-         "python function code sort value result because however first second finally important simple").split()
+WORDS = (
+    "the of and to in is for that with as on be by this are from or an it at not which can have "
+    "model data train noise token answer question list write explain describe give three example number "
+    "python function code sort value result because however first second finally important simple"
+).split()
 
 
 def sentence(rng: random.Random, words: int) -> str:
@@ -41,26 +43,41 @@ def make(out: Path) -> None:
     rng = random.Random(0)
     rows = []
     for k in range(125_743):
-        rows.append({"instruction": sentence(rng, rng.randint(6, 20)),
-                     "input": sentence(rng, rng.randint(4, 30)) if k % 3 == 0 else "",
-                     "output": " ".join(sentence(rng, rng.randint(5, 15)) for _ in range(rng.randint(1, 7)))})
+        rows.append(
+            {
+                "instruction": sentence(rng, rng.randint(6, 20)),
+                "input": sentence(rng, rng.randint(4, 30)) if k % 3 == 0 else "",
+                "output": " ".join(sentence(rng, rng.randint(5, 15)) for _ in range(rng.randint(1, 7))),
+            }
+        )
     (out / "alpaca_50mb.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     with (out / "synthetic_500k.jsonl").open("w", encoding="utf-8") as handle:
         for _ in range(500_000):
-            handle.write(json.dumps({"instruction": sentence(rng, rng.randint(3, 10)),
-                                     "output": sentence(rng, rng.randint(3, 12))}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "instruction": sentence(rng, rng.randint(3, 10)),
+                        "output": sentence(rng, rng.randint(3, 12)),
+                    }
+                )
+                + "\n"
+            )
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=32_000, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=32_000,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     sample = [row["instruction"] + " " + row["output"] for row in rows[:20_000]]
     tok.train_from_iterator(sample, trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(out / "tokenizer")
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(out / "tokenizer")
     for name in ("alpaca_50mb.json", "synthetic_500k.jsonl"):
         path = out / name
         print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
@@ -91,8 +108,10 @@ def tokenizer_alone(path: Path, tokenizer, rows: int = 20_000) -> dict[str, int]
 
     _, records = iter_records(str(path), on_bad_row="skip")
     texts = [text for record in islice(records, rows) for text in (alpaca_prompt(record), record.output)]
-    calls = {"tokenizer_call": lambda: tokenizer(texts, add_special_tokens=False, split_special_tokens=True),
-             "symnoise_call": lambda: _token_ids(tokenizer, texts)}
+    calls = {
+        "tokenizer_call": lambda: tokenizer(texts, add_special_tokens=False, split_special_tokens=True),
+        "symnoise_call": lambda: _token_ids(tokenizer, texts),
+    }
     figures = {}
     for name, call in calls.items():
         start, cpu_start = time.perf_counter(), cpu_seconds()
@@ -123,11 +142,22 @@ def run(path: Path, api: str, max_length: int) -> None:
         rows = report.load.n_rows
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     peak = rss_mb("VmHWM")
-    line = {"file": path.name, "file_mb": round(path.stat().st_size / 1e6, 1), "api": api, "rows": rows,
-            "examples": len(dataset), "tokens": int(sum(dataset.lengths)), "seconds": round(elapsed, 2),
-            "rows_per_s": round(rows / elapsed), "cpu_seconds": round(cpu, 2), "rows_per_cpu_s": round(rows / cpu), "baseline_rss_mb": round(baseline), "peak_rss_mb": round(peak),
-            "peak_over_baseline_mb": round(peak - baseline),
-            "peak_over_baseline_x_file": round((peak - baseline) / (path.stat().st_size / 2**20), 2)}
+    line = {
+        "file": path.name,
+        "file_mb": round(path.stat().st_size / 1e6, 1),
+        "api": api,
+        "rows": rows,
+        "examples": len(dataset),
+        "tokens": int(sum(dataset.lengths)),
+        "seconds": round(elapsed, 2),
+        "rows_per_s": round(rows / elapsed),
+        "cpu_seconds": round(cpu, 2),
+        "rows_per_cpu_s": round(rows / cpu),
+        "baseline_rss_mb": round(baseline),
+        "peak_rss_mb": round(peak),
+        "peak_over_baseline_mb": round(peak - baseline),
+        "peak_over_baseline_x_file": round((peak - baseline) / (path.stat().st_size / 2**20), 2),
+    }
     if api == "prepare":
         line.update(tokenizer_alone(path, tokenizer))
         start = time.perf_counter()

@@ -41,8 +41,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared machine "
-                        "more threads wait at every parallel barrier)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared machine more threads wait at every parallel barrier)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -62,7 +66,13 @@ def batched(model, tokenizer, prompts, settings: DecodingSettings) -> tuple[list
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         outputs, _ = generation.generate_outputs(
-            model, tokenizer, prompts, "alpaca", settings, Path(folder) / "bench.partial.jsonl", "bench",
+            model,
+            tokenizer,
+            prompts,
+            "alpaca",
+            settings,
+            Path(folder) / "bench.partial.jsonl",
+            "bench",
             progress=False,
         )
         return outputs, time.perf_counter() - start
@@ -75,11 +85,15 @@ def loop(model, tokenizer, prompts, settings: DecodingSettings) -> tuple[list[st
         input_ids = torch.tensor([ids])
         with torch.inference_mode():
             out = model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                max_new_tokens=settings.budget(len(ids)), repetition_penalty=settings.repetition_penalty,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=False,
+                max_new_tokens=settings.budget(len(ids)),
+                repetition_penalty=settings.repetition_penalty,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
             )
-        outputs.append(generation.decode_output(tokenizer, out[0, len(ids):].tolist()))
+        outputs.append(generation.decode_output(tokenizer, out[0, len(ids) :].tolist()))
     return outputs, time.perf_counter() - start
 
 
@@ -107,14 +121,19 @@ def main() -> None:
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
     torch.set_num_threads(args.threads)
-    print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}); torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, torch threads {torch.get_num_threads()}")
+    print(
+        f"machine: {os.cpu_count()} CPUs ({cpu_name()}); torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, torch threads {torch.get_num_threads()}"
+    )
     print(f"load average before: {load_average()}", flush=True)
     tokenizer, model, prompts = build(args)
     settings = DecodingSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     n = len(prompts)
-    print(f"model: Llama {args.layers} layers, d={args.hidden}, vocab {len(tokenizer)}; {n} prompts, "
-          f"max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}, {args.repeats} rounds", flush=True)
+    print(
+        f"model: Llama {args.layers} layers, d={args.hidden}, vocab {len(tokenizer)}; {n} prompts, "
+        f"max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}, {args.repeats} rounds",
+        flush=True,
+    )
 
     loop(model, tokenizer, prompts[:2], settings)  # warm-up, untimed
     batched(model, tokenizer, prompts[: args.batch_size], settings)
@@ -130,16 +149,24 @@ def main() -> None:
             outputs[name], elapsed = paths[name](model, tokenizer, prompts, settings)
             seconds[name].append(elapsed)
         identical.append(sum(a == b for a, b in zip(outputs["batched"], outputs["loop"], strict=True)))
-        print(f"round {round_number} ({' then '.join(order)}): batched {seconds['batched'][-1]:6.1f} s, "
-              f"loop {seconds['loop'][-1]:6.1f} s, speed-up {seconds['loop'][-1] / seconds['batched'][-1]:.2f}x, "
-              f"load {load_average()}", flush=True)
+        print(
+            f"round {round_number} ({' then '.join(order)}): batched {seconds['batched'][-1]:6.1f} s, "
+            f"loop {seconds['loop'][-1]:6.1f} s, speed-up {seconds['loop'][-1] / seconds['batched'][-1]:.2f}x, "
+            f"load {load_average()}",
+            flush=True,
+        )
 
     ratios = [lo / ba for lo, ba in zip(seconds["loop"], seconds["batched"], strict=True)]
     verdict = "PASS" if statistics.median(ratios) >= TARGET else "MISS"
     print(f"per-prompt model.generate loop: {span([n / s for s in seconds['loop']])} prompts/s")
-    print(f"batched (batch size {args.batch_size}):       {span([n / s for s in seconds['batched']])} prompts/s")
+    print(
+        f"batched (batch size {args.batch_size}):       {span([n / s for s in seconds['batched']])} prompts/s"
+    )
     print(f"speed-up (median of per-round ratios): {span(ratios)}x  target {TARGET:.0f}x  {verdict}")
-    print(f"identical outputs: {min(identical)}/{n}" + ("" if len(set(identical)) == 1 else f" (per round {identical})"))
+    print(
+        f"identical outputs: {min(identical)}/{n}"
+        + ("" if len(set(identical)) == 1 else f" (per round {identical})")
+    )
     print(f"load average after: {load_average()}")
 
 

@@ -63,9 +63,16 @@ def parse_args() -> argparse.Namespace:
 def build_model(args: argparse.Namespace) -> transformers.PreTrainedModel:
     """A Llama of the requested shape, randomly initialised, in training mode (attention dropout is 0)."""
     config = transformers.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=max(args.seq, 256), pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=max(args.seq, 256),
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(args.seed)
     model = transformers.LlamaForCausalLM(config).to(device=args.device, dtype=getattr(torch, args.dtype))
@@ -80,7 +87,9 @@ def make_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     mask = (torch.arange(args.seq).unsqueeze(0) < lengths.unsqueeze(1)).long()
     ids = torch.randint(3, args.vocab, (args.batch, args.seq), generator=gen) * mask
     labels = ids.masked_fill(mask == 0, -100)
-    return {k: v.to(args.device) for k, v in {"input_ids": ids, "attention_mask": mask, "labels": labels}.items()}
+    return {
+        k: v.to(args.device) for k, v in {"input_ids": ids, "attention_mask": mask, "labels": labels}.items()
+    }
 
 
 def doubled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -171,8 +180,9 @@ COMPARISONS = (  # (variant, baseline it is divided by, target ratio or None)
 )
 
 
-def run_rounds(variants: dict[str, Variant], model: torch.nn.Module,
-               args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+def run_rounds(
+    variants: dict[str, Variant], model: torch.nn.Module, args: argparse.Namespace
+) -> dict[str, list[tuple[float, float]]]:
     """Warm-up, then ``rounds`` rounds. In each round every comparison runs once, in a fresh shuffled order, as
     a back-to-back pair (baseline and variant, which one first is drawn at random), so both steps of a pair see
     the same load on a shared machine. Returns ``(variant seconds, baseline seconds)`` per round."""
@@ -192,8 +202,11 @@ def run_rounds(variants: dict[str, Variant], model: torch.nn.Module,
                 var_s = timed_step(variants[name], model, args.device)
                 base_s = timed_step(variants[baseline], model, args.device)
             pairs[name].append((var_s, base_s))
-        print(f"  round {r + 1}/{args.rounds} (variant/baseline s): "
-              + "  ".join(f"{n} {pairs[n][-1][0]:.2f}/{pairs[n][-1][1]:.2f}" for n in pairs), flush=True)
+        print(
+            f"  round {r + 1}/{args.rounds} (variant/baseline s): "
+            + "  ".join(f"{n} {pairs[n][-1][0]:.2f}/{pairs[n][-1][1]:.2f}" for n in pairs),
+            flush=True,
+        )
     return pairs
 
 
@@ -281,8 +294,10 @@ def ratio_row(name: str, baseline: str, pairs: list[tuple[float, float]], target
     per_round = [v / b for v, b in pairs]
     verdict = "" if target is None else ("PASS" if med / base <= target else "MISS")
     goal = "" if target is None else f"<= {target:.2f}"
-    return (f"{name:<16} {baseline:<8} {med:7.3f} {base:7.3f} {med / base:7.3f} {statistics.median(per_round):7.3f} "
-            f"{min(per_round):7.3f} {max(per_round):7.3f}  {goal:<8} {verdict}")
+    return (
+        f"{name:<16} {baseline:<8} {med:7.3f} {base:7.3f} {med / base:7.3f} {statistics.median(per_round):7.3f} "
+        f"{min(per_round):7.3f} {max(per_round):7.3f}  {goal:<8} {verdict}"
+    )
 
 
 def main() -> None:
@@ -296,33 +311,50 @@ def main() -> None:
     real = int(batch["attention_mask"].sum())
     params = sum(p.numel() for p in model.parameters())
     cpu = "cuda: " + torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {cpu}, "
-          f"torch.get_num_threads()={torch.get_num_threads()}, dtype {args.dtype}, "
-          f"attention {model.config._attn_implementation}")
-    print(f"Llama: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, intermediate {args.intermediate}, "
-          f"vocab {args.vocab}, {params / 1e6:.1f}M parameters")
-    print(f"batch B={args.batch} x {args.seq}, {real} real tokens ({real / batch['attention_mask'].numel():.0%}), "
-          f"alpha {ALPHA}; step = zero_grad + forward + backward, no optimizer; "
-          f"{args.warmup} warm-up steps per variant, {args.rounds} interleaved rounds")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {cpu}, "
+        f"torch.get_num_threads()={torch.get_num_threads()}, dtype {args.dtype}, "
+        f"attention {model.config._attn_implementation}"
+    )
+    print(
+        f"Llama: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, intermediate {args.intermediate}, "
+        f"vocab {args.vocab}, {params / 1e6:.1f}M parameters"
+    )
+    print(
+        f"batch B={args.batch} x {args.seq}, {real} real tokens ({real / batch['attention_mask'].numel():.0%}), "
+        f"alpha {ALPHA}; step = zero_grad + forward + backward, no optimizer; "
+        f"{args.warmup} warm-up steps per variant, {args.rounds} interleaved rounds"
+    )
 
     wall = time.perf_counter()
     load = os.getloadavg()[0]
     pairs = run_rounds(variants, model, args)
-    print(f"\nStep time, s (median over rounds); ratio = ratio of medians; per-round ratios of back-to-back pairs: "
-          f"median, min, max. Timing took {time.perf_counter() - wall:.0f}s; 1-min load average "
-          f"{load:.2f} before, {os.getloadavg()[0]:.2f} after (on {os.cpu_count()} CPUs)")
-    print(f"{'variant':<16} {'vs':<8} {'median':>7} {'base':>7} {'ratio':>7} {'r.med':>7} {'r.min':>7} "
-          f"{'r.max':>7}  target")
-    notes = {"hf_neftune": "  (transformers' hook, reference)", "symnoise_paired": "(two passes of B; no target)"}
+    print(
+        f"\nStep time, s (median over rounds); ratio = ratio of medians; per-round ratios of back-to-back pairs: "
+        f"median, min, max. Timing took {time.perf_counter() - wall:.0f}s; 1-min load average "
+        f"{load:.2f} before, {os.getloadavg()[0]:.2f} after (on {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"{'variant':<16} {'vs':<8} {'median':>7} {'base':>7} {'ratio':>7} {'r.med':>7} {'r.min':>7} "
+        f"{'r.max':>7}  target"
+    )
+    notes = {
+        "hf_neftune": "  (transformers' hook, reference)",
+        "symnoise_paired": "(two passes of B; no target)",
+    }
     for name, baseline, target in COMPARISONS:
         print(ratio_row(name, baseline, pairs[name], target) + notes.get(name, ""))
     single = statistics.median(b for name, base, _ in COMPARISONS if base == "none@B" for _, b in pairs[name])
-    double = statistics.median(b for name, base, _ in COMPARISONS if base == "none@2B" for _, b in pairs[name])
+    double = statistics.median(
+        b for name, base, _ in COMPARISONS if base == "none@2B" for _, b in pairs[name]
+    )
     print(f"none@2B / none@B (cost of doubling the batch): {double / single:.3f}")
 
     print("\nPeak activation memory of one step (bytes saved for backward; peak of live bytes)")
-    memory = {name: measure_memory(variants[name], model, args.device)
-              for name in ("none@B", "uniform", "none@2B", "symnoise_concat", "symnoise_paired")}
+    memory = {
+        name: measure_memory(variants[name], model, args.device)
+        for name in ("none@B", "uniform", "none@2B", "symnoise_concat", "symnoise_paired")
+    }
     for name, figures in memory.items():
         extra = f"  cuda peak {figures['cuda_peak'] / 2**20:8.1f} MiB" if "cuda_peak" in figures else ""
         print(f"{name:<17} saved {figures['saved_peak'] / 2**20:8.1f} MiB{extra}")

@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     embeds = torch.randn(args.batch, args.seq, args.hidden)
     mask = torch.ones(args.batch, args.seq, dtype=torch.long)
-    mask[:, int(0.6 * args.seq):] = 0
+    mask[:, int(0.6 * args.seq) :] = 0
     embedding = torch.nn.Embedding(8, args.hidden).train()
 
     def transformers_hook() -> torch.Tensor:
@@ -52,13 +52,20 @@ def main() -> None:
 
     variants = {"transformers NEFTune hook": transformers_hook}
     for method in ("uniform", "gaussian", "bernoulli", "symnoise"):
-        handle = NoiseHandle(_EmbeddingOnly(torch.nn.Embedding(8, args.hidden)), NoiseConfig(method, 5.0, seed=0))
+        handle = NoiseHandle(
+            _EmbeddingOnly(torch.nn.Embedding(8, args.hidden)), NoiseConfig(method, 5.0, seed=0)
+        )
         doubled = 0 if method == "symnoise" else None
-        call = _Call(active=True, input_shape=torch.Size([args.batch, args.seq]), attention_mask=mask,
-                     doubled_along=doubled)
+        call = _Call(
+            active=True,
+            input_shape=torch.Size([args.batch, args.seq]),
+            attention_mask=mask,
+            doubled_along=doubled,
+        )
         source = torch.cat([embeds, embeds]) if doubled == 0 else embeds
         variants[f"symnoise {method}" + (" (2B rows)" if doubled == 0 else "")] = (
-            lambda h=handle, c=call, x=source: h._add_noise(x, c))
+            lambda h=handle, c=call, x=source: h._add_noise(x, c)
+        )
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
         fn()
@@ -68,7 +75,9 @@ def main() -> None:
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
     reference = statistics.median(times["transformers NEFTune hook"])
-    print(f"torch {torch.__version__}, threads {args.threads}, embeddings {tuple(embeds.shape)}, 60% real tokens")
+    print(
+        f"torch {torch.__version__}, threads {args.threads}, embeddings {tuple(embeds.shape)}, 60% real tokens"
+    )
     print(f"{'variant':34s} {'median ms':>10s} {'x transformers':>15s}")
     for name, values in times.items():
         print(f"{name:34s} {statistics.median(values):10.2f} {statistics.median(values) / reference:15.2f}")

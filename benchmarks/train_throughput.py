@@ -90,16 +90,31 @@ BASELINE = "trainer+neftune padded random"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                        help="auto: cuda when available; cuda fails without a GPU")
-    parser.add_argument("--attn", default=None,
-                        help="model.attn_implementation for every run (sdpa, eager, flash_attention_2, ...); "
-                        "default: transformers' choice (SDPA)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="peak TFLOP/s for the MFU table (default: the GPU's dense bf16 peak from "
-                        "symnoise.train.metrics; give it for an unlisted device)")
-    parser.add_argument("--model", choices=("tiny", "1b"), default=None,
-                        help="tiny: --layers x --hidden Llama (CPU default); 1b: TinyLlama shape (CUDA default)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto: cuda when available; cuda fails without a GPU",
+    )
+    parser.add_argument(
+        "--attn",
+        default=None,
+        help="model.attn_implementation for every run (sdpa, eager, flash_attention_2, ...); "
+        "default: transformers' choice (SDPA)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s for the MFU table (default: the GPU's dense bf16 peak from "
+        "symnoise.train.metrics; give it for an unlisted device)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=("tiny", "1b"),
+        default=None,
+        help="tiny: --layers x --hidden Llama (CPU default); 1b: TinyLlama shape (CUDA default)",
+    )
     parser.add_argument("--layers", type=int, default=4, help="layers of the tiny model")
     parser.add_argument("--hidden", type=int, default=256, help="width of the tiny model")
     parser.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary trained on the data")
@@ -110,14 +125,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats, one seed each")
     parser.add_argument("--alpha", type=float, default=5.0)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--eval-examples", type=int, default=64, help="held-out examples scored after training")
-    parser.add_argument("--data", type=Path, default=ALPACA, help="Alpaca-format JSON; synthetic data if absent")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads on CPU; 1 by default because on a shared machine a second "
-                        "thread waiting at every parallel barrier made steps up to 6x slower and far noisier")
+    parser.add_argument(
+        "--eval-examples", type=int, default=64, help="held-out examples scored after training"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=ALPACA, help="Alpaca-format JSON; synthetic data if absent"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads on CPU; 1 by default because on a shared machine a second "
+        "thread waiting at every parallel barrier made steps up to 6x slower and far noisier",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", default=None,
-                        help="comma-separated variant names to run besides the baseline (default: all)")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variant names to run besides the baseline (default: all)",
+    )
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -139,15 +165,19 @@ def load_corpus(args: argparse.Namespace) -> tuple[list[Example], list[Example],
         examples, _ = load_examples(str(args.data), on_bad_row="skip")
         source = f"{args.data.name} (real Alpaca subset, {len(examples)} usable rows)"
     else:
-        train, held_out = make_task_examples(max(n_train * 2, 2000), max(args.eval_examples, 64), seed=args.seed)
+        train, held_out = make_task_examples(
+            max(n_train * 2, 2000), max(args.eval_examples, 64), seed=args.seed
+        )
         examples = train + held_out
         source = f"symnoise.synthetic tasks ({args.data} not found)"
     shuffled = examples[:]
     random.Random(args.seed).shuffle(shuffled)
     if n_train + args.eval_examples > len(shuffled):
-        raise SystemExit(f"--steps x --effective-batch + --eval-examples = {n_train + args.eval_examples} "
-                         f"exceeds the {len(shuffled)} examples available")
-    return examples, shuffled[:n_train], shuffled[n_train:n_train + args.eval_examples], source
+        raise SystemExit(
+            f"--steps x --effective-batch + --eval-examples = {n_train + args.eval_examples} "
+            f"exceeds the {len(shuffled)} examples available"
+        )
+    return examples, shuffled[:n_train], shuffled[n_train : n_train + args.eval_examples], source
 
 
 def write_alpaca(examples: list[Example], path: Path) -> Path:
@@ -158,10 +188,22 @@ def write_alpaca(examples: list[Example], path: Path) -> Path:
 
 def model_config(args: argparse.Namespace, vocab_size: int):
     if args.model == "1b":  # TinyLlama-1.1B's shape with the trained vocabulary: ~1.0B parameters
-        return tiny_llama_config(vocab_size, hidden_size=2048, layers=22, heads=32, kv_heads=4,
-                                 intermediate_size=5632, max_position_embeddings=2048)
-    return tiny_llama_config(vocab_size, hidden_size=args.hidden, layers=args.layers, heads=4,
-                             max_position_embeddings=max(1024, args.max_length))
+        return tiny_llama_config(
+            vocab_size,
+            hidden_size=2048,
+            layers=22,
+            heads=32,
+            kv_heads=4,
+            intermediate_size=5632,
+            max_position_embeddings=2048,
+        )
+    return tiny_llama_config(
+        vocab_size,
+        hidden_size=args.hidden,
+        layers=args.layers,
+        heads=4,
+        max_position_embeddings=max(1024, args.max_length),
+    )
 
 
 def build_model_dir(args: argparse.Namespace, tokenizer, directory: Path) -> tuple[int, float]:
@@ -208,7 +250,9 @@ def selected_variants(names: str | None) -> list[Variant]:
     wanted = {name.strip() for name in names.split(",") if name.strip()}
     unknown = wanted - {v.name for v in VARIANTS}
     if unknown:
-        raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {[v.name for v in VARIANTS[1:]]}")
+        raise SystemExit(
+            f"unknown --variants {sorted(unknown)}; choose from {[v.name for v in VARIANTS[1:]]}"
+        )
     return [v for v in VARIANTS if v.name == BASELINE or v.name in wanted]
 
 
@@ -255,26 +299,47 @@ def counted_recipe_collator() -> Iterator[list[CountingCollator]]:
         recipe.make_collator = original
 
 
-def train_config(args: argparse.Namespace, variant: Variant, model_dir: Path, data: Path, out: Path, seed: int):
+def train_config(
+    args: argparse.Namespace, variant: Variant, model_dir: Path, data: Path, out: Path, seed: int
+):
     model = {"name": str(model_dir)}
     if args.attn:
         model["attn_implementation"] = args.attn
     scale = variant.batch_scale
-    return validate_config({
-        "model": model,
-        "data": {"path": str(data), "format": "alpaca", "max_length": args.max_length, "packing": variant.packing,
-                 "group_by_length": variant.group_by_length},
-        "noise": {"method": variant.method or "none", "alpha": args.alpha, "execution": variant.execution},
-        "training": {"output_dir": str(out), "epochs": 1, "max_steps": args.steps // scale,
-                     "per_device_batch_size": args.per_device_batch * scale,
-                     "effective_batch_size": args.effective_batch * scale,
-                     "learning_rate": args.learning_rate, "save_steps": args.steps + 1, "report_to": [],
-                     "logging_steps": 1, "seed": seed, "device": "cpu" if args.device == "cpu" else "auto"},
-    })
+    return validate_config(
+        {
+            "model": model,
+            "data": {
+                "path": str(data),
+                "format": "alpaca",
+                "max_length": args.max_length,
+                "packing": variant.packing,
+                "group_by_length": variant.group_by_length,
+            },
+            "noise": {
+                "method": variant.method or "none",
+                "alpha": args.alpha,
+                "execution": variant.execution,
+            },
+            "training": {
+                "output_dir": str(out),
+                "epochs": 1,
+                "max_steps": args.steps // scale,
+                "per_device_batch_size": args.per_device_batch * scale,
+                "effective_batch_size": args.effective_batch * scale,
+                "learning_rate": args.learning_rate,
+                "save_steps": args.steps + 1,
+                "report_to": [],
+                "logging_steps": 1,
+                "seed": seed,
+                "device": "cpu" if args.device == "cpu" else "auto",
+            },
+        }
+    )
 
 
 def last_quarter_mean(losses: list[float]) -> float:
-    return statistics.fmean(losses[-max(1, len(losses) // 4):])
+    return statistics.fmean(losses[-max(1, len(losses) // 4) :])
 
 
 def run_recipe(config, eval_items, tokenizer) -> RunResult:
@@ -283,13 +348,22 @@ def run_recipe(config, eval_items, tokenizer) -> RunResult:
         recipe.train(config)
     run_dir = Path(config.training.output_dir)
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-              if '"loss"' in line]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
     model = transformers.AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
     model.to("cpu" if config.training.device == "cpu" else "cuda")
     copies = 2 if config.noise.symmetric and config.noise.method != "none" else 1
-    return RunResult(summary["train_runtime_s"], made[0].real, made[0].positions, last_quarter_mean(losses),
-                     eval_loss(model, tokenizer, eval_items), copies)
+    return RunResult(
+        summary["train_runtime_s"],
+        made[0].real,
+        made[0].positions,
+        last_quarter_mean(losses),
+        eval_loss(model, tokenizer, eval_items),
+        copies,
+    )
 
 
 def run_baseline(config, alpha: float, eval_items) -> RunResult:
@@ -300,23 +374,32 @@ def run_baseline(config, alpha: float, eval_items) -> RunResult:
     set_seed(config.training.seed)
     examples, report, _ = recipe.load_data(config)
     tokenizer = recipe.load_tokenizer(config)
-    dataset = tokenize_examples(examples, tokenizer, config.resolved_template(report.format), config.data.max_length)
+    dataset = tokenize_examples(
+        examples, tokenizer, config.resolved_template(report.format), config.data.max_length
+    )
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = recipe.resolve_precision(config, use_cuda)
     model = recipe.load_model(config, precision)
     args = recipe.training_arguments(config, run_dir, precision, has_eval=False)
     args.neftune_noise_alpha = alpha
     assert args.train_sampling_strategy == "random"
-    collator = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100,
-                                                       return_tensors="pt"))
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                      processing_class=tokenizer)
+    collator = CountingCollator(
+        DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer
+    )
     trainer.train()
     history = trainer.state.log_history
     seconds = next(entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry)
     losses = [entry["loss"] for entry in history if "loss" in entry]
-    return RunResult(seconds, collator.real, collator.positions, last_quarter_mean(losses),
-                     eval_loss(trainer.model, tokenizer, eval_items))
+    return RunResult(
+        seconds,
+        collator.real,
+        collator.positions,
+        last_quarter_mean(losses),
+        eval_loss(trainer.model, tokenizer, eval_items),
+    )
 
 
 @torch.no_grad()
@@ -324,23 +407,36 @@ def eval_loss(model, tokenizer, items, batch_size: int = 16) -> float:
     """Mean cross-entropy per response token on the held-out items, clean (eval mode), in float32."""
     model.eval()
     device = next(model.parameters()).device
-    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    collate = DataCollatorForSeq2Seq(
+        tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt"
+    )
     total, count = 0.0, 0
     for start in range(0, len(items), batch_size):
-        batch = {k: v.to(device) for k, v in collate(items[start:start + batch_size]).items()}
+        batch = {k: v.to(device) for k, v in collate(items[start : start + batch_size]).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         targets = batch["labels"][:, 1:]
-        total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                                   ignore_index=-100, reduction="sum").item()
+        total += torch.nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+        ).item()
         count += int((targets != -100).sum())
     return total / count
 
 
-def run_variant(variant: Variant, args: argparse.Namespace, paths: dict[str, Path], seed: int, tag: str,
-                eval_items, tokenizer) -> RunResult:
+def run_variant(
+    variant: Variant,
+    args: argparse.Namespace,
+    paths: dict[str, Path],
+    seed: int,
+    tag: str,
+    eval_items,
+    tokenizer,
+) -> RunResult:
     out = paths["runs"] / f"{tag}-{variant.name.replace(' ', '_')}-seed{seed}"
     config = train_config(args, variant, paths["model"], paths["train"], out, seed)
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the Trainer's per-step log lines
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+    ):  # the Trainer's per-step log lines
         warnings.simplefilter("ignore")
         if variant.method is None:
             return run_baseline(config, args.alpha, eval_items)
@@ -363,11 +459,14 @@ def baseline_target(name: str, attn: str | None) -> float | None:
     return NEFTUNE_TARGET
 
 
-def print_tables(results: dict[str, list[RunResult]], attn: str | None, flops_per_token: float,
-                 peak: float | None) -> None:
+def print_tables(
+    results: dict[str, list[RunResult]], attn: str | None, flops_per_token: float, peak: float | None
+) -> None:
     base = results[BASELINE]
     base_tps = [r.real_tokens / r.seconds for r in base]
-    print("\nThroughput (real tokens/s = non-padding tokens consumed / train_runtime; median [min..max] over repeats)")
+    print(
+        "\nThroughput (real tokens/s = non-padding tokens consumed / train_runtime; median [min..max] over repeats)"
+    )
     print(f"{'variant':34s} {'real tok/s':>24s} {'padding':>8s} {'x baseline':>22s} {'target':>7s}  verdict")
     for name, runs in results.items():
         tps = [r.real_tokens / r.seconds for r in runs]
@@ -385,9 +484,13 @@ def print_tables(results: dict[str, list[RunResult]], attn: str | None, flops_pe
     if peak:
         print_mfu_table(results, flops_per_token, peak)
     base_eval = [r.eval_loss for r in base]
-    print("\nLoss after the run (eval: clean, on the held-out examples; train: mean logged loss of the last "
-          "quarter of steps)")
-    print(f"{'variant':34s} {'eval loss':>24s} {'train loss':>24s} {'delta eval':>10s} {'noise':>7s}  verdict")
+    print(
+        "\nLoss after the run (eval: clean, on the held-out examples; train: mean logged loss of the last "
+        "quarter of steps)"
+    )
+    print(
+        f"{'variant':34s} {'eval loss':>24s} {'train loss':>24s} {'delta eval':>10s} {'noise':>7s}  verdict"
+    )
     for name, runs in results.items():
         evals = [r.eval_loss for r in runs]
         line = f"{name:34s} {spread(evals, '.4f'):>24s} {spread([r.train_loss for r in runs], '.4f'):>24s}"
@@ -402,26 +505,41 @@ def print_tables(results: dict[str, list[RunResult]], attn: str | None, flops_pe
 def print_doubled_batch_table(results: dict[str, list[RunResult]]) -> None:
     """SymNoise against no noise at twice the batch: the same sequences per forward, so 2 x SymNoise's real tokens/s
     against the reference's real tokens/s is what the noise itself costs."""
-    pairs = [(name, f"recipe none {packing} 2x batch") for name in results for packing in ("rows", "padding_free")
-             if name.startswith("recipe symnoise") and name.endswith(packing)]
+    pairs = [
+        (name, f"recipe none {packing} 2x batch")
+        for name in results
+        for packing in ("rows", "padding_free")
+        if name.startswith("recipe symnoise") and name.endswith(packing)
+    ]
     pairs = [(name, ref) for name, ref in pairs if ref in results]
     if not pairs:
         return
-    print("\nSymNoise against no noise at twice the batch (2 x real tok/s / reference real tok/s; median [min..max])")
+    print(
+        "\nSymNoise against no noise at twice the batch (2 x real tok/s / reference real tok/s; median [min..max])"
+    )
     for name, ref in pairs:
-        per_repeat = [2 * (r.real_tokens / r.seconds) / (b.real_tokens / b.seconds)
-                      for r, b in zip(results[name], results[ref], strict=True)]
-        ratio = 2 * statistics.median(r.real_tokens / r.seconds for r in results[name]) / statistics.median(
-            b.real_tokens / b.seconds for b in results[ref])
+        per_repeat = [
+            2 * (r.real_tokens / r.seconds) / (b.real_tokens / b.seconds)
+            for r, b in zip(results[name], results[ref], strict=True)
+        ]
+        ratio = (
+            2
+            * statistics.median(r.real_tokens / r.seconds for r in results[name])
+            / statistics.median(b.real_tokens / b.seconds for b in results[ref])
+        )
         verdict = "PASS" if ratio >= SYMNOISE_VS_DOUBLED_BATCH_TARGET else "MISS"
-        print(f"{name:34s} vs {ref:34s} {ratio:6.3f} [{min(per_repeat):.2f}..{max(per_repeat):.2f}] "
-              f"{SYMNOISE_VS_DOUBLED_BATCH_TARGET:>6.2f}  {verdict}")
+        print(
+            f"{name:34s} vs {ref:34s} {ratio:6.3f} [{min(per_repeat):.2f}..{max(per_repeat):.2f}] "
+            f"{SYMNOISE_VS_DOUBLED_BATCH_TARGET:>6.2f}  {verdict}"
+        )
 
 
 def print_mfu_table(results: dict[str, list[RunResult]], flops_per_token: float, peak: float) -> None:
     """Model MFU (real tokens) and hardware MFU (every processed position, SymNoise's copy included)."""
-    print(f"\nMFU (F = {flops_per_token / 1e9:.3f} GFLOP per token, peak {peak / 1e12:.1f} TFLOP/s dense bf16; "
-          "median [min..max])")
+    print(
+        f"\nMFU (F = {flops_per_token / 1e9:.3f} GFLOP per token, peak {peak / 1e12:.1f} TFLOP/s dense bf16; "
+        "median [min..max])"
+    )
     print(f"{'variant':34s} {'model MFU':>22s} {'hardware MFU':>22s}")
     for name, runs in results.items():
         model = [flops_per_token * r.real_tokens / r.seconds / peak for r in runs]
@@ -432,13 +550,17 @@ def print_mfu_table(results: dict[str, list[RunResult]], flops_per_token: float,
 def machine_line(args: argparse.Namespace) -> str:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                      if line.startswith("Model name")), platform.processor())
+        model = next(
+            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
+            platform.processor(),
+        )
     except OSError:
         model = platform.processor()
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
-    return (f"{model}, {os.cpu_count()} cores, device {device}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}")
+    return (
+        f"{model}, {os.cpu_count()} cores, device {device}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
 
 
 def main() -> None:
@@ -449,15 +571,23 @@ def main() -> None:
     tokenizer = train_tokenizer(tokenizer_corpus(corpus), vocab_size=args.vocab)
     eval_items = list(tokenize_examples(held_out, tokenizer, "alpaca", args.max_length))
     with tempfile.TemporaryDirectory(prefix="symnoise-throughput-") as tmp:
-        paths = {"model": Path(tmp) / "model", "runs": Path(tmp) / "runs",
-                 "train": write_alpaca(train_examples, Path(tmp) / "train.json")}
+        paths = {
+            "model": Path(tmp) / "model",
+            "runs": Path(tmp) / "runs",
+            "train": write_alpaca(train_examples, Path(tmp) / "train.json"),
+        }
         n_params, flops_per_token = build_model_dir(args, tokenizer, paths["model"])
         print(f"machine: {machine_line(args)}; load average at start {os.getloadavg()}")
-        print(f"data: {source}; {len(train_examples)} training examples (= {args.steps} steps x "
-              f"{args.effective_batch}), {len(eval_items)} held-out; tokenizer vocab {len(tokenizer)}")
-        print(f"model: Llama, {n_params / 1e6:.1f}M parameters ({args.model}); per-device batch "
-              f"{args.per_device_batch}, effective batch {args.effective_batch}, max length {args.max_length}, "
-              f"alpha {args.alpha}, lr {args.learning_rate}, {args.repeats} repeats", flush=True)
+        print(
+            f"data: {source}; {len(train_examples)} training examples (= {args.steps} steps x "
+            f"{args.effective_batch}), {len(eval_items)} held-out; tokenizer vocab {len(tokenizer)}"
+        )
+        print(
+            f"model: Llama, {n_params / 1e6:.1f}M parameters ({args.model}); per-device batch "
+            f"{args.per_device_batch}, effective batch {args.effective_batch}, max length {args.max_length}, "
+            f"alpha {args.alpha}, lr {args.learning_rate}, {args.repeats} repeats",
+            flush=True,
+        )
         started = time.perf_counter()
         warm_up = [v for v in VARIANTS if v.name in (BASELINE, "recipe symnoise rows")]
         for variant in warm_up:  # untimed warm-up of the process: kernels, allocator, imports
@@ -471,19 +601,28 @@ def main() -> None:
             order = list(chosen)
             rng.shuffle(order)
             for variant in order:
-                result = run_variant(variant, args, paths, args.seed + repeat, f"r{repeat}", eval_items, tokenizer)
+                result = run_variant(
+                    variant, args, paths, args.seed + repeat, f"r{repeat}", eval_items, tokenizer
+                )
                 results[variant.name].append(result)
                 loads.append(os.getloadavg()[0])
-                print(f"  repeat {repeat + 1}/{args.repeats} {variant.name:34s} {result.seconds:7.2f} s "
-                      f"{result.real_tokens / result.seconds:8.0f} real tok/s  eval loss {result.eval_loss:.4f}",
-                      flush=True)
+                print(
+                    f"  repeat {repeat + 1}/{args.repeats} {variant.name:34s} {result.seconds:7.2f} s "
+                    f"{result.real_tokens / result.seconds:8.0f} real tok/s  eval loss {result.eval_loss:.4f}",
+                    flush=True,
+                )
         real = {r.real_tokens for runs in results.values() for r in runs}
         assert len(real) == 1, f"runs consumed different real token counts: {real}"
-        print(f"\nevery run consumed the same {real.pop()} real tokens; total time "
-              f"{time.perf_counter() - started:.0f} s; 1-min load average during the runs "
-              f"{min(loads):.2f}..{max(loads):.2f}")
-        peak = args.peak_tflops * 1e12 if args.peak_tflops else (
-            peak_flops(torch.cuda.get_device_name()) if args.device == "cuda" else None)
+        print(
+            f"\nevery run consumed the same {real.pop()} real tokens; total time "
+            f"{time.perf_counter() - started:.0f} s; 1-min load average during the runs "
+            f"{min(loads):.2f}..{max(loads):.2f}"
+        )
+        peak = (
+            args.peak_tflops * 1e12
+            if args.peak_tflops
+            else (peak_flops(torch.cuda.get_device_name()) if args.device == "cuda" else None)
+        )
         print_tables(results, args.attn, flops_per_token, peak)
 
 

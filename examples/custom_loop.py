@@ -19,8 +19,11 @@ def pad(items, key, value):
 def batches(dataset, size, pad_id):
     for start in range(0, len(dataset) - size + 1, size):
         items = [dataset[i] for i in range(start, start + size)]
-        yield {"input_ids": pad(items, "input_ids", pad_id), "attention_mask": pad(items, "attention_mask", 0),
-               "labels": pad(items, "labels", -100)}
+        yield {
+            "input_ids": pad(items, "input_ids", pad_id),
+            "attention_mask": pad(items, "attention_mask", 0),
+            "labels": pad(items, "labels", -100),
+        }
 
 
 def main() -> None:
@@ -38,7 +41,9 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-            print(f"concat step {step}: loss {loss.item():.4f}, noise norm {noise.last_noise_norm.item():.4f}")
+            print(
+                f"concat step {step}: loss {loss.item():.4f}, noise norm {noise.last_noise_norm.item():.4f}"
+            )
 
     # paired: the same gradients with two forwards of B instead of one of 2B (lower peak memory).
     with symnoise.attach(model, symnoise.NoiseConfig("symnoise", alpha=5, execution="paired")) as noise:

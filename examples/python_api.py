@@ -21,7 +21,9 @@ from symnoise.synthetic import make_task_examples, tiny_llama_config, tokenizer_
 def write_tiny_base_and_data(work: Path) -> tuple[Path, Path]:
     examples, _ = make_task_examples(n_train=64, n_eval=11, seed=0)
     tokenizer = train_tokenizer(tokenizer_corpus(examples), vocab_size=512)
-    LlamaForCausalLM(tiny_llama_config(len(tokenizer), hidden_size=64, layers=2)).save_pretrained(work / "base")
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer), hidden_size=64, layers=2)).save_pretrained(
+        work / "base"
+    )
     tokenizer.save_pretrained(work / "base")
     rows = [{"instruction": e.instruction, "input": e.input, "output": e.output} for e in examples]
     (work / "data.json").write_text(json.dumps(rows))
@@ -31,12 +33,24 @@ def write_tiny_base_and_data(work: Path) -> tuple[Path, Path]:
 def main() -> None:
     work = Path(tempfile.mkdtemp())
     base, data = write_tiny_base_and_data(work)
-    config = symnoise.load_config("qwen2.5-0.5b/alpaca-symnoise-lora", [
-        f"model.name={base}", "model.license=null", f"data.path={data}", "data.template=alpaca",
-        f"training.output_dir={work / 'run'}", "training.max_steps=4", "training.per_device_batch_size=8",
-        "training.effective_batch_size=8", "training.learning_rate=1e-3", "training.device=cpu",
-        "training.report_to=[]", "training.gradient_checkpointing=false", "lora.target_modules=[q_proj,v_proj]",
-    ])
+    config = symnoise.load_config(
+        "qwen2.5-0.5b/alpaca-symnoise-lora",
+        [
+            f"model.name={base}",
+            "model.license=null",
+            f"data.path={data}",
+            "data.template=alpaca",
+            f"training.output_dir={work / 'run'}",
+            "training.max_steps=4",
+            "training.per_device_batch_size=8",
+            "training.effective_batch_size=8",
+            "training.learning_rate=1e-3",
+            "training.device=cpu",
+            "training.report_to=[]",
+            "training.gradient_checkpointing=false",
+            "lora.target_modules=[q_proj,v_proj]",
+        ],
+    )
     result = symnoise.train(config)
     for line in (result.run_dir / "metrics.jsonl").read_text().splitlines():
         entry = json.loads(line)

@@ -89,19 +89,45 @@ def make_tiny_model(kind: str = "llama", vocab_size: int = 400, hidden: int = 32
     common = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     configs = {
         "llama": lambda: transformers.LlamaConfig(
-            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, **common),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
+        ),
         "qwen2": lambda: transformers.Qwen2Config(
-            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, **common),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
+        ),
         "gemma": lambda: transformers.GemmaConfig(
-            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=256, **common),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=hidden // 4,
+            max_position_embeddings=256,
+            **common,
+        ),
         "gpt2": lambda: transformers.GPT2Config(
-            n_embd=hidden, n_layer=2, n_head=4, n_positions=256, **common),
+            n_embd=hidden, n_layer=2, n_head=4, n_positions=256, **common
+        ),
         "opt": lambda: transformers.OPTConfig(
-            hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=256, word_embed_proj_dim=hidden, **common),
+            hidden_size=hidden,
+            ffn_dim=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=hidden,
+            **common,
+        ),
     }
     config = configs[kind]()
     for key, value in overrides.items():
@@ -129,8 +155,11 @@ def alpaca_file(tmp_path_factory):
     """36 Alpaca-format rows (half with an input) in a JSON file."""
     import json
 
-    rows = [{"instruction": f"Add {a} and {b}.", "input": "" if a % 2 else f"{a} {b}", "output": str(a + b)}
-            for a in range(12) for b in range(3)]
+    rows = [
+        {"instruction": f"Add {a} and {b}.", "input": "" if a % 2 else f"{a} {b}", "output": str(a + b)}
+        for a in range(12)
+        for b in range(3)
+    ]
     path = tmp_path_factory.mktemp("data") / "train.json"
     path.write_text(json.dumps(rows))
     return path

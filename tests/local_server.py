@@ -7,9 +7,20 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-JUDGE_SETTINGS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                  "SYMNOISE_JUDGE_BASE_URL", "SYMNOISE_JUDGE_MODEL", "SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY",
-                  "OPENAI_BASE_URL", "OPENAI_API_BASE")
+JUDGE_SETTINGS = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "SYMNOISE_JUDGE_BASE_URL",
+    "SYMNOISE_JUDGE_MODEL",
+    "SYMNOISE_JUDGE_API_KEY",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+)
 
 
 def clean_judge_environment(monkeypatch) -> None:

@@ -11,7 +11,9 @@ def test_load_config_takes_shipped_names_files_and_overrides(tmp_path):
     config = symnoise.load_config("qwen2.5-0.5b/alpaca-symnoise", ["noise.alpha=10", "training.max_steps=7"])
     assert isinstance(config, TrainConfig) and config.model.name == "Qwen/Qwen2.5-0.5B-Instruct"
     assert (config.noise.alpha, config.training.max_steps) == (10.0, 7)
-    assert symnoise.load_config(find_config("grid/mini").path.parent.parent / "llama2-7b" / "alpaca-none.yaml")
+    assert symnoise.load_config(
+        find_config("grid/mini").path.parent.parent / "llama2-7b" / "alpaca-none.yaml"
+    )
     with pytest.raises(ConfigError, match=r"training.lr: unknown field"):
         symnoise.load_config("qwen2.5-0.5b/alpaca-symnoise", ["training.lr=1"])
 
@@ -22,7 +24,9 @@ def test_train_is_callable_and_the_package_still_imports(alpaca_file, tmp_path, 
 
     assert callable(symnoise.train) and recipe_train is recipe.train
     received = []
-    monkeypatch.setattr(recipe, "train", lambda config, resume=False: received.append((config, resume)) or "ok")
+    monkeypatch.setattr(
+        recipe, "train", lambda config, resume=False: received.append((config, resume)) or "ok"
+    )
     mapping = {"model": {"name": "m"}, "data": {"path": str(alpaca_file)}, "training": {"output_dir": "o"}}
     assert symnoise.train(mapping, ["noise.method=neftune"], resume=True) == "ok"
     config, resume = received[-1]
@@ -31,4 +35,3 @@ def test_train_is_callable_and_the_package_still_imports(alpaca_file, tmp_path, 
     assert received[-1][0].training.max_steps == 3 and received[-1][0].noise.method == "uniform"
     with pytest.raises(ConfigError, match="config mapping"):
         symnoise.train({"model": {}})
-

@@ -33,9 +33,13 @@ class EmbeddingRecorder:
     def __init__(self, model):
         self.outputs = []
         embeddings = model.get_input_embeddings()
-        hook = embeddings.register_forward_hook(lambda module, args, out: self.outputs.append(out.detach().clone()))
+        hook = embeddings.register_forward_hook(
+            lambda module, args, out: self.outputs.append(out.detach().clone())
+        )
         # Hooks run in registration order; keep this one last so it sees the output after symnoise's hook.
-        embeddings.register_forward_pre_hook(lambda module, args: embeddings._forward_hooks.move_to_end(hook.id))
+        embeddings.register_forward_pre_hook(
+            lambda module, args: embeddings._forward_hooks.move_to_end(hook.id)
+        )
 
     def clean(self, model, inputs):
         with torch.no_grad():
@@ -115,8 +119,12 @@ def test_symnoise_loss_is_the_mean_of_the_two_halves(llama):
         assert out.logits.shape[0] == 3  # the caller's batch: metrics from logits keep matching labels
         noisy = recorder.outputs[-1]
         with handle.noise_off():
-            plus = llama(inputs_embeds=noisy[:3], attention_mask=inputs["attention_mask"], labels=inputs["labels"])
-            minus = llama(inputs_embeds=noisy[3:], attention_mask=inputs["attention_mask"], labels=inputs["labels"])
+            plus = llama(
+                inputs_embeds=noisy[:3], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+            )
+            minus = llama(
+                inputs_embeds=noisy[3:], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+            )
     assert out.loss.item() == pytest.approx((plus.loss.item() + minus.loss.item()) / 2, rel=1e-6)
     assert torch.allclose(out.logits, plus.logits, atol=1e-5)
 
@@ -130,8 +138,15 @@ def test_symnoise_loss_with_num_items_in_batch_counts_both_halves(llama):
         loss = llama(**inputs, num_items_in_batch=n_items).loss
         noisy = recorder.outputs[-1]
         with handle.noise_off():
-            halves = [llama(inputs_embeds=part, attention_mask=inputs["attention_mask"], labels=inputs["labels"],
-                            num_items_in_batch=n_items).loss for part in (noisy[:3], noisy[3:])]
+            halves = [
+                llama(
+                    inputs_embeds=part,
+                    attention_mask=inputs["attention_mask"],
+                    labels=inputs["labels"],
+                    num_items_in_batch=n_items,
+                ).loss
+                for part in (noisy[:3], noisy[3:])
+            ]
     assert loss.item() == pytest.approx((halves[0].item() + halves[1].item()) / 2, rel=1e-6)
 
 
@@ -140,7 +155,9 @@ def test_paired_and_concat_give_the_same_gradients(llama, method):
     inputs = batch()
     cfg = dict(method=method, alpha=ALPHA, seed=7, symmetric=True)
     concat_loss, concat_grads = loss_and_grads(llama, inputs, NoiseConfig(**cfg, execution="concat"))
-    paired_loss, paired_grads = loss_and_grads(llama, inputs, NoiseConfig(**cfg, execution="paired"), paired=True)
+    paired_loss, paired_grads = loss_and_grads(
+        llama, inputs, NoiseConfig(**cfg, execution="paired"), paired=True
+    )
     assert paired_loss.item() == pytest.approx(concat_loss.item(), rel=1e-5)
     for name in concat_grads:
         assert torch.allclose(paired_grads[name], concat_grads[name], rtol=1e-4, atol=1e-7), name
@@ -209,8 +226,12 @@ def packed_and_padded(lengths, vocab=400, seed=0):
     labels = ids.masked_fill(mask == 0, -100)
     padded = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     packed_labels = torch.cat([torch.cat([torch.tensor([-100]), s[1:]]) for s in seqs]).unsqueeze(0)
-    packed = {"input_ids": torch.cat(seqs).unsqueeze(0), "labels": packed_labels,
-              "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0), "use_cache": False}
+    packed = {
+        "input_ids": torch.cat(seqs).unsqueeze(0),
+        "labels": packed_labels,
+        "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0),
+        "use_cache": False,
+    }
     return padded, packed
 
 
@@ -239,7 +260,9 @@ def test_packed_row_gets_per_sequence_noise(llama, method, varlen):
     # Not alpha/sqrt(3)/sqrt(3 sequences), as with the packed length: each sequence keeps its own scale.
     assert per_sequence == pytest.approx([ALPHA / SQRT3] * 3, rel=1e-5)
     if method == "symnoise":
-        assert torch.allclose(noise.narrow(along, ids.shape[along], ids.shape[along]), -first, rtol=0, atol=1e-6)
+        assert torch.allclose(
+            noise.narrow(along, ids.shape[along], ids.shape[along]), -first, rtol=0, atol=1e-6
+        )
     assert out.logits.shape[:2] == (1, total)
 
 
@@ -257,7 +280,9 @@ def test_packed_symnoise_loss_equals_padded_symnoise_loss_at_alpha_zero_limit(ll
     if varlen:
         add_cu_seq_lens(packed)
     llama.train()
-    assert llama(**packed, use_cache=False).loss.item() == pytest.approx(llama(**padded).loss.item(), rel=1e-6)
+    assert llama(**packed, use_cache=False).loss.item() == pytest.approx(
+        llama(**padded).loss.item(), rel=1e-6
+    )
     with attach(llama, NoiseConfig("symnoise", 1e-30, seed=0)):
         packed_loss = llama(**packed).loss
         padded_loss = llama(**padded).loss
@@ -274,7 +299,9 @@ def test_region_response_noises_only_response_tokens(llama):
     response = inputs["labels"] != -100
     assert torch.all(noise[~response] == 0)
     # Row 2 is padded before its prompt ends, so it has no response token and no noise.
-    assert noise.square().sum(dim=(-1, -2)).sqrt().tolist() == pytest.approx([ALPHA / SQRT3] * 2 + [0], rel=1e-5)
+    assert noise.square().sum(dim=(-1, -2)).sqrt().tolist() == pytest.approx(
+        [ALPHA / SQRT3] * 2 + [0], rel=1e-5
+    )
     with attach(llama, NoiseConfig("bernoulli", ALPHA, region="prompt")):
         llama(**inputs)
     noise = recorder.outputs[-1] - recorder.clean(llama, inputs)
@@ -285,8 +312,9 @@ def test_inputs_embeds_are_noised_once(llama):
     inputs = batch()
     embeds = llama.get_input_embeddings()(inputs["input_ids"]).detach()
     captured = []
-    llama.model.register_forward_pre_hook(lambda m, a, k: captured.append(k["inputs_embeds"].detach().clone()),
-                                          with_kwargs=True)
+    llama.model.register_forward_pre_hook(
+        lambda m, a, k: captured.append(k["inputs_embeds"].detach().clone()), with_kwargs=True
+    )
     llama.train()
     with attach(llama, NoiseConfig("bernoulli", ALPHA)):
         llama(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=inputs["labels"])
@@ -299,14 +327,19 @@ def test_no_noise_in_eval_generate_or_noise_off(llama, tiny_tokenizer):
     llama.eval()
     with torch.no_grad():
         clean_eval = llama(**inputs).logits
-        clean_gen = llama.generate(inputs["input_ids"][:1, :5], max_new_tokens=6, do_sample=False,
-                                   pad_token_id=0)
+        clean_gen = llama.generate(
+            inputs["input_ids"][:1, :5], max_new_tokens=6, do_sample=False, pad_token_id=0
+        )
     with attach(llama, NoiseConfig("uniform", 50.0)) as handle:
         with torch.no_grad():
             assert torch.equal(llama(**inputs).logits, clean_eval)
             llama.train()  # generate() is clean even when called in training mode
-            assert torch.equal(llama.generate(inputs["input_ids"][:1, :5], max_new_tokens=6, do_sample=False,
-                                              pad_token_id=0), clean_gen)
+            assert torch.equal(
+                llama.generate(
+                    inputs["input_ids"][:1, :5], max_new_tokens=6, do_sample=False, pad_token_id=0
+                ),
+                clean_gen,
+            )
             with handle.noise_off(), symnoise.noise_off(llama):
                 llama.eval()
                 train_clean = llama.train()(**inputs).logits
@@ -317,8 +350,11 @@ def test_no_noise_in_eval_generate_or_noise_off(llama, tiny_tokenizer):
 def test_detach_restores_the_model_exactly(llama):
     inputs = batch()
     before_state = {k: v.clone() for k, v in llama.state_dict().items()}
-    hooks_before = (len(llama._forward_hooks), len(llama._forward_pre_hooks),
-                    len(llama.get_input_embeddings()._forward_hooks))
+    hooks_before = (
+        len(llama._forward_hooks),
+        len(llama._forward_pre_hooks),
+        len(llama.get_input_embeddings()._forward_hooks),
+    )
     llama.train()
     torch.manual_seed(0)
     reference = llama(**inputs).loss
@@ -327,8 +363,11 @@ def test_detach_restores_the_model_exactly(llama):
     llama(**inputs)
     handle.remove()
     handle.remove()
-    assert (len(llama._forward_hooks), len(llama._forward_pre_hooks),
-            len(llama.get_input_embeddings()._forward_hooks)) == hooks_before
+    assert (
+        len(llama._forward_hooks),
+        len(llama._forward_pre_hooks),
+        len(llama.get_input_embeddings()._forward_hooks),
+    ) == hooks_before
     assert "generate" not in vars(llama) and symnoise.get_handle(llama) is None
     torch.manual_seed(0)
     assert torch.equal(llama(**inputs).loss, reference)
@@ -454,7 +493,9 @@ class FlatEmbeddingWrapper(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         flat = self.get_input_embeddings()(input_ids.flatten())
-        return self.lm(inputs_embeds=flat.view(*input_ids.shape, -1), attention_mask=attention_mask, labels=labels)
+        return self.lm(
+            inputs_embeds=flat.view(*input_ids.shape, -1), attention_mask=attention_mask, labels=labels
+        )
 
 
 def test_two_dimensional_embedding_outputs(llama):

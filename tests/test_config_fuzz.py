@@ -17,8 +17,13 @@ TRIED: dict[str, int] = {}
 # YAML/pydantic spellings a lax boolean accepts; anything else is not a boolean.
 BOOL_WORDS = {"0", "1", "true", "false", "t", "f", "y", "n", "yes", "no", "on", "off"}
 
-not_text = st.one_of(st.integers(), st.floats(allow_nan=False), st.lists(st.integers(), max_size=2),
-                     st.dictionaries(st.text(max_size=3), st.integers(), max_size=1), st.none())
+not_text = st.one_of(
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+    st.none(),
+)
 non_numeric_text = st.text(max_size=8).filter(lambda s: not _is_number(s))
 fractional = st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: x != int(x))
 non_finite = st.sampled_from([math.inf, -math.inf, math.nan])
@@ -34,15 +39,21 @@ def _is_number(text):
 
 def choice(options):
     """Values outside a fixed set of strings, and values that are not strings at all."""
-    return st.one_of(st.text(max_size=12).filter(lambda s: s not in options),
-                     st.integers(), st.floats(allow_nan=False), st.lists(st.sampled_from(options), max_size=2))
+    return st.one_of(
+        st.text(max_size=12).filter(lambda s: s not in options),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.lists(st.sampled_from(options), max_size=2),
+    )
 
 
 def boolean():
-    return st.one_of(st.text(max_size=6).filter(lambda s: s.strip().lower() not in BOOL_WORDS),
-                     st.integers().filter(lambda i: i not in (0, 1)),
-                     st.floats(allow_nan=False).filter(lambda x: x not in (0.0, 1.0)),
-                     st.lists(st.booleans(), min_size=1, max_size=2))
+    return st.one_of(
+        st.text(max_size=6).filter(lambda s: s.strip().lower() not in BOOL_WORDS),
+        st.integers().filter(lambda i: i not in (0, 1)),
+        st.floats(allow_nan=False).filter(lambda x: x not in (0.0, 1.0)),
+        st.lists(st.booleans(), min_size=1, max_size=2),
+    )
 
 
 def integer(minimum=None, strict=False):
@@ -69,23 +80,40 @@ def text():
 
 
 LR = ("cosine", "linear", "constant", "constant_with_warmup")
-FORMATS = ("auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages", "prompt-completion")
+FORMATS = (
+    "auto",
+    "alpaca",
+    "sharegpt",
+    "evol-instruct",
+    "openplatypus",
+    "dolly",
+    "messages",
+    "prompt-completion",
+)
 # field path -> (strategy of invalid values, words the error must contain besides the field's name)
 FIELDS = {
     "model.name": (text(), ["string|character"]),
     "model.revision": (text().filter(lambda v: v is not None), ["string|character"]),
-    "model.dtype": (choice(("auto", "float32", "bfloat16", "float16")), ["auto", "float32", "bfloat16", "float16"]),
-    "model.attn_implementation": (choice(("eager", "sdpa", "flash_attention_2", "flash_attention_3")),
-                                  ["eager", "sdpa", "flash_attention_2", "flash_attention_3"]),
+    "model.dtype": (
+        choice(("auto", "float32", "bfloat16", "float16")),
+        ["auto", "float32", "bfloat16", "float16"],
+    ),
+    "model.attn_implementation": (
+        choice(("eager", "sdpa", "flash_attention_2", "flash_attention_3")),
+        ["eager", "sdpa", "flash_attention_2", "flash_attention_3"],
+    ),
     "model.trust_remote_code": (boolean(), ["true or false"]),
     "model.license": (text().filter(lambda v: v is not None), ["string|character"]),
     "data.path": (text(), ["string|character"]),
     "data.format": (choice(FORMATS), list(FORMATS)),
     "data.template": (choice(("alpaca", "vicuna", "chat", "plain")), ["alpaca", "vicuna", "chat", "plain"]),
     "data.turns": (choice(("all", "first")), ["all", "first"]),
-    "data.datasets": (st.one_of(st.text(max_size=5), st.integers(), st.just([]), st.lists(st.integers(), min_size=1,
-                                                                                      max_size=2)),
-                      ["list|item|dictionary|DatasetEntry"]),
+    "data.datasets": (
+        st.one_of(
+            st.text(max_size=5), st.integers(), st.just([]), st.lists(st.integers(), min_size=1, max_size=2)
+        ),
+        ["list|item|dictionary|DatasetEntry"],
+    ),
     "data.cache": (boolean(), ["true or false"]),
     "data.eval_path": (text(), ["string|character"]),
     "data.split": (text(), ["string|character"]),
@@ -98,14 +126,20 @@ FIELDS = {
     "lora.r": (integer(minimum=1), ["integer|finite|1"]),
     "lora.alpha": (number(low=0), ["number|0"]),
     "lora.dropout": (number(low=0, high=1, low_valid=True), ["number|0|1"]),
-    "lora.target_modules": (st.one_of(st.text(max_size=8).filter(lambda s: s != "all-linear"),
-                                      st.lists(st.one_of(st.integers(), st.just("")), min_size=1, max_size=2)),
-                            ["all-linear"]),
+    "lora.target_modules": (
+        st.one_of(
+            st.text(max_size=8).filter(lambda s: s != "all-linear"),
+            st.lists(st.one_of(st.integers(), st.just("")), min_size=1, max_size=2),
+        ),
+        ["all-linear"],
+    ),
     "lora.quantize_4bit": (boolean(), ["true or false"]),
     "training.output_dir": (text(), ["string|character"]),
     "training.epochs": (number(low=0), ["number|0"]),
-    "training.max_steps": (st.one_of(integer(), st.integers(max_value=0).filter(lambda i: i != -1)),
-                           ["integer|finite|-1"]),
+    "training.max_steps": (
+        st.one_of(integer(), st.integers(max_value=0).filter(lambda i: i != -1)),
+        ["integer|finite|-1"],
+    ),
     "training.learning_rate": (number(low=0), ["number|0"]),
     "training.weight_decay": (number(low=0, low_valid=True), ["number|0"]),
     "training.lr_scheduler": (choice(LR), list(LR)),
@@ -122,27 +156,47 @@ FIELDS = {
     "training.save_steps": (integer(minimum=1), ["integer|finite|1"]),
     "training.save_total_limit": (integer(minimum=1), ["integer|finite|1"]),
     "training.eval_steps": (integer(minimum=1), ["integer|finite|1"]),
-    "training.report_to": (st.lists(choice(("tensorboard", "wandb")), min_size=1, max_size=2),
-                           ["tensorboard", "wandb"]),
+    "training.report_to": (
+        st.lists(choice(("tensorboard", "wandb")), min_size=1, max_size=2),
+        ["tensorboard", "wandb"],
+    ),
     "training.dataloader_num_workers": (integer(minimum=0), ["integer|finite|0"]),
     "training.device": (choice(("auto", "cpu")), ["auto", "cpu"]),
     "training.on_nonfinite": (choice(("stop", "skip")), ["stop", "skip"]),
     "training.run_name": (text().filter(lambda v: v is not None), ["string|character"]),
-    "training.wandb": (st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2)),
-                       ["dictionary"]),
+    "training.wandb": (
+        st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2)),
+        ["dictionary"],
+    ),
     "training.push_to_hub": (boolean(), ["true or false"]),
     "training.hub_model_id": (text().filter(lambda v: v is not None), ["string|character"]),
     "training.hub_private": (boolean(), ["true or false"]),
-    "training.trainer_args": (st.one_of(
-        st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2),
-        st.dictionaries(st.text(min_size=1, max_size=8).filter(
-            lambda k: k not in training_argument_names() or k in OWNED or k in FIXED), st.integers(),
-            min_size=1, max_size=2)), ["dictionary|TrainingArguments|set by symnoise|cannot be changed"]),
-    "noise.method": (choice(("none", "uniform", "gaussian", "bernoulli", "symnoise", "neftune", "neft")),
-                     ["none", "uniform", "gaussian", "bernoulli", "symnoise"]),
+    "training.trainer_args": (
+        st.one_of(
+            st.integers(),
+            st.text(max_size=5),
+            st.lists(st.integers(), max_size=2),
+            st.dictionaries(
+                st.text(min_size=1, max_size=8).filter(
+                    lambda k: k not in training_argument_names() or k in OWNED or k in FIXED
+                ),
+                st.integers(),
+                min_size=1,
+                max_size=2,
+            ),
+        ),
+        ["dictionary|TrainingArguments|set by symnoise|cannot be changed"],
+    ),
+    "noise.method": (
+        choice(("none", "uniform", "gaussian", "bernoulli", "symnoise", "neftune", "neft")),
+        ["none", "uniform", "gaussian", "bernoulli", "symnoise"],
+    ),
     "noise.alpha": (number(low=0, low_valid=True), ["number"]),
     "noise.alpha_floor": (number(low=0, low_valid=True), ["number"]),
-    "noise.match_uniform_norm": (st.one_of(st.text(max_size=5), st.integers(), st.floats()), ["true or false"]),
+    "noise.match_uniform_norm": (
+        st.one_of(st.text(max_size=5), st.integers(), st.floats()),
+        ["true or false"],
+    ),
     "noise.symmetric": (st.one_of(st.text(max_size=5), st.integers(), st.floats()), ["true or false"]),
     "noise.execution": (choice(("concat", "paired")), ["concat", "paired"]),
     "noise.length_mode": (choice(("tokens", "padded")), ["tokens", "padded"]),
@@ -153,8 +207,13 @@ FIELDS = {
 
 
 def minimal():
-    return {"model": {"name": "m"}, "data": {"path": "d.json"}, "noise": {"method": "uniform", "alpha": 5.0},
-            "lora": {}, "training": {"output_dir": "out"}}
+    return {
+        "model": {"name": "m"},
+        "data": {"path": "d.json"},
+        "noise": {"method": "uniform", "alpha": 5.0},
+        "lora": {},
+        "training": {"output_dir": "out"},
+    }
 
 
 def with_value(path, value):
@@ -166,8 +225,12 @@ def with_value(path, value):
 
 def test_every_field_is_fuzzed():
     """The table above covers every field of every section, so a new field cannot go unchecked."""
-    fields = {f"{name}.{field}" for name, section in TrainConfig.model_fields.items() if name != "noise"
-              for field in section.annotation.model_fields}
+    fields = {
+        f"{name}.{field}"
+        for name, section in TrainConfig.model_fields.items()
+        if name != "noise"
+        for field in section.annotation.model_fields
+    }
     from dataclasses import fields as dataclass_fields
 
     from symnoise import NoiseConfig
@@ -234,12 +297,21 @@ def test_cli_rejects_invalid_config_before_loading_data_or_model(tmp_path, monke
     monkeypatch.setattr(recipe, "load_data", forbidden)
     monkeypatch.setattr(recipe, "load_model", forbidden)
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({**minimal(), "model": {"name": "no/such-model"},
-                                      "data": {"path": str(tmp_path / "missing.json")}}))
-    for override, field in [("training.max_steps=0", "training.max_steps"),
-                            ("training.learning_rate=.inf", "training.learning_rate"),
-                            ("noise.region=middle", "NoiseConfig.region"),
-                            ("training.on_nonfinite=ignore", "training.on_nonfinite")]:
+    config.write_text(
+        yaml.safe_dump(
+            {
+                **minimal(),
+                "model": {"name": "no/such-model"},
+                "data": {"path": str(tmp_path / "missing.json")},
+            }
+        )
+    )
+    for override, field in [
+        ("training.max_steps=0", "training.max_steps"),
+        ("training.learning_rate=.inf", "training.learning_rate"),
+        ("noise.region=middle", "NoiseConfig.region"),
+        ("training.on_nonfinite=ignore", "training.on_nonfinite"),
+    ]:
         assert main(["train", str(config), override]) == 2
         err = capsys.readouterr().err
         assert field in err and "Traceback" not in err

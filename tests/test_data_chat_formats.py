@@ -29,9 +29,18 @@ def msg(role, content):
 
 
 def test_messages_with_optional_system_are_detected(tmp_path):
-    rows = [{"messages": [msg("system", "Be brief."), msg("user", "q1"), msg("assistant", "a1"),
-                          msg("user", "q2"), msg("assistant", "a2")]},
-            {"messages": [msg("user", "q3"), msg("assistant", "a3")]}]
+    rows = [
+        {
+            "messages": [
+                msg("system", "Be brief."),
+                msg("user", "q1"),
+                msg("assistant", "a1"),
+                msg("user", "q2"),
+                msg("assistant", "a2"),
+            ]
+        },
+        {"messages": [msg("user", "q3"), msg("assistant", "a3")]},
+    ]
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
     records, report = load_records(path)
     assert report.format == "messages" and default_template("messages") == "vicuna"
@@ -48,7 +57,9 @@ def test_openassistant_roles_and_sharegpt_role_content_turns(tmp_path):
     oasst = [{"messages": [msg("prompter", "q"), msg("assistant", "a")]}]
     records, report = load_records(write_jsonl(tmp_path / "oasst.jsonl", oasst))
     assert report.format == "messages" and records[0].exchanges == (Exchange("q", "a"),)
-    role_content = [{"conversations": [msg("user", "q"), msg("assistant", "a"), msg("user", "q2"), msg("gpt", "a2")]}]
+    role_content = [
+        {"conversations": [msg("user", "q"), msg("assistant", "a"), msg("user", "q2"), msg("gpt", "a2")]}
+    ]
     records, report = load_records(write_jsonl(tmp_path / "sg.jsonl", role_content))
     assert report.format == "sharegpt"
     assert records[0].exchanges == (Exchange("q", "a"), Exchange("q2", "a2"))
@@ -59,24 +70,41 @@ def test_prompt_completion_plain_and_conversational(tmp_path):
     records, report = load_records(write_jsonl(tmp_path / "plain.jsonl", plain))
     assert report.format == "prompt-completion" and default_template("prompt-completion") == "plain"
     assert records == [Example("The sky is", "", " blue.", f"{tmp_path / 'plain.jsonl'}:row 0 (line 1)")]
-    conversational = [{"prompt": [msg("system", "s"), msg("user", "q1"), msg("assistant", "a1"), msg("user", "q2")],
-                       "completion": [msg("assistant", "a2")]}]
+    conversational = [
+        {
+            "prompt": [msg("system", "s"), msg("user", "q1"), msg("assistant", "a1"), msg("user", "q2")],
+            "completion": [msg("assistant", "a2")],
+        }
+    ]
     records, _ = load_records(write_jsonl(tmp_path / "conv.jsonl", conversational))
     assert records[0].system == "s"
     assert records[0].exchanges == (Exchange("q1", "a1", train=False), Exchange("q2", "a2", train=True))
-    assert records[0].first().exchanges == records[0].exchanges  # the first trained reply comes after the context
+    assert (
+        records[0].first().exchanges == records[0].exchanges
+    )  # the first trained reply comes after the context
     mixed = [{"prompt": "text", "completion": [msg("assistant", "a")]}]
-    with pytest.raises(DataError, match=r"row 0 \(line 1\): fields 'prompt' and 'completion' must both be text"):
+    with pytest.raises(
+        DataError, match=r"row 0 \(line 1\): fields 'prompt' and 'completion' must both be text"
+    ):
         load_records(write_jsonl(tmp_path / "mixed.jsonl", mixed))
 
 
 def test_dolly_and_dolly_with_output_keep_their_context(tmp_path):
-    dolly = [{"instruction": "Summarise.", "context": "A long text.", "response": "Short.", "category": "summarization"},
-             {"instruction": "Say hi.", "context": "", "response": "Hi."}]
+    dolly = [
+        {
+            "instruction": "Summarise.",
+            "context": "A long text.",
+            "response": "Short.",
+            "category": "summarization",
+        },
+        {"instruction": "Say hi.", "context": "", "response": "Hi."},
+    ]
     examples, report = load_examples(write_jsonl(tmp_path / "dolly.jsonl", dolly))
     assert report.format == "dolly" and default_template("dolly") == "alpaca"
-    assert [(e.instruction, e.input, e.output) for e in examples] == [("Summarise.", "A long text.", "Short."),
-                                                                       ("Say hi.", "", "Hi.")]
+    assert [(e.instruction, e.input, e.output) for e in examples] == [
+        ("Summarise.", "A long text.", "Short."),
+        ("Say hi.", "", "Hi."),
+    ]
     renamed = [{"instruction": "Summarise.", "context": "A long text.", "output": "Short."}]
     path = write_jsonl(tmp_path / "dolly_output.jsonl", renamed)
     examples, report = load_examples(path)
@@ -84,22 +112,33 @@ def test_dolly_and_dolly_with_output_keep_their_context(tmp_path):
     for forced in ["evol-instruct", "alpaca"]:
         with pytest.raises(DataError) as error:
             load_examples(path, format=forced)
-        assert str(error.value).startswith(f"{path}:row 0 (line 1): field 'context' is not part of the {forced}")
+        assert str(error.value).startswith(
+            f"{path}:row 0 (line 1): field 'context' is not part of the {forced}"
+        )
         assert "format: dolly" in str(error.value)
 
 
 def test_ambiguous_rows_and_mixed_formats_are_errors(tmp_path):
     both = [{"messages": [msg("user", "q"), msg("assistant", "a")], "instruction": "q", "output": "a"}]
     path = write_jsonl(tmp_path / "both.jsonl", both)
-    with pytest.raises(DataError, match=r"both.jsonl:row 0 \(line 1\): ambiguous format: .* fit messages and "
-                                        r"evol-instruct; set the format"):
+    with pytest.raises(
+        DataError,
+        match=r"both.jsonl:row 0 \(line 1\): ambiguous format: .* fit messages and "
+        r"evol-instruct; set the format",
+    ):
         load_records(path)
     records, report = load_records(path, format="messages")
     assert report.format == "messages" and len(records) == 1
-    mixed = [{"instruction": "q", "input": "", "output": "a"}, {"instruction": "q", "output": "a"},
-             {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]
-    with pytest.raises(DataError, match=r"rows of different formats: .*row 0 \(line 1\) is alpaca, .*row 2 "
-                                        r"\(line 3\) is sharegpt"):
+    mixed = [
+        {"instruction": "q", "input": "", "output": "a"},
+        {"instruction": "q", "output": "a"},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+    ]
+    with pytest.raises(
+        DataError,
+        match=r"rows of different formats: .*row 0 \(line 1\) is alpaca, .*row 2 "
+        r"\(line 3\) is sharegpt",
+    ):
         load_records(write_jsonl(tmp_path / "mixed.jsonl", mixed))
     same_family = mixed[:2]
     _, report = load_records(write_jsonl(tmp_path / "family.jsonl", same_family))
@@ -110,12 +149,28 @@ def test_ambiguous_rows_and_mixed_formats_are_errors(tmp_path):
     ("turns", "field", "reason"),
     [
         ([msg("user", "q"), msg("robot", "a")], "messages[1].role", "unknown turn role"),
-        ([msg("user", "q"), msg("assistant", "a"), msg("assistant", "b")], "messages[2]", "turns do not alternate"),
+        (
+            [msg("user", "q"), msg("assistant", "a"), msg("assistant", "b")],
+            "messages[2]",
+            "turns do not alternate",
+        ),
         ([msg("user", "q"), msg("user", "q2"), msg("assistant", "a")], "messages[1].role", "no reply"),
-        ([msg("user", "q"), msg("assistant", "a"), msg("system", "s"), msg("user", "q2"), msg("assistant", "b")],
-         "messages[2]", "misplaced system turn"),
-        ([msg("user", "q"), msg("assistant", "a"), msg("user", "q2"), msg("assistant", " ")],
-         "messages[3].content", "empty content"),
+        (
+            [
+                msg("user", "q"),
+                msg("assistant", "a"),
+                msg("system", "s"),
+                msg("user", "q2"),
+                msg("assistant", "b"),
+            ],
+            "messages[2]",
+            "misplaced system turn",
+        ),
+        (
+            [msg("user", "q"), msg("assistant", "a"), msg("user", "q2"), msg("assistant", " ")],
+            "messages[3].content",
+            "empty content",
+        ),
     ],
 )
 def test_bad_multi_turn_rows_name_the_turn(tmp_path, turns, field, reason):
@@ -129,12 +184,25 @@ def test_bad_multi_turn_rows_name_the_turn(tmp_path, turns, field, reason):
 
 
 def test_tolerated_turns_are_counted_warnings(tmp_path):
-    rows = [{"conversations": [{"from": "gpt", "value": "left over"}, {"from": "human", "value": "q"},
-                               {"from": "gpt", "value": "a"}, {"from": "human", "value": "unanswered"}]}]
+    rows = [
+        {
+            "conversations": [
+                {"from": "gpt", "value": "left over"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "a"},
+                {"from": "human", "value": "unanswered"},
+            ]
+        }
+    ]
     records, report = load_records(write_jsonl(tmp_path / "s.jsonl", rows))
     assert records[0].exchanges == (Exchange("q", "a"),)
-    assert report.warnings == Counter({"leading assistant turn skipped": 1, "final user turn without reply dropped": 1})
-    assert "warnings: 1 leading assistant turn skipped, 1 final user turn without reply dropped" in report.summary()
+    assert report.warnings == Counter(
+        {"leading assistant turn skipped": 1, "final user turn without reply dropped": 1}
+    )
+    assert (
+        "warnings: 1 leading assistant turn skipped, 1 final user turn without reply dropped"
+        in report.summary()
+    )
 
 
 def test_sharegpt_sample_keeps_every_turn(shared_data):
@@ -147,17 +215,20 @@ def test_sharegpt_sample_keeps_every_turn(shared_data):
     for record, row in zip(records, raw, strict=True):
         turns = row["conversations"]
         assert [(e.user, e.assistant) for e in record.exchanges] == [
-            (turns[k]["value"], turns[k + 1]["value"]) for k in range(0, len(turns), 2)]
+            (turns[k]["value"], turns[k + 1]["value"]) for k in range(0, len(turns), 2)
+        ]
     first, report = load_records(str(shared_data / SHAREGPT), turns="first")
     assert (report.n_conversations, report.n_assistant_turns) == (500, 500)
 
 
 @pytest.mark.parametrize(
     ("encoding", "bom", "named"),
-    [("utf-16-le", codecs.BOM_UTF16_LE, "UTF-16 (little-endian, with a byte-order mark)"),
-     ("utf-16-be", codecs.BOM_UTF16_BE, "UTF-16 (big-endian, with a byte-order mark)"),
-     ("utf-16-le", b"", "UTF-16 (little-endian, without a byte-order mark)"),
-     ("utf-32-le", codecs.BOM_UTF32_LE, "UTF-32 (little-endian, with a byte-order mark)")],
+    [
+        ("utf-16-le", codecs.BOM_UTF16_LE, "UTF-16 (little-endian, with a byte-order mark)"),
+        ("utf-16-be", codecs.BOM_UTF16_BE, "UTF-16 (big-endian, with a byte-order mark)"),
+        ("utf-16-le", b"", "UTF-16 (little-endian, without a byte-order mark)"),
+        ("utf-32-le", codecs.BOM_UTF32_LE, "UTF-32 (little-endian, with a byte-order mark)"),
+    ],
 )
 def test_wide_encodings_are_named(tmp_path, encoding, bom, named):
     text = json.dumps([{"instruction": "a", "input": "", "output": "b"}])
@@ -185,13 +256,17 @@ def test_json_arrays_are_read_in_chunks_exactly(tmp_path, monkeypatch, chunk):
     from symnoise.data import readers
 
     monkeypatch.setattr(readers._ChunkedText, "CHUNK", chunk)
-    rows = [{"instruction": "caf\u00e9 \u2603 \U0001f600", "input": "", "output": "12345"},
-            {"instruction": "x" * 40, "output": "y\n\"z\""}, {"instruction": "a", "input": "b", "output": "c"}]
+    rows = [
+        {"instruction": "caf\u00e9 \u2603 \U0001f600", "input": "", "output": "12345"},
+        {"instruction": "x" * 40, "output": 'y\n"z"'},
+        {"instruction": "a", "input": "b", "output": "c"},
+    ]
     path = tmp_path / "d.json"
     path.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
     examples, _ = load_examples(str(path))
-    assert [(e.instruction, e.input, e.output) for e in examples] == \
-        [(r["instruction"], r.get("input", ""), r["output"]) for r in rows]
+    assert [(e.instruction, e.input, e.output) for e in examples] == [
+        (r["instruction"], r.get("input", ""), r["output"]) for r in rows
+    ]
     numbers = tmp_path / "n.json"
     numbers.write_text("[123456, 7]")
     with pytest.raises(DataError, match=r"n.json:row 0: the row is a JSON int"):
@@ -203,7 +278,9 @@ def test_json_arrays_are_read_in_chunks_exactly(tmp_path, monkeypatch, chunk):
         json.loads(text)
     with pytest.raises(DataError) as error:
         load_examples(str(bad))
-    assert f"bad.json: not valid JSON at line {expected.value.lineno} column {expected.value.colno}" in str(error.value)
+    assert f"bad.json: not valid JSON at line {expected.value.lineno} column {expected.value.colno}" in str(
+        error.value
+    )
 
 
 def test_a_minified_array_is_not_read_whole_to_find_its_layout(tmp_path, monkeypatch):
@@ -217,8 +294,15 @@ def test_a_minified_array_is_not_read_whole_to_find_its_layout(tmp_path, monkeyp
     array = tmp_path / "big.json"
     array.write_text(text, encoding="utf-8")
     loads = json.loads
-    monkeypatch.setattr(readers.json, "loads", lambda s, *a, **k: (_ for _ in ()).throw(AssertionError("whole"))
-                        if len(s) > readers.HEAD_BYTES else loads(s, *a, **k))
+    monkeypatch.setattr(
+        readers.json,
+        "loads",
+        lambda s, *a, **k: (
+            (_ for _ in ()).throw(AssertionError("whole"))
+            if len(s) > readers.HEAD_BYTES
+            else loads(s, *a, **k)
+        ),
+    )
     examples, _ = load_examples(str(array))
     assert len(examples) == 2000 and examples[-1].instruction == "i1999"
     lines = tmp_path / "big.jsonl"
@@ -284,28 +368,48 @@ def messages_oracle(turns):
 
 roles = st.sampled_from(["user", "assistant", "system", "gpt", "Human", "prompter", "robot", ""])
 texts = st.one_of(st.text(max_size=6), st.sampled_from(["", " ", "q", "a"]))
-turn = st.one_of(st.fixed_dictionaries({"role": roles, "content": texts}),
-                 st.fixed_dictionaries({"role": roles, "content": texts}),
-                 st.fixed_dictionaries({"from": roles, "value": texts}),
-                 st.fixed_dictionaries({}, optional={"role": st.one_of(roles, st.integers()),
-                                                     "content": st.one_of(texts, st.none(), st.integers())}),
-                 st.integers())
+turn = st.one_of(
+    st.fixed_dictionaries({"role": roles, "content": texts}),
+    st.fixed_dictionaries({"role": roles, "content": texts}),
+    st.fixed_dictionaries({"from": roles, "value": texts}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "role": st.one_of(roles, st.integers()),
+            "content": st.one_of(texts, st.none(), st.integers()),
+        },
+    ),
+    st.integers(),
+)
 
 
 good_text = st.text(min_size=1, max_size=6).filter(str.strip)
 
 
 def said(role_names, text=good_text):
-    return st.builds(lambda role, content, style: {"role": role, "content": content} if style else
-                     {"from": role, "value": content}, st.sampled_from(role_names), text, st.booleans())
+    return st.builds(
+        lambda role, content, style: (
+            {"role": role, "content": content} if style else {"from": role, "value": content}
+        ),
+        st.sampled_from(role_names),
+        text,
+        st.booleans(),
+    )
 
 
 valid_turns = st.builds(
-    lambda system, leading, pairs, trailing: system + leading + [t for pair in pairs for t in pair] + trailing,
-    st.lists(said(["system"], texts), max_size=2), st.lists(said(["gpt"]), max_size=1),
-    st.lists(st.tuples(said(["user", "Human", "prompter"]), said(["assistant", "gpt", "model"])), min_size=1,
-             max_size=3),
-    st.lists(said(["user"]), max_size=1))
+    lambda system, leading, pairs, trailing: (
+        system + leading + [t for pair in pairs for t in pair] + trailing
+    ),
+    st.lists(said(["system"], texts), max_size=2),
+    st.lists(said(["gpt"]), max_size=1),
+    st.lists(
+        st.tuples(said(["user", "Human", "prompter"]), said(["assistant", "gpt", "model"])),
+        min_size=1,
+        max_size=3,
+    ),
+    st.lists(said(["user"]), max_size=1),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -68,7 +68,11 @@ def test_alpaca_subset_rows_are_loaded_verbatim(alpaca_loaded, alpaca_rows):
     kept = [(index, row) for index, row in enumerate(alpaca_rows) if row["output"].strip()]
     assert len(kept) == len(examples)
     for example, (index, row) in zip(examples, kept, strict=True):
-        assert (example.instruction, example.input, example.output) == (row["instruction"], row["input"], row["output"])
+        assert (example.instruction, example.input, example.output) == (
+            row["instruction"],
+            row["input"],
+            row["output"],
+        )
         assert example.source.endswith(f"{ALPACA_5K}:row {index}")
 
 
@@ -88,7 +92,11 @@ def test_sharegpt_sample_is_single_turn(shared_data):
     for example, row in zip(examples, raw, strict=True):
         turns = row["conversations"]
         assert (turns[0]["from"], turns[1]["from"]) == ("human", "gpt")
-        assert (example.instruction, example.input, example.output) == (turns[0]["value"], "", turns[1]["value"])
+        assert (example.instruction, example.input, example.output) == (
+            turns[0]["value"],
+            "",
+            turns[1]["value"],
+        )
     assert examples[0].instruction == "Who are you?"
 
 
@@ -120,12 +128,20 @@ def test_evol_instruct_rows_from_real_outputs(shared_data, tmp_path):
     assert [(e.instruction, e.output) for e in examples] == [(r["instruction"], r["output"]) for r in raw]
 
     as_conversations = [
-        {"idx": i, "conversations": [{"from": "human", "value": r["instruction"]}, {"from": "gpt", "value": r["output"]}]}
+        {
+            "idx": i,
+            "conversations": [
+                {"from": "human", "value": r["instruction"]},
+                {"from": "gpt", "value": r["output"]},
+            ],
+        }
         for i, r in enumerate(raw)
     ]
     path = write_json(tmp_path / "evol_v2.json", as_conversations)
     again, _ = load_examples(path, format="evol-instruct")
-    assert [(e.instruction, e.input, e.output) for e in again] == [(e.instruction, "", e.output) for e in examples]
+    assert [(e.instruction, e.input, e.output) for e in again] == [
+        (e.instruction, "", e.output) for e in examples
+    ]
 
 
 # ------------------------------------------------------------------------------------- file layouts
@@ -137,8 +153,11 @@ def test_jsonl_and_parquet_load_the_same_examples(alpaca_rows, tmp_path):
 
     rows = alpaca_rows[:300]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
-    sources = [write_json(tmp_path / "a.json", rows), write_jsonl(tmp_path / "a.jsonl", rows),
-               str(tmp_path / "a.parquet")]
+    sources = [
+        write_json(tmp_path / "a.json", rows),
+        write_jsonl(tmp_path / "a.jsonl", rows),
+        str(tmp_path / "a.parquet"),
+    ]
     loaded = [load_examples(source)[0] for source in sources]
     expected = [(r["instruction"], r["input"], r["output"]) for r in rows]
     for examples in loaded:
@@ -147,7 +166,10 @@ def test_jsonl_and_parquet_load_the_same_examples(alpaca_rows, tmp_path):
 
 def test_json_array_named_jsonl_and_jsonl_named_json(tmp_path):
     """NEFTune's alpaca-train.jsonl is a JSON array; many .json files on the hub are JSON Lines."""
-    rows = [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": "d", "output": "e"}]
+    rows = [
+        {"instruction": "a", "input": "", "output": "b"},
+        {"instruction": "c", "input": "d", "output": "e"},
+    ]
     array_as_jsonl = tmp_path / "train.jsonl"
     array_as_jsonl.write_text(json.dumps(rows, indent=4), encoding="utf-8")
     lines_as_json = write_jsonl(tmp_path / "train.json", rows)
@@ -201,8 +223,11 @@ def test_sharegpt_roles_and_leading_turns(tmp_path):
         (conv(("human", ""), ("gpt", "a")), "conversations[0].value", "empty value"),
         ({"conversations": "human: hi"}, "conversations", "non-list conversations"),
         ({"conversations": [["human", "q"]]}, "conversations[0]", "bad turn"),
-        ({"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "a"}]},
-         "conversations[0].value", "non-string value"),
+        (
+            {"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "a"}]},
+            "conversations[0].value",
+            "non-string value",
+        ),
     ],
 )
 def test_sharegpt_bad_rows(tmp_path, row, field, reason):
@@ -222,21 +247,42 @@ def test_sharegpt_bad_rows(tmp_path, row, field, reason):
     ("row", "expected", "reason"),
     [
         ({"input": "", "output": "o"}, "field 'instruction' is missing", "missing instruction"),
-        ({"instruction": None, "output": "o"}, "field 'instruction' is null; it must be a non-empty string",
-         "null instruction"),
-        ({"instruction": "i", "output": None}, "field 'output' is null; it must be a non-empty string", "null output"),
+        (
+            {"instruction": None, "output": "o"},
+            "field 'instruction' is null; it must be a non-empty string",
+            "null instruction",
+        ),
+        (
+            {"instruction": "i", "output": None},
+            "field 'output' is null; it must be a non-empty string",
+            "null output",
+        ),
         ({"instruction": "i", "output": 5}, "field 'output' must be a string, got int", "non-string output"),
-        ({"instruction": "i", "input": ["x"], "output": "o"}, "field 'input' must be a string, got list",
-         "non-string input"),
-        ({"instruction": "i", "output": " \n\t"}, "field 'output' is empty or whitespace only", "empty output"),
-        ({"instruction": "", "output": "o"}, "field 'instruction' is empty or whitespace only", "empty instruction"),
+        (
+            {"instruction": "i", "input": ["x"], "output": "o"},
+            "field 'input' must be a string, got list",
+            "non-string input",
+        ),
+        (
+            {"instruction": "i", "output": " \n\t"},
+            "field 'output' is empty or whitespace only",
+            "empty output",
+        ),
+        (
+            {"instruction": "", "output": "o"},
+            "field 'instruction' is empty or whitespace only",
+            "empty instruction",
+        ),
         (["i", "", "o"], "the row is a JSON list, expected an object", "not an object"),
         ("just text", "the row is a JSON str, expected an object", "not an object"),
     ],
 )
 def test_bad_row_names_file_row_and_field(tmp_path, row, expected, reason):
     good = {"instruction": "i", "input": "", "output": "o"}
-    for path in [write_json(tmp_path / "d.json", [good, good, row]), write_jsonl(tmp_path / "d.jsonl", [good, good, row])]:
+    for path in [
+        write_json(tmp_path / "d.json", [good, good, row]),
+        write_jsonl(tmp_path / "d.jsonl", [good, good, row]),
+    ]:
         with pytest.raises(DataError) as error:
             load_examples(path, format="alpaca")
         line = " (line 3)" if path.endswith("l") else ""
@@ -247,7 +293,9 @@ def test_bad_row_names_file_row_and_field(tmp_path, row, expected, reason):
 
 def test_jsonl_invalid_line_and_blank_lines(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "outp\n{"instruction": "d", "output": "e"}\n')
+    path.write_text(
+        '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "outp\n{"instruction": "d", "output": "e"}\n'
+    )
     with pytest.raises(DataError, match=r"d\.jsonl:row 1 \(line 3\): not valid JSON"):
         load_examples(str(path))
     examples, report = load_examples(str(path), on_bad_row="skip")
@@ -259,19 +307,28 @@ def test_jsonl_invalid_line_and_blank_lines(tmp_path):
 def test_non_utf8_bytes_are_a_bad_row(tmp_path):
     good = b'{"instruction": "a", "output": "b"}\n'
     latin1 = '{"instruction": "caf\u00e9", "output": "b"}\n'.encode("latin-1")
-    for name, data in [("d.jsonl", good + latin1 + good), ("d.json", b"[" + good + b"," + latin1 + b"," + good + b"]")]:
+    for name, data in [
+        ("d.jsonl", good + latin1 + good),
+        ("d.json", b"[" + good + b"," + latin1 + b"," + good + b"]"),
+    ]:
         path = tmp_path / name
         path.write_bytes(data)
         with pytest.raises(DataError) as error:
             load_examples(str(path))
-        assert f"{name}:row 1" in str(error.value) and "field 'instruction' is not valid UTF-8" in str(error.value)
+        assert f"{name}:row 1" in str(error.value) and "field 'instruction' is not valid UTF-8" in str(
+            error.value
+        )
         examples, report = load_examples(str(path), on_bad_row="skip")
         assert len(examples) == 2 and report.skipped == Counter({"invalid UTF-8": 1})
 
 
 def test_skip_summary_reads_like_the_cli_line(tmp_path):
-    rows = [{"instruction": "i", "output": ""}, {"output": "o"}, {"instruction": "i", "output": " "},
-            {"instruction": "i", "output": "o"}]
+    rows = [
+        {"instruction": "i", "output": ""},
+        {"output": "o"},
+        {"instruction": "i", "output": " "},
+        {"instruction": "i", "output": "o"},
+    ]
     _, report = load_examples(write_json(tmp_path / "d.json", rows), format="alpaca", on_bad_row="skip")
     assert report.skipped_summary() == "skipped 3 rows: 2 empty output, 1 missing instruction"
 
@@ -317,7 +374,9 @@ def test_all_rows_bad_is_an_error_not_an_empty_result(tmp_path):
 
 def test_bad_arguments(tmp_path):
     path = write_json(tmp_path / "d.json", [{"instruction": "a", "output": "b"}])
-    with pytest.raises(DataError, match="unknown data format 'oasst'; expected auto or one of alpaca, sharegpt"):
+    with pytest.raises(
+        DataError, match="unknown data format 'oasst'; expected auto or one of alpaca, sharegpt"
+    ):
         load_examples(path, format="oasst")
     with pytest.raises(DataError, match="on_bad_row"):
         load_examples(path, on_bad_row="ignore")
@@ -341,9 +400,11 @@ def test_hub_name_offline_is_a_clear_error(monkeypatch, empty_hf_home):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError) as error:
         load_examples("tatsu-lab/alpaca")
-    assert str(error.value) == ("dataset 'tatsu-lab/alpaca' (split 'train') is not a local file and is not in the "
-                                "Hugging Face cache, and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set, so it "
-                                "cannot be downloaded; unset it, or give a local file")
+    assert str(error.value) == (
+        "dataset 'tatsu-lab/alpaca' (split 'train') is not a local file and is not in the "
+        "Hugging Face cache, and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set, so it "
+        "cannot be downloaded; unset it, or give a local file"
+    )
 
 
 def test_hub_name_with_the_hub_unreachable_fails_in_seconds(monkeypatch, empty_hf_home):
@@ -355,7 +416,8 @@ def test_hub_name_with_the_hub_unreachable_fails_in_seconds(monkeypatch, empty_h
         load_examples("hf://datasets/tatsu-lab/alpaca/data/train.json")
     assert str(error.value).startswith(
         "dataset 'hf://datasets/tatsu-lab/alpaca/data/train.json' (split 'train') is not a local file and is not in "
-        "the Hugging Face cache, and http://127.0.0.1:9 cannot be reached (")
+        "the Hugging Face cache, and http://127.0.0.1:9 cannot be reached ("
+    )
 
 
 @pytest.mark.parametrize("cache", ["hub download", "datasets cache"])
@@ -365,7 +427,9 @@ def test_hub_path_goes_through_load_dataset(monkeypatch, empty_hf_home, cache):
     import datasets
 
     if cache == "hub download":
-        (empty_hf_home / "hub" / "datasets--garage-bAInd--Open-Platypus" / "snapshots" / "abc").mkdir(parents=True)
+        (empty_hf_home / "hub" / "datasets--garage-bAInd--Open-Platypus" / "snapshots" / "abc").mkdir(
+            parents=True
+        )
     else:
         (empty_hf_home / "datasets" / "garage-bAInd___Open-Platypus" / "default").mkdir(parents=True)
     calls = []
@@ -373,8 +437,11 @@ def test_hub_path_goes_through_load_dataset(monkeypatch, empty_hf_home, cache):
     def fake_load_dataset(name, split):
         calls.append((name, split))
         return datasets.Dataset.from_list(
-            [{"instruction": "q", "input": "", "output": "a", "data_source": "x"},
-             {"instruction": "q2", "input": "in", "output": " ", "data_source": "y"}])
+            [
+                {"instruction": "q", "input": "", "output": "a", "data_source": "x"},
+                {"instruction": "q2", "input": "in", "output": " ", "data_source": "y"},
+            ]
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     examples, report = load_examples("garage-bAInd/Open-Platypus", split="train[:2]", on_bad_row="skip")
@@ -390,7 +457,9 @@ def test_hub_dataset_that_fails_to_load_is_one_clear_error(monkeypatch, empty_hf
     with pytest.raises(DataError) as error:
         load_examples("tatsu-lab/alpaca")
     message = str(error.value)
-    assert message.startswith("could not load dataset 'tatsu-lab/alpaca' (split 'train') from the Hugging Face hub")
+    assert message.startswith(
+        "could not load dataset 'tatsu-lab/alpaca' (split 'train') from the Hugging Face hub"
+    )
     assert "\n" not in message
 
 
@@ -417,7 +486,10 @@ def test_labels_mask_exactly_the_prompt(alpaca_loaded, alpaca_tokenized, tiny_to
         assert item["labels"][n_prompt:] == item["input_ids"][n_prompt:]
         assert item["attention_mask"] == [1] * len(item["input_ids"])
         assert tiny_tokenizer.decode(item["labels"][n_prompt:]) == example.output + "</s>"
-        assert tiny_tokenizer.decode(item["input_ids"]) == render_prompt(example, "alpaca") + example.output + "</s>"
+        assert (
+            tiny_tokenizer.decode(item["input_ids"])
+            == render_prompt(example, "alpaca") + example.output + "</s>"
+        )
 
 
 def test_truncation_counts_on_a_small_max_length(alpaca_loaded, alpaca_tokenized, tiny_tokenizer):
@@ -433,8 +505,10 @@ def test_truncation_counts_on_a_small_max_length(alpaca_loaded, alpaca_tokenized
     assert expect_dropped > 0 and expect_truncated > 0
     assert len(data) == len(examples) - expect_dropped
     assert max(data.lengths) == max_length
-    assert data.summary() == (f"{len(data)} examples, {expect_truncated} truncated to {max_length} tokens, "
-                              f"{expect_dropped} dropped (prompt alone reaches {max_length} tokens)")
+    assert data.summary() == (
+        f"{len(data)} examples, {expect_truncated} truncated to {max_length} tokens, "
+        f"{expect_dropped} dropped (prompt alone reaches {max_length} tokens)"
+    )
     eos = tiny_tokenizer.eos_token_id
     cut = [item for item in data if item["input_ids"][-1] != eos]
     assert len(cut) == expect_truncated
@@ -454,8 +528,11 @@ def test_truncation_cuts_the_response_end_and_keeps_eos_only_if_it_fits(tiny_tok
     one = tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=len(prompt) + 1)
     assert one[0]["labels"] == [IGNORE_INDEX] * len(prompt) + response[:1]
     n = len(prompt)
-    with pytest.raises(DataError, match=rf"^t: every one of the 1 prompts \(vicuna template\) is at least "
-                       rf"max_length={n} tokens long \(the shortest is {n} tokens\).*raise data.max_length above {n}"):
+    with pytest.raises(
+        DataError,
+        match=rf"^t: every one of the 1 prompts \(vicuna template\) is at least "
+        rf"max_length={n} tokens long \(the shortest is {n} tokens\).*raise data.max_length above {n}",
+    ):
         tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=n)
 
 
@@ -486,7 +563,8 @@ def test_bos_is_added_as_the_tokenizer_adds_it(tiny_tokenizer):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)])
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
     assert tokenizer("hi")["input_ids"][0] == bos and tokenizer("hi")["input_ids"][-1] == eos
     example = Example("Add 12 and 30", "", "42", "t:row 0")
     item = tokenize_examples([example], tokenizer, "alpaca")[0]
@@ -504,14 +582,21 @@ def test_chat_template_tokens_are_the_whole_rendered_conversation(tiny_tokenizer
     tokenizer = copy.deepcopy(tiny_tokenizer)
     example = Example("Add 12 and 30", "", "42", "t:row 0")
     tokenizer.chat_template = "<s>{% for m in messages %}{{ m['content'] }}{% endfor %} ASSISTANT:"
-    with pytest.raises(DataError, match="t:row 0: the tokenizer's chat template does not render conversations turn"):
+    with pytest.raises(
+        DataError, match="t:row 0: the tokenizer's chat template does not render conversations turn"
+    ):
         tokenize_examples([example], tokenizer, "chat")
-    tokenizer.chat_template = ("<s>{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }} ASSISTANT:"
-                               "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
+    tokenizer.chat_template = (
+        "<s>{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }} ASSISTANT:"
+        "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}"
+    )
     item = tokenize_examples([example], tokenizer, "chat")[0]
     messages = [{"role": "user", "content": "Add 12 and 30"}, {"role": "assistant", "content": "42"}]
     assert item["input_ids"] == tokenizer.apply_chat_template(messages)["input_ids"]
-    assert item["input_ids"].count(tokenizer.bos_token_id) == 1 and item["input_ids"][0] == tokenizer.bos_token_id
+    assert (
+        item["input_ids"].count(tokenizer.bos_token_id) == 1
+        and item["input_ids"][0] == tokenizer.bos_token_id
+    )
     assert item["input_ids"].count(tokenizer.eos_token_id) == 1
     n_prompt = item["labels"].count(IGNORE_INDEX)
     assert tokenizer.decode(item["input_ids"][:n_prompt]) == "<s>Add 12 and 30 ASSISTANT:"
@@ -529,11 +614,22 @@ def test_sentencepiece_style_response_starts_at_a_word_boundary():
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     example = Example("Add 12 and 30", "", "The sum is 42", "t:row 0")
     corpus = [render_prompt(example, "vicuna"), example.output] * 4
-    tok.train_from_iterator(corpus, trainer=trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=sorted(set("".join(corpus)))))
+    tok.train_from_iterator(
+        corpus,
+        trainer=trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=sorted(set("".join(corpus))),
+        ),
+    )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     item = tokenize_examples([example], tokenizer, "vicuna")[0]
-    assert item["input_ids"].count(tokenizer.bos_token_id) == 1 and item["input_ids"][0] == tokenizer.bos_token_id
+    assert (
+        item["input_ids"].count(tokenizer.bos_token_id) == 1
+        and item["input_ids"][0] == tokenizer.bos_token_id
+    )
     text = tokenizer.decode(item["input_ids"], skip_special_tokens=True)
     assert text == render_prompt(example, "vicuna") + " The sum is 42"

@@ -21,7 +21,9 @@ from symnoise.data.prepare import DatasetSpec, prepare_dataset
 from symnoise.data.templates import VICUNA_SYSTEM
 
 SHAREGPT = "sharegpt_vicuna/dummy_conversation.json"
-CONVERSATION = Conversation("Be brief.", (Exchange("Add 12 and 30.", "42"), Exchange("Sort 3 1 2.", "1 2 3")), "t:row 0")
+CONVERSATION = Conversation(
+    "Be brief.", (Exchange("Add 12 and 30.", "42"), Exchange("Sort 3 1 2.", "1 2 3")), "t:row 0"
+)
 
 
 def ids(tokenizer, text: str) -> list[int]:
@@ -46,25 +48,34 @@ def trained_runs(labels: list[int]) -> list[tuple[int, int]]:
 def test_vicuna_multi_turn_trains_every_reply_token_by_token(tiny_tokenizer):
     eos = tiny_tokenizer.eos_token_id
     item = tokenize_examples([CONVERSATION], tiny_tokenizer, "vicuna", max_length=512)[0]
-    pieces = [(ids(tiny_tokenizer, "Be brief. USER: Add 12 and 30. ASSISTANT:"), False),
-              ([*ids(tiny_tokenizer, "42"), eos], True),
-              (ids(tiny_tokenizer, "USER: Sort 3 1 2. ASSISTANT:"), False),
-              ([*ids(tiny_tokenizer, "1 2 3"), eos], True)]
+    pieces = [
+        (ids(tiny_tokenizer, "Be brief. USER: Add 12 and 30. ASSISTANT:"), False),
+        ([*ids(tiny_tokenizer, "42"), eos], True),
+        (ids(tiny_tokenizer, "USER: Sort 3 1 2. ASSISTANT:"), False),
+        ([*ids(tiny_tokenizer, "1 2 3"), eos], True),
+    ]
     assert item["input_ids"] == [token for piece, _ in pieces for token in piece]
-    assert item["labels"] == [token if trained else IGNORE_INDEX for piece, trained in pieces for token in piece]
+    assert item["labels"] == [
+        token if trained else IGNORE_INDEX for piece, trained in pieces for token in piece
+    ]
     assert tiny_tokenizer.decode(item["input_ids"]) == (
-        "Be brief. USER: Add 12 and 30. ASSISTANT:42</s>USER: Sort 3 1 2. ASSISTANT:1 2 3</s>")
+        "Be brief. USER: Add 12 and 30. ASSISTANT:42</s>USER: Sort 3 1 2. ASSISTANT:1 2 3</s>"
+    )
     default_system = Conversation(None, CONVERSATION.exchanges, "t:row 1")
     item = tokenize_examples([default_system], tiny_tokenizer, "vicuna")[0]
-    assert tiny_tokenizer.decode(item["input_ids"]).startswith(f"{VICUNA_SYSTEM} USER: Add 12 and 30. ASSISTANT:42</s>")
+    assert tiny_tokenizer.decode(item["input_ids"]).startswith(
+        f"{VICUNA_SYSTEM} USER: Add 12 and 30. ASSISTANT:42</s>"
+    )
 
 
 def test_single_turn_conversation_tokenises_like_the_single_turn_example(tiny_tokenizer):
     conversation = Conversation(None, (Exchange("Add 12 and 30.", "42"),), "t:row 0")
     example = Example("Add 12 and 30.", "", "42", "t:row 0")
     for template in ["vicuna", "alpaca", "plain"]:
-        assert tokenize_examples([conversation], tiny_tokenizer, template)[0] == \
-            tokenize_examples([example], tiny_tokenizer, template)[0]
+        assert (
+            tokenize_examples([conversation], tiny_tokenizer, template)[0]
+            == tokenize_examples([example], tiny_tokenizer, template)[0]
+        )
 
 
 def test_context_turns_of_a_conversational_prompt_are_not_trained(tiny_tokenizer):
@@ -72,12 +83,14 @@ def test_context_turns_of_a_conversational_prompt_are_not_trained(tiny_tokenizer
     item = tokenize_examples([conversation], tiny_tokenizer, "vicuna")[0]
     runs = trained_runs(item["labels"])
     assert len(runs) == 1
-    assert tiny_tokenizer.decode(item["input_ids"][runs[0][0]:runs[0][1]]) == "a2</s>"
+    assert tiny_tokenizer.decode(item["input_ids"][runs[0][0] : runs[0][1]]) == "a2</s>"
 
 
 def test_alpaca_and_plain_refuse_what_they_cannot_render(tiny_tokenizer):
     for template in ["alpaca", "plain"]:
-        with pytest.raises(DataError, match=f"t:row 0: template '{template}' renders one instruction .* a system"):
+        with pytest.raises(
+            DataError, match=f"t:row 0: template '{template}' renders one instruction .* a system"
+        ):
             tokenize_examples([CONVERSATION], tiny_tokenizer, template)
 
 
@@ -85,7 +98,12 @@ def test_truncation_counts_turns(tiny_tokenizer):
     full = tokenize_examples([CONVERSATION], tiny_tokenizer, "vicuna", max_length=512)
     runs = trained_runs(full[0]["labels"])
     cut = tokenize_examples([CONVERSATION], tiny_tokenizer, "vicuna", max_length=runs[1][0] + 1)
-    assert (cut.stats.turns, cut.stats.turns_trained, cut.stats.turns_truncated, cut.n_truncated) == (2, 2, 1, 1)
+    assert (cut.stats.turns, cut.stats.turns_trained, cut.stats.turns_truncated, cut.n_truncated) == (
+        2,
+        2,
+        1,
+        1,
+    )
     assert cut[0]["input_ids"] == full[0]["input_ids"][: runs[1][0] + 1]
     cut = tokenize_examples([CONVERSATION], tiny_tokenizer, "vicuna", max_length=runs[0][1])
     assert (cut.stats.turns_trained, cut.stats.turns_truncated) == (1, 1)
@@ -126,25 +144,38 @@ def test_sharegpt_sample_report_counts(shared_data, tiny_tokenizer, max_length):
     _, first = prepare_dataset(DatasetSpec(path, turns="first"), tiny_tokenizer, max_length, cache=False)
     counts = first.to_dict()
     assert (counts["assistant_turns"], counts["turns_unused"]) == (500, 500)
-    assert counts["turns_trained"] == sum(1 for r in records if len(ids(tiny_tokenizer, f"{VICUNA_SYSTEM} USER: "
-                                                                       f"{r.exchanges[0].user} ASSISTANT:")) < max_length)
+    assert counts["turns_trained"] == sum(
+        1
+        for r in records
+        if len(ids(tiny_tokenizer, f"{VICUNA_SYSTEM} USER: {r.exchanges[0].user} ASSISTANT:")) < max_length
+    )
 
 
 # ----------------------------------------------------------------------------------- chat templates
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-          "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
-GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-         "{% endif %}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-         "<start_of_turn>{{ role }}\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
-         "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
-MISTRAL = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-           "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
-ZEPHYR = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
-          "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+GEMMA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+MISTRAL = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+ZEPHYR = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 # family: (template, bos, eos, end-of-turn text after each reply, supports a system message)
 FAMILIES = {
     "chatml-qwen": (CHATML, None, "<|im_end|>", "<|im_end|>", True),
@@ -153,8 +184,20 @@ FAMILIES = {
     "mistral": (MISTRAL, "<s>", "</s>", "</s>", False),
     "zephyr": (ZEPHYR, None, "</s>", "</s>", True),
 }
-SPECIAL = ["<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-           "<|eot_id|>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]"]
+SPECIAL = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<bos>",
+    "<eos>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "[INST]",
+    "[/INST]",
+]
 
 
 def family_tokenizer(tiny_tokenizer, family):
@@ -194,7 +237,10 @@ def test_chat_template_ids_and_masks_are_exact(tiny_tokenizer, family):
     assert [tokenizer.decode(item["input_ids"][a:b]) for a, b in runs] == [r + end_of_turn for r in replies]
     assert item["labels"][-1] == IGNORE_INDEX or text.endswith(end_of_turn)
     if bos is not None:
-        assert item["input_ids"].count(tokenizer.bos_token_id) == 1 and item["input_ids"][0] == tokenizer.bos_token_id
+        assert (
+            item["input_ids"].count(tokenizer.bos_token_id) == 1
+            and item["input_ids"][0] == tokenizer.bos_token_id
+        )
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     assert item["input_ids"].count(eot_id) == text.count(end_of_turn)  # nothing appended, nothing doubled
 
@@ -206,8 +252,11 @@ def test_chat_template_single_turn_example_and_errors(tiny_tokenizer):
     messages = [{"role": "user", "content": "Sort these\n\n3 1 2"}, {"role": "assistant", "content": "1 2 3"}]
     assert item["input_ids"] == tokenizer.apply_chat_template(messages)["input_ids"]
     gemma = family_tokenizer(tiny_tokenizer, "gemma")
-    with pytest.raises(DataError, match="t:row 0: the tokenizer's chat template cannot render this conversation: "
-                                        ".*System role not supported"):
+    with pytest.raises(
+        DataError,
+        match="t:row 0: the tokenizer's chat template cannot render this conversation: "
+        ".*System role not supported",
+    ):
         tokenize_examples([CONVERSATION], gemma, "chat")
     with pytest.raises(DataError, match="template 'chat' needs a tokenizer that has a chat template"):
         tokenize_examples([example], tiny_tokenizer, "chat")
@@ -224,11 +273,16 @@ def test_noise_region_follows_the_multi_turn_masks(tiny_tokenizer, tiny_model_fa
     model = tiny_model_factory("llama", vocab_size=len(tokenizer))
     model.train()
     captured = {}
-    model.get_input_embeddings().register_forward_hook(lambda m, i, o: captured.__setitem__("clean", o.detach()))
+    model.get_input_embeddings().register_forward_hook(
+        lambda m, i, o: captured.__setitem__("clean", o.detach())
+    )
     outputs = []
     model.model.layers[0].register_forward_pre_hook(
-        lambda m, args, kwargs: outputs.append(kwargs.get("hidden_states", args[0] if args else None).detach()),
-        with_kwargs=True)
+        lambda m, args, kwargs: outputs.append(
+            kwargs.get("hidden_states", args[0] if args else None).detach()
+        ),
+        with_kwargs=True,
+    )
     for region, expected in [("response", trained), ("prompt", ~trained)]:
         outputs.clear()
         with symnoise.attach(model, symnoise.NoiseConfig("gaussian", alpha=5.0, region=region, seed=0)):
@@ -246,13 +300,24 @@ def write_jsonl(path: Path, rows) -> str:
 
 
 def test_mixture_of_two_formats(tmp_path, tiny_tokenizer):
-    alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"Add {k} and 1.", "input": "", "output": str(k + 1)}
-                                                 for k in range(10)])
-    chat = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": f"q{k}"},
-                                                            {"role": "assistant", "content": f"a{k}"},
-                                                            {"role": "user", "content": "again"},
-                                                            {"role": "assistant", "content": "ok"}]}
-                                              for k in range(4)])
+    alpaca = write_jsonl(
+        tmp_path / "a.jsonl",
+        [{"instruction": f"Add {k} and 1.", "input": "", "output": str(k + 1)} for k in range(10)],
+    )
+    chat = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"q{k}"},
+                    {"role": "assistant", "content": f"a{k}"},
+                    {"role": "user", "content": "again"},
+                    {"role": "assistant", "content": "ok"},
+                ]
+            }
+            for k in range(4)
+        ],
+    )
     specs = [DatasetSpec(alpaca, weight=0.5), DatasetSpec(chat, weight=2)]
     data = prepare_training_data(specs, tiny_tokenizer, 128, seed=0, cache=False)
     assert isinstance(data.train, MixedDataset) and len(data.train) == 5 + 8 and data.selected == [5, 8]
@@ -264,12 +329,14 @@ def test_mixture_of_two_formats(tmp_path, tiny_tokenizer):
     assert all(len(trained_runs(item["labels"])) == 2 for item in chat_items)
     assert chat_items[:4] == chat_items[4:]
     assert data.train.sources[5].endswith("c.jsonl:row 0 (line 1)")
-    assert sorted(weighted_selection(10, 0.5, np.random.default_rng(0)).tolist()) == \
-        sorted(data.train.index_in[:5].tolist())
+    assert sorted(weighted_selection(10, 0.5, np.random.default_rng(0)).tolist()) == sorted(
+        data.train.index_in[:5].tolist()
+    )
     again = prepare_training_data(specs, tiny_tokenizer, 128, seed=0, cache=False)
     assert again.train.index_in.tolist() == data.train.index_in.tolist()
-    limited = prepare_training_data([DatasetSpec(alpaca, limit=3), DatasetSpec(chat)], tiny_tokenizer, 128, 0,
-                                    cache=False)
+    limited = prepare_training_data(
+        [DatasetSpec(alpaca, limit=3), DatasetSpec(chat)], tiny_tokenizer, 128, 0, cache=False
+    )
     assert limited.selected == [3, 4]
 
 
@@ -293,13 +360,17 @@ def test_tokenised_data_is_cached_by_content(tmp_path, tiny_tokenizer, monkeypat
 
 # ----------------------------------------------------------------------------------- properties
 
-PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 # Replies that start with whitespace can share a token with the header before them (byte-level BPE merges "\n\n"),
 # and such a token is counted with the prompt; the property covers replies that start with a visible character.
 content = st.text(min_size=1, max_size=30).filter(lambda t: t.strip() and not t[0].isspace())
 conversations = st.builds(
     lambda system, turns: Conversation(system, tuple(Exchange(u, a) for u, a in turns), "p:row 0"),
-    st.one_of(st.none(), content), st.lists(st.tuples(content, content), min_size=1, max_size=3))
+    st.one_of(st.none(), content),
+    st.lists(st.tuples(content, content), min_size=1, max_size=3),
+)
 
 
 @PROPERTY
@@ -309,8 +380,9 @@ def test_chatml_ids_and_masks_on_arbitrary_text(tiny_tokenizer, conversation):
     item = tokenize_examples([conversation], tokenizer, "chat", max_length=4096)[0]
     assert item["input_ids"] == tokenizer.apply_chat_template(conversation.messages())["input_ids"]
     runs = trained_runs(item["labels"])
-    assert [tokenizer.decode(item["input_ids"][a:b]) for a, b in runs] == \
-        [exchange.assistant + "<|im_end|>" for exchange in conversation.exchanges]
+    assert [tokenizer.decode(item["input_ids"][a:b]) for a, b in runs] == [
+        exchange.assistant + "<|im_end|>" for exchange in conversation.exchanges
+    ]
 
 
 @PROPERTY
@@ -319,14 +391,19 @@ def test_vicuna_pieces_and_truncation_on_arbitrary_text(tiny_tokenizer, conversa
     eos = tiny_tokenizer.eos_token_id
     pieces, spans = [], []
     for k, exchange in enumerate(conversation.exchanges):
-        head = f"{conversation.system if conversation.system is not None else VICUNA_SYSTEM} " if k == 0 else ""
+        head = (
+            f"{conversation.system if conversation.system is not None else VICUNA_SYSTEM} " if k == 0 else ""
+        )
         pieces += ids(tiny_tokenizer, f"{head}USER: {exchange.user} ASSISTANT:")
         start = len(pieces)
         pieces += [*ids(tiny_tokenizer, exchange.assistant), eos]
         spans.append((start, len(pieces)))
     kept = [(a, min(b, max_length)) for a, b in spans if a < max_length]
     if not kept:
-        with pytest.raises(DataError, match=rf"every one of the 1 prompts \(vicuna template\) is at least max_length={max_length} "):
+        with pytest.raises(
+            DataError,
+            match=rf"every one of the 1 prompts \(vicuna template\) is at least max_length={max_length} ",
+        ):
             tokenize_examples([conversation], tiny_tokenizer, "vicuna", max_length)
         return
     data = tokenize_examples([conversation], tiny_tokenizer, "vicuna", max_length)
@@ -340,8 +417,9 @@ def test_vicuna_pieces_and_truncation_on_arbitrary_text(tiny_tokenizer, conversa
 def test_a_damaged_cache_entry_is_tokenised_again_and_replaced(tmp_path, tiny_tokenizer, monkeypatch, lost):
     """An entry missing a file (a copied or half-deleted cache) must not be opened: tokenise again, replace it."""
     monkeypatch.setenv("SYMNOISE_CACHE", str(tmp_path / "cache"))
-    path = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"Add {k} and 1.", "output": str(k + 1)}
-                                              for k in range(5)])
+    path = write_jsonl(
+        tmp_path / "a.jsonl", [{"instruction": f"Add {k} and 1.", "output": str(k + 1)} for k in range(5)]
+    )
     first, _ = prepare_dataset(DatasetSpec(path), tiny_tokenizer, 64)
     expected = [first[i] for i in range(len(first))]
     (entry,) = (tmp_path / "cache" / "tokenized").iterdir()

@@ -20,10 +20,20 @@ KNOWN_KEYS = {"instruction", "input", "output", "conversations", "data_source"}
 HUMAN, ASSISTANT, SYSTEM = {"human", "user"}, {"gpt", "assistant", "chatgpt", "bard"}, {"system"}
 
 short_text = st.text(max_size=20)
-long_text = st.builds(lambda piece, times: piece * times, st.text(min_size=1, max_size=4), st.integers(300, 1500))
-texts = st.one_of(short_text, short_text, short_text, long_text, st.sampled_from(["", " ", "\n\t", "\u2028x", "</s>"]))
-other_values = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                         st.booleans(), st.lists(short_text, max_size=2), st.dictionaries(short_text, short_text, max_size=2))
+long_text = st.builds(
+    lambda piece, times: piece * times, st.text(min_size=1, max_size=4), st.integers(300, 1500)
+)
+texts = st.one_of(
+    short_text, short_text, short_text, long_text, st.sampled_from(["", " ", "\n\t", "\u2028x", "</s>"])
+)
+other_values = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.lists(short_text, max_size=2),
+    st.dictionaries(short_text, short_text, max_size=2),
+)
 values = st.one_of(texts, texts, texts, other_values)
 extra_keys = st.dictionaries(short_text.filter(lambda key: key not in KNOWN_KEYS), values, max_size=2)
 
@@ -96,7 +106,9 @@ def write(directory: Path, suffix: str, rows: list, ascii_only: bool = False) ->
     if suffix == ".json":
         path.write_text(json.dumps(rows, ensure_ascii=ascii_only), encoding="utf-8")
     elif suffix == ".jsonl":
-        path.write_text("".join(json.dumps(row, ensure_ascii=ascii_only) + "\n" for row in rows), encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps(row, ensure_ascii=ascii_only) + "\n" for row in rows), encoding="utf-8"
+        )
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -120,7 +132,9 @@ def check_against_oracle(path: str, rows: list, format: str, oracle: Callable) -
     if first_bad is None and good:
         examples, report = load_examples(path, format=format)
         assert [(e.instruction, e.input, e.output) for e in examples] == good
-        assert [e.source for e in examples] == [f"{path}:row {i}{line.format(i + 1)}" for i in range(len(rows))]
+        assert [e.source for e in examples] == [
+            f"{path}:row {i}{line.format(i + 1)}" for i in range(len(rows))
+        ]
         assert (report.n_rows, report.n_loaded, sum(report.skipped.values())) == (len(rows), len(rows), 0)
     elif first_bad is not None:
         with pytest.raises(DataError) as error:
@@ -147,12 +161,18 @@ def alpaca_like_row():
     return st.builds(lambda base, extra: {**extra, **base}, fields, extra_keys)
 
 
-rows_of_anything = st.lists(st.one_of(alpaca_like_row(), alpaca_like_row(), alpaca_like_row(), values), max_size=6)
+rows_of_anything = st.lists(
+    st.one_of(alpaca_like_row(), alpaca_like_row(), alpaca_like_row(), values), max_size=6
+)
 
 
 @SETTINGS
-@given(rows=rows_of_anything, suffix=st.sampled_from([".json", ".jsonl"]), ascii_only=st.booleans(),
-       format=st.sampled_from(["alpaca", "openplatypus", "evol-instruct"]))
+@given(
+    rows=rows_of_anything,
+    suffix=st.sampled_from([".json", ".jsonl"]),
+    ascii_only=st.booleans(),
+    format=st.sampled_from(["alpaca", "openplatypus", "evol-instruct"]),
+)
 def test_instruction_rows_load_exactly_or_fail_naming_row_and_field(rows, suffix, ascii_only, format):
     if format == "evol-instruct":
         rows = [row for row in rows if not (isinstance(row, dict) and "conversations" in row)]
@@ -162,9 +182,16 @@ def test_instruction_rows_load_exactly_or_fail_naming_row_and_field(rows, suffix
 
 
 parquet_rows = st.lists(
-    st.fixed_dictionaries({"instruction": st.one_of(st.none(), texts), "input": st.one_of(st.none(), texts),
-                           "output": st.one_of(st.none(), texts)}),
-    min_size=1, max_size=5)
+    st.fixed_dictionaries(
+        {
+            "instruction": st.one_of(st.none(), texts),
+            "input": st.one_of(st.none(), texts),
+            "output": st.one_of(st.none(), texts),
+        }
+    ),
+    min_size=1,
+    max_size=5,
+)
 
 
 @SETTINGS
@@ -174,7 +201,9 @@ def test_parquet_rows_load_exactly_or_fail_naming_row_and_field(rows):
         check_against_oracle(write(Path(directory), ".parquet", rows), rows, "alpaca", alpaca_oracle)
 
 
-roles = st.sampled_from(["human", "user", "Human", "gpt", "assistant", "chatgpt", "bard", "system", "robot", ""])
+roles = st.sampled_from(
+    ["human", "user", "Human", "gpt", "assistant", "chatgpt", "bard", "system", "robot", ""]
+)
 turn = st.one_of(
     st.fixed_dictionaries({"from": roles, "value": texts}),
     st.fixed_dictionaries({"from": roles, "value": texts}),
@@ -188,8 +217,11 @@ conversation_row = st.one_of(
 
 
 @SETTINGS
-@given(rows=st.lists(conversation_row, max_size=5), suffix=st.sampled_from([".json", ".jsonl"]),
-       format=st.sampled_from(["sharegpt", "evol-instruct"]))
+@given(
+    rows=st.lists(conversation_row, max_size=5),
+    suffix=st.sampled_from([".json", ".jsonl"]),
+    format=st.sampled_from(["sharegpt", "evol-instruct"]),
+)
 def test_conversation_rows_load_exactly_or_fail_naming_row_and_field(rows, suffix, format):
     with tempfile.TemporaryDirectory() as directory:
         check_against_oracle(write(Path(directory), suffix, rows), rows, format, sharegpt_oracle)
@@ -198,14 +230,23 @@ def test_conversation_rows_load_exactly_or_fail_naming_row_and_field(rows, suffi
 good_text = texts.filter(lambda text: text.strip() != "")
 valid_alpaca = st.fixed_dictionaries({"instruction": good_text, "input": texts, "output": good_text})
 valid_sharegpt = st.builds(
-    lambda q, a, system: {"conversations": ([{"from": "system", "value": system}] if system else [])
-                          + [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
-    good_text, good_text, st.one_of(st.none(), texts))
+    lambda q, a, system: {
+        "conversations": ([{"from": "system", "value": system}] if system else [])
+        + [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    },
+    good_text,
+    good_text,
+    st.one_of(st.none(), texts),
+)
 
 
 @SETTINGS
-@given(rows=st.one_of(st.lists(valid_alpaca, min_size=1, max_size=5), st.lists(valid_sharegpt, min_size=1, max_size=5)),
-       suffix=st.sampled_from([".json", ".jsonl", ".parquet"]))
+@given(
+    rows=st.one_of(
+        st.lists(valid_alpaca, min_size=1, max_size=5), st.lists(valid_sharegpt, min_size=1, max_size=5)
+    ),
+    suffix=st.sampled_from([".json", ".jsonl", ".parquet"]),
+)
 def test_valid_files_round_trip_with_auto_detection(rows, suffix):
     expected_format = "sharegpt" if "conversations" in rows[0] else "alpaca"
     oracle = sharegpt_oracle if expected_format == "sharegpt" else alpaca_oracle
@@ -216,7 +257,11 @@ def test_valid_files_round_trip_with_auto_detection(rows, suffix):
 
 
 @SETTINGS
-@given(rows=st.lists(valid_alpaca, min_size=1, max_size=4), cut=st.floats(0, 1), suffix=st.sampled_from([".json", ".jsonl"]))
+@given(
+    rows=st.lists(valid_alpaca, min_size=1, max_size=4),
+    cut=st.floats(0, 1),
+    suffix=st.sampled_from([".json", ".jsonl"]),
+)
 def test_truncated_files_load_a_prefix_or_fail_cleanly(rows, cut, suffix):
     with tempfile.TemporaryDirectory() as directory:
         path = Path(write(Path(directory), suffix, rows))
@@ -235,8 +280,11 @@ def test_truncated_files_load_a_prefix_or_fail_cleanly(rows, cut, suffix):
 
 
 @SETTINGS
-@given(data=st.binary(max_size=200), suffix=st.sampled_from([".json", ".jsonl", ".parquet"]),
-       on_bad_row=st.sampled_from(["error", "skip"]))
+@given(
+    data=st.binary(max_size=200),
+    suffix=st.sampled_from([".json", ".jsonl", ".parquet"]),
+    on_bad_row=st.sampled_from(["error", "skip"]),
+)
 def test_arbitrary_bytes_never_escape_as_another_exception(data, suffix, on_bad_row):
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / f"junk{suffix}"
@@ -291,7 +339,7 @@ def test_alpaca_prompt_is_the_template_filled_in_verbatim(example):
         head = f"{ALPACA_HEADER_NO_INPUT}\n\n### Instruction:\n"
         body = example.instruction
     assert prompt.startswith(head) and prompt.endswith("\n\n### Response:")
-    assert prompt[len(head): -len("\n\n### Response:")] == body
+    assert prompt[len(head) : -len("\n\n### Response:")] == body
 
 
 @SETTINGS
@@ -301,16 +349,21 @@ def test_vicuna_prompt_is_the_template_filled_in_verbatim(example):
     head, tail = f"{VICUNA_SYSTEM} USER: ", " ASSISTANT:"
     message = f"{example.instruction}\n\n{example.input}" if example.input.strip() else example.instruction
     assert prompt.startswith(head) and prompt.endswith(tail)
-    assert prompt[len(head): -len(tail)] == message
+    assert prompt[len(head) : -len(tail)] == message
 
 
 # --------------------------------------------------------------------------------------- tokenising
 
 
 @SETTINGS
-@given(batch=st.lists(examples, min_size=1, max_size=4), template=st.sampled_from(["alpaca", "vicuna"]),
-       max_length=st.integers(2, 400))
-def test_tokenised_examples_mask_the_prompt_and_respect_max_length(tiny_tokenizer, batch, template, max_length):
+@given(
+    batch=st.lists(examples, min_size=1, max_size=4),
+    template=st.sampled_from(["alpaca", "vicuna"]),
+    max_length=st.integers(2, 400),
+)
+def test_tokenised_examples_mask_the_prompt_and_respect_max_length(
+    tiny_tokenizer, batch, template, max_length
+):
     eos = tiny_tokenizer.eos_token_id
 
     def ids(text: str) -> list[int]:

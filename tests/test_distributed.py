@@ -21,8 +21,12 @@ from symnoise.train.config import ConfigError
 from symnoise.train.distributed import LaunchError, check_launch, check_nonfinite_mode, check_world_size
 
 ENTRY = Path(__file__).with_name("distributed_entry.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
+}
 ACCELERATE_CONFIGS = {"fsdp2": "fsdp.yaml", "zero2": "deepspeed-zero2.yaml", "zero3": "deepspeed-zero3.yaml"}
 
 
@@ -34,8 +38,14 @@ def has_deepspeed() -> bool:
     return True
 
 
-KINDS = ["ddp", "fsdp2", *(pytest.param(kind, marks=pytest.mark.skipif(not has_deepspeed(), reason="deepspeed is "
-                                                                       "not installed")) for kind in ("zero2", "zero3"))]
+KINDS = [
+    "ddp",
+    "fsdp2",
+    *(
+        pytest.param(kind, marks=pytest.mark.skipif(not has_deepspeed(), reason="deepspeed is not installed"))
+        for kind in ("zero2", "zero3")
+    ),
+]
 
 
 def launcher(kind: str) -> list[str]:
@@ -44,15 +54,30 @@ def launcher(kind: str) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     # DeepSpeed checks its bf16 setting against the Trainer's precision, which is fp32 on a CPU.
     precision = ["--mixed_precision", "no"] if kind.startswith("zero") else []
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(REPO_ROOT / "configs" / "accelerate" / ACCELERATE_CONFIGS[kind]), *precision, "--num_processes", "2",
-            "--main_process_port", port]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO_ROOT / "configs" / "accelerate" / ACCELERATE_CONFIGS[kind]),
+        *precision,
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        port,
+    ]
 
 
 def run(cmd: list[str], timeout: int = 240, **env: str) -> subprocess.CompletedProcess:
     """Run a launcher in its own process group; on a timeout kill the whole group (the ranks too)."""
-    proc = subprocess.Popen(cmd, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env={**ENV, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -62,17 +87,34 @@ def run(cmd: list[str], timeout: int = 240, **env: str) -> subprocess.CompletedP
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def train(kind: str, config: Path, *faults: str, resume: bool = False, **env: str) -> subprocess.CompletedProcess:
-    return run([*launcher(kind), str(ENTRY), *faults, "train", str(config), *(["--resume"] if resume else [])],
-               **env)
+def train(
+    kind: str, config: Path, *faults: str, resume: bool = False, **env: str
+) -> subprocess.CompletedProcess:
+    return run(
+        [*launcher(kind), str(ENTRY), *faults, "train", str(config), *(["--resume"] if resume else [])], **env
+    )
 
 
 def write_config(base_model, alpaca_file, out: Path, method: str, **training) -> Path:
-    data = {"model": {"name": str(base_model)}, "data": {"path": str(alpaca_file), "max_length": 128},
-            "noise": {"method": method, "alpha": 5.0, "seed": 0},
-            "training": {"output_dir": str(out), "max_steps": 4, "per_device_batch_size": 4,
-                         "effective_batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0, "save_steps": 2,
-                         "save_total_limit": 3, "report_to": [], "device": "cpu", "seed": 0, **training}}
+    data = {
+        "model": {"name": str(base_model)},
+        "data": {"path": str(alpaca_file), "max_length": 128},
+        "noise": {"method": method, "alpha": 5.0, "seed": 0},
+        "training": {
+            "output_dir": str(out),
+            "max_steps": 4,
+            "per_device_batch_size": 4,
+            "effective_batch_size": 8,
+            "learning_rate": 1e-3,
+            "warmup_ratio": 0.0,
+            "save_steps": 2,
+            "save_total_limit": 3,
+            "report_to": [],
+            "device": "cpu",
+            "seed": 0,
+            **training,
+        },
+    }
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(data))
     return path
@@ -103,8 +145,9 @@ def check_ok(proc: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
-def test_kill_and_resume_matches_the_uninterrupted_run_and_nan_steps_are_skipped(kind, base_model, alpaca_file,
-                                                                                  tmp_path):
+def test_kill_and_resume_matches_the_uninterrupted_run_and_nan_steps_are_skipped(
+    kind, base_model, alpaca_file, tmp_path
+):
     """NEFTune (uniform) noise, so the logged noise norm differs per draw and shows the stream continuing.
     (DeepSpeed steps the optimizer inside backward, so a step cannot be skipped there: no NaN is injected.)
     Under FSDP2 and ZeRO-3 a run killed after its last checkpoint is resumed into the same final model too."""
@@ -123,7 +166,9 @@ def test_kill_and_resume_matches_the_uninterrupted_run_and_nan_steps_are_skipped
     if kind.startswith("zero"):  # really DeepSpeed: the checkpoints hold its engine state
         assert (reference / "checkpoint-2" / "global_step2").is_dir()
     if not deepspeed:
-        skipped = [json.loads(line) for line in (reference / "nonfinite_steps.jsonl").read_text().splitlines()]
+        skipped = [
+            json.loads(line) for line in (reference / "nonfinite_steps.jsonl").read_text().splitlines()
+        ]
         assert [(r["step"], r["action"]) for r in skipped] == [(2, "skip")]  # one record, both ranks skipped
     expected = step_logs(reference)
     assert sorted(expected) == [1, 2, 3, 4]
@@ -172,10 +217,18 @@ def test_stop_mode_stops_every_rank_at_a_nan_on_one(kind, base_model, alpaca_fil
     """on_nonfinite: stop with a NaN gradient on rank 1 only: both ranks stop before the optimizer step, with the
     message, one record, no checkpoint of that step and no final model (and no rank left waiting)."""
     out = tmp_path / "run"
-    proc = train(kind, write_config(base_model, alpaca_file, out, "uniform", on_nonfinite="stop"),
-                 "--nan-at-step", "2", "--nan-rank", "1")
+    proc = train(
+        kind,
+        write_config(base_model, alpaca_file, out, "uniform", on_nonfinite="stop"),
+        "--nan-at-step",
+        "2",
+        "--nan-rank",
+        "1",
+    )
     assert proc.returncode != 0
-    assert proc.stderr.count("training stopped: non-finite loss or gradient at step 2") == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("training stopped: non-finite loss or gradient at step 2") == 2, proc.stderr[
+        -3000:
+    ]
     assert "process group still alive" not in proc.stderr
     records = [json.loads(line) for line in (out / "nonfinite_steps.jsonl").read_text().splitlines()]
     assert [(r["step"], r["action"]) for r in records] == [(2, "stop")]
@@ -187,8 +240,11 @@ def test_stop_mode_stops_every_rank_at_a_nan_on_one(kind, base_model, alpaca_fil
 def test_fsdp2_symnoise_run_writes_one_consolidated_model_that_generates(base_model, alpaca_file, tmp_path):
     """(SymNoise under DDP: tests/test_train.py::test_ddp_two_processes_on_cpu.)"""
     out = tmp_path / "symnoise"
-    first = train("fsdp2", write_config(base_model, alpaca_file, out, "symnoise", max_steps=3, save_steps=100),
-                  SYMNOISE_CACHE=str(tmp_path / "cache"))
+    first = train(
+        "fsdp2",
+        write_config(base_model, alpaca_file, out, "symnoise", max_steps=3, save_steps=100),
+        SYMNOISE_CACHE=str(tmp_path / "cache"),
+    )
     check_ok(first)
     # An empty cache: the first process tokenises while the other waits, then opens what it wrote.
     assert "process 0: training data tokenised" in first.stderr
@@ -196,8 +252,9 @@ def test_fsdp2_symnoise_run_writes_one_consolidated_model_that_generates(base_mo
     logs = step_logs(out)
     # The shipped FSDP2 config's mixed_precision: bf16 makes FSDP compute in bf16 (here on the CPU too): the
     # noise is drawn in bf16, so its norm is alpha/sqrt(3) to bf16 precision.
-    assert sorted(logs) == [1, 2, 3] and all(line["noise_norm"] == pytest.approx(5 / 3**0.5, rel=5e-3)
-                                             for line in logs.values())
+    assert sorted(logs) == [1, 2, 3] and all(
+        line["noise_norm"] == pytest.approx(5 / 3**0.5, rel=5e-3) for line in logs.values()
+    )
     weights = final_weights(out)
     from safetensors.torch import load_file
 
@@ -206,9 +263,25 @@ def test_fsdp2_symnoise_run_writes_one_consolidated_model_that_generates(base_mo
     assert any(not torch.equal(weights[k], base[k]) for k in base)  # trained
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([{"instruction": "Add 2 and 3.", "dataset": "t"}]))
-    generated = run([sys.executable, "-m", "symnoise", "generate", str(out), "--prompts", str(prompts),
-                     "--output", str(tmp_path / "outputs.json"), "--max-new-tokens", "4", "--device", "cpu",
-                     "--no-progress"], timeout=120)
+    generated = run(
+        [
+            sys.executable,
+            "-m",
+            "symnoise",
+            "generate",
+            str(out),
+            "--prompts",
+            str(prompts),
+            "--output",
+            str(tmp_path / "outputs.json"),
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        timeout=120,
+    )
     assert generated.returncode == 0, generated.stderr[-2000:]
     records = json.loads((tmp_path / "outputs.json").read_text())
     assert len(records) == 1 and isinstance(records[0]["output"], str)
@@ -217,8 +290,23 @@ def test_fsdp2_symnoise_run_writes_one_consolidated_model_that_generates(base_mo
 @pytest.mark.slow
 def test_accelerate_cpu_launch_of_several_processes_fails_clearly(base_model, alpaca_file, tmp_path):
     config = write_config(base_model, alpaca_file, tmp_path / "run", "uniform")
-    proc = run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                "--main_process_port", str(free_port()), "-m", "symnoise", "train", str(config)], timeout=120)
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "symnoise",
+            "train",
+            str(config),
+        ],
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "starts a single process" in proc.stderr and "torchrun --nproc_per_node N" in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was written
@@ -227,7 +315,9 @@ def test_accelerate_cpu_launch_of_several_processes_fails_clearly(base_model, al
 def test_launch_checks():
     check_launch({})  # a plain single process
     check_launch({"ACCELERATE_USE_CPU": "True"})  # accelerate launch --cpu, one process
-    check_launch({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    check_launch(
+        {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    )
     with pytest.raises(LaunchError, match="starts a single process"):
         check_launch({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
     check_world_size(2, {"WORLD_SIZE": "2"})

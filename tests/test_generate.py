@@ -40,7 +40,9 @@ def world(tmp_path_factory):
 
     train, evaluation = synthetic.make_task_examples(110, 22, seed=1)
     tokenizer = synthetic.train_tokenizer(synthetic.tokenizer_corpus(train), vocab_size=512)
-    config = synthetic.tiny_llama_config(len(tokenizer), hidden_size=64, layers=2, heads=4, initializer_range=0.2)
+    config = synthetic.tiny_llama_config(
+        len(tokenizer), hidden_size=64, layers=2, heads=4, initializer_range=0.2
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():  # EOS wins often enough that some rows stop early and others run to budget; and
@@ -49,10 +51,13 @@ def world(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-run"
     model.save_pretrained(run_dir)
     tokenizer.save_pretrained(run_dir)
-    (run_dir / generation.RUN_CONFIG_FILE).write_text(json.dumps({"template": "alpaca", "max_length": 512,
-                                                                 "noise": {"method": "none"}}))
-    prompts = [Prompt(e.instruction + " " * (i % 3) + "Answer briefly." * (i % 4), f"set{i % 2}", e.input)
-               for i, e in enumerate(evaluation[:N_PROMPTS])]
+    (run_dir / generation.RUN_CONFIG_FILE).write_text(
+        json.dumps({"template": "alpaca", "max_length": 512, "noise": {"method": "none"}})
+    )
+    prompts = [
+        Prompt(e.instruction + " " * (i % 3) + "Answer briefly." * (i % 4), f"set{i % 2}", e.input)
+        for i, e in enumerate(evaluation[:N_PROMPTS])
+    ]
     model, tokenizer = generation.load_model_and_tokenizer(run_dir, device="cpu", dtype="float32")
     longest = max(len(ids) for ids in generation.prompt_token_ids(tokenizer, prompts, "alpaca"))
     settings = DecodingSettings(max_length=longest + EXTRA_TOKENS, batch_size=4)
@@ -60,15 +65,21 @@ def world(tmp_path_factory):
 
 
 def _prompt_file(path: Path, prompts) -> Path:
-    path.write_text("\n".join(json.dumps({"instruction": p.instruction, "input": p.input, "dataset": p.dataset})
-                              for p in prompts) + "\n")
+    path.write_text(
+        "\n".join(
+            json.dumps({"instruction": p.instruction, "input": p.input, "dataset": p.dataset})
+            for p in prompts
+        )
+        + "\n"
+    )
     return path
 
 
 def _run(world, partial: Path, **kwargs):
     _, model, tokenizer, prompts, settings = world
-    return generation.generate_outputs(model, tokenizer, prompts, "alpaca", settings, partial, "tiny-run",
-                                       progress=False, **kwargs)
+    return generation.generate_outputs(
+        model, tokenizer, prompts, "alpaca", settings, partial, "tiny-run", progress=False, **kwargs
+    )
 
 
 def _unbatched(world) -> tuple[list[str], list[int]]:
@@ -80,10 +91,16 @@ def _unbatched(world) -> tuple[list[str], list[int]]:
     for p in prompts:
         text = render_prompt(Example(p.instruction, p.input, "", p.dataset), "alpaca")
         ids = torch.tensor([tokenizer(text)["input_ids"]])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=settings.max_length - ids.shape[1], repetition_penalty=1.2,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        outputs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=settings.max_length - ids.shape[1],
+            repetition_penalty=1.2,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        outputs.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
         lengths.append(out.shape[1] - ids.shape[1])
     return outputs, lengths
 
@@ -92,8 +109,10 @@ def test_prompt_ids_match_training_tokenisation(world):
     _, _, tokenizer, prompts, _ = world
     examples = [Example(p.instruction, p.input, "x", p.dataset) for p in prompts]
     trained = tokenize_examples(examples, tokenizer, "alpaca", max_length=512)
-    expected = [[t for t, label in zip(item["input_ids"], item["labels"], strict=True) if label == -100]
-                for item in trained]
+    expected = [
+        [t for t, label in zip(item["input_ids"], item["labels"], strict=True) if label == -100]
+        for item in trained
+    ]
     assert generation.prompt_token_ids(tokenizer, prompts, "alpaca") == expected
     assert all(ids[0] == tokenizer.bos_token_id for ids in expected)
 
@@ -105,7 +124,9 @@ def test_batched_equals_unbatched(world, tmp_path):
     reference, new_counts = _unbatched(world)
     budgets = [settings.budget(n) for n in lengths]
     stopped_early = sum(c < b for c, b in zip(new_counts, budgets, strict=True))
-    print(f"\nprompt lengths {sorted(set(lengths))}; {stopped_early}/{N_PROMPTS} stopped at EOS before their budget")
+    print(
+        f"\nprompt lengths {sorted(set(lengths))}; {stopped_early}/{N_PROMPTS} stopped at EOS before their budget"
+    )
     assert 0 < stopped_early < N_PROMPTS, "need rows that stop at EOS and rows that run to their budget"
     outputs, stats = _run(world, tmp_path / "p.partial.jsonl")
     assert outputs == reference
@@ -117,8 +138,9 @@ def test_batch_size_does_not_change_outputs(world, tmp_path):
     outputs = {}
     for size in (1, 5):
         sized = DecodingSettings(max_length=settings.max_length, batch_size=size)
-        outputs[size], _ = generation.generate_outputs(model, tokenizer, prompts, "alpaca", sized,
-                                                       tmp_path / f"{size}.jsonl", "g", progress=False)
+        outputs[size], _ = generation.generate_outputs(
+            model, tokenizer, prompts, "alpaca", sized, tmp_path / f"{size}.jsonl", "g", progress=False
+        )
     assert outputs[1] == outputs[5]
 
 
@@ -126,8 +148,9 @@ def test_prompt_without_room_gets_empty_output(world, tmp_path):
     _, model, tokenizer, prompts, _ = world
     lengths = [len(ids) for ids in generation.prompt_token_ids(tokenizer, prompts, "alpaca")]
     settings = DecodingSettings(max_length=sorted(lengths)[len(lengths) // 2] + 1, batch_size=N_PROMPTS)
-    outputs, stats = generation.generate_outputs(model, tokenizer, prompts, "alpaca", settings,
-                                                 tmp_path / "p.jsonl", "g", progress=False)
+    outputs, stats = generation.generate_outputs(
+        model, tokenizer, prompts, "alpaca", settings, tmp_path / "p.jsonl", "g", progress=False
+    )
     no_room = [n >= settings.max_length for n in lengths]
     assert stats.no_room == sum(no_room) > 0
     assert all(output == "" for output, full in zip(outputs, no_room, strict=True) if full)
@@ -176,7 +199,9 @@ def test_resume_refuses_other_settings(world, tmp_path):
         _run(world, partial, after_batch=_stop_after(1))
     other = DecodingSettings(max_length=settings.max_length + 1, batch_size=settings.batch_size)
     with pytest.raises(ValueError, match="other settings"):
-        generation.generate_outputs(model, tokenizer, prompts, "alpaca", other, partial, "tiny-run", progress=False)
+        generation.generate_outputs(
+            model, tokenizer, prompts, "alpaca", other, partial, "tiny-run", progress=False
+        )
 
 
 def test_cli_resumes_and_writes_alpaca_eval_file_in_order(world, tmp_path, capsys):
@@ -187,8 +212,21 @@ def test_cli_resumes_and_writes_alpaca_eval_file_in_order(world, tmp_path, capsy
     output.parent.mkdir()
     with pytest.raises(Interrupt):
         _run(world, generation.sidecar_path(output), after_batch=_stop_after(1))
-    args = ["generate", str(run_dir), "--prompts", str(prompt_file), "--output", str(output), "--batch-size", "3",
-            "--max-length", str(settings.max_length), "--device", "cpu", "--no-progress"]
+    args = [
+        "generate",
+        str(run_dir),
+        "--prompts",
+        str(prompt_file),
+        "--output",
+        str(output),
+        "--batch-size",
+        "3",
+        "--max-length",
+        str(settings.max_length),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(args + ["--name", "other", "--device", "no-such-device"]) == 2  # refused before loading
     assert "other settings" in capsys.readouterr().err
     assert main(args) == 0
@@ -202,7 +240,9 @@ def test_cli_resumes_and_writes_alpaca_eval_file_in_order(world, tmp_path, capsy
     assert {r["generator"] for r in records} == {"tiny-run"}
     assert set(records[0]) == {"instruction", "output", "generator", "dataset"}
     assert not list(output.parent.glob("*.tmp"))
-    assert sorted(p.name for p in output.parent.iterdir()) == ["model_outputs.json"]  # no *.partial.jsonl left
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "model_outputs.json"
+    ]  # no *.partial.jsonl left
 
 
 def _write(path: Path, text: str) -> Path:
@@ -214,9 +254,15 @@ def _write(path: Path, text: str) -> Path:
     ("content", "message"),
     [
         ('{"instruction": "a", "dataset": "d"}\n{"dataset": "d"}\n', r"line 2: missing field 'instruction'"),
-        ('[{"instruction": "a"}, {"instruction": 5}]', r"row 1: field 'instruction' must be a string, got int"),
+        (
+            '[{"instruction": "a"}, {"instruction": 5}]',
+            r"row 1: field 'instruction' must be a string, got int",
+        ),
         ('{"instruction": "a", "input": ["x"]}\n', r"line 1: field 'input' must be a string, got list"),
-        ('{"instruction": "a", "dataset": null}\n', r"line 1: field 'dataset' must be a string, got NoneType"),
+        (
+            '{"instruction": "a", "dataset": null}\n',
+            r"line 1: field 'dataset' must be a string, got NoneType",
+        ),
         ('["just text"]', r"row 0: expected a JSON object, got str"),
         ('{"instruction": "a"}\n{"instruction": \n', r"line 2: not valid JSON"),
         ('{"instruction": "   "}\n', r"line 1: field 'instruction' is empty"),
@@ -277,12 +323,27 @@ def test_cli_killed_mid_run_resumes_to_the_uninterrupted_result(world, tmp_path,
 
     run_dir, _, _, prompts, settings = world
     prompt_file = _prompt_file(tmp_path / "prompts.jsonl", prompts)
-    args = ["generate", str(run_dir), "--prompts", str(prompt_file), "--batch-size", "2", "--device", "cpu",
-            "--max-length", str(settings.max_length + 200), "--no-progress"]
+    args = [
+        "generate",
+        str(run_dir),
+        "--prompts",
+        str(prompt_file),
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--max-length",
+        str(settings.max_length + 200),
+        "--no-progress",
+    ]
     killed = tmp_path / "killed" / "model_outputs.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "symnoise.cli.main", *args, "--output", str(killed)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "symnoise.cli.main", *args, "--output", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     partial = generation.sidecar_path(killed)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:

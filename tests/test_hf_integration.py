@@ -15,10 +15,14 @@ from symnoise.hf import NOISE_STATE_PATTERN, add_noise
 ALPHA = 5.0
 SQRT3 = math.sqrt(3.0)
 TEXTS = [
-    ("Add 12 and 30.", "42"), ("Sort 3 1 2.", "1 2 3"), ("Give three tips for staying healthy.",
-     "Eat a balanced diet, exercise regularly and sleep well."), ("Reverse the word fox.", "xof"),
-    ("What is the capital of the quick brown fox?", "The lazy dog."), ("Add 1 and 2.", "3"),
-    ("Write the alphabet.", "abcdefghijklmnopqrstuvwxyz"), ("Count to five.", "1 2 3 4 5"),
+    ("Add 12 and 30.", "42"),
+    ("Sort 3 1 2.", "1 2 3"),
+    ("Give three tips for staying healthy.", "Eat a balanced diet, exercise regularly and sleep well."),
+    ("Reverse the word fox.", "xof"),
+    ("What is the capital of the quick brown fox?", "The lazy dog."),
+    ("Add 1 and 2.", "3"),
+    ("Write the alphabet.", "abcdefghijklmnopqrstuvwxyz"),
+    ("Count to five.", "1 2 3 4 5"),
 ]
 
 
@@ -27,23 +31,39 @@ def sft_rows(tokenizer, repeat=2):
     for prompt, response in TEXTS * repeat:
         p = tokenizer(prompt)["input_ids"]
         r = tokenizer(" " + response)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append({"input_ids": p + r, "attention_mask": [1] * (len(p) + len(r)), "labels": [-100] * len(p) + r})
+        rows.append(
+            {"input_ids": p + r, "attention_mask": [1] * (len(p) + len(r)), "labels": [-100] * len(p) + r}
+        )
     return Dataset.from_list(rows)
 
 
 def training_args(tmp_path, **overrides):
-    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4,
-                    learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[], seed=0,
-                    use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     defaults.update(overrides)
     return TrainingArguments(**defaults)
 
 
 def make_trainer(tmp_path, tokenizer, model=None, **overrides):
     model = model if model is not None else make_tiny_model("llama")
-    return Trainer(model=model, args=training_args(tmp_path, **overrides), train_dataset=sft_rows(tokenizer),
-                   eval_dataset=sft_rows(tokenizer, repeat=1),
-                   data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    return Trainer(
+        model=model,
+        args=training_args(tmp_path, **overrides),
+        train_dataset=sft_rows(tokenizer),
+        eval_dataset=sft_rows(tokenizer, repeat=1),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+    )
 
 
 def weights(model):
@@ -69,7 +89,9 @@ def test_trainer_runs_each_method_and_logs_the_noise(tmp_path, tiny_tokenizer, m
 def test_trainer_paired_equals_concat(tmp_path, tiny_tokenizer):
     finals, losses = [], []
     for execution in ("concat", "paired"):
-        trainer = make_trainer(tmp_path / execution, tiny_tokenizer, max_steps=2, optim="sgd", learning_rate=0.1)
+        trainer = make_trainer(
+            tmp_path / execution, tiny_tokenizer, max_steps=2, optim="sgd", learning_rate=0.1
+        )
         add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=3, execution=execution))
         trainer.train()
         finals.append(weights(trainer.model))
@@ -133,7 +155,9 @@ def test_resume_continues_the_noise_sequence(tmp_path, tiny_tokenizer):
     resumed.train(resume_from_checkpoint=str(checkpoint))
     resumed_logs = [e for e in resumed.state.log_history if "loss" in e and e["step"] > 2]
     assert [e["noise_norm"] for e in resumed_logs] == [e["noise_norm"] for e in straight_logs[2:]]
-    assert [e["loss"] for e in resumed_logs] == pytest.approx([e["loss"] for e in straight_logs[2:]], rel=1e-5)
+    assert [e["loss"] for e in resumed_logs] == pytest.approx(
+        [e["loss"] for e in straight_logs[2:]], rel=1e-5
+    )
     final = weights(straight.model)
     for key, value in resumed.model.state_dict().items():
         assert torch.allclose(value, final[key], rtol=1e-5, atol=1e-7), key
@@ -150,8 +174,10 @@ def test_schedule_follows_training_progress(tmp_path, tiny_tokenizer):
 def test_peft_lora_adapters_train_with_noise(tmp_path, tiny_tokenizer):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(make_tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        make_tiny_model("llama"),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"),
+    )
     inputs = next(iter(make_trainer(tmp_path, tiny_tokenizer, model=model).get_train_dataloader()))
     model.train()
     with symnoise.attach(model, NoiseConfig("symnoise", ALPHA)) as handle:
@@ -193,15 +219,26 @@ def test_trl_fused_outputs_fold_to_the_pair_mean(tmp_path, tiny_tokenizer):
     model.train()
     recorded = []
     with symnoise.attach(model, NoiseConfig("symnoise", ALPHA, seed=0)) as handle:
-        recorder = model.get_input_embeddings().register_forward_hook(lambda m, a, out: recorded.append(out.detach()))
+        recorder = model.get_input_embeddings().register_forward_hook(
+            lambda m, a, out: recorded.append(out.detach())
+        )
         out = model(**inputs, fused_lm_head=True)
         recorder.remove()
         with handle.noise_off():
-            halves = [model(inputs_embeds=part, attention_mask=inputs["attention_mask"], labels=inputs["labels"],
-                            fused_lm_head=True) for part in (recorded[-1][:rows], recorded[-1][rows:])]
+            halves = [
+                model(
+                    inputs_embeds=part,
+                    attention_mask=inputs["attention_mask"],
+                    labels=inputs["labels"],
+                    fused_lm_head=True,
+                )
+                for part in (recorded[-1][:rows], recorded[-1][rows:])
+            ]
     assert out.log_probs.shape[0] == rows
     loss = -out.log_probs.sum() / n_items
-    assert loss.item() == pytest.approx(sum(-h.log_probs.sum().item() / n_items for h in halves) / 2, rel=1e-5)
+    assert loss.item() == pytest.approx(
+        sum(-h.log_probs.sum().item() / n_items for h in halves) / 2, rel=1e-5
+    )
     assert out.is_top1.dtype == torch.bool and torch.equal(out.is_top1, halves[0].is_top1)
     assert torch.equal(out.is_top1 & out.label_mask, halves[0].is_top1 & halves[0].label_mask)
 
@@ -211,12 +248,28 @@ def test_trl_sft_trainer(tmp_path, tiny_tokenizer, mode):
     from trl import SFTConfig, SFTTrainer
 
     rows = [{"prompt": p, "completion": " " + c} for p, c in TEXTS * 2]
-    args = SFTConfig(output_dir=str(tmp_path / "sft"), per_device_train_batch_size=4, max_steps=3,
-                     learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                     max_length=None if mode == "padding_free" else 64, packing=mode == "packing", padding_free=mode == "padding_free",
-                     disable_tqdm=True, seed=0, dataset_num_proc=None)
-    trainer = SFTTrainer(model=make_tiny_model("llama"), args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tiny_tokenizer)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        max_length=None if mode == "padding_free" else 64,
+        packing=mode == "packing",
+        padding_free=mode == "padding_free",
+        disable_tqdm=True,
+        seed=0,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=make_tiny_model("llama"),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tiny_tokenizer,
+    )
     add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0))
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]

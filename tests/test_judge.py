@@ -32,8 +32,13 @@ MARKER = "PREFERME"
 API_KEY = "sk-fake-7Qx2-DO-NOT-LEAK-91zK"
 SLOW_S = 4.0
 CLIENT_TIMEOUT_S = 1.5  # far above a normal answer even on a loaded 2-core CI machine
-ANSWER_STYLES = ["Output ({})", "**Output ({})**", "I prefer Output ({}).", "output {}", "Output ({}) is better "
-                 "than the other one."]
+ANSWER_STYLES = [
+    "Output ({})",
+    "**Output ({})**",
+    "I prefer Output ({}).",
+    "output {}",
+    "Output ({}) is better than the other one.",
+]
 
 
 # --------------------------------------------------------------------------------------------- fake server
@@ -43,8 +48,9 @@ class FakeJudgeServer(LocalServer):
     """A threaded chat-completions server. ``plan[instruction]`` lists the fault of each successive request
     for that instruction ("slow", "429", "500", "garbage", "drop", "unparsable", "401"); then it answers."""
 
-    def __init__(self, instructions: list[str], plan: dict[str, list[str]] | None = None,
-                 hang_after: int | None = None):
+    def __init__(
+        self, instructions: list[str], plan: dict[str, list[str]] | None = None, hang_after: int | None = None
+    ):
         self.instructions = sorted(instructions, key=len, reverse=True)
         self.plan = plan or {}
         self.hang_after = hang_after  # after this many verdicts, the next request hangs until `release`
@@ -95,7 +101,9 @@ class FakeJudgeServer(LocalServer):
             return self.send(h, int(fault), {"error": {"message": f"no luck for key {echo}"}}, headers)
         if fault == "garbage":
             return self.send(h, 200, f"<html>proxy error {echo}".encode())
-        text = "Both answers have merits; I cannot decide." if fault == "unparsable" else self.verdict(content)
+        text = (
+            "Both answers have merits; I cannot decide." if fault == "unparsable" else self.verdict(content)
+        )
         with self.lock:
             self.verdicts[instruction] += 1
         self.send(h, 200, completion(text))
@@ -109,17 +117,26 @@ class FakeJudgeServer(LocalServer):
 
 
 def completion(text: str) -> dict:
-    return {"id": "x", "object": "chat.completion", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }
 
 
 # ------------------------------------------------------------------------------------------------- data
 
 
 def synthetic_references(n: int) -> list[dict]:
-    return [{"instruction": f"Task {i}: describe the number {i * 7} in a sentence.",
-             "output": f"The number {i * 7} is a number.", "generator": "ref-model", "dataset": "synthetic"}
-            for i in range(n)]
+    return [
+        {
+            "instruction": f"Task {i}: describe the number {i * 7} in a sentence.",
+            "output": f"The number {i * 7} is a number.",
+            "generator": "ref-model",
+            "dataset": "synthetic",
+        }
+        for i in range(n)
+    ]
 
 
 def real_references(shared_data: Path, n: int) -> list[dict]:
@@ -138,8 +155,14 @@ def write_pair(tmp_path: Path, references: list[dict]) -> tuple[Path, Path, dict
     for i, ref in enumerate(references):
         model_wins = i % 2 == 0
         refs.append({**ref, "output": ref["output"] + ("" if model_wins else f" {MARKER}")})
-        outputs.append({"instruction": ref["instruction"], "output": f"Answer {i}." + (f" {MARKER}" if model_wins
-                        else ""), "generator": "tiny-model", "dataset": ref["dataset"]})
+        outputs.append(
+            {
+                "instruction": ref["instruction"],
+                "output": f"Answer {i}." + (f" {MARKER}" if model_wins else ""),
+                "generator": "tiny-model",
+                "dataset": ref["dataset"],
+            }
+        )
         expected[ref["instruction"]] = 2 if model_wins else 1
     ref_path, out_path = tmp_path / "reference.jsonl", tmp_path / "model_outputs.json"
     ref_path.write_text("".join(json.dumps(r) + "\n" for r in refs), encoding="utf-8")
@@ -159,22 +182,43 @@ def pairwise_v1(seed: int = 0):
 
 
 def fast_policy(sleeps: list[float], **overrides) -> J.RetryPolicy:
-    settings = dict(max_attempts=4, base_delay=0.01, max_delay=0.05, max_total_retries=50, sleep=sleeps.append)
+    settings = dict(
+        max_attempts=4, base_delay=0.01, max_delay=0.05, max_total_retries=50, sleep=sleeps.append
+    )
     return J.RetryPolicy(**{**settings, **overrides})
 
 
 # ------------------------------------------------------------------------------------------- unit tests
 
 
-@pytest.mark.parametrize("text, verdict", [
-    ("Output (a)", "a"), ("Output (b)", "b"), ("output (B)", "b"), ("**Output (a)**", "a"), ("`Output (b)`", "b"),
-    ('"Output (a)"', "a"), ("Output a", "a"), ("Output [b]", "b"), ("(b)", "b"), ("B", "b"), ("a.", "a"),
-    ("I think Output (b) is better.", "b"), ("## Verdict\n\nOutput (a)\n", "a"),
-    ("Output (a) is better than Output (b).", "a"),
-    ("Both Output (a) and Output (b) are fine.", None), ("Neither.", None), ("", None), (None, None),
-    ("Outputs are equal", None), ("The output about bananas", None), ("Output (c)", None), ("ab", None),
-    ("Output (ab)", None),
-])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("Output (a)", "a"),
+        ("Output (b)", "b"),
+        ("output (B)", "b"),
+        ("**Output (a)**", "a"),
+        ("`Output (b)`", "b"),
+        ('"Output (a)"', "a"),
+        ("Output a", "a"),
+        ("Output [b]", "b"),
+        ("(b)", "b"),
+        ("B", "b"),
+        ("a.", "a"),
+        ("I think Output (b) is better.", "b"),
+        ("## Verdict\n\nOutput (a)\n", "a"),
+        ("Output (a) is better than Output (b).", "a"),
+        ("Both Output (a) and Output (b) are fine.", None),
+        ("Neither.", None),
+        ("", None),
+        (None, None),
+        ("Outputs are equal", None),
+        ("The output about bananas", None),
+        ("Output (c)", None),
+        ("ab", None),
+        ("Output (ab)", None),
+    ],
+)
 def test_parse_verdict(text, verdict):
     assert J.parse_verdict(text) == verdict
 
@@ -225,14 +269,30 @@ def test_faults_end_judged_or_null_with_exact_preferences(tmp_path, shared_data)
     references = real_references(shared_data, 14)
     ref_path, out_path, expected = write_pair(tmp_path, references)
     ins = [r["instruction"] for r in references]
-    plan = {ins[0]: ["slow"], ins[1]: ["429", "429"], ins[2]: ["500"], ins[3]: ["garbage"], ins[4]: ["drop"],
-            ins[5]: ["unparsable"] * 3, ins[6]: ["500"] * 4, ins[7]: ["drop", "slow", "429"],
-            ins[8]: ["500", "drop"], ins[9]: ["unparsable"]}  # ins[9]: the re-ask gets a verdict
+    plan = {
+        ins[0]: ["slow"],
+        ins[1]: ["429", "429"],
+        ins[2]: ["500"],
+        ins[3]: ["garbage"],
+        ins[4]: ["drop"],
+        ins[5]: ["unparsable"] * 3,
+        ins[6]: ["500"] * 4,
+        ins[7]: ["drop", "slow", "429"],
+        ins[8]: ["500", "drop"],
+        ins[9]: ["unparsable"],
+    }  # ins[9]: the re-ask gets a verdict
     sleeps: list[float] = []
     with FakeJudgeServer(ins, plan) as server:
         judge = J.OpenAIChatJudge(server.base_url, "fake-judge", api_key=API_KEY, timeout=CLIENT_TIMEOUT_S)
-        result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1(3), workers=3,
-                                 retry=fast_policy(sleeps))
+        result = J.judge_outputs(
+            out_path,
+            ref_path,
+            judge,
+            tmp_path / "run",
+            annotator=pairwise_v1(3),
+            workers=3,
+            retry=fast_policy(sleeps),
+        )
         first_requests = server.count()
 
         by_instruction = {a["instruction"]: a for a in result.annotations}
@@ -246,11 +306,18 @@ def test_faults_end_judged_or_null_with_exact_preferences(tmp_path, shared_data)
             if a["instruction"] not in nulls:
                 assert a["preference"] == expected[a["instruction"]], a
         judged = [a for a in result.annotations if a["preference"] is not None]
-        assert {a["model_shown_first"] for a in judged} == {True, False}  # both orders occurred and mapped back
-        assert all(a["output_1"] == r["output"] + ("" if expected[r["instruction"]] == 2 else f" {MARKER}")
-                   for a, r in zip(result.annotations, references, strict=True))
-        assert all(a["generator_1"] == "text_davinci_003" and a["generator_2"] == "tiny-model"
-                   for a in result.annotations)
+        assert {a["model_shown_first"] for a in judged} == {
+            True,
+            False,
+        }  # both orders occurred and mapped back
+        assert all(
+            a["output_1"] == r["output"] + ("" if expected[r["instruction"]] == 2 else f" {MARKER}")
+            for a, r in zip(result.annotations, references, strict=True)
+        )
+        assert all(
+            a["generator_1"] == "text_davinci_003" and a["generator_2"] == "tiny-model"
+            for a in result.annotations
+        )
 
         stats = result.stats
         retries_expected = 1 + 2 + 1 + 1 + 1 + 3 + 3 + 2  # one per failed attempt that had another try
@@ -261,18 +328,31 @@ def test_faults_end_judged_or_null_with_exact_preferences(tmp_path, shared_data)
         assert 0.01 in sleeps and 0.02 in sleeps and 0.04 in sleeps and max(sleeps) <= 0.05 and 0.0 in sleeps
         metrics = json.loads((tmp_path / "run" / J.METRICS_FILENAME).read_text())
         wins = sum(1 for a in judged if a["preference"] == 2)
-        assert metrics["n_null"] == 2 and metrics["n_total"] == len(references) - 2 and metrics["n_wins"] == wins
+        assert (
+            metrics["n_null"] == 2 and metrics["n_total"] == len(references) - 2 and metrics["n_wins"] == wins
+        )
         assert metrics["win_rate"] == pytest.approx(100 * wins / len(judged))
         written = json.loads((tmp_path / "run" / J.ANNOTATIONS_FILENAME).read_text())
         assert [a["preference"] for a in written] == [a["preference"] for a in result.annotations]
         cache_keys = [json.loads(line)["key"] for line in (tmp_path / "run" / J.CACHE_FILENAME).open()]
-        assert len(cache_keys) == len(set(cache_keys)) == len(references) - 1  # the failed example is not cached
-        print(f"\nfaults run: requests {stats.requests}, retries {stats.retries}, nulls {metrics['n_null']}, "
-              f"slow {server.count('slow')}, 429 {server.count('429')}, 500 {server.count('500')}, "
-              f"garbage {server.count('garbage')}, dropped {server.count('drop')}")
+        assert (
+            len(cache_keys) == len(set(cache_keys)) == len(references) - 1
+        )  # the failed example is not cached
+        print(
+            f"\nfaults run: requests {stats.requests}, retries {stats.retries}, nulls {metrics['n_null']}, "
+            f"slow {server.count('slow')}, 429 {server.count('429')}, 500 {server.count('500')}, "
+            f"garbage {server.count('garbage')}, dropped {server.count('drop')}"
+        )
 
-        rerun = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1(3), workers=3,
-                                retry=fast_policy([]))
+        rerun = J.judge_outputs(
+            out_path,
+            ref_path,
+            judge,
+            tmp_path / "run",
+            annotator=pairwise_v1(3),
+            workers=3,
+            retry=fast_policy([]),
+        )
         assert server.count() - first_requests == 1  # only the example that had failed is asked again
         assert rerun.stats.cached == len(references) - 1
         assert rerun.annotations[6]["preference"] == expected[ins[6]]
@@ -285,8 +365,14 @@ def test_total_retry_budget_bounds_the_run(tmp_path):
     plan = {r["instruction"]: ["500"] * 10 for r in references}
     with FakeJudgeServer([r["instruction"] for r in references], plan) as server:
         judge = J.OpenAIChatJudge(server.base_url, "fake-judge", timeout=CLIENT_TIMEOUT_S)
-        result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1(),
-                                 retry=fast_policy([], max_attempts=3, max_total_retries=4))
+        result = J.judge_outputs(
+            out_path,
+            ref_path,
+            judge,
+            tmp_path / "run",
+            annotator=pairwise_v1(),
+            retry=fast_policy([], max_attempts=3, max_total_retries=4),
+        )
         assert server.count() == len(references) + 4 == result.stats.requests
     assert all(a["preference"] is None for a in result.annotations)
     reasons = [a["null_reason"] for a in result.annotations]
@@ -298,17 +384,36 @@ def test_total_retry_budget_bounds_the_run(tmp_path):
 def test_unauthorized_stops_the_run_at_once_and_redacts_the_key(tmp_path, monkeypatch, capsys, caplog):
     references = synthetic_references(5)
     ref_path, out_path, _ = write_pair(tmp_path, references)
-    with FakeJudgeServer([r["instruction"] for r in references],
-                         {r["instruction"]: ["401"] * 3 for r in references}) as server:
+    with FakeJudgeServer(
+        [r["instruction"] for r in references], {r["instruction"]: ["401"] * 3 for r in references}
+    ) as server:
         judge = J.OpenAIChatJudge(server.base_url, "fake-judge", api_key=API_KEY, timeout=CLIENT_TIMEOUT_S)
         with pytest.raises(J.JudgeFatalError, match="HTTP 401") as info:
-            J.judge_outputs(out_path, ref_path, judge, tmp_path / "lib", annotator=pairwise_v1(), retry=fast_policy([]))
+            J.judge_outputs(
+                out_path, ref_path, judge, tmp_path / "lib", annotator=pairwise_v1(), retry=fast_policy([])
+            )
         assert server.count() == 1 and API_KEY not in str(info.value) and "[REDACTED]" in str(info.value)
 
         monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
         with caplog.at_level(logging.DEBUG):
-            rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--base-url", server.base_url,
-                       "--model", "fake-judge", "--out", str(tmp_path / "cli"), "--workers", "1"])
+            rc = main(
+                [
+                    "judge",
+                    "--annotator",
+                    "symnoise_pairwise_v1",
+                    str(out_path),
+                    "--reference",
+                    str(ref_path),
+                    "--base-url",
+                    server.base_url,
+                    "--model",
+                    "fake-judge",
+                    "--out",
+                    str(tmp_path / "cli"),
+                    "--workers",
+                    "1",
+                ]
+            )
         assert server.count() == 2
     err = capsys.readouterr().err
     assert rc == 1 and "HTTP 401" in err and "API key" in err
@@ -325,8 +430,24 @@ def test_api_key_appears_in_no_file_and_no_log(tmp_path, monkeypatch, capsys, ca
     with FakeJudgeServer(ins, plan) as server:
         monkeypatch.setenv("SYMNOISE_JUDGE_BASE_URL", server.base_url)
         with caplog.at_level(logging.DEBUG):
-            rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--out", str(tmp_path / "out"),
-                       "--max-retries", "3", "--backoff", "0.001", "--timeout", str(CLIENT_TIMEOUT_S)])
+            rc = main(
+                [
+                    "judge",
+                    "--annotator",
+                    "symnoise_pairwise_v1",
+                    str(out_path),
+                    "--reference",
+                    str(ref_path),
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--max-retries",
+                    "3",
+                    "--backoff",
+                    "0.001",
+                    "--timeout",
+                    str(CLIENT_TIMEOUT_S),
+                ]
+            )
         assert server.auth == {f"Bearer {API_KEY}"}  # the key was really sent, so there was something to leak
     captured = capsys.readouterr()
     assert rc == 3 and "win_rate" in captured.out and "n_null 1" in captured.out  # one example has no verdict
@@ -338,7 +459,9 @@ def test_api_key_appears_in_no_file_and_no_log(tmp_path, monkeypatch, capsys, ca
     for path in files:
         assert API_KEY.encode() not in path.read_bytes(), path
     annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
-    assert [a["preference"] for a in annotations] == [None if i == 3 else expected[x] for i, x in enumerate(ins)]
+    assert [a["preference"] for a in annotations] == [
+        None if i == 3 else expected[x] for i, x in enumerate(ins)
+    ]
 
 
 def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
@@ -348,8 +471,25 @@ def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
     out_dir, k = tmp_path / "out", 4
     env = {**os.environ, "SYMNOISE_JUDGE_API_KEY": API_KEY, "PYTHONPATH": str(Path(J.__file__).parents[2])}
     with FakeJudgeServer(ins, hang_after=k) as server:
-        cmd = [sys.executable, "-m", "symnoise.cli.main", "judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path),
-               "--base-url", server.base_url, "--model", "fake-judge", "--out", str(out_dir), "--workers", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "symnoise.cli.main",
+            "judge",
+            "--annotator",
+            "symnoise_pairwise_v1",
+            str(out_path),
+            "--reference",
+            str(ref_path),
+            "--base-url",
+            server.base_url,
+            "--model",
+            "fake-judge",
+            "--out",
+            str(out_dir),
+            "--workers",
+            "1",
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 30
@@ -373,8 +513,24 @@ def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
         server.hang_after = None
         monkeypatch.setenv("SYMNOISE_JUDGE_API_KEY", API_KEY)
         before = server.count()
-        rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--base-url", server.base_url,
-                   "--model", "fake-judge", "--out", str(out_dir), "--workers", "2"])
+        rc = main(
+            [
+                "judge",
+                "--annotator",
+                "symnoise_pairwise_v1",
+                str(out_path),
+                "--reference",
+                str(ref_path),
+                "--base-url",
+                server.base_url,
+                "--model",
+                "fake-judge",
+                "--out",
+                str(out_dir),
+                "--workers",
+                "2",
+            ]
+        )
         assert rc == 0
         assert server.count() - before == len(ins) - k
         assert server.verdicts == Counter({i: 1 for i in ins})  # every example paid for exactly once
@@ -382,8 +538,10 @@ def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
     assert [a["preference"] for a in annotations] == [expected[i] for i in ins]
     out = capsys.readouterr()
     assert f"cached {k}" in out.err and "n_null 0" in out.out
-    print(f"\nresume: killed after {k} verdicts, re-run requests {server.count() - before}, "
-          f"total verdicts {sum(server.verdicts.values())}")
+    print(
+        f"\nresume: killed after {k} verdicts, re-run requests {server.count() - before}, "
+        f"total verdicts {sum(server.verdicts.values())}"
+    )
 
 
 def test_bad_input_is_rejected_before_any_request(tmp_path, monkeypatch, capsys):
@@ -395,7 +553,10 @@ def test_bad_input_is_rejected_before_any_request(tmp_path, monkeypatch, capsys)
         "dict.json": ({"instruction": "x"}, "expected a JSON list"),
         "nofield.json": ([rows[0], {"instruction": rows[1]["instruction"]}], "row 1 has no field 'output'"),
         "number.json": ([rows[0], rows[1], {**rows[2], "output": 3}], "row 2 field 'output' is int"),
-        "unknown.json": ([rows[0], {**rows[1], "instruction": "Never asked"}], "no reference output: 'Never asked'"),
+        "unknown.json": (
+            [rows[0], {**rows[1], "instruction": "Never asked"}],
+            "no reference output: 'Never asked'",
+        ),
         "broken.json": ("[{", "not valid JSON"),
     }
     monkeypatch.setenv("SYMNOISE_JUDGE_API_KEY", API_KEY)
@@ -407,12 +568,38 @@ def test_bad_input_is_rejected_before_any_request(tmp_path, monkeypatch, capsys)
             with pytest.raises(J.JudgeInputError, match=re.escape(message)) as info:
                 J.load_examples(path, ref_path)
             assert str(path) in str(info.value)
-            rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(path), "--reference", str(ref_path), "--base-url", server.base_url,
-                       "--model", "fake-judge", "--out", str(tmp_path / "out")])
+            rc = main(
+                [
+                    "judge",
+                    "--annotator",
+                    "symnoise_pairwise_v1",
+                    str(path),
+                    "--reference",
+                    str(ref_path),
+                    "--base-url",
+                    server.base_url,
+                    "--model",
+                    "fake-judge",
+                    "--out",
+                    str(tmp_path / "out"),
+                ]
+            )
             err = capsys.readouterr().err
             assert rc == 2 and message in err and str(path) in err
-        rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--data-dir", str(tmp_path / "nowhere"), "--base-url", server.base_url,
-                   "--model", "fake-judge"])
+        rc = main(
+            [
+                "judge",
+                "--annotator",
+                "symnoise_pairwise_v1",
+                str(out_path),
+                "--data-dir",
+                str(tmp_path / "nowhere"),
+                "--base-url",
+                server.base_url,
+                "--model",
+                "fake-judge",
+            ]
+        )
         assert rc == 2 and "--reference" in capsys.readouterr().err
         assert server.count() == 0
 
@@ -424,17 +611,52 @@ def test_cli_finds_the_default_reference_and_honours_limit(tmp_path, shared_data
     references = real_references(shared_data, 3)
     rows = json.loads(outputs.read_text())[:3]
     with FakeJudgeServer([r["instruction"] for r in rows]) as server:
-        rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(outputs), "--data-dir", str(shared_data), "--limit", "3", "--base-url",
-                   server.base_url, "--model", "fake-judge", "--out", str(tmp_path / "out"), "--seed", "7"])
+        rc = main(
+            [
+                "judge",
+                "--annotator",
+                "symnoise_pairwise_v1",
+                str(outputs),
+                "--data-dir",
+                str(shared_data),
+                "--limit",
+                "3",
+                "--base-url",
+                server.base_url,
+                "--model",
+                "fake-judge",
+                "--out",
+                str(tmp_path / "out"),
+                "--seed",
+                "7",
+            ]
+        )
         assert rc == 0 and server.count() == 3
     annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
     assert [a["output_1"] for a in annotations] == [r["output"] for r in references]
     assert [a["output_2"] for a in annotations] == [r["output"] for r in rows]
     # the fake judge always answers "Output (a)" here (no marker), so the model wins exactly when shown first
-    assert [a["preference"] for a in annotations] == [2 if J.model_shown_first(7, r["instruction"]) else 1
-                                                      for r in rows]
+    assert [a["preference"] for a in annotations] == [
+        2 if J.model_shown_first(7, r["instruction"]) else 1 for r in rows
+    ]
     assert "n_total 3" in capsys.readouterr().out
-    assert main(["judge", "--annotator", "symnoise_pairwise_v1", str(outputs), "--limit", "0", "--model", "m", "--base-url", server.base_url]) == 2
+    assert (
+        main(
+            [
+                "judge",
+                "--annotator",
+                "symnoise_pairwise_v1",
+                str(outputs),
+                "--limit",
+                "0",
+                "--model",
+                "m",
+                "--base-url",
+                server.base_url,
+            ]
+        )
+        == 2
+    )
 
 
 # ------------------------------------------------------------------------------------------ other judges
@@ -456,7 +678,9 @@ def test_hf_judge_plumbing_yields_judged_or_null(tmp_path, tiny_tokenizer):
     for a in result.annotations:
         assert isinstance(a["raw_completion"], str) and a["judge"] == f"hf:{folder}"
         assert a["annotator"] == PAIRWISE_V1
-        assert a["preference"] in (1, 2) or (a["preference"] is None and a["null_reason"] == "unparsable verdict")
+        assert a["preference"] in (1, 2) or (
+            a["preference"] is None and a["null_reason"] == "unparsable verdict"
+        )
 
     def no_more_calls(messages):
         raise AssertionError("a cached verdict was asked again")
@@ -479,8 +703,12 @@ def spied_hf_judge(tokenizer, max_new_tokens: int = 4):
     """An HFJudge on a tiny Llama with JUDGE_POSITIONS positions recording the messages and ids given to the model."""
     from conftest import make_tiny_model
 
-    judge = J.HFJudge("tiny-judge", model=make_tiny_model("llama", max_position_embeddings=JUDGE_POSITIONS),
-                      tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    judge = J.HFJudge(
+        "tiny-judge",
+        model=make_tiny_model("llama", max_position_embeddings=JUDGE_POSITIONS),
+        tokenizer=tokenizer,
+        max_new_tokens=max_new_tokens,
+    )
     seen = {"messages": [], "input_ids": []}
     complete, generate = judge.complete, judge.model.generate
 
@@ -518,7 +746,10 @@ def test_hf_judge_context_is_the_smaller_known_limit(tiny_tokenizer):
     assert J.context_length(SimpleNamespace(model_max_length=128), model(256)) == 128
     assert J.context_length(SimpleNamespace(model_max_length=4096), model(2048)) == 2048
     assert J.context_length(SimpleNamespace(model_max_length=int(1e30)), SimpleNamespace()) is None
-    assert J.context_length(SimpleNamespace(model_max_length=512), SimpleNamespace(config=SimpleNamespace())) == 512
+    assert (
+        J.context_length(SimpleNamespace(model_max_length=512), SimpleNamespace(config=SimpleNamespace()))
+        == 512
+    )
 
 
 def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_tokenizer):
@@ -530,49 +761,68 @@ def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_t
     uneven = example("Task 2: " + long_text("j", 5), "A short reference.", long_text("u", 500))
     examples = [short, long, uneven]
     full = [judge.prompt_tokens(J.build_messages(ex.instruction, *shown(ex))) for ex in examples]
-    assert full[0] + 4 <= JUDGE_POSITIONS and full[1] > 1000 and full[2] > 1000  # only the last two must be cut
+    assert (
+        full[0] + 4 <= JUDGE_POSITIONS and full[1] > 1000 and full[2] > 1000
+    )  # only the last two must be cut
 
-    annotations, stats = J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"),
-                                         annotator=pairwise_v1(), max_reasks=0)
+    annotations, stats = J.judge_examples(
+        examples, judge, JudgmentCache(tmp_path / "cache.jsonl"), annotator=pairwise_v1(), max_reasks=0
+    )
     assert stats.requests == 3 and stats.failed == 0 and stats.truncated == 2
     for ids in seen["input_ids"]:
         assert len(ids) + judge.max_new_tokens <= JUDGE_POSITIONS  # the prompt fits, with room to answer
 
     # A short example is shown byte for byte as built, and recorded as not truncated.
     assert seen["messages"][0] == J.build_messages(short.instruction, *shown(short))
-    assert seen["input_ids"][0] == tiny_tokenizer(judge._prompt(J.build_messages(short.instruction,
-                                                                                  *shown(short))))["input_ids"]
+    assert (
+        seen["input_ids"][0]
+        == tiny_tokenizer(judge._prompt(J.build_messages(short.instruction, *shown(short))))["input_ids"]
+    )
     assert annotations[0]["prompt_truncated"] is None
 
     # The long one: instruction and template whole, both outputs cut from their ends to the same allowance.
     user = seen["messages"][1][1]["content"]
     assert seen["messages"][1][0]["content"] == J.SYSTEM_PROMPT
-    body = re.fullmatch(r"Which response follows the instruction better\?\n\n## Instruction\n(.*)\n\n"
-                        r"## Output \(a\)\n(.*)\n\n## Output \(b\)\n(.*)\n\n"
-                        r'Reply with exactly "Output \(a\)" or "Output \(b\)" and nothing else\.', user, re.S)
+    body = re.fullmatch(
+        r"Which response follows the instruction better\?\n\n## Instruction\n(.*)\n\n"
+        r"## Output \(a\)\n(.*)\n\n## Output \(b\)\n(.*)\n\n"
+        r'Reply with exactly "Output \(a\)" or "Output \(b\)" and nothing else\.',
+        user,
+        re.S,
+    )
     assert body and body.group(1) == instruction
     for kept, original in zip(body.group(2, 3), shown(long), strict=True):
         assert 0 < len(kept) < len(original) and original.startswith(kept)
     cut = annotations[1]["prompt_truncated"]
     assert cut["context_tokens"] == JUDGE_POSITIONS and cut["max_new_tokens"] == 4
     assert cut["prompt_tokens"][0] == full[1]
-    assert JUDGE_POSITIONS - 4 - 10 <= cut["prompt_tokens"][1] == len(seen["input_ids"][1]) <= JUDGE_POSITIONS - 4
+    assert (
+        JUDGE_POSITIONS - 4 - 10
+        <= cut["prompt_tokens"][1]
+        == len(seen["input_ids"][1])
+        <= JUDGE_POSITIONS - 4
+    )
     (ref_before, ref_after), (out_before, out_after) = cut["output_1_tokens"], cut["output_2_tokens"]
     assert ref_before > out_before > ref_after == out_after > 20  # evenly: the same number of tokens kept
     assert ref_before == len(tiny_tokenizer(long.reference, add_special_tokens=False)["input_ids"])
-    assert annotations[1]["output_1"] == long.reference and annotations[1]["output_2"] == long.output  # untouched
+    assert (
+        annotations[1]["output_1"] == long.reference and annotations[1]["output_2"] == long.output
+    )  # untouched
 
     # Uneven: the short reference is kept whole and the long output gets the rest of the room.
     user = seen["messages"][2][1]["content"]
     assert "\nA short reference.\n" in user
     cut = annotations[2]["prompt_truncated"]
-    assert cut["output_1_tokens"][0] == cut["output_1_tokens"][1] and cut["output_2_tokens"][1] < cut[
-        "output_2_tokens"][0]
+    assert (
+        cut["output_1_tokens"][0] == cut["output_1_tokens"][1]
+        and cut["output_2_tokens"][1] < cut["output_2_tokens"][0]
+    )
     assert cut["output_2_tokens"][1] > ref_after  # more than the even share of the long pair above
 
     # A re-run takes the verdicts from the cache and still reports which prompts were cut.
-    again, stats = J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"),
-                                         annotator=pairwise_v1(), max_reasks=0)
+    again, stats = J.judge_examples(
+        examples, judge, JudgmentCache(tmp_path / "cache.jsonl"), annotator=pairwise_v1(), max_reasks=0
+    )
     assert stats.cached == 3 and stats.requests == 0 and stats.truncated == 2
     assert [a["prompt_truncated"] for a in again] == [a["prompt_truncated"] for a in annotations]
 
@@ -585,34 +835,74 @@ def test_hf_judge_refuses_an_instruction_that_does_not_fit(tmp_path, tiny_tokeni
 
     judge, seen = spied_hf_judge(tiny_tokenizer)
     examples = [example("Task 0: say hi.", "Hi.", "Hello!"), example(long_text("x", 300), "Ok.", "Fine.")]
-    with pytest.raises(J.JudgeInputError, match=r"example 1 \(row 1 of the outputs\): the judge prompt is \d+ "
-                       r"tokens without the two outputs \(the instruction alone \d+\) and 4 tokens must be "
-                       r"generated, but the judge hf:tiny-judge has a context of 512 tokens"):
-        J.judge_examples(examples, judge, JudgmentCache(tmp_path / "cache.jsonl"),
-                                         annotator=pairwise_v1(), max_reasks=0)
+    with pytest.raises(
+        J.JudgeInputError,
+        match=r"example 1 \(row 1 of the outputs\): the judge prompt is \d+ "
+        r"tokens without the two outputs \(the instruction alone \d+\) and 4 tokens must be "
+        r"generated, but the judge hf:tiny-judge has a context of 512 tokens",
+    ):
+        J.judge_examples(
+            examples, judge, JudgmentCache(tmp_path / "cache.jsonl"), annotator=pairwise_v1(), max_reasks=0
+        )
     assert len(seen["input_ids"]) <= 1  # the long instruction never reached the model
 
     folder = tmp_path / "tiny-judge"
     make_tiny_model("llama", max_position_embeddings=JUDGE_POSITIONS).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     ref_path, out_path = tmp_path / "reference.jsonl", tmp_path / "model_outputs.json"
-    ref_path.write_text("".join(json.dumps({"instruction": ex.instruction, "output": ex.reference}) + "\n"
-                                for ex in examples), encoding="utf-8")
+    ref_path.write_text(
+        "".join(
+            json.dumps({"instruction": ex.instruction, "output": ex.reference}) + "\n" for ex in examples
+        ),
+        encoding="utf-8",
+    )
     out_path.write_text(json.dumps([{"instruction": ex.instruction, "output": ex.output} for ex in examples]))
-    rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--judge", "hf", "--model", str(folder),
-               "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "judge",
+            "--annotator",
+            "symnoise_pairwise_v1",
+            str(out_path),
+            "--reference",
+            str(ref_path),
+            "--judge",
+            "hf",
+            "--model",
+            str(folder),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 2 and "example 1 (row 1 of the outputs)" in capsys.readouterr().err
 
     # Long outputs instead: judged, and the CLI says how many prompts were cut.
     long = example("Task 9: say more.", long_text("r", 300), long_text("m", 300))
     ref_path.write_text(json.dumps({"instruction": long.instruction, "output": long.reference}) + "\n")
     out_path.write_text(json.dumps([{"instruction": long.instruction, "output": long.output}]))
-    rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--judge", "hf", "--model", str(folder),
-               "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "judge",
+            "--annotator",
+            "symnoise_pairwise_v1",
+            str(out_path),
+            "--reference",
+            str(ref_path),
+            "--judge",
+            "hf",
+            "--model",
+            str(folder),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert "1 judge prompt(s) had outputs shortened" in capsys.readouterr().err
     (annotation,) = json.loads((tmp_path / "run" / J.ANNOTATIONS_FILENAME).read_text())
-    assert rc == (0 if annotation["preference"] is not None else 3)  # 3: the tiny judge's answer was unparsable
-    assert annotation["prompt_truncated"]["prompt_tokens"][1] <= JUDGE_POSITIONS - 12  # the CLI's 12 new tokens
+    assert rc == (
+        0 if annotation["preference"] is not None else 3
+    )  # 3: the tiny judge's answer was unparsable
+    assert (
+        annotation["prompt_truncated"]["prompt_tokens"][1] <= JUDGE_POSITIONS - 12
+    )  # the CLI's 12 new tokens
 
 
 def test_alpaca_eval_judge_without_the_package_says_how_to_install(tmp_path, capsys, monkeypatch):
@@ -624,5 +914,16 @@ def test_alpaca_eval_judge_without_the_package_says_how_to_install(tmp_path, cap
     with pytest.raises(J.JudgeFatalError, match="pip install alpaca-eval"):
         J.AlpacaEvalJudge()
     ref_path, out_path, _ = write_pair(tmp_path, synthetic_references(2))
-    rc = main(["judge", "--annotator", "symnoise_pairwise_v1", str(out_path), "--reference", str(ref_path), "--judge", "alpaca_eval"])
+    rc = main(
+        [
+            "judge",
+            "--annotator",
+            "symnoise_pairwise_v1",
+            str(out_path),
+            "--reference",
+            str(ref_path),
+            "--judge",
+            "alpaca_eval",
+        ]
+    )
     assert rc == 1 and "pip install alpaca-eval" in capsys.readouterr().err

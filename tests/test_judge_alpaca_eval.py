@@ -33,7 +33,10 @@ from symnoise.evaluation.judge_cache import JudgmentCache
 
 pytest.importorskip("alpaca_eval")
 
-REPLAYABLE = ["alpaca-7b-neft", "llama-2-chat-7b-evol70k-neft"]  # the published files that carry raw_completion
+REPLAYABLE = [
+    "alpaca-7b-neft",
+    "llama-2-chat-7b-evol70k-neft",
+]  # the published files that carry raw_completion
 FULL = os.environ.get("SYMNOISE_FULL_REPLAY") == "1"
 SUBSET = 60
 API_KEY = "sk-replay-NOT-A-REAL-KEY-5521"
@@ -61,10 +64,21 @@ class ChatServer(LocalServer):
 
 def chat_response(content: str | None = None, **message) -> dict:
     """A chat.completion body (with usage, which the openai client of alpaca_eval reads)."""
-    return {"id": "r", "object": "chat.completion", "created": 0, "model": "gpt-4",
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": message.pop("logprobs", None),
-                         "message": {"role": "assistant", "content": content, **message}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return {
+        "id": "r",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": message.pop("logprobs", None),
+                "message": {"role": "assistant", "content": content, **message},
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 def user_content(body: dict) -> str:
@@ -97,17 +111,31 @@ def _offline_and_clean(monkeypatch):
 
 
 def published(shared_data: Path, name: str) -> list[dict]:
-    return json.loads((shared_data / "alpaca_eval" / "annotations_alpaca_eval_gpt4" / f"{name}.json").read_text())
+    return json.loads(
+        (shared_data / "alpaca_eval" / "annotations_alpaca_eval_gpt4" / f"{name}.json").read_text()
+    )
 
 
 def write_model_outputs(path: Path, rows: list[dict]) -> Path:
-    path.write_text(json.dumps([{"instruction": r["instruction"], "output": r["output_2"],
-                                 "generator": r["generator_2"], "dataset": r["dataset"]} for r in rows]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "instruction": r["instruction"],
+                    "output": r["output_2"],
+                    "generator": r["generator_2"],
+                    "dataset": r["dataset"],
+                }
+                for r in rows
+            ]
+        )
+    )
     return path
 
 
 def same_preference(ours, theirs) -> bool:
     """Equal preferences, reading alpaca_eval's old tie 0 as its current 1.5 and NaN as null."""
+
     def norm(p):
         if p is None or (isinstance(p, float) and math.isnan(p)):
             return None
@@ -118,8 +146,13 @@ def same_preference(ours, theirs) -> bool:
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     src = str(Path(J.__file__).parents[2])
-    return subprocess.run([sys.executable, "-m", "symnoise", "judge", *args], capture_output=True, text=True,
-                          env={**os.environ, **env, "PYTHONPATH": src}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "symnoise", "judge", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "PYTHONPATH": src},
+        timeout=600,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ replay
@@ -127,11 +160,14 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REPLAYABLE)
-def test_replayed_completions_give_the_published_preferences_and_win_rate(shared_data, tmp_path, name, monkeypatch,
-                                                                         capsys):
+def test_replayed_completions_give_the_published_preferences_and_win_rate(
+    shared_data, tmp_path, name, monkeypatch, capsys
+):
     rows = published(shared_data, name)
     if not FULL:
-        rows = rows[:SUBSET] + [r for r in rows[SUBSET:] if r["preference"] is None]  # keep the published nulls
+        rows = rows[:SUBSET] + [
+            r for r in rows[SUBSET:] if r["preference"] is None
+        ]  # keep the published nulls
     outputs = write_model_outputs(tmp_path / f"{name}.json", rows)
     args = [str(outputs), "--data-dir", str(shared_data), "--out", str(tmp_path / "out"), "--workers", "4"]
     with ChatServer(replay_answer(rows)) as server:
@@ -148,28 +184,39 @@ def test_replayed_completions_give_the_published_preferences_and_win_rate(shared
     annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
     metrics = json.loads((tmp_path / "out" / J.METRICS_FILENAME).read_text())
     assert [a["instruction"] for a in annotations] == [r["instruction"] for r in rows]
-    mismatches = [(a["instruction"][:40], a["preference"], r["preference"])
-                  for a, r in zip(annotations, rows, strict=True) if not same_preference(a["preference"],
-                                                                                         r["preference"])]
+    mismatches = [
+        (a["instruction"][:40], a["preference"], r["preference"])
+        for a, r in zip(annotations, rows, strict=True)
+        if not same_preference(a["preference"], r["preference"])
+    ]
     assert mismatches == []
     expected = J._win_rate_metrics([r["preference"] for r in rows])
     for key in ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "n_null"):
         assert metrics[key] == expected[key], key
     assert metrics["annotator"] == "alpaca_eval_gpt4" and metrics["judge"] == "openai:gpt-4"
     n_null = sum(r["preference"] is None for r in rows)
-    assert n_requests == len(rows) + 2 * n_null  # a null is asked twice more (--max-reasks 2), all others once
+    assert (
+        n_requests == len(rows) + 2 * n_null
+    )  # a null is asked twice more (--max-reasks 2), all others once
     assert rc == (3 if n_null else 0), err
     if n_null:
-        assert f"incomplete: {n_null} of {len(rows)} examples have no verdict (unparsable {n_null}, failed 0)" in err
+        assert (
+            f"incomplete: {n_null} of {len(rows)} examples have no verdict (unparsable {n_null}, failed 0)"
+            in err
+        )
     if FULL:
-        board = shared_data / "alpaca_eval" / "leaderboards" / "AlpacaEval_1" / "alpaca_eval_gpt4_leaderboard.csv"
+        board = (
+            shared_data / "alpaca_eval" / "leaderboards" / "AlpacaEval_1" / "alpaca_eval_gpt4_leaderboard.csv"
+        )
         import csv
 
         with board.open() as handle:
             row = {r[""]: r for r in csv.DictReader(handle)}[name]
         assert metrics["win_rate"] == pytest.approx(float(row["win_rate"]), abs=1e-12)
-    print(f"\nreplay {name}: {len(rows)} rows, requests {n_requests}, win_rate {metrics['win_rate']:.4f}, "
-          f"n_null {metrics['n_null']}, mismatches {len(mismatches)}")
+    print(
+        f"\nreplay {name}: {len(rows)} rows, requests {n_requests}, win_rate {metrics['win_rate']:.4f}, "
+        f"n_null {metrics['n_null']}, mismatches {len(mismatches)}"
+    )
 
 
 # ------------------------------------------------------------------------- same requests as alpaca_eval
@@ -182,21 +229,31 @@ def package_annotate(annotator: str, rows: list[dict], base_url: str, monkeypatc
     monkeypatch.setenv("OPENAI_BASE_URL", base_url)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     package = PairwiseAnnotator(annotators_config=annotator, caching_path=None, seed=0)
-    outputs_1 = [{"instruction": r["instruction"], "output": r["output_1"], "generator": r["generator_1"]}
-                 for r in rows]
-    outputs_2 = [{"instruction": r["instruction"], "output": r["output_2"], "generator": r["generator_2"]}
-                 for r in rows]
+    outputs_1 = [
+        {"instruction": r["instruction"], "output": r["output_1"], "generator": r["generator_1"]}
+        for r in rows
+    ]
+    outputs_2 = [
+        {"instruction": r["instruction"], "output": r["output_2"], "generator": r["generator_2"]}
+        for r in rows
+    ]
     return package.annotate_head2head(outputs_1=outputs_1, outputs_2=outputs_2, is_ordered=True)
 
 
 def symnoise_annotate(annotator: str, rows: list[dict], base_url: str, tmp_path: Path) -> list[dict]:
     spec = A.load_annotator(annotator)
-    judge = J.OpenAIChatJudge(base_url, spec.model, api_key=API_KEY, params=spec.request_params,
-                              return_choice=spec.wants_choice)
-    examples = [J.Example(r["instruction"], r["output_1"], r["output_2"], r["generator_1"], r["generator_2"],
-                          r["dataset"]) for r in rows]
-    annotations, _ = J.judge_examples(examples, judge, JudgmentCache(tmp_path / f"{annotator}.jsonl"),
-                                      annotator=spec, workers=2)
+    judge = J.OpenAIChatJudge(
+        base_url, spec.model, api_key=API_KEY, params=spec.request_params, return_choice=spec.wants_choice
+    )
+    examples = [
+        J.Example(
+            r["instruction"], r["output_1"], r["output_2"], r["generator_1"], r["generator_2"], r["dataset"]
+        )
+        for r in rows
+    ]
+    annotations, _ = J.judge_examples(
+        examples, judge, JudgmentCache(tmp_path / f"{annotator}.jsonl"), annotator=spec, workers=2
+    )
     return annotations
 
 
@@ -216,7 +273,9 @@ def assert_same_requests_and_preferences(annotator: str, rows: list[dict], answe
         server.bodies.clear()
         ours = symnoise_annotate(annotator, rows, server.base_url, tmp_path)
         our_bodies = by_instruction(server.bodies, instructions)
-        assert len(server.bodies) == n_theirs  # the same requests, no more (identical rows: none on either side)
+        assert (
+            len(server.bodies) == n_theirs
+        )  # the same requests, no more (identical rows: none on either side)
     assert set(our_bodies) == set(their_bodies) and len(our_bodies) > 0
     for instruction, body in their_bodies.items():
         assert our_bodies[instruction]["messages"] == body["messages"]  # the prompt, character for character
@@ -229,8 +288,9 @@ def assert_same_requests_and_preferences(annotator: str, rows: list[dict], answe
 
 def test_requests_and_preferences_equal_the_alpaca_eval_package_gpt4(shared_data, tmp_path, monkeypatch):
     rows = published(shared_data, "alpaca-7b-neft")[:16]
-    ours, bodies = assert_same_requests_and_preferences("alpaca_eval_gpt4", rows, replay_answer(rows), tmp_path,
-                                                        monkeypatch)
+    ours, bodies = assert_same_requests_and_preferences(
+        "alpaca_eval_gpt4", rows, replay_answer(rows), tmp_path, monkeypatch
+    )
     assert {a["model_shown_first"] for a in ours} == {True, False}  # both orders occurred
     body = next(iter(bodies.values()))
     assert body["model"] == "gpt-4" and body["max_tokens"] == 100 and body["temperature"] == 0
@@ -244,8 +304,11 @@ def test_chatgpt_fn_tool_call_requests_equal_the_package(shared_data, tmp_path, 
 
     def answer(body):  # a judge that prefers the shown output (b) for even-length instructions, else (a)
         pick = "Output (b)" if len(instruction_of(body, instructions)) % 2 == 0 else "Output (a)"
-        call = {"id": "c", "type": "function",
-                "function": {"name": "print_best_model", "arguments": json.dumps({"best_output": pick})}}
+        call = {
+            "id": "c",
+            "type": "function",
+            "function": {"name": "print_best_model", "arguments": json.dumps({"best_output": pick})},
+        }
         return 200, chat_response(None, tool_calls=[call])
 
     ours, bodies = assert_same_requests_and_preferences("chatgpt_fn", rows, answer, tmp_path, monkeypatch)
@@ -260,8 +323,10 @@ def test_weighted_gpt4_turbo_logprob_preferences_equal_the_package(shared_data, 
 
     def answer(body):  # P(first shown better) depends on the instruction, so every row gets its own value
         p_m = 0.05 + 0.9 * (len(instruction_of(body, instructions)) % 17) / 16
-        top = [{"token": "m", "logprob": math.log(p_m), "bytes": None},
-               {"token": "M", "logprob": math.log(1 - p_m), "bytes": None}]
+        top = [
+            {"token": "m", "logprob": math.log(p_m), "bytes": None},
+            {"token": "M", "logprob": math.log(1 - p_m), "bytes": None},
+        ]
         logprobs = {"content": [{"token": "m", "logprob": math.log(p_m), "bytes": None, "top_logprobs": top}]}
         return 200, chat_response("m", logprobs=logprobs)
 
@@ -276,14 +341,35 @@ def test_weighted_gpt4_turbo_logprob_preferences_equal_the_package(shared_data, 
 
 def test_identical_outputs_are_draws_without_a_request(shared_data, tmp_path):
     folder = shared_data / "alpaca_eval" / "annotations_alpaca_eval_gpt4"
-    rows = [r for path in sorted(folder.glob("*.json")) for r in json.loads(path.read_text())
-            if r["output_1"] == r["output_2"]]
-    draws = [r for path in sorted(folder.glob("*.json")) for r in json.loads(path.read_text()) if r["preference"] == 0]
-    assert len(rows) == len(draws) == 103 and {r["preference"] for r in rows} == {0}  # each draw is such a row
+    rows = [
+        r
+        for path in sorted(folder.glob("*.json"))
+        for r in json.loads(path.read_text())
+        if r["output_1"] == r["output_2"]
+    ]
+    draws = [
+        r
+        for path in sorted(folder.glob("*.json"))
+        for r in json.loads(path.read_text())
+        if r["preference"] == 0
+    ]
+    assert len(rows) == len(draws) == 103 and {r["preference"] for r in rows} == {
+        0
+    }  # each draw is such a row
     outputs = write_model_outputs(tmp_path / "identical.json", rows)
     with ChatServer(lambda body: (500, {"error": {"message": "must not be asked"}})) as server:
-        rc = main(["judge", str(outputs), "--data-dir", str(shared_data), "--base-url", server.base_url,
-                   "--out", str(tmp_path / "out")])
+        rc = main(
+            [
+                "judge",
+                str(outputs),
+                "--data-dir",
+                str(shared_data),
+                "--base-url",
+                server.base_url,
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
         assert server.bodies == []
     annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
     assert rc == 0 and [a["preference"] for a in annotations] == [1.5] * 103
@@ -291,9 +377,13 @@ def test_identical_outputs_are_draws_without_a_request(shared_data, tmp_path):
 
 
 def synthetic(tmp_path: Path, n: int) -> tuple[Path, Path]:
-    refs = [{"instruction": f"Task {i}: name a colour.", "output": f"Blue {i}.", "generator": "ref"}
-            for i in range(n)]
-    outs = [{"instruction": r["instruction"], "output": f"Red {i}.", "generator": "m"} for i, r in enumerate(refs)]
+    refs = [
+        {"instruction": f"Task {i}: name a colour.", "output": f"Blue {i}.", "generator": "ref"}
+        for i in range(n)
+    ]
+    outs = [
+        {"instruction": r["instruction"], "output": f"Red {i}.", "generator": "m"} for i, r in enumerate(refs)
+    ]
     ref_path, out_path = tmp_path / "ref.jsonl", tmp_path / "outputs.json"
     ref_path.write_text("".join(json.dumps(r) + "\n" for r in refs))
     out_path.write_text(json.dumps(outs))
@@ -303,8 +393,22 @@ def synthetic(tmp_path: Path, n: int) -> tuple[Path, Path]:
 def test_a_run_where_every_request_fails_exits_non_zero_with_counts(tmp_path, capsys):
     ref_path, out_path = synthetic(tmp_path, 5)
     with ChatServer(lambda body: (500, {"error": {"message": "down"}})) as server:
-        rc = main(["judge", str(out_path), "--reference", str(ref_path), "--base-url", server.base_url,
-                   "--out", str(tmp_path / "out"), "--max-retries", "2", "--backoff", "0"])
+        rc = main(
+            [
+                "judge",
+                str(out_path),
+                "--reference",
+                str(ref_path),
+                "--base-url",
+                server.base_url,
+                "--out",
+                str(tmp_path / "out"),
+                "--max-retries",
+                "2",
+                "--backoff",
+                "0",
+            ]
+        )
         assert len(server.bodies) == 5 * 3
     captured = capsys.readouterr()
     assert rc == 3 and "win_rate n/a" in captured.out
@@ -322,8 +426,18 @@ def test_nulls_are_kept_until_retry_nulls_asks_them_again(tmp_path, capsys):
         undecided = not state["good"] and "Task 1:" in user_content(body) or "Task 4:" in user_content(body)
         return 200, chat_response("I cannot rank these." if undecided else ranking)
 
-    common = ["judge", str(out_path), "--reference", str(ref_path), "--out", str(tmp_path / "out"),
-              "--max-reasks", "1", "--workers", "1"]
+    common = [
+        "judge",
+        str(out_path),
+        "--reference",
+        str(ref_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-reasks",
+        "1",
+        "--workers",
+        "1",
+    ]
     with ChatServer(answer) as server:
         base = common + ["--base-url", server.base_url]
         assert main(base) == 3
@@ -340,8 +454,9 @@ def test_nulls_are_kept_until_retry_nulls_asks_them_again(tmp_path, capsys):
         if i == 4:
             assert a["preference"] is None and a["raw_completion"] == "I cannot rank these."
         else:  # the second shown output won: the model when the reference was shown first
-            assert a["preference"] == (1.0 if spec.is_switched(a["instruction"], a["output_1"], a["output_2"])
-                                       else 2.0)
+            assert a["preference"] == (
+                1.0 if spec.is_switched(a["instruction"], a["output_1"], a["output_2"]) else 2.0
+            )
     cache = JudgmentCache(tmp_path / "out" / J.CACHE_FILENAME)
     assert len(cache) == 6  # re-asked nulls replaced their records (the later line wins)
 
@@ -357,8 +472,23 @@ def test_openai_base_url_and_the_annotators_model_are_used(tmp_path, monkeypatch
         monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
         assert main(["judge", str(out_path), "--reference", str(ref_path), "--out", str(tmp_path / "a")]) == 0
         assert [b["model"] for b in server.bodies] == ["gpt-4", "gpt-4"]
-        assert main(["judge", str(out_path), "--reference", str(ref_path), "--out", str(tmp_path / "b"),
-                     "--model", "o3-mini", "--max-tokens", "2000"]) == 0
+        assert (
+            main(
+                [
+                    "judge",
+                    str(out_path),
+                    "--reference",
+                    str(ref_path),
+                    "--out",
+                    str(tmp_path / "b"),
+                    "--model",
+                    "o3-mini",
+                    "--max-tokens",
+                    "2000",
+                ]
+            )
+            == 0
+        )
         reasoning = server.bodies[-1]
     assert reasoning["model"] == "o3-mini" and reasoning["max_completion_tokens"] == 2000
     assert "max_tokens" not in reasoning and "temperature" not in reasoning and "top_p" not in reasoning
@@ -367,10 +497,22 @@ def test_openai_base_url_and_the_annotators_model_are_used(tmp_path, monkeypatch
             assert API_KEY.encode() not in path.read_bytes()
 
 
-@pytest.mark.parametrize("model, reasoning", [("o1", True), ("o3-mini", True), ("o4-mini-2025-04-16", True),
-                                              ("gpt-5", True), ("gpt-5-mini", True), ("openai/o3", True),
-                                              ("gpt-4", False), ("gpt-4o", False), ("gpt-4-1106-preview", False),
-                                              ("llama-3-70b", False), ("o", False)])
+@pytest.mark.parametrize(
+    "model, reasoning",
+    [
+        ("o1", True),
+        ("o3-mini", True),
+        ("o4-mini-2025-04-16", True),
+        ("gpt-5", True),
+        ("gpt-5-mini", True),
+        ("openai/o3", True),
+        ("gpt-4", False),
+        ("gpt-4o", False),
+        ("gpt-4-1106-preview", False),
+        ("llama-3-70b", False),
+        ("o", False),
+    ],
+)
 def test_reasoning_models_get_max_completion_tokens(model, reasoning):
     body = A.request_body({"max_tokens": 100, "temperature": 0, "top_p": 1.0}, model)
     assert ("max_completion_tokens" in body) == reasoning and ("max_tokens" in body) != reasoning

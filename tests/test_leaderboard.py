@@ -17,7 +17,9 @@ ARC_NUMERIC_ROW = 44  # NYSEDREGENTS_2008_8_34 in ARC-Challenge-Test.jsonl, labe
 
 
 def test_defaults_are_the_leaderboard_settings():
-    shots_and_metric = {name: (t.harness_name, t.num_fewshot, t.metric) for name, t in lb.LEADERBOARD_TASKS.items()}
+    shots_and_metric = {
+        name: (t.harness_name, t.num_fewshot, t.metric) for name, t in lb.LEADERBOARD_TASKS.items()
+    }
     assert shots_and_metric == {
         "arc": ("arc_challenge", 25, "acc_norm"),
         "hellaswag": ("hellaswag", 10, "acc_norm"),
@@ -55,17 +57,24 @@ def test_hellaswag_rows_and_harness_query(shared_data):
     # Harness: "Roof shingle removal" + ": " + "A man is sitting on a roof." + " " + "he".capitalize()
     assert first == {
         "query": "Roof shingle removal: A man is sitting on a roof. He",
-        "choices": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
-                    "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
+        "choices": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
         "gold": 3,
     }
     assert hellaswag_doc(rows[1])["query"] == (
-        "Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. The lady")
+        "Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. The lady"
+    )
 
 
 def test_hellaswag_text_helpers():
     assert preprocess(" [header] How to x [title] Do y [step] z ") == " How to x. Do y z"
-    assert capitalize_continuation("Label: A b. the Lady") == "Label: A b. The lady"  # str.capitalize, as the harness
+    assert (
+        capitalize_continuation("Label: A b. the Lady") == "Label: A b. The lady"
+    )  # str.capitalize, as the harness
     assert capitalize_continuation("Label: A b. Then c") == "Label: A b. Then c"
     assert capitalize_continuation("Label: he runs") == "Label: He runs"
 
@@ -75,7 +84,9 @@ def test_mmlu_rows(shared_data):
     assert len(rows) == 100
     assert rows[0] == {
         "question": "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.",
-        "subject": "abstract_algebra", "choices": ["0", "4", "2", "6"], "answer": 1,
+        "subject": "abstract_algebra",
+        "choices": ["0", "4", "2", "6"],
+        "answer": 1,
     }
 
 
@@ -103,8 +114,12 @@ def test_arc_task_definition(task_manager):
     doc = docs[ARC_NUMERIC_ROW]
     assert task.doc_to_text(doc) == (
         "Question: Which statement best describes the energy changes that occur while a child is riding on a sled "
-        "down a steep, snow-covered hill?\nAnswer:")
-    assert task.doc_to_choice(doc)[task.doc_to_target(doc)] == "Kinetic energy increases and potential energy decreases."
+        "down a steep, snow-covered hill?\nAnswer:"
+    )
+    assert (
+        task.doc_to_choice(doc)[task.doc_to_target(doc)]
+        == "Kinetic energy increases and potential energy decreases."
+    )
     assert task.doc_to_target(docs[0]) == 2
     context = task.fewshot_context(doc=doc, num_fewshot=25)
     assert context.count("Question: ") == 26 and context.endswith(task.doc_to_text(doc))
@@ -129,12 +144,14 @@ def test_mmlu_task_definition(task_manager):
     doc = list(task.test_docs())[0]
     assert task.doc_to_text(doc) == (
         "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
-        "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:")
+        "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:"
+    )
     assert task.doc_to_choice(doc) == ["A", "B", "C", "D"] and task.doc_to_target(doc) == 1
     context = task.fewshot_context(doc=doc, num_fewshot=5)
     assert context.startswith(
         "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
-        "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\nAnswer: B\n\n")
+        "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\nAnswer: B\n\n"
+    )
     assert context.count("\nAnswer:") == 6 and context.endswith(task.doc_to_text(doc))
 
 
@@ -172,7 +189,9 @@ def _gold_continuations(shared_data) -> dict[str, str]:
         gold[doc["query"]] = " " + doc["choices"][doc["gold"]]
     for subject in lb.MMLU_SUBJECTS:
         for row in lb.read_mmlu(shared_data / f"mmlu/test/{subject}_test.csv", subject):
-            options = "".join(f"\n{letter}. {text}" for letter, text in zip("ABCD", row["choices"], strict=True))
+            options = "".join(
+                f"\n{letter}. {text}" for letter, text in zip("ABCD", row["choices"], strict=True)
+            )
             gold[f"{row['question'].strip()}{options}\nAnswer:"] = " " + "ABCD"[row["answer"]]
     return gold
 
@@ -230,7 +249,9 @@ def no_model_load(monkeypatch):
 
 
 def test_bad_input_is_refused_before_loading(no_model_load, shared_data, tmp_path, capsys):
-    assert main(["leaderboard", "org/model", "--tasks", "arc,winogrande", "--data-dir", str(shared_data)]) == 2
+    assert (
+        main(["leaderboard", "org/model", "--tasks", "arc,winogrande", "--data-dir", str(shared_data)]) == 2
+    )
     assert "'winogrande'" in capsys.readouterr().err
     assert main(["leaderboard", "org/model", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "data folder not found" in capsys.readouterr().err
@@ -238,7 +259,12 @@ def test_bad_input_is_refused_before_loading(no_model_load, shared_data, tmp_pat
     assert main(["leaderboard", "org/model", "--tasks", "hellaswag,arc", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "hellaswag/hellaswag_val_full.txt" in err and "arc/ARC-Challenge/ARC-Challenge-Train.jsonl" in err
-    assert main(["leaderboard", str(tmp_path / "no-checkpoint"), "--tasks", "arc", "--data-dir", str(shared_data)]) == 2
+    assert (
+        main(
+            ["leaderboard", str(tmp_path / "no-checkpoint"), "--tasks", "arc", "--data-dir", str(shared_data)]
+        )
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["leaderboard", "org/model", "--online", "--data-dir", str(shared_data)])
@@ -251,20 +277,36 @@ def test_tiny_model_end_to_end(shared_data, tiny_tokenizer, tmp_path, capsys):
     make_tiny_model("llama").save_pretrained(checkpoint)
     tiny_tokenizer.save_pretrained(checkpoint)
     out = tmp_path / "leaderboard.json"
-    argv = ["leaderboard", str(checkpoint), "--data-dir", str(shared_data), "--limit", "4", "--batch-size", "8",
-            "--device", "cpu", "--out", str(out)]
+    argv = [
+        "leaderboard",
+        str(checkpoint),
+        "--data-dir",
+        str(shared_data),
+        "--limit",
+        "4",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     scores = report["tasks"]
     assert [(s["task"], s["n_shot"], s["metric"]) for s in scores.values()] == [
-        ("arc", 25, "acc_norm"), ("hellaswag", 10, "acc_norm"), ("mmlu", 5, "acc")]
+        ("arc", 25, "acc_norm"),
+        ("hellaswag", 10, "acc_norm"),
+        ("mmlu", 5, "acc"),
+    ]
     for s in scores.values():
         assert 0.0 <= s["value"] <= 1.0 and (s["stderr"] is None or s["stderr"] >= 0.0)
     assert scores["arc"]["n_docs"] == scores["hellaswag"]["n_docs"] == 4
     assert all(sub["n_docs"] == 4 and sub["n_shot"] == 5 for sub in scores["mmlu"]["subjects"].values())
     assert scores["mmlu"]["value"] == pytest.approx(
-        sum(sub["value"] for sub in scores["mmlu"]["subjects"].values()) / 57)
+        sum(sub["value"] for sub in scores["mmlu"]["subjects"].values()) / 57
+    )
     assert report["average"] == pytest.approx(sum(s["value"] for s in scores.values()) / 3)
     assert report["mode"] == "offline" and report["limit"] == 4
     assert "average" in printed and f"{100 * report['average']:.2f}" in printed

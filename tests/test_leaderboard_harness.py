@@ -27,7 +27,7 @@ HARNESS_TASKS = Path(lm_eval.__file__).parent / "tasks"
 ABBREVIATION_ITEMS = {
     3471: "must also be u.s. citizens or u.s. nationals.",
     3861: "However, dr. brown's bottles have more parts than traditional baby bottles, so you must be sure to "
-          "fully disassemble it.",
+    "fully disassemble it.",
     7027: "saturday to sunday 9 a.m.-6 p.m. ct.",
     7516: "(e.g. toilet paper and toothpaste) you buy a lot.",
     7878: "from 10 a.m. to 10 p.m., but that can vary based on amtrak train schedules.",
@@ -46,8 +46,11 @@ def test_every_hellaswag_query_is_the_harness_process_docs(hellaswag_rows):
     from lm_eval.tasks.hellaswag.utils import process_docs
 
     theirs = process_docs(datasets.Dataset.from_list(hellaswag_rows))
-    mismatched = [row["ind"] for row, doc in zip(hellaswag_rows, theirs, strict=True)
-                  if hellaswag_doc(row) != {k: doc[k] for k in ("query", "choices", "gold")}]
+    mismatched = [
+        row["ind"]
+        for row, doc in zip(hellaswag_rows, theirs, strict=True)
+        if hellaswag_doc(row) != {k: doc[k] for k in ("query", "choices", "gold")}
+    ]
     assert mismatched == []
 
 
@@ -62,17 +65,31 @@ def test_abbreviations_in_wikihow_contexts_are_not_capitalised(hellaswag_rows):
     assert len(activitynet) == 3236 and len(wikihow) > 6000
     # ActivityNet items: the trailing fragment is capitalised as the harness does ("... on a roof. He").
     assert hellaswag_doc(hellaswag_rows[0])["query"].endswith("on a roof. He")
-    assert split_context("Camel ride: Two people ride. the camel") == ("Camel ride", "Two people ride.", "the camel")
+    assert split_context("Camel ride: Two people ride. the camel") == (
+        "Camel ride",
+        "Two people ride.",
+        "the camel",
+    )
 
 
 # ------------------------------------------------------------------ the official task YAMLs on local files
 
 
-def _official(task_dir: Path, official_yaml: Path, name: str, data_dir: Path, files: dict[str, str],
-              **extra) -> None:
-    config = {"include": str(official_yaml), "task": name, "dataset_path": "json", "dataset_name": None,
-              "dataset_kwargs": {"data_dir": str(data_dir), "data_files": files,
-                                 "cache_dir": str(data_dir / "cache-official")}, **extra}
+def _official(
+    task_dir: Path, official_yaml: Path, name: str, data_dir: Path, files: dict[str, str], **extra
+) -> None:
+    config = {
+        "include": str(official_yaml),
+        "task": name,
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {
+            "data_dir": str(data_dir),
+            "data_files": files,
+            "cache_dir": str(data_dir / "cache-official"),
+        },
+        **extra,
+    }
     (task_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -101,15 +118,35 @@ def managers(shared_data, hellaswag_rows, tmp_path_factory):
     jsonl = ours_dir.parent / "data"
     official_dir = root / "official"
     official_dir.mkdir()
-    _official(official_dir, HARNESS_TASKS / "arc" / "arc_challenge.yaml", "official_arc_challenge", jsonl,
-              {s: f"arc_challenge_{s}.jsonl" for s in ("train", "validation", "test")}, num_fewshot=25)
-    _official(official_dir, HARNESS_TASKS / "hellaswag" / "hellaswag.yaml", "official_hellaswag", jsonl,
-              {"train": "hellaswag_train.jsonl", "validation": "hellaswag.jsonl"}, num_fewshot=10)
+    _official(
+        official_dir,
+        HARNESS_TASKS / "arc" / "arc_challenge.yaml",
+        "official_arc_challenge",
+        jsonl,
+        {s: f"arc_challenge_{s}.jsonl" for s in ("train", "validation", "test")},
+        num_fewshot=25,
+    )
+    _official(
+        official_dir,
+        HARNESS_TASKS / "hellaswag" / "hellaswag.yaml",
+        "official_hellaswag",
+        jsonl,
+        {"train": "hellaswag_train.jsonl", "validation": "hellaswag.jsonl"},
+        num_fewshot=10,
+    )
     for subject in ("abstract_algebra", "high_school_us_history", "virology"):
-        _official(official_dir, HARNESS_TASKS / "mmlu" / "default" / f"mmlu_{subject}.yaml", f"official_mmlu_{subject}",
-                  jsonl, {s: f"mmlu/{subject}_{s}.jsonl" for s in ("dev", "test")}, num_fewshot=5)
-    return (TaskManager(include_path=str(ours_dir), include_defaults=False),
-            TaskManager(include_path=str(official_dir), include_defaults=False))
+        _official(
+            official_dir,
+            HARNESS_TASKS / "mmlu" / "default" / f"mmlu_{subject}.yaml",
+            f"official_mmlu_{subject}",
+            jsonl,
+            {s: f"mmlu/{subject}_{s}.jsonl" for s in ("dev", "test")},
+            num_fewshot=5,
+        )
+    return (
+        TaskManager(include_path=str(ours_dir), include_defaults=False),
+        TaskManager(include_path=str(official_dir), include_defaults=False),
+    )
 
 
 def _load(manager, name):
@@ -120,13 +157,16 @@ def _eval_docs(task):
     return list(task.test_docs() if task.has_test_docs() else task.validation_docs())
 
 
-@pytest.mark.parametrize("ours_name, official_name, shots, sample", [
-    ("symnoise_arc_challenge", "official_arc_challenge", 25, [0, 44, 500, 1171]),
-    ("symnoise_hellaswag", "official_hellaswag", 10, [0, 1673, 3471, 7027, 9678]),
-    ("symnoise_mmlu_abstract_algebra", "official_mmlu_abstract_algebra", 5, [0, 99]),
-    ("symnoise_mmlu_high_school_us_history", "official_mmlu_high_school_us_history", 5, [3, 150]),
-    ("symnoise_mmlu_virology", "official_mmlu_virology", 5, [10]),
-])
+@pytest.mark.parametrize(
+    "ours_name, official_name, shots, sample",
+    [
+        ("symnoise_arc_challenge", "official_arc_challenge", 25, [0, 44, 500, 1171]),
+        ("symnoise_hellaswag", "official_hellaswag", 10, [0, 1673, 3471, 7027, 9678]),
+        ("symnoise_mmlu_abstract_algebra", "official_mmlu_abstract_algebra", 5, [0, 99]),
+        ("symnoise_mmlu_high_school_us_history", "official_mmlu_high_school_us_history", 5, [3, 150]),
+        ("symnoise_mmlu_virology", "official_mmlu_virology", 5, [10]),
+    ],
+)
 def test_contexts_equal_the_harness_official_task(managers, ours_name, official_name, shots, sample):
     ours_manager, official_manager = managers
     ours, official = _load(ours_manager, ours_name), _load(official_manager, official_name)
@@ -145,11 +185,15 @@ def test_contexts_equal_the_harness_official_task(managers, ours_name, official_
 def test_mmlu_is_reported_unweighted_and_size_weighted():
     from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
 
-    subjects = {"a": {"value": 0.5, "stderr": 0.05, "n_docs": 100}, "b": {"value": 0.9, "stderr": 0.02,
-                                                                        "n_docs": 300}}
+    subjects = {
+        "a": {"value": 0.5, "stderr": 0.05, "n_docs": 100},
+        "b": {"value": 0.9, "stderr": 0.02, "n_docs": 300},
+    }
     agg = lb.mmlu_aggregates(subjects)
     assert agg["value"] == pytest.approx(0.7) and agg["size_weighted_value"] == pytest.approx(0.8)
-    assert agg["size_weighted_value"] == aggregate_subtask_metrics([0.5, 0.9], [100, 300], weight_by_size=True)
+    assert agg["size_weighted_value"] == aggregate_subtask_metrics(
+        [0.5, 0.9], [100, 300], weight_by_size=True
+    )
     assert agg["size_weighted_stderr"] == pytest.approx(float(pooled_sample_stderr([0.05, 0.02], [100, 300])))
-    assert agg["stderr"] == pytest.approx((0.05 ** 2 + 0.02 ** 2) ** 0.5 / 2)
+    assert agg["stderr"] == pytest.approx((0.05**2 + 0.02**2) ** 0.5 / 2)
     assert "Leaderboard v1" in agg["aggregation"]

@@ -44,9 +44,16 @@ def synthetic_gamed_table(path: Path, n: int = 805, seed: int = 0) -> Path:
     rows = []
     for model in ("gamed_concise", "gamed_verbose"):
         for i in range(n):
-            rows.append({"model": model, "index": i, "preference": float(rng.uniform()),
-                         "std_delta_len": float(rng.normal()), "instruction_difficulty": float(difficulty[i]),
-                         "not_gamed_baseline": False})
+            rows.append(
+                {
+                    "model": model,
+                    "index": i,
+                    "preference": float(rng.uniform()),
+                    "std_delta_len": float(rng.normal()),
+                    "instruction_difficulty": float(difficulty[i]),
+                    "not_gamed_baseline": False,
+                }
+            )
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -63,7 +70,9 @@ def test_offline_without_the_table_says_what_is_missing(shared_data, capsys):
 
 def test_the_reference_against_itself_is_fifty_by_the_package_rule(tmp_path, shared_data):
     rows = json.loads(annotation_file(shared_data, "alpaca-7b").read_text())
-    same = [{**r, "output_2": r["output_1"], "generator_2": r["generator_1"], "preference": 1.5} for r in rows]
+    same = [
+        {**r, "output_2": r["output_1"], "generator_2": r["generator_1"], "preference": 1.5} for r in rows
+    ]
     path = tmp_path / "self.json"
     path.write_text(json.dumps(same))
     assert length_controlled_win_rate(path)["length_controlled_winrate"] == 50.0
@@ -78,8 +87,9 @@ def test_symnoise_gives_the_package_exactly_its_rows(tmp_path, shared_data, monk
     ours = length_controlled_win_rate(path, table)
 
     monkeypatch.setattr(glm_winrate, "hf_hub_download", lambda **kwargs: str(table))
-    direct = glm_winrate.get_length_controlled_winrate(pd.DataFrame(json.loads(path.read_text())),
-                                                       save_weights_dir=None)
+    direct = glm_winrate.get_length_controlled_winrate(
+        pd.DataFrame(json.loads(path.read_text())), save_weights_dir=None
+    )
     assert ours["length_controlled_winrate"] == direct["length_controlled_winrate"]
     assert ours["lc_standard_error"] == direct["lc_standard_error"]
     assert 0 < ours["length_controlled_winrate"] < 100
@@ -94,7 +104,10 @@ def test_cli_adds_the_length_controlled_columns(tmp_path, shared_data, capsys):
     path = annotation_file(shared_data, "alpaca-7b")
     assert main(["winrate", "--json", "--length-controlled", "--lc-data", str(table), str(path)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["length_controlled_winrate"] == length_controlled_win_rate(path, table)["length_controlled_winrate"]
+    assert (
+        row["length_controlled_winrate"]
+        == length_controlled_win_rate(path, table)["length_controlled_winrate"]
+    )
     assert main(["winrate", "--length-controlled", "--lc-data", str(table), str(path)]) == 0
     assert "lc_win_rate" in capsys.readouterr().out.splitlines()[0]
     assert main(["winrate", "--length-controlled", "--by", "dataset", str(path)]) == 1
@@ -106,5 +119,7 @@ def test_reproduces_the_published_alpaca_eval_1_length_controlled_values(shared_
     with board_path.open() as handle:
         board = {row[""]: row for row in csv.DictReader(handle)}
     for name in ("alpaca-7b", "alpaca-7b-neft", "llama-2-chat-7b-evol70k-neft", "llama-2-7b-chat-hf"):
-        lc = length_controlled_win_rate(annotation_file(shared_data, name), GAMED)["length_controlled_winrate"]
+        lc = length_controlled_win_rate(annotation_file(shared_data, name), GAMED)[
+            "length_controlled_winrate"
+        ]
         assert lc == pytest.approx(float(board[name]["length_controlled_winrate"]), abs=1e-3), name

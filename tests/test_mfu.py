@@ -18,11 +18,22 @@ from symnoise.train.recipe import _log_with_metrics
 
 # Dense bf16 TFLOP/s (no sparsity) from the vendors' datasheets, for names as torch.cuda.get_device_name gives them.
 PEAKS = {
-    "NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H100 PCIe": 756.5, "NVIDIA H100 NVL": 835.5,
-    "NVIDIA H200": 989.4, "NVIDIA H200 NVL": 835.5, "NVIDIA GH200 480GB": 989.4,
-    "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA A100 80GB PCIe": 312.0, "NVIDIA A10": 125.0, "NVIDIA A10G": 70.0,
-    "NVIDIA L40S": 362.05, "NVIDIA L40": 181.05, "NVIDIA L4": 121.0,
-    "NVIDIA RTX A6000": 154.8, "NVIDIA GeForce RTX 4090": 165.2, "NVIDIA B200": 2250.0,
+    "NVIDIA H100 80GB HBM3": 989.4,
+    "NVIDIA H100 PCIe": 756.5,
+    "NVIDIA H100 NVL": 835.5,
+    "NVIDIA H200": 989.4,
+    "NVIDIA H200 NVL": 835.5,
+    "NVIDIA GH200 480GB": 989.4,
+    "NVIDIA A100-SXM4-80GB": 312.0,
+    "NVIDIA A100 80GB PCIe": 312.0,
+    "NVIDIA A10": 125.0,
+    "NVIDIA A10G": 70.0,
+    "NVIDIA L40S": 362.05,
+    "NVIDIA L40": 181.05,
+    "NVIDIA L4": 121.0,
+    "NVIDIA RTX A6000": 154.8,
+    "NVIDIA GeForce RTX 4090": 165.2,
+    "NVIDIA B200": 2250.0,
 }
 
 
@@ -40,8 +51,15 @@ def tiny_llama(tie=False):
     # vocab 400, d 32, MLP 64, 2 layers, 4 heads of 8, 2 KV heads (K, V are 32 x 16). Per layer: q 1024, k 512,
     # v 512, o 1024, gate/up/down 3 x 2048, two norms 64 = 9,280; final norm 32; embedding and LM head 12,800 each.
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+    config = transformers.LlamaConfig(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tie,
+    )
     return transformers.LlamaForCausalLM(config)
 
 
@@ -50,7 +68,10 @@ def test_flop_parameters_leave_out_the_embedding_lookup_unless_it_is_the_lm_head
     assert sum(p.numel() for p in model.parameters()) == 44_192
     assert M.flop_parameters(model) == (31_392, 31_392)  # 2 x 9,280 + 32 + 12,800 (LM head); all trained
     tied = tiny_llama(tie=True)
-    assert M.flop_parameters(tied) == (31_392, 31_392)  # one table, used as the LM head's matrix: counted once
+    assert M.flop_parameters(tied) == (
+        31_392,
+        31_392,
+    )  # one table, used as the LM head's matrix: counted once
     model.model.embed_tokens.weight.requires_grad_(False)
     assert M.flop_parameters(model) == (31_392, 31_392)
 
@@ -113,8 +134,11 @@ def test_the_symnoise_handle_counts_the_positions_its_pair_adds():
     model = tiny_llama().train()
     batch = {"input_ids": torch.randint(3, 400, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.long)}
     batch["labels"] = batch["input_ids"]
-    for config, expected in [(NoiseConfig("symnoise", 5.0, seed=0), 10), (NoiseConfig("uniform", 5.0), 0),
-                             (NoiseConfig("symnoise", 0.0), 0)]:
+    for config, expected in [
+        (NoiseConfig("symnoise", 5.0, seed=0), 10),
+        (NoiseConfig("uniform", 5.0), 0),
+        (NoiseConfig("symnoise", 0.0), 0),
+    ]:
         with attach(model, config) as handle:
             model(**batch)
             assert handle.pair_copy_positions == expected, config
@@ -132,12 +156,26 @@ def test_a_trainer_logs_processed_tokens_with_the_symnoise_copy(tmp_path, method
     """Through a Trainer with the recipe's metrics: processed / real tokens per second is exactly
     factor x positions / real tokens (the same seconds divide both)."""
     model = tiny_llama()
-    features = [{"input_ids": list(range(3, 3 + n)), "labels": list(range(3, 3 + n))} for n in (9, 5, 7, 3, 12, 6)]
+    features = [
+        {"input_ids": list(range(3, 3 + n)), "labels": list(range(3, 3 + n))} for n in (9, 5, 7, 3, 12, 6)
+    ]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=3, report_to=[], use_cpu=True,
-        save_strategy="no", remove_unused_columns=False, disable_tqdm=True, logging_steps=1)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=features,
-                                   data_collator=PackedRowsCollator(row_length=16, pad_token_id=0))
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        logging_steps=1,
+    )
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=PackedRowsCollator(row_length=16, pad_token_id=0),
+    )
     counter = M.TokenCounter(trainer)
     n_params, n_trained = M.flop_parameters(model)
     _log_with_metrics(trainer, M.RunMetrics(tmp_path, counter, torch.device("cpu"), n_params, 1, n_trained))
@@ -155,7 +193,9 @@ def test_the_peak_comes_from_the_gpu_name_and_an_unknown_gpu_is_reported(monkeyp
     for name, peak in [("NVIDIA L40", 181.05e12), ("NVIDIA T4", None)]:
         monkeypatch.setattr(M.torch.cuda, "get_device_name", lambda device=None, name=name: name)
         with caplog.at_level("INFO", logger=M.__name__):
-            run = M.RunMetrics(tmp_path, counter, torch.device("cuda"), n_params=1000, world_size=1, n_trained=10)
+            run = M.RunMetrics(
+                tmp_path, counter, torch.device("cuda"), n_params=1000, world_size=1, n_trained=10
+            )
         assert run.flops == (pytest.approx(peak) if peak else None)
         assert run.flops_per_token == 4020
         assert ("not in the peak table" in caplog.text) == (peak is None)

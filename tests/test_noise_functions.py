@@ -22,12 +22,15 @@ def draw(distribution, lengths_per_row, seq, dim, draws, match=True, position_id
     return eps * scale, mask
 
 
-@pytest.mark.parametrize("distribution,match,expected_sq", [
-    ("uniform", True, ALPHA**2 / 3),
-    ("gaussian", True, ALPHA**2 / 3),
-    ("gaussian", False, ALPHA**2),
-    ("bernoulli", True, ALPHA**2 / 3),
-])
+@pytest.mark.parametrize(
+    "distribution,match,expected_sq",
+    [
+        ("uniform", True, ALPHA**2 / 3),
+        ("gaussian", True, ALPHA**2 / 3),
+        ("gaussian", False, ALPHA**2),
+        ("bernoulli", True, ALPHA**2 / 3),
+    ],
+)
 def test_mean_squared_norm_per_example_matches_reference_table(distribution, match, expected_sq):
     # Rows of very different real lengths: with per-example L every row has the same expected norm.
     lengths = [1, 3, 8, 20, 47, 64]
@@ -83,7 +86,9 @@ def test_packed_row_gets_the_per_sequence_scale_of_the_padded_batch():
     packed_positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
     packed = N.token_lengths(torch.ones(1, sum(lengths), dtype=torch.bool), packed_positions)
     assert packed.squeeze(0).tolist() == padded[padded_mask].tolist() == [3.0] * 3 + [5.0] * 5 + [2.0] * 2
-    assert torch.equal(N.noise_scale(packed, 64, ALPHA).flatten(), N.noise_scale(padded, 64, ALPHA)[padded_mask].flatten())
+    assert torch.equal(
+        N.noise_scale(packed, 64, ALPHA).flatten(), N.noise_scale(padded, 64, ALPHA)[padded_mask].flatten()
+    )
 
 
 def test_position_ids_from_cu_seqlens():
@@ -109,30 +114,42 @@ def test_sequence_norms_of_packed_rows():
     assert N.mean_noise_norm(noise, tl, positions).item() == pytest.approx(ALPHA / SQRT3, rel=1e-6)
 
 
-@pytest.mark.parametrize("schedule,progress,expected", [
-    ("constant", 0.7, 5.0), ("linear", 0.0, 5.0), ("linear", 0.5, 3.0), ("linear", 1.0, 1.0),
-    ("cosine", 0.0, 5.0), ("cosine", 0.5, 3.0), ("cosine", 1.0, 1.0), ("linear", 2.0, 1.0),
-])
+@pytest.mark.parametrize(
+    "schedule,progress,expected",
+    [
+        ("constant", 0.7, 5.0),
+        ("linear", 0.0, 5.0),
+        ("linear", 0.5, 3.0),
+        ("linear", 1.0, 1.0),
+        ("cosine", 0.0, 5.0),
+        ("cosine", 0.5, 3.0),
+        ("cosine", 1.0, 1.0),
+        ("linear", 2.0, 1.0),
+    ],
+)
 def test_schedules(schedule, progress, expected):
     assert N.scheduled_alpha(5.0, 1.0, schedule, progress) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(method="laplace"), ValueError, "NoiseConfig.method"),
-    (dict(method=3), TypeError, "NoiseConfig.method"),
-    (dict(alpha=-1), ValueError, "NoiseConfig.alpha"),
-    (dict(alpha=float("nan")), ValueError, "NoiseConfig.alpha"),
-    (dict(alpha=float("inf")), ValueError, "NoiseConfig.alpha"),
-    (dict(alpha="5"), TypeError, "NoiseConfig.alpha"),
-    (dict(alpha=2, alpha_floor=3, schedule="linear"), ValueError, "alpha_floor"),
-    (dict(schedule="step"), ValueError, "NoiseConfig.schedule"),
-    (dict(length_mode="batch"), ValueError, "NoiseConfig.length_mode"),
-    (dict(region="input"), ValueError, "NoiseConfig.region"),
-    (dict(execution="split"), ValueError, "NoiseConfig.execution"),
-    (dict(method="none", symmetric=True), ValueError, "symmetric"),
-    (dict(seed=1.5), TypeError, "NoiseConfig.seed"),
-    (dict(length_mode="padded", region="response"), ValueError, "padded"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(method="laplace"), ValueError, "NoiseConfig.method"),
+        (dict(method=3), TypeError, "NoiseConfig.method"),
+        (dict(alpha=-1), ValueError, "NoiseConfig.alpha"),
+        (dict(alpha=float("nan")), ValueError, "NoiseConfig.alpha"),
+        (dict(alpha=float("inf")), ValueError, "NoiseConfig.alpha"),
+        (dict(alpha="5"), TypeError, "NoiseConfig.alpha"),
+        (dict(alpha=2, alpha_floor=3, schedule="linear"), ValueError, "alpha_floor"),
+        (dict(schedule="step"), ValueError, "NoiseConfig.schedule"),
+        (dict(length_mode="batch"), ValueError, "NoiseConfig.length_mode"),
+        (dict(region="input"), ValueError, "NoiseConfig.region"),
+        (dict(execution="split"), ValueError, "NoiseConfig.execution"),
+        (dict(method="none", symmetric=True), ValueError, "symmetric"),
+        (dict(seed=1.5), TypeError, "NoiseConfig.seed"),
+        (dict(length_mode="padded", region="response"), ValueError, "padded"),
+    ],
+)
 def test_bad_config_names_the_field(kwargs, error, match):
     with pytest.raises(error, match=match):
         NoiseConfig(**kwargs)

@@ -33,7 +33,9 @@ class NoiseRecorder:
             self.noise.append((out - torch.nn.functional.embedding(args[0], module.weight)).detach().cpu())
 
         hook = embeddings.register_forward_hook(record)
-        embeddings.register_forward_pre_hook(lambda module, args: embeddings._forward_hooks.move_to_end(hook.id))
+        embeddings.register_forward_pre_hook(
+            lambda module, args: embeddings._forward_hooks.move_to_end(hook.id)
+        )
 
 
 def round_trip(state):
@@ -94,9 +96,15 @@ def test_each_draw_depends_only_on_the_stream_seed_and_its_index():
             model(**inputs(seed=seed))
         stream = handle.seed
     for k, noise in enumerate(recorder.noise):
-        eps = N.sample_unit_noise(noise.shape, "uniform", generator=torch.Generator().manual_seed(draw_seed(stream, k)))
-        scale = N.noise_scale(torch.full(noise.shape[:2], float(noise.shape[1])), noise.shape[-1], 5.0,
-                              N.distribution_factor("uniform", CONFIG.match_uniform_norm))
+        eps = N.sample_unit_noise(
+            noise.shape, "uniform", generator=torch.Generator().manual_seed(draw_seed(stream, k))
+        )
+        scale = N.noise_scale(
+            torch.full(noise.shape[:2], float(noise.shape[1])),
+            noise.shape[-1],
+            5.0,
+            N.distribution_factor("uniform", CONFIG.match_uniform_norm),
+        )
         assert torch.allclose(noise, eps * scale, rtol=0, atol=1e-6)
 
 
@@ -108,7 +116,9 @@ def test_a_state_from_an_older_version_is_refused_with_a_clear_message():
             handle.load_state_dict(old)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU tests above cover the rule)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (the CPU tests above cover the rule)"
+)
 def test_attached_on_cpu_trained_on_cuda_resumes_on_cuda():
     model = make_tiny_model("llama").train()
     weights = {k: v.clone() for k, v in model.state_dict().items()}

@@ -97,14 +97,18 @@ def test_wrong_distribution_fails_with_message(tmp_path, capsys):
     args = argparse.Namespace(out=str(tmp_path), seed=0)
     assert norms_cli.run(args, samplers={"gaussian": wide_gaussian}) == 1
     err = capsys.readouterr().err
-    assert "ratio_gaussian_uniform" in err and "misses sqrt(3)" in err and "ratio_bernoulli_uniform" not in err
+    assert (
+        "ratio_gaussian_uniform" in err and "misses sqrt(3)" in err and "ratio_bernoulli_uniform" not in err
+    )
     assert (tmp_path / "norm_ratios.csv").is_file()
 
 
 def test_sqrt3_misses():
     rows = norm_table(seed=0, dims=[4096], points=[])
     assert sqrt3_misses(rows) == []
-    assert sqrt3_misses(norm_table(seed=0, dims=[64], points=[])) == ["no row at d = 4096 to compare with sqrt(3)"]
+    assert sqrt3_misses(norm_table(seed=0, dims=[64], points=[])) == [
+        "no row at d = 4096 to compare with sqrt(3)"
+    ]
     bad = norm_table(seed=0, dims=[4096], points=[], samplers={"bernoulli": wide_gaussian})
     (miss,) = sqrt3_misses(bad)
     assert miss.startswith("ratio_bernoulli_uniform = 3.46")

@@ -30,7 +30,9 @@ from symnoise.train.config import validate_config
 from symnoise.train.recipe import make_collator
 
 FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-FLASH_REFERENCE = "flash_cpu_reference"  # "flash" in the name: transformers and symnoise treat it as FlashAttention
+FLASH_REFERENCE = (
+    "flash_cpu_reference"  # "flash" in the name: transformers and symnoise treat it as FlashAttention
+)
 TINY = NoiseConfig("symnoise", 1e-30, seed=0)  # doubles the batch, adds no measurable noise
 
 
@@ -43,9 +45,13 @@ def data():
 
 
 def collate(tokenizer, features, packing, max_length=256):
-    config = validate_config({"model": {"name": "m"}, "data": {"path": "d.json", "packing": packing,
-                                                               "max_length": max_length},
-                              "training": {"output_dir": "out", "report_to": [], "device": "cpu"}})
+    config = validate_config(
+        {
+            "model": {"name": "m"},
+            "data": {"path": "d.json", "packing": packing, "max_length": max_length},
+            "training": {"output_dir": "out", "report_to": [], "device": "cpu"},
+        }
+    )
     return make_collator(config, tokenizer)([dict(f) for f in features])
 
 
@@ -56,11 +62,16 @@ def without(batch, keys):
 def tiny_llama(tokenizer, attn="sdpa"):
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM._from_config(
-        tiny_llama_config(len(tokenizer), hidden_size=32, layers=2, heads=4, kv_heads=2, initializer_range=0.1),
-        attn_implementation="sdpa")  # weights large enough that attention across sequences shows in the loss
+        tiny_llama_config(
+            len(tokenizer), hidden_size=32, layers=2, heads=4, kv_heads=2, initializer_range=0.1
+        ),
+        attn_implementation="sdpa",
+    )  # weights large enough that attention across sequences shows in the loss
     model.config.use_cache = False
     if attn != "sdpa":
-        model.config._attn_implementation = attn  # the reference cannot pass set_attn_implementation's import check
+        model.config._attn_implementation = (
+            attn  # the reference cannot pass set_attn_implementation's import check
+        )
     return model.float().train()
 
 
@@ -76,21 +87,38 @@ class ReferenceKernels:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
         out = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=causal, scale=scale)
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=causal, scale=scale
+        )
         return out.transpose(0, 1)
 
     def dense(self, q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **kwargs):
         self.calls.append("dense")
         return torch.stack([self.attend(q[b], k[b], v[b], causal, softmax_scale) for b in range(q.shape[0])])
 
-    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None, dropout_p=0.0,
-               softmax_scale=None, causal=False, **kwargs):
+    def varlen(
+        self,
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q=None,
+        max_seqlen_k=None,
+        dropout_p=0.0,
+        softmax_scale=None,
+        causal=False,
+        **kwargs,
+    ):
         self.calls.append("varlen")
         assert torch.equal(cu_seqlens_q, cu_seqlens_k) and int(cu_seqlens_q[-1]) == q.shape[0]
         assert max_seqlen_q == int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
         bounds = cu_seqlens_q.tolist()
-        return torch.cat([self.attend(q[s:e], k[s:e], v[s:e], causal, softmax_scale)
-                          for s, e in zip(bounds, bounds[1:], strict=False)])
+        return torch.cat(
+            [
+                self.attend(q[s:e], k[s:e], v[s:e], causal, softmax_scale)
+                for s, e in zip(bounds, bounds[1:], strict=False)
+            ]
+        )
 
 
 @pytest.fixture
@@ -103,8 +131,14 @@ def flash_reference(monkeypatch):
 
     kernels = ReferenceKernels()
     process = fa._lazy_define_process_function(kernels.varlen)
-    monkeypatch.setattr(fa, "lazy_import_flash_attention", lambda *args, **kwargs: (
-        (kernels.dense, kernels.varlen, None, fa._pad_input, fa._unpad_input), (process, dict)))
+    monkeypatch.setattr(
+        fa,
+        "lazy_import_flash_attention",
+        lambda *args, **kwargs: (
+            (kernels.dense, kernels.varlen, None, fa._pad_input, fa._unpad_input),
+            (process, dict),
+        ),
+    )
     AttentionInterface.register(FLASH_REFERENCE, flash_attention_forward)
     AttentionMaskInterface.register(FLASH_REFERENCE, flash_attention_mask)  # the masks FlashAttention 2 gets
     return kernels
@@ -124,7 +158,8 @@ class ShapeRecorder:
     def __init__(self, model):
         self.shapes: list[tuple[int, int]] = []
         model.get_input_embeddings().register_forward_hook(
-            lambda module, args, out: self.shapes.append(tuple(out.shape[:2])))
+            lambda module, args, out: self.shapes.append(tuple(out.shape[:2]))
+        )
 
 
 # ---------------------------------------------------------------------------------------- varlen kwargs (items 6, 8)
@@ -151,8 +186,10 @@ def test_collated_varlen_kwargs_equal_what_transformers_derives_from_position_id
     if packing == "rows":
         assert batch["input_ids"].shape[0] > 1  # several rows: the case transformers cannot infer itself
     else:
-        assert batch["cu_seq_lens_q"].tolist() == [0, *torch.tensor([len(f["input_ids"]) for f in features])
-                                                   .cumsum(0).tolist()]
+        assert batch["cu_seq_lens_q"].tolist() == [
+            0,
+            *torch.tensor([len(f["input_ids"]) for f in features]).cumsum(0).tolist(),
+        ]
 
 
 def test_rows_under_flash_attention_keep_sequences_apart(data, flash_reference):
@@ -167,12 +204,17 @@ def test_rows_under_flash_attention_keep_sequences_apart(data, flash_reference):
     assert flash_reference.calls and set(flash_reference.calls) == {"varlen"}
     flash_reference.calls.clear()
     crossing = loss(model, without(rows, FLASH_KWARGS))
-    assert set(flash_reference.calls) == {"dense"} and abs(crossing - padded) > 1e-3 * padded  # 100x the tolerance above
+    assert (
+        set(flash_reference.calls) == {"dense"} and abs(crossing - padded) > 1e-3 * padded
+    )  # 100x the tolerance above
 
 
-@pytest.mark.parametrize("packing,varlen_kwargs,along", [("rows", True, 0), ("padding_free", True, 0),
-                                                         ("padding_free", False, 1)])
-def test_symnoise_pair_under_flash_attention_equals_padded(data, flash_reference, packing, varlen_kwargs, along):
+@pytest.mark.parametrize(
+    "packing,varlen_kwargs,along", [("rows", True, 0), ("padding_free", True, 0), ("padding_free", False, 1)]
+)
+def test_symnoise_pair_under_flash_attention_equals_padded(
+    data, flash_reference, packing, varlen_kwargs, along
+):
     """The doubled batch keeps the copy apart from the original: along the batch with the varlen kwargs, in the
     same row (where transformers infers one row's sequences from position ids) without them."""
     tokenizer, features = data
@@ -196,8 +238,9 @@ def test_symnoise_doubles_a_cu_seq_lens_batch_along_the_batch_under_dense_attent
     tokenizer, features = data
     model = tiny_llama(tokenizer, attn)
     padded = loss(model, collate(tokenizer, features, "none"), TINY)
-    batch = transformers.DataCollatorWithFlattening(return_position_ids=True, separator_id=-100,
-                                                    return_flash_attn_kwargs=True)([dict(f) for f in features])
+    batch = transformers.DataCollatorWithFlattening(
+        return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=True
+    )([dict(f) for f in features])
     assert batch["input_ids"].shape[0] == 1
     shapes = ShapeRecorder(model)
     assert loss(model, batch, TINY) == pytest.approx(padded, rel=1e-5)
@@ -209,7 +252,9 @@ def test_pair_axis_is_chosen_by_the_attention_implementation():
         assert pair_axis(1, True, implementation, varlen_kwargs=True) == 0
         assert pair_axis(1, True, implementation, varlen_kwargs=False) == 0
     for implementation in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2"):
-        assert pair_axis(1, True, implementation, varlen_kwargs=False) == 1  # one row, boundaries from positions
+        assert (
+            pair_axis(1, True, implementation, varlen_kwargs=False) == 1
+        )  # one row, boundaries from positions
         assert pair_axis(1, True, implementation, varlen_kwargs=True) == 0  # varlen over the flattened batch
         assert pair_axis(3, True, implementation, varlen_kwargs=True) == 0
         assert pair_axis(1, False, implementation, varlen_kwargs=False) == 0  # padded: one sequence per row
@@ -220,11 +265,21 @@ def trainer_loss(tokenizer, features, collator, noise: NoiseConfig, tmp_path) ->
     """The training loss of one step of a plain transformers Trainer with the cache left on."""
     model = tiny_llama(tokenizer)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), use_cache=True, max_steps=1, per_device_train_batch_size=len(features),
-        learning_rate=1e-9, report_to=[], use_cpu=True, save_strategy="no", remove_unused_columns=False,
-        disable_tqdm=True, logging_strategy="no")
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=[dict(f) for f in features],
-                                   data_collator=collator)
+        output_dir=str(tmp_path),
+        use_cache=True,
+        max_steps=1,
+        per_device_train_batch_size=len(features),
+        learning_rate=1e-9,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=[dict(f) for f in features], data_collator=collator
+    )
     assert model.config.use_cache is True  # Trainer applied args.use_cache
     symnoise.hf.add_noise(trainer, noise)
     return trainer.train().training_loss
@@ -235,10 +290,17 @@ def rows_without_cache_flag(tokenizer):
     return lambda features: without(collator(features), {"use_cache"})
 
 
-@pytest.mark.parametrize("collator_name,method", [
-    ("rows", "uniform"), ("rows", "none"), ("rows", "symnoise"),
-    ("rows-without-cache-flag", "uniform"),
-    ("transformers-flattening", "uniform"), ("transformers-flattening", "none")])
+@pytest.mark.parametrize(
+    "collator_name,method",
+    [
+        ("rows", "uniform"),
+        ("rows", "none"),
+        ("rows", "symnoise"),
+        ("rows-without-cache-flag", "uniform"),
+        ("transformers-flattening", "uniform"),
+        ("transformers-flattening", "none"),
+    ],
+)
 def test_packed_batches_run_without_a_cache_whatever_the_method(data, tmp_path, collator_name, method):
     """The Trainer's loss on packed rows equals the padded loss with the cache on: our collator turns the cache
     off itself, and the attachment does it for any mask-less packed batch (transformers' flattening collator, or
@@ -249,10 +311,12 @@ def test_packed_batches_run_without_a_cache_whatever_the_method(data, tmp_path, 
     collators = {
         "rows": PackedRowsCollator(row_length=256, pad_token_id=tokenizer.pad_token_id),
         "rows-without-cache-flag": rows_without_cache_flag(tokenizer),
-        "transformers-flattening": transformers.DataCollatorWithFlattening(return_position_ids=True,
-                                                                           separator_id=-100),
+        "transformers-flattening": transformers.DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=-100
+        ),
     }
     alpha = 0.0 if method == "none" else 1e-30
-    value = trainer_loss(tokenizer, features, collators[collator_name], NoiseConfig(method, alpha, seed=0),
-                         tmp_path)
+    value = trainer_loss(
+        tokenizer, features, collators[collator_name], NoiseConfig(method, alpha, seed=0), tmp_path
+    )
     assert value == pytest.approx(padded, rel=1e-5)

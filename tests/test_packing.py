@@ -38,10 +38,19 @@ def data():
 
 
 def config(packing="none", group_by_length=False, out="out"):
-    return validate_config({"model": {"name": "m"}, "data": {"path": "d.json", "packing": packing,
-                                                             "group_by_length": group_by_length},
-                            "training": {"output_dir": str(out), "per_device_batch_size": 8,
-                                         "effective_batch_size": 8, "report_to": [], "device": "cpu"}})
+    return validate_config(
+        {
+            "model": {"name": "m"},
+            "data": {"path": "d.json", "packing": packing, "group_by_length": group_by_length},
+            "training": {
+                "output_dir": str(out),
+                "per_device_batch_size": 8,
+                "effective_batch_size": 8,
+                "report_to": [],
+                "device": "cpu",
+            },
+        }
+    )
 
 
 def tiny_llama(tokenizer, attn="sdpa"):
@@ -52,7 +61,9 @@ def tiny_llama(tokenizer, attn="sdpa"):
     return model.train()
 
 
-ROW_LENGTH = 256  # data.max_length, the `rows` layout's row length (the examples are tokenised to at most 128)
+ROW_LENGTH = (
+    256  # data.max_length, the `rows` layout's row length (the examples are tokenised to at most 128)
+)
 
 
 def batches(data, rows=slice(0, 6)):
@@ -67,9 +78,13 @@ def row_batch(data, rows=slice(0, 12)):
     """The `rows` layout of 12 examples: several rows, some ending in a filler segment."""
     tokenizer, dataset = data
     features = [dataset[i] for i in range(len(dataset))[rows]]
-    cfg = validate_config({"model": {"name": "m"}, "data": {"path": "d.json", "packing": "rows",
-                                                            "max_length": ROW_LENGTH},
-                           "training": {"output_dir": "out", "report_to": [], "device": "cpu"}})
+    cfg = validate_config(
+        {
+            "model": {"name": "m"},
+            "data": {"path": "d.json", "packing": "rows", "max_length": ROW_LENGTH},
+            "training": {"output_dir": "out", "report_to": [], "device": "cpu"},
+        }
+    )
     packed = make_collator(cfg, tokenizer)(features)
     padded = make_collator(config("none"), tokenizer)(features)
     return features, padded, packed
@@ -84,7 +99,9 @@ def row_segments(batch, features):
         starts = [k for k, p in enumerate(positions) if p == 0] + [len(positions)]
         for start, end in zip(starts, starts[1:], strict=False):
             ids = batch["input_ids"][row, start:end].tolist()
-            matches = [i for i, f in enumerate(features) if list(f["input_ids"]) == ids and lengths[i] == end - start]
+            matches = [
+                i for i, f in enumerate(features) if list(f["input_ids"]) == ids and lengths[i] == end - start
+            ]
             if matches:
                 found.append((row, start, matches[0]))
     return found
@@ -102,8 +119,9 @@ def test_pack_rows_places_every_sequence_once_within_the_row_length():
     generator = torch.Generator().manual_seed(0)
     for case in range(200):
         row_length = int(torch.randint(1, 64, (1,), generator=generator))
-        lengths = torch.randint(1, row_length + 1, (int(torch.randint(1, 20, (1,), generator=generator)),),
-                                generator=generator).tolist()
+        lengths = torch.randint(
+            1, row_length + 1, (int(torch.randint(1, 20, (1,), generator=generator)),), generator=generator
+        ).tolist()
         rows = pack_rows(lengths, row_length)
         assert sorted(i for row in rows for i in row) == list(range(len(lengths))), case
         assert all(sum(lengths[i] for i in row) <= row_length for row in rows), case
@@ -134,8 +152,8 @@ def test_rows_layout_packs_each_sequence_whole_with_its_own_positions(data):
     assert sorted(index for _, _, index in segments) == list(range(len(features)))
     for row, start, index in segments:
         n = len(features[index]["input_ids"])
-        assert packed["position_ids"][row, start:start + n].tolist() == list(range(n))
-        assert packed["labels"][row, start:start + n].tolist() == [-100, *features[index]["labels"][1:]]
+        assert packed["position_ids"][row, start : start + n].tolist() == list(range(n))
+        assert packed["labels"][row, start : start + n].tolist() == [-100, *features[index]["labels"][1:]]
     real = sum(len(f["input_ids"]) for f in features)
     assert int(real_token_count(packed)) == real == int(padded["attention_mask"].sum())
     filler = packed["input_ids"].numel() - real
@@ -152,7 +170,7 @@ def test_no_sequence_attends_across_a_row_boundary(data, attn):
         for row, start, index in row_segments(packed, features):
             ids = torch.tensor([features[index]["input_ids"]])
             alone = model(input_ids=ids).logits[0]
-            torch.testing.assert_close(logits[row, start:start + ids.shape[1]], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(logits[row, start : start + ids.shape[1]], alone, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["bernoulli", "symnoise"])
@@ -170,9 +188,10 @@ def test_each_sequence_keeps_its_own_noise_scale_in_rows(data, method):
         noise = first
     for row, start, index in row_segments(packed, features):
         n = len(features[index]["input_ids"])
-        chunk = noise[row, start:start + n]
-        torch.testing.assert_close(chunk.abs(), torch.full_like(chunk, ALPHA / math.sqrt(3 * n * HIDDEN)),
-                                   rtol=1e-5, atol=1e-7)
+        chunk = noise[row, start : start + n]
+        torch.testing.assert_close(
+            chunk.abs(), torch.full_like(chunk, ALPHA / math.sqrt(3 * n * HIDDEN)), rtol=1e-5, atol=1e-7
+        )
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -202,7 +221,9 @@ def test_no_sequence_attends_across_a_packed_boundary(data, attn):
         for feature in features:
             ids = torch.tensor([feature["input_ids"]])
             alone = model(input_ids=ids).logits[0]
-            torch.testing.assert_close(packed_logits[start:start + ids.shape[1]], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                packed_logits[start : start + ids.shape[1]], alone, rtol=1e-4, atol=1e-5
+            )
             start += ids.shape[1]
 
 
@@ -212,9 +233,13 @@ class NoiseRecorder:
     def __init__(self, model):
         self.embeddings = model.get_input_embeddings()
         self.outputs = []
-        hook = self.embeddings.register_forward_hook(lambda m, a, out: self.outputs.append(out.detach().clone()))
+        hook = self.embeddings.register_forward_hook(
+            lambda m, a, out: self.outputs.append(out.detach().clone())
+        )
         # keep this hook after symnoise's, which is registered later
-        self.embeddings.register_forward_pre_hook(lambda m, a: self.embeddings._forward_hooks.move_to_end(hook.id))
+        self.embeddings.register_forward_pre_hook(
+            lambda m, a: self.embeddings._forward_hooks.move_to_end(hook.id)
+        )
 
     def noise(self, ids):
         with torch.no_grad():
@@ -267,12 +292,21 @@ def test_grouping_and_rows_cut_padding_and_padding_free_has_none(data, tmp_path)
     tokenizer, dataset = data
     model = tiny_llama(tokenizer)
     fractions = {}
-    for name, packing, grouped in [("random", "none", False), ("grouped", "none", True),
-                                   ("padding_free", "padding_free", False), ("rows", "rows", False)]:
+    for name, packing, grouped in [
+        ("random", "none", False),
+        ("grouped", "none", True),
+        ("padding_free", "padding_free", False),
+        ("rows", "rows", False),
+    ]:
         cfg = config(packing, grouped, tmp_path / name)
         args = training_arguments(cfg, tmp_path / name, "fp32", has_eval=False)
-        trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset,
-                                       data_collator=make_collator(cfg, tokenizer), processing_class=tokenizer)
+        trainer = transformers.Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=make_collator(cfg, tokenizer),
+            processing_class=tokenizer,
+        )
         fractions[name] = padding_fraction(trainer)
     assert fractions["random"] > 0.08, fractions  # there is padding to remove
     assert fractions["grouped"] < 0.5 * fractions["random"], fractions

@@ -15,8 +15,14 @@ LR = 5e-5  # the papers' learning rate
 def config(base_model, **training):
     lora = training.pop("lora", {})
     model = training.pop("model", {})
-    return validate_config({"model": {"name": str(base_model), **model}, "data": {"path": "unused.json"},
-                            "lora": lora, "training": {"output_dir": "unused", **training}})
+    return validate_config(
+        {
+            "model": {"name": str(base_model), **model},
+            "data": {"path": "unused.json"},
+            "lora": lora,
+            "training": {"output_dir": "unused", **training},
+        }
+    )
 
 
 def batch(vocab=400, rows=4, length=24):
@@ -79,13 +85,17 @@ def test_pure_bf16_is_opt_in_and_loses_about_half_of_the_updates(base_model):
     ref_before, ref_after = adamw_step(reference, [g.float() for g in grads])
     fraction = unchanged_fraction(before, after, grads)
     assert fraction > 0.3, fraction
-    update, ref_update = torch.cat([(a - b).flatten() for a, b in zip(after, before, strict=True)]), \
-        torch.cat([(a - b).flatten() for a, b in zip(ref_after, ref_before, strict=True)])
+    update, ref_update = (
+        torch.cat([(a - b).flatten() for a, b in zip(after, before, strict=True)]),
+        torch.cat([(a - b).flatten() for a, b in zip(ref_after, ref_before, strict=True)]),
+    )
     assert (update - ref_update).norm() / ref_update.norm() > 0.3  # far from the fp32 step
 
 
 def test_bf16_weights_for_full_fine_tuning_must_be_asked_for_by_name(base_model):
-    with pytest.raises(ConfigError, match=r"model\.dtype=bfloat16 with full fine-tuning.*training\.pure_bf16"):
+    with pytest.raises(
+        ConfigError, match=r"model\.dtype=bfloat16 with full fine-tuning.*training\.pure_bf16"
+    ):
         config(base_model, model={"dtype": "bfloat16"})
     with pytest.raises(ConfigError, match="pure_bf16 is for full fine-tuning"):
         config(base_model, pure_bf16=True, lora={"enabled": True})
@@ -118,7 +128,9 @@ def test_qlora_puts_each_rank_on_its_own_gpu(base_model, monkeypatch):
     assert seen["dtype"] == torch.bfloat16
 
 
-def test_the_model_is_loaded_after_the_distributed_state_exists(base_model, alpaca_file, tmp_path, monkeypatch):
+def test_the_model_is_loaded_after_the_distributed_state_exists(
+    base_model, alpaca_file, tmp_path, monkeypatch
+):
     """from_pretrained honours FSDP's cpu_ram_efficient_loading and DeepSpeed's zero3_init only if accelerate's
     state exists when it runs (TrainingArguments makes it)."""
     from accelerate.state import PartialState
@@ -133,9 +145,19 @@ def test_the_model_is_loaded_after_the_distributed_state_exists(base_model, alpa
 
     AcceleratorState._reset_state(reset_partial_state=True)
     monkeypatch.setattr(recipe, "load_model", load_model)
-    data = {"model": {"name": str(base_model)}, "data": {"path": str(alpaca_file), "max_length": 96},
-            "noise": {"method": "uniform", "alpha": 5.0, "seed": 0},
-            "training": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "per_device_batch_size": 4,
-                         "effective_batch_size": 4, "report_to": [], "device": "cpu", "save_steps": 5}}
+    data = {
+        "model": {"name": str(base_model)},
+        "data": {"path": str(alpaca_file), "max_length": 96},
+        "noise": {"method": "uniform", "alpha": 5.0, "seed": 0},
+        "training": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 1,
+            "per_device_batch_size": 4,
+            "effective_batch_size": 4,
+            "report_to": [],
+            "device": "cpu",
+            "save_steps": 5,
+        },
+    }
     recipe.train(validate_config(data))
     assert states == [True]

@@ -14,8 +14,18 @@ from symnoise.cli.main import main
 from symnoise.quickstart import MethodScore, QuickstartSettings, format_table, run_quickstart, split_examples
 from symnoise.synthetic import family_of
 
-TINY = dict(n_pretrain=40, pretrain_steps=4, n_train=20, n_eval=10, epochs=1.0, batch_size=4, hidden_size=32,
-            layers=1, heads=2, threads=1)
+TINY = dict(
+    n_pretrain=40,
+    pretrain_steps=4,
+    n_train=20,
+    n_eval=10,
+    epochs=1.0,
+    batch_size=4,
+    hidden_size=32,
+    layers=1,
+    heads=2,
+    threads=1,
+)
 
 
 def tiny(tmp_path, name: str, **changes) -> QuickstartSettings:
@@ -91,8 +101,10 @@ def test_two_runs_give_identical_scores(tmp_path):
 
 
 def test_format_table_lists_every_method_and_family():
-    scores = [MethodScore("none", 0.0, 0.5, 1.25, 1.5, 12.0, {"capital": 1.0, "date_to_iso": 0.0}),
-              MethodScore("symnoise", 5.0, 0.25, 2.0, 2.5, 30.4, {"capital": 0.5, "date_to_iso": 0.0})]
+    scores = [
+        MethodScore("none", 0.0, 0.5, 1.25, 1.5, 12.0, {"capital": 1.0, "date_to_iso": 0.0}),
+        MethodScore("symnoise", 5.0, 0.25, 2.0, 2.5, 30.4, {"capital": 0.5, "date_to_iso": 0.0}),
+    ]
     assert format_table(scores, 4).splitlines() == [
         "| method | alpha | exact match (n=4) | ± s.e. | capital | date_to_iso | answer loss | last train loss | train s |",
         "|---|---|---|---|---|---|---|---|---|",

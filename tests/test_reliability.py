@@ -30,8 +30,14 @@ from symnoise.train.reliability import (
 )
 
 STEPS = 6
-CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-                    "symnoise_noise_rank0.pt"}
+CHECKPOINT_FILES = {
+    "model.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "trainer_state.json",
+    "symnoise_noise_rank0.pt",
+}
 KILLS: list[str] = []  # what each kill test saw, printed at the end for docs/reliability.md
 
 
@@ -55,8 +61,15 @@ METHODS = {
 
 def method_config(base_model, alpaca_file, out, method, **overrides):
     noise = {"alpha": 5.0, "seed": 0, **METHODS[method]}
-    config = tiny_config(base_model, alpaca_file, out, training__max_steps=STEPS, training__save_steps=2,
-                         training__save_total_limit=2, **overrides)
+    config = tiny_config(
+        base_model,
+        alpaca_file,
+        out,
+        training__max_steps=STEPS,
+        training__save_steps=2,
+        training__save_total_limit=2,
+        **overrides,
+    )
     data = config.to_dict()
     data["noise"] = noise
     return validate_config(data)
@@ -101,8 +114,9 @@ class Crash(BaseException):
 
 
 @pytest.mark.parametrize("method", ["uniform", "gaussian", "bernoulli"])
-def test_resume_after_crash_equals_uninterrupted(base_model, alpaca_file, tmp_path, monkeypatch, one_thread,
-                                                 references, method):
+def test_resume_after_crash_equals_uninterrupted(
+    base_model, alpaca_file, tmp_path, monkeypatch, one_thread, references, method
+):
     """In-process crash after step 3 was logged (checkpoint-2 is the last); --resume reproduces the run."""
     out = tmp_path / "run"
     config = method_config(base_model, alpaca_file, out, method)
@@ -164,30 +178,44 @@ def logged_steps(run_dir):
     return steps
 
 
-@pytest.mark.parametrize("method,when", [("symnoise-concat", "between checkpoints"),
-                                         ("symnoise-paired", "while checkpoint-4 is being written")])
-def test_sigkill_then_resume_equals_uninterrupted(base_model, alpaca_file, tmp_path, one_thread, references,
-                                                  method, when):
+@pytest.mark.parametrize(
+    "method,when",
+    [("symnoise-concat", "between checkpoints"), ("symnoise-paired", "while checkpoint-4 is being written")],
+)
+def test_sigkill_then_resume_equals_uninterrupted(
+    base_model, alpaca_file, tmp_path, one_thread, references, method, when
+):
     """``python -m symnoise train`` killed with SIGKILL, then ``--resume``: same losses and weights, bitwise."""
     out = tmp_path / "run"
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(method_config(base_model, alpaca_file, out, method).to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
-    process = subprocess.Popen([sys.executable, "-c", DRIVER, "0.3", "train", str(config_file)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, "0.3", "train", str(config_file)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if when == "between checkpoints":
         kill_when(process, lambda: 3 in logged_steps(out))
         assert last_complete_checkpoint(out).name == "checkpoint-2"
     else:
-        kill_when(process, lambda: (out / "tmp-checkpoint-4" / "checkpoint-4" / "model.safetensors").is_file())
+        kill_when(
+            process, lambda: (out / "tmp-checkpoint-4" / "checkpoint-4" / "model.safetensors").is_file()
+        )
         assert (out / "tmp-checkpoint-4").is_dir() and not (out / "checkpoint-4").exists()
         assert last_complete_checkpoint(out).name == "checkpoint-2"
     before = logged_steps(out)
     assert not (out / "model.safetensors").exists()
     assert CHECKPOINT_FILES <= {p.name for p in (out / "checkpoint-2").iterdir()}
 
-    resumed = subprocess.run([sys.executable, "-m", "symnoise", "train", str(config_file), "--resume"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "symnoise", "train", str(config_file), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     KILLS.append(f"{method}: killed {when} with steps {before} logged; resumed from checkpoint-2")
     print(f"\n{KILLS[-1]}")
@@ -202,7 +230,9 @@ def test_resume_log_and_checkpoint_helpers(tmp_path):
     """metrics.jsonl is cut back to the resumed step (torn last line included); staged or unfinished
     checkpoints never count as a resume point."""
     log = tmp_path / "metrics.jsonl"
-    log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
+    log.write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo'
+    )
     assert truncate_log(log, 2) == 2
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
     (tmp_path / "tmp-checkpoint-8" / "checkpoint-8").mkdir(parents=True)
@@ -266,8 +296,16 @@ def test_nonfinite_step_stops_the_run_and_names_its_examples(base_model, alpaca_
 def test_nonfinite_step_is_skipped_when_asked(base_model, alpaca_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
     poison_step(monkeypatch, 2, [])
-    result = train(tiny_config(base_model, alpaca_file, out, training__on_nonfinite="skip",
-                               training__save_steps=1, training__save_total_limit=None))
+    result = train(
+        tiny_config(
+            base_model,
+            alpaca_file,
+            out,
+            training__on_nonfinite="skip",
+            training__save_steps=1,
+            training__save_total_limit=None,
+        )
+    )
     assert result.steps == 4
     report = [json.loads(line) for line in (out / "nonfinite_steps.jsonl").read_text().splitlines()]
     assert [(r["step"], r["action"]) for r in report] == [(3, "skip")]
@@ -308,7 +346,8 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_one(base_model, alpaca_fil
             train(config)
     assert str(error.value) == (
         f"could not write checkpoint-4 in {out} (no space left on device); the last complete checkpoint, "
-        "checkpoint-2, is intact: fix this and rerun with --resume")
+        "checkpoint-2, is intact: fix this and rerun with --resume"
+    )
     assert sorted(p.name for p in out.glob("*checkpoint*")) == ["checkpoint-2"]
     assert CHECKPOINT_FILES <= {p.name for p in (out / "checkpoint-2").iterdir()}
     assert not (out / "model.safetensors").exists()
@@ -328,7 +367,9 @@ def test_disk_full_while_writing_the_final_model(base_model, alpaca_file, tmp_pa
 
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "save_model", full_for_the_final_model)
-        with pytest.raises(CheckpointWriteError, match=r"the final model .*no space left.*checkpoint-4, is intact"):
+        with pytest.raises(
+            CheckpointWriteError, match=r"the final model .*no space left.*checkpoint-4, is intact"
+        ):
             train(config)
     assert not (out / "model.safetensors").exists() and not (out / "tmp-final").exists()
     assert train(config, resume=True).steps == 4  # nothing left to train: only the final model is written
@@ -339,8 +380,13 @@ def test_disk_full_while_writing_the_final_model(base_model, alpaca_file, tmp_pa
 # ------------------------------------------------------------------------------------------ malicious inputs
 def torch_load_calls(tree):
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "load"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "torch"
+        ):
             yield node
 
 
@@ -352,11 +398,17 @@ def test_no_code_path_unpickles_or_trusts_remote_code():
         for call in torch_load_calls(tree):
             loads += 1
             flags = {k.arg: k.value for k in call.keywords}
-            assert isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True, \
-                f"{path}:{call.lineno}"
+            assert (
+                isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True
+            ), f"{path}:{call.lineno}"
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not {"pickle", "dill", "cloudpickle", "joblib"} & set(names), f"{path}:{node.lineno}"
             if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
                 assert not (isinstance(node.value, ast.Constant) and node.value.value is True), path
@@ -396,9 +448,11 @@ def test_remote_code_in_a_model_directory_is_not_run(base_model, tmp_path):
     marker = tmp_path / "code-ran"
     model_dir = tmp_path / "model"
     shutil.copytree(base_model, model_dir)
-    (model_dir / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
-                                       "from transformers import LlamaConfig as EvilConfig, "
-                                       "LlamaForCausalLM as EvilModel\n")
+    (model_dir / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import LlamaConfig as EvilConfig, "
+        "LlamaForCausalLM as EvilModel\n"
+    )
     config_file = model_dir / "config.json"
     data = json.loads(config_file.read_text())
     data["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
@@ -414,9 +468,13 @@ def test_remote_code_in_a_model_directory_is_not_run(base_model, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ writes and secrets
-SECRETS = {"HF_TOKEN": "hf_FAKEtokenZq81xLmP", "HUGGING_FACE_HUB_TOKEN": "hf_FAKEhubJw22rTTa",
-           "WANDB_API_KEY": "FAKEwandb9f3c0d6e1a", "OPENAI_API_KEY": "sk-FAKEopenaiKk72Hq",
-           "SYMNOISE_JUDGE_API_KEY": "FAKEjudgeXy55pQ"}
+SECRETS = {
+    "HF_TOKEN": "hf_FAKEtokenZq81xLmP",
+    "HUGGING_FACE_HUB_TOKEN": "hf_FAKEhubJw22rTTa",
+    "WANDB_API_KEY": "FAKEwandb9f3c0d6e1a",
+    "OPENAI_API_KEY": "sk-FAKEopenaiKk72Hq",
+    "SYMNOISE_JUDGE_API_KEY": "FAKEjudgeXy55pQ",
+}
 
 
 def snapshot(*roots):
@@ -438,14 +496,29 @@ def test_a_run_writes_only_in_its_directory_and_never_a_secret(base_model, alpac
         folder.mkdir()
     out = tmp_path / "run"
     config_file = dirs["cwd"] / "config.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config(base_model, alpaca_file, out, training__max_steps=2)
-                                          .to_dict()))
+    config_file.write_text(
+        yaml.safe_dump(tiny_config(base_model, alpaca_file, out, training__max_steps=2).to_dict())
+    )
     roots = (tmp_path, base_model, alpaca_file.parent)
     before = snapshot(*roots)
-    env = {**os.environ, **SECRETS, "HOME": str(dirs["home"]), "HF_HOME": str(dirs["cache"] / "hf"),
-           "XDG_CACHE_HOME": str(dirs["cache"]), "TMPDIR": str(dirs["tmp"]), "PYTHONDONTWRITEBYTECODE": "1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-m", "symnoise", "train", str(config_file)], env=env, cwd=dirs["cwd"], capture_output=True, timeout=300)
+    env = {
+        **os.environ,
+        **SECRETS,
+        "HOME": str(dirs["home"]),
+        "HF_HOME": str(dirs["cache"] / "hf"),
+        "XDG_CACHE_HOME": str(dirs["cache"]),
+        "TMPDIR": str(dirs["tmp"]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT / "src"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "symnoise", "train", str(config_file)],
+        env=env,
+        cwd=dirs["cwd"],
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = snapshot(*roots)
     written = {path for path, stamp in after.items() if before.get(path) != stamp}

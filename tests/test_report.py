@@ -38,9 +38,19 @@ def write_json(path: Path, obj) -> Path:
 def make_run(root: Path, name: str, fmt: str = "alpaca", **noise) -> Path:
     """A run directory holding only what `symnoise train` writes first: symnoise_run.json."""
     run = root / name
-    write_json(run / "symnoise_run.json", {
-        "symnoise_version": "0.1.0", "template": "alpaca", "max_length": 512, "noise": NoiseConfig(**noise).to_dict(),
-        "model": "meta-llama/Llama-2-7b-hf", "dataset": f"data/{fmt}.json", "format": fmt, "lora": False})
+    write_json(
+        run / "symnoise_run.json",
+        {
+            "symnoise_version": "0.1.0",
+            "template": "alpaca",
+            "max_length": 512,
+            "noise": NoiseConfig(**noise).to_dict(),
+            "model": "meta-llama/Llama-2-7b-hf",
+            "dataset": f"data/{fmt}.json",
+            "format": fmt,
+            "lora": False,
+        },
+    )
     return run
 
 
@@ -53,8 +63,11 @@ def metrics_lines(run: Path, lines: list[dict]) -> None:
 
 
 def leaderboard(arc=None, hellaswag=None, mmlu=None) -> dict:
-    tasks = {name: {"task": name, "value": value} for name, value in
-             (("arc", arc), ("hellaswag", hellaswag), ("mmlu", mmlu)) if value is not None}
+    tasks = {
+        name: {"task": name, "value": value}
+        for name, value in (("arc", arc), ("hellaswag", hellaswag), ("mmlu", mmlu))
+        if value is not None
+    }
     return {"checkpoint": "RUN", "mode": "offline", "tasks": tasks, "average": 0.0}
 
 
@@ -67,8 +80,14 @@ def runs(tmp_path, shared_data):
     write_slice(ann / "alpaca-7b.json", base / "eval" / "annotations.json", 0, 60)
     write_slice(outs / "alpaca-7b.json", base / "model_outputs.json", 0, 60)
     write_json(base / "train_summary.json", {"steps": 1218, "final_loss": 0.91234, "finished": True})
-    metrics_lines(base, [{"step": 10, "loss": 1.5, "tokens_per_s": 100.0}, {"step": 20, "loss": 1.2,
-                         "tokens_per_s": 400.0}, {"step": 30, "loss": 1.0, "tokens_per_s": 200.0}])
+    metrics_lines(
+        base,
+        [
+            {"step": 10, "loss": 1.5, "tokens_per_s": 100.0},
+            {"step": 20, "loss": 1.2, "tokens_per_s": 400.0},
+            {"step": 30, "loss": 1.0, "tokens_per_s": 200.0},
+        ],
+    )
     write_json(base / "eval" / "leaderboard.json", leaderboard(0.5, 0.75, 0.4))
 
     neft5 = make_run(root, "neft5-alpaca", method="uniform", alpha=5)
@@ -99,8 +118,10 @@ def only_row(path: Path):
 
 
 def test_labels_follow_the_papers():
-    assert [method_label(NoiseConfig(m, alpha=5)) for m in ("none", "uniform", "gaussian", "bernoulli", "symnoise")] \
-        == ["base", "NEFT", "Gaussian", "Bernoulli", "SymNoise"]
+    assert [
+        method_label(NoiseConfig(m, alpha=5))
+        for m in ("none", "uniform", "gaussian", "bernoulli", "symnoise")
+    ] == ["base", "NEFT", "Gaussian", "Bernoulli", "SymNoise"]
     assert method_label(NoiseConfig("gaussian", alpha=5, match_uniform_norm=False)) == "Gaussian (unmatched)"
     assert variant_label(NoiseConfig("neftune", alpha=5)) == "NEFT 5"
     assert variant_label(NoiseConfig("gaussian", alpha=5)) == "Gaussian 5/sqrt3"
@@ -178,8 +199,11 @@ def test_table_5_equals_stats_on_the_same_files(runs):
     table_5 = build_tables(load_runs(runs))[2]
     assert table_5.header == ["metric", "method", "Alpaca", "Evol-Instruct"]
     assert [tuple(row[:2]) for row in table_5.rows[:4]] == [
-        ("mean chars", "base"), ("mean chars", "+NEFT"), ("mean chars", "+Gaussian (unmatched)"),
-        ("mean chars", "+SymNoise")]
+        ("mean chars", "base"),
+        ("mean chars", "+NEFT"),
+        ("mean chars", "+Gaussian (unmatched)"),
+        ("mean chars", "+SymNoise"),
+    ]
     (base,) = file_stats([runs[3] / "model_outputs.json"], 50)
     (sym,) = file_stats([runs[0] / "model_outputs.json"], 100)  # Evol-Instruct: first 100 words
     assert sym.n_kept > 0 and base.n_kept > 0
@@ -194,7 +218,9 @@ def test_table_5_equals_stats_on_the_same_files(runs):
 
 def test_table_5_note_states_the_papers_n_by_default(runs):
     table_5 = build_tables(load_runs(runs))[2]
-    assert table_5.notes[0] == "repetition and log-diversity on the first N words: Alpaca 50, Evol-Instruct 100"
+    assert (
+        table_5.notes[0] == "repetition and log-diversity on the first N words: Alpaca 50, Evol-Instruct 100"
+    )
     assert not any("--words" in note for note in table_5.notes)  # every shown run has outputs long enough
 
 
@@ -209,8 +235,10 @@ def test_words_overrides_n_for_every_dataset(runs):
         assert table_5.cell("mean chars", method, column=column) == f"{stats.mean_chars:.1f}"
         assert table_5.cell("2-gram rep. %", method, column=column) == f"{stats.rep_2_pct:.2f}"
         assert table_5.cell("log-diversity", method, column=column) == f"{stats.log_diversity:.2f}"
-    assert table_5.notes[0] == ("repetition and log-diversity on the first N words: Alpaca 20, Evol-Instruct 20 "
-                                "(set by --words; the papers' N: Alpaca 50, Evol-Instruct 100)")
+    assert table_5.notes[0] == (
+        "repetition and log-diversity on the first N words: Alpaca 20, Evol-Instruct 20 "
+        "(set by --words; the papers' N: Alpaca 50, Evol-Instruct 100)"
+    )
     assert {r.stats.words for r in loaded if r.stats} == {20}
     assert load_run(runs[0], words=20).stats == sym
 
@@ -232,20 +260,26 @@ def short_outputs_run(root: Path, name: str, n_words: int, **noise) -> Path:
     """A run directory with 4 outputs of exactly ``n_words`` words each (like the mini grid's tiny model)."""
     run = make_run(root, name, **noise)
     texts = [" ".join(f"w{i}{j % 7}" for j in range(n_words)) for i in range(4)]
-    write_json(run / "model_outputs.json", [{"instruction": f"q{i}", "output": t, "generator": name}
-                                            for i, t in enumerate(texts)])
+    write_json(
+        run / "model_outputs.json",
+        [{"instruction": f"q{i}", "output": t, "generator": name} for i, t in enumerate(texts)],
+    )
     return run
 
 
 def test_short_outputs_get_a_note_suggesting_words(tmp_path, capsys):
-    runs = [short_outputs_run(tmp_path, "base", 12, method="none"),
-            short_outputs_run(tmp_path, "neft", 15, method="uniform", alpha=5)]
+    runs = [
+        short_outputs_run(tmp_path, "base", 12, method="none"),
+        short_outputs_run(tmp_path, "neft", 15, method="uniform", alpha=5),
+    ]
     table_5 = build_tables(load_runs(runs))[2]
     assert table_5.cell("mean words", "+NEFT", column="Alpaca") == "15.0"
     assert table_5.cell("2-gram rep. %", "+NEFT", column="Alpaca") == DASH
     assert table_5.cell("log-diversity", "base", column="Alpaca") == DASH
     (note,) = [n for n in table_5.notes if "--words" in n]
-    assert note.startswith("no output is at least N words long, so 2-gram repetition and log-diversity are blank")
+    assert note.startswith(
+        "no output is at least N words long, so 2-gram repetition and log-diversity are blank"
+    )
     assert f"{runs[0]} (Alpaca: N 50, 4 outputs of 12.0 words on average)" in note
     assert f"{runs[1]} (Alpaca: N 50, 4 outputs of 15.0 words on average)" in note
     assert "`symnoise report --words N`" in note
@@ -266,9 +300,13 @@ def test_short_outputs_get_a_note_suggesting_words(tmp_path, capsys):
 
 
 def test_short_note_only_names_runs_with_outputs_and_none_long_enough(tmp_path):
-    runs = load_runs([short_outputs_run(tmp_path, "long", 60, method="none"),
-                      short_outputs_run(tmp_path, "short", 8, method="uniform", alpha=5),
-                      make_run(tmp_path, "no-outputs", method="symnoise", alpha=5)])
+    runs = load_runs(
+        [
+            short_outputs_run(tmp_path, "long", 60, method="none"),
+            short_outputs_run(tmp_path, "short", 8, method="uniform", alpha=5),
+            make_run(tmp_path, "no-outputs", method="symnoise", alpha=5),
+        ]
+    )
     notes = build_tables(runs)[2].notes
     (note,) = [n for n in notes if "--words" in n]
     assert str(tmp_path / "short") in note
@@ -278,11 +316,21 @@ def test_short_note_only_names_runs_with_outputs_and_none_long_enough(tmp_path):
 def test_leaderboard_and_runs_tables(runs):
     _, _, _, board, runs_table = build_tables(load_runs(runs))
     assert board.header == ["dataset", "variant", "run", "ARC", "HellaSwag", "MMLU", "average"]
-    assert board.rows == [["Alpaca", "base", "base-alpaca", "50.00", "75.00", "40.00", "55.00"],
-                          ["Alpaca", "NEFT 5", "neft5-alpaca", "52.00", "76.00", DASH, DASH]]
+    assert board.rows == [
+        ["Alpaca", "base", "base-alpaca", "50.00", "75.00", "40.00", "55.00"],
+        ["Alpaca", "NEFT 5", "neft5-alpaca", "52.00", "76.00", DASH, DASH],
+    ]
     base = runs_table.rows[3]
-    assert base == ["base-alpaca", "base", "Alpaca", "meta-llama/Llama-2-7b-hf", "annotations, outputs, leaderboard",
-                    "1218", "0.9123", "200.0"]
+    assert base == [
+        "base-alpaca",
+        "base",
+        "Alpaca",
+        "meta-llama/Llama-2-7b-hf",
+        "annotations, outputs, leaderboard",
+        "1218",
+        "0.9123",
+        "200.0",
+    ]
     neft5 = runs_table.rows[5]  # no train_summary.json: steps and loss of the last logged line
     assert neft5[5:] == ["7", "1.7500", "50.0"]
 
@@ -317,7 +365,12 @@ def test_cli_writes_markdown_plots_and_json(runs, tmp_path, capsys):
     assert by_name["gauss5-unmatched-alpaca"]["win_rate"] is None
     assert by_name["neft5-evol"]["files"]["outputs"].endswith("eval/model_outputs.json")
     assert [t["title"].split(":")[0] for t in summary["tables"]] == [
-        "Table 1", "Table 4", "Table 5", "Open LLM Leaderboard (%)", "Runs"]
+        "Table 1",
+        "Table 4",
+        "Table 5",
+        "Open LLM Leaderboard (%)",
+        "Runs",
+    ]
 
 
 def test_plots_are_written_even_without_any_score(tmp_path):

@@ -26,8 +26,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src"
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "symnoise", "train", *map(str, args)], env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "symnoise", "train", *map(str, args)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_config(path, config):
@@ -36,8 +41,11 @@ def write_config(path, config):
 
 
 def metric_steps(run_dir):
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if '"loss"' in line]
+    return [
+        json.loads(line)["step"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
 
 
 def unfinished_run(base_model, alpaca_file, out, **overrides):
@@ -71,10 +79,15 @@ def test_resume_with_a_training_change_is_refused_naming_every_field(base_model,
     out = tmp_path / "run"
     config_file = write_config(tmp_path / "c.yaml", unfinished_run(base_model, alpaca_file, out))
     config_before = (out / "config.yaml").read_text()
-    proc = cli(config_file, "--resume", "noise.alpha=10", "noise.method=neftune", "training.learning_rate=1e-2")
+    proc = cli(
+        config_file, "--resume", "noise.alpha=10", "noise.method=neftune", "training.learning_rate=1e-2"
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for line in ("noise.alpha: 5.0 -> 10.0", "noise.method: 'symnoise' -> 'uniform'",
-                 "training.learning_rate: 0.001 -> 0.01"):
+    for line in (
+        "noise.alpha: 5.0 -> 10.0",
+        "noise.method: 'symnoise' -> 'uniform'",
+        "training.learning_rate: 0.001 -> 0.01",
+    ):
         assert line in proc.stderr, proc.stderr
     assert "would mix two configs" in proc.stderr
     assert (out / "config.yaml").read_text() == config_before
@@ -86,8 +99,10 @@ def test_resume_with_a_training_change_is_refused_naming_every_field(base_model,
     record = json.loads((out / START_RECORD).read_text())
     assert record["config"]["noise"]["alpha"] == 5.0
     assert record["resumes"][-1]["from"] == "checkpoint-2"
-    assert record["resumes"][-1]["harmless_changes"] == {"training.logging_steps": [1, 2],
-                                                         "training.save_total_limit": [2, 3]}
+    assert record["resumes"][-1]["harmless_changes"] == {
+        "training.logging_steps": [1, 2],
+        "training.save_total_limit": [2, 3],
+    }
     assert (out / "model.safetensors").is_file()
 
 
@@ -126,8 +141,10 @@ def test_resume_refuses_a_local_model_whose_files_changed(base_model, alpaca_fil
     name = sorted(weights)[-1]
     weights[name] = weights[name] + 1e-3
     save_file(weights, original, metadata={"format": "pt"})
-    with pytest.raises(ConfigError, match=re.escape(f"model files ({model}): as at the start -> changed since: "
-                                                    "model.safetensors")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(f"model files ({model}): as at the start -> changed since: model.safetensors"),
+    ):
         train(config, resume=True)
 
     shutil.copy(kept, original)  # the same bytes again, with a new modification time
@@ -163,11 +180,19 @@ def test_resume_loads_the_hub_commit_the_run_started_with(base_model, alpaca_fil
     env = {**ENV, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "run"
     config_file = write_config(tmp_path / "c.yaml", tiny_config("symnoise-test/tiny", alpaca_file, out))
-    started = subprocess.run([sys.executable, "-m", "symnoise", "train", str(config_file)], env=env,
-                             capture_output=True, text=True, timeout=300)
+    started = subprocess.run(
+        [sys.executable, "-m", "symnoise", "train", str(config_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert started.returncode == 0, started.stderr[-2000:]
-    assert json.loads((out / START_RECORD).read_text())["model"] == {"hub": "symnoise-test/tiny", "revision": None,
-                                                                    "commit": first}
+    assert json.loads((out / START_RECORD).read_text())["model"] == {
+        "hub": "symnoise-test/tiny",
+        "revision": None,
+        "commit": first,
+    }
     shutil.rmtree(out / "checkpoint-4")
     for name in ("model.safetensors", "train_summary.json"):
         (out / name).unlink()
@@ -176,10 +201,18 @@ def test_resume_loads_the_hub_commit_the_run_started_with(base_model, alpaca_fil
     (repo / "snapshots" / second / "config.json").write_text(json.dumps(moved))
     (repo / "refs" / "main").write_text(second)
 
-    resumed = subprocess.run([sys.executable, "-m", "symnoise", "train", str(config_file), "--resume"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "symnoise", "train", str(config_file), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"--resume: loading symnoise-test/tiny at commit {first}, the one this run started with" in resumed.stderr
+    assert (
+        f"--resume: loading symnoise-test/tiny at commit {first}, the one this run started with"
+        in resumed.stderr
+    )
     assert metric_steps(out) == [1, 2, 3, 4] and (out / "model.safetensors").is_file()
 
 
@@ -190,11 +223,26 @@ def test_field_classification():
     recorded = base.to_dict()
     same_dir = tiny_config("m", "d.json", str(Path("runs/a").resolve()))
     assert config_changes(recorded, same_dir) == []
-    changed = tiny_config("m", "d.json", "runs/a", training__logging_steps=5, training__eval_steps=3,
-                          training__warmup_ratio=0.1, data__max_length=64, lora__r=8, training__seed=1)
+    changed = tiny_config(
+        "m",
+        "d.json",
+        "runs/a",
+        training__logging_steps=5,
+        training__eval_steps=3,
+        training__warmup_ratio=0.1,
+        data__max_length=64,
+        lora__r=8,
+        training__seed=1,
+    )
     found = {c.field: c.harmless for c in config_changes(recorded, changed)}
-    assert found == {"training.logging_steps": True, "training.eval_steps": True, "training.warmup_ratio": False,
-                     "data.max_length": False, "lora.r": False, "training.seed": False}
+    assert found == {
+        "training.logging_steps": True,
+        "training.eval_steps": True,
+        "training.warmup_ratio": False,
+        "data.max_length": False,
+        "lora.r": False,
+        "training.seed": False,
+    }
     recorded["training"]["learning_rate"] = 1e-3  # the same number, spelled as a float
     assert config_changes(recorded, base) == []
 
@@ -216,11 +264,15 @@ def test_fresh_run_after_a_kill_before_the_first_checkpoint(base_model, alpaca_f
     config_file = write_config(tmp_path / "c.yaml", config)
     proc = cli(config_file)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert (f"training.output_dir: {out} already holds a run (an unfinished run that stopped before its first "
-            "checkpoint); pass --resume to start it again from step 0 with the config it was started with, "
-            "pass --overwrite to delete it and start a new run, or choose another output_dir") in proc.stderr
+    assert (
+        f"training.output_dir: {out} already holds a run (an unfinished run that stopped before its first "
+        "checkpoint); pass --resume to start it again from step 0 with the config it was started with, "
+        "pass --overwrite to delete it and start a new run, or choose another output_dir"
+    ) in proc.stderr
     with pytest.raises(ConfigError, match=r"noise.alpha: 5.0 -> 7.0"):
-        train(tiny_config(base_model, alpaca_file, out, training__save_steps=3, noise__alpha=7.0), resume=True)
+        train(
+            tiny_config(base_model, alpaca_file, out, training__save_steps=3, noise__alpha=7.0), resume=True
+        )
     assert train(config, resume=True).steps == 4
     assert metric_steps(out) == [1, 2, 3, 4]
     assert json.loads((out / START_RECORD).read_text())["resumes"][-1]["from"].startswith("step 0")
@@ -238,13 +290,17 @@ def test_user_files_in_output_dir_are_never_overwritten(base_model, alpaca_file,
     (out / "README.md").write_text("my notes\n")
     (out / "config.yaml").write_text("my: config\n")
     config_file = write_config(tmp_path / "c.yaml", tiny_config(base_model, alpaca_file, out))
-    expected = (f"training.output_dir: {out} holds files symnoise did not write (README.md, config.yaml); "
-                "symnoise never overwrites or deletes them")
+    expected = (
+        f"training.output_dir: {out} holds files symnoise did not write (README.md, config.yaml); "
+        "symnoise never overwrites or deletes them"
+    )
     proc = cli(config_file)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in proc.stderr
     with pytest.raises(ConfigError, match=re.escape(expected)):
         train(tiny_config(base_model, alpaca_file, out), overwrite=True)
-    assert (out / "README.md").read_text() == "my notes\n" and (out / "config.yaml").read_text() == "my: config\n"
+    assert (out / "README.md").read_text() == "my notes\n" and (
+        out / "config.yaml"
+    ).read_text() == "my: config\n"
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml"]  # not even a lock file left
 
 
@@ -294,8 +350,10 @@ def test_lock_names_its_holder_and_a_stale_lock_is_taken_over(tmp_path, caplog):
     held = RunLock(tmp_path).acquire()
     with pytest.raises(RunLockedError) as error:
         RunLock(tmp_path).acquire()
-    assert f"is in use by another symnoise run (PID {os.getpid()} on host {socket.gethostname()}, started" \
+    assert (
+        f"is in use by another symnoise run (PID {os.getpid()} on host {socket.gethostname()}, started"
         in str(error.value)
+    )
     held.release()
     assert (tmp_path / LOCK_FILE).read_text() == ""  # released: not a stale lock
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 999999999, "host": "gone", "started_at": "then"}))
@@ -307,15 +365,21 @@ def test_lock_names_its_holder_and_a_stale_lock_is_taken_over(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_second_run_into_a_busy_directory_is_refused_then_a_killed_holder_is_taken_over(base_model, alpaca_file,
-                                                                                         tmp_path):
+def test_second_run_into_a_busy_directory_is_refused_then_a_killed_holder_is_taken_over(
+    base_model, alpaca_file, tmp_path
+):
     """Two real processes: the second is refused with the first's PID and host while the first trains; after a
     kill -9 of the first, --resume takes the stale lock over and finishes the run with each step logged once."""
     out = tmp_path / "run"
-    config_file = write_config(tmp_path / "c.yaml", tiny_config(base_model, alpaca_file, out,
-                                                                training__max_steps=6))
-    first = subprocess.Popen([sys.executable, "-c", DRIVER, "2", "train", str(config_file)], env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config_file = write_config(
+        tmp_path / "c.yaml", tiny_config(base_model, alpaca_file, out, training__max_steps=6)
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, "2", "train", str(config_file)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not (out / "checkpoint-2" / "trainer_state.json").is_file():
         assert first.poll() is None and time.monotonic() < deadline, "the first run ended too early"
@@ -323,14 +387,18 @@ def test_second_run_into_a_busy_directory_is_refused_then_a_killed_holder_is_tak
     second = cli(config_file)
     assert first.poll() is None, "the first run ended before the second was refused"
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
-    assert (f"is in use by another symnoise run (PID {first.pid} on host {socket.gethostname()}, started"
-            in second.stderr)
+    assert (
+        f"is in use by another symnoise run (PID {first.pid} on host {socket.gethostname()}, started"
+        in second.stderr
+    )
     first.send_signal(signal.SIGKILL)
     assert first.wait(timeout=60) == -signal.SIGKILL
     resumed = cli(config_file, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"took over the lock {out / LOCK_FILE} left by a run that is no longer running (PID {first.pid}" \
+    assert (
+        f"took over the lock {out / LOCK_FILE} left by a run that is no longer running (PID {first.pid}"
         in resumed.stderr
+    )
     assert metric_steps(out) == [1, 2, 3, 4, 5, 6]
 
 
@@ -352,10 +420,14 @@ def test_grid_cell_killed_mid_training_is_not_resumed_with_another_config(tmp_pa
     outcome = run_grid(validate_grid(data), log=lambda line: None)
     cell = outcome.cells[0]
     assert cell.status == "failed" and "StaleCellError" in cell.error
-    assert "training.learning_rate: 0.001 -> 0.002" in cell.error and "delete the cell directory" in cell.error
+    assert (
+        "training.learning_rate: 0.001 -> 0.002" in cell.error and "delete the cell directory" in cell.error
+    )
     run_dir = tmp_path / "grid" / "cells" / cell.cell
     assert json.loads((run_dir / START_RECORD).read_text())["config"]["training"]["learning_rate"] == 1e-3
-    data["base"]["training"]["learning_rate"] = 1e-3  # back to what it was started with: the cell trains again
+    data["base"]["training"]["learning_rate"] = (
+        1e-3  # back to what it was started with: the cell trains again
+    )
     outcome = run_grid(validate_grid(data), log=lambda line: None)
     assert outcome.cells[0].status == "finished"
     assert metric_steps(run_dir) == [1, 2, 3]

@@ -77,22 +77,51 @@ def finish():
 
 
 def config_data(tmp_path, **training):
-    return {"model": {"name": "m"}, "data": {"path": "d.json"},
-            "training": {"output_dir": str(tmp_path / "my-run"), **training}}
+    return {
+        "model": {"name": "m"},
+        "data": {"path": "d.json"},
+        "training": {"output_dir": str(tmp_path / "my-run"), **training},
+    }
 
 
 def test_wandb_settings_come_from_the_config_then_the_environment(tmp_path):
-    env = {"WANDB_PROJECT": "env-project", "WANDB_ENTITY": "env-team", "WANDB_TAGS": "a, b,", "WANDB_NAME": "env-n",
-           "WANDB_RUN_GROUP": "env-group"}
+    env = {
+        "WANDB_PROJECT": "env-project",
+        "WANDB_ENTITY": "env-team",
+        "WANDB_TAGS": "a, b,",
+        "WANDB_NAME": "env-n",
+        "WANDB_RUN_GROUP": "env-group",
+    }
     bare = validate_config(config_data(tmp_path, report_to=["wandb"]))
-    assert sharing.wandb_settings(bare, {}) == {"project": "symnoise", "entity": None, "name": "my-run",
-                                                "tags": None, "group": None}
-    assert sharing.wandb_settings(bare, env) == {"project": "env-project", "entity": "env-team", "name": "env-n",
-                                                 "tags": ["a", "b"], "group": "env-group"}
-    full = validate_config(config_data(tmp_path, report_to=["wandb"], run_name="alpha5",
-                                       wandb={"project": "p", "entity": "team", "tags": ["x"], "group": "g"}))
-    assert sharing.wandb_settings(full, env) == {"project": "p", "entity": "team", "name": "alpha5",
-                                                 "tags": ["x"], "group": "g"}
+    assert sharing.wandb_settings(bare, {}) == {
+        "project": "symnoise",
+        "entity": None,
+        "name": "my-run",
+        "tags": None,
+        "group": None,
+    }
+    assert sharing.wandb_settings(bare, env) == {
+        "project": "env-project",
+        "entity": "env-team",
+        "name": "env-n",
+        "tags": ["a", "b"],
+        "group": "env-group",
+    }
+    full = validate_config(
+        config_data(
+            tmp_path,
+            report_to=["wandb"],
+            run_name="alpha5",
+            wandb={"project": "p", "entity": "team", "tags": ["x"], "group": "g"},
+        )
+    )
+    assert sharing.wandb_settings(full, env) == {
+        "project": "p",
+        "entity": "team",
+        "name": "alpha5",
+        "tags": ["x"],
+        "group": "g",
+    }
 
 
 def test_hub_model_id_is_checked_up_front(tmp_path):
@@ -106,12 +135,22 @@ def test_wandb_section_needs_wandb_in_report_to(tmp_path):
         validate_config(config_data(tmp_path, wandb={"project": "p"}))
 
 
-def test_missing_wandb_is_a_clear_error_before_the_model_loads(base_model, alpaca_file, tmp_path, monkeypatch):
+def test_missing_wandb_is_a_clear_error_before_the_model_loads(
+    base_model, alpaca_file, tmp_path, monkeypatch
+):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(sharing.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
-    config = tiny_config("no/such-model-anywhere", alpaca_file, tmp_path / "run",
-                         training__report_to=["wandb"], training__wandb={"project": "p"})
+    monkeypatch.setattr(
+        sharing.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "wandb" else real_find_spec(name, *a),
+    )
+    config = tiny_config(
+        "no/such-model-anywhere",
+        alpaca_file,
+        tmp_path / "run",
+        training__report_to=["wandb"],
+        training__wandb={"project": "p"},
+    )
     with pytest.raises(ConfigError, match=r'pip install "symnoise\[wandb\]"'):
         train(config)
     assert not (tmp_path / "run").exists()  # refused before even the run directory was made
@@ -122,7 +161,9 @@ def wandb_stand_in(tmp_path, monkeypatch):
     package = tmp_path / "stand_in" / "wandb"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(textwrap.dedent(WANDB_STAND_IN))
-    (package / "sdk" / "lib").mkdir(parents=True)  # transformers imports wandb.sdk.lib.config_util.ConfigError
+    (package / "sdk" / "lib").mkdir(
+        parents=True
+    )  # transformers imports wandb.sdk.lib.config_util.ConfigError
     (package / "sdk" / "__init__.py").write_text("")
     (package / "sdk" / "lib" / "__init__.py").write_text("")
     (package / "sdk" / "lib" / "config_util.py").write_text("class ConfigError(Exception):\n    pass\n")
@@ -138,13 +179,25 @@ def wandb_stand_in(tmp_path, monkeypatch):
 
 def test_training_logs_into_the_configured_wandb_run(base_model, alpaca_file, tmp_path, wandb_stand_in):
     out = tmp_path / "run"
-    train(tiny_config(base_model, alpaca_file, out, training__max_steps=2, training__report_to=["wandb"],
-                      training__run_name="alpha5-seed0",
-                      training__wandb={"project": "noise", "entity": "lab", "tags": ["symnoise", "tiny"]}))
+    train(
+        tiny_config(
+            base_model,
+            alpaca_file,
+            out,
+            training__max_steps=2,
+            training__report_to=["wandb"],
+            training__run_name="alpha5-seed0",
+            training__wandb={"project": "noise", "entity": "lab", "tags": ["symnoise", "tiny"]},
+        )
+    )
     assert len(wandb_stand_in.inits) == 1
     init = wandb_stand_in.inits[0]
-    assert (init["project"], init["entity"], init["name"], init["tags"]) == ("noise", "lab", "alpha5-seed0",
-                                                                            ["symnoise", "tiny"])
+    assert (init["project"], init["entity"], init["name"], init["tags"]) == (
+        "noise",
+        "lab",
+        "alpha5-seed0",
+        ["symnoise", "tiny"],
+    )
     assert init["config"]["noise"]["method"] == "symnoise" and init["dir"] == str(out)
     losses = [entry for entry in wandb_stand_in.logs if "train/loss" in entry]
     assert [entry["train/global_step"] for entry in losses] == [1, 2]  # the Trainer logged into our run
@@ -156,8 +209,17 @@ def test_real_wandb_in_offline_mode(base_model, alpaca_file, tmp_path, monkeypat
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    train(tiny_config(base_model, alpaca_file, out, training__max_steps=2, training__report_to=["wandb"],
-                      training__run_name="offline-run", training__wandb={"project": "noise", "tags": ["t"]}))
+    train(
+        tiny_config(
+            base_model,
+            alpaca_file,
+            out,
+            training__max_steps=2,
+            training__report_to=["wandb"],
+            training__run_name="offline-run",
+            training__wandb={"project": "noise", "tags": ["t"]},
+        )
+    )
     import wandb
 
     assert wandb.run is None  # finished by symnoise
@@ -176,7 +238,9 @@ class FakeHubApi:
         self.calls.append(("create_repo", repo_id, private, exist_ok, repo_type))
         return repo_id
 
-    def upload_folder(self, repo_id, folder_path, repo_type=None, ignore_patterns=(), commit_message=None, **kw):
+    def upload_folder(
+        self, repo_id, folder_path, repo_type=None, ignore_patterns=(), commit_message=None, **kw
+    ):
         from pathlib import Path
 
         self.calls.append(("upload_folder", repo_id, repo_type, commit_message))
@@ -197,12 +261,20 @@ def test_push_to_hub_uploads_the_final_model_and_card(base_model, alpaca_file, t
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_stand_in")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     out = tmp_path / "tiny-symnoise"
-    result = train(tiny_config(base_model, alpaca_file, out, training__push_to_hub=True, training__max_steps=2))
+    result = train(
+        tiny_config(base_model, alpaca_file, out, training__push_to_hub=True, training__max_steps=2)
+    )
     assert FakeHubApi.calls[0] == ("create_repo", "tiny-symnoise", True, True, "model")  # private by default
     assert FakeHubApi.calls[1][:3] == ("upload_folder", "tiny-symnoise", "model")
     uploaded = {p.relative_to(remote).as_posix() for p in remote.rglob("*") if p.is_file()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "config.yaml",
-            "symnoise_run.json"} <= uploaded
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "README.md",
+        "config.yaml",
+        "symnoise_run.json",
+    } <= uploaded
     assert not any(name.startswith(("checkpoint-", "runs/", "tmp-")) for name in uploaded)
     assert (out / "run_start.json").is_file() and {"run_start.json", "symnoise.lock"}.isdisjoint(uploaded)
     assert (remote / "README.md").read_text() == (out / "README.md").read_text()
@@ -236,19 +308,34 @@ def test_push_to_hub_is_checked_before_anything_loads(alpaca_file, tmp_path, mon
 
 
 def test_model_card_of_a_lora_run_on_a_hub_dataset(tmp_path):
-    config = validate_config({
-        "model": {"name": "Qwen/Qwen2.5-0.5B-Instruct", "license": "apache-2.0"},
-        "data": {"path": "tatsu-lab/alpaca"}, "noise": {"method": "neftune", "alpha": 5},
-        "lora": {"enabled": True, "r": 8, "alpha": 16},
-        "training": {"output_dir": str(tmp_path / "qwen-neft"), "epochs": 3}})
+    config = validate_config(
+        {
+            "model": {"name": "Qwen/Qwen2.5-0.5B-Instruct", "license": "apache-2.0"},
+            "data": {"path": "tatsu-lab/alpaca"},
+            "noise": {"method": "neftune", "alpha": 5},
+            "lora": {"enabled": True, "r": 8, "alpha": 16},
+            "training": {"output_dir": str(tmp_path / "qwen-neft"), "epochs": 3},
+        }
+    )
     card = model_card(config, "chat", steps=1218, final_loss=1.23456, epochs=3.0)
     metadata = yaml.safe_load(card.split("---")[1])
-    assert metadata == {"library_name": "peft", "base_model": "Qwen/Qwen2.5-0.5B-Instruct", "license": "apache-2.0",
-                        "pipeline_tag": "text-generation", "datasets": ["tatsu-lab/alpaca"],
-                        "tags": ["symnoise", "noisy-embeddings", "neftune", "lora", "text-generation"]}
-    for row in ("| noise method | `uniform` |", "| alpha | 5.0 |", "| trained | 1218 optimizer steps, 3.00 epochs |",
-                "| licence of the base model | apache-2.0 |", "| training data | tatsu-lab/alpaca |",
-                "| LoRA | r=8, alpha=16.0, dropout=0.05", "| final training loss | 1.2346 |"):
+    assert metadata == {
+        "library_name": "peft",
+        "base_model": "Qwen/Qwen2.5-0.5B-Instruct",
+        "license": "apache-2.0",
+        "pipeline_tag": "text-generation",
+        "datasets": ["tatsu-lab/alpaca"],
+        "tags": ["symnoise", "noisy-embeddings", "neftune", "lora", "text-generation"],
+    }
+    for row in (
+        "| noise method | `uniform` |",
+        "| alpha | 5.0 |",
+        "| trained | 1218 optimizer steps, 3.00 epochs |",
+        "| licence of the base model | apache-2.0 |",
+        "| training data | tatsu-lab/alpaca |",
+        "| LoRA | r=8, alpha=16.0, dropout=0.05",
+        "| final training loss | 1.2346 |",
+    ):
         assert row in card, row
 
 
@@ -270,9 +357,22 @@ def test_model_card_lists_every_source_of_a_mixture(tmp_path):
     from types import SimpleNamespace
 
     config = validate_config(config_data(tmp_path))
-    mixture = SimpleNamespace(path=None, max_length=512, datasets=[SimpleNamespace(path="tatsu-lab/alpaca"),
-                                                                   SimpleNamespace(path=str(tmp_path / "mine.jsonl"))])
-    card = model_card(SimpleNamespace(model=config.model, noise=config.noise, lora=config.lora,
-                                      training=config.training, data=mixture), "alpaca", 10, None, 1.0)
+    mixture = SimpleNamespace(
+        path=None,
+        max_length=512,
+        datasets=[
+            SimpleNamespace(path="tatsu-lab/alpaca"),
+            SimpleNamespace(path=str(tmp_path / "mine.jsonl")),
+        ],
+    )
+    card = model_card(
+        SimpleNamespace(
+            model=config.model, noise=config.noise, lora=config.lora, training=config.training, data=mixture
+        ),
+        "alpaca",
+        10,
+        None,
+        1.0,
+    )
     assert yaml.safe_load(card.split("---")[1])["datasets"] == ["tatsu-lab/alpaca"]
     assert "| training data | tatsu-lab/alpaca + a local file (mine.jsonl) |" in card

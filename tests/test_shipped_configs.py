@@ -22,7 +22,11 @@ STARTERS = {  # name -> (hub model, licence, LoRA, 4-bit)
 
 def test_the_clone_configs_folder_is_the_package_folder():
     assert (REPO_ROOT / "configs").is_symlink()
-    assert (REPO_ROOT / "configs").resolve() == CONFIGS_ROOT.resolve() == (REPO_ROOT / "src/symnoise/configs").resolve()
+    assert (
+        (REPO_ROOT / "configs").resolve()
+        == CONFIGS_ROOT.resolve()
+        == (REPO_ROOT / "src/symnoise/configs").resolve()
+    )
 
 
 def test_list_covers_every_file_with_its_kind():
@@ -59,7 +63,10 @@ def test_find_and_resolve(tmp_path, monkeypatch):
     with pytest.raises(KeyError, match="did you mean qwen2.5-0.5b/alpaca-symnoise"):
         find_config("qwen2.5-0.5b/alpaca-symnose")
     monkeypatch.chdir(tmp_path)
-    assert resolve_config_path("qwen2.5-0.5b/alpaca-symnoise") == find_config("qwen2.5-0.5b/alpaca-symnoise").path
+    assert (
+        resolve_config_path("qwen2.5-0.5b/alpaca-symnoise")
+        == find_config("qwen2.5-0.5b/alpaca-symnoise").path
+    )
     local = tmp_path / "qwen2.5-0.5b" / "alpaca-symnoise"
     local.parent.mkdir()
     local.write_text("model: {name: mine}\n")
@@ -79,8 +86,13 @@ def test_copy_refuses_to_overwrite(tmp_path):
 @pytest.mark.slow
 def test_cli_list_copy_and_train_check_by_name(tmp_path, base_model, alpaca_file):
     def symnoise(*args):
-        return subprocess.run([sys.executable, "-m", "symnoise", *args], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, "-m", "symnoise", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
 
     listed = symnoise("configs", "list")
     assert listed.returncode == 0, listed.stderr
@@ -108,7 +120,9 @@ def test_cli_list_copy_and_train_check_by_name(tmp_path, base_model, alpaca_file
 
 
 def test_top_level_help_is_for_users():
-    proc = subprocess.run([sys.executable, "-m", "symnoise", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "symnoise", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0
     assert "dispatcher" not in proc.stdout and "entry module" not in proc.stdout
     for command in ("configs list", "configs copy", "symnoise train", "symnoise export", "--merge-lora"):

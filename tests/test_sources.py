@@ -14,8 +14,15 @@ import yaml
 from symnoise.evaluation import sources
 from symnoise.generation import load_prompts
 
-RECORDS = [{"instruction": f"Question {i}?", "output": f"Reference {i}.", "generator": "text_davinci_003",
-            "dataset": "helpful_base"} for i in range(3)]
+RECORDS = [
+    {
+        "instruction": f"Question {i}?",
+        "output": f"Reference {i}.",
+        "generator": "text_davinci_003",
+        "dataset": "helpful_base",
+    }
+    for i in range(3)
+]
 
 
 @pytest.fixture
@@ -48,7 +55,8 @@ def test_without_a_data_folder_the_hub_file_is_read(hub_cache):
     assert [p.instruction for p in load_prompts(path)] == [r["instruction"] for r in RECORDS]
     assert sources.check_alpaca_eval("alpaca_eval") is None
     assert sources.resolve_alpaca_eval("alpaca_eval").describe() == (
-        "alpaca_eval: hub dataset tatsu-lab/alpaca_eval, file alpaca_eval.json")
+        "alpaca_eval: hub dataset tatsu-lab/alpaca_eval, file alpaca_eval.json"
+    )
 
 
 def test_a_hub_file_that_cannot_be_fetched_is_named(hub_cache):
@@ -96,7 +104,9 @@ def test_online_reachability_asks_the_hub(monkeypatch):
     hub = FakeHub(True)
     assert sources.check_alpaca_eval("alpaca_eval", api=hub) is None
     assert hub.calls == [(("tatsu-lab/alpaca_eval", "alpaca_eval.json"), {"repo_type": "dataset"})]
-    assert sources.check_hub_repo("org/model", "model", api=FakeHub(False)).startswith("no such model on the hub")
+    assert sources.check_hub_repo("org/model", "model", api=FakeHub(False)).startswith(
+        "no such model on the hub"
+    )
     assert sources.check_alpaca_eval("alpaca_eval", api=FakeHub(False)) == "no such file on the hub"
     problem = sources.check_hub_repo("org/model", api=FakeHub(ConnectionError("no route")))
     assert problem == "cannot reach the hub (ConnectionError: no route)"
@@ -108,7 +118,11 @@ def test_offline_reachability_looks_in_the_hub_cache(hub_cache):
 
 
 def test_hub_paths_and_local_paths(tmp_path):
-    assert sources.hub_path("hf://datasets/org/data/sub/file.json") == ("org/data", "dataset", "sub/file.json")
+    assert sources.hub_path("hf://datasets/org/data/sub/file.json") == (
+        "org/data",
+        "dataset",
+        "sub/file.json",
+    )
     assert sources.hub_path("tatsu-lab/alpaca") == ("tatsu-lab/alpaca", "?", None)
     assert sources.hub_path("../shared/data/x.json") is None and sources.hub_path(str(tmp_path)) is None
 
@@ -119,11 +133,15 @@ def test_leaderboard_source_is_local_only_when_a_folder_is_named(shared_data, tm
     local = sources.resolve_leaderboard(shared_data)
     assert not local.online and sources.check_leaderboard(["arc", "hellaswag", "mmlu"], local) == []
     problems = sources.check_leaderboard(["arc", "mmlu"], sources.resolve_leaderboard(tmp_path))
-    assert problems[0].startswith(f"leaderboard arc: {tmp_path}/arc/ARC-Challenge/ARC-Challenge-Train.jsonl and 2 more")
+    assert problems[0].startswith(
+        f"leaderboard arc: {tmp_path}/arc/ARC-Challenge/ARC-Challenge-Train.jsonl and 2 more"
+    )
     assert problems[1].startswith("leaderboard mmlu:") and len(problems) == 2
     online = sources.check_leaderboard(["hellaswag"], sources.resolve_leaderboard(None))
-    assert online == ["leaderboard hellaswag: hub dataset Rowan/hellaswag: HF_HUB_OFFLINE is set and the repository "
-                      "is not in the hub cache"]
+    assert online == [
+        "leaderboard hellaswag: hub dataset Rowan/hellaswag: HF_HUB_OFFLINE is set and the repository "
+        "is not in the hub cache"
+    ]
 
 
 def test_harness_datasets_are_those_of_the_installed_harness():

@@ -72,7 +72,12 @@ def test_all_responses_too_short_gives_none_not_nan():
 
 
 def test_words_per_dataset():
-    assert [words_for(d, None) for d in ("alpaca", "evol-instruct", "sharegpt", "openplatypus")] == [50, 100, 150, 150]
+    assert [words_for(d, None) for d in ("alpaca", "evol-instruct", "sharegpt", "openplatypus")] == [
+        50,
+        100,
+        150,
+        150,
+    ]
     assert words_for(None, None) == 50
     assert words_for("sharegpt", 20) == 20
     with pytest.raises(ValueError, match="at least 5"):
@@ -84,12 +89,15 @@ def write(path: Path, rows) -> Path:
     return path
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"output": "x"}, "expected a JSON list"),
-    ([{"output": "x"}, {"instruction": "i"}], "row 1: field 'output' missing"),
-    ([{"output": 3}], "row 0: field 'output' not a string (int)"),
-    ([], "holds no responses"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"output": "x"}, "expected a JSON list"),
+        ([{"output": "x"}, {"instruction": "i"}], "row 1: field 'output' missing"),
+        ([{"output": 3}], "row 0: field 'output' not a string (int)"),
+        ([], "holds no responses"),
+    ],
+)
 def test_bad_input_names_file_row_and_field(tmp_path, content, message):
     path = write(tmp_path / "bad.json", content)
     with pytest.raises(OutputsError, match="bad.json") as error:
@@ -130,21 +138,28 @@ def test_real_alpaca_7b_and_neft_outputs(shared_data):
     NEFTune reports that NEFT responses are much longer without being more repetitive; so do these files.
     """
     folder = shared_data / "alpaca_eval" / "model_outputs"
-    base, neft = file_stats([folder / "alpaca-7b.json", folder / "alpaca-7b-neft.json"], words_for("alpaca", None))
+    base, neft = file_stats(
+        [folder / "alpaca-7b.json", folder / "alpaca-7b-neft.json"], words_for("alpaca", None)
+    )
     assert (base.n_responses, neft.n_responses) == (805, 805)
     assert int(base.mean_chars) == 396 and int(neft.mean_chars) == 1067
     assert (base.n_kept, neft.n_kept) == (468, 759)
     for stats in (base, neft):
         assert 1.0 <= stats.rep_2_pct <= 6.0, stats
         assert 8.0 <= stats.log_diversity <= 17.0, stats
-    assert [round(v, 2) for v in (base.rep_2_pct, base.log_diversity, neft.rep_2_pct, neft.log_diversity)] == [
-        5.03, 11.05, 1.42, 16.45]
+    assert [
+        round(v, 2) for v in (base.rep_2_pct, base.log_diversity, neft.rep_2_pct, neft.log_diversity)
+    ] == [5.03, 11.05, 1.42, 16.45]
     assert neft.mean_chars > 2 * base.mean_chars and neft.mean_words > 2 * base.mean_words
     assert neft.rep_2_pct < base.rep_2_pct and neft.log_diversity > base.log_diversity
-    print(f"\nalpaca-7b: chars {base.mean_chars:.1f} words {base.mean_words:.1f} kept {base.n_kept} "
-          f"rep-2 {base.rep_2_pct:.2f}% log-div {base.log_diversity:.2f}")
-    print(f"alpaca-7b-neft: chars {neft.mean_chars:.1f} words {neft.mean_words:.1f} kept {neft.n_kept} "
-          f"rep-2 {neft.rep_2_pct:.2f}% log-div {neft.log_diversity:.2f}")
+    print(
+        f"\nalpaca-7b: chars {base.mean_chars:.1f} words {base.mean_words:.1f} kept {base.n_kept} "
+        f"rep-2 {base.rep_2_pct:.2f}% log-div {base.log_diversity:.2f}"
+    )
+    print(
+        f"alpaca-7b-neft: chars {neft.mean_chars:.1f} words {neft.mean_words:.1f} kept {neft.n_kept} "
+        f"rep-2 {neft.rep_2_pct:.2f}% log-div {neft.log_diversity:.2f}"
+    )
 
 
 def test_load_outputs_generators(shared_data):

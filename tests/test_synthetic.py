@@ -104,8 +104,9 @@ def test_chosen_families_only_and_every_family_checked():
     train, evaluation = make_task_examples(40, 20, seed=1, families=("increment", "us_date_to_eu"))
     assert sorted(family_of(e) for e in evaluation).count("increment") == 10
     assert {family_of(e) for e in train + evaluation} == {"increment", "us_date_to_eu"}
-    everything, _ = make_task_examples(10 * len(synthetic.FAMILIES), len(synthetic.FAMILIES),
-                                       families=tuple(synthetic.FAMILIES))
+    everything, _ = make_task_examples(
+        10 * len(synthetic.FAMILIES), len(synthetic.FAMILIES), families=tuple(synthetic.FAMILIES)
+    )
     for example in everything + train + evaluation:
         assert example.output == _recompute(family_of(example), example.instruction, example.input), example
     with pytest.raises(ValueError, match="unknown task families"):
@@ -114,13 +115,18 @@ def test_chosen_families_only_and_every_family_checked():
 
 def test_hand_checked_examples():
     assert _recompute("add", "", "17 and 25") == "42"
-    fixed = {"subtract": ("", "3 minus 10", "-7"), "reverse": ("", "kalo", "olak"),
-             "remove_vowels": ("", "banotis", "bnts"), "sort_numbers": ("", "9, 3, 10", "3, 9, 10"),
-             "capital": ("Using the table, what is the capital of Ravo?", "Ravo: Tesk; Mubi: Lon", "Tesk"),
-             "nth_item": ("What is the 2nd item of the list?", "pa, ki, zo", "ki"),
-             "key_value_to_json": ("", "a=1; b=zo", '{"a": "1", "b": "zo"}'),
-             "date_to_iso": ("", "04/11/1987", "1987-11-04"),
-             "us_date_to_eu": ("", "11/04/1987", "04/11/1987"), "increment": ("", "1299", "1300")}
+    fixed = {
+        "subtract": ("", "3 minus 10", "-7"),
+        "reverse": ("", "kalo", "olak"),
+        "remove_vowels": ("", "banotis", "bnts"),
+        "sort_numbers": ("", "9, 3, 10", "3, 9, 10"),
+        "capital": ("Using the table, what is the capital of Ravo?", "Ravo: Tesk; Mubi: Lon", "Tesk"),
+        "nth_item": ("What is the 2nd item of the list?", "pa, ki, zo", "ki"),
+        "key_value_to_json": ("", "a=1; b=zo", '{"a": "1", "b": "zo"}'),
+        "date_to_iso": ("", "04/11/1987", "1987-11-04"),
+        "us_date_to_eu": ("", "11/04/1987", "04/11/1987"),
+        "increment": ("", "1299", "1300"),
+    }
     for family, (instruction, text, answer) in fixed.items():
         assert _recompute(family, instruction, text) == answer
 
@@ -136,8 +142,12 @@ def test_tokenizer_round_trip_and_special_tokens(world):
     from symnoise.data import render_prompt
 
     assert [tokenizer.convert_ids_to_tokens(i) for i in range(4)] == list(synthetic.SPECIAL_TOKENS)
-    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (
-        0, 1, 2, 3)
+    assert (
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.unk_token_id,
+    ) == (0, 1, 2, 3)
     for example in train[:50] + evaluation:
         text = render_prompt(example, "alpaca") + example.output
         ids = tokenizer(text)["input_ids"]
@@ -187,13 +197,13 @@ def test_builds_in_seconds():
 
 
 def _contains(sequence: list[int], part: list[int]) -> bool:
-    return any(sequence[k:k + len(part)] == part for k in range(len(sequence) - len(part) + 1))
+    return any(sequence[k : k + len(part)] == part for k in range(len(sequence) - len(part) + 1))
 
 
 def test_isolating_tokenizer_gives_a_word_the_same_tokens_everywhere(world):
     train, _, default = world
     tokenizer = train_tokenizer(synthetic.tokenizer_corpus(train), vocab_size=1024, isolate_spaces=True)
-    text = "Reverse: bakotu, mefa bakotu\n12/05/1987 -> 1987-05-12 {\"bakotu\": \"x\"}"
+    text = 'Reverse: bakotu, mefa bakotu\n12/05/1987 -> 1987-05-12 {"bakotu": "x"}'
     ids = tokenizer(text)["input_ids"]
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
     for token in tokenizer.convert_ids_to_tokens(ids):

@@ -66,7 +66,10 @@ def test_braces_in_the_data_are_plain_text():
 def test_chat_uses_the_tokenizer_template_with_generation_prompt(tiny_tokenizer):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.chat_template = TOY_CHAT_TEMPLATE
-    assert render_prompt(NO_INPUT, "chat", tokenizer) == "<s>[user] Give three tips for staying healthy.\n[assistant] "
+    assert (
+        render_prompt(NO_INPUT, "chat", tokenizer)
+        == "<s>[user] Give three tips for staying healthy.\n[assistant] "
+    )
     assert render_prompt(WITH_INPUT, "chat", tokenizer) == (
         "<s>[user] Arrange the following musical notes\n\nG, B, E\n[assistant] "
     )

@@ -23,8 +23,10 @@ def llama_style():
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     bytes_ = [f"<0x{b:02X}>" for b in range(256)]
-    tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer=trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", *bytes_]))
+    tok.train_from_iterator(
+        TOKENIZER_CORPUS * 4,
+        trainer=trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", *bytes_]),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
@@ -35,19 +37,30 @@ def wordpiece():
     tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer=trainers.WordPieceTrainer(vocab_size=300,
-                                                                                    special_tokens=SPECIALS))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    tok.train_from_iterator(
+        TOKENIZER_CORPUS * 4, trainer=trainers.WordPieceTrainer(vocab_size=300, special_tokens=SPECIALS)
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
-TOKENIZERS = {"byte-level BPE": build_tiny_tokenizer(), "llama-style": llama_style(), "wordpiece": wordpiece()}
-TEXT = st.lists(st.one_of(st.text(max_size=40), st.sampled_from([*SPECIALS, " ", "\n\n", "▁", "é", "🙂", "\t"])),
-                max_size=8).map("".join)
+TOKENIZERS = {
+    "byte-level BPE": build_tiny_tokenizer(),
+    "llama-style": llama_style(),
+    "wordpiece": wordpiece(),
+}
+TEXT = st.lists(
+    st.one_of(st.text(max_size=40), st.sampled_from([*SPECIALS, " ", "\n\n", "▁", "é", "🙂", "\t"])),
+    max_size=8,
+).map("".join)
 
 
 def reference_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]]
+    return [
+        list(ids)
+        for ids in tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ]
 
 
 @pytest.mark.parametrize("name", TOKENIZERS)

@@ -16,7 +16,9 @@ from symnoise.train import ConfigError, load_config, train
 from symnoise.train.config import validate_config
 
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
-TRAIN_CONFIGS = [p for p in CONFIGS if "llama2-7b" in p.parts]  # the papers' grid; starters: test_shipped_configs
+TRAIN_CONFIGS = [
+    p for p in CONFIGS if "llama2-7b" in p.parts
+]  # the papers' grid; starters: test_shipped_configs
 
 
 def minimal(**sections):
@@ -41,8 +43,10 @@ def test_paper_grid_is_complete():
     for dataset in ("alpaca", "evol-instruct", "sharegpt", "openplatypus"):
         for method in ("none", "neftune", "gaussian", "bernoulli", "symnoise"):
             assert f"{dataset}-{method}" in names
-    alphas = {d: load_config(REPO_ROOT / f"configs/llama2-7b/{d}-symnoise.yaml").noise.alpha
-              for d in ("alpaca", "evol-instruct", "sharegpt", "openplatypus")}
+    alphas = {
+        d: load_config(REPO_ROOT / f"configs/llama2-7b/{d}-symnoise.yaml").noise.alpha
+        for d in ("alpaca", "evol-instruct", "sharegpt", "openplatypus")
+    }
     assert alphas == {"alpaca": 5, "evol-instruct": 5, "sharegpt": 10, "openplatypus": 15}
 
 
@@ -52,19 +56,22 @@ def test_accelerate_configs_parse(path):
     assert data["distributed_type"] in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
 
 
-@pytest.mark.parametrize("overrides,field", [
-    (["noise.alpha=-1"], "noise"),
-    (["noise.method=laplace"], "noise"),
-    (["noise.alhpa=5"], "noise"),
-    (["training.learning_rate=0"], "training.learning_rate"),
-    (["training.lr=1e-4"], "training.lr: unknown field"),
-    (["data.format=csv"], "data.format"),
-    (["data.max_length=abc"], "data.max_length"),
-    (["training.effective_batch_size=10", "training.per_device_batch_size=4"], "multiple of"),
-    (["lora.quantize_4bit=true"], "lora.enabled"),
-    (["model.trust_remote_code=maybe"], "model.trust_remote_code"),
-    (["optimizer.name=adam"], "optimizer: unknown field"),
-])
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (["noise.alpha=-1"], "noise"),
+        (["noise.method=laplace"], "noise"),
+        (["noise.alhpa=5"], "noise"),
+        (["training.learning_rate=0"], "training.learning_rate"),
+        (["training.lr=1e-4"], "training.lr: unknown field"),
+        (["data.format=csv"], "data.format"),
+        (["data.max_length=abc"], "data.max_length"),
+        (["training.effective_batch_size=10", "training.per_device_batch_size=4"], "multiple of"),
+        (["lora.quantize_4bit=true"], "lora.enabled"),
+        (["model.trust_remote_code=maybe"], "model.trust_remote_code"),
+        (["optimizer.name=adam"], "optimizer: unknown field"),
+    ],
+)
 def test_invalid_fields_are_named(tmp_path, overrides, field):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(minimal()))
@@ -90,19 +97,39 @@ def test_bad_config_files(tmp_path):
 def test_overrides_are_typed():
     config = validate_config(minimal())
     assert config.noise.method == "symnoise" and config.noise.alpha == 5.0  # the papers' default
-    config = load_config(None, ["model.name=m", "data.path=d.json", "training.output_dir=o", "noise.alpha=10",
-                                "noise.method=neftune", "lora.enabled=true", "lora.target_modules=[q_proj]"])
+    config = load_config(
+        None,
+        [
+            "model.name=m",
+            "data.path=d.json",
+            "training.output_dir=o",
+            "noise.alpha=10",
+            "noise.method=neftune",
+            "lora.enabled=true",
+            "lora.target_modules=[q_proj]",
+        ],
+    )
     assert config.noise.alpha == 10.0 and config.noise.method == "uniform"
     assert config.lora.enabled and config.lora.target_modules == ["q_proj"]
 
 
 def tiny_config(base_model, data_path, out, **overrides):
-    data = {"model": {"name": str(base_model)},
-            "data": {"path": str(data_path), "max_length": 96},
-            "noise": {"method": "symnoise", "alpha": 5.0, "seed": 0},
-            "training": {"output_dir": str(out), "max_steps": 4, "per_device_batch_size": 4,
-                         "effective_batch_size": 8, "learning_rate": 1e-3, "save_steps": 2,
-                         "report_to": ["tensorboard"], "device": "cpu", "seed": 0}}
+    data = {
+        "model": {"name": str(base_model)},
+        "data": {"path": str(data_path), "max_length": 96},
+        "noise": {"method": "symnoise", "alpha": 5.0, "seed": 0},
+        "training": {
+            "output_dir": str(out),
+            "max_steps": 4,
+            "per_device_batch_size": 4,
+            "effective_batch_size": 8,
+            "learning_rate": 1e-3,
+            "save_steps": 2,
+            "report_to": ["tensorboard"],
+            "device": "cpu",
+            "seed": 0,
+        },
+    }
     for dotted, value in overrides.items():
         section, field = dotted.split("__")
         data.setdefault(section, {})[field] = value
@@ -115,8 +142,17 @@ def test_end_to_end_run_writes_the_run_directory(base_model, alpaca_file, tmp_pa
     report = json.loads((out / "data_report.json").read_text())
     assert report["loaded"] == 36 and report["format"] == "alpaca"
     assert result.steps == 4 and result.train_examples == report["examples"] == 36 - report["dropped"] > 0
-    for name in ("config.yaml", "symnoise_run.json", "data_report.json", "metrics.jsonl", "metrics.csv",
-                 "model.safetensors", "tokenizer.json", "README.md", "train_summary.json"):
+    for name in (
+        "config.yaml",
+        "symnoise_run.json",
+        "data_report.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+        "train_summary.json",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "training_args.bin").exists()
     assert list((out / "runs").rglob("events.out.tfevents.*"))
@@ -126,8 +162,16 @@ def test_end_to_end_run_writes_the_run_directory(base_model, alpaca_file, tmp_pa
     steps = [line for line in lines if "loss" in line]
     assert [line["step"] for line in steps] == [1, 2, 3, 4]
     for line in steps:
-        assert {"loss", "learning_rate", "grad_norm", "noise_norm", "noise_alpha", "tokens_per_s",
-                "padding_fraction", "peak_mem_gb"} <= line.keys()
+        assert {
+            "loss",
+            "learning_rate",
+            "grad_norm",
+            "noise_norm",
+            "noise_alpha",
+            "tokens_per_s",
+            "padding_fraction",
+            "peak_mem_gb",
+        } <= line.keys()
         assert line["noise_norm"] == pytest.approx(5 / 3**0.5, rel=1e-5)
         assert line["tokens_per_s"] > 0 and 0 <= line["padding_fraction"] < 1
     card = (out / "README.md").read_text()
@@ -153,8 +197,11 @@ def test_existing_run_is_not_overwritten_and_resume_continues(base_model, alpaca
     relogged = tiny_config(base_model, alpaca_file, out, training__max_steps=2, training__logging_steps=2)
     result = train(relogged, resume=True)  # a logging change does not change training: allowed and recorded
     assert result.steps == 2
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [
+        json.loads(line)["step"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert steps == [1, 2]
     record = json.loads((out / "run_start.json").read_text())
     assert record["config"]["training"]["logging_steps"] == 1
@@ -175,8 +222,12 @@ def test_bad_data_fails_before_the_model_is_loaded(alpaca_file, tmp_path):
 def test_cli_reports_config_errors(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(minimal()))
-    proc = subprocess.run([sys.executable, "-m", "symnoise", "train", str(path), "noise.alpha=-2"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "symnoise", "train", str(path), "noise.alpha=-2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "noise" in proc.stderr and "alpha" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -196,17 +247,30 @@ def test_eval_loss_is_logged_without_gathering_logits(base_model, alpaca_file, t
 
     gathered = []
     real_step = transformers.Trainer.prediction_step
-    monkeypatch.setattr(transformers.Trainer, "prediction_step", lambda self, *a, **k: gathered.append(
-        (out := real_step(self, *a, **k))[1]) or out)
+    monkeypatch.setattr(
+        transformers.Trainer,
+        "prediction_step",
+        lambda self, *a, **k: gathered.append((out := real_step(self, *a, **k))[1]) or out,
+    )
     out = tmp_path / "eval"
-    train(tiny_config(base_model, alpaca_file, out, training__max_steps=2, training__eval_steps=2,
-                      data__eval_path=str(alpaca_file)))
+    train(
+        tiny_config(
+            base_model,
+            alpaca_file,
+            out,
+            training__max_steps=2,
+            training__eval_steps=2,
+            data__eval_path=str(alpaca_file),
+        )
+    )
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(math.isfinite(s.get("eval_loss", math.nan)) for s in steps)
     assert gathered and all(logits is None for logits in gathered)
 
 
-def test_rows_packing_trains_with_the_same_noise_scale_and_counts_real_tokens(base_model, alpaca_file, tmp_path):
+def test_rows_packing_trains_with_the_same_noise_scale_and_counts_real_tokens(
+    base_model, alpaca_file, tmp_path
+):
     out = tmp_path / "rows"
     train(tiny_config(base_model, alpaca_file, out, data__packing="rows", training__max_steps=2))
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -220,12 +284,29 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks train, their noise differs, one run directory."""
     out = tmp_path / "ddp"
     config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(base_model, alpaca_file, out, training__max_steps=2,
-                                                 training__save_steps=2).to_dict()))
+    config.write_text(
+        yaml.safe_dump(
+            tiny_config(base_model, alpaca_file, out, training__max_steps=2, training__save_steps=2).to_dict()
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-         "-m", "symnoise", "train", str(config)], capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            "-m",
+            "symnoise",
+            "train",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     checkpoint = out / "checkpoint-2"
     states = [torch.load(checkpoint / f"symnoise_noise_rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -236,17 +317,29 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert Path(out / "metrics.jsonl").read_text().count('"loss"') == 2  # written once, by rank 0
     logged = proc.stdout + proc.stderr
-    assert logged.count("loaded 36 of 36 rows") == 1 and logged.count(" examples, ") == 1  # rank 0's summary only
+    assert (
+        logged.count("loaded 36 of 36 rows") == 1 and logged.count(" examples, ") == 1
+    )  # rank 0's summary only
 
 
 def test_cli_stops_cleanly_on_a_non_finite_loss(base_model, alpaca_file, tmp_path):
     """An absurd learning rate blows the weights up after one step; the run stops with a message, no traceback."""
     out = tmp_path / "nan"
     config = tmp_path / "nan.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(base_model, alpaca_file, out, training__learning_rate=1e30,
-                                                 training__warmup_ratio=0.0).to_dict()))
-    proc = subprocess.run([sys.executable, "-m", "symnoise", "train", str(config)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    config.write_text(
+        yaml.safe_dump(
+            tiny_config(
+                base_model, alpaca_file, out, training__learning_rate=1e30, training__warmup_ratio=0.0
+            ).to_dict()
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "symnoise", "train", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "training stopped:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "model.safetensors").exists()

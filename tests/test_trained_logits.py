@@ -33,16 +33,22 @@ def data():
 
 
 def collator(tokenizer, packing):
-    config = validate_config({"model": {"name": "m"}, "data": {"path": "d.json", "packing": packing,
-                                                               "max_length": 256},
-                              "training": {"output_dir": "out", "report_to": [], "device": "cpu"}})
+    config = validate_config(
+        {
+            "model": {"name": "m"},
+            "data": {"path": "d.json", "packing": packing, "max_length": 256},
+            "training": {"output_dir": "out", "report_to": [], "device": "cpu"},
+        }
+    )
     return make_collator(config, tokenizer)
 
 
 def tiny_llama(tokenizer):
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM._from_config(
-        tiny_llama_config(len(tokenizer), hidden_size=32, layers=2, heads=4, kv_heads=2), attn_implementation="sdpa")
+        tiny_llama_config(len(tokenizer), hidden_size=32, layers=2, heads=4, kv_heads=2),
+        attn_implementation="sdpa",
+    )
     model.config.use_cache = False
     return model.float().train()
 
@@ -82,7 +88,7 @@ def test_kept_positions_are_exactly_the_trained_ones(data, packing):
         trained = (shifted[row] != -100).nonzero().flatten().tolist()
         kept = batch["logits_to_keep"][row].tolist()
         assert kept[: len(trained)] == trained  # every trained position once, in order
-        assert all(shifted[row, p] == -100 for p in kept[len(trained):])  # the rest are untrained fillers
+        assert all(shifted[row, p] == -100 for p in kept[len(trained) :])  # the rest are untrained fillers
         assert batch["shift_labels"][row].tolist() == shifted[row, kept].tolist()
     assert torch.equal(batch["labels"], plain["labels"])
 
@@ -109,8 +115,11 @@ def test_a_boolean_mask_and_flattened_targets_also_fold_under_symnoise(data):
     full = loss_and_grads(model, batch, NoiseConfig("symnoise", alpha=5, seed=1))
     shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
     mask = shifted != -100
-    masked = loss_and_grads(model, {**batch, "logits_to_keep": mask, "shift_labels": shifted[mask]},
-                            NoiseConfig("symnoise", alpha=5, seed=1))
+    masked = loss_and_grads(
+        model,
+        {**batch, "logits_to_keep": mask, "shift_labels": shifted[mask]},
+        NoiseConfig("symnoise", alpha=5, seed=1),
+    )
     assert_same(full, masked)
     assert masked[0].logits.shape == (int(mask.sum()), len(tokenizer))  # the X + eps half
 
@@ -141,7 +150,11 @@ def test_recipe_losses_match_with_and_without(base_model, alpaca_file, tmp_path)
     losses = {}
     for flag in (True, False):
         out = tmp_path / f"run-{flag}"
-        train(tiny_config(base_model, alpaca_file, out, training__max_steps=3, training__trained_logits_only=flag))
+        train(
+            tiny_config(
+                base_model, alpaca_file, out, training__max_steps=3, training__trained_logits_only=flag
+            )
+        )
         steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses[flag] = [s["loss"] for s in steps if "loss" in s]
     assert len(losses[True]) == 3

@@ -25,8 +25,13 @@ PREFERENCES = [
     {"prompt": "Count to zero.", "chosen": " 000000", "rejected": " 1 2 3"},
 ]
 SFT_ROWS = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in PREFERENCES]
-IGNORED_LOG_KEYS = {"noise_norm", "noise_alpha", "train_runtime", "train_samples_per_second",
-                    "train_steps_per_second"}
+IGNORED_LOG_KEYS = {
+    "noise_norm",
+    "noise_alpha",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+}
 
 
 def tiny_policy():
@@ -37,9 +42,20 @@ def tiny_policy():
 
 
 def common_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-                  logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
-                  dataset_num_proc=None, bf16=False)
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataset_num_proc=None,
+        bf16=False,
+    )
     values.update(overrides)
     return values
 
@@ -55,8 +71,13 @@ def dpo_trainer(tmp_path, tokenizer, setup, **overrides):
 
     args = DPOConfig(**common_args(tmp_path, **overrides))
     reference = dict(ref_model=tiny_policy()) if setup == "full" else dict(peft_config=lora_config())
-    return DPOTrainer(model=tiny_policy(), args=args, train_dataset=Dataset.from_list(PREFERENCES * 2),
-                      processing_class=tokenizer, **reference)
+    return DPOTrainer(
+        model=tiny_policy(),
+        args=args,
+        train_dataset=Dataset.from_list(PREFERENCES * 2),
+        processing_class=tokenizer,
+        **reference,
+    )
 
 
 def sft_trainer(tmp_path, tokenizer, **overrides):
@@ -64,8 +85,13 @@ def sft_trainer(tmp_path, tokenizer, **overrides):
 
     loss_func = overrides.pop("compute_loss_func", None)
     args = SFTConfig(**common_args(tmp_path, max_length=64, **overrides))
-    return SFTTrainer(model=tiny_policy(), args=args, train_dataset=Dataset.from_list(SFT_ROWS * 2),
-                      processing_class=tokenizer, compute_loss_func=loss_func)
+    return SFTTrainer(
+        model=tiny_policy(),
+        args=args,
+        train_dataset=Dataset.from_list(SFT_ROWS * 2),
+        processing_class=tokenizer,
+        compute_loss_func=loss_func,
+    )
 
 
 def focal_loss(outputs, labels, num_items_in_batch=None):
@@ -94,8 +120,11 @@ class PassSpy:
     def _watch(self, model, name):
         # Registered before train() attaches the noise, so the embedding hook sees the clean output.
         self._hooks.append(model.get_input_embeddings().register_forward_hook(self._on_embeddings))
-        self._hooks.append(model.model.layers[0].register_forward_pre_hook(
-            lambda module, args, kwargs, name=name: self._on_layer(name, args, kwargs), with_kwargs=True))
+        self._hooks.append(
+            model.model.layers[0].register_forward_pre_hook(
+                lambda module, args, kwargs, name=name: self._on_layer(name, args, kwargs), with_kwargs=True
+            )
+        )
 
     def _on_embeddings(self, module, args, output):
         self._clean = output.detach().clone()
@@ -105,8 +134,9 @@ class PassSpy:
         peft = self.trainer.model if hasattr(self.trainer.model, "peft_config") else None
         adapters_off = peft is not None and (peft.active_adapter == "ref" or _adapters_disabled(peft))
         role = "reference" if name == "ref_model" or adapters_off else "policy"
-        self.passes.append({"role": role, "grad": torch.is_grad_enabled(), "input": hidden,
-                            "noise": hidden - self._clean})
+        self.passes.append(
+            {"role": role, "grad": torch.is_grad_enabled(), "input": hidden, "noise": hidden - self._clean}
+        )
 
     def remove(self):
         for hook in self._hooks:
@@ -154,7 +184,9 @@ def replay(trainer, inputs, noised_inputs, backward_weight=None):
         if not torch.is_grad_enabled() or _is_reference(trainer):
             return None
         live = args[0] if args else kwargs["hidden_states"]
-        hidden = queue.pop(0) + (live - live.detach())  # the recorded values, the gradient of the live embeddings
+        hidden = queue.pop(0) + (
+            live - live.detach()
+        )  # the recorded values, the gradient of the live embeddings
         return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
     hook = layer.register_forward_pre_hook(inject, with_kwargs=True)
@@ -239,7 +271,7 @@ def test_dpo_symnoise_loss_and_metrics_are_the_mean_of_the_signed_passes(tmp_pat
     trainer.train()
     spy.remove()
 
-    (inputs, trained_loss), = steps.steps
+    ((inputs, trained_loss),) = steps.steps
     policy = [p["input"] for p in spy.passes if p["role"] == "policy"]
     assert len(policy) == 2
     trainer._metrics["train"].clear()
@@ -251,8 +283,18 @@ def test_dpo_symnoise_loss_and_metrics_are_the_mean_of_the_signed_passes(tmp_pat
     assert logged["loss"] == pytest.approx(trained_loss.item(), rel=1e-6)
     replayed = trainer._metrics["train"]
     assert logged["mean_token_accuracy"] > 0
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "logits/chosen",
+        "logits/rejected",
+        "entropy",
+        "mean_token_accuracy",
+    ):
         assert len(replayed[key]) == 2
         assert logged[key] == pytest.approx(sum(replayed[key]) / 2, rel=1e-5, abs=1e-9), key
     assert logged["num_tokens"] == inputs["attention_mask"].sum().item()
@@ -264,14 +306,23 @@ def test_dpo_symnoise_gradient_accumulation_gives_the_mean_of_the_pair_losses(tm
     mean of the two signed passes' DPO losses, and the logged loss is that mean."""
     from transformers import TrainerCallback
 
-    trainer = dpo_trainer(tmp_path, tiny_tokenizer, "full", max_steps=1, learning_rate=0.0,
-                          per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    trainer = dpo_trainer(
+        tmp_path,
+        tiny_tokenizer,
+        "full",
+        max_steps=1,
+        learning_rate=0.0,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
     add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0))
     grads = {}
 
     class KeepGradients(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            grads.update({k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None})
+            grads.update(
+                {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+            )
 
     trainer.add_callback(KeepGradients())
     steps = StepSpy(trainer)
@@ -313,10 +364,18 @@ def test_dpo_step_without_a_recognised_reference_pass_fails(tmp_path, tiny_token
 def test_kto_lora_reference_and_kl_passes_stay_clean(tmp_path, tiny_tokenizer):
     from trl import KTOConfig, KTOTrainer
 
-    rows = [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
-            for p in PREFERENCES for key in ("chosen", "rejected")]
-    trainer = KTOTrainer(model=tiny_policy(), args=KTOConfig(**common_args(tmp_path)), processing_class=tiny_tokenizer,
-                         train_dataset=Dataset.from_list(rows), peft_config=lora_config())
+    rows = [
+        {"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+        for p in PREFERENCES
+        for key in ("chosen", "rejected")
+    ]
+    trainer = KTOTrainer(
+        model=tiny_policy(),
+        args=KTOConfig(**common_args(tmp_path)),
+        processing_class=tiny_tokenizer,
+        train_dataset=Dataset.from_list(rows),
+        peft_config=lora_config(),
+    )
     add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0))
     spy = PassSpy(trainer)
     trainer.train()
@@ -333,8 +392,12 @@ def test_kto_lora_reference_and_kl_passes_stay_clean(tmp_path, tiny_tokenizer):
 def test_orpo_without_reference_runs_the_pair_around_its_loss(tmp_path, tiny_tokenizer):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    trainer = ORPOTrainer(model=tiny_policy(), args=ORPOConfig(**common_args(tmp_path)), processing_class=tiny_tokenizer,
-                          train_dataset=Dataset.from_list(PREFERENCES * 2))
+    trainer = ORPOTrainer(
+        model=tiny_policy(),
+        args=ORPOConfig(**common_args(tmp_path)),
+        processing_class=tiny_tokenizer,
+        train_dataset=Dataset.from_list(PREFERENCES * 2),
+    )
     assert add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0)).config.execution == "paired"
     spy = PassSpy(trainer)
     trainer.train()
@@ -363,7 +426,9 @@ def test_symnoise_is_refused_where_training_step_builds_its_own_batch(tmp_path, 
 # ---------------------------------------------------------------------------------------------------------- SFT
 @pytest.mark.parametrize("loss", ["label_smoothing", "compute_loss_func"])
 def test_sft_loss_computed_from_logits_trains_with_symnoise(tmp_path, tiny_tokenizer, loss):
-    options = dict(label_smoothing_factor=0.1) if loss == "label_smoothing" else dict(compute_loss_func=focal_loss)
+    options = (
+        dict(label_smoothing_factor=0.1) if loss == "label_smoothing" else dict(compute_loss_func=focal_loss)
+    )
     trainer = sft_trainer(tmp_path, tiny_tokenizer, **options)
     noise = add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0))
     assert noise.config.execution == "paired"
@@ -384,14 +449,16 @@ def test_sft_loss_computed_from_logits_trains_with_symnoise(tmp_path, tiny_token
 
 @pytest.mark.parametrize("loss", ["label_smoothing", "compute_loss_func"])
 def test_sft_loss_from_logits_is_the_mean_of_the_two_halves(tmp_path, tiny_tokenizer, loss):
-    options = dict(label_smoothing_factor=0.1) if loss == "label_smoothing" else dict(compute_loss_func=focal_loss)
+    options = (
+        dict(label_smoothing_factor=0.1) if loss == "label_smoothing" else dict(compute_loss_func=focal_loss)
+    )
     trainer = sft_trainer(tmp_path, tiny_tokenizer, max_steps=1, learning_rate=0.0, **options)
     add_noise(trainer, NoiseConfig("symnoise", ALPHA, seed=0))
     steps = StepSpy(trainer)
     spy = PassSpy(trainer)
     trainer.train()
     spy.remove()
-    (inputs, trained_loss), = steps.steps
+    ((inputs, trained_loss),) = steps.steps
     plus, minus = [p for p in spy.passes if p["grad"]]
     torch.testing.assert_close(minus["noise"], -plus["noise"], rtol=0, atol=1e-5)
     halves = [replay(trainer, inputs, [p["input"]]) for p in (plus, minus)]
@@ -420,8 +487,12 @@ def test_execution_is_paired_exactly_where_the_trainer_computes_the_loss(tmp_pat
     plain = make_trainer(tmp_path, tiny_tokenizer)
     assert T.loss_outside_model(plain) is None
     assert T.loss_outside_model(sft_trainer(tmp_path, tiny_tokenizer)) is None
-    assert "label_smoothing" in T.loss_outside_model(make_trainer(tmp_path, tiny_tokenizer, label_smoothing_factor=0.1))
-    assert "compute_loss_func" in T.loss_outside_model(sft_trainer(tmp_path, tiny_tokenizer, compute_loss_func=focal_loss))
+    assert "label_smoothing" in T.loss_outside_model(
+        make_trainer(tmp_path, tiny_tokenizer, label_smoothing_factor=0.1)
+    )
+    assert "compute_loss_func" in T.loss_outside_model(
+        sft_trainer(tmp_path, tiny_tokenizer, compute_loss_func=focal_loss)
+    )
     assert "dft" in T.loss_outside_model(sft_trainer(tmp_path, tiny_tokenizer, loss_type="dft"))
     assert "DPOTrainer" in T.loss_outside_model(dpo_trainer(tmp_path, tiny_tokenizer, "full"))
     own = OwnLoss(model=plain.model, args=plain.args, train_dataset=plain.train_dataset)

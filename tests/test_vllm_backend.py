@@ -22,8 +22,12 @@ from symnoise.cli.main import main
 from symnoise.generation import DecodingSettings, Prompt
 
 EXTRA_EOS = 5  # a second stop id from the model's generation config, beside the tokenizer's </s> (2)
-WORDS = "Sort the numbers 3 1 2 in ascending order. Add 12 and 30. Give three tips for staying healthy.".split()
-PROMPTS = [Prompt(" ".join(WORDS[: 2 + (3 * i) % len(WORDS)]), f"set{i % 2}", "1 2" * (i % 3)) for i in range(11)]
+WORDS = (
+    "Sort the numbers 3 1 2 in ascending order. Add 12 and 30. Give three tips for staying healthy.".split()
+)
+PROMPTS = [
+    Prompt(" ".join(WORDS[: 2 + (3 * i) % len(WORDS)]), f"set{i % 2}", "1 2" * (i % 3)) for i in range(11)
+]
 
 
 class Interrupt(Exception):
@@ -86,7 +90,9 @@ def world(tmp_path_factory):
     (run_dir / generation.RUN_CONFIG_FILE).write_text(json.dumps({"template": "alpaca", "max_length": 512}))
     hf_model, tokenizer = generation.load_model_and_tokenizer(run_dir, device="cpu", dtype="float32")
     ids = generation.prompt_token_ids(tokenizer, PROMPTS, "alpaca")
-    assert len({len(row) for row in ids}) >= 4, "prompts must differ in length for per-prompt budgets to differ"
+    assert len({len(row) for row in ids}) >= 4, (
+        "prompts must differ in length for per-prompt budgets to differ"
+    )
     settings = DecodingSettings(max_length=max(len(row) for row in ids), max_new_tokens=12, batch_size=4)
     return run_dir, hf_model, tokenizer, ids, settings
 
@@ -94,13 +100,22 @@ def world(tmp_path_factory):
 def _expected_outputs(world) -> list[str]:
     _, hf_model, tokenizer, ids, settings = world
     eos = generation._eos_ids(hf_model, tokenizer)
-    return [generation.decode_output(tokenizer, fake_continuation(row, settings.budget(len(row)), eos))
-            if settings.budget(len(row)) else "" for row in ids]
+    return [
+        generation.decode_output(tokenizer, fake_continuation(row, settings.budget(len(row)), eos))
+        if settings.budget(len(row))
+        else ""
+        for row in ids
+    ]
 
 
 def _prompt_file(path: Path) -> Path:
-    path.write_text("\n".join(json.dumps({"instruction": p.instruction, "input": p.input, "dataset": p.dataset})
-                              for p in PROMPTS) + "\n")
+    path.write_text(
+        "\n".join(
+            json.dumps({"instruction": p.instruction, "input": p.input, "dataset": p.dataset})
+            for p in PROMPTS
+        )
+        + "\n"
+    )
     return path
 
 
@@ -108,27 +123,55 @@ def test_cli_hands_vllm_the_hf_paths_prompts_and_decoding(world, fake_vllm, tmp_
     run_dir, hf_model, tokenizer, ids, settings = world
     monkeypatch.setattr(generation, "load_model_and_tokenizer", _no_load)
     output = tmp_path / "model_outputs.json"
-    args = ["generate", str(run_dir), "--backend", "vllm", "--prompts", str(_prompt_file(tmp_path / "p.jsonl")),
-            "--output", str(output), "--max-length", str(settings.max_length), "--max-new-tokens", "12",
-            "--chunk-size", "4", "--dtype", "bfloat16", "--seed", "3", "--no-progress"]
+    args = [
+        "generate",
+        str(run_dir),
+        "--backend",
+        "vllm",
+        "--prompts",
+        str(_prompt_file(tmp_path / "p.jsonl")),
+        "--output",
+        str(output),
+        "--max-length",
+        str(settings.max_length),
+        "--max-new-tokens",
+        "12",
+        "--chunk-size",
+        "4",
+        "--dtype",
+        "bfloat16",
+        "--seed",
+        "3",
+        "--no-progress",
+    ]
     sidecars = snapshot_sidecars(monkeypatch)
     assert main(args) == 0
     assert "with vLLM" in capsys.readouterr().out
 
-    assert fake_vllm.llm_kwargs == [{"model": str(run_dir), "dtype": "bfloat16", "trust_remote_code": False,
-                                     "seed": 3}]
+    assert fake_vllm.llm_kwargs == [
+        {"model": str(run_dir), "dtype": "bfloat16", "trust_remote_code": False, "seed": 3}
+    ]
     budgets = [settings.budget(len(row)) for row in ids]
     no_room = [k for k, budget in enumerate(budgets) if budget == 0]
-    assert no_room and min(b for b in budgets if b) < 12, "need a prompt without room and a budget below the cap"
+    assert no_room and min(b for b in budgets if b) < 12, (
+        "need a prompt without room and a budget below the cap"
+    )
     sent = [k for k in range(len(PROMPTS)) if budgets[k]]
     prompts = [p for call_prompts, _ in fake_vllm.calls for p in call_prompts]
     params = [s for _, call_params in fake_vllm.calls for s in call_params]
-    assert [p["prompt_token_ids"] for p in prompts] == [ids[k] for k in sent]  # the hf path's ids, in file order
+    assert [p["prompt_token_ids"] for p in prompts] == [
+        ids[k] for k in sent
+    ]  # the hf path's ids, in file order
     eos = generation._eos_ids(hf_model, tokenizer)
     assert eos == [2, EXTRA_EOS]
     for k, sampling in zip(sent, params, strict=True):
-        assert sampling.kwargs == {"temperature": 0.0, "max_tokens": budgets[k], "repetition_penalty": 1.2,
-                                   "stop_token_ids": eos, "skip_special_tokens": True}
+        assert sampling.kwargs == {
+            "temperature": 0.0,
+            "max_tokens": budgets[k],
+            "repetition_penalty": 1.2,
+            "stop_token_ids": eos,
+            "skip_special_tokens": True,
+        }
     chunk_sizes = [len(call_prompts) for call_prompts, _ in fake_vllm.calls]
     assert sum(chunk_sizes) == len(sent) and max(chunk_sizes) <= 4  # a chunk's no-room prompts are not sent
 
@@ -149,8 +192,19 @@ def test_resume_sends_only_pending_prompts(world, fake_vllm, tmp_path):
     llm, eos = fake_vllm.LLM(model="x"), generation._eos_ids(hf_model, tokenizer)
 
     def run(partial, after_chunk=None):
-        return vllm_backend.generate_outputs(llm, tokenizer, eos, PROMPTS, "alpaca", settings, partial, "g",
-                                             chunk_size=3, progress=False, after_chunk=after_chunk)
+        return vllm_backend.generate_outputs(
+            llm,
+            tokenizer,
+            eos,
+            PROMPTS,
+            "alpaca",
+            settings,
+            partial,
+            "g",
+            chunk_size=3,
+            progress=False,
+            after_chunk=after_chunk,
+        )
 
     uninterrupted, _ = run(tmp_path / "full.partial.jsonl")
     assert uninterrupted == _expected_outputs(world)
@@ -162,7 +216,9 @@ def test_resume_sends_only_pending_prompts(world, fake_vllm, tmp_path):
     partial = tmp_path / "cut.partial.jsonl"
     with pytest.raises(Interrupt):
         run(partial, stop_after_two)
-    assert len(partial.read_text().splitlines()) == 1 + 6  # header + two chunks of 3, written as they finished
+    assert (
+        len(partial.read_text().splitlines()) == 1 + 6
+    )  # header + two chunks of 3, written as they finished
     fake_vllm.calls.clear()
     resumed, stats = run(partial)
     assert resumed == uninterrupted
@@ -175,7 +231,9 @@ def test_resume_sends_only_pending_prompts(world, fake_vllm, tmp_path):
     # the other backend never finishes this run, and the hf path's header is unchanged (no backend field)
     assert "backend" not in generation.run_header("alpaca", settings, "g")
     with pytest.raises(ValueError, match="other settings"):
-        generation.generate_outputs(hf_model, tokenizer, PROMPTS, "alpaca", settings, partial, "g", progress=False)
+        generation.generate_outputs(
+            hf_model, tokenizer, PROMPTS, "alpaca", settings, partial, "g", progress=False
+        )
 
 
 def test_out_of_order_answer_is_refused(world, fake_vllm):
@@ -200,19 +258,37 @@ def test_missing_vllm_is_refused_before_loading(world, tmp_path, monkeypatch, ca
     monkeypatch.setattr(generation, "load_model_and_tokenizer", _no_load)
     monkeypatch.setattr(vllm_backend, "load", _no_load)
     assert not vllm_backend.available()
-    args = ["generate", str(run_dir), "--backend", "vllm", "--prompts", str(_prompt_file(tmp_path / "p.jsonl")),
-            "--output", str(tmp_path / "out.json")]
+    args = [
+        "generate",
+        str(run_dir),
+        "--backend",
+        "vllm",
+        "--prompts",
+        str(_prompt_file(tmp_path / "p.jsonl")),
+        "--output",
+        str(tmp_path / "out.json"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert 'pip install "symnoise[vllm]"' in err and "CUDA GPU" in err
-    assert not (tmp_path / "out.json").exists() and not generation.sidecar_path(tmp_path / "out.json").exists()
+    assert (
+        not (tmp_path / "out.json").exists() and not generation.sidecar_path(tmp_path / "out.json").exists()
+    )
 
 
 def test_vllm_options_checked_before_loading(world, fake_vllm, tmp_path, monkeypatch, capsys):
     run_dir = world[0]
     monkeypatch.setattr(vllm_backend, "load", _no_load)
-    base = ["generate", str(run_dir), "--backend", "vllm", "--prompts", str(_prompt_file(tmp_path / "p.jsonl")),
-            "--output", str(tmp_path / "out.json")]
+    base = [
+        "generate",
+        str(run_dir),
+        "--backend",
+        "vllm",
+        "--prompts",
+        str(_prompt_file(tmp_path / "p.jsonl")),
+        "--output",
+        str(tmp_path / "out.json"),
+    ]
     assert main([*base, "--device", "cuda:1"]) == 2
     assert "CUDA_VISIBLE_DEVICES" in capsys.readouterr().err
     assert main([*base, "--chunk-size", "0"]) == 2
@@ -239,4 +315,7 @@ def test_stop_ids_from_the_generation_config(world, tmp_path):
     tokenizer = world[2]
     config = vllm_backend._generation_config(copy, trust_remote_code=False)
     assert generation.eos_token_ids(config, tokenizer) == [2]
-    assert generation.eos_token_ids(vllm_backend._generation_config(run_dir, False), tokenizer) == [2, EXTRA_EOS]
+    assert generation.eos_token_ids(vllm_backend._generation_config(run_dir, False), tokenizer) == [
+        2,
+        EXTRA_EOS,
+    ]

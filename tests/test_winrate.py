@@ -22,8 +22,14 @@ def write(path: Path, rows) -> Path:
 
 
 def annotation(preference, output="abc", generator="m", dataset="koala"):
-    return {"instruction": "i", "output_1": "ref", "output_2": output, "generator_2": generator,
-            "dataset": dataset, "preference": preference}
+    return {
+        "instruction": "i",
+        "output_1": "ref",
+        "output_2": output,
+        "generator_2": generator,
+        "dataset": dataset,
+        "preference": preference,
+    }
 
 
 def test_discrete_preferences_golden():
@@ -53,26 +59,38 @@ def test_all_null_gives_no_rate_rather_than_nan():
 
 
 def test_avg_length_counts_null_rows_and_groups_by_generator_and_dataset(tmp_path):
-    path = write(tmp_path / "a.json", [
-        annotation(2, "x" * 10, "m1", "koala"), annotation(None, "x" * 20, "m1", "vicuna"),
-        annotation(1, "x" * 3, "m2", "koala"), annotation(0, "x" * 30, "m1", "koala")])
+    path = write(
+        tmp_path / "a.json",
+        [
+            annotation(2, "x" * 10, "m1", "koala"),
+            annotation(None, "x" * 20, "m1", "vicuna"),
+            annotation(1, "x" * 3, "m2", "koala"),
+            annotation(0, "x" * 30, "m1", "koala"),
+        ],
+    )
     m1, m2 = win_rates([path])
     assert (m1.generator, m1.n_total, m1.win_rate, m1.avg_length) == ("m1", 2, 75.0, 20.0)
     assert (m2.generator, m2.n_total, m2.win_rate, m2.avg_length) == ("m2", 1, 0.0, 3.0)
     split = win_rates([path], by_dataset=True)
     assert [(r.generator, r.dataset, r.n_total) for r in split] == [
-        ("m1", "koala", 2), ("m1", "vicuna", 0), ("m2", "koala", 1)]
+        ("m1", "koala", 2),
+        ("m1", "vicuna", 0),
+        ("m2", "koala", 1),
+    ]
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"preference": 1}, "expected a JSON list"),
-    ([annotation(1), {"output_2": "a", "generator_2": "m"}], "row 1: missing field 'preference'"),
-    ([annotation(1), annotation(1), annotation(3)], "row 2: field 'preference': 3 is out of range"),
-    ([annotation(0.5)], "row 0: field 'preference': 0.5 is out of range"),
-    ([annotation("2")], "row 0: field 'preference': expected a number or null"),
-    ([annotation(True)], "row 0: field 'preference': expected a number or null"),
-    ([{"preference": 1, "generator_2": "m"}], "row 0: missing field 'output_2'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"preference": 1}, "expected a JSON list"),
+        ([annotation(1), {"output_2": "a", "generator_2": "m"}], "row 1: missing field 'preference'"),
+        ([annotation(1), annotation(1), annotation(3)], "row 2: field 'preference': 3 is out of range"),
+        ([annotation(0.5)], "row 0: field 'preference': 0.5 is out of range"),
+        ([annotation("2")], "row 0: field 'preference': expected a number or null"),
+        ([annotation(True)], "row 0: field 'preference': expected a number or null"),
+        ([{"preference": 1, "generator_2": "m"}], "row 0: missing field 'output_2'"),
+    ],
+)
 def test_bad_input_names_file_row_and_field(tmp_path, content, message):
     path = write(tmp_path / "bad.json", content)
     with pytest.raises(AnnotationError, match="bad.json") as error:
@@ -132,15 +150,21 @@ def test_reproduces_published_alpaca_eval_1_leaderboard(shared_data):
             assert getattr(ours, column) == int(row[column]), (path.name, column)
         assert int(ours.avg_length) == int(row["avg_length"]), path.name
         if row.get("discrete_win_rate"):
-            assert ours.discrete_win_rate == pytest.approx(float(row["discrete_win_rate"]), abs=1e-6), path.name
+            assert ours.discrete_win_rate == pytest.approx(float(row["discrete_win_rate"]), abs=1e-6), (
+                path.name
+            )
         report.append(f"{path.name:36s} {ours.win_rate:7.2f} {float(row['win_rate']):7.2f}")
     print("\n".join(["file  ours  published", *report]))
 
 
 def test_papers_public_rows(shared_data):
     folder = shared_data / AE / "annotations_alpaca_eval_gpt4"
-    expected = {"alpaca-7b": 26.46, "alpaca-7b-neft": 61.64, "llama-2-chat-7b-evol70k-neft": 81.86,
-                "llama-2-7b-chat-hf": 71.37}
+    expected = {
+        "alpaca-7b": 26.46,
+        "alpaca-7b-neft": 61.64,
+        "llama-2-chat-7b-evol70k-neft": 81.86,
+        "llama-2-7b-chat-hf": 71.37,
+    }
     for stem, published in expected.items():
         (ours,) = win_rates([folder / f"{stem}.json"])
         assert round(ours.win_rate, 2) == published, stem

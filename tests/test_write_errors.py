@@ -18,22 +18,29 @@ from symnoise.train import train
 from symnoise.train.reliability import CheckpointWriteError
 
 INTACT = "the last complete checkpoint, checkpoint-2, is intact: fix this and rerun with --resume"
-TORCH_FULL = ("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 0\n"
-              "PytorchStreamWriter failed writing file data/0: file write failed")
-SAFETENSORS_FULL = ('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left '
-                    'on device" })')
+TORCH_FULL = (
+    "[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 0\n"
+    "PytorchStreamWriter failed writing file data/0: file write failed"
+)
+SAFETENSORS_FULL = (
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+)
 
 
 def leftovers(out):
     return sorted(p.name for p in out.glob("tmp-*"))
 
 
-@pytest.mark.parametrize("where,error", [
-    ("model", SafetensorError(SAFETENSORS_FULL)),
-    ("optimizer", RuntimeError(TORCH_FULL)),
-])
-def test_checkpoint_writer_exception_becomes_checkpoint_write_error(base_model, alpaca_file, tmp_path, monkeypatch,
-                                                                    where, error):
+@pytest.mark.parametrize(
+    "where,error",
+    [
+        ("model", SafetensorError(SAFETENSORS_FULL)),
+        ("optimizer", RuntimeError(TORCH_FULL)),
+    ],
+)
+def test_checkpoint_writer_exception_becomes_checkpoint_write_error(
+    base_model, alpaca_file, tmp_path, monkeypatch, where, error
+):
     out = tmp_path / "run"
     config = tiny_config(base_model, alpaca_file, out, training__save_total_limit=1)
     method = {"model": "_save", "optimizer": "_save_optimizer_and_scheduler"}[where]
@@ -49,16 +56,18 @@ def test_checkpoint_writer_exception_becomes_checkpoint_write_error(base_model, 
         with pytest.raises(CheckpointWriteError) as raised:
             train(config)
     reason = " ".join(str(error).split())
-    assert str(raised.value) == (f"could not write checkpoint-4 in {out} ({type(error).__name__}: {reason}); "
-                                 f"{INTACT}")
+    assert str(raised.value) == (
+        f"could not write checkpoint-4 in {out} ({type(error).__name__}: {reason}); {INTACT}"
+    )
     assert raised.value.__cause__ is error
     assert leftovers(out) == [] and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert CHECKPOINT_FILES <= {p.name for p in (out / "checkpoint-2").iterdir()}
     assert train(config, resume=True).steps == 4
 
 
-def test_final_model_writer_exception_becomes_checkpoint_write_error(base_model, alpaca_file, tmp_path,
-                                                                     monkeypatch):
+def test_final_model_writer_exception_becomes_checkpoint_write_error(
+    base_model, alpaca_file, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     config = tiny_config(base_model, alpaca_file, out)
     original = Trainer.save_model
@@ -73,9 +82,11 @@ def test_final_model_writer_exception_becomes_checkpoint_write_error(base_model,
         patch.setattr(Trainer, "save_model", fail_after_half)
         with pytest.raises(CheckpointWriteError) as raised:
             train(config)
-    assert str(raised.value) == (f"could not write the final model in {out} (SafetensorError: {SAFETENSORS_FULL}); "
-                                 "the last complete checkpoint, checkpoint-4, is intact: fix this and rerun with "
-                                 "--resume")
+    assert str(raised.value) == (
+        f"could not write the final model in {out} (SafetensorError: {SAFETENSORS_FULL}); "
+        "the last complete checkpoint, checkpoint-4, is intact: fix this and rerun with "
+        "--resume"
+    )
     assert leftovers(out) == [] and not (out / "model.safetensors").exists()
 
 
@@ -85,8 +96,9 @@ def small_tmpfs(tmp_path):
     """A 64 MiB tmpfs (root only) and a function that shrinks it to what it holds plus ``spare`` bytes."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if made.returncode != 0:
         pytest.skip(f"a tmpfs cannot be mounted here (needs root): {made.stderr.strip()}")
 
@@ -105,7 +117,9 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_full_disk_during_a_checkpoint_and_the_final_save(base_model, alpaca_file, small_tmpfs, monkeypatch):
+def test_real_full_disk_during_a_checkpoint_and_the_final_save(
+    base_model, alpaca_file, small_tmpfs, monkeypatch
+):
     """The file system is shrunk to full just before checkpoint-4's optimizer state is written, then (after it
     is grown back and the run resumed) just before the final model: both saves fail with the kernel's ENOSPC in
     the writers' own exception classes, each becomes `CheckpointWriteError`, nothing staged is left behind, and

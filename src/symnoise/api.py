@@ -27,7 +27,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return _load_config_file(None if path is None else resolve_config_path(path), list(overrides))
 
 
-def as_config(config: TrainConfig | Mapping[str, Any] | str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+def as_config(
+    config: TrainConfig | Mapping[str, Any] | str | Path, overrides: Iterable[str] = ()
+) -> TrainConfig:
     """Any accepted form of a config, validated, with overrides applied."""
     overrides = list(overrides)
     if isinstance(config, TrainConfig):
@@ -37,8 +39,9 @@ def as_config(config: TrainConfig | Mapping[str, Any] | str | Path, overrides: I
     return load_config(config, overrides)
 
 
-def train(config: TrainConfig | Mapping[str, Any] | str | Path, overrides: Iterable[str] = (),
-          resume: bool = False):
+def train(
+    config: TrainConfig | Mapping[str, Any] | str | Path, overrides: Iterable[str] = (), resume: bool = False
+):
     """Run one fine-tuning job, as ``symnoise train`` does; returns a `symnoise.train.TrainResult`
     (run directory, steps, final loss, number of training examples).
 

@@ -33,8 +33,15 @@ from torch import nn
 from . import noise as N
 from .config import NoiseConfig
 
-_BATCH_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "labels", "position_ids", "token_type_ids",
-               "shift_labels")
+_BATCH_KEYS = (
+    "input_ids",
+    "inputs_embeds",
+    "attention_mask",
+    "labels",
+    "position_ids",
+    "token_type_ids",
+    "shift_labels",
+)
 _CU_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
 _VARLEN_KEYS = (*_CU_KEYS, "max_length_q", "max_length_k")
 _IGNORE_INDEX = -100
@@ -92,7 +99,9 @@ class _Call:
     position_ids: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     doubled_along: int | None = None  # 0: batch, 1: sequence (packed rows), None: not doubled
-    logits_length: int | None = None  # positions per half of logits kept at given positions along the sequence
+    logits_length: int | None = (
+        None  # positions per half of logits kept at given positions along the sequence
+    )
     sign: int = 1  # paired execution: +1 or -1
     applied: bool = False
 
@@ -107,11 +116,15 @@ class NoiseHandle:
         self.model = unwrap_model(model)
         self.embeddings = self._find_embeddings(self.model)
         if getattr(self.model, _ATTRIBUTE, None) is not None:
-            raise RuntimeError("symnoise is already attached to this model; call .remove() on the first handle "
-                               "before attaching again (two attachments would add the noise twice)")
+            raise RuntimeError(
+                "symnoise is already attached to this model; call .remove() on the first handle "
+                "before attaching again (two attachments would add the noise twice)"
+            )
         if getattr(self.embeddings, "neftune_noise_alpha", None) is not None:
-            raise RuntimeError("transformers' NEFTune hook is active on this model (neftune_noise_alpha is set); "
-                               "unset neftune_noise_alpha so that the noise is not added twice")
+            raise RuntimeError(
+                "transformers' NEFTune hook is active on this model (neftune_noise_alpha is set); "
+                "unset neftune_noise_alpha so that the noise is not added twice"
+            )
         self.rank = _distributed_rank()
         self.seed = derive_seed(config.seed, self.rank)
         # The noise stream's whole state is (seed, draws): draw k comes from a generator on the embeddings' device
@@ -157,6 +170,7 @@ class NoiseHandle:
         original = getattr(self.model, "generate", None)
         self._generate_wrapped = callable(original) and "generate" not in vars(self.model)
         if self._generate_wrapped:
+
             @functools.wraps(original)
             def generate_without_noise(*args: Any, **kwargs: Any) -> Any:
                 with self.noise_off():
@@ -200,8 +214,9 @@ class NoiseHandle:
     def set_progress(self, progress: float) -> float:
         """Tell the schedule how far training is (0 at the start, 1 at the end); returns the alpha now in use."""
         self.progress = float(progress)
-        self.alpha = N.scheduled_alpha(self.config.alpha, self.config.alpha_floor, self.config.schedule,
-                                       self.progress)
+        self.alpha = N.scheduled_alpha(
+            self.config.alpha, self.config.alpha_floor, self.config.schedule, self.progress
+        )
         return self.alpha
 
     def paired_passes(self) -> Iterator[float]:
@@ -236,8 +251,11 @@ class NoiseHandle:
         device = self._last_device
         if device is None:
             weight = getattr(self.embeddings, "weight", None)
-            device = weight.device if isinstance(weight, torch.Tensor) and weight.device.type != "meta" else \
-                torch.device("cpu")
+            device = (
+                weight.device
+                if isinstance(weight, torch.Tensor) and weight.device.type != "meta"
+                else torch.device("cpu")
+            )
         return self._generator_for(device)
 
     def state_dict(self) -> dict[str, Any]:
@@ -245,21 +263,31 @@ class NoiseHandle:
 
         Device-independent: ``generator`` is the int64 pair (seed, draws so far), which continues the stream on
         whatever device the resumed run draws on."""
-        return {"generator": torch.tensor([self.seed, self.draws], dtype=torch.int64), "seed": self.seed,
-                "draws": self.draws, "rank": self.rank, "progress": self.progress, "config": self.config.to_dict()}
+        return {
+            "generator": torch.tensor([self.seed, self.draws], dtype=torch.int64),
+            "seed": self.seed,
+            "draws": self.draws,
+            "rank": self.rank,
+            "progress": self.progress,
+            "config": self.config.to_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the noise sequence of a saved run (the same rank's file), on any device."""
         if "draws" not in state:
-            raise ValueError("symnoise: this noise state holds a device-specific generator state (written by an "
-                             "earlier symnoise), which cannot continue the noise sequence exactly on another device; "
-                             "start the run afresh, or resume from a checkpoint written by this version")
+            raise ValueError(
+                "symnoise: this noise state holds a device-specific generator state (written by an "
+                "earlier symnoise), which cannot continue the noise sequence exactly on another device; "
+                "start the run afresh, or resume from a checkpoint written by this version"
+            )
         self.seed, self.draws = int(state["seed"]), int(state["draws"])
         self.set_progress(state["progress"])
 
     # ----------------------------------------------------------------- hooks
     def _noise_wanted(self) -> bool:
-        return self.model.training and self._off_depth == 0 and self.alpha > 0 and self.config.method != "none"
+        return (
+            self.model.training and self._off_depth == 0 and self.alpha > 0 and self.config.method != "none"
+        )
 
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = _Call(active=self._noise_wanted())
@@ -280,11 +308,15 @@ class NoiseHandle:
         call.attention_mask = kwargs.get("attention_mask")
         call.position_ids = kwargs.get("position_ids")
         if call.position_ids is None and kwargs.get("cu_seq_lens_q") is not None:
-            call.position_ids = N.position_ids_from_cu_seqlens(kwargs["cu_seq_lens_q"], source.shape[0] * source.shape[1])
+            call.position_ids = N.position_ids_from_cu_seqlens(
+                kwargs["cu_seq_lens_q"], source.shape[0] * source.shape[1]
+            )
         call.labels = kwargs.get("labels")
         if self.config.region != "all" and call.labels is None:
-            raise ValueError(f"symnoise: NoiseConfig.region={self.config.region!r} needs labels in the forward "
-                             "call to tell prompt tokens (-100) from response tokens")
+            raise ValueError(
+                f"symnoise: NoiseConfig.region={self.config.region!r} needs labels in the forward "
+                "call to tell prompt tokens (-100) from response tokens"
+            )
         if _packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
             kwargs["use_cache"] = False
         if self.config.symmetric:
@@ -299,9 +331,11 @@ class NoiseHandle:
             # Each pass is an ordinary forward at X + eps or X - eps: whoever computes the loss (the model from
             # labels, or the caller from the logits) computes it once per pass, so no labels are needed here.
             if self._pair_sign is None:
-                raise RuntimeError("symnoise: execution='paired' runs two passes per batch; drive them with "
-                                   "`for _ in handle.paired_passes(): ...` (symnoise.hf does it for Trainer), "
-                                   "or use execution='concat'")
+                raise RuntimeError(
+                    "symnoise: execution='paired' runs two passes per batch; drive them with "
+                    "`for _ in handle.paired_passes(): ...` (symnoise.hf does it for Trainer), "
+                    "or use execution='concat'"
+                )
             call.sign = self._pair_sign
             if call.sign == -1:
                 self.pair_copy_positions += call.input_shape.numel()
@@ -314,8 +348,12 @@ class NoiseHandle:
                 "trainers), and wrap passes that only need logits (reference models, probes) in handle.noise_off()"
             )
         implementation = str(getattr(getattr(self.model, "config", None), "_attn_implementation", "") or "")
-        call.doubled_along = pair_axis(call.input_shape[0], _packed_without_mask(kwargs), implementation,
-                                       all(kwargs.get(key) is not None for key in _VARLEN_KEYS))
+        call.doubled_along = pair_axis(
+            call.input_shape[0],
+            _packed_without_mask(kwargs),
+            implementation,
+            all(kwargs.get(key) is not None for key in _VARLEN_KEYS),
+        )
         keep = kwargs.get("logits_to_keep")
         if call.doubled_along == 1 and isinstance(keep, torch.Tensor) and keep.dtype != torch.bool:
             call.logits_length = keep.shape[-1]
@@ -344,7 +382,9 @@ class NoiseHandle:
     def _add_noise(self, embeds: torch.Tensor, call: _Call) -> torch.Tensor:
         batch, seq = call.input_shape
         doubled = call.doubled_along is not None
-        expected = (2 * batch, seq) if call.doubled_along == 0 else (batch, 2 * seq) if doubled else (batch, seq)
+        expected = (
+            (2 * batch, seq) if call.doubled_along == 0 else (batch, 2 * seq) if doubled else (batch, seq)
+        )
         if embeds.dim() == 2 and embeds.shape[0] == expected[0] * expected[1]:
             return self._add_noise(embeds.view(*expected, -1), call).view_as(embeds)
         if tuple(embeds.shape[:2]) != expected:
@@ -355,8 +395,12 @@ class NoiseHandle:
         eps, scale = self._unit_noise_and_scale(embeds[:batch, :seq], call)
         if call.doubled_along is not None:  # one fused multiply-add per half: X + s eps and X - s eps
             plus = embeds.narrow(call.doubled_along, 0, expected[call.doubled_along] // 2)
-            minus = embeds.narrow(call.doubled_along, plus.shape[call.doubled_along], plus.shape[call.doubled_along])
-            return torch.cat([plus.addcmul(eps, scale), minus.addcmul(eps, scale, value=-1)], dim=call.doubled_along)
+            minus = embeds.narrow(
+                call.doubled_along, plus.shape[call.doubled_along], plus.shape[call.doubled_along]
+            )
+            return torch.cat(
+                [plus.addcmul(eps, scale), minus.addcmul(eps, scale, value=-1)], dim=call.doubled_along
+            )
         return embeds.addcmul(eps, scale, value=call.sign)
 
     def _unit_noise_and_scale(self, embeds: torch.Tensor, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,7 +408,9 @@ class NoiseHandle:
         product. The -eps pass of a pair reuses the +eps pass's draw."""
         if call.sign == -1:
             if self._pair_draw is None or self._pair_draw[0].shape != embeds.shape:
-                raise RuntimeError("symnoise: the -eps pass of a pair must see the same batch as its +eps pass")
+                raise RuntimeError(
+                    "symnoise: the -eps pass of a pair must see the same batch as its +eps pass"
+                )
             return self._pair_draw
         lengths = self._token_lengths(embeds.shape[:2], call, embeds.device)
         cfg = self.config
@@ -393,8 +439,11 @@ class NoiseHandle:
         if self.config.length_mode == "padded":
             return torch.full(tuple(shape), float(shape[1]), device=device)
         mask = call.attention_mask
-        real = mask.to(device=device, dtype=torch.bool) if mask is not None and mask.dim() == 2 else \
-            torch.ones(tuple(shape), dtype=torch.bool, device=device)
+        real = (
+            mask.to(device=device, dtype=torch.bool)
+            if mask is not None and mask.dim() == 2
+            else torch.ones(tuple(shape), dtype=torch.bool, device=device)
+        )
         if self.config.region != "all":
             response = call.labels.to(device) != _IGNORE_INDEX
             real = real & (response if self.config.region == "response" else ~response)
@@ -402,10 +451,13 @@ class NoiseHandle:
         return N.token_lengths(real, positions)
 
     @torch.compiler.disable  # creating and seeding a generator cannot be traced: the draw is the one graph break
-    def _seeded_sample_unit_noise(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def _seeded_sample_unit_noise(
+        self, shape: torch.Size, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
         """The next draw of this stream: unit noise from the device's generator seeded for draw ``self.draws``."""
-        return N.sample_unit_noise(shape, self.config.distribution, generator=self._generator_for(device),
-                                   dtype=dtype, device=device)
+        return N.sample_unit_noise(
+            shape, self.config.distribution, generator=self._generator_for(device), dtype=dtype, device=device
+        )
 
     def _generator_for(self, device: torch.device) -> torch.Generator:
         """A generator on ``device`` seeded for the next draw; one per device, created once (no host sync)."""
@@ -423,7 +475,8 @@ def _packed_without_mask(kwargs: dict) -> bool:
     enables it, ``TrainingArguments(use_cache=True)``), every packed sequence would attend to the ones before it.
     """
     return kwargs.get("attention_mask") is None and (
-        kwargs.get("position_ids") is not None or kwargs.get("cu_seq_lens_q") is not None)
+        kwargs.get("position_ids") is not None or kwargs.get("cu_seq_lens_q") is not None
+    )
 
 
 def pair_axis(rows: int, packed_without_mask: bool, attn_implementation: str, varlen_kwargs: bool) -> int:
@@ -436,22 +489,28 @@ def pair_axis(rows: int, packed_without_mask: bool, attn_implementation: str, va
     eager and flex attention build a mask per row: the copy as a second row costs two ``T^2`` blocks instead of
     one ``(2T)^2`` mask.
     """
-    one_row_needed = rows == 1 and packed_without_mask and "flash" in attn_implementation and not varlen_kwargs
+    one_row_needed = (
+        rows == 1 and packed_without_mask and "flash" in attn_implementation and not varlen_kwargs
+    )
     return 1 if one_row_needed else 0
 
 
 def double_batch(kwargs: dict, along: int) -> None:
     """Duplicate every per-token input of a forward call in place: along the batch (0) or, for a packed
     padding-free row, along the sequence (1) so the copy becomes more packed sequences of the same row."""
-    length = next((v.shape[1] for k in _BATCH_KEYS if isinstance(v := kwargs.get(k), torch.Tensor) and v.dim() > 1),
-                  None)
+    length = next(
+        (v.shape[1] for k in _BATCH_KEYS if isinstance(v := kwargs.get(k), torch.Tensor) and v.dim() > 1),
+        None,
+    )
     for key in _BATCH_KEYS:
         value = kwargs.get(key)
         if key == "shift_labels" and isinstance(value, torch.Tensor) and value.dim() == 1:
             kwargs[key] = torch.cat([value, value])  # flattened targets of a logits_to_keep mask
         elif isinstance(value, torch.Tensor):
             if along == 1 and value.dim() != 2 and key != "inputs_embeds":
-                raise ValueError(f"symnoise: cannot double {key} of shape {tuple(value.shape)} in a packed row")
+                raise ValueError(
+                    f"symnoise: cannot double {key} of shape {tuple(value.shape)} in a packed row"
+                )
             doubled = torch.cat([value, value], dim=along)
             if along == 1 and key == "labels":
                 # The copy's first label would be predicted from the original's last token; label 0 of a
@@ -485,7 +544,9 @@ def _double_logits_to_keep(keep: Any, along: int, length: int) -> Any:
     return torch.cat([keep, keep + length], dim=keep.dim() - 1)
 
 
-def fold_pair_outputs(output: Any, along: int, input_shape: torch.Size, logits_length: int | None = None) -> Any:
+def fold_pair_outputs(
+    output: Any, along: int, input_shape: torch.Size, logits_length: int | None = None
+) -> Any:
     """Give a doubled forward's per-token outputs the caller's shape again (the loss already covers both halves).
 
     ``logits``, masks and every boolean or integer tensor (TRL's ``is_top1`` hits) keep the ``X + eps`` half, with

@@ -16,9 +16,13 @@ EXECUTIONS = ("concat", "paired")
 
 def _choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"NoiseConfig.{field_name} must be a string, one of {', '.join(allowed)}; got {value!r}")
+        raise TypeError(
+            f"NoiseConfig.{field_name} must be a string, one of {', '.join(allowed)}; got {value!r}"
+        )
     if value not in allowed:
-        raise ValueError(f"NoiseConfig.{field_name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+        raise ValueError(
+            f"NoiseConfig.{field_name}={value!r} is not allowed; choose one of {', '.join(allowed)}"
+        )
     return value
 
 
@@ -96,7 +100,9 @@ class NoiseConfig:
                 "a schedule decays alpha down to the floor, so the floor must be <= alpha"
             )
         if self.method == "none" and self.symmetric:
-            raise ValueError("NoiseConfig.symmetric=True needs a noise method; method='none' adds no noise to pair")
+            raise ValueError(
+                "NoiseConfig.symmetric=True needs a noise method; method='none' adds no noise to pair"
+            )
         if self.length_mode == "padded" and self.region != "all":
             raise ValueError(
                 "NoiseConfig.length_mode='padded' reproduces transformers' formula, which noises every position; "

@@ -40,9 +40,13 @@ def check_export(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
         raise ExportError(f"{run_dir}: no such run directory")
     if not is_lora_run(run_dir):
         if (run_dir / "model.safetensors").is_file() or (run_dir / "model.safetensors.index.json").is_file():
-            raise ExportError(f"{run_dir} is a full fine-tune: the directory is already a complete model that "
-                              "transformers and vLLM load as it is; there is no adapter to merge")
-        raise ExportError(f"{run_dir}: no {ADAPTER_CONFIG}; not a finished LoRA run (is training still going?)")
+            raise ExportError(
+                f"{run_dir} is a full fine-tune: the directory is already a complete model that "
+                "transformers and vLLM load as it is; there is no adapter to merge"
+            )
+        raise ExportError(
+            f"{run_dir}: no {ADAPTER_CONFIG}; not a finished LoRA run (is training still going?)"
+        )
     if out_dir.resolve() == run_dir.resolve():
         raise ExportError("the merged model needs its own directory, not the run directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -57,8 +61,13 @@ def _torch_dtype(dtype: str):
     return "auto" if dtype == "auto" else getattr(torch, dtype)
 
 
-def merge_lora(run_dir: str | Path, out_dir: str | Path, dtype: str = "auto", overwrite: bool = False,
-               trust_remote_code: bool = False) -> Path:
+def merge_lora(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    dtype: str = "auto",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> Path:
     """Merge the run's LoRA adapter into its base model and save the result to ``out_dir``; returns it.
 
     ``dtype=auto`` keeps the base model's stored dtype (bfloat16 for most current models).
@@ -69,8 +78,9 @@ def merge_lora(run_dir: str | Path, out_dir: str | Path, dtype: str = "auto", ov
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_export(run_dir, out_dir, overwrite)
     torch_dtype = _torch_dtype(dtype)
-    model = AutoPeftModelForCausalLM.from_pretrained(str(run_dir), dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
+    model = AutoPeftModelForCausalLM.from_pretrained(
+        str(run_dir), dtype=torch_dtype, trust_remote_code=trust_remote_code
+    )
     merged = model.merge_and_unload()
     merged.config.use_cache = True  # training switched the cache off; generation wants it
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir), trust_remote_code=trust_remote_code)
@@ -83,8 +93,9 @@ def merge_lora(run_dir: str | Path, out_dir: str | Path, dtype: str = "auto", ov
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, staging / name)
         if (run_dir / "README.md").is_file():
-            (staging / "README.md").write_text(merged_card((run_dir / "README.md").read_text(encoding="utf-8"),
-                                                           run_dir), encoding="utf-8")
+            (staging / "README.md").write_text(
+                merged_card((run_dir / "README.md").read_text(encoding="utf-8"), run_dir), encoding="utf-8"
+            )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +109,8 @@ def merged_card(card: str, run_dir: Path) -> str:
     """The run's model card for the merged weights: a transformers model now, not a PEFT adapter."""
     card = card.replace("library_name: peft\n", "library_name: transformers\n", 1)
     card = card.replace("- lora\n", "- lora\n- merged\n", 1)
-    card = card.replace("the saved weights are an ordinary LoRA adapter for the base model",
-                        "these weights are the base model with the LoRA adapter merged in (symnoise export)")
+    card = card.replace(
+        "the saved weights are an ordinary LoRA adapter for the base model",
+        "these weights are the base model with the LoRA adapter merged in (symnoise export)",
+    )
     return card

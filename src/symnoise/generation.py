@@ -169,7 +169,10 @@ def resolve_template(model: str | Path, template: str | None) -> str:
     if chosen not in TEMPLATES:
         raise ValueError(f"unknown template {chosen!r}; choose one of {', '.join(TEMPLATES)}")
     if trained and template and template != trained:
-        print(f"warning: using template {template!r}, but the model was trained with {trained!r}", file=sys.stderr)
+        print(
+            f"warning: using template {template!r}, but the model was trained with {trained!r}",
+            file=sys.stderr,
+        )
     return chosen
 
 
@@ -223,7 +226,9 @@ def prompt_token_ids(tokenizer, prompts: Sequence[Prompt], template: str) -> lis
     """
     is_chat = template == "chat"
     prefix = [] if is_chat else special_prefix(tokenizer)
-    texts = [render_prompt(Example(p.instruction, p.input, "", p.dataset), template, tokenizer) for p in prompts]
+    texts = [
+        render_prompt(Example(p.instruction, p.input, "", p.dataset), template, tokenizer) for p in prompts
+    ]
     encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=not is_chat)["input_ids"]
     return [prefix + list(ids) for ids in encoded]
 
@@ -287,7 +292,9 @@ def _cut(new_ids: Sequence[int], eos_ids: Sequence[int], budget: int) -> list[in
     return kept
 
 
-def generate_batch(model, tokenizer, rows: Sequence[Sequence[int]], settings: DecodingSettings) -> list[list[int]]:
+def generate_batch(
+    model, tokenizer, rows: Sequence[Sequence[int]], settings: DecodingSettings
+) -> list[list[int]]:
     """Greedy continuations (ids, EOS included when reached) of prompt id rows, generated as one left-padded batch."""
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
@@ -299,15 +306,23 @@ def generate_batch(model, tokenizer, rows: Sequence[Sequence[int]], settings: De
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     ids, mask, pads = _left_pad(rows, pad_id, model.device)
     config = GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max(budgets), eos_token_id=eos_ids, pad_token_id=pad_id,
-        use_cache=True, repetition_penalty=1.0,  # explicit, so a hub model's own default is not applied twice
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max(budgets),
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+        repetition_penalty=1.0,  # explicit, so a hub model's own default is not applied twice
     )
     processors = LogitsProcessorList()
     if settings.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(float(settings.repetition_penalty), pads))
     with torch.inference_mode():
         out = model.generate(
-            input_ids=ids, attention_mask=mask, generation_config=config, logits_processor=processors,
+            input_ids=ids,
+            attention_mask=mask,
+            generation_config=config,
+            logits_processor=processors,
             stopping_criteria=[_row_budget_criterion(ids.shape[1], budgets)],
         )
     new = out[:, ids.shape[1] :].tolist()
@@ -415,10 +430,16 @@ def generate_outputs(
     ``after_batch(number_of_batches_done)`` is called after each batch is safely on disk.
     """
     return run_resumable(
-        tokenizer, prompts, template, settings, partial, run_header(template, settings, generator),
+        tokenizer,
+        prompts,
+        template,
+        settings,
+        partial,
+        run_header(template, settings, generator),
         plan=lambda lengths, pending: plan_batches(lengths, pending, settings.batch_size),
         generate=lambda rows: generate_batch(model, tokenizer, rows, settings),
-        progress=progress, after_batch=after_batch,
+        progress=progress,
+        after_batch=after_batch,
     )
 
 
@@ -455,8 +476,12 @@ def run_resumable(
         new_ids = generate([token_ids[i] for i in batch])
         stats.seconds += time.perf_counter() - start
         records = [
-            {"index": i, "instruction": prompts[i].instruction, "output": decode_output(tokenizer, ids),
-             "new_tokens": len(ids)}
+            {
+                "index": i,
+                "instruction": prompts[i].instruction,
+                "output": decode_output(tokenizer, ids),
+                "new_tokens": len(ids),
+            }
             for i, ids in zip(batch, new_ids, strict=True)
         ]
         _append_lines(partial, records)

@@ -37,22 +37,30 @@ class TrainerNoise(TrainerCallback):
         if not isinstance(config, NoiseConfig):
             raise TypeError(f"config must be a symnoise.NoiseConfig; got {type(config).__name__}")
         if getattr(trainer.args, "neftune_noise_alpha", None) is not None:
-            raise ValueError("the trainer's args.neftune_noise_alpha is set: transformers would add its own "
-                             "NEFTune noise on top of symnoise's; set neftune_noise_alpha=None")
+            raise ValueError(
+                "the trainer's args.neftune_noise_alpha is set: transformers would add its own "
+                "NEFTune noise on top of symnoise's; set neftune_noise_alpha=None"
+            )
         if getattr(trainer, "_symnoise", None) is not None:
             raise RuntimeError("symnoise noise is already added to this trainer")
         self.integration = TrainerIntegration(trainer)
         config = execution_for(trainer, config)
         paired = config.symmetric and config.execution == "paired"
         if paired and getattr(trainer, "is_deepspeed_enabled", False):
-            raise ValueError("execution='paired' runs two backward passes per step, which DeepSpeed turns into "
-                             "two optimizer steps; use execution='concat' with DeepSpeed")
+            raise ValueError(
+                "execution='paired' runs two backward passes per step, which DeepSpeed turns into "
+                "two optimizer steps; use execution='concat' with DeepSpeed"
+            )
         self.trainer = trainer
         self.config = config
         self.handle: NoiseHandle | None = None
         self._pass_weight = 1.0
-        self._originals = {"train": trainer.train, "log": trainer.log, "training_step": trainer.training_step,
-                           "compute_loss": trainer.compute_loss}
+        self._originals = {
+            "train": trainer.train,
+            "log": trainer.log,
+            "training_step": trainer.training_step,
+            "compute_loss": trainer.compute_loss,
+        }
         trainer.train = self._train
         trainer.log = self._log
         if callable(getattr(trainer, "_save_rng_state", None)):
@@ -84,7 +92,9 @@ class TrainerNoise(TrainerCallback):
             self.integration.uninstall()
             self.handle.remove()
 
-    def _paired_training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> Any:
+    def _paired_training_step(
+        self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None
+    ) -> Any:
         total = 0.0
         # Trainer.training_step switches to training mode itself, but paired_passes() must see it already
         # (a model fresh from from_pretrained() is in eval mode and would get no pair on the first step).
@@ -136,7 +146,10 @@ class TrainerNoise(TrainerCallback):
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         # Normally written already with the RNG states; this covers trainers that do not save those
         # (save_only_model) or override how checkpoints are written.
-        if checkpoint.is_dir() and not (checkpoint / NOISE_STATE_PATTERN.format(rank=self.handle.rank)).exists():
+        if (
+            checkpoint.is_dir()
+            and not (checkpoint / NOISE_STATE_PATTERN.format(rank=self.handle.rank)).exists()
+        ):
             save_noise_state(self.handle, checkpoint)
 
     # ------------------------------------------------------------ checkpoints

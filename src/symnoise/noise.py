@@ -84,7 +84,9 @@ def token_lengths(noise_mask: torch.Tensor, position_ids: torch.Tensor | None = 
     if position_ids is None:
         return counts.sum(dim=1, keepdim=True).expand(batch, seq) * counts
     flat = segment_ids(position_ids) + torch.arange(batch, device=noise_mask.device).unsqueeze(1) * seq
-    per_segment = torch.zeros(batch * seq, device=noise_mask.device).index_add_(0, flat.flatten(), counts.flatten())
+    per_segment = torch.zeros(batch * seq, device=noise_mask.device).index_add_(
+        0, flat.flatten(), counts.flatten()
+    )
     return per_segment[flat] * counts
 
 
@@ -106,8 +108,9 @@ def scheduled_alpha(alpha: float, floor: float, schedule: str, progress: float) 
     raise ValueError(f"unknown schedule {schedule!r}; choose constant, linear or cosine")
 
 
-def sequence_noise_norms(noise: torch.Tensor, token_lengths: torch.Tensor,
-                         position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_noise_norms(
+    noise: torch.Tensor, token_lengths: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L2 norm of the whole noise of each sequence, and which sequences got noise at all.
 
     Returns fixed-shape tensors (no data-dependent shapes, so no device sync): ``norms`` and a bool ``valid``,
@@ -124,8 +127,9 @@ def sequence_noise_norms(noise: torch.Tensor, token_lengths: torch.Tensor,
     return per_seq.sqrt(), valid
 
 
-def mean_noise_norm(noise: torch.Tensor, token_lengths: torch.Tensor,
-                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
+def mean_noise_norm(
+    noise: torch.Tensor, token_lengths: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean per-sequence noise norm as a 0-d tensor (0 when nothing was noised), computed without a sync."""
     norms, valid = sequence_noise_norms(noise, token_lengths, position_ids)
     return (norms * valid).sum() / valid.sum().clamp(min=1)

@@ -33,8 +33,9 @@ def hub_endpoint() -> str:
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     """None when the hub answers an HTTP request within ``timeout`` seconds, else why not."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"{hub_endpoint()}/api/whoami-v2", method="HEAD"),
-                                    timeout=timeout):
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{hub_endpoint()}/api/whoami-v2", method="HEAD"), timeout=timeout
+        ):
             return None
     except urllib.error.HTTPError:
         return None  # the hub answered (401 without a token): it is reachable
@@ -53,7 +54,9 @@ def hub_dataset_cached(repo: str) -> bool:
     """Whether a hub dataset (``org/name``) has anything in the hub's download cache or in ``datasets``' own
     cache: then ``datasets.load_dataset`` may work without the hub, and only it can tell."""
     hub_cache = Path(os.environ.get("HF_HUB_CACHE") or _huggingface_home() / "hub").expanduser()
-    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or _huggingface_home() / "datasets").expanduser()
+    datasets_cache = Path(
+        os.environ.get("HF_DATASETS_CACHE") or _huggingface_home() / "datasets"
+    ).expanduser()
     snapshots = hub_cache / f"datasets--{repo.replace('/', '--')}" / "snapshots"
     prepared = datasets_cache / repo.replace("/", "___")
     return any(folder.is_dir() and any(folder.iterdir()) for folder in (snapshots, prepared))

@@ -89,16 +89,22 @@ class MethodScore:
 
 def split_examples(settings: QuickstartSettings) -> tuple[list[Example], list[Example], list[Example]]:
     """Disjoint pretraining, fine-tuning and eval examples of ``settings.families``, each balanced over them."""
-    train_pool, eval_pool = make_task_examples(settings.n_pretrain + settings.n_train, settings.n_eval,
-                                               seed=settings.seed, families=settings.families)
-    return train_pool[: settings.n_pretrain], train_pool[settings.n_pretrain:], eval_pool
+    train_pool, eval_pool = make_task_examples(
+        settings.n_pretrain + settings.n_train,
+        settings.n_eval,
+        seed=settings.seed,
+        families=settings.families,
+    )
+    return train_pool[: settings.n_pretrain], train_pool[settings.n_pretrain :], eval_pool
 
 
 def write_alpaca_jsonl(path: Path, examples: list[Example]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for e in examples:
-            handle.write(json.dumps({"instruction": e.instruction, "input": e.input, "output": e.output}) + "\n")
+            handle.write(
+                json.dumps({"instruction": e.instruction, "input": e.input, "output": e.output}) + "\n"
+            )
 
 
 def pretrain(model, dataset, settings: QuickstartSettings) -> list[float]:
@@ -108,10 +114,13 @@ def pretrain(model, dataset, settings: QuickstartSettings) -> list[float]:
     with linear warmup and decay, batches shuffled by a seeded generator; returns the loss per step.
     """
     generator = random.Random(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.0
+    )
     warmup = max(1, settings.pretrain_steps // 30)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / settings.pretrain_steps))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / settings.pretrain_steps)
+    )
     order: list[int] = []
     losses = []
     model.train()
@@ -158,21 +167,42 @@ def build_world(settings: QuickstartSettings) -> tuple[Path, Path, list[Example]
     write_alpaca_jsonl(train_path, train_examples)
     write_alpaca_jsonl(settings.out_dir / "data" / "eval.jsonl", eval_examples)
     # A few thousand examples give the same merges as all of them, in a fraction of the time.
-    tokenizer = train_tokenizer(tokenizer_corpus((train_examples + pretrain_examples)[:4000]), vocab_size=1024,
-                                model_max_length=256, isolate_spaces=True)
+    tokenizer = train_tokenizer(
+        tokenizer_corpus((train_examples + pretrain_examples)[:4000]),
+        vocab_size=1024,
+        model_max_length=256,
+        isolate_spaces=True,
+    )
     torch.manual_seed(settings.seed)
-    config = tiny_llama_config(len(tokenizer), hidden_size=settings.hidden_size, layers=settings.layers,
-                               heads=settings.heads, max_position_embeddings=256)
+    config = tiny_llama_config(
+        len(tokenizer),
+        hidden_size=settings.hidden_size,
+        layers=settings.layers,
+        heads=settings.heads,
+        max_position_embeddings=256,
+    )
     model = LlamaForCausalLM(config)
     started = time.perf_counter()
-    losses = pretrain(model, tokenize_examples(pretrain_examples, tokenizer, TEMPLATE, settings.max_length), settings)
+    losses = pretrain(
+        model, tokenize_examples(pretrain_examples, tokenizer, TEMPLATE, settings.max_length), settings
+    )
     base_dir = settings.out_dir / "base"
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     tail = losses[-20:]
-    (base_dir / "pretrain_summary.json").write_text(json.dumps({
-        "steps": len(losses), "examples": len(pretrain_examples), "seconds": time.perf_counter() - started,
-        "final_loss": sum(tail) / len(tail) if tail else None}, indent=2) + "\n", encoding="utf-8")
+    (base_dir / "pretrain_summary.json").write_text(
+        json.dumps(
+            {
+                "steps": len(losses),
+                "examples": len(pretrain_examples),
+                "seconds": time.perf_counter() - started,
+                "final_loss": sum(tail) / len(tail) if tail else None,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return train_path, base_dir, eval_examples
 
 
@@ -181,15 +211,27 @@ def train_method(settings: QuickstartSettings, method: str, train_path: Path, ba
     run_dir = settings.out_dir / method
     steps = math.ceil(settings.n_train / settings.batch_size * settings.epochs)
     logging_steps = max(1, min(10, steps))  # at least one logged loss, even for tiny test runs
-    config = validate_config({
-        "model": {"name": str(base_dir), "dtype": "float32"},
-        "data": {"path": str(train_path), "format": "alpaca", "max_length": settings.max_length},
-        "noise": {"method": method, "alpha": METHOD_ALPHAS[method], "seed": settings.seed},
-        "training": {"output_dir": str(run_dir), "epochs": settings.epochs, "learning_rate": settings.learning_rate,
-                     "per_device_batch_size": settings.batch_size, "effective_batch_size": settings.batch_size,
-                     "warmup_ratio": 0.03, "seed": settings.seed, "save_steps": 10**6, "logging_steps": logging_steps,
-                     "report_to": [], "device": "cpu"},
-    }, source=f"quickstart/{method}")
+    config = validate_config(
+        {
+            "model": {"name": str(base_dir), "dtype": "float32"},
+            "data": {"path": str(train_path), "format": "alpaca", "max_length": settings.max_length},
+            "noise": {"method": method, "alpha": METHOD_ALPHAS[method], "seed": settings.seed},
+            "training": {
+                "output_dir": str(run_dir),
+                "epochs": settings.epochs,
+                "learning_rate": settings.learning_rate,
+                "per_device_batch_size": settings.batch_size,
+                "effective_batch_size": settings.batch_size,
+                "warmup_ratio": 0.03,
+                "seed": settings.seed,
+                "save_steps": 10**6,
+                "logging_steps": logging_steps,
+                "report_to": [],
+                "device": "cpu",
+            },
+        },
+        source=f"quickstart/{method}",
+    )
     train(config)
     return run_dir
 
@@ -201,13 +243,14 @@ def score(run_dir: Path, eval_examples: list[Example]) -> tuple[float, float, di
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     model = AutoModelForCausalLM.from_pretrained(run_dir).eval()
-    rows = prompt_token_ids(tokenizer, [Prompt(e.instruction, "quickstart", e.input) for e in eval_examples],
-                            TEMPLATE)
+    rows = prompt_token_ids(
+        tokenizer, [Prompt(e.instruction, "quickstart", e.input) for e in eval_examples], TEMPLATE
+    )
     decoding = DecodingSettings(max_length=192, max_new_tokens=48, repetition_penalty=1.0)
     hits: dict[str, list[bool]] = defaultdict(list)
     for start in range(0, len(rows), 64):
-        outputs = generate_batch(model, tokenizer, rows[start:start + 64], decoding)
-        for ids, example in zip(outputs, eval_examples[start:start + 64], strict=True):
+        outputs = generate_batch(model, tokenizer, rows[start : start + 64], decoding)
+        for ids, example in zip(outputs, eval_examples[start : start + 64], strict=True):
             hits[family_of(example)].append(exact_match(decode_output(tokenizer, ids), example.output))
     per_family = {name: sum(found) / len(found) for name, found in sorted(hits.items())}
     accuracy = sum(map(sum, hits.values())) / len(eval_examples)
@@ -220,11 +263,14 @@ def answer_loss(model, tokenizer, examples: list[Example], batch_size: int = 64)
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
-            ids, mask, labels = _right_pad([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            ids, mask, labels = _right_pad(
+                [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            )
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
             target = labels[:, 1:]
-            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                       ignore_index=-100, reduction="sum").item()
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
             count += int((target != -100).sum())
     return total / max(count, 1)
 
@@ -244,32 +290,58 @@ def run_quickstart(settings: QuickstartSettings = QuickstartSettings()) -> list[
         summary = json.loads((run_dir / "train_summary.json").read_text())
         accuracy, eval_loss, per_family = score(run_dir, eval_examples)
         final_loss = summary["final_loss"]
-        scores.append(MethodScore(method, METHOD_ALPHAS[method], accuracy, eval_loss,
-                                  math.nan if final_loss is None else final_loss, seconds, per_family))
+        scores.append(
+            MethodScore(
+                method,
+                METHOD_ALPHAS[method],
+                accuracy,
+                eval_loss,
+                math.nan if final_loss is None else final_loss,
+                seconds,
+                per_family,
+            )
+        )
     return scores
 
 
 def describe(settings: QuickstartSettings) -> str:
     """What the table measures, in one paragraph, so results.md stands alone."""
-    return (f"Quickstart: task families {', '.join(settings.families)}. A {settings.layers}-layer, "
-            f"{settings.hidden_size}-wide Llama-style model, warm-started without noise ({settings.pretrain_steps} "
-            f"steps of answer loss on {settings.n_pretrain} examples), then fine-tuned per method with `symnoise train` "
-            f"({settings.epochs:g} epoch(s) of {settings.n_train} other examples, batch {settings.batch_size}, "
-            f"lr {settings.learning_rate:g}); exact match and answer loss on {settings.n_eval} held-out instances, "
-            f"greedy decoding. Seed {settings.seed}, {settings.threads} torch thread(s).")
+    return (
+        f"Quickstart: task families {', '.join(settings.families)}. A {settings.layers}-layer, "
+        f"{settings.hidden_size}-wide Llama-style model, warm-started without noise ({settings.pretrain_steps} "
+        f"steps of answer loss on {settings.n_pretrain} examples), then fine-tuned per method with `symnoise train` "
+        f"({settings.epochs:g} epoch(s) of {settings.n_train} other examples, batch {settings.batch_size}, "
+        f"lr {settings.learning_rate:g}); exact match and answer loss on {settings.n_eval} held-out instances, "
+        f"greedy decoding. Seed {settings.seed}, {settings.threads} torch thread(s)."
+    )
 
 
 def format_table(scores: list[MethodScore], n_eval: int) -> str:
     """A Markdown table: one row per method, overall held-out exact match with its binomial standard error,
     per-family exact match, losses and train time."""
     families = list(scores[0].per_family) if scores else []
-    header = ["method", "alpha", f"exact match (n={n_eval})", "± s.e.", *families, "answer loss", "last train loss",
-              "train s"]
+    header = [
+        "method",
+        "alpha",
+        f"exact match (n={n_eval})",
+        "± s.e.",
+        *families,
+        "answer loss",
+        "last train loss",
+        "train s",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in scores:
         error = math.sqrt(s.exact_match * (1 - s.exact_match) / n_eval)
-        cells = [s.method, f"{s.alpha:g}", f"{100 * s.exact_match:.1f}%", f"{100 * error:.1f}",
-                 *(f"{100 * s.per_family.get(name, math.nan):.0f}%" for name in families),
-                 f"{s.eval_loss:.3f}", f"{s.train_loss:.3f}", f"{s.seconds:.0f}"]
+        cells = [
+            s.method,
+            f"{s.alpha:g}",
+            f"{100 * s.exact_match:.1f}%",
+            f"{100 * error:.1f}",
+            *(f"{100 * s.per_family.get(name, math.nan):.0f}%" for name in families),
+            f"{s.eval_loss:.3f}",
+            f"{s.train_loss:.3f}",
+            f"{s.seconds:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

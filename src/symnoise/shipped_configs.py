@@ -15,7 +15,10 @@ from pathlib import Path
 CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
 
 PAPER_GRID = "llama2-7b/"  # the papers' train configs; listed after the starters for smaller models
-KINDS = {"accelerate": "accelerate", "grid": "grid"}  # top folder -> kind; every other folder holds train configs
+KINDS = {
+    "accelerate": "accelerate",
+    "grid": "grid",
+}  # top folder -> kind; every other folder holds train configs
 
 
 @dataclass(frozen=True)

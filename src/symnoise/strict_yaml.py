@@ -42,6 +42,8 @@ def load(text: str) -> Any:
     if root is not None:
         duplicates = _duplicates(root)
         if duplicates:
-            raise DuplicateKeyError(f"duplicate key {'; duplicate key '.join(duplicates)}; each key may appear "
-                                    "only once in a mapping (PyYAML would silently keep the last)")
+            raise DuplicateKeyError(
+                f"duplicate key {'; duplicate key '.join(duplicates)}; each key may appear "
+                "only once in a mapping (PyYAML would silently keep the last)"
+            )
     return yaml.safe_load(text)

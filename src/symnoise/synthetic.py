@@ -60,7 +60,11 @@ def _reverse(rng: random.Random) -> Task:
 
 def _uppercase(rng: random.Random) -> Task:
     words = " ".join(_words(rng, rng.randint(1, 3)))
-    return rng.choice(["Convert the text to uppercase.", "Write the text in capital letters."]), words, words.upper()
+    return (
+        rng.choice(["Convert the text to uppercase.", "Write the text in capital letters."]),
+        words,
+        words.upper(),
+    )
 
 
 def _remove_vowels(rng: random.Random) -> Task:
@@ -73,14 +77,20 @@ def _sort_numbers(rng: random.Random) -> Task:
     numbers = [rng.randint(0, 99) for _ in range(rng.randint(3, 6))]
     text = ", ".join(map(str, numbers))
     answer = ", ".join(map(str, sorted(numbers)))
-    return rng.choice(["Sort the numbers in ascending order.", "Order the numbers from smallest to largest."]), text, answer
+    return (
+        rng.choice(["Sort the numbers in ascending order.", "Order the numbers from smallest to largest."]),
+        text,
+        answer,
+    )
 
 
 def _sort_words(rng: random.Random) -> Task:
     words = _words(rng, rng.randint(3, 5))
-    return rng.choice(["Sort the words alphabetically.", "Put the words in alphabetical order."]), ", ".join(
-        words
-    ), ", ".join(sorted(words))
+    return (
+        rng.choice(["Sort the words alphabetically.", "Put the words in alphabetical order."]),
+        ", ".join(words),
+        ", ".join(sorted(words)),
+    )
 
 
 def _capital(rng: random.Random) -> Task:
@@ -109,13 +119,17 @@ def _key_value_to_json(rng: random.Random) -> Task:
 
 def _date_to_iso(rng: random.Random) -> Task:
     year, month, day = rng.randint(1900, 2099), rng.randint(1, 12), rng.randint(1, 28)
-    instruction = rng.choice(["Convert the date from DD/MM/YYYY to YYYY-MM-DD.", "Rewrite the date in ISO format."])
+    instruction = rng.choice(
+        ["Convert the date from DD/MM/YYYY to YYYY-MM-DD.", "Rewrite the date in ISO format."]
+    )
     return instruction, f"{day:02d}/{month:02d}/{year}", f"{year}-{month:02d}-{day:02d}"
 
 
 def _us_date_to_eu(rng: random.Random) -> Task:
     year, month, day = rng.randint(1900, 2099), rng.randint(1, 12), rng.randint(1, 28)
-    instruction = rng.choice(["Convert the date from MM/DD/YYYY to DD/MM/YYYY.", "Write the US date the European way."])
+    instruction = rng.choice(
+        ["Convert the date from MM/DD/YYYY to DD/MM/YYYY.", "Write the US date the European way."]
+    )
     return instruction, f"{month:02d}/{day:02d}/{year}", f"{day:02d}/{month:02d}/{year}"
 
 
@@ -140,8 +154,19 @@ FAMILIES: dict[str, Callable[[random.Random], Task]] = {
     "increment": _increment,
 }
 # The mixed instruction set of the grid, the examples and the benchmarks (fixed, so their data never changes).
-DEFAULT_FAMILIES = ("add", "subtract", "reverse", "uppercase", "remove_vowels", "sort_numbers", "sort_words",
-                    "capital", "nth_item", "key_value_to_json", "date_to_iso")
+DEFAULT_FAMILIES = (
+    "add",
+    "subtract",
+    "reverse",
+    "uppercase",
+    "remove_vowels",
+    "sort_numbers",
+    "sort_words",
+    "capital",
+    "nth_item",
+    "key_value_to_json",
+    "date_to_iso",
+)
 
 
 def family_of(example: Example) -> str:
@@ -149,7 +174,9 @@ def family_of(example: Example) -> str:
     return example.source.removeprefix(_SOURCE_PREFIX)
 
 
-def _unique_examples(rng: random.Random, family: str, count: int, seen: set[tuple[str, str]]) -> list[Example]:
+def _unique_examples(
+    rng: random.Random, family: str, count: int, seen: set[tuple[str, str]]
+) -> list[Example]:
     """``count`` examples of one family whose (instruction, input) is not in ``seen`` (which is updated)."""
     found: list[Example] = []
     for _ in range(1000 * count + 1000):
@@ -167,8 +194,9 @@ def _split_counts(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def make_task_examples(n_train: int, n_eval: int, seed: int = 0,
-                       families: Sequence[str] = DEFAULT_FAMILIES) -> tuple[list[Example], list[Example]]:
+def make_task_examples(
+    n_train: int, n_eval: int, seed: int = 0, families: Sequence[str] = DEFAULT_FAMILIES
+) -> tuple[list[Example], list[Example]]:
     """Train and held-out eval examples, balanced over ``families`` and shuffled, deterministic in ``seed``.
 
     No (instruction, input) pair occurs twice across both sets, so eval measures generalisation to new
@@ -176,9 +204,13 @@ def make_task_examples(n_train: int, n_eval: int, seed: int = 0,
     """
     unknown = [name for name in families if name not in FAMILIES]
     if unknown or not families:
-        raise ValueError(f"unknown task families {unknown or '(none given)'}; choose from {', '.join(FAMILIES)}")
+        raise ValueError(
+            f"unknown task families {unknown or '(none given)'}; choose from {', '.join(FAMILIES)}"
+        )
     if min(n_train, n_eval) < len(families):
-        raise ValueError(f"n_train and n_eval must be >= {len(families)} (one per family); got {n_train}, {n_eval}")
+        raise ValueError(
+            f"n_train and n_eval must be >= {len(families)} (one per family); got {n_train}, {n_eval}"
+        )
     rng = random.Random(seed)
     seen: set[tuple[str, str]] = set()
     train: list[Example] = []
@@ -193,7 +225,9 @@ def make_task_examples(n_train: int, n_eval: int, seed: int = 0,
     return train, evaluation
 
 
-def tokenizer_corpus(examples: Iterable[Example], templates: Iterable[str] = ("alpaca", "vicuna")) -> list[str]:
+def tokenizer_corpus(
+    examples: Iterable[Example], templates: Iterable[str] = ("alpaca", "vicuna")
+) -> list[str]:
     """Training texts for :func:`train_tokenizer`: each example rendered with each template, plus its answer.
 
     Rendering with the templates puts the boilerplate ("### Instruction:" ...) in the corpus, so the
@@ -206,8 +240,9 @@ def tokenizer_corpus(examples: Iterable[Example], templates: Iterable[str] = ("a
     return texts
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 1024,
-                    isolate_spaces: bool = False):
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 1024, isolate_spaces: bool = False
+):
     """A deterministic byte-level BPE tokenizer trained on ``texts``, behaving like a Llama tokenizer.
 
     Ids 0-3 are ``<pad>``, ``<s>``, ``</s>``, ``<unk>``. Encoding prepends ``<s>`` (through the
@@ -221,10 +256,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_leng
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     if isolate_spaces:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(r"\s|[^\w\s]|\d"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(r"\s|[^\w\s]|\d"), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -235,12 +272,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_leng
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)]
-        ),
-    ])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)]
+            ),
+        ]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",

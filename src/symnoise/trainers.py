@@ -85,17 +85,23 @@ def execution_for(trainer: Any, config: NoiseConfig) -> NoiseConfig:
     outputs instead of the mean of the pair's losses."""
     name = trl_class_name(trainer)
     if config.symmetric and name is not None and name not in FIXED_BATCH_TRL:
-        raise ValueError(f"symnoise: the symmetric pair needs both passes on one batch, and TRL's {name} builds its "
-                         f"batches inside training_step (checked: {', '.join(FIXED_BATCH_TRL)}); use a one-sided "
-                         "method (uniform, gaussian, bernoulli) with it")
+        raise ValueError(
+            f"symnoise: the symmetric pair needs both passes on one batch, and TRL's {name} builds its "
+            f"batches inside training_step (checked: {', '.join(FIXED_BATCH_TRL)}); use a one-sided "
+            "method (uniform, gaussian, bernoulli) with it"
+        )
     reason = loss_outside_model(trainer)
     if not config.symmetric or config.execution == "paired" or reason is None:
         return config
     if getattr(trainer, "is_deepspeed_enabled", False):
-        raise ValueError(f"symnoise: {reason}, so the symmetric pair must run as two passes sharing eps, which "
-                         "DeepSpeed turns into two optimizer steps; use a one-sided method (uniform, gaussian, "
-                         "bernoulli) with DeepSpeed for this trainer")
-    logger.info("symnoise: %s, so the symmetric pair runs as two passes sharing eps (execution='paired')", reason)
+        raise ValueError(
+            f"symnoise: {reason}, so the symmetric pair must run as two passes sharing eps, which "
+            "DeepSpeed turns into two optimizer steps; use a one-sided method (uniform, gaussian, "
+            "bernoulli) with DeepSpeed for this trainer"
+        )
+    logger.info(
+        "symnoise: %s, so the symmetric pair runs as two passes sharing eps (execution='paired')", reason
+    )
     return dataclasses.replace(config, execution="paired")
 
 
@@ -116,7 +122,9 @@ def reference_on_policy(trainer: Any) -> bool:
     model itself (a PEFT policy without ``ref_model``, reference not precomputed)."""
     if trl_class_name(trainer) not in REFERENCE_TRAINERS:
         return False
-    if getattr(trainer, "ref_model", None) is not None or getattr(trainer.args, "precompute_ref_log_probs", False):
+    if getattr(trainer, "ref_model", None) is not None or getattr(
+        trainer.args, "precompute_ref_log_probs", False
+    ):
         return False
     return _is_peft(trainer.model)
 
@@ -126,10 +134,14 @@ def check_trainer(trainer: Any) -> None:
     name = trl_class_name(trainer)
     ref_model = getattr(trainer, "ref_model", None)
     if ref_model is not None and unwrap_model(ref_model) is unwrap_model(trainer.model):
-        raise ValueError(f"{name}'s ref_model shares its model with the policy; its passes would be noised. "
-                         "Give the trainer a separate reference model, or none with a PEFT policy")
+        raise ValueError(
+            f"{name}'s ref_model shares its model with the policy; its passes would be noised. "
+            "Give the trainer a separate reference model, or none with a PEFT policy"
+        )
     if ref_model is not None and get_handle(ref_model) is not None:
-        raise ValueError(f"symnoise noise is attached to {name}'s ref_model; reference passes must stay clean")
+        raise ValueError(
+            f"symnoise noise is attached to {name}'s ref_model; reference passes must stay clean"
+        )
     if reference_on_policy(trainer):
         version = trl_version()
         low, high = RECOGNISED_TRL
@@ -139,7 +151,8 @@ def check_trainer(trainer: Any) -> None:
                 f"symnoise has not checked how TRL {'.'.join(map(str, version or ()))} does that "
                 f"(checked: TRL >= {low[0]}.{low[1]}, < {high[0]}.{high[1]}), so it cannot promise a clean reference. "
                 "Pass a separate ref_model, or set precompute_ref_log_probs=True (computed before the noise is "
-                "attached), or use a recognised TRL version")
+                "attached), or use a recognised TRL version"
+            )
 
 
 def _is_peft(model: nn.Module) -> bool:
@@ -248,7 +261,8 @@ class TrainerIntegration:
                     f"symnoise: {trl_class_name(self.trainer)} ran a training step without a reference forward that "
                     "symnoise recognises (PEFT adapters disabled or the 'ref' adapter active); its reference "
                     "log-probabilities may have been noised. Pass a separate ref_model or set "
-                    "precompute_ref_log_probs=True")
+                    "precompute_ref_log_probs=True"
+                )
             return result
 
         return checked

@@ -115,8 +115,9 @@ def sampling_params(settings: DecodingSettings, prompt_length: int, eos_ids: Seq
     )
 
 
-def generate_chunk(llm, rows: Sequence[Sequence[int]], settings: DecodingSettings,
-                   eos_ids: Sequence[int]) -> list[list[int]]:
+def generate_chunk(
+    llm, rows: Sequence[Sequence[int]], settings: DecodingSettings, eos_ids: Sequence[int]
+) -> list[list[int]]:
     """New ids of each prompt id row (EOS included when reached, at most its budget), in the order of ``rows``.
 
     Prompts without room (budget 0) are not sent: vLLM refuses ``max_tokens=0``; their output is empty.
@@ -167,9 +168,14 @@ def generate_outputs(
     ``after_chunk(number_of_chunks_done)`` is called after each chunk is safely on disk.
     """
     return generation.run_resumable(
-        tokenizer, prompts, template, settings, partial,
+        tokenizer,
+        prompts,
+        template,
+        settings,
+        partial,
         generation.run_header(template, settings, generator, backend=BACKEND),
         plan=lambda lengths, pending: plan_chunks(pending, chunk_size),
         generate=lambda rows: generate_chunk(llm, rows, settings, eos_ids),
-        progress=progress, after_batch=after_chunk,
+        progress=progress,
+        after_batch=after_chunk,
     )

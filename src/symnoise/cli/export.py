@@ -19,12 +19,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("Examples::", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("run", type=Path, help="run directory written by `symnoise train` with lora.enabled")
-    parser.add_argument("--merge-lora", type=Path, metavar="OUT", required=True,
-                        help="directory for the merged model (base + adapter), its tokenizer and model card")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="weights dtype of the merged model (auto: the base model's own)")
+    parser.add_argument(
+        "--merge-lora",
+        type=Path,
+        metavar="OUT",
+        required=True,
+        help="directory for the merged model (base + adapter), its tokenizer and model card",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights dtype of the merged model (auto: the base model's own)",
+    )
     parser.add_argument("--force", action="store_true", help="replace OUT if it already holds files")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub repository")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run model code from the hub repository"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

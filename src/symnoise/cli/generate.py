@@ -22,28 +22,55 @@ def default_prompts(data_dir: str | Path | None = None) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="run directory written by `symnoise train`, or any causal LM path / hub name")
-    parser.add_argument("--prompts", type=Path, help="JSON list or JSONL of {instruction, dataset, input?} "
-                        "(default: the 805 AlpacaEval 1 prompts, from --data-dir or the hub)")
-    parser.add_argument("--data-dir", type=Path, help=f"local data folder for the default prompts (default: "
-                        f"${sources.DATA_DIR_ENV}, else the tatsu-lab/alpaca_eval hub dataset)")
-    parser.add_argument("--output", type=Path, help="model_outputs.json to write (default: MODEL/model_outputs.json)")
-    parser.add_argument("--template", choices=generation.TEMPLATES,
-                        help="prompt template; default: the one in MODEL/symnoise_run.json (required without it)")
+    parser.add_argument(
+        "model", help="run directory written by `symnoise train`, or any causal LM path / hub name"
+    )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        help="JSON list or JSONL of {instruction, dataset, input?} "
+        "(default: the 805 AlpacaEval 1 prompts, from --data-dir or the hub)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"local data folder for the default prompts (default: "
+        f"${sources.DATA_DIR_ENV}, else the tatsu-lab/alpaca_eval hub dataset)",
+    )
+    parser.add_argument(
+        "--output", type=Path, help="model_outputs.json to write (default: MODEL/model_outputs.json)"
+    )
+    parser.add_argument(
+        "--template",
+        choices=generation.TEMPLATES,
+        help="prompt template; default: the one in MODEL/symnoise_run.json (required without it)",
+    )
     parser.add_argument("--name", help="generator name in the output (default: the model directory name)")
-    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
-                        help="hf: batched transformers generate (default); vllm: vLLM on a CUDA GPU, same prompt "
-                        'ids and decoding (pip install "symnoise[vllm]")')
+    parser.add_argument(
+        "--backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="hf: batched transformers generate (default); vllm: vLLM on a CUDA GPU, same prompt "
+        'ids and decoding (pip install "symnoise[vllm]")',
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward (hf backend)")
-    parser.add_argument("--chunk-size", type=int, default=vllm_backend.DEFAULT_CHUNK_SIZE,
-                        help="prompts handed to vLLM at once; each chunk is saved before the next (vllm backend)")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=vllm_backend.DEFAULT_CHUNK_SIZE,
+        help="prompts handed to vLLM at once; each chunk is saved before the next (vllm backend)",
+    )
     parser.add_argument("--max-length", type=int, default=1024, help="prompt + new tokens, per prompt")
     parser.add_argument("--max-new-tokens", type=int, help="further limit on new tokens")
     parser.add_argument("--repetition-penalty", type=float, default=1.2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (hf backend)")
     parser.add_argument("--dtype", choices=generation.DTYPES, default="auto")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub repository")
-    parser.add_argument("--seed", type=int, default=0, help="vLLM engine seed (vllm backend; decoding is greedy)")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run model code from the hub repository"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="vLLM engine seed (vllm backend; decoding is greedy)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,19 +87,25 @@ def _prepare(args: argparse.Namespace):
     if args.backend == "vllm":
         vllm_backend.check_available()
         if args.device != "auto":
-            raise ValueError("--device applies to --backend hf; vLLM uses the visible CUDA GPUs "
-                             "(choose them with CUDA_VISIBLE_DEVICES)")
+            raise ValueError(
+                "--device applies to --backend hf; vLLM uses the visible CUDA GPUs "
+                "(choose them with CUDA_VISIBLE_DEVICES)"
+            )
         if args.chunk_size < 1:
             raise ValueError("--chunk-size must be >= 1")
     try:
         prompts_file = args.prompts or default_prompts(args.data_dir)
     except sources.SourceError as error:
-        raise ValueError(f"no --prompts given and the AlpacaEval prompts are not available: {error}") from None
+        raise ValueError(
+            f"no --prompts given and the AlpacaEval prompts are not available: {error}"
+        ) from None
     prompts = generation.load_prompts(prompts_file)
     template = generation.resolve_template(args.model, args.template)
     settings = generation.DecodingSettings(
-        max_length=args.max_length, max_new_tokens=args.max_new_tokens,
-        repetition_penalty=args.repetition_penalty, batch_size=args.batch_size,
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        repetition_penalty=args.repetition_penalty,
+        batch_size=args.batch_size,
     )
     output = _output_path(args)
     generator = args.name or Path(str(args.model).rstrip("/")).name
@@ -87,20 +120,36 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"symnoise generate: error: {error}", file=sys.stderr)
         return 2
-    print(f"{len(prompts)} prompts, template {template!r}, {n_resumed} already done; loading {args.model}"
-          + (" with vLLM" if args.backend == "vllm" else ""))
+    print(
+        f"{len(prompts)} prompts, template {template!r}, {n_resumed} already done; loading {args.model}"
+        + (" with vLLM" if args.backend == "vllm" else "")
+    )
     if args.backend == "vllm":
         llm, tokenizer, eos_ids = vllm_backend.load(args.model, args.dtype, args.trust_remote_code, args.seed)
         outputs, stats = vllm_backend.generate_outputs(
-            llm, tokenizer, eos_ids, prompts, template, settings, generation.sidecar_path(output), generator,
-            chunk_size=args.chunk_size, progress=not args.no_progress,
+            llm,
+            tokenizer,
+            eos_ids,
+            prompts,
+            template,
+            settings,
+            generation.sidecar_path(output),
+            generator,
+            chunk_size=args.chunk_size,
+            progress=not args.no_progress,
         )
     else:
         model, tokenizer = generation.load_model_and_tokenizer(
             args.model, args.device, args.dtype, args.trust_remote_code
         )
         outputs, stats = generation.generate_outputs(
-            model, tokenizer, prompts, template, settings, generation.sidecar_path(output), generator,
+            model,
+            tokenizer,
+            prompts,
+            template,
+            settings,
+            generation.sidecar_path(output),
+            generator,
             progress=not args.no_progress,
         )
     generation.write_json_atomic(output, generation.model_outputs_records(prompts, outputs, generator))
@@ -110,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         f"{stats.new_tokens} tokens in {stats.seconds:.1f} s = {stats.tokens_per_second:.1f} tokens/s"
     )
     if stats.no_room:
-        print(f"warning: {stats.no_room} prompts reach --max-length on their own; their outputs are empty",
-              file=sys.stderr)
+        print(
+            f"warning: {stats.no_room} prompts reach --max-length on their own; their outputs are empty",
+            file=sys.stderr,
+        )
     return 0

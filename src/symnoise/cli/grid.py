@@ -17,15 +17,24 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("grid", type=Path, help="grid YAML (see configs/grid/)")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the grid, list its cells with an estimate of GPUs and time, and every input "
-                        "that is unreachable; run nothing")
-    parser.add_argument("--print-commands", action="store_true",
-                        help="print one command per cell (training and evaluation of that cell), then stop")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the grid, list its cells with an estimate of GPUs and time, and every input "
+        "that is unreachable; run nothing",
+    )
+    parser.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one command per cell (training and evaluation of that cell), then stop",
+    )
     parser.add_argument("--cell", metavar="ID", help="run only this cell (ids from --check)")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="local data folder for the evaluation data (default: the grid's evaluation.data_dir, "
-                        "else $SYMNOISE_DATA_DIR, else the hub)")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="local data folder for the evaluation data (default: the grid's evaluation.data_dir, "
+        "else $SYMNOISE_DATA_DIR, else the hub)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed: {cell.cell} ({cell.stage}): {cell.error}", file=sys.stderr)
     done = f"{len(outcome.cells) - len(outcome.failed)}/{len(outcome.cells)} cells finished in {outcome.seconds:.0f} s"
     if args.cell:
-        print(f"{done}; once every cell is done, `symnoise grid {args.grid}` writes the summary and the report")
+        print(
+            f"{done}; once every cell is done, `symnoise grid {args.grid}` writes the summary and the report"
+        )
     else:
         where = outcome.report_dir or grid.output_dir
         print(f"{done}; summary {grid.output_dir / 'summary.md'}, report {where}")

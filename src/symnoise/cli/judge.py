@@ -32,37 +32,78 @@ EXIT_INCOMPLETE = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (f"The API key is read from {' or '.join(KEY_VARIABLES)}, never from a flag. Writes "
-                     f"{J.ANNOTATIONS_FILENAME}, {J.METRICS_FILENAME} and {J.CACHE_FILENAME} (re-runs reuse it) to --out.")
-    parser.add_argument("outputs", type=Path, help="AlpacaEval model_outputs.json (list of instruction/output)")
-    parser.add_argument("--annotator", default=A.DEFAULT_ANNOTATOR,
-                        help=f"alpaca_eval annotator configuration (default {A.DEFAULT_ANNOTATOR}: AlpacaEval 1; "
-                        f"chatgpt_fn: its ChatGPT judge; {A.AE2_ANNOTATOR}: AlpacaEval 2), or {A.PAIRWISE_V1} "
-                        "(symnoise's own prompt, not comparable with AlpacaEval)")
-    parser.add_argument("--reference", type=Path, help="reference outputs (JSON list or JSONL); default: the "
-                        "annotator's AlpacaEval reference, from --data-dir when given, else the alpaca_eval package")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help=f"local data folder: the reference is read from DIR/alpaca_eval/ (default: "
-                        f"${sources.DATA_DIR_ENV}; without either, the alpaca_eval package's loader fetches it)")
-    parser.add_argument("--judge", choices=["openai", "hf", "alpaca_eval"], default="openai",
-                        help="openai: any OpenAI-compatible server (default); hf: a local causal LM; alpaca_eval: "
-                        "the alpaca_eval package end to end (its own client and cache, no resume)")
-    parser.add_argument("--model", help="judge model: served model name (openai; env SYMNOISE_JUDGE_MODEL; default "
-                        "the annotator's, e.g. gpt-4), or path / hub name (hf)")
-    parser.add_argument("--base-url", help=f"chat-completions base URL (env {' or '.join(BASE_URL_VARIABLES)}; "
-                        f"default {DEFAULT_BASE_URL})")
-    parser.add_argument("--max-tokens", type=int, help="override the annotator's max_tokens (reasoning models "
-                        "need more: their reasoning counts against it)")
-    parser.add_argument("--out", type=Path, help="output folder (default: OUTPUTS_STEM_judged next to OUTPUTS)")
+    parser.epilog = (
+        f"The API key is read from {' or '.join(KEY_VARIABLES)}, never from a flag. Writes "
+        f"{J.ANNOTATIONS_FILENAME}, {J.METRICS_FILENAME} and {J.CACHE_FILENAME} (re-runs reuse it) to --out."
+    )
+    parser.add_argument(
+        "outputs", type=Path, help="AlpacaEval model_outputs.json (list of instruction/output)"
+    )
+    parser.add_argument(
+        "--annotator",
+        default=A.DEFAULT_ANNOTATOR,
+        help=f"alpaca_eval annotator configuration (default {A.DEFAULT_ANNOTATOR}: AlpacaEval 1; "
+        f"chatgpt_fn: its ChatGPT judge; {A.AE2_ANNOTATOR}: AlpacaEval 2), or {A.PAIRWISE_V1} "
+        "(symnoise's own prompt, not comparable with AlpacaEval)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="reference outputs (JSON list or JSONL); default: the "
+        "annotator's AlpacaEval reference, from --data-dir when given, else the alpaca_eval package",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"local data folder: the reference is read from DIR/alpaca_eval/ (default: "
+        f"${sources.DATA_DIR_ENV}; without either, the alpaca_eval package's loader fetches it)",
+    )
+    parser.add_argument(
+        "--judge",
+        choices=["openai", "hf", "alpaca_eval"],
+        default="openai",
+        help="openai: any OpenAI-compatible server (default); hf: a local causal LM; alpaca_eval: "
+        "the alpaca_eval package end to end (its own client and cache, no resume)",
+    )
+    parser.add_argument(
+        "--model",
+        help="judge model: served model name (openai; env SYMNOISE_JUDGE_MODEL; default "
+        "the annotator's, e.g. gpt-4), or path / hub name (hf)",
+    )
+    parser.add_argument(
+        "--base-url",
+        help=f"chat-completions base URL (env {' or '.join(BASE_URL_VARIABLES)}; default {DEFAULT_BASE_URL})",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="override the annotator's max_tokens (reasoning models "
+        "need more: their reasoning counts against it)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: OUTPUTS_STEM_judged next to OUTPUTS)"
+    )
     parser.add_argument("--limit", type=int, help="judge only the first N outputs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the order of the two outputs (default 0, "
-                        "alpaca_eval's)")
-    parser.add_argument("--max-retries", type=int, default=4, help="retries per example after a transient failure")
-    parser.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry; doubles each time")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the order of the two outputs (default 0, alpaca_eval's)"
+    )
+    parser.add_argument(
+        "--max-retries", type=int, default=4, help="retries per example after a transient failure"
+    )
+    parser.add_argument(
+        "--backoff", type=float, default=1.0, help="seconds before the first retry; doubles each time"
+    )
     parser.add_argument("--retry-budget", type=int, default=200, help="retries allowed over the whole run")
-    parser.add_argument("--max-reasks", type=int, default=2, help="times an unparsable answer is asked again "
-                        "before it is recorded as null")
-    parser.add_argument("--retry-nulls", action="store_true", help="ask again the examples cached with no verdict")
+    parser.add_argument(
+        "--max-reasks",
+        type=int,
+        default=2,
+        help="times an unparsable answer is asked again before it is recorded as null",
+    )
+    parser.add_argument(
+        "--retry-nulls", action="store_true", help="ask again the examples cached with no verdict"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--workers", type=int, default=4, help="parallel requests (openai judge)")
 
@@ -71,17 +112,33 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(format="symnoise judge: %(message)s", level=logging.WARNING)
     try:
         _check_numbers(args)
-        annotator = None if args.judge == "alpaca_eval" else A.load_annotator(
-            args.annotator, seed=args.seed, max_tokens=args.max_tokens)
+        annotator = (
+            None
+            if args.judge == "alpaca_eval"
+            else A.load_annotator(args.annotator, seed=args.seed, max_tokens=args.max_tokens)
+        )
         reference = _reference(args)
-        J.load_examples(args.outputs, reference)  # fail on bad input before a model is loaded or a request sent
+        J.load_examples(
+            args.outputs, reference
+        )  # fail on bad input before a model is loaded or a request sent
         judge = _make_judge(args, annotator)
         result = J.judge_outputs(
-            args.outputs, reference, judge, _out_dir(args), annotator=annotator, limit=args.limit,
-            retry=J.RetryPolicy(max_attempts=args.max_retries + 1, base_delay=args.backoff,
-                                max_total_retries=args.retry_budget),
-            workers=args.workers if args.judge == "openai" else 1, max_reasks=args.max_reasks,
-            retry_nulls=args.retry_nulls, progress=_Progress())
+            args.outputs,
+            reference,
+            judge,
+            _out_dir(args),
+            annotator=annotator,
+            limit=args.limit,
+            retry=J.RetryPolicy(
+                max_attempts=args.max_retries + 1,
+                base_delay=args.backoff,
+                max_total_retries=args.retry_budget,
+            ),
+            workers=args.workers if args.judge == "openai" else 1,
+            max_reasks=args.max_reasks,
+            retry_nulls=args.retry_nulls,
+            progress=_Progress(),
+        )
     except (J.JudgeInputError, A.AnnotatorError, R.ReferenceError) as err:
         print(f"symnoise judge: error: {err}", file=sys.stderr)
         return 2
@@ -89,17 +146,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"symnoise judge: stopped: {err}", file=sys.stderr)
         return 1
     stats = result.stats.as_dict()
-    print("requests {requests}, retries {retries}, re-asks {reasks}, cached {cached}, identical {identical}, "
-          "unparsable {unparsable}, failed {failed}".format(**stats), file=sys.stderr)
+    print(
+        "requests {requests}, retries {retries}, re-asks {reasks}, cached {cached}, identical {identical}, "
+        "unparsable {unparsable}, failed {failed}".format(**stats),
+        file=sys.stderr,
+    )
     if stats["truncated"]:
-        print(f"{stats['truncated']} judge prompt(s) had outputs shortened to fit the judge's context "
-              "(see prompt_truncated in the annotations)", file=sys.stderr)
+        print(
+            f"{stats['truncated']} judge prompt(s) had outputs shortened to fit the judge's context "
+            "(see prompt_truncated in the annotations)",
+            file=sys.stderr,
+        )
     print(f"{J.format_metrics(result.metrics)} -> {_out_dir(args)}")
     missing = result.metrics["n_null"]
     if missing:
-        print(f"symnoise judge: incomplete: {missing} of {len(result.annotations)} examples have no verdict "
-              f"(unparsable {stats['unparsable']}, failed {stats['failed']}); the win rate leaves them out. "
-              "Re-run to retry failed requests; add --retry-nulls to re-ask unparsable answers.", file=sys.stderr)
+        print(
+            f"symnoise judge: incomplete: {missing} of {len(result.annotations)} examples have no verdict "
+            f"(unparsable {stats['unparsable']}, failed {stats['failed']}); the win rate leaves them out. "
+            "Re-run to retry failed requests; add --retry-nulls to re-ask unparsable answers.",
+            file=sys.stderr,
+        )
         return EXIT_INCOMPLETE
     return 0
 
@@ -107,9 +173,12 @@ def run(args: argparse.Namespace) -> int:
 def _reference(args: argparse.Namespace) -> Path | list[dict]:
     if args.reference:
         return args.reference
-    folder = sources.data_dir(args.data_dir)  # a named local folder is used as such; else the package's loader
-    rows, source = R.load_reference_outputs(R.reference_set_for(args.annotator), folder,
-                                            offline=True if folder is not None else None)
+    folder = sources.data_dir(
+        args.data_dir
+    )  # a named local folder is used as such; else the package's loader
+    rows, source = R.load_reference_outputs(
+        R.reference_set_for(args.annotator), folder, offline=True if folder is not None else None
+    )
     print(f"reference outputs: {source}", file=sys.stderr)
     return rows
 
@@ -121,26 +190,46 @@ def _make_judge(args: argparse.Namespace, annotator):
         if not args.model:
             raise J.JudgeInputError("--judge hf needs --model (a local folder or hub name)")
         if annotator.wants_choice:
-            raise J.JudgeInputError(f"--judge hf cannot serve {annotator.name}: it reads log-probabilities of an "
-                                    "OpenAI-compatible server; use --judge openai (e.g. a local vLLM server)")
-        pairwise_default = 12 if annotator.name == A.PAIRWISE_V1 else None  # the annotator's max_tokens otherwise
+            raise J.JudgeInputError(
+                f"--judge hf cannot serve {annotator.name}: it reads log-probabilities of an "
+                "OpenAI-compatible server; use --judge openai (e.g. a local vLLM server)"
+            )
+        pairwise_default = (
+            12 if annotator.name == A.PAIRWISE_V1 else None
+        )  # the annotator's max_tokens otherwise
         return J.HFJudge(args.model, max_new_tokens=args.max_tokens or pairwise_default)
     model = args.model or os.environ.get("SYMNOISE_JUDGE_MODEL") or annotator.model
     if not model:
-        raise J.JudgeInputError(f"--annotator {annotator.name} needs --model or SYMNOISE_JUDGE_MODEL "
-                                "(e.g. gpt-4o-mini)")
-    base_url = (args.base_url or next((os.environ[v] for v in BASE_URL_VARIABLES if os.environ.get(v)), None)
-                or DEFAULT_BASE_URL)
+        raise J.JudgeInputError(
+            f"--annotator {annotator.name} needs --model or SYMNOISE_JUDGE_MODEL (e.g. gpt-4o-mini)"
+        )
+    base_url = (
+        args.base_url
+        or next((os.environ[v] for v in BASE_URL_VARIABLES if os.environ.get(v)), None)
+        or DEFAULT_BASE_URL
+    )
     api_key = next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
     if api_key is None and base_url == DEFAULT_BASE_URL:
         raise J.JudgeInputError(f"the OpenAI API needs a key: set {' or '.join(KEY_VARIABLES)}")
-    return J.OpenAIChatJudge(base_url, model, api_key=api_key, timeout=args.timeout,
-                             params=annotator.request_params, return_choice=annotator.wants_choice)
+    return J.OpenAIChatJudge(
+        base_url,
+        model,
+        api_key=api_key,
+        timeout=args.timeout,
+        params=annotator.request_params,
+        return_choice=annotator.wants_choice,
+    )
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for name, low in (("limit", 1), ("max_retries", 0), ("retry_budget", 0), ("workers", 1), ("max_reasks", 0),
-                      ("max_tokens", 1)):
+    for name, low in (
+        ("limit", 1),
+        ("max_retries", 0),
+        ("retry_budget", 0),
+        ("workers", 1),
+        ("max_reasks", 0),
+        ("max_tokens", 1),
+    ):
         value = getattr(args, name)
         if value is not None and value < low:
             raise J.JudgeInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
@@ -161,5 +250,9 @@ class _Progress:
     def __call__(self, done: int, total: int, stats: J.RunStats) -> None:
         self.step = self.step or max(1, total // 20)
         if done % self.step == 0 or done == total:
-            print(f"judged {done}/{total} (requests {stats.requests}, retries {stats.retries}, "
-                  f"cached {stats.cached})", file=sys.stderr, flush=True)
+            print(
+                f"judged {done}/{total} (requests {stats.requests}, retries {stats.retries}, "
+                f"cached {stats.cached})",
+                file=sys.stderr,
+                flush=True,
+            )

@@ -31,7 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("symnoise.cli.train", "fine-tune a causal LM on instruction data with noisy embeddings"),
     "configs": ("symnoise.cli.configs", "list the shipped configs, or copy one to edit"),
     "export": ("symnoise.cli.export", "merge a LoRA run into its base model for serving"),
-    "quickstart": ("symnoise.cli.quickstart", "train and compare noise methods on a built-in task set, no download"),
+    "quickstart": (
+        "symnoise.cli.quickstart",
+        "train and compare noise methods on a built-in task set, no download",
+    ),
     "generate": ("symnoise.cli.generate", "generate AlpacaEval-format outputs from a checkpoint"),
     "judge": ("symnoise.cli.judge", "judge model outputs against reference outputs with an LLM"),
     "winrate": ("symnoise.cli.winrate", "AlpacaEval win rates from annotation files"),
@@ -44,8 +47,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(available: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="symnoise", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="symnoise",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in available.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -54,7 +61,9 @@ def build_parser(available: dict[str, tuple[str, str]]) -> argparse.ArgumentPars
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    available = {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
+    available = {
+        name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None
+    }
     if not argv or argv[0] not in available:
         build_parser(available).parse_args(argv)  # prints usage and exits for unknown or missing commands
         return 2

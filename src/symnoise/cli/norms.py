@@ -19,8 +19,10 @@ def run(args: argparse.Namespace, samplers: Mapping[str, Sampler] | None = None)
     rows = norm_table(seed=args.seed, samplers=samplers or {})
     paths = write_outputs(rows, args.out)
     last = [r for r in rows if r.sweep == "dimension"][-1]
-    print(f"d = {last.dim}, {last.n_points} vectors: Gaussian/Uniform {last.ratio_gaussian_uniform:.4f}, "
-          f"Bernoulli/Uniform {last.ratio_bernoulli_uniform:.4f}, sqrt(3) = {SQRT3:.4f}")
+    print(
+        f"d = {last.dim}, {last.n_points} vectors: Gaussian/Uniform {last.ratio_gaussian_uniform:.4f}, "
+        f"Bernoulli/Uniform {last.ratio_bernoulli_uniform:.4f}, sqrt(3) = {SQRT3:.4f}"
+    )
     print("wrote " + ", ".join(str(p) for p in paths))
     misses = sqrt3_misses(rows)
     for miss in misses:

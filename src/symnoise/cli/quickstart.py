@@ -14,10 +14,14 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="where the runs are written")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/quickstart"), help="where the runs are written"
+    )
     parser.add_argument("--methods", default="none,neftune,symnoise", help="comma-separated noise methods")
     parser.add_argument("--epochs", type=float, default=None, help="training epochs per method")
-    parser.add_argument("--fresh", action="store_true", help="delete --out first (otherwise it must not exist)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete --out first (otherwise it must not exist)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHOD_ALPHAS]
     if unknown or not methods:
-        print(f"error: --methods: unknown {', '.join(unknown) or '(none given)'}; allowed: {', '.join(METHOD_ALPHAS)}")
+        print(
+            f"error: --methods: unknown {', '.join(unknown) or '(none given)'}; allowed: {', '.join(METHOD_ALPHAS)}"
+        )
         return 2
     if args.out.exists():
         if not args.fresh:

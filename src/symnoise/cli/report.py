@@ -33,29 +33,55 @@ def words_argument(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least {MIN_WORDS}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an integer of at least {MIN_WORDS}, got {text!r}"
+        ) from None
     if value < MIN_WORDS:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_WORDS} (4-grams need {MIN_WORDS} words), got {value}")
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_WORDS} (4-grams need {MIN_WORDS} words), got {value}"
+        )
     return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Looked for in each RUN_DIR: symnoise_run.json (required), train_summary.json, metrics.jsonl; "
-                     f"outputs: {', '.join(OUTPUTS_FILES)}; annotations: {', '.join(ANNOTATION_FILES)}; "
-                     f"leaderboard: {', '.join(LEADERBOARD_FILES)} (the first found of each).")
-    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`")
-    parser.add_argument("--grid", type=Path, metavar="GRID.yaml",
-                        help="report the grid's cells that have trained, next to its GRID.expected.yaml if any")
-    parser.add_argument("--expected", type=Path, metavar="FILE.yaml",
-                        help="the papers' numbers (configs/grid/*.expected.yaml), printed beside the reproduced ones")
-    parser.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
-                        help="folder for report.md and the plots (default ./report)")
+    parser.epilog = (
+        "Looked for in each RUN_DIR: symnoise_run.json (required), train_summary.json, metrics.jsonl; "
+        f"outputs: {', '.join(OUTPUTS_FILES)}; annotations: {', '.join(ANNOTATION_FILES)}; "
+        f"leaderboard: {', '.join(LEADERBOARD_FILES)} (the first found of each)."
+    )
+    parser.add_argument(
+        "runs", nargs="*", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`"
+    )
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        metavar="GRID.yaml",
+        help="report the grid's cells that have trained, next to its GRID.expected.yaml if any",
+    )
+    parser.add_argument(
+        "--expected",
+        type=Path,
+        metavar="FILE.yaml",
+        help="the papers' numbers (configs/grid/*.expected.yaml), printed beside the reproduced ones",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report"),
+        metavar="DIR",
+        help="folder for report.md and the plots (default ./report)",
+    )
     parser.add_argument("--json", action="store_true", help="also write a machine-readable DIR/report.json")
-    parser.add_argument("--words", type=words_argument, default=None, metavar="N",
-                        help="Table 5: 2-gram repetition and log-diversity on the first N words for every dataset "
-                        f"(at least {MIN_WORDS}; default the papers' N: "
-                        + ", ".join(f"{k} {v}" for k, v in WORDS_PER_DATASET.items())
-                        + "); outputs shorter than N are left out of them")
+    parser.add_argument(
+        "--words",
+        type=words_argument,
+        default=None,
+        metavar="N",
+        help="Table 5: 2-gram repetition and log-diversity on the first N words for every dataset "
+        f"(at least {MIN_WORDS}; default the papers' N: "
+        + ", ".join(f"{k} {v}" for k, v in WORDS_PER_DATASET.items())
+        + "); outputs shorter than N are left out of them",
+    )
 
 
 def _grid_runs(grid_file: Path) -> tuple[list[Path], Path | None]:
@@ -69,7 +95,9 @@ def _grid_runs(grid_file: Path) -> tuple[list[Path], Path | None]:
         raise ReportError(str(error)) from None
     trained = [cell.run_dir for cell in grid.cells if (cell.run_dir / RUN_FILE).is_file()]
     if not trained:
-        raise ReportError(f"{grid_file}: none of its {len(grid.cells)} cells has trained yet (under {grid.output_dir})")
+        raise ReportError(
+            f"{grid_file}: none of its {len(grid.cells)} cells has trained yet (under {grid.output_dir})"
+        )
     return trained, expected_file(grid)
 
 
@@ -81,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
             runs_dirs += grid_runs
             expected = expected or companion
         runs = load_runs(runs_dirs, words=args.words)
-        files = write_report(runs, args.out, json_summary=args.json,
-                             expected=load_expected(expected) if expected else None)
+        files = write_report(
+            runs, args.out, json_summary=args.json, expected=load_expected(expected) if expected else None
+        )
     except ReportError as error:
         print(f"symnoise report: error: {error}", file=sys.stderr)
         return 2

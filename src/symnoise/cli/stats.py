@@ -10,12 +10,24 @@ from symnoise.evaluation.stats import WORDS_PER_DATASET, OutputsError, file_stat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="outputs files (JSON lists with an 'output' field)")
-    parser.add_argument("--dataset", choices=list(WORDS_PER_DATASET), default="alpaca",
-                        help="training set the papers' N is taken from: "
-                        + ", ".join(f"{k} {v}" for k, v in WORDS_PER_DATASET.items()) + " (default alpaca)")
-    parser.add_argument("--words", type=int, default=None, metavar="N",
-                        help="truncate to the first N whitespace words (overrides --dataset)")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="outputs files (JSON lists with an 'output' field)"
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=list(WORDS_PER_DATASET),
+        default="alpaca",
+        help="training set the papers' N is taken from: "
+        + ", ".join(f"{k} {v}" for k, v in WORDS_PER_DATASET.items())
+        + " (default alpaca)",
+    )
+    parser.add_argument(
+        "--words",
+        type=int,
+        default=None,
+        metavar="N",
+        help="truncate to the first N whitespace words (overrides --dataset)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows instead of a table")
 
 
@@ -27,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for row in rows:
         if row.n_kept == 0:
-            print(f"symnoise stats: {row.file}: no response has at least {row.words} words, so 2-gram repetition "
-                  "and log-diversity are not computed (try a smaller --words)", file=sys.stderr)
+            print(
+                f"symnoise stats: {row.file}: no response has at least {row.words} words, so 2-gram repetition "
+                "and log-diversity are not computed (try a smaller --words)",
+                file=sys.stderr,
+            )
     print(json.dumps([row.to_dict() for row in rows], indent=2) if args.json else format_table(rows))
     return 0

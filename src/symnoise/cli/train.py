@@ -18,18 +18,34 @@ INTERMIXED_ARGS = True  # `symnoise train C.yaml --resume noise.alpha=10`: overr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config file, or the name of a shipped config (symnoise configs list); "
-                        "sections model, data, noise, lora, training")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
-                        help="override config fields, e.g. noise.alpha=10 training.max_steps=100")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in output_dir from its last checkpoint; refused when the config "
-                        "changes training (noise, data, model, optimiser, schedule, batch)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete the files of an earlier run in output_dir first (only files symnoise wrote)")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config, the environment and the model source, read every data file and "
-                        "tokenise a sample with the model's tokenizer (no weights), then stop")
+    parser.add_argument(
+        "config",
+        help="YAML config file, or the name of a shipped config (symnoise configs list); "
+        "sections model, data, noise, lora, training",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.field=value",
+        help="override config fields, e.g. noise.alpha=10 training.max_steps=100",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from its last checkpoint; refused when the config "
+        "changes training (noise, data, model, optimiser, schedule, batch)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the files of an earlier run in output_dir first (only files symnoise wrote)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, the environment and the model source, read every data file and "
+        "tokenise a sample with the model's tokenizer (no weights), then stop",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,14 +70,18 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except TrainingError as error:  # stopped on purpose (non-finite loss, disk full): the message says what to do
+    except (
+        TrainingError
+    ) as error:  # stopped on purpose (non-finite loss, disk full): the message says what to do
         print(f"training stopped: {error}", file=sys.stderr)
         return 1
     except UploadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"finished {result.steps} steps on {result.train_examples} examples; final loss "
-          f"{result.final_loss if result.final_loss is None else round(result.final_loss, 4)}; wrote {result.run_dir}")
+    print(
+        f"finished {result.steps} steps on {result.train_examples} examples; final loss "
+        f"{result.final_loss if result.final_loss is None else round(result.final_loss, 4)}; wrote {result.run_dir}"
+    )
     return 0
 
 
@@ -85,8 +105,11 @@ def check(config_path: str, config) -> int:
         print(f"error: {error}", file=sys.stderr)
         tokenizer = None
     except Exception as error:  # offline, no such model, no access: say so, and still check the data
-        print(f"error: cannot load the tokenizer of {config.model.name}: {type(error).__name__}: "
-              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}", file=sys.stderr)
+        print(
+            f"error: cannot load the tokenizer of {config.model.name}: {type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}",
+            file=sys.stderr,
+        )
         tokenizer = None
     if tokenizer is not None:
         preflight.check_chat_template(config, tokenizer, config.data.template)

@@ -31,10 +31,14 @@ def has_chat_template(tokenizer) -> bool:
 
 def _render(tokenizer, messages: list[dict], source: str, generation_prompt: bool = False) -> str:
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
     except Exception as error:  # jinja raises its own TemplateError, templates raise exceptions of their own
-        raise DataError(f"{source}: the tokenizer's chat template cannot render this conversation: "
-                        f"{type(error).__name__}: {error}") from None
+        raise DataError(
+            f"{source}: the tokenizer's chat template cannot render this conversation: "
+            f"{type(error).__name__}: {error}"
+        ) from None
     return text if isinstance(text, str) else text[0]
 
 
@@ -42,8 +46,10 @@ def assistant_char_spans(conversation: Conversation, tokenizer) -> tuple[str, li
     """The rendered conversation and the character range of each trained assistant reply (content and its
     end-of-turn marker, without the whitespace a template writes after it)."""
     if not has_chat_template(tokenizer):
-        raise DataError("template 'chat' needs a tokenizer that has a chat template; this one has none "
-                        "(use template: vicuna or alpaca, or a chat model's tokenizer)")
+        raise DataError(
+            "template 'chat' needs a tokenizer that has a chat template; this one has none "
+            "(use template: vicuna or alpaca, or a chat model's tokenizer)"
+        )
     messages = conversation.messages()
     full = _render(tokenizer, messages, conversation.source)
     offset = 1 if conversation.system is not None else 0
@@ -53,16 +59,19 @@ def assistant_char_spans(conversation: Conversation, tokenizer) -> tuple[str, li
             continue
         reply = offset + 2 * position + 1
         prompt = _render(tokenizer, messages[:reply], conversation.source, generation_prompt=True)
-        upto = _render(tokenizer, messages[:reply + 1], conversation.source).rstrip()
+        upto = _render(tokenizer, messages[: reply + 1], conversation.source).rstrip()
         if not (full.startswith(prompt) and full.startswith(upto) and upto.startswith(prompt)):
             raise DataError(
                 f"{conversation.source}: the tokenizer's chat template does not render conversations turn by turn "
                 f"(rendering the first {reply} messages with the generation prompt, or the first {reply + 1}, is "
                 "not the start of rendering them all), so the assistant replies cannot be located exactly; "
-                "use a template that does, or template: vicuna")
+                "use a template that does, or template: vicuna"
+            )
         if len(upto) <= len(prompt):
-            raise DataError(f"{conversation.source}: the chat template renders assistant message {reply} as "
-                            "nothing; it cannot be trained on")
+            raise DataError(
+                f"{conversation.source}: the chat template renders assistant message {reply} as "
+                "nothing; it cannot be trained on"
+            )
         spans.append((len(prompt), len(upto)))
     return full, spans
 

@@ -37,16 +37,21 @@ class SourceCheck:
 def read_source(spec: DatasetSpec, sample: int = SAMPLE) -> SourceCheck:
     """Reads one source to the end as training would (a bad row raises a `DataError` naming it unless
     ``on_bad_row: skip``), keeping the first `sample` records."""
-    report, records = iter_records(spec.path, spec.format, spec.on_bad_row, spec.split, spec.limit, spec.turns)
+    report, records = iter_records(
+        spec.path, spec.format, spec.on_bad_row, spec.split, spec.limit, spec.turns
+    )
     kept = list(islice(records, sample))
     for _ in records:
         pass
-    template = spec.template or default_template(report.format, conversational=isinstance(kept[0], Conversation))
+    template = spec.template or default_template(
+        report.format, conversational=isinstance(kept[0], Conversation)
+    )
     return SourceCheck(spec, report, template, kept)
 
 
-def check_sources(specs: list[DatasetSpec], eval_spec: DatasetSpec | None, tokenizer, max_length: int
-                  ) -> Iterator[str]:
+def check_sources(
+    specs: list[DatasetSpec], eval_spec: DatasetSpec | None, tokenizer, max_length: int
+) -> Iterator[str]:
     """Checks every source and yields one report line per finding; raises `DataError` on the first problem
     training would stop on. `tokenizer` None checks reading only."""
     checks = [read_source(spec) for spec in specs]
@@ -62,6 +67,8 @@ def check_sources(specs: list[DatasetSpec], eval_spec: DatasetSpec | None, token
             continue
         dataset = tokenize_examples(check.sample, tokenizer, check.template, max_length)
         lengths = dataset.lengths
-        yield (f"{label}: rendered and tokenised the first {len(check.sample)} records: {len(dataset)} examples, "
-               f"{min(lengths)}-{max(lengths)} tokens, {dataset.stats.turns_trained} assistant turns trained, "
-               f"{dataset.n_truncated} truncated to {max_length}, {dataset.n_dropped} dropped")
+        yield (
+            f"{label}: rendered and tokenised the first {len(check.sample)} records: {len(dataset)} examples, "
+            f"{min(lengths)}-{max(lengths)} tokens, {dataset.stats.turns_trained} assistant turns trained, "
+            f"{dataset.n_truncated} truncated to {max_length}, {dataset.n_dropped} dropped"
+        )

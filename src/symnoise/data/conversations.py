@@ -58,15 +58,20 @@ class Conversation:
         """The conversation as chat messages (``role``/``content``), as `apply_chat_template` takes them."""
         out = [{"role": "system", "content": self.system}] if self.system is not None else []
         for exchange in self.exchanges:
-            out += [{"role": "user", "content": exchange.user}, {"role": "assistant", "content": exchange.assistant}]
+            out += [
+                {"role": "user", "content": exchange.user},
+                {"role": "assistant", "content": exchange.assistant},
+            ]
         return out
 
     def first(self) -> Conversation:
         """The system message and the first trained exchange with the context before it (``data.turns: first``)."""
         for position, exchange in enumerate(self.exchanges):
             if exchange.train:
-                later = sum(e.train for e in self.exchanges[position + 1:])
-                return Conversation(self.system, self.exchanges[: position + 1], self.source, self.n_unused + later)
+                later = sum(e.train for e in self.exchanges[position + 1 :])
+                return Conversation(
+                    self.system, self.exchanges[: position + 1], self.source, self.n_unused + later
+                )
         return self
 
 
@@ -76,17 +81,22 @@ def check_text(value: str, where: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
         raise BadRow(
-            "invalid UTF-8", f"field '{where}' is not valid UTF-8 text (bad character at position {error.start})"
+            "invalid UTF-8",
+            f"field '{where}' is not valid UTF-8 text (bad character at position {error.start})",
         ) from None
 
 
 def _turn_keys(turn: dict, style: str) -> tuple[str, str]:
     """The (role key, content key) a turn uses: ``from``/``value`` (ShareGPT) or ``role``/``content`` (chat)."""
     if style == "sharegpt":
-        return ("role" if "from" not in turn and "role" in turn else "from",
-                "content" if "value" not in turn and "content" in turn else "value")
-    return ("from" if "role" not in turn and "from" in turn else "role",
-            "value" if "content" not in turn and "value" in turn else "content")
+        return (
+            "role" if "from" not in turn and "role" in turn else "from",
+            "content" if "value" not in turn and "content" in turn else "value",
+        )
+    return (
+        "from" if "role" not in turn and "from" in turn else "role",
+        "value" if "content" not in turn and "value" in turn else "content",
+    )
 
 
 def _turn(turns: list, position: int, field: str, style: str) -> tuple[str, dict, str]:
@@ -102,11 +112,17 @@ def _turn(turns: list, position: int, field: str, style: str) -> tuple[str, dict
     if role is None:
         raise BadRow("missing turn role", f"field '{where}.{role_key}' is missing")
     if not isinstance(role, str):
-        raise BadRow(f"non-string {role_key}", f"field '{where}.{role_key}' must be a string, got {type(role).__name__}")
+        raise BadRow(
+            f"non-string {role_key}",
+            f"field '{where}.{role_key}' must be a string, got {type(role).__name__}",
+        )
     check_text(role, f"{where}.{role_key}")
     name = role.strip().lower()
     if name not in KNOWN_ROLES:
-        raise BadRow("unknown turn role", f"field '{where}.{role_key}' is '{name}', expected one of {sorted(KNOWN_ROLES)}")
+        raise BadRow(
+            "unknown turn role",
+            f"field '{where}.{role_key}' is '{name}', expected one of {sorted(KNOWN_ROLES)}",
+        )
     kind = "user" if name in HUMAN_ROLES else "assistant" if name in ASSISTANT_ROLES else "system"
     return kind, turn, content_key
 
@@ -116,7 +132,9 @@ def _content(turn: dict, key: str, where: str) -> str:
     if value is None:
         raise BadRow(f"missing {key}", f"field '{where}.{key}' is missing")
     if not isinstance(value, str):
-        raise BadRow(f"non-string {key}", f"field '{where}.{key}' must be a string, got {type(value).__name__}")
+        raise BadRow(
+            f"non-string {key}", f"field '{where}.{key}' must be a string, got {type(value).__name__}"
+        )
     check_text(value, f"{where}.{key}")
     if not value.strip():
         raise BadRow(f"empty {key}", f"field '{where}.{key}' is empty or whitespace only")
@@ -125,12 +143,17 @@ def _content(turn: dict, key: str, where: str) -> str:
 
 def _later_replies(turns: list) -> int:
     """How many of these (unchecked) turns look like assistant turns: what ``turns: first`` leaves unused."""
-    return sum(1 for turn in turns if isinstance(turn, dict)
-               and str(turn.get("from", turn.get("role", ""))).strip().lower() in ASSISTANT_ROLES)
+    return sum(
+        1
+        for turn in turns
+        if isinstance(turn, dict)
+        and str(turn.get("from", turn.get("role", ""))).strip().lower() in ASSISTANT_ROLES
+    )
 
 
-def parse_turns(turns, field: str, style: str, turns_mode: str, source: str, warnings: Counter,
-                trained_from: int = 0) -> Conversation:
+def parse_turns(
+    turns, field: str, style: str, turns_mode: str, source: str, warnings: Counter, trained_from: int = 0
+) -> Conversation:
     """A `Conversation` from a list of turns in row field `field`.
 
     `style` is "sharegpt" (``from``/``value`` first) or "messages" (``role``/``content`` first); either accepts
@@ -151,13 +174,17 @@ def parse_turns(turns, field: str, style: str, turns_mode: str, source: str, war
         kind, turn, content_key = _turn(turns, position, field, style)
         where = f"{field}[{position}]"
         if pending is not None and kind != "assistant":
-            raise BadRow("no reply", f"field '{where}.{_turn_keys(turn, style)[0]}' is '{kind}', expected an "
-                         "assistant turn")
+            raise BadRow(
+                "no reply",
+                f"field '{where}.{_turn_keys(turn, style)[0]}' is '{kind}', expected an assistant turn",
+            )
         if kind == "system":
             if started:
-                raise BadRow("misplaced system turn",
-                             f"field '{where}' is a system turn after the conversation started; only leading "
-                             "system turns are supported")
+                raise BadRow(
+                    "misplaced system turn",
+                    f"field '{where}' is a system turn after the conversation started; only leading "
+                    "system turns are supported",
+                )
             content = turn.get(content_key)
             if system is None and isinstance(content, str) and content.strip():
                 check_text(content, f"{where}.{content_key}")
@@ -173,12 +200,16 @@ def parse_turns(turns, field: str, style: str, turns_mode: str, source: str, war
             pending = (position, _content(turn, content_key, where))
             continue
         if pending is None:
-            raise BadRow("turns do not alternate",
-                         f"field '{where}' is a second assistant turn in a row; user and assistant turns must alternate")
-        exchanges.append(Exchange(pending[1], _content(turn, content_key, where), train=position >= trained_from))
+            raise BadRow(
+                "turns do not alternate",
+                f"field '{where}' is a second assistant turn in a row; user and assistant turns must alternate",
+            )
+        exchanges.append(
+            Exchange(pending[1], _content(turn, content_key, where), train=position >= trained_from)
+        )
         pending = None
         if turns_mode == "first" and exchanges[-1].train:
-            return Conversation(system, tuple(exchanges), source, _later_replies(turns[position + 1:]))
+            return Conversation(system, tuple(exchanges), source, _later_replies(turns[position + 1 :]))
     if pending is not None:
         if not exchanges:
             raise BadRow("no reply", f"field '{field}' has no turn after the user turn {pending[0]}")

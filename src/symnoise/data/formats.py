@@ -45,8 +45,21 @@ _FORMAT_KEYS = {
     "prompt-completion": "prompt, completion",
 }
 
-__all__ = ["BAD_ROW_POLICIES", "FILE_SUFFIXES", "FORMATS", "TURN_MODES", "Conversation", "DataError", "Example",
-           "LoadReport", "default_template", "format_of_keys", "iter_records", "load_examples", "load_records"]
+__all__ = [
+    "BAD_ROW_POLICIES",
+    "FILE_SUFFIXES",
+    "FORMATS",
+    "TURN_MODES",
+    "Conversation",
+    "DataError",
+    "Example",
+    "LoadReport",
+    "default_template",
+    "format_of_keys",
+    "iter_records",
+    "load_examples",
+    "load_records",
+]
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,9 @@ class LoadReport:
         if skipped:
             line += f"; {skipped}"
         if self.warnings:
-            line += "; warnings: " + ", ".join(f"{count} {what}" for what, count in self.warnings.most_common())
+            line += "; warnings: " + ", ".join(
+                f"{count} {what}" for what, count in self.warnings.most_common()
+            )
         return line
 
     def count(self, record: Record) -> None:
@@ -123,7 +138,9 @@ def _candidates(keys: set[str]) -> list[str]:
     if "instruction" in keys and ("response" in keys or ("context" in keys and "output" in keys)):
         found.append("dolly")
     elif {"instruction", "output"} <= keys:
-        found.append("openplatypus" if "data_source" in keys else "alpaca" if "input" in keys else "evol-instruct")
+        found.append(
+            "openplatypus" if "data_source" in keys else "alpaca" if "input" in keys else "evol-instruct"
+        )
     return found
 
 
@@ -150,15 +167,19 @@ def _detect_format(head: list[RawRow], name: str) -> str:
         found = _candidates(keys)
         keys_seen |= keys
         if len(found) > 1:
-            raise DataError(f"{_row_name(name, row)}: ambiguous format: its keys {sorted(keys)} fit "
-                            f"{' and '.join(found)}; set the format (data.format) to the one meant")
+            raise DataError(
+                f"{_row_name(name, row)}: ambiguous format: its keys {sorted(keys)} fit "
+                f"{' and '.join(found)}; set the format (data.format) to the one meant"
+            )
         if not found:
             continue
         if detected is None:
             detected = (found[0], row)
         elif _family(found[0]) != _family(detected[0]):
-            raise DataError(f"{name}: rows of different formats: {_row_name(name, detected[1])} is {detected[0]}, "
-                            f"{_row_name(name, row)} is {found[0]}; set the format (data.format) to the one meant")
+            raise DataError(
+                f"{name}: rows of different formats: {_row_name(name, detected[1])} is {detected[0]}, "
+                f"{_row_name(name, row)} is {found[0]}; set the format (data.format) to the one meant"
+            )
     if detected:
         return detected[0]
     if not head:
@@ -207,8 +228,11 @@ def _instruction_example(row: dict, format: str, source: str) -> Example:
     output = _required_text(row, "output")
     context = row.get("context")
     if context not in (None, "") and not (isinstance(context, str) and context == input_):
-        raise BadRow("unused context", f"field 'context' is not part of the {format} format and would be dropped; "
-                     "this looks like Dolly data (format: dolly uses it as the input)")
+        raise BadRow(
+            "unused context",
+            f"field 'context' is not part of the {format} format and would be dropped; "
+            "this looks like Dolly data (format: dolly uses it as the input)",
+        )
     return Example(instruction, input_, output, source)
 
 
@@ -228,12 +252,22 @@ def _prompt_completion(row: dict, turns: str, source: str, warnings: Counter) ->
     prompt, completion = row.get("prompt"), row.get("completion")
     if isinstance(prompt, list) or isinstance(completion, list):
         if not isinstance(prompt, list) or not isinstance(completion, list):
-            raise BadRow("mixed prompt-completion", "fields 'prompt' and 'completion' must both be text or both be "
-                         f"lists of messages, got {type(prompt).__name__} and {type(completion).__name__}")
+            raise BadRow(
+                "mixed prompt-completion",
+                "fields 'prompt' and 'completion' must both be text or both be "
+                f"lists of messages, got {type(prompt).__name__} and {type(completion).__name__}",
+            )
         if not completion:
             raise BadRow("empty completion", "field 'completion' is an empty list")
-        return parse_turns(prompt + completion, "prompt+completion", "messages", turns, source, warnings,
-                           trained_from=len(prompt))
+        return parse_turns(
+            prompt + completion,
+            "prompt+completion",
+            "messages",
+            turns,
+            source,
+            warnings,
+            trained_from=len(prompt),
+        )
     return Example(_required_text(row, "prompt"), "", _required_text(row, "completion"), source)
 
 
@@ -284,8 +318,14 @@ def _check_arguments(format: str, on_bad_row: str, limit: int | None, turns: str
         raise DataError(f"turns must be one of {', '.join(TURN_MODES)}, got '{turns}'")
 
 
-def iter_records(source: str, format: str = "auto", on_bad_row: str = "error", split: str = "train",
-                 limit: int | None = None, turns: str = "all") -> tuple[LoadReport, Iterator[Example | Conversation]]:
+def iter_records(
+    source: str,
+    format: str = "auto",
+    on_bad_row: str = "error",
+    split: str = "train",
+    limit: int | None = None,
+    turns: str = "all",
+) -> tuple[LoadReport, Iterator[Example | Conversation]]:
     """The load report (format already detected) and a one-pass iterator over the records of `source`.
 
     The report's counts fill in as the iterator runs; when it ends, having found no usable record at all is a
@@ -299,8 +339,9 @@ def iter_records(source: str, format: str = "auto", on_bad_row: str = "error", s
     return report, _records(chain(head, rows), report, on_bad_row, limit, turns)
 
 
-def _records(rows: Iterable[RawRow], report: LoadReport, on_bad_row: str, limit: int | None,
-             turns: str) -> Iterator[Example | Conversation]:
+def _records(
+    rows: Iterable[RawRow], report: LoadReport, on_bad_row: str, limit: int | None, turns: str
+) -> Iterator[Example | Conversation]:
     for row in rows:
         if limit is not None and report.n_loaded >= limit:
             break
@@ -319,11 +360,19 @@ def _records(rows: Iterable[RawRow], report: LoadReport, on_bad_row: str, limit:
     if not report.n_rows:
         raise DataError(f"{report.source}: contains no rows")
     if not report.n_loaded:
-        raise DataError(f"{report.source}: no usable examples in {report.n_rows} rows; {report.skipped_summary()}")
+        raise DataError(
+            f"{report.source}: no usable examples in {report.n_rows} rows; {report.skipped_summary()}"
+        )
 
 
-def load_records(source: str, format: str = "auto", on_bad_row: str = "error", split: str = "train",
-                 limit: int | None = None, turns: str = "all") -> tuple[list[Example | Conversation], LoadReport]:
+def load_records(
+    source: str,
+    format: str = "auto",
+    on_bad_row: str = "error",
+    split: str = "train",
+    limit: int | None = None,
+    turns: str = "all",
+) -> tuple[list[Example | Conversation], LoadReport]:
     """Reads `source` and returns its records (an `Example` per instruction row, a `Conversation` per
     conversational row) with a report of what was read.
 

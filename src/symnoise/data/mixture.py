@@ -36,7 +36,9 @@ class MixedDataset(Sequence):
     @property
     def lengths(self) -> list[int]:
         per_part = [np.diff(part.offsets) for part in self.parts]
-        return [int(per_part[p][i]) for p, i in zip(self.part_of.tolist(), self.index_in.tolist(), strict=True)]
+        return [
+            int(per_part[p][i]) for p, i in zip(self.part_of.tolist(), self.index_in.tolist(), strict=True)
+        ]
 
     @property
     def sources(self) -> list[str]:
@@ -52,8 +54,10 @@ class MixedDataset(Sequence):
         return sum(part.n_dropped for part in self.parts)
 
     def summary(self) -> str:
-        return (f"{len(self)} examples from {len(self.parts)} datasets, {self.n_truncated} truncated to "
-                f"{self.max_length} tokens")
+        return (
+            f"{len(self)} examples from {len(self.parts)} datasets, {self.n_truncated} truncated to "
+            f"{self.max_length} tokens"
+        )
 
 
 def weighted_count(size: int, weight: float | None) -> int:
@@ -101,12 +105,19 @@ class TrainingData:
     def summary_lines(self) -> list[str]:
         lines = [f"data: {report.summary()}" for report in self.reports]
         if len(self.reports) > 1:
-            lines.append("mixture: " + ", ".join(f"{count} examples of {report.load.source}"
-                                                   for count, report in zip(self.selected, self.reports, strict=True)))
+            lines.append(
+                "mixture: "
+                + ", ".join(
+                    f"{count} examples of {report.load.source}"
+                    for count, report in zip(self.selected, self.reports, strict=True)
+                )
+            )
             templates = sorted({report.template for report in self.reports})
             if len(templates) > 1:
-                lines.append(f"note: the mixture uses several templates ({', '.join(templates)}); "
-                             f"symnoise generate will prompt with {self.template}, the first dataset's")
+                lines.append(
+                    f"note: the mixture uses several templates ({', '.join(templates)}); "
+                    f"symnoise generate will prompt with {self.template}, the first dataset's"
+                )
         if self.eval_report is not None:
             lines.append(f"eval data: {self.eval_report.summary()}")
         return lines
@@ -115,14 +126,26 @@ class TrainingData:
         """data_report.json: the first source's fields at the top level (as before mixtures), every source under
         ``datasets``, and the mixture's size."""
         first = self.reports[0].to_dict()
-        return {**first, "max_length": self.train.max_length, "examples": len(self.train),
-                "datasets": [{**report.to_dict(), "selected": count}
-                             for report, count in zip(self.reports, self.selected, strict=True)],
-                "eval": self.eval_report.to_dict() if self.eval_report else None}
+        return {
+            **first,
+            "max_length": self.train.max_length,
+            "examples": len(self.train),
+            "datasets": [
+                {**report.to_dict(), "selected": count}
+                for report, count in zip(self.reports, self.selected, strict=True)
+            ],
+            "eval": self.eval_report.to_dict() if self.eval_report else None,
+        }
 
 
-def prepare_training_data(specs: list[DatasetSpec], tokenizer, max_length: int, seed: int,
-                          eval_spec: DatasetSpec | None = None, cache: bool = True) -> TrainingData:
+def prepare_training_data(
+    specs: list[DatasetSpec],
+    tokenizer,
+    max_length: int,
+    seed: int,
+    eval_spec: DatasetSpec | None = None,
+    cache: bool = True,
+) -> TrainingData:
     """Every source prepared and reported on its own, then mixed by weight; the eval source, if any, too."""
     datasets, reports = [], []
     for spec in specs:
@@ -134,8 +157,10 @@ def prepare_training_data(specs: list[DatasetSpec], tokenizer, max_length: int, 
         train: TokenizedDataset | MixedDataset = datasets[0]
         selected = [len(datasets[0])]
     else:
-        selections = [weighted_selection(len(d), 1.0 if s.weight is None else s.weight, rng)
-                      for d, s in zip(datasets, specs, strict=True)]
+        selections = [
+            weighted_selection(len(d), 1.0 if s.weight is None else s.weight, rng)
+            for d, s in zip(datasets, specs, strict=True)
+        ]
         train = MixedDataset(datasets, selections)
         selected = [len(s) for s in selections]
     data = TrainingData(train, reports, selected=selected)
@@ -151,18 +176,37 @@ def prepare_training_data(specs: list[DatasetSpec], tokenizer, max_length: int, 
 def specs_from_section(section) -> tuple[list[DatasetSpec], DatasetSpec | None]:
     """The sources a ``data`` config section names (``path`` or ``datasets``, entries falling back on the section's
     format, template, split and turns), and its eval source."""
-    shared = dict(format=section.format, template=section.template, split=section.split, turns=section.turns,
-                  on_bad_row=section.on_bad_row)
+    shared = dict(
+        format=section.format,
+        template=section.template,
+        split=section.split,
+        turns=section.turns,
+        on_bad_row=section.on_bad_row,
+    )
     if section.datasets is None:
         specs = [DatasetSpec(path=section.path, limit=section.limit, **shared)]
     else:
-        specs = [DatasetSpec(path=entry.path, limit=entry.limit, weight=entry.weight, on_bad_row=section.on_bad_row,
-                             **{key: getattr(entry, key) if getattr(entry, key) is not None else shared[key]
-                                for key in ("format", "template", "split", "turns")})
-                 for entry in section.datasets]
+        specs = [
+            DatasetSpec(
+                path=entry.path,
+                limit=entry.limit,
+                weight=entry.weight,
+                on_bad_row=section.on_bad_row,
+                **{
+                    key: getattr(entry, key) if getattr(entry, key) is not None else shared[key]
+                    for key in ("format", "template", "split", "turns")
+                },
+            )
+            for entry in section.datasets
+        ]
     eval_spec = None
     if section.eval_path:
         eval_format = specs[0].format if len(specs) == 1 else "auto"
-        eval_spec = DatasetSpec(path=section.eval_path, format=eval_format, template=section.template,
-                                turns=section.turns, on_bad_row=section.on_bad_row)
+        eval_spec = DatasetSpec(
+            path=section.eval_path,
+            format=eval_format,
+            template=section.template,
+            turns=section.turns,
+            on_bad_row=section.on_bad_row,
+        )
     return specs, eval_spec

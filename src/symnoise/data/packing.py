@@ -75,8 +75,10 @@ def balanced_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
         return []
     longest, total = max(lengths), sum(lengths)
     best: tuple[int, list[list[int]]] | None = None
-    capacities = [row_length] + [min(row_length, max(longest, math.ceil(total / count)))
-                                 for count in range(max(1, math.ceil(total / row_length)), len(lengths) + 1)]
+    capacities = [row_length] + [
+        min(row_length, max(longest, math.ceil(total / count)))
+        for count in range(max(1, math.ceil(total / row_length)), len(lengths) + 1)
+    ]
     for capacity in capacities:
         rows = pack_rows(lengths, capacity)
         area = len(rows) * max(sum(lengths[i] for i in row) for row in rows)
@@ -119,8 +121,12 @@ class PackedRowsCollator:
             ids.append(row_ids + [self.pad_token_id] * filler)
             labels.append(row_labels + [IGNORE_INDEX] * filler)
             positions.append(row_positions + list(range(filler)))
-        batch: dict[str, Any] = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                                 "position_ids": torch.tensor(positions), "use_cache": False}
+        batch: dict[str, Any] = {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(positions),
+            "use_cache": False,
+        }
         if self.return_flash_attn_kwargs:
             batch.update(flash_attn_kwargs(segments))
         return batch
@@ -135,8 +141,12 @@ def flash_attn_kwargs(segment_lengths: Sequence[int]) -> dict[str, Any]:
         cumulative.append(cumulative[-1] + length)
     cu_seq_lens = torch.tensor(cumulative, dtype=torch.int32)
     longest = max(segment_lengths, default=0)
-    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens.clone(),
-            "max_length_q": longest, "max_length_k": longest}
+    return {
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens.clone(),
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 def real_token_count(batch: dict) -> torch.Tensor | int:

@@ -63,13 +63,25 @@ class DatasetReport:
     def to_dict(self) -> dict:
         load, stats = self.load, self.stats
         return {
-            "source": load.source, "format": load.format, "template": self.template, "turns": self.turns,
-            "rows": load.n_rows, "loaded": load.n_loaded, "skipped": dict(load.skipped), "first_bad_row": load.first_bad,
-            "warnings": dict(load.warnings), "conversations": load.n_conversations,
-            "assistant_turns": load.n_assistant_turns, "turns_unused": _unused(load),
-            "turns_trained": stats.turns_trained, "turns_truncated": stats.turns_truncated,
-            "examples": stats.n_examples, "truncated": stats.n_truncated, "dropped": len(stats.dropped_sources),
-            "tokens": stats.n_tokens, "cached": self.cached,
+            "source": load.source,
+            "format": load.format,
+            "template": self.template,
+            "turns": self.turns,
+            "rows": load.n_rows,
+            "loaded": load.n_loaded,
+            "skipped": dict(load.skipped),
+            "first_bad_row": load.first_bad,
+            "warnings": dict(load.warnings),
+            "conversations": load.n_conversations,
+            "assistant_turns": load.n_assistant_turns,
+            "turns_unused": _unused(load),
+            "turns_trained": stats.turns_trained,
+            "turns_truncated": stats.turns_truncated,
+            "examples": stats.n_examples,
+            "truncated": stats.n_truncated,
+            "dropped": len(stats.dropped_sources),
+            "tokens": stats.n_tokens,
+            "cached": self.cached,
         }
 
     def summary(self) -> str:
@@ -81,8 +93,11 @@ class DatasetReport:
             turns += f" (data.turns: {self.turns}"
             turns += f"; {_unused(self.load)} later turns not used)" if self.turns == "first" else ")"
         cut = f"{stats.turns_truncated} turns truncated by max_length in {stats.n_truncated} examples"
-        dropped = f", {len(stats.dropped_sources)} examples dropped (prompt alone reaches max_length)" \
-            if stats.dropped_sources else ""
+        dropped = (
+            f", {len(stats.dropped_sources)} examples dropped (prompt alone reaches max_length)"
+            if stats.dropped_sources
+            else ""
+        )
         cached = " [from cache]" if self.cached else ""
         return f"{self.load.summary()}\n  {trained}; {turns}; {cut}{dropped}{cached}"
 
@@ -117,16 +132,27 @@ def tokenizer_fingerprint(tokenizer) -> str:
         digest.update(backend.to_str().encode("utf-8"))
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8"))
-    special = (type(tokenizer).__name__, getattr(tokenizer, "chat_template", None), tokenizer.bos_token_id,
-               tokenizer.eos_token_id, len(tokenizer), tokenizer("a", add_special_tokens=True)["input_ids"])
+    special = (
+        type(tokenizer).__name__,
+        getattr(tokenizer, "chat_template", None),
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        len(tokenizer),
+        tokenizer("a", add_special_tokens=True)["input_ids"],
+    )
     digest.update(repr(special).encode("utf-8"))
     return digest.hexdigest()
 
 
 def _cache_key(spec: DatasetSpec, path: Path, tokenizer, max_length: int) -> str:
-    settings = {"cache_format": CACHE_FORMAT, "symnoise": __version__, "file": file_digest(path),
-                "spec": {k: v for k, v in asdict(spec).items() if k not in ("path", "weight")},
-                "max_length": max_length, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    settings = {
+        "cache_format": CACHE_FORMAT,
+        "symnoise": __version__,
+        "file": file_digest(path),
+        "spec": {k: v for k, v in asdict(spec).items() if k not in ("path", "weight")},
+        "max_length": max_length,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
 
@@ -137,8 +163,13 @@ def _from_cache(directory: Path) -> tuple[TokenizedDataset, DatasetReport] | Non
         dataset = TokenizedDataset.open(directory)
         meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
         saved = meta["report"]
-        load = LoadReport(**{**saved["load"], "skipped": _counter(saved["load"]["skipped"]),
-                             "warnings": _counter(saved["load"]["warnings"])})
+        load = LoadReport(
+            **{
+                **saved["load"],
+                "skipped": _counter(saved["load"]["skipped"]),
+                "warnings": _counter(saved["load"]["warnings"]),
+            }
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a damaged or older entry: tokenise again
     return dataset, DatasetReport(load, saved["template"], saved["turns"], dataset.stats, cached=True)
@@ -150,8 +181,9 @@ def _counter(values: dict):
     return Counter(values)
 
 
-def prepare_dataset(spec: DatasetSpec, tokenizer, max_length: int, cache: bool = True
-                    ) -> tuple[TokenizedDataset, DatasetReport]:
+def prepare_dataset(
+    spec: DatasetSpec, tokenizer, max_length: int, cache: bool = True
+) -> tuple[TokenizedDataset, DatasetReport]:
     """Reads, checks and tokenises one source (or opens its cached result); see the module docstring."""
     path = local_path(spec.path)
     directory = None
@@ -170,8 +202,11 @@ def prepare_dataset(spec: DatasetSpec, tokenizer, max_length: int, cache: bool =
             staging_parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=staging_parent))
         except OSError as error:  # a read-only or full cache place: tokenise without caching
-            logger.warning("data cache %s not writable (%s); tokenising without a cache", staging_parent,
-                           error.strerror or error)
+            logger.warning(
+                "data cache %s not writable (%s); tokenising without a cache",
+                staging_parent,
+                error.strerror or error,
+            )
             directory = None
     if directory is None:
         staging = Path(tempfile.mkdtemp(prefix="symnoise-tokens-"))

@@ -64,8 +64,10 @@ def _check_encoding(path: Path, name: str) -> bool:
         head = handle.read(64)
     wide = wide_encoding(head)
     if wide:
-        raise DataError(f"{name}: the file is encoded as {wide}; symnoise reads UTF-8. Convert it, e.g. "
-                        f"iconv -f UTF-16 -t UTF-8 (or open and save it as UTF-8)")
+        raise DataError(
+            f"{name}: the file is encoded as {wide}; symnoise reads UTF-8. Convert it, e.g. "
+            f"iconv -f UTF-16 -t UTF-8 (or open and save it as UTF-8)"
+        )
     return head.startswith(codecs.BOM_UTF8)
 
 
@@ -173,8 +175,9 @@ class _ChunkedText:
         line = self.text.count("\n", 0, position)
         column = position - self.text.rfind("\n", 0, position) if line else position + 1 + self.column_base
         hint = f" (the file is not valid UTF-8 from byte {self.bad_at})" if self.bad_at is not None else ""
-        return DataError(f"{name}: not valid JSON at line {self.lines_before + line + 1} column {column}: "
-                         f"{message}{hint}")
+        return DataError(
+            f"{name}: not valid JSON at line {self.lines_before + line + 1} column {column}: {message}{hint}"
+        )
 
     def skip_space(self, position: int) -> int:
         """The first non-blank position from `position`, reading more as needed (len(text) at the end)."""
@@ -192,11 +195,11 @@ def _json_array_rows(path: Path, name: str) -> Iterator[RawRow]:
     with _open(path, name) as handle:
         window = _ChunkedText(handle)
         position = window.skip_space(0)
-        if window.text[position:position + 1] != "[":
+        if window.text[position : position + 1] != "[":
             raise window.error(name, "expected a JSON array", position)
         position = window.skip_space(position + 1)
         index = 0
-        if window.text[position:position + 1] == "]":
+        if window.text[position : position + 1] == "]":
             _expect_end(window, position + 1, name)
             return
         while True:
@@ -204,7 +207,7 @@ def _json_array_rows(path: Path, name: str) -> Iterator[RawRow]:
             yield RawRow(index, None, value)
             index += 1
             position = window.skip_space(position)
-            separator = window.text[position:position + 1]
+            separator = window.text[position : position + 1]
             if separator == "]":
                 _expect_end(window, position + 1, name)
                 return
@@ -214,7 +217,9 @@ def _json_array_rows(path: Path, name: str) -> Iterator[RawRow]:
             position = window.skip_space(0)
 
 
-def _decode_element(window: _ChunkedText, decoder: json.JSONDecoder, position: int, name: str) -> tuple[Any, int]:
+def _decode_element(
+    window: _ChunkedText, decoder: json.JSONDecoder, position: int, name: str
+) -> tuple[Any, int]:
     """The JSON value at `position`, reading more of the file while the value is cut by the window's end."""
     while True:
         try:
@@ -306,12 +311,16 @@ def check_hub_dataset(name: str, split: str) -> None:
         return
     where = f"dataset '{name}' (split '{split}') is not a local file and is not in the Hugging Face cache"
     if hub_offline(datasets=True):
-        raise DataError(f"{where}, and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set, so it cannot be "
-                        "downloaded; unset it, or give a local file")
+        raise DataError(
+            f"{where}, and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set, so it cannot be "
+            "downloaded; unset it, or give a local file"
+        )
     problem = hub_reachable()
     if problem is not None:
-        raise DataError(f"{where}, and {hub_endpoint()} cannot be reached ({problem}); connect to the network, "
-                        "or give a local file")
+        raise DataError(
+            f"{where}, and {hub_endpoint()} cannot be reached ({problem}); connect to the network, "
+            "or give a local file"
+        )
 
 
 def _hub_rows(name: str, split: str) -> Iterator[RawRow]:
@@ -342,10 +351,14 @@ def local_path(source: str) -> Path | None:
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if path.is_dir():
-        raise DataError(f"{source}: is a directory; give a {', '.join(FILE_SUFFIXES)} file or a hub dataset name")
+        raise DataError(
+            f"{source}: is a directory; give a {', '.join(FILE_SUFFIXES)} file or a hub dataset name"
+        )
     if path.exists():
         if suffix not in FILE_SUFFIXES:
-            raise DataError(f"{source}: unsupported file type '{suffix}'; expected one of {', '.join(FILE_SUFFIXES)}")
+            raise DataError(
+                f"{source}: unsupported file type '{suffix}'; expected one of {', '.join(FILE_SUFFIXES)}"
+            )
         return path
     if suffix in FILE_SUFFIXES or source.startswith(("/", ".", "~")):
         raise DataError(f"{source}: file not found")

@@ -49,8 +49,16 @@ class TokenizedDataset(Sequence):
     nothing trainable was left within `max_length` (the prompt alone reaches it); `dropped_sources` says which.
     """
 
-    def __init__(self, directory: Path, ids: np.ndarray, offsets: np.ndarray, spans: np.ndarray,
-                 span_offsets: np.ndarray, max_length: int, stats: TokenStats):
+    def __init__(
+        self,
+        directory: Path,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        spans: np.ndarray,
+        span_offsets: np.ndarray,
+        max_length: int,
+        stats: TokenStats,
+    ):
         self.directory = directory
         self.ids, self.offsets, self.spans, self.span_offsets = ids, offsets, spans, span_offsets
         self.max_length = max_length
@@ -61,11 +69,21 @@ class TokenizedDataset(Sequence):
         """A store written by `TokenWriter`, memory-mapped (nothing is read until used)."""
         meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
         n_ids = meta["stats"]["n_tokens"]
-        ids = (np.memmap(directory / "ids.bin", dtype=meta["dtype"], mode="r", shape=(n_ids,)) if n_ids
-               else np.zeros(0, dtype=meta["dtype"]))
+        ids = (
+            np.memmap(directory / "ids.bin", dtype=meta["dtype"], mode="r", shape=(n_ids,))
+            if n_ids
+            else np.zeros(0, dtype=meta["dtype"])
+        )
         load = lambda name: np.load(directory / name, mmap_mode="r")  # noqa: E731
-        return cls(directory, ids, load("offsets.npy"), load("spans.npy"), load("span_offsets.npy"),
-                   meta["max_length"], TokenStats(**meta["stats"]))
+        return cls(
+            directory,
+            ids,
+            load("offsets.npy"),
+            load("spans.npy"),
+            load("span_offsets.npy"),
+            meta["max_length"],
+            TokenStats(**meta["stats"]),
+        )
 
     @property
     def n_truncated(self) -> int:
@@ -99,7 +117,7 @@ class TokenizedDataset(Sequence):
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
         input_ids = self.ids[start:end].tolist()
         labels = [IGNORE_INDEX] * len(input_ids)
-        for first, last in self.spans[self.span_offsets[index]:self.span_offsets[index + 1]].tolist():
+        for first, last in self.spans[self.span_offsets[index] : self.span_offsets[index + 1]].tolist():
             labels[first:last] = input_ids[first:last]
         return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
@@ -163,7 +181,12 @@ class TokenWriter:
         np.save(self.directory / "offsets.npy", np.frombuffer(self._offsets, dtype=np.int64))
         np.save(self.directory / "spans.npy", np.frombuffer(self._spans, dtype=np.int32).reshape(-1, 2))
         np.save(self.directory / "span_offsets.npy", np.frombuffer(self._span_offsets, dtype=np.int64))
-        meta = {"dtype": self.dtype, "max_length": self.max_length, "stats": asdict(self.stats), **(extra or {})}
+        meta = {
+            "dtype": self.dtype,
+            "max_length": self.max_length,
+            "stats": asdict(self.stats),
+            **(extra or {}),
+        }
         (self.directory / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         return TokenizedDataset.open(self.directory)
 

@@ -21,9 +21,7 @@ ALPACA_HEADER_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request."
 )
-ALPACA_HEADER_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
+ALPACA_HEADER_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

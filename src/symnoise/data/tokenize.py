@@ -28,7 +28,14 @@ from .formats import DataError, Example
 from .store import IGNORE_INDEX, TokenizedDataset, TokenStats, TokenWriter
 from .templates import VICUNA_SYSTEM, alpaca_prompt, user_message, vicuna_prompt
 
-__all__ = ["IGNORE_INDEX", "TokenStats", "TokenizedDataset", "special_prefix", "tokenize_examples", "write_tokens"]
+__all__ = [
+    "IGNORE_INDEX",
+    "TokenStats",
+    "TokenizedDataset",
+    "special_prefix",
+    "tokenize_examples",
+    "write_tokens",
+]
 
 BATCH_SIZE = 1000
 Segment = tuple[str, bool, bool]  # (text, trained, followed by EOS)
@@ -42,7 +49,7 @@ def special_prefix(tokenizer) -> list[int]:
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     marked = tokenizer("a", add_special_tokens=True)["input_ids"]
     for start in range(len(marked) - len(plain) + 1):
-        if marked[start:start + len(plain)] == plain:
+        if marked[start : start + len(plain)] == plain:
             return list(marked[:start])
     return []
 
@@ -53,8 +60,10 @@ def _single(record: Example | Conversation, template: str) -> Example:
         return record
     if record.system is not None or len(record.exchanges) != 1 or not record.exchanges[0].train:
         what = "a system message" if record.system is not None else f"{len(record.exchanges)} exchanges"
-        raise DataError(f"{record.source}: template '{template}' renders one instruction and its response, and this "
-                        f"conversation has {what}; use template: vicuna or chat, or data.turns: first")
+        raise DataError(
+            f"{record.source}: template '{template}' renders one instruction and its response, and this "
+            f"conversation has {what}; use template: vicuna or chat, or data.turns: first"
+        )
     exchange = record.exchanges[0]
     return Example(exchange.user, "", exchange.assistant, record.source)
 
@@ -96,10 +105,16 @@ def rust_backend(tokenizer):
     if not isinstance(tokenizer, TokenizersBackend):
         return None
     cls = type(tokenizer)
-    if any(getattr(cls, name, None) is not getattr(TokenizersBackend, name, None) for name in ENCODING_METHODS):
+    if any(
+        getattr(cls, name, None) is not getattr(TokenizersBackend, name, None) for name in ENCODING_METHODS
+    ):
         return None
     backend = tokenizer.backend_tokenizer
-    if backend.truncation is not None or backend.padding is not None or not hasattr(backend, "encode_batch_fast"):
+    if (
+        backend.truncation is not None
+        or backend.padding is not None
+        or not hasattr(backend, "encode_batch_fast")
+    ):
         return None
     return backend
 
@@ -120,8 +135,9 @@ def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
         backend.encode_special_tokens = previous
 
 
-def _encoded(records: Iterator[Example | Conversation], tokenizer, template: str,
-             prefix: list[int]) -> Iterator[tuple[int, Iterator[tuple[list[int], list[tuple[int, int]], str]]]]:
+def _encoded(
+    records: Iterator[Example | Conversation], tokenizer, template: str, prefix: list[int]
+) -> Iterator[tuple[int, Iterator[tuple[list[int], list[tuple[int, int]], str]]]]:
     """(records in the batch, their (ids, trained ranges, source)) one batch of `BATCH_SIZE` at a time; one
     tokenizer call per batch for the non-chat templates. (Tokenising in a worker thread while the next batch is
     read was measured: no faster on 2 cores, whose both threads the Rust encoder already uses.)"""
@@ -135,14 +151,21 @@ def _encoded(records: Iterator[Example | Conversation], tokenizer, template: str
         yield len(batch), _assemble(batch, pieces, flat, prefix, eos)
 
 
-def _encode_chat_record(record: Example | Conversation, tokenizer) -> tuple[list[int], list[tuple[int, int]], str]:
+def _encode_chat_record(
+    record: Example | Conversation, tokenizer
+) -> tuple[list[int], list[tuple[int, int]], str]:
     conversation = record if isinstance(record, Conversation) else _as_conversation(record)
     ids, spans = encode_chat(conversation, tokenizer)
     return ids, spans, record.source
 
 
-def _assemble(batch: list[Example | Conversation], pieces: list[list[Segment]], flat: list[list[int]],
-              prefix: list[int], eos: int) -> Iterator[tuple[list[int], list[tuple[int, int]], str]]:
+def _assemble(
+    batch: list[Example | Conversation],
+    pieces: list[list[Segment]],
+    flat: list[list[int]],
+    prefix: list[int],
+    eos: int,
+) -> Iterator[tuple[list[int], list[tuple[int, int]], str]]:
     """Each record's ids (the tokenizer's prefix, then its pieces' ids, EOS after each reply) and trained ranges."""
     position = 0
     for record, record_pieces in zip(batch, pieces, strict=True):
@@ -173,8 +196,9 @@ def check_tokenizer(tokenizer, template: str, max_length: int) -> None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before tokenising")
 
 
-def write_tokens(records: Iterable[Example | Conversation], tokenizer, template: str, max_length: int,
-                 directory: Path) -> TokenizedDataset:
+def write_tokens(
+    records: Iterable[Example | Conversation], tokenizer, template: str, max_length: int, directory: Path
+) -> TokenizedDataset:
     """Tokenises `records` into a store at `directory` (created) and opens it; a `DataError` when no example
     is left. Records are consumed one batch at a time, so an iterator over a large file is never held whole."""
     check_tokenizer(tokenizer, template, max_length)
@@ -203,12 +227,14 @@ def write_tokens(records: Iterable[Example | Conversation], tokenizer, template:
         raise DataError(
             f"{files}: every one of the {seen} prompts ({template} template) is at least max_length={max_length} "
             f"tokens long (the shortest is {shortest} tokens), so no response token is left to train on; raise "
-            f"data.max_length above {shortest} or shorten the prompts")
+            f"data.max_length above {shortest} or shorten the prompts"
+        )
     return writer.finish()
 
 
-def tokenize_examples(examples: Iterable[Example | Conversation], tokenizer, template: str,
-                      max_length: int = 512) -> TokenizedDataset:
+def tokenize_examples(
+    examples: Iterable[Example | Conversation], tokenizer, template: str, max_length: int = 512
+) -> TokenizedDataset:
     """Renders each example or conversation with `template`, tokenises it and masks everything but the trained
     replies out of the labels, into a temporary memory-mapped store (removed when the process ends).
 

@@ -26,16 +26,34 @@ import re
 import warnings
 from typing import Any, Protocol
 
-DEFAULT_ANNOTATOR = "alpaca_eval_gpt4"  # AlpacaEval 1: GPT-4 judge against text-davinci-003 (the papers' Table 1)
+DEFAULT_ANNOTATOR = (
+    "alpaca_eval_gpt4"  # AlpacaEval 1: GPT-4 judge against text-davinci-003 (the papers' Table 1)
+)
 AE2_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"  # AlpacaEval 2: against gpt4_1106_preview
 PAIRWISE_V1 = "symnoise_pairwise_v1"
 
 # Keys of an alpaca_eval ``completions_kwargs`` that configure its client, not the request body.
-_CLIENT_ONLY_KEYS = frozenset({
-    "model_name", "tokens_to_favor", "tokens_to_avoid", "is_skip_multi_tokens_to_avoid", "is_strip", "num_procs",
-    "batch_size", "price_per_token", "requires_chatml", "is_chat", "sleep_time", "client_config_path",
-    "openai_organization_ids", "openai_api_keys", "openai_api_base", "client_kwargs", "n_retries",
-})
+_CLIENT_ONLY_KEYS = frozenset(
+    {
+        "model_name",
+        "tokens_to_favor",
+        "tokens_to_avoid",
+        "is_skip_multi_tokens_to_avoid",
+        "is_strip",
+        "num_procs",
+        "batch_size",
+        "price_per_token",
+        "requires_chatml",
+        "is_chat",
+        "sleep_time",
+        "client_config_path",
+        "openai_organization_ids",
+        "openai_api_keys",
+        "openai_api_base",
+        "client_kwargs",
+        "n_retries",
+    }
+)
 _REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)(?:[-.\w]*)$")
 
 
@@ -91,7 +109,8 @@ def _import_alpaca_eval():
     except ImportError as err:
         raise AnnotatorError(
             f"the alpaca_eval annotators need the alpaca_eval package ({err}): pip install 'symnoise[eval]' "
-            f"or pip install alpaca-eval; or use --annotator {PAIRWISE_V1}") from None
+            f"or pip install alpaca-eval; or use --annotator {PAIRWISE_V1}"
+        ) from None
     finally:
         root.setLevel(level)
     return SinglePairwiseAnnotator, constants, utils, completion_parsers
@@ -117,18 +136,26 @@ class PackageAnnotator:
         self._utils, self._np_nan = utils, float("nan")
         path = constants.EVALUATORS_CONFIG_DIR / name / "configs.yaml"
         if not path.is_file():
-            raise AnnotatorError(f"unknown annotator {name!r}: no {path}; allowed: {', '.join(available_annotators())}")
+            raise AnnotatorError(
+                f"unknown annotator {name!r}: no {path}; allowed: {', '.join(available_annotators())}"
+            )
         configs = utils.load_configs(path)
         if len(configs) != 1:
-            raise AnnotatorError(f"annotator {name!r} is a pool of {len(configs)} annotators; only single ones are served")
+            raise AnnotatorError(
+                f"annotator {name!r} is a pool of {len(configs)} annotators; only single ones are served"
+            )
         config = dict(next(iter(configs.values())))
         self._check_servable(name, config)
         root = logging.getLogger()
         level = root.level
         try:
             self._single = SinglePairwiseAnnotator(
-                seed=seed, base_dir=constants.EVALUATORS_CONFIG_DIR, annotation_column="preference",
-                completion_column="raw_completion", **config)
+                seed=seed,
+                base_dir=constants.EVALUATORS_CONFIG_DIR,
+                annotation_column="preference",
+                completion_column="raw_completion",
+                **config,
+            )
         finally:
             root.setLevel(level)
         kwargs = dict(self._single.completions_kwargs)
@@ -139,8 +166,17 @@ class PackageAnnotator:
         self.request_params = self._request_params(kwargs, max_tokens)
         self.wants_choice = self._single.completion_key != "completions"
         self.template = self._single.prompt_template
-        fingerprint = json.dumps([self.template, self.request_params, self.wants_choice, seed,
-                                  self._single.is_randomize_output_order], sort_keys=True, default=str)
+        fingerprint = json.dumps(
+            [
+                self.template,
+                self.request_params,
+                self.wants_choice,
+                seed,
+                self._single.is_randomize_output_order,
+            ],
+            sort_keys=True,
+            default=str,
+        )
         self.cache_id = f"{name}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
 
     @staticmethod
@@ -154,8 +190,10 @@ class PackageAnnotator:
         if kwargs.get("tokens_to_avoid") or kwargs.get("tokens_to_favor"):
             problems.append("it biases tokens (tokens_to_avoid/tokens_to_favor)")
         if problems:
-            raise AnnotatorError(f"annotator {name!r} cannot be served by symnoise judge: {'; '.join(problems)}; "
-                                 f"use --judge alpaca_eval to run it through the alpaca_eval package itself")
+            raise AnnotatorError(
+                f"annotator {name!r} cannot be served by symnoise judge: {'; '.join(problems)}; "
+                f"use --judge alpaca_eval to run it through the alpaca_eval package itself"
+            )
 
     @staticmethod
     def _request_params(kwargs: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:

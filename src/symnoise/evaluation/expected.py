@@ -37,13 +37,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .report import DASH, ReportError, Run, Table, _distance_to_paper_alpha, _read_json
 
-Metric = Literal["win_rate", "win_rate_chars", "mean_chars", "mean_words", "rep_2_pct", "log_diversity", "arc",
-                 "hellaswag", "mmlu"]
+Metric = Literal[
+    "win_rate",
+    "win_rate_chars",
+    "mean_chars",
+    "mean_words",
+    "rep_2_pct",
+    "log_diversity",
+    "arc",
+    "hellaswag",
+    "mmlu",
+]
 KEY_FIELDS = ("model", "dataset", "method", "variant", "metric")
 LEADERBOARD_METRICS = ("arc", "hellaswag", "mmlu")
 STATS_METRICS = ("mean_chars", "mean_words", "rep_2_pct", "log_diversity")
-LAYOUT_NOTE = ("each cell: paper / reproduced (reproduced - paper ± standard error of the reproduced value, where "
-               "the judge or the harness gives one); – where a number is missing")
+LAYOUT_NOTE = (
+    "each cell: paper / reproduced (reproduced - paper ± standard error of the reproduced value, where "
+    "the judge or the harness gives one); – where a number is missing"
+)
 
 
 class _Key(BaseModel):
@@ -84,7 +95,9 @@ class ExpectedTable(BaseModel):
     def _shape(self) -> ExpectedTable:
         for i, row in enumerate(self.rows):
             if len(row.values) != len(self.columns):
-                raise ValueError(f"rows.{i} ({row.label}): {len(row.values)} values for {len(self.columns)} columns")
+                raise ValueError(
+                    f"rows.{i} ({row.label}): {len(row.values)} values for {len(self.columns)} columns"
+                )
             for column in self.columns:
                 key = merge_keys(self.key, row, column)
                 if row.reproduce and "metric" not in key:
@@ -92,8 +105,10 @@ class ExpectedTable(BaseModel):
                 pair = key.get("metric") == "win_rate_chars"
                 for value in row.values:
                     if value is not None and isinstance(value, list) != pair:
-                        raise ValueError(f"rows.{i} ({row.label}): win_rate_chars takes [win rate, characters] "
-                                         "pairs, every other metric single numbers")
+                        raise ValueError(
+                            f"rows.{i} ({row.label}): win_rate_chars takes [win rate, characters] "
+                            "pairs, every other metric single numbers"
+                        )
         return self
 
 
@@ -110,7 +125,9 @@ def merge_keys(*parts: _Key) -> dict[str, str]:
     for part in parts:
         for field, value in part.fields().items():
             if merged.setdefault(field, value) != value:
-                raise ValueError(f"{field} is {merged[field]!r} in one part of the key and {value!r} in another")
+                raise ValueError(
+                    f"{field} is {merged[field]!r} in one part of the key and {value!r} in another"
+                )
     return merged
 
 
@@ -124,7 +141,9 @@ def load_expected(path: str | Path) -> ExpectedFile:
     except yaml.YAMLError as error:
         raise ReportError(f"{path}: not valid YAML ({error})") from None
     except ValidationError as error:
-        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in error.errors())
+        where = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in error.errors()
+        )
         raise ReportError(f"{path}: invalid expected-numbers file: {where}") from None
 
 
@@ -134,15 +153,20 @@ def load_expected(path: str | Path) -> ExpectedFile:
 def _same_model(run_model: str | None, wanted: str) -> bool:
     if run_model is None:
         return False
-    return run_model == wanted or Path(run_model.rstrip("/")).name.lower() == Path(wanted.rstrip("/")).name.lower()
+    return (
+        run_model == wanted
+        or Path(run_model.rstrip("/")).name.lower() == Path(wanted.rstrip("/")).name.lower()
+    )
 
 
 def matches(run: Run, key: dict[str, str]) -> bool:
     """Whether the run is the one a cell with this key describes (the metric is not part of the match)."""
-    return (("model" not in key or _same_model(run.model, key["model"]))
-            and ("dataset" not in key or run.dataset == key["dataset"])
-            and ("method" not in key or run.method == key["method"])
-            and ("variant" not in key or run.variant == key["variant"]))
+    return (
+        ("model" not in key or _same_model(run.model, key["model"]))
+        and ("dataset" not in key or run.dataset == key["dataset"])
+        and ("method" not in key or run.method == key["method"])
+        and ("variant" not in key or run.variant == key["variant"])
+    )
 
 
 def find_run(runs: Sequence[Run], key: dict[str, str]) -> Run | None:
@@ -172,8 +196,11 @@ def measure(run: Run, metric: str) -> Measured:
     if metric in ("win_rate", "win_rate_chars"):
         rate = run.win_rate
         value = rate.win_rate if rate else None
-        return Measured(value, rate.standard_error if rate else None,
-                        run.mean_chars if metric == "win_rate_chars" else None)
+        return Measured(
+            value,
+            rate.standard_error if rate else None,
+            run.mean_chars if metric == "win_rate_chars" else None,
+        )
     if metric in STATS_METRICS:
         return Measured(getattr(run.stats, metric) if run.stats else None)
     score = (run.leaderboard or {}).get(metric)
@@ -200,15 +227,27 @@ class Comparison:
     run: str | None
 
 
-def compare_cell(table: ExpectedTable, row: ExpectedRow, column: ExpectedColumn, value: Any,
-                 runs: Sequence[Run]) -> Comparison:
+def compare_cell(
+    table: ExpectedTable, row: ExpectedRow, column: ExpectedColumn, value: Any, runs: Sequence[Run]
+) -> Comparison:
     key = merge_keys(table.key, row, column)
     paper, paper_chars = (value[0], value[1]) if isinstance(value, list) else (value, None)
     run = find_run(runs, key) if row.reproduce else None
     measured = measure(run, key["metric"]) if run else Measured(None)
     difference = None if paper is None or measured.value is None else measured.value - paper
-    return Comparison(table.title, row.label, column.label, key.get("metric"), paper, paper_chars, measured.value,
-                      measured.chars, difference, measured.standard_error, str(run.path) if run else None)
+    return Comparison(
+        table.title,
+        row.label,
+        column.label,
+        key.get("metric"),
+        paper,
+        paper_chars,
+        measured.value,
+        measured.chars,
+        difference,
+        measured.standard_error,
+        str(run.path) if run else None,
+    )
 
 
 def _number(value: float | None, digits: int, chars: float | None = None, with_chars: bool = False) -> str:
@@ -221,8 +260,10 @@ def _number(value: float | None, digits: int, chars: float | None = None, with_c
 def render_cell(comparison: Comparison, digits: int) -> str:
     """``paper / reproduced (difference ± standard error)``, each part shown only when it is known."""
     pair = comparison.metric == "win_rate_chars"
-    text = (f"{_number(comparison.paper, digits, comparison.paper_chars, pair)} / "
-            f"{_number(comparison.reproduced, digits, comparison.reproduced_chars, pair)}")
+    text = (
+        f"{_number(comparison.paper, digits, comparison.paper_chars, pair)} / "
+        f"{_number(comparison.reproduced, digits, comparison.reproduced_chars, pair)}"
+    )
     if comparison.difference is not None:
         error = "" if comparison.standard_error is None else f" ± {comparison.standard_error:.{digits}f}"
         text += f" ({comparison.difference:+.{digits}f}{error})"
@@ -244,10 +285,19 @@ def comparison_tables(expected: ExpectedFile, runs: Sequence[Run]) -> tuple[list
             rows.append([row.label] + cells)
         shown = sorted(u for u in used if u)
         notes = [f"paper: {expected.paper}; {LAYOUT_NOTE}"] + list(spec.notes)
-        notes.append(f"runs compared: {', '.join(Path(p).name for p in shown)}" if shown
-                     else "no run matches any cell of this table yet")
-        tables.append(Table(f"Paper vs reproduced, {spec.title}", [""] + [c.label for c in spec.columns], rows,
-                            notes=notes))
+        notes.append(
+            f"runs compared: {', '.join(Path(p).name for p in shown)}"
+            if shown
+            else "no run matches any cell of this table yet"
+        )
+        tables.append(
+            Table(
+                f"Paper vs reproduced, {spec.title}",
+                [""] + [c.label for c in spec.columns],
+                rows,
+                notes=notes,
+            )
+        )
     return tables, comparisons
 
 

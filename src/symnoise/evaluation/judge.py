@@ -64,6 +64,7 @@ METRICS_FILENAME = "metrics.json"
 PROMPT_VERSION = "pairwise-v1"  # cache id of symnoise_pairwise_v1 (each annotator's cache id is in every key)
 DRAW = 1.5  # alpaca_eval's preference for an output identical to the reference (older files wrote 0)
 
+
 class JudgeInputError(ValueError):
     """The outputs or reference file is unusable; raised before any judge request is sent. Also an example whose
     instruction does not fit the local judge's context (raised when that example's turn comes)."""
@@ -108,7 +109,9 @@ class Example:
 # ---------------------------------------------------------------------------------------------- input files
 
 
-def load_records(path: str | os.PathLike[str], required: Sequence[str] = ("instruction", "output")) -> list[dict]:
+def load_records(
+    path: str | os.PathLike[str], required: Sequence[str] = ("instruction", "output")
+) -> list[dict]:
     """Read a JSON list or a JSONL file of objects, checking that every row has string ``required`` fields."""
     path = Path(path)
     if not path.is_file():
@@ -123,7 +126,8 @@ def load_records(path: str | os.PathLike[str], required: Sequence[str] = ("instr
                 raise JudgeInputError(f"{path}: row {index} has no field {name!r}")
             if not isinstance(row[name], str):
                 raise JudgeInputError(
-                    f"{path}: row {index} field {name!r} is {type(row[name]).__name__}, expected a string")
+                    f"{path}: row {index} field {name!r} is {type(row[name]).__name__}, expected a string"
+                )
     return rows
 
 
@@ -148,8 +152,12 @@ def _parse_jsonl(path: Path, text: str) -> list:
     return rows
 
 
-def pair_with_references(outputs: list[dict], references: list[dict], outputs_path: str | os.PathLike[str],
-                         default_generator: str = "model") -> list[Example]:
+def pair_with_references(
+    outputs: list[dict],
+    references: list[dict],
+    outputs_path: str | os.PathLike[str],
+    default_generator: str = "model",
+) -> list[Example]:
     """Match each model output to the reference with the same instruction; a missing reference is an error."""
     by_instruction = {row["instruction"]: row for row in references}
     examples = []
@@ -158,18 +166,24 @@ def pair_with_references(outputs: list[dict], references: list[dict], outputs_pa
         if ref is None:
             raise JudgeInputError(
                 f"{outputs_path}: row {index} has an instruction with no reference output: "
-                f"{_shorten(row['instruction'])!r}")
-        examples.append(Example(
-            instruction=row["instruction"], reference=ref["output"], output=row["output"],
-            generator_reference=str(ref.get("generator", "reference")),
-            generator_model=str(row.get("generator", default_generator)),
-            dataset=str(row.get("dataset", ref.get("dataset", ""))),
-        ))
+                f"{_shorten(row['instruction'])!r}"
+            )
+        examples.append(
+            Example(
+                instruction=row["instruction"],
+                reference=ref["output"],
+                output=row["output"],
+                generator_reference=str(ref.get("generator", "reference")),
+                generator_model=str(row.get("generator", default_generator)),
+                dataset=str(row.get("dataset", ref.get("dataset", ""))),
+            )
+        )
     return examples
 
 
-def load_examples(outputs_path: str | os.PathLike[str],
-                  reference: str | os.PathLike[str] | list[dict]) -> list[Example]:
+def load_examples(
+    outputs_path: str | os.PathLike[str], reference: str | os.PathLike[str] | list[dict]
+) -> list[Example]:
     """Load and validate the outputs and the references (a file, or rows already loaded) and pair them; everything
     that can be wrong is found here, before judging."""
     outputs = load_records(outputs_path)
@@ -204,16 +218,25 @@ class OpenAIChatJudge:
     sent only in the Authorization header and is redacted from every message this class produces.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 max_tokens: int | None = None, params: dict[str, Any] | None = None,
-                 return_choice: bool | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_tokens: int | None = None,
+        params: dict[str, Any] | None = None,
+        return_choice: bool | None = None,
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
         if params is None and max_tokens is not None:
             params = {"temperature": 0, "max_tokens": max_tokens}
         self._explicit = params is not None
-        self.params = request_body(params if params is not None else {"temperature": 0, "max_tokens": 16}, model)
+        self.params = request_body(
+            params if params is not None else {"temperature": 0, "max_tokens": 16}, model
+        )
         self.return_choice = bool(return_choice)
         self._explicit_choice = return_choice is not None
         self._api_key = api_key or ""
@@ -243,19 +266,26 @@ class OpenAIChatJudge:
             raise self._http_error(err) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", None) or err
-            raise TransientJudgeError(self._clean(f"connection failed: {type(err).__name__}: {reason}")) from None
+            raise TransientJudgeError(
+                self._clean(f"connection failed: {type(err).__name__}: {reason}")
+            ) from None
         return self._content(raw)
 
     def _http_error(self, err: urllib.error.HTTPError) -> Exception:
         detail = self._clean(_read_error_body(err))
         if err.code in (408, 429) or err.code >= 500:
             return TransientJudgeError(f"HTTP {err.code}", retry_after=_retry_after(err))
-        hint = {401: " Check the API key (SYMNOISE_JUDGE_API_KEY or OPENAI_API_KEY).",
-                403: " The key is not allowed to use this model or endpoint.",
-                404: " Check --base-url (most servers want it to end in /v1) and --model."}.get(err.code, "")
-        return JudgeFatalError(self._clean(
-            f"judge endpoint {self.url} refused the request with HTTP {err.code} {err.reason}.{hint} "
-            f"Server said: {detail}"))
+        hint = {
+            401: " Check the API key (SYMNOISE_JUDGE_API_KEY or OPENAI_API_KEY).",
+            403: " The key is not allowed to use this model or endpoint.",
+            404: " Check --base-url (most servers want it to end in /v1) and --model.",
+        }.get(err.code, "")
+        return JudgeFatalError(
+            self._clean(
+                f"judge endpoint {self.url} refused the request with HTTP {err.code} {err.reason}.{hint} "
+                f"Server said: {detail}"
+            )
+        )
 
     def _content(self, raw: bytes) -> str | dict[str, Any]:
         try:
@@ -263,7 +293,8 @@ class OpenAIChatJudge:
             text = choice_text(choice)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise TransientJudgeError(
-                self._clean(f"malformed response body: {_shorten(raw.decode('utf-8', 'replace'), 120)!r}")) from None
+                self._clean(f"malformed response body: {_shorten(raw.decode('utf-8', 'replace'), 120)!r}")
+            ) from None
         return {**choice, "text": text} if self.return_choice else text
 
     def _clean(self, text: str) -> str:
@@ -309,8 +340,14 @@ class HFJudge:
     ``max_position_embeddings``; None when neither is known (then prompts are never shortened).
     """
 
-    def __init__(self, model_name_or_path: str, model: Any = None, tokenizer: Any = None,
-                 max_new_tokens: int | None = None, device: str | None = None):
+    def __init__(
+        self,
+        model_name_or_path: str,
+        model: Any = None,
+        tokenizer: Any = None,
+        max_new_tokens: int | None = None,
+        device: str | None = None,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.judge_id = f"hf:{model_name_or_path}"
@@ -329,8 +366,10 @@ class HFJudge:
         """Generate the annotator's ``max_tokens`` unless ``max_new_tokens`` was given; log-prob annotators, which
         read an OpenAI response's log-probabilities, are refused."""
         if annotator.wants_choice:
-            raise JudgeInputError(f"a local HF judge cannot serve {annotator.name}: it parses log-probabilities of "
-                                  "an OpenAI-compatible server; use one (e.g. a local vLLM server)")
+            raise JudgeInputError(
+                f"a local HF judge cannot serve {annotator.name}: it parses log-probabilities of "
+                "an OpenAI-compatible server; use one (e.g. a local vLLM server)"
+            )
         if not self._explicit:
             self.max_new_tokens = int(annotator.request_params.get("max_tokens", self.max_new_tokens))
 
@@ -343,9 +382,14 @@ class HFJudge:
         """Length in tokens of the prompt :meth:`complete` gives the model for ``messages``."""
         return len(self.tokenizer(self._prompt(messages))["input_ids"])
 
-    def fit_messages(self, instruction: str, output_a: str, output_b: str, index: int | None = None,
-                     build: Callable[[str, str, str], list[dict[str, str]]] = build_messages,
-                     ) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+    def fit_messages(
+        self,
+        instruction: str,
+        output_a: str,
+        output_b: str,
+        index: int | None = None,
+        build: Callable[[str, str, str], list[dict[str, str]]] = build_messages,
+    ) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
         """The judge messages made by ``build`` (an annotator's ``messages``), with the two outputs shortened when
         the prompt would not fit the context.
 
@@ -372,12 +416,15 @@ class HFJudge:
                 f"{where}: the judge prompt is {fixed} tokens without the two outputs (the instruction alone "
                 f"{n_instruction}) and {self.max_new_tokens} tokens must be generated, but the judge "
                 f"{self.judge_id} has a context of {self.context_length} tokens; the instruction is never "
-                f"shortened, so use a judge with a longer context")
+                f"shortened, so use a judge with a longer context"
+            )
         ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in (output_a, output_b)]
         allowance = _even_allowance([len(i) for i in ids], budget - fixed)
         while True:
-            texts = [text if len(i) <= allowance else self._decode_prefix(i, allowance)
-                     for text, i in zip((output_a, output_b), ids, strict=True)]
+            texts = [
+                text if len(i) <= allowance else self._decode_prefix(i, allowance)
+                for text, i in zip((output_a, output_b), ids, strict=True)
+            ]
             messages = build(instruction, *texts)
             after = self.prompt_tokens(messages)
             if after <= budget or allowance == 0:
@@ -386,12 +433,18 @@ class HFJudge:
             allowance -= max(1, (after - budget + 1) // 2)
             allowance = max(0, allowance)
         kept = [min(len(i), allowance) for i in ids]
-        return messages, {"context_tokens": self.context_length, "max_new_tokens": self.max_new_tokens,
-                          "prompt_tokens": [before, after], "output_a_tokens": [len(ids[0]), kept[0]],
-                          "output_b_tokens": [len(ids[1]), kept[1]]}
+        return messages, {
+            "context_tokens": self.context_length,
+            "max_new_tokens": self.max_new_tokens,
+            "prompt_tokens": [before, after],
+            "output_a_tokens": [len(ids[0]), kept[0]],
+            "output_b_tokens": [len(ids[1]), kept[1]],
+        }
 
     def _decode_prefix(self, ids: Sequence[int], n: int) -> str:
-        text = self.tokenizer.decode(list(ids[:n]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = self.tokenizer.decode(
+            list(ids[:n]), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         return text.rstrip("\ufffd")  # a byte-level token cut inside a character decodes to U+FFFD
 
     def complete(self, messages: list[dict[str, str]]) -> str:
@@ -402,14 +455,16 @@ class HFJudge:
         if self.context_length is not None and n_prompt + self.max_new_tokens > self.context_length:
             raise JudgeInputError(
                 f"judge prompt of {n_prompt} tokens plus {self.max_new_tokens} to generate exceeds the context of "
-                f"{self.judge_id} ({self.context_length} tokens); fit_messages() shortens the outputs to fit")
+                f"{self.judge_id} ({self.context_length} tokens); fit_messages() shortens the outputs to fit"
+            )
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id
         with self._lock, torch.no_grad():
-            generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                            pad_token_id=pad_id)
-        new_tokens = generated[0, inputs["input_ids"].shape[1]:]
+            generated = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad_id
+            )
+        new_tokens = generated[0, inputs["input_ids"].shape[1] :]
         return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
 
 
@@ -450,20 +505,45 @@ class AlpacaEvalJudge:
         except ImportError:
             raise JudgeFatalError(
                 "the alpaca_eval judge needs the alpaca_eval package, which is not installed: "
-                "run `pip install alpaca-eval`, or use --judge openai / --judge hf") from None
+                "run `pip install alpaca-eval`, or use --judge openai / --judge hf"
+            ) from None
         self.judge_id = f"alpaca_eval:{annotators_config}"
         self.annotators_config = annotators_config
         self.secrets: tuple[str, ...] = ()
         self._annotator = PairwiseAnnotator(annotators_config=annotators_config)
 
     def annotate(self, examples: list[Example]) -> list[dict[str, Any]]:
-        outputs_1 = [{"instruction": ex.instruction, "output": ex.reference, "generator": ex.generator_reference,
-                      "dataset": ex.dataset} for ex in examples]
-        outputs_2 = [{"instruction": ex.instruction, "output": ex.output, "generator": ex.generator_model,
-                      "dataset": ex.dataset} for ex in examples]
+        outputs_1 = [
+            {
+                "instruction": ex.instruction,
+                "output": ex.reference,
+                "generator": ex.generator_reference,
+                "dataset": ex.dataset,
+            }
+            for ex in examples
+        ]
+        outputs_2 = [
+            {
+                "instruction": ex.instruction,
+                "output": ex.output,
+                "generator": ex.generator_model,
+                "dataset": ex.dataset,
+            }
+            for ex in examples
+        ]
         rows = self._annotator.annotate_head2head(outputs_1=outputs_1, outputs_2=outputs_2)
-        return [_annotation(ex, self.judge_id, self.annotators_config, _float_or_none(row.get("preference")), None,
-                            row.get("raw_completion"), None) for ex, row in zip(examples, rows, strict=True)]
+        return [
+            _annotation(
+                ex,
+                self.judge_id,
+                self.annotators_config,
+                _float_or_none(row.get("preference")),
+                None,
+                row.get("raw_completion"),
+                None,
+            )
+            for ex, row in zip(examples, rows, strict=True)
+        ]
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -521,8 +601,20 @@ class RunStats:
                 setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in ("requests", "retries", "reasks", "cached", "identical",
-                                                       "judged", "unparsable", "failed", "truncated")}
+        return {
+            name: getattr(self, name)
+            for name in (
+                "requests",
+                "retries",
+                "reasks",
+                "cached",
+                "identical",
+                "judged",
+                "unparsable",
+                "failed",
+                "truncated",
+            )
+        }
 
 
 @dataclass
@@ -545,8 +637,14 @@ class _RetryBudget:
             return True
 
 
-def _call_with_retries(judge: Judge, messages: list[dict[str, str]], policy: RetryPolicy, budget: _RetryBudget,
-                       stats: RunStats, stop: threading.Event) -> tuple[str | None, str | None]:
+def _call_with_retries(
+    judge: Judge,
+    messages: list[dict[str, str]],
+    policy: RetryPolicy,
+    budget: _RetryBudget,
+    stats: RunStats,
+    stop: threading.Event,
+) -> tuple[str | None, str | None]:
     """(completion, None) on success, or (None, why it gave up) once the retry budget is spent."""
     for attempt in range(1, policy.max_attempts + 1):
         stats.add(requests=1)
@@ -561,14 +659,17 @@ def _call_with_retries(judge: Judge, messages: list[dict[str, str]], policy: Ret
             if not budget.take():
                 return None, f"{reason}; the run's retry budget ({policy.max_total_retries}) is spent"
             wait = policy.delay(attempt, err.retry_after)
-            log.warning("judge: %s (attempt %d/%d), retrying in %.1f s", reason, attempt, policy.max_attempts, wait)
+            log.warning(
+                "judge: %s (attempt %d/%d), retrying in %.1f s", reason, attempt, policy.max_attempts, wait
+            )
             stats.add(retries=1)
             policy.sleep(wait)
     raise AssertionError("unreachable")  # the loop always returns on its last attempt
 
 
-def _judge_messages(judge: Judge, annotator: Annotator, index: int, instruction: str, output_a: str,
-                    output_b: str) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+def _judge_messages(
+    judge: Judge, annotator: Annotator, index: int, instruction: str, output_a: str, output_b: str
+) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
     """The annotator's messages: fitted to the judge's context when it can say how (``fit_messages``)."""
     fit = getattr(judge, "fit_messages", None)
     if fit is None:
@@ -580,11 +681,16 @@ def _truncation_record(truncation: dict[str, Any] | None, model_first: bool) -> 
     """``fit_messages``'s shown-order (a, b) lengths as output_1 (reference) and output_2 (model) lengths."""
     if truncation is None:
         return None
-    model, reference = ("output_a_tokens", "output_b_tokens") if model_first else ("output_b_tokens",
-                                                                                   "output_a_tokens")
-    return {"context_tokens": truncation["context_tokens"], "max_new_tokens": truncation["max_new_tokens"],
-            "prompt_tokens": truncation["prompt_tokens"], "output_1_tokens": truncation[reference],
-            "output_2_tokens": truncation[model]}
+    model, reference = (
+        ("output_a_tokens", "output_b_tokens") if model_first else ("output_b_tokens", "output_a_tokens")
+    )
+    return {
+        "context_tokens": truncation["context_tokens"],
+        "max_new_tokens": truncation["max_new_tokens"],
+        "prompt_tokens": truncation["prompt_tokens"],
+        "output_1_tokens": truncation[reference],
+        "output_2_tokens": truncation[model],
+    }
 
 
 def _redact_completion(completion: str | dict[str, Any], secrets: Sequence[str]) -> str | dict[str, Any]:
@@ -613,8 +719,9 @@ class _Run:
     retry_nulls: bool
 
 
-def _ask(run: _Run, index: int, example: Example, shown: tuple[str, str], key: str,
-         switched: bool) -> tuple[dict[str, Any] | None, str | None]:
+def _ask(
+    run: _Run, index: int, example: Example, shown: tuple[str, str], key: str, switched: bool
+) -> tuple[dict[str, Any] | None, str | None]:
     """Ask the judge (re-asking unparsable answers up to ``max_reasks`` times) and cache the outcome.
 
     Returns ``(record, None)``, the record holding the verdict in shown order or null with the last raw answer, or
@@ -624,15 +731,23 @@ def _ask(run: _Run, index: int, example: Example, shown: tuple[str, str], key: s
     for ask in range(1 + run.max_reasks):
         if ask:
             run.stats.add(reasks=1)
-        completion, failure = _call_with_retries(run.judge, messages, run.policy, run.budget, run.stats, run.stop)
+        completion, failure = _call_with_retries(
+            run.judge, messages, run.policy, run.budget, run.stats, run.stop
+        )
         if completion is None:
             return None, failure
         completion = _redact_completion(completion, run.judge.secrets)
         verdict = run.annotator.parse(completion)
         if verdict is not None:
             break
-    record = {"key": key, "judge": run.judge.judge_id, "annotator": run.annotator.name, "verdict": verdict,
-              "raw_completion": completion, "asks": ask + 1}
+    record = {
+        "key": key,
+        "judge": run.judge.judge_id,
+        "annotator": run.annotator.name,
+        "verdict": verdict,
+        "raw_completion": completion,
+        "asks": ask + 1,
+    }
     if truncated is not None:
         record["prompt_truncated"] = truncated
     run.cache.put(record, replace=True)
@@ -661,34 +776,68 @@ def _judge_one(index: int, example: Example, run: _Run) -> dict[str, Any]:
     verdict = _shown_verdict(record["verdict"])
     if verdict is None:
         run.stats.add(unparsable=1)
-        return _annotation(example, judge_id, annotator.name, None, switched, record["raw_completion"],
-                           "unparsable verdict", truncated)
+        return _annotation(
+            example,
+            judge_id,
+            annotator.name,
+            None,
+            switched,
+            record["raw_completion"],
+            "unparsable verdict",
+            truncated,
+        )
     run.stats.add(judged=1)
     if verdict == 0:  # an old-style tie
         verdict = DRAW
     preference = 3.0 - verdict if switched else verdict  # alpaca_eval's un-switching rule
-    return _annotation(example, judge_id, annotator.name, preference, switched, record["raw_completion"], None,
-                       truncated)
+    return _annotation(
+        example, judge_id, annotator.name, preference, switched, record["raw_completion"], None, truncated
+    )
 
 
-def _annotation(example: Example, judge_id: str, annotator: str, preference: float | None,
-                model_first: bool | None, raw_completion: str | dict | None, null_reason: str | None,
-                prompt_truncated: dict[str, Any] | None = None) -> dict[str, Any]:
+def _annotation(
+    example: Example,
+    judge_id: str,
+    annotator: str,
+    preference: float | None,
+    model_first: bool | None,
+    raw_completion: str | dict | None,
+    null_reason: str | None,
+    prompt_truncated: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """An AlpacaEval annotation; ``model_shown_first``: the model output was shown first (null: no request);
     ``prompt_truncated``: null, or how the outputs were cut to fit the judge's context (``[before, after]`` token
     counts of the prompt, ``output_1`` (reference) and ``output_2`` (model))."""
     return {
-        "instruction": example.instruction, "output_1": example.reference, "generator_1": example.generator_reference,
-        "dataset": example.dataset, "output_2": example.output, "generator_2": example.generator_model,
-        "annotator": annotator, "judge": judge_id, "preference": preference, "model_shown_first": model_first,
-        "raw_completion": raw_completion, "null_reason": null_reason, "prompt_truncated": prompt_truncated,
+        "instruction": example.instruction,
+        "output_1": example.reference,
+        "generator_1": example.generator_reference,
+        "dataset": example.dataset,
+        "output_2": example.output,
+        "generator_2": example.generator_model,
+        "annotator": annotator,
+        "judge": judge_id,
+        "preference": preference,
+        "model_shown_first": model_first,
+        "raw_completion": raw_completion,
+        "null_reason": null_reason,
+        "prompt_truncated": prompt_truncated,
     }
 
 
-def judge_examples(examples: Sequence[Example], judge: Judge, cache: JudgmentCache, *,
-                   annotator: Annotator | None = None, seed: int = 0, retry: RetryPolicy | None = None,
-                   workers: int = 1, max_reasks: int = 2, retry_nulls: bool = False,
-                   progress: Callable[[int, int, RunStats], None] | None = None) -> tuple[list[dict], RunStats]:
+def judge_examples(
+    examples: Sequence[Example],
+    judge: Judge,
+    cache: JudgmentCache,
+    *,
+    annotator: Annotator | None = None,
+    seed: int = 0,
+    retry: RetryPolicy | None = None,
+    workers: int = 1,
+    max_reasks: int = 2,
+    retry_nulls: bool = False,
+    progress: Callable[[int, int, RunStats], None] | None = None,
+) -> tuple[list[dict], RunStats]:
     """Judge every example (cached verdicts are reused), returning annotations in input order and run counts.
 
     ``annotator`` defaults to ``alpaca_eval_gpt4`` with ``seed``. Every example ends with a preference or with null
@@ -701,9 +850,17 @@ def judge_examples(examples: Sequence[Example], judge: Judge, cache: JudgmentCac
     adopt = getattr(judge, "adopt_annotator", None)
     if adopt is not None:
         adopt(annotator)
-    run = _Run(judge=judge, annotator=annotator, cache=cache,
-               policy=policy, budget=_RetryBudget(policy.max_total_retries), stats=RunStats(),
-               stop=threading.Event(), max_reasks=max_reasks, retry_nulls=retry_nulls)
+    run = _Run(
+        judge=judge,
+        annotator=annotator,
+        cache=cache,
+        policy=policy,
+        budget=_RetryBudget(policy.max_total_retries),
+        stats=RunStats(),
+        stop=threading.Event(),
+        max_reasks=max_reasks,
+        retry_nulls=retry_nulls,
+    )
     results: list[dict[str, Any] | None] = [None] * len(examples)
 
     def work(index: int) -> tuple[int, dict[str, Any] | None]:
@@ -757,7 +914,9 @@ def _win_rate_metrics(preferences: Sequence[float | None]) -> dict[str, Any]:
 def format_metrics(metrics: dict[str, Any]) -> str:
     """One line: the win rate with its standard error and the counts."""
     rate, err = metrics["win_rate"], metrics["standard_error"]
-    head = "win_rate n/a" if rate is None else f"win_rate {rate:.2f}" + ("" if err is None else f" +- {err:.2f}")
+    head = (
+        "win_rate n/a" if rate is None else f"win_rate {rate:.2f}" + ("" if err is None else f" +- {err:.2f}")
+    )
     counts = ", ".join(f"{k} {metrics[k]}" for k in ("n_wins", "n_wins_base", "n_draws", "n_total", "n_null"))
     return f"{head} ({counts})"
 
@@ -765,11 +924,21 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- top level
 
 
-def judge_outputs(outputs_path: str | os.PathLike[str], reference: str | os.PathLike[str] | list[dict],
-                  judge: Judge | AlpacaEvalJudge, out_dir: str | os.PathLike[str], *,
-                  annotator: Annotator | None = None, seed: int = 0, limit: int | None = None,
-                  retry: RetryPolicy | None = None, workers: int = 1, max_reasks: int = 2, retry_nulls: bool = False,
-                  progress: Callable[[int, int, RunStats], None] | None = None) -> JudgeResult:
+def judge_outputs(
+    outputs_path: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | list[dict],
+    judge: Judge | AlpacaEvalJudge,
+    out_dir: str | os.PathLike[str],
+    *,
+    annotator: Annotator | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    retry: RetryPolicy | None = None,
+    workers: int = 1,
+    max_reasks: int = 2,
+    retry_nulls: bool = False,
+    progress: Callable[[int, int, RunStats], None] | None = None,
+) -> JudgeResult:
     """Judge a model-outputs file against reference outputs (a file, or rows already loaded); write annotations,
     metrics and the verdict cache.
 
@@ -787,13 +956,24 @@ def judge_outputs(outputs_path: str | os.PathLike[str], reference: str | os.Path
     else:
         annotator = annotator or load_annotator(DEFAULT_ANNOTATOR, seed=seed)
         cache = JudgmentCache(out / CACHE_FILENAME)
-        annotations, stats = judge_examples(examples, judge, cache, annotator=annotator, retry=retry,
-                                            workers=workers, max_reasks=max_reasks, retry_nulls=retry_nulls,
-                                            progress=progress)
+        annotations, stats = judge_examples(
+            examples,
+            judge,
+            cache,
+            annotator=annotator,
+            retry=retry,
+            workers=workers,
+            max_reasks=max_reasks,
+            retry_nulls=retry_nulls,
+            progress=progress,
+        )
         name = annotator.name
-    metrics = {"annotator": name, "judge": judge.judge_id,
-               "generator": examples[0].generator_model if examples else None,
-               **_win_rate_metrics([a["preference"] for a in annotations])}
+    metrics = {
+        "annotator": name,
+        "judge": judge.judge_id,
+        "generator": examples[0].generator_model if examples else None,
+        **_win_rate_metrics([a["preference"] for a in annotations]),
+    }
     _write_json(out / ANNOTATIONS_FILENAME, annotations)
     _write_json(out / METRICS_FILENAME, metrics)
     return JudgeResult(annotations=annotations, metrics=metrics, stats=stats)

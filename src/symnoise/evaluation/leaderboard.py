@@ -210,8 +210,17 @@ def read_hellaswag(path: str | Path) -> list[dict[str, Any]]:
         if label.strip() not in {"0", "1", "2", "3"}:
             raise LeaderboardError(f"{path}:{start + 2}: label {label!r} is not one of 0-3")
         activity_label, ctx_a, ctx_b = split_context(ctx)
-        rows.append({"ind": ind, "activity_label": activity_label, "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": ctx,
-                     "endings": endings, "label": label.strip()})
+        rows.append(
+            {
+                "ind": ind,
+                "activity_label": activity_label,
+                "ctx_a": ctx_a,
+                "ctx_b": ctx_b,
+                "ctx": ctx,
+                "endings": endings,
+                "label": label.strip(),
+            }
+        )
     return rows
 
 
@@ -221,12 +230,21 @@ def read_hellaswag_hub_jsonl(path: str | Path) -> list[dict[str, Any]]:
     for number, item in _jsonl_items(path):
         missing = [k for k in ("activity_label", "ctx_a", "ctx_b", "endings", "label") if k not in item]
         if missing or len(item["endings"]) != 4 or str(item["label"]) not in {"0", "1", "2", "3"}:
-            raise LeaderboardError(f"{path}:{number}: expected a HellaSwag row (activity_label, ctx_a, ctx_b, "
-                                   f"4 endings, label 0-3){'; missing ' + ', '.join(missing) if missing else ''}")
-        rows.append({"ind": int(item.get("ind", number - 1)), "activity_label": item["activity_label"],
-                     "ctx_a": item["ctx_a"], "ctx_b": item["ctx_b"],
-                     "ctx": item.get("ctx", item["ctx_a"] + " " + item["ctx_b"]), "endings": item["endings"],
-                     "label": str(item["label"])})
+            raise LeaderboardError(
+                f"{path}:{number}: expected a HellaSwag row (activity_label, ctx_a, ctx_b, "
+                f"4 endings, label 0-3){'; missing ' + ', '.join(missing) if missing else ''}"
+            )
+        rows.append(
+            {
+                "ind": int(item.get("ind", number - 1)),
+                "activity_label": item["activity_label"],
+                "ctx_a": item["ctx_a"],
+                "ctx_b": item["ctx_b"],
+                "ctx": item.get("ctx", item["ctx_a"] + " " + item["ctx_b"]),
+                "endings": item["endings"],
+                "label": str(item["label"]),
+            }
+        )
     return rows
 
 
@@ -237,8 +255,14 @@ def read_mmlu(path: str | Path, subject: str) -> list[dict[str, Any]]:
         for number, fields in enumerate(csv.reader(fh), 1):
             if len(fields) != 6 or fields[5] not in {"A", "B", "C", "D"}:
                 raise LeaderboardError(f"{path}:{number}: expected question, A, B, C, D, answer letter A-D")
-            rows.append({"question": fields[0], "subject": subject, "choices": fields[1:5],
-                         "answer": "ABCD".index(fields[5])})
+            rows.append(
+                {
+                    "question": fields[0],
+                    "subject": subject,
+                    "choices": fields[1:5],
+                    "answer": "ABCD".index(fields[5]),
+                }
+            )
     return rows
 
 
@@ -251,8 +275,16 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _task_yaml(path: Path, base: str, task: str, data_dir: Path, files: dict[str, str], **extra: Any) -> None:
     """A task YAML that includes a shipped definition and says where its data lives."""
-    config = {"include": str(TASKS_DIR / base), "task": task, **extra,
-              "dataset_kwargs": {"data_dir": str(data_dir), "data_files": files, "cache_dir": str(data_dir / "cache")}}
+    config = {
+        "include": str(TASKS_DIR / base),
+        "task": task,
+        **extra,
+        "dataset_kwargs": {
+            "data_dir": str(data_dir),
+            "data_files": files,
+            "cache_dir": str(data_dir / "cache"),
+        },
+    }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
@@ -280,30 +312,66 @@ def write_offline_tasks(
             files = {}
             for split, part in ARC_FILES.items():
                 files[split] = f"arc_challenge_{split}.jsonl"
-                _write_jsonl(read_arc(data_dir / f"arc/ARC-Challenge/ARC-Challenge-{part}.jsonl"), jsonl / files[split])
-            _task_yaml(task_dir / "arc_challenge.yaml", "arc_challenge.yaml", "symnoise_arc_challenge", jsonl, files,
-                       num_fewshot=shots["arc"])
+                _write_jsonl(
+                    read_arc(data_dir / f"arc/ARC-Challenge/ARC-Challenge-{part}.jsonl"), jsonl / files[split]
+                )
+            _task_yaml(
+                task_dir / "arc_challenge.yaml",
+                "arc_challenge.yaml",
+                "symnoise_arc_challenge",
+                jsonl,
+                files,
+                num_fewshot=shots["arc"],
+            )
         elif task.name == "hellaswag":
-            _write_jsonl(read_hellaswag(data_dir / "hellaswag/hellaswag_val_full.txt"), jsonl / "hellaswag.jsonl")
+            _write_jsonl(
+                read_hellaswag(data_dir / "hellaswag/hellaswag_val_full.txt"), jsonl / "hellaswag.jsonl"
+            )
             files, splits = {"validation": "hellaswag.jsonl"}, {}
             if (data_dir / HELLASWAG_TRAIN).is_file():  # the harness's few-shot source
-                _write_jsonl(read_hellaswag_hub_jsonl(data_dir / HELLASWAG_TRAIN), jsonl / "hellaswag_train.jsonl")
+                _write_jsonl(
+                    read_hellaswag_hub_jsonl(data_dir / HELLASWAG_TRAIN), jsonl / "hellaswag_train.jsonl"
+                )
                 files["train"] = "hellaswag_train.jsonl"
                 # the harness's own split settings, so that even its sampler draws the same shots
-                splits = {"training_split": "train", "validation_split": "validation", "test_split": None,
-                          "fewshot_split": None}
-            _task_yaml(task_dir / "hellaswag.yaml", "hellaswag.yaml", "symnoise_hellaswag", jsonl, files,
-                       num_fewshot=shots["hellaswag"], **splits)
+                splits = {
+                    "training_split": "train",
+                    "validation_split": "validation",
+                    "test_split": None,
+                    "fewshot_split": None,
+                }
+            _task_yaml(
+                task_dir / "hellaswag.yaml",
+                "hellaswag.yaml",
+                "symnoise_hellaswag",
+                jsonl,
+                files,
+                num_fewshot=shots["hellaswag"],
+                **splits,
+            )
         else:
             for subject, name in zip(MMLU_SUBJECTS, offline_task_names("mmlu"), strict=True):
                 files = {}
                 for split in ("dev", "test"):
                     files[split] = f"mmlu/{subject}_{split}.jsonl"
-                    _write_jsonl(read_mmlu(data_dir / f"mmlu/{split}/{subject}_{split}.csv", subject), jsonl / files[split])
+                    _write_jsonl(
+                        read_mmlu(data_dir / f"mmlu/{split}/{subject}_{split}.csv", subject),
+                        jsonl / files[split],
+                    )
                 readable = subject.replace("_", " ")
-                description = f"The following are multiple choice questions (with answers) about {readable}.\n\n"
-                _task_yaml(task_dir / f"mmlu_{subject}.yaml", "mmlu_template.yaml", name, jsonl, files,
-                           task_alias=subject, description=description, num_fewshot=shots["mmlu"])
+                description = (
+                    f"The following are multiple choice questions (with answers) about {readable}.\n\n"
+                )
+                _task_yaml(
+                    task_dir / f"mmlu_{subject}.yaml",
+                    "mmlu_template.yaml",
+                    name,
+                    jsonl,
+                    files,
+                    task_alias=subject,
+                    description=description,
+                    num_fewshot=shots["mmlu"],
+                )
     return task_dir
 
 
@@ -315,24 +383,43 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _score(results: dict[str, Any], task: LeaderboardTask, online: bool, fewshot_split: str | None = None) -> TaskScore:
+def _score(
+    results: dict[str, Any], task: LeaderboardTask, online: bool, fewshot_split: str | None = None
+) -> TaskScore:
     """Pick the leaderboard metric of one task out of ``simple_evaluate``'s results (shots as the harness ran them)."""
     key = f"{task.metric},none"
     stderr_key = f"{task.metric}_stderr,none"
     if task.name != "mmlu":
         name = task.harness_name if online else offline_task_names(task.name)[0]
         res = results["results"][name]
-        return TaskScore(task.name, int(results["n-shot"][name]), task.metric, float(res[key]),
-                         _number(res[stderr_key]), int(results["n-samples"][name]["effective"]),
-                         fewshot_split=fewshot_split)
+        return TaskScore(
+            task.name,
+            int(results["n-shot"][name]),
+            task.metric,
+            float(res[key]),
+            _number(res[stderr_key]),
+            int(results["n-samples"][name]["effective"]),
+            fewshot_split=fewshot_split,
+        )
     names = [f"mmlu_{s}" for s in MMLU_SUBJECTS] if online else offline_task_names("mmlu")
     subjects = {
-        s: {"value": float(results["results"][n][key]), "stderr": _number(results["results"][n][stderr_key]),
-            "n_docs": int(results["n-samples"][n]["effective"]), "n_shot": int(results["n-shot"][n])}
+        s: {
+            "value": float(results["results"][n][key]),
+            "stderr": _number(results["results"][n][stderr_key]),
+            "n_docs": int(results["n-samples"][n]["effective"]),
+            "n_shot": int(results["n-shot"][n]),
+        }
         for s, n in zip(MMLU_SUBJECTS, names, strict=True)
     }
-    return TaskScore("mmlu", int(results["n-shot"][names[0]]), task.metric, n_docs=sum(
-        v["n_docs"] for v in subjects.values()), subjects=subjects, fewshot_split="dev", **mmlu_aggregates(subjects))
+    return TaskScore(
+        "mmlu",
+        int(results["n-shot"][names[0]]),
+        task.metric,
+        n_docs=sum(v["n_docs"] for v in subjects.values()),
+        subjects=subjects,
+        fewshot_split="dev",
+        **mmlu_aggregates(subjects),
+    )
 
 
 def mmlu_aggregates(subjects: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -350,7 +437,8 @@ def mmlu_aggregates(subjects: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "stderr": math.sqrt(sum(e * e for e in errors)) / len(errors) if known else None,
         "aggregation": "unweighted mean of the 57 subjects (Open LLM Leaderboard v1)",
         "size_weighted_value": aggregate_subtask_metrics(values, sizes, weight_by_size=True),
-        "size_weighted_stderr": float(pooled_sample_stderr(errors, sizes)) if known and sum(sizes) > len(sizes)
+        "size_weighted_stderr": float(pooled_sample_stderr(errors, sizes))
+        if known and sum(sizes) > len(sizes)
         else None,
     }
 
@@ -410,12 +498,18 @@ def run_leaderboard(
         for task in specs:
             names = [task.harness_name] if online else offline_task_names(task.name)
             results = lm_eval.simple_evaluate(  # the offline task files carry their shots
-                model=lm, tasks=names, num_fewshot=shots[task.name] if online else None, limit=limit,
-                task_manager=manager, log_samples=False,
+                model=lm,
+                tasks=names,
+                num_fewshot=shots[task.name] if online else None,
+                limit=limit,
+                task_manager=manager,
+                log_samples=False,
             )
             scores.append(_score(results, task, online, _fewshot_split(task.name, online, root)))
     return {
-        "checkpoint": str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else type(checkpoint).__name__,
+        "checkpoint": str(checkpoint)
+        if isinstance(checkpoint, (str, os.PathLike))
+        else type(checkpoint).__name__,
         "mode": "online" if online else "offline",
         "data_dir": None if root is None else str(root),
         "limit": limit,
@@ -431,12 +525,16 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [header, "-" * len(header)]
     for s in report["tasks"].values():
         stderr = "n/a" if s["stderr"] is None else f"{100 * s['stderr']:.2f}"
-        lines.append(f"{s['task']:<10} {s['n_shot']:>6} {s['metric']:<9} {100 * s['value']:>8.2f} {stderr:>9} "
-                     f"{s['n_docs']:>6}")
+        lines.append(
+            f"{s['task']:<10} {s['n_shot']:>6} {s['metric']:<9} {100 * s['value']:>8.2f} {stderr:>9} "
+            f"{s['n_docs']:>6}"
+        )
         if s.get("size_weighted_value") is not None:
             weighted = s["size_weighted_stderr"]
             weighted = "n/a" if weighted is None else f"{100 * weighted:.2f}"
-            lines.append(f"{'  weighted':<10} {'':>6} {s['metric']:<9} {100 * s['size_weighted_value']:>8.2f} "
-                         f"{weighted:>9} {'':>6}  (by subject size, as the harness's mmlu group)")
+            lines.append(
+                f"{'  weighted':<10} {'':>6} {s['metric']:<9} {100 * s['size_weighted_value']:>8.2f} "
+                f"{weighted:>9} {'':>6}  (by subject size, as the harness's mmlu group)"
+            )
     lines.append(f"{'average':<10} {'':>6} {'':<9} {100 * report['average']:>8.2f}")
     return "\n".join(lines)

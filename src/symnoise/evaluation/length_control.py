@@ -40,8 +40,10 @@ def _glm_module():
             warnings.simplefilter("ignore", UserWarning)
             from alpaca_eval.metrics import glm_winrate
     except ImportError as err:
-        raise LengthControlError(f"the length-controlled win rate needs the alpaca_eval package ({err}): "
-                                 "pip install 'symnoise[eval]'") from None
+        raise LengthControlError(
+            f"the length-controlled win rate needs the alpaca_eval package ({err}): "
+            "pip install 'symnoise[eval]'"
+        ) from None
     finally:
         root.setLevel(level)
     return glm_winrate
@@ -81,8 +83,10 @@ def load_annotation_rows(path: str | Path) -> list[dict[str, Any]]:
     for field in ("generator_1", "generator_2"):
         names = {row[field] for row in rows}
         if len(names) != 1:
-            raise LengthControlError(f"{path}: the length-controlled win rate is per model, but {field} takes "
-                                     f"{len(names)} values ({', '.join(sorted(map(str, names))[:4])}, ...)")
+            raise LengthControlError(
+                f"{path}: the length-controlled win rate is per model, but {field} takes "
+                f"{len(names)} values ({', '.join(sorted(map(str, names))[:4])}, ...)"
+            )
     return rows
 
 
@@ -94,7 +98,8 @@ def length_controlled_win_rate(path: str | Path, gamed_data: str | Path | None =
     glm_winrate = _glm_module()
     frame = pd.DataFrame(load_annotation_rows(path))
     frame = frame[["output_1", "output_2", "generator_1", "generator_2", "preference"]].assign(
-        annotator=frame.get("annotator", "unknown"))
+        annotator=frame.get("annotator", "unknown")
+    )
     kwargs = dict(save_weights_dir=None, is_warn_extreme_changes=False)
     with warnings.catch_warnings():  # scikit-learn's notices about LogisticRegressionCV's future attributes
         warnings.simplefilter("ignore", FutureWarning)
@@ -114,14 +119,19 @@ def _run_glm(glm_winrate, frame, path, gamed_data, kwargs) -> dict[str, float]:
     except LengthControlError:
         raise
     except (KeyError, IndexError) as err:
-        raise LengthControlError(f"{path}: rows do not match the instruction table of {GAMED_SOURCE} ({err}); "
-                                 "the annotations must be in AlpacaEval's instruction order") from None
+        raise LengthControlError(
+            f"{path}: rows do not match the instruction table of {GAMED_SOURCE} ({err}); "
+            "the annotations must be in AlpacaEval's instruction order"
+        ) from None
     except Exception as err:  # no network / hub error: say what is missing
         if gamed_data is not None:
             raise
         raise LengthControlError(
             f"the length-controlled win rate needs {GAMED_SOURCE} (instruction difficulties and the gamed baselines' "
             f"annotations), which could not be fetched ({type(err).__name__}: {err}); pass --lc-data with a local "
-            "copy") from None
-    return {"length_controlled_winrate": float(metrics["length_controlled_winrate"]),
-            "lc_standard_error": float(metrics["lc_standard_error"])}
+            "copy"
+        ) from None
+    return {
+        "length_controlled_winrate": float(metrics["length_controlled_winrate"]),
+        "lc_standard_error": float(metrics["lc_standard_error"]),
+    }

@@ -76,22 +76,33 @@ def mean_norm(sampler: Sampler, rng: np.random.Generator, dim: int, n_points: in
     return float(np.linalg.norm(sampler(rng, (n_points, dim)), axis=1).mean())
 
 
-def norm_row(sweep: str, dim: int, n_points: int, rng: np.random.Generator,
-             samplers: Mapping[str, Sampler] = SAMPLERS) -> NormRow:
+def norm_row(
+    sweep: str, dim: int, n_points: int, rng: np.random.Generator, samplers: Mapping[str, Sampler] = SAMPLERS
+) -> NormRow:
     """One row of the table; the three distributions are drawn in a fixed order from the same generator."""
-    means = {name: mean_norm(samplers[name], rng, dim, n_points) for name in ("uniform", "gaussian", "bernoulli")}
+    means = {
+        name: mean_norm(samplers[name], rng, dim, n_points) for name in ("uniform", "gaussian", "bernoulli")
+    }
     return NormRow(
-        sweep=sweep, dim=dim, n_points=n_points,
-        mean_norm_uniform=means["uniform"], mean_norm_gaussian=means["gaussian"],
+        sweep=sweep,
+        dim=dim,
+        n_points=n_points,
+        mean_norm_uniform=means["uniform"],
+        mean_norm_gaussian=means["gaussian"],
         mean_norm_bernoulli=means["bernoulli"],
         ratio_gaussian_uniform=means["gaussian"] / means["uniform"],
         ratio_bernoulli_uniform=means["bernoulli"] / means["uniform"],
     )
 
 
-def norm_table(seed: int = 0, dims: Sequence[int] | None = None, points: Sequence[int] | None = None,
-               dim_points: int = 256, max_dim: int = 4096,
-               samplers: Mapping[str, Sampler] = SAMPLERS) -> list[NormRow]:
+def norm_table(
+    seed: int = 0,
+    dims: Sequence[int] | None = None,
+    points: Sequence[int] | None = None,
+    dim_points: int = 256,
+    max_dim: int = 4096,
+    samplers: Mapping[str, Sampler] = SAMPLERS,
+) -> list[NormRow]:
     """Both sweeps: ``dimension`` rows (``dim_points`` vectors per d) then ``points`` rows (at d = ``max_dim``).
 
     ``samplers`` replaces the distributions, e.g. to check that a wrong one is caught by :func:`sqrt3_misses`.
@@ -116,8 +127,10 @@ def sqrt3_misses(rows: Sequence[NormRow], dim: int = 4096, tolerance: float = 0.
         for name in ("ratio_gaussian_uniform", "ratio_bernoulli_uniform"):
             value = getattr(row, name)
             if abs(value / SQRT3 - 1) > tolerance:
-                misses.append(f"{name} = {value:.5f} at d = {row.dim} with {row.n_points} vectors ({row.sweep} "
-                              f"sweep) misses sqrt(3) = {SQRT3:.5f} by more than {tolerance:.0%}")
+                misses.append(
+                    f"{name} = {value:.5f} at d = {row.dim} with {row.n_points} vectors ({row.sweep} "
+                    f"sweep) misses sqrt(3) = {SQRT3:.5f} by more than {tolerance:.0%}"
+                )
     return misses
 
 
@@ -157,7 +170,11 @@ def write_outputs(rows: Sequence[NormRow], out_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     by_dim = [r for r in rows if r.sweep == "dimension"]
     by_points = [r for r in rows if r.sweep == "points"]
-    paths = [out_dir / "norm_ratios.csv", out_dir / "norm_ratio_vs_dimension.png", out_dir / "norm_ratio_vs_points.png"]
+    paths = [
+        out_dir / "norm_ratios.csv",
+        out_dir / "norm_ratio_vs_dimension.png",
+        out_dir / "norm_ratio_vs_points.png",
+    ]
     write_csv(rows, paths[0])
     n = by_dim[0].n_points if by_dim else 0
     plot_ratios(by_dim, "dim", f"Norm ratios vs dimension ({n} vectors per d)", paths[1], log_x=True)

@@ -39,8 +39,15 @@ REFERENCE_SETS = {
     "ae2": ReferenceSet("ae2", "gpt4_1106_preview", "alpaca_eval_gpt4_baseline", "alpaca_eval_2"),
 }
 # AlpacaEval 2 annotators whose leaderboard the package keys on the AE2 reference (used when it is not installed).
-_AE2_ANNOTATORS = frozenset({"weighted_alpaca_eval_gpt4_turbo", "alpaca_eval_gpt4_turbo_fn", "claude_3_opus_ranking",
-                             "mistral-large-2402_ranking", "alpaca_eval_cot_gpt4_turbo_fn"})
+_AE2_ANNOTATORS = frozenset(
+    {
+        "weighted_alpaca_eval_gpt4_turbo",
+        "alpaca_eval_gpt4_turbo_fn",
+        "claude_3_opus_ranking",
+        "mistral-large-2402_ranking",
+        "alpaca_eval_cot_gpt4_turbo_fn",
+    }
+)
 
 
 class ReferenceError(ValueError):
@@ -62,8 +69,9 @@ def local_reference_path(reference: ReferenceSet, data_dir: str | Path) -> Path:
     return Path(data_dir) / ALPACA_EVAL_SOURCES[reference.source].local
 
 
-def load_reference_outputs(reference: ReferenceSet, data_dir: str | Path | None = None,
-                           offline: bool | None = None) -> tuple[list[dict], str]:
+def load_reference_outputs(
+    reference: ReferenceSet, data_dir: str | Path | None = None, offline: bool | None = None
+) -> tuple[list[dict], str]:
     """The reference rows (``instruction``, ``output``, ``generator``, ``dataset``) and where they came from.
 
     Online: the ``alpaca_eval`` package's loader; offline (or if it fails): ``data_dir``'s local file.
@@ -72,8 +80,9 @@ def load_reference_outputs(reference: ReferenceSet, data_dir: str | Path | None 
     problems = []
     if not offline:
         try:
-            return _load_with_package(reference), f"alpaca_eval package loader (tatsu-lab/alpaca_eval, " \
-                                                  f"{reference.hub_config})"
+            return _load_with_package(
+                reference
+            ), f"alpaca_eval package loader (tatsu-lab/alpaca_eval, {reference.hub_config})"
         except Exception as err:  # no network, no package, hub error: fall back to the local file
             problems.append(f"the alpaca_eval package's loader failed ({type(err).__name__}: {err})")
             log.warning("reference outputs: %s; trying the local file", problems[-1])
@@ -88,12 +97,16 @@ def load_reference_outputs(reference: ReferenceSet, data_dir: str | Path | None 
         problems.append(f"no file {path}")
     else:
         problems.append("no data folder given")
-    raise ReferenceError(f"no {reference.name} reference outputs ({reference.generator}): {'; '.join(problems)}. "
-                         f"Pass --reference FILE, or --data-dir DIR holding {ALPACA_EVAL_SOURCES[reference.source].local}")
+    raise ReferenceError(
+        f"no {reference.name} reference outputs ({reference.generator}): {'; '.join(problems)}. "
+        f"Pass --reference FILE, or --data-dir DIR holding {ALPACA_EVAL_SOURCES[reference.source].local}"
+    )
 
 
 def _alpaca_eval_constants():
-    with warnings.catch_warnings():  # alpaca_eval's `import pkg_resources` warns about setuptools' deprecation
+    with (
+        warnings.catch_warnings()
+    ):  # alpaca_eval's `import pkg_resources` warns about setuptools' deprecation
         warnings.simplefilter("ignore", UserWarning)
         from alpaca_eval import constants
     return constants
@@ -101,7 +114,13 @@ def _alpaca_eval_constants():
 
 def _load_with_package(reference: ReferenceSet) -> list[dict]:
     constants = _alpaca_eval_constants()
-    loader = (constants.ALPACAEVAL_REFERENCE_OUTPUTS_1 if reference.name == "ae1"
-              else constants.ALPACAEVAL_REFERENCE_OUTPUTS_2)
+    loader = (
+        constants.ALPACAEVAL_REFERENCE_OUTPUTS_1
+        if reference.name == "ae1"
+        else constants.ALPACAEVAL_REFERENCE_OUTPUTS_2
+    )
     rows = [dict(row) for row in loader()]
-    return [{k: v for k, v in row.items() if k in ("instruction", "output", "generator", "dataset")} for row in rows]
+    return [
+        {k: v for k, v in row.items() if k in ("instruction", "output", "generator", "dataset")}
+        for row in rows
+    ]

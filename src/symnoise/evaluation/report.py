@@ -69,19 +69,32 @@ RUN_FILE = "symnoise_run.json"
 TRAIN_SUMMARY_FILE = "train_summary.json"
 METRICS_FILE = "metrics.jsonl"
 OUTPUTS_FILES = ("model_outputs.json", "eval/model_outputs.json")
-ANNOTATION_FILES = ("eval/annotations.json", "annotations.json", "model_outputs_judged/annotations.json",
-                    "eval/model_outputs_judged/annotations.json")
+ANNOTATION_FILES = (
+    "eval/annotations.json",
+    "annotations.json",
+    "model_outputs_judged/annotations.json",
+    "eval/model_outputs_judged/annotations.json",
+)
 LEADERBOARD_FILES = ("eval/leaderboard.json", "leaderboard.json")
 
 DATASETS = ("alpaca", "evol-instruct", "sharegpt", "openplatypus")
-DATASET_TITLES = {"alpaca": "Alpaca", "evol-instruct": "Evol-Instruct", "sharegpt": "ShareGPT",
-                  "openplatypus": "OpenPlatypus"}
+DATASET_TITLES = {
+    "alpaca": "Alpaca",
+    "evol-instruct": "Evol-Instruct",
+    "sharegpt": "ShareGPT",
+    "openplatypus": "OpenPlatypus",
+}
 PAPER_ALPHA = {"alpaca": 5.0, "evol-instruct": 5.0, "sharegpt": 10.0, "openplatypus": 15.0}
 DEFAULT_ALPHA = 5.0
 DEFAULT_WORDS = WORDS_PER_DATASET["alpaca"]
 LEADERBOARD_COLUMNS = (("arc", "ARC"), ("hellaswag", "HellaSwag"), ("mmlu", "MMLU"))
-METHOD_NAMES = {"none": "base", "uniform": "NEFT", "gaussian": "Gaussian", "bernoulli": "Bernoulli",
-                "symnoise": "SymNoise"}
+METHOD_NAMES = {
+    "none": "base",
+    "uniform": "NEFT",
+    "gaussian": "Gaussian",
+    "bernoulli": "Bernoulli",
+    "symnoise": "SymNoise",
+}
 
 MARKDOWN_FILE = "report.md"
 JSON_FILE = "report.json"
@@ -118,7 +131,9 @@ class Run:
     stats: OutputStats | None = None
     leaderboard: dict[str, float | None] | None = None
     files: dict[str, str | None] = field(default_factory=dict)
-    words: int | None = None  # N for repetition and log-diversity when set by ``--words``; None: the papers' N
+    words: int | None = (
+        None  # N for repetition and log-diversity when set by ``--words``; None: the papers' N
+    )
 
     @property
     def n_words(self) -> int:
@@ -146,10 +161,17 @@ class Run:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": str(self.path), "method": self.method, "variant": self.variant, "dataset": self.dataset,
-            "model": self.model, "noise": self.noise.to_dict(), "files": dict(self.files),
-            "train": asdict(self.train), "win_rate": self.win_rate and self.win_rate.to_dict(),
-            "stats": self.stats and self.stats.to_dict(), "leaderboard": self.leaderboard,
+            "path": str(self.path),
+            "method": self.method,
+            "variant": self.variant,
+            "dataset": self.dataset,
+            "model": self.model,
+            "noise": self.noise.to_dict(),
+            "files": dict(self.files),
+            "train": asdict(self.train),
+            "win_rate": self.win_rate and self.win_rate.to_dict(),
+            "stats": self.stats and self.stats.to_dict(),
+            "leaderboard": self.leaderboard,
         }
 
 
@@ -243,7 +265,9 @@ def read_train_metrics(run_dir: Path) -> TrainMetrics:
         steps = logged[-1].get("step")
     if loss is None and logged:
         loss = logged[-1]["loss"]
-    return TrainMetrics(steps=steps, final_loss=loss, tokens_per_s=statistics.median(rates) if rates else None)
+    return TrainMetrics(
+        steps=steps, final_loss=loss, tokens_per_s=statistics.median(rates) if rates else None
+    )
 
 
 def read_win_rate(path: Path) -> WinRate:
@@ -254,16 +278,20 @@ def read_win_rate(path: Path) -> WinRate:
         raise ReportError(str(error)) from None
     generators = list(dict.fromkeys(a.generator for a in annotations))
     if len(generators) != 1:
-        raise ReportError(f"{path}: a run's annotation file must hold one generator, found {len(generators)}: "
-                          f"{', '.join(generators[:5])}")
+        raise ReportError(
+            f"{path}: a run's annotation file must hold one generator, found {len(generators)}: "
+            f"{', '.join(generators[:5])}"
+        )
     return win_rate(annotations, file=str(path), generator=generators[0])
 
 
 def check_words(words: int | None) -> int | None:
     """``words`` (the ``--words`` override of N) if it is None or an integer of at least 5, else a ReportError."""
     if words is not None and (isinstance(words, bool) or not isinstance(words, int) or words < MIN_WORDS):
-        raise ReportError(f"--words must be an integer of at least {MIN_WORDS} (4-grams need {MIN_WORDS} words), "
-                          f"got {words!r}")
+        raise ReportError(
+            f"--words must be an integer of at least {MIN_WORDS} (4-grams need {MIN_WORDS} words), "
+            f"got {words!r}"
+        )
     return words
 
 
@@ -284,7 +312,11 @@ def read_leaderboard(path: Path) -> dict[str, float | None]:
         raise ReportError(f"{path}: expected a `symnoise leaderboard` report with a 'tasks' object")
     scores = {}
     for task, _ in LEADERBOARD_COLUMNS:
-        value = report["tasks"].get(task, {}).get("value") if isinstance(report["tasks"].get(task), dict) else None
+        value = (
+            report["tasks"].get(task, {}).get("value")
+            if isinstance(report["tasks"].get(task), dict)
+            else None
+        )
         scores[task] = float(value) if isinstance(value, (int, float)) else None
     return scores
 
@@ -303,7 +335,11 @@ def load_run(run_dir: str | Path, words: int | None = None) -> Run:
     leaderboard = _first_existing(run_dir, LEADERBOARD_FILES)
     files = {"outputs": outputs, "annotations": annotations, "leaderboard": leaderboard}
     return Run(
-        path=run_dir, noise=noise, dataset=dataset, model=info.get("model"), train=read_train_metrics(run_dir),
+        path=run_dir,
+        noise=noise,
+        dataset=dataset,
+        model=info.get("model"),
+        train=read_train_metrics(run_dir),
         win_rate=read_win_rate(annotations) if annotations else None,
         stats=read_output_stats(outputs, dataset, words) if outputs else None,
         leaderboard=read_leaderboard(leaderboard) if leaderboard else None,
@@ -344,8 +380,12 @@ class Table:
 
     def to_markdown(self) -> str:
         left = self.keys if self.text_columns is None else self.text_columns
-        lines = [f"## {self.title}", "", "| " + " | ".join(self.header) + " |",
-                 "|" + "|".join("---" if i < left else "---:" for i in range(len(self.header))) + "|"]
+        lines = [
+            f"## {self.title}",
+            "",
+            "| " + " | ".join(self.header) + " |",
+            "|" + "|".join("---" if i < left else "---:" for i in range(len(self.header))) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         return "\n".join(lines + ([""] + [f"Note: {n}" for n in self.notes] if self.notes else []))
 
@@ -372,7 +412,9 @@ def _row_order(run: Run) -> tuple:
     return (METHODS.index(noise.method), not noise.match_uniform_norm, _suffix(noise), noise.alpha)
 
 
-def pick(runs: Sequence[Run], label: Callable[[Run], str], prefer: Callable[[Run], float]) -> tuple[dict, list]:
+def pick(
+    runs: Sequence[Run], label: Callable[[Run], str], prefer: Callable[[Run], float]
+) -> tuple[dict, list]:
     """One run per (label, dataset): the lowest ``prefer`` value, the first given on a tie; and the runs left out."""
     chosen: dict[tuple[str, str], Run] = {}
     for run in runs:
@@ -385,7 +427,11 @@ def pick(runs: Sequence[Run], label: Callable[[Run], str], prefer: Callable[[Run
 
 
 def _distance_to_paper_alpha(run: Run) -> float:
-    return 0.0 if run.noise.method == "none" else abs(run.noise.alpha - PAPER_ALPHA.get(run.dataset, DEFAULT_ALPHA))
+    return (
+        0.0
+        if run.noise.method == "none"
+        else abs(run.noise.alpha - PAPER_ALPHA.get(run.dataset, DEFAULT_ALPHA))
+    )
 
 
 def _rows_labels(chosen: dict, label: Callable[[Run], str]) -> list[str]:
@@ -410,10 +456,16 @@ def table_1(runs: Sequence[Run]) -> Table:
     rows = []
     for method in _rows_labels(chosen, lambda r: r.method):
         cells = [chosen.get((method, d)) for d in datasets]
-        rows.append([_method_row(method)] + [_fmt(r.win_rate.win_rate if r and r.win_rate else None, 2)
-                                             for r in cells])
-    return Table("Table 1: AlpacaEval win rate (%)", ["method"] + [_title(d) for d in datasets], rows,
-                 notes=_left_out_note(left_out, "another run of the method is closer to the papers' alpha"))
+        rows.append(
+            [_method_row(method)]
+            + [_fmt(r.win_rate.win_rate if r and r.win_rate else None, 2) for r in cells]
+        )
+    return Table(
+        "Table 1: AlpacaEval win rate (%)",
+        ["method"] + [_title(d) for d in datasets],
+        rows,
+        notes=_left_out_note(left_out, "another run of the method is closer to the papers' alpha"),
+    )
 
 
 def _win_rate_and_length(run: Run | None) -> str:
@@ -426,11 +478,16 @@ def table_4(runs: Sequence[Run]) -> Table:
     """Win rate and mean length in characters per noise variant (alpha, norm matching) and dataset."""
     chosen, left_out = pick(runs, lambda r: r.variant, lambda r: 0.0)
     datasets = dataset_order(runs)
-    rows = [[variant] + [_win_rate_and_length(chosen.get((variant, d))) for d in datasets]
-            for variant in _rows_labels(chosen, lambda r: r.variant)]
-    return Table("Table 4: win rate % (mean response length in characters) per noise variant",
-                 ["variant"] + [_title(d) for d in datasets], rows,
-                 notes=_left_out_note(left_out, "an earlier run has the same variant and dataset"))
+    rows = [
+        [variant] + [_win_rate_and_length(chosen.get((variant, d))) for d in datasets]
+        for variant in _rows_labels(chosen, lambda r: r.variant)
+    ]
+    return Table(
+        "Table 4: win rate % (mean response length in characters) per noise variant",
+        ["variant"] + [_title(d) for d in datasets],
+        rows,
+        notes=_left_out_note(left_out, "an earlier run has the same variant and dataset"),
+    )
 
 
 STATS_METRICS: tuple[tuple[str, Callable[[OutputStats], float | None], int], ...] = (
@@ -451,13 +508,20 @@ def table_5(runs: Sequence[Run]) -> Table:
         for method in methods:
             stats = [getattr(chosen.get((method, d)), "stats", None) for d in datasets]
             rows.append([name, _method_row(method)] + [_fmt(get(s) if s else None, digits) for s in stats])
-    return Table("Table 5: length and repetition of the outputs", ["metric", "method"] + [_title(d) for d in datasets],
-                 rows, keys=2, notes=[_words_note(runs, datasets)] + _too_short_note(chosen.values())
-                 + _left_out_note(left_out, "another run of the method is closer to the papers' alpha"))
+    return Table(
+        "Table 5: length and repetition of the outputs",
+        ["metric", "method"] + [_title(d) for d in datasets],
+        rows,
+        keys=2,
+        notes=[_words_note(runs, datasets)]
+        + _too_short_note(chosen.values())
+        + _left_out_note(left_out, "another run of the method is closer to the papers' alpha"),
+    )
 
 
 def _words_note(runs: Sequence[Run], datasets: Sequence[str]) -> str:
     """The N of each dataset; where ``--words`` set it, the papers' N too."""
+
     def n_words(dataset: str) -> str:
         values = dict.fromkeys(r.n_words for r in runs if r.dataset == dataset)
         return "/".join(str(n) for n in values)
@@ -475,27 +539,40 @@ def _too_short_note(shown: Sequence[Run]) -> list[str]:
     short = [r for r in shown if r.stats is not None and r.stats.n_kept == 0]
     if not short:
         return []
-    runs = ", ".join(f"{r.path} ({_title(r.dataset)}: N {r.stats.words}, {r.stats.n_responses} outputs of "
-                     f"{r.stats.mean_words:.1f} words on average)" for r in short)
-    return [f"no output is at least N words long, so 2-gram repetition and log-diversity are blank, in: {runs}; "
-            "`symnoise report --words N` sets a smaller N for every dataset (e.g. --words 20 for short outputs)"]
+    runs = ", ".join(
+        f"{r.path} ({_title(r.dataset)}: N {r.stats.words}, {r.stats.n_responses} outputs of "
+        f"{r.stats.mean_words:.1f} words on average)"
+        for r in short
+    )
+    return [
+        f"no output is at least N words long, so 2-gram repetition and log-diversity are blank, in: {runs}; "
+        "`symnoise report --words N` sets a smaller N for every dataset (e.g. --words 20 for short outputs)"
+    ]
 
 
 def leaderboard_table(runs: Sequence[Run]) -> Table | None:
     """Open LLM Leaderboard scores (%) per run that has them; the average only when all three are there."""
     datasets = dataset_order(runs)
-    scored = sorted((r for r in runs if r.leaderboard is not None),
-                    key=lambda r: (datasets.index(r.dataset), _row_order(r)))
+    scored = sorted(
+        (r for r in runs if r.leaderboard is not None),
+        key=lambda r: (datasets.index(r.dataset), _row_order(r)),
+    )
     if not scored:
         return None
     rows = []
     for run in scored:
         values = [run.leaderboard[task] for task, _ in LEADERBOARD_COLUMNS]
         average = None if None in values else sum(values) / len(values)
-        rows.append([_title(run.dataset), run.variant, run.name]
-                    + [_fmt(v * 100 if v is not None else None, 2) for v in values + [average]])
-    return Table("Open LLM Leaderboard (%)", ["dataset", "variant", "run"]
-                 + [title for _, title in LEADERBOARD_COLUMNS] + ["average"], rows, keys=3)
+        rows.append(
+            [_title(run.dataset), run.variant, run.name]
+            + [_fmt(v * 100 if v is not None else None, 2) for v in values + [average]]
+        )
+    return Table(
+        "Open LLM Leaderboard (%)",
+        ["dataset", "variant", "run"] + [title for _, title in LEADERBOARD_COLUMNS] + ["average"],
+        rows,
+        keys=3,
+    )
 
 
 def runs_table(runs: Sequence[Run]) -> Table:
@@ -504,10 +581,25 @@ def runs_table(runs: Sequence[Run]) -> Table:
     for run in runs:
         found = [key for key in ("annotations", "outputs", "leaderboard") if run.files.get(key)]
         t = run.train
-        rows.append([run.name, run.variant, _title(run.dataset), run.model or DASH, ", ".join(found) or DASH,
-                     DASH if t.steps is None else str(t.steps), _fmt(t.final_loss, 4), _fmt(t.tokens_per_s, 1)])
-    return Table("Runs", ["run", "variant", "dataset", "model", "found", "steps", "final loss", "tokens/s"], rows,
-                 keys=1, text_columns=5)
+        rows.append(
+            [
+                run.name,
+                run.variant,
+                _title(run.dataset),
+                run.model or DASH,
+                ", ".join(found) or DASH,
+                DASH if t.steps is None else str(t.steps),
+                _fmt(t.final_loss, 4),
+                _fmt(t.tokens_per_s, 1),
+            ]
+        )
+    return Table(
+        "Runs",
+        ["run", "variant", "dataset", "model", "found", "steps", "final loss", "tokens/s"],
+        rows,
+        keys=1,
+        text_columns=5,
+    )
 
 
 def build_tables(runs: Sequence[Run]) -> list[Table]:
@@ -525,7 +617,9 @@ def to_markdown(tables: Sequence[Table], plots: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------------------------- plots
 
 
-def plot_against_alpha(runs: Sequence[Run], value: Callable[[Run], float | None], ylabel: str, path: Path) -> Path:
+def plot_against_alpha(
+    runs: Sequence[Run], value: Callable[[Run], float | None], ylabel: str, path: Path
+) -> Path:
     """One panel per dataset, one line per method over alpha, the base run as a dashed level; a PNG at ``path``."""
     import matplotlib
 
@@ -566,8 +660,9 @@ class ReportFiles:
     json: Path | None
 
 
-def write_report(runs: Sequence[Run], out_dir: str | Path, json_summary: bool = False,
-                 expected: Any = None) -> ReportFiles:
+def write_report(
+    runs: Sequence[Run], out_dir: str | Path, json_summary: bool = False, expected: Any = None
+) -> ReportFiles:
     """Write ``report.md``, the two plots and, if asked, ``report.json`` into ``out_dir``.
 
     ``expected`` (a :class:`symnoise.evaluation.expected.ExpectedFile`): the papers' tables, printed first with the
@@ -576,7 +671,9 @@ def write_report(runs: Sequence[Run], out_dir: str | Path, json_summary: bool = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = [
-        plot_against_alpha(runs, lambda r: r.win_rate and r.win_rate.win_rate, "win rate (%)", out / WINRATE_PLOT),
+        plot_against_alpha(
+            runs, lambda r: r.win_rate and r.win_rate.win_rate, "win rate (%)", out / WINRATE_PLOT
+        ),
         plot_against_alpha(runs, lambda r: r.mean_chars, "mean length (chars)", out / LENGTH_PLOT),
     ]
     tables, comparisons = build_tables(runs), []
@@ -590,7 +687,11 @@ def write_report(runs: Sequence[Run], out_dir: str | Path, json_summary: bool = 
     summary = None
     if json_summary:
         summary = out / JSON_FILE
-        data = {"runs": [r.to_dict() for r in runs], "tables": [t.to_dict() for t in tables],
-                "plots": [str(p) for p in plots], "comparisons": [asdict(c) for c in comparisons]}
+        data = {
+            "runs": [r.to_dict() for r in runs],
+            "tables": [t.to_dict() for t in tables],
+            "plots": [str(p) for p in plots],
+            "comparisons": [asdict(c) for c in comparisons],
+        }
         summary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return ReportFiles(markdown, plots, summary)

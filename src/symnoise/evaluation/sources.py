@@ -52,11 +52,17 @@ class AlpacaEvalSource:
 
 ALPACA_EVAL_SOURCES: dict[str, AlpacaEvalSource] = {
     "alpaca_eval": AlpacaEvalSource(
-        "alpaca_eval", "AlpacaEval 1: 805 prompts with the text-davinci-003 reference outputs",
-        "alpaca_eval/alpaca_eval_ae1_reference_text_davinci_003.jsonl", "alpaca_eval.json"),
+        "alpaca_eval",
+        "AlpacaEval 1: 805 prompts with the text-davinci-003 reference outputs",
+        "alpaca_eval/alpaca_eval_ae1_reference_text_davinci_003.jsonl",
+        "alpaca_eval.json",
+    ),
     "alpaca_eval_2": AlpacaEvalSource(
-        "alpaca_eval_2", "AlpacaEval 2: 805 prompts with the GPT-4 Turbo (gpt4_1106_preview) reference outputs",
-        "alpaca_eval/model_outputs/gpt4_1106_preview.json", "alpaca_eval_gpt4_baseline.json"),
+        "alpaca_eval_2",
+        "AlpacaEval 2: 805 prompts with the GPT-4 Turbo (gpt4_1106_preview) reference outputs",
+        "alpaca_eval/model_outputs/gpt4_1106_preview.json",
+        "alpaca_eval_gpt4_baseline.json",
+    ),
 }
 
 # The hub datasets behind the harness's own leaderboard tasks (dataset_path in lm_eval/tasks/*/ of the harness).
@@ -103,12 +109,16 @@ class Resolved:
 def resolve_alpaca_eval(name: str, folder: Path | None = None) -> Resolved:
     """The named AlpacaEval source in ``folder`` (a local data folder) or, when there is none, on the hub."""
     if name not in ALPACA_EVAL_SOURCES:
-        raise SourceError(f"unknown AlpacaEval source {name!r}; choose one of {', '.join(ALPACA_EVAL_SOURCES)}")
+        raise SourceError(
+            f"unknown AlpacaEval source {name!r}; choose one of {', '.join(ALPACA_EVAL_SOURCES)}"
+        )
     source = ALPACA_EVAL_SOURCES[name]
     return Resolved(source, None if folder is None else Path(folder) / source.local)
 
 
-def alpaca_eval_file(name: str, folder: Path | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+def alpaca_eval_file(
+    name: str, folder: Path | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """A local file holding the named source (JSON list or JSONL of instruction/output/generator/dataset).
 
     With a data folder, its file (which must exist). Without, the hub file, downloaded once into the hub cache
@@ -117,23 +127,31 @@ def alpaca_eval_file(name: str, folder: Path | None = None, cache_dir: str | os.
     resolved = resolve_alpaca_eval(name, folder)
     if resolved.local_path is not None:
         if not resolved.local_path.is_file():
-            raise SourceError(f"{resolved.local_path} not found: the data folder {folder} has no "
-                              f"{resolved.source.local} ({resolved.source.description}); point --data-dir / "
-                              f"{DATA_DIR_ENV} at a folder that has it, or unset it to use the hub dataset")
+            raise SourceError(
+                f"{resolved.local_path} not found: the data folder {folder} has no "
+                f"{resolved.source.local} ({resolved.source.description}); point --data-dir / "
+                f"{DATA_DIR_ENV} at a folder that has it, or unset it to use the hub dataset"
+            )
         return resolved.local_path
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(resolved.source.repo, resolved.source.hub_file, repo_type="dataset",
-                                    cache_dir=cache_dir))
+        return Path(
+            hf_hub_download(
+                resolved.source.repo, resolved.source.hub_file, repo_type="dataset", cache_dir=cache_dir
+            )
+        )
     except Exception as error:  # network, offline mode without a cached copy, gated repo, ...
-        raise SourceError(f"cannot get {resolved.source.hub_file} of the hub dataset {resolved.source.repo} "
-                          f"({type(error).__name__}: {error}); give a local data folder with --data-dir or "
-                          f"{DATA_DIR_ENV}") from None
+        raise SourceError(
+            f"cannot get {resolved.source.hub_file} of the hub dataset {resolved.source.repo} "
+            f"({type(error).__name__}: {error}); give a local data folder with --data-dir or "
+            f"{DATA_DIR_ENV}"
+        ) from None
 
 
-def check_alpaca_eval(name: str, folder: Path | None = None, cache_dir: str | os.PathLike | None = None,
-                      api=None) -> str | None:
+def check_alpaca_eval(
+    name: str, folder: Path | None = None, cache_dir: str | os.PathLike | None = None, api=None
+) -> str | None:
     """None when the named source can be read, else what is wrong (nothing is downloaded)."""
     resolved = resolve_alpaca_eval(name, folder)
     if resolved.local_path is not None:
@@ -152,8 +170,13 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def check_hub_repo(repo: str, repo_type: str = "model", filename: str | None = None,
-                   cache_dir: str | os.PathLike | None = None, api=None) -> str | None:
+def check_hub_repo(
+    repo: str,
+    repo_type: str = "model",
+    filename: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    api=None,
+) -> str | None:
     """None when a hub repository (or one file of it) can be fetched, else why not.
 
     Online: asks the hub whether it exists (``api``: an ``HfApi``, replaceable in tests). Offline: looks in the
@@ -164,7 +187,11 @@ def check_hub_repo(repo: str, repo_type: str = "model", filename: str | None = N
             from huggingface_hub import try_to_load_from_cache
 
             found = try_to_load_from_cache(repo, filename, repo_type=repo_type, cache_dir=cache_dir)
-            return None if isinstance(found, str) else "HF_HUB_OFFLINE is set and the file is not in the hub cache"
+            return (
+                None
+                if isinstance(found, str)
+                else "HF_HUB_OFFLINE is set and the file is not in the hub cache"
+            )
         folder = _cache_root(cache_dir) / f"{repo_type}s--{repo.replace('/', '--')}" / "snapshots"
         cached = folder.is_dir() and any(folder.iterdir())
         return None if cached else "HF_HUB_OFFLINE is set and the repository is not in the hub cache"
@@ -173,13 +200,19 @@ def check_hub_repo(repo: str, repo_type: str = "model", filename: str | None = N
 
         api = HfApi()
     try:
-        exists = (api.file_exists(repo, filename, repo_type=repo_type) if filename is not None
-                  else api.repo_exists(repo, repo_type=repo_type))
+        exists = (
+            api.file_exists(repo, filename, repo_type=repo_type)
+            if filename is not None
+            else api.repo_exists(repo, repo_type=repo_type)
+        )
     except Exception as error:
         return f"cannot reach the hub ({type(error).__name__}: {error})"
     if not exists:
-        return ("no such file on the hub" if filename is not None
-                else f"no such {repo_type} on the hub (or it is private and no token is set)")
+        return (
+            "no such file on the hub"
+            if filename is not None
+            else f"no such {repo_type} on the hub (or it is private and no token is set)"
+        )
     return None
 
 
@@ -214,11 +247,14 @@ class LeaderboardSource:
 
 def resolve_leaderboard(folder: Path | None, online: bool = False) -> LeaderboardSource:
     """Online when asked, or when no local data folder is named; else that folder."""
-    return LeaderboardSource(True, None) if online or folder is None else LeaderboardSource(False, Path(folder))
+    return (
+        LeaderboardSource(True, None) if online or folder is None else LeaderboardSource(False, Path(folder))
+    )
 
 
-def check_leaderboard(tasks: Sequence[str], source: LeaderboardSource, cache_dir: str | os.PathLike | None = None,
-                      api=None) -> list[str]:
+def check_leaderboard(
+    tasks: Sequence[str], source: LeaderboardSource, cache_dir: str | os.PathLike | None = None, api=None
+) -> list[str]:
     """What is missing to score ``tasks`` from ``source`` (empty: all reachable)."""
     if importlib.util.find_spec("lm_eval") is None:
         return ['lm-evaluation-harness is not installed (pip install "symnoise[eval]")']

@@ -160,6 +160,7 @@ def file_stats(paths: Sequence[str | Path], n_words: int) -> list[OutputStats]:
 
 def format_table(rows: Sequence[OutputStats]) -> str:
     """Side-by-side table: one column per file (named by its stem), one line per metric."""
+
     def fmt(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
@@ -176,6 +177,9 @@ def format_table(rows: Sequence[OutputStats]) -> str:
     lines += [[name] + [get(r) for r in rows] for name, get in metrics]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
         for line in lines
     )

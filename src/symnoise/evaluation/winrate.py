@@ -194,14 +194,23 @@ def format_table(rows: Sequence[WinRate]) -> str:
     """A plain-text table, one line per row, columns aligned."""
     by_dataset = any(r.dataset is not None for r in rows)
     lc = any(r.length_controlled_winrate is not None for r in rows)
-    header = ["file", "generator"] + (["dataset"] if by_dataset else []) + [
-        "win_rate", "std_err"] + (["lc_win_rate", "lc_std_err"] if lc else []) + [
-        "n_wins", "n_wins_base", "n_draws", "n_total", "avg_length"]
+    header = (
+        ["file", "generator"]
+        + (["dataset"] if by_dataset else [])
+        + ["win_rate", "std_err"]
+        + (["lc_win_rate", "lc_std_err"] if lc else [])
+        + ["n_wins", "n_wins_base", "n_draws", "n_total", "avg_length"]
+    )
     lines = [header]
     for r in rows:
-        lines.append([Path(r.file).name, r.generator] + ([r.dataset or "-"] if by_dataset else []) + [
-            _fmt(r.win_rate, 2), _fmt(r.standard_error, 2)] + (
-            [_fmt(r.length_controlled_winrate, 2), _fmt(r.lc_standard_error, 2)] if lc else []) + [
-            str(r.n_wins), str(r.n_wins_base), str(r.n_draws), str(r.n_total), _fmt(r.avg_length, 1)])
+        lines.append(
+            [Path(r.file).name, r.generator]
+            + ([r.dataset or "-"] if by_dataset else [])
+            + [_fmt(r.win_rate, 2), _fmt(r.standard_error, 2)]
+            + ([_fmt(r.length_controlled_winrate, 2), _fmt(r.lc_standard_error, 2)] if lc else [])
+            + [str(r.n_wins), str(r.n_wins_base), str(r.n_draws), str(r.n_total), _fmt(r.avg_length, 1)]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )

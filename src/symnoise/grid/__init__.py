@@ -5,15 +5,28 @@ resumably (`symnoise.grid.runner`), and writes the report (`symnoise.grid.summar
 """
 
 from .runner import (
-           CellOutcome,
-           GridOutcome,
-           accelerate_command,
-           planned_stages,
-           read_stages,
-           run_cell,
-           run_grid,
+    CellOutcome,
+    GridOutcome,
+    accelerate_command,
+    planned_stages,
+    read_stages,
+    run_cell,
+    run_grid,
 )
 from .spec import Cell, Grid, GridError, GridSpec, load_grid, validate_grid
 
-__all__ = ["Cell", "CellOutcome", "Grid", "GridError", "GridOutcome", "GridSpec", "accelerate_command",
-           "load_grid", "planned_stages", "read_stages", "run_cell", "run_grid", "validate_grid"]
+__all__ = [
+    "Cell",
+    "CellOutcome",
+    "Grid",
+    "GridError",
+    "GridOutcome",
+    "GridSpec",
+    "accelerate_command",
+    "load_grid",
+    "planned_stages",
+    "read_stages",
+    "run_cell",
+    "run_grid",
+    "validate_grid",
+]

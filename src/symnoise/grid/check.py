@@ -51,15 +51,23 @@ def evaluation_inputs(grid: Grid) -> list[Input]:
     judge = spec.evaluation.judge
     if judge is not None:
         model = judge.model or f"${judge.model_env}, else the annotator's"
-        what = {"openai": f"annotator {judge.annotator} on an OpenAI-compatible server (model {model})",
-                "hf": f"local model {judge.model}", "alpaca_eval": f"alpaca_eval annotators {judge.annotators}"}
+        what = {
+            "openai": f"annotator {judge.annotator} on an OpenAI-compatible server (model {model})",
+            "hf": f"local model {judge.model}",
+            "alpaca_eval": f"alpaca_eval annotators {judge.annotators}",
+        }
         rows.append(Input("evaluation.judge", what[judge.kind], evaluate.judge_problem(judge)))
     section = spec.evaluation.leaderboard
     if section is not None:
         source = evaluate.leaderboard_source(spec)
         problems = sources.check_leaderboard(section.tasks, source)
-        rows.append(Input("evaluation.leaderboard", f"{', '.join(section.tasks)} from {source.describe()}",
-                          "; ".join(problems) or None))
+        rows.append(
+            Input(
+                "evaluation.leaderboard",
+                f"{', '.join(section.tasks)} from {source.describe()}",
+                "; ".join(problems) or None,
+            )
+        )
     return rows
 
 
@@ -80,7 +88,9 @@ def training_inputs(grid: Grid) -> list[Input]:
     rows, seen = [], set()
     for cell in grid.cells:
         specs, eval_spec = specs_from_section(cell.config.data)
-        datasets = [("dataset", spec.path, "dataset") for spec in (*specs, *([eval_spec] if eval_spec else []))]
+        datasets = [
+            ("dataset", spec.path, "dataset") for spec in (*specs, *([eval_spec] if eval_spec else []))
+        ]
         for what, path, repo_type in (("model", cell.config.model.name, "model"), *datasets):
             if (what, path) in seen or (grid.spec.pretrain and what == "model"):
                 continue
@@ -102,11 +112,16 @@ def check_lines(grid: Grid) -> tuple[list[str], int]:
         lines.append(f"  {cell.id}  ({len(done)}/{len(stages)} stages done)")
     lines += estimate_lines(grid)
     unreachable = 0
-    for title, inputs in (("evaluation inputs", evaluation_inputs(grid)), ("training inputs", training_inputs(grid))):
+    for title, inputs in (
+        ("evaluation inputs", evaluation_inputs(grid)),
+        ("training inputs", training_inputs(grid)),
+    ):
         lines.append(f"{title}:")
         for item in inputs:
             status = "ok" if item.problem is None else "UNREACHABLE"
-            lines.append(f"  {status:<11} {item.what}: {item.where}" + (f": {item.problem}" if item.problem else ""))
+            lines.append(
+                f"  {status:<11} {item.what}: {item.where}" + (f": {item.problem}" if item.problem else "")
+            )
             unreachable += item.problem is not None
     lines.append(f"{unreachable} input(s) unreachable" if unreachable else "every input is reachable")
     return lines, unreachable
@@ -116,4 +131,6 @@ def cell_commands(grid: Grid, grid_file: str, data_dir: str | None = None) -> li
     """One shell command per cell that trains and evaluates it (its training goes through the grid's launcher);
     a final ``symnoise grid GRID`` afterwards finds every cell finished and writes the report."""
     extra = f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else ""
-    return [f"symnoise grid {shlex.quote(grid_file)} --cell {shlex.quote(cell.id)}{extra}" for cell in grid.cells]
+    return [
+        f"symnoise grid {shlex.quote(grid_file)} --cell {shlex.quote(cell.id)}{extra}" for cell in grid.cells
+    ]

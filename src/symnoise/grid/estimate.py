@@ -38,11 +38,13 @@ RECOMPUTE_FLOPS = 2.0
 NEW_TOKENS_PER_PROMPT = 400
 ALPACA_EVAL_PROMPTS = 805
 
-ASSUMPTIONS = (f"estimate: {GPU_MEMORY_GB:.0f} GB GPUs at {GPU_PEAK_TFLOPS:.0f} bf16 TFLOP/s, "
-               f"{TRAIN_UTILISATION:.0%} used in training; 6/4 x params x tokens (full/LoRA) +2 x with "
-               "recomputation, x2 tokens for SymNoise; 16/2/0.55 bytes per parameter (full/LoRA/QLoRA); "
-               f"generation {NEW_TOKENS_PER_PROMPT} new tokens per prompt at {GENERATE_UTILISATION:.0%} use; "
-               "a stated rough estimate (see symnoise.grid.estimate)")
+ASSUMPTIONS = (
+    f"estimate: {GPU_MEMORY_GB:.0f} GB GPUs at {GPU_PEAK_TFLOPS:.0f} bf16 TFLOP/s, "
+    f"{TRAIN_UTILISATION:.0%} used in training; 6/4 x params x tokens (full/LoRA) +2 x with "
+    "recomputation, x2 tokens for SymNoise; 16/2/0.55 bytes per parameter (full/LoRA/QLoRA); "
+    f"generation {NEW_TOKENS_PER_PROMPT} new tokens per prompt at {GENERATE_UTILISATION:.0%} use; "
+    "a stated rough estimate (see symnoise.grid.estimate)"
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def count_training_examples(data) -> int | None:
 
 def _pretrain_params_b(spec: GridSpec) -> float:
     p = spec.pretrain
-    return (12 * p.layers * p.hidden_size ** 2 + 2 * p.vocab_size * p.hidden_size) / 1e9
+    return (12 * p.layers * p.hidden_size**2 + 2 * p.vocab_size * p.hidden_size) / 1e9
 
 
 def _mode(cell: Cell) -> str:
@@ -131,8 +133,10 @@ def estimate_cell(grid: Grid, cell: Cell) -> CellEstimate:
         from .evaluate import SYNTHETIC_SIZES
 
         examples = min(SYNTHETIC_SIZES[0], config.data.limit or SYNTHETIC_SIZES[0])
-    mean_tokens = min(dataset.mean_tokens if dataset and dataset.mean_tokens else config.data.max_length,
-                      config.data.max_length)
+    mean_tokens = min(
+        dataset.mean_tokens if dataset and dataset.mean_tokens else config.data.max_length,
+        config.data.max_length,
+    )
     missing = None if params else "model size unknown: set params_b on the model entry"
     if examples is None and config.training.max_steps <= 0:
         missing = missing or "number of examples unknown: set examples on the dataset entry"
@@ -142,9 +146,13 @@ def estimate_cell(grid: Grid, cell: Cell) -> CellEstimate:
         sequences = config.training.max_steps * config.training.effective_batch_size
     else:
         sequences = examples * config.training.epochs
-    tokens = sequences * mean_tokens * (2 if config.noise.method == "symnoise" and config.noise.symmetric else 1)
+    tokens = (
+        sequences * mean_tokens * (2 if config.noise.method == "symnoise" and config.noise.symmetric else 1)
+    )
     mode = _mode(cell)
-    flops_per = FLOPS_PER_PARAM_TOKEN[mode] + (RECOMPUTE_FLOPS if config.training.gradient_checkpointing else 0.0)
+    flops_per = FLOPS_PER_PARAM_TOKEN[mode] + (
+        RECOMPUTE_FLOPS if config.training.gradient_checkpointing else 0.0
+    )
     train_hours = flops_per * params * 1e9 * tokens / (GPU_PEAK_TFLOPS * 1e12 * TRAIN_UTILISATION) / 3600
     memory = BYTES_PER_PARAM[mode] * params  # GB, since params is in billions
     gpus = 1 if mode != "full" else max(1, math.ceil(memory / (GPU_MEMORY_GB * USABLE_MEMORY)))
@@ -152,7 +160,9 @@ def estimate_cell(grid: Grid, cell: Cell) -> CellEstimate:
     if spec.evaluation.prompts:
         prompts = spec.evaluation.subset or ALPACA_EVAL_PROMPTS
         new = min(NEW_TOKENS_PER_PROMPT, spec.evaluation.decoding.max_new_tokens or NEW_TOKENS_PER_PROMPT)
-        generate_hours = 2 * params * 1e9 * prompts * new / (GPU_PEAK_TFLOPS * 1e12 * GENERATE_UTILISATION) / 3600
+        generate_hours = (
+            2 * params * 1e9 * prompts * new / (GPU_PEAK_TFLOPS * 1e12 * GENERATE_UTILISATION) / 3600
+        )
     return CellEstimate(cell.id, params, examples, tokens, gpus, train_hours, generate_hours)
 
 
@@ -164,15 +174,19 @@ def estimate_lines(grid: Grid) -> list[str]:
     """The estimate table of ``symnoise grid --check``: one line per cell, the assumptions and the total."""
     estimates = [estimate_cell(grid, cell) for cell in grid.cells]
     width = max(len(e.cell) for e in estimates)
-    lines = [ASSUMPTIONS,
-             f"  {'cell':<{width}}  {'params':>7}  {'examples':>8}  {'tokens':>8}  {'GPUs':>4}  {'train GPU-h':>11}  "
-             f"{'generate GPU-h':>14}"]
+    lines = [
+        ASSUMPTIONS,
+        f"  {'cell':<{width}}  {'params':>7}  {'examples':>8}  {'tokens':>8}  {'GPUs':>4}  {'train GPU-h':>11}  "
+        f"{'generate GPU-h':>14}",
+    ]
     for e in estimates:
-        lines.append(f"  {e.cell:<{width}}  {_number(e.params_b, '6.3g')}B  {_number(e.examples, '8d')}  "
-                     f"{_number(e.tokens and e.tokens / 1e6, '7.1f')}M  {_number(e.gpus, '4d')}  "
-                     f"{_number(e.train_gpu_hours, '11.3g')}  "
-                     + (f"{_number(e.generate_gpu_hours, '14.3g')}" if grid.spec.evaluation.prompts else f"{'-':>14}")
-                     + (f"  ({e.missing})" if e.missing else ""))
+        lines.append(
+            f"  {e.cell:<{width}}  {_number(e.params_b, '6.3g')}B  {_number(e.examples, '8d')}  "
+            f"{_number(e.tokens and e.tokens / 1e6, '7.1f')}M  {_number(e.gpus, '4d')}  "
+            f"{_number(e.train_gpu_hours, '11.3g')}  "
+            + (f"{_number(e.generate_gpu_hours, '14.3g')}" if grid.spec.evaluation.prompts else f"{'-':>14}")
+            + (f"  ({e.missing})" if e.missing else "")
+        )
     known = [e.gpu_hours for e in estimates if e.gpu_hours is not None]
     lines.append(f"  total: {sum(known):.1f} GPU-hours over {len(known)} of {len(estimates)} cells")
     return lines

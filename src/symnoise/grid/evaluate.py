@@ -34,8 +34,10 @@ def write_synthetic_world(spec: GridSpec, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     train, held_out = make_task_examples(*SYNTHETIC_SIZES, seed=seed)
     for name, examples in ((SYNTHETIC_TRAIN, train), (SYNTHETIC_EVAL, held_out)):
-        rows = [{"instruction": e.instruction, "input": e.input, "output": e.output, "dataset": "synthetic"}
-                for e in examples]
+        rows = [
+            {"instruction": e.instruction, "input": e.input, "output": e.output, "dataset": "synthetic"}
+            for e in examples
+        ]
         tmp = folder / (name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         tmp.replace(folder / name)
@@ -103,13 +105,20 @@ def reference_examples(spec: GridSpec, prompts: Sequence[Prompt]) -> list[Exampl
     for prompt in prompts:
         row = by_instruction.get(prompt.instruction)
         if row is not None:
-            examples.append(Example(prompt.instruction, prompt.input or str(row.get("input", "") or ""),
-                                    row["output"], f"{path}:{prompt.dataset}"))
+            examples.append(
+                Example(
+                    prompt.instruction,
+                    prompt.input or str(row.get("input", "") or ""),
+                    row["output"],
+                    f"{path}:{prompt.dataset}",
+                )
+            )
     return examples
 
 
-def reference_loss(model, tokenizer, examples: Sequence[Example], template: str, max_length: int,
-                   batch_size: int = 8) -> dict:
+def reference_loss(
+    model, tokenizer, examples: Sequence[Example], template: str, max_length: int, batch_size: int = 8
+) -> dict:
     """Mean per-token cross-entropy of the reference outputs (EOS included) given their prompts.
 
     The same tokenisation as training (`tokenize_examples`: template, BOS, response truncated to ``max_length``),
@@ -128,14 +137,25 @@ def reference_loss(model, tokenizer, examples: Sequence[Example], template: str,
             width = max(len(item["input_ids"]) for item in items)
             ids = torch.tensor([it["input_ids"] + [pad_id] * (width - len(it["input_ids"])) for it in items])
             labels = torch.tensor([it["labels"] + [-100] * (width - len(it["labels"])) for it in items])
-            mask = (torch.arange(width)[None, :] < torch.tensor([len(it["input_ids"]) for it in items])[:, None])
+            mask = (
+                torch.arange(width)[None, :] < torch.tensor([len(it["input_ids"]) for it in items])[:, None]
+            )
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.long().to(model.device)).logits
             shifted = labels[:, 1:].to(model.device)
-            total += F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                                     ignore_index=-100, reduction="sum").item()
+            total += F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                shifted.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            ).item()
             tokens += int((shifted != -100).sum())
-    return {"loss": total / tokens, "tokens": tokens, "examples": len(dataset), "truncated": dataset.n_truncated,
-            "dropped": dataset.n_dropped}
+    return {
+        "loss": total / tokens,
+        "tokens": tokens,
+        "examples": len(dataset),
+        "truncated": dataset.n_truncated,
+        "dropped": dataset.n_dropped,
+    }
 
 
 # Where the OpenAI-compatible judge's base URL is read from after the section's own variable (as `symnoise judge`).
@@ -162,15 +182,28 @@ def build_judge(section: JudgeSection, annotator=None):
     annotator = annotator or judge_annotator(section)
     model = section.model or os.environ.get(section.model_env) or annotator.model
     if not model:
-        raise J.JudgeInputError(f"evaluation.judge: annotator {section.annotator} has no model; set "
-                                f"evaluation.judge.model or ${section.model_env}")
-    base_url = (os.environ.get(section.base_url_env) or os.environ.get(OPENAI_BASE_URL_VARIABLE)
-                or section.default_base_url)
+        raise J.JudgeInputError(
+            f"evaluation.judge: annotator {section.annotator} has no model; set "
+            f"evaluation.judge.model or ${section.model_env}"
+        )
+    base_url = (
+        os.environ.get(section.base_url_env)
+        or os.environ.get(OPENAI_BASE_URL_VARIABLE)
+        or section.default_base_url
+    )
     api_key = next((os.environ[v] for v in section.api_key_env if os.environ.get(v)), None)
     if api_key is None and base_url == section.default_base_url:
-        raise J.JudgeInputError(f"evaluation.judge: {base_url} needs a key in ${' or $'.join(section.api_key_env)}")
-    return J.OpenAIChatJudge(base_url, model, api_key=api_key, timeout=section.timeout,
-                             params=annotator.request_params, return_choice=annotator.wants_choice)
+        raise J.JudgeInputError(
+            f"evaluation.judge: {base_url} needs a key in ${' or $'.join(section.api_key_env)}"
+        )
+    return J.OpenAIChatJudge(
+        base_url,
+        model,
+        api_key=api_key,
+        timeout=section.timeout,
+        params=annotator.request_params,
+        return_choice=annotator.wants_choice,
+    )
 
 
 def judge_problem(section: JudgeSection | None) -> str | None:
@@ -191,8 +224,10 @@ def judge_problem(section: JudgeSection | None) -> str | None:
         if importlib.util.find_spec("alpaca_eval") is None:
             return 'evaluation.judge: kind alpaca_eval needs the alpaca_eval package (pip install "symnoise[eval]")'
         if not any(os.environ.get(v) for v in ALPACA_EVAL_KEY_VARIABLES):
-            return (f"evaluation.judge: the alpaca_eval annotators {section.annotators} need an OpenAI key: set "
-                    f"{' or '.join(ALPACA_EVAL_KEY_VARIABLES)}")
+            return (
+                f"evaluation.judge: the alpaca_eval annotators {section.annotators} need an OpenAI key: set "
+                f"{' or '.join(ALPACA_EVAL_KEY_VARIABLES)}"
+            )
     return None
 
 
@@ -214,7 +249,9 @@ def unreachable_inputs(spec: GridSpec) -> list[str]:
         if local is None:
             problem = sources.check_alpaca_eval(value)
             if problem:
-                problems.append(f"evaluation.{name}: {sources.resolve_alpaca_eval(value).describe()}: {problem}")
+                problems.append(
+                    f"evaluation.{name}: {sources.resolve_alpaca_eval(value).describe()}: {problem}"
+                )
         elif not local.is_file() and evaluation.fallback != "synthetic":
             problems.append(f"evaluation.{name}: {local} not found")
     judge = judge_problem(evaluation.judge)

@@ -30,15 +30,25 @@ def read_records(path: str | Path) -> list[Example]:
         rows = json.loads(text)
     else:
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [Example(str(r.get("instruction", "")), str(r.get("input", "") or ""), str(r.get("output", "")),
-                    f"{path}:row {i}") for i, r in enumerate(rows)]
+    return [
+        Example(
+            str(r.get("instruction", "")),
+            str(r.get("input", "") or ""),
+            str(r.get("output", "")),
+            f"{path}:row {i}",
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def pretraining_examples(section: PretrainSection, synthetic_train: Path) -> tuple[list[Example], str]:
     """The records to pretrain on and a description of where they came from."""
     if section.text and Path(section.text).is_file():
-        records = read_records(section.text)[section.skip_first:]
-        return records, f"{section.text} (records {section.skip_first}..{section.skip_first + len(records) - 1})"
+        records = read_records(section.text)[section.skip_first :]
+        return (
+            records,
+            f"{section.text} (records {section.skip_first}..{section.skip_first + len(records) - 1})",
+        )
     return read_records(synthetic_train), f"synthetic task set ({synthetic_train})"
 
 
@@ -54,7 +64,9 @@ def pack_blocks(token_lists: list[list[int]], eos_id: int, block_size: int):
     stream = [token for tokens in token_lists for token in [*tokens, eos_id]]
     n_blocks = len(stream) // block_size
     if n_blocks == 0:
-        raise ValueError(f"the pretraining text has {len(stream)} tokens, fewer than one block of {block_size}")
+        raise ValueError(
+            f"the pretraining text has {len(stream)} tokens, fewer than one block of {block_size}"
+        )
     return torch.tensor(stream[: n_blocks * block_size]).view(n_blocks, block_size)
 
 
@@ -71,8 +83,9 @@ def train_loop(model, blocks, section: PretrainSection, log) -> list[float]:
     import torch
 
     generator = torch.Generator().manual_seed(section.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=section.learning_rate, weight_decay=0.1,
-                                  betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=section.learning_rate, weight_decay=0.1, betas=(0.9, 0.95)
+    )
     model.train()
     losses = []
     for step in range(section.steps):
@@ -99,16 +112,26 @@ def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log
     examples, source = pretraining_examples(section, synthetic_train)
     random.Random(section.seed).shuffle(examples)
     texts = [plain_text(e) for e in examples]
-    tokenizer = train_tokenizer(texts + tokenizer_corpus(examples[:200]), vocab_size=section.vocab_size,
-                                model_max_length=MAX_POSITIONS)
+    tokenizer = train_tokenizer(
+        texts + tokenizer_corpus(examples[:200]),
+        vocab_size=section.vocab_size,
+        model_max_length=MAX_POSITIONS,
+    )
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     blocks = pack_blocks(ids, tokenizer.eos_token_id, section.block_size)
     torch.manual_seed(section.seed)
-    config = tiny_llama_config(len(tokenizer), hidden_size=section.hidden_size, layers=section.layers,
-                               heads=section.heads, max_position_embeddings=MAX_POSITIONS)
+    config = tiny_llama_config(
+        len(tokenizer),
+        hidden_size=section.hidden_size,
+        layers=section.layers,
+        heads=section.heads,
+        max_position_embeddings=MAX_POSITIONS,
+    )
     model = LlamaForCausalLM(config)
-    log(f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(blocks)} blocks "
-        f"of {section.block_size} tokens from {source}")
+    log(
+        f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(blocks)} blocks "
+        f"of {section.block_size} tokens from {source}"
+    )
     losses = train_loop(model, blocks, section, log)
     staging = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -117,6 +140,12 @@ def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     tail = losses[-10:]
-    return {"source": source, "records": len(examples), "blocks": len(blocks), "tokens_seen":
-            section.steps * section.batch_size * section.block_size, "first_loss": losses[0],
-            "final_loss": sum(tail) / len(tail), "seconds": time.perf_counter() - started}
+    return {
+        "source": source,
+        "records": len(examples),
+        "blocks": len(blocks),
+        "tokens_seen": section.steps * section.batch_size * section.block_size,
+        "first_loss": losses[0],
+        "final_loss": sum(tail) / len(tail),
+        "seconds": time.perf_counter() - started,
+    }

@@ -59,8 +59,11 @@ def read_stages(directory: Path) -> dict[str, Any]:
 
 def mark_stage(directory: Path, stage: str, info: dict[str, Any], seconds: float) -> None:
     stages = read_stages(directory)
-    stages[stage] = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "seconds": round(seconds, 2), **info}
+    stages[stage] = {
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 2),
+        **info,
+    }
     write_json_atomic(directory / STAGES_FILE, stages)
 
 
@@ -80,20 +83,28 @@ def check_not_stale(grid: Grid, cell: Cell, done: dict[str, Any]) -> None:
     otherwise the cell fails with a message saying what to do (results are never silently mixed)."""
     path = cell.run_dir / CELL_CONFIG_FILE
     if done.get("train") and path.is_file() and path.read_text(encoding="utf-8") != cell_config_text(cell):
-        raise StaleCellError(f"{path} differs from this grid's config for the cell, which was trained with the "
-                             "old one; delete the cell directory to retrain it, or choose another output_dir")
+        raise StaleCellError(
+            f"{path} differs from this grid's config for the cell, which was trained with the "
+            "old one; delete the cell directory to retrain it, or choose another output_dir"
+        )
     record = read_start_record(cell.run_dir) if not done.get("train") else None
     if record is not None:  # training started with some config: resuming it with another would mix two runs
         try:
             refuse_training_changes(run_changes(record, cell.config), cell.run_dir, f"cell {cell.id}")
         except ConfigError as error:
-            raise StaleCellError(f"{error}; delete the cell directory to retrain it with the grid's config") from None
+            raise StaleCellError(
+                f"{error}; delete the cell directory to retrain it with the grid's config"
+            ) from None
     fingerprint = evaluation_fingerprint(grid)
-    changed = [s for s, info in done.items() if s != "train" and info.get("evaluation") not in (None, fingerprint)]
+    changed = [
+        s for s, info in done.items() if s != "train" and info.get("evaluation") not in (None, fingerprint)
+    ]
     if changed:
-        raise StaleCellError(f"stages {', '.join(changed)} of {cell.run_dir} were made with other evaluation "
-                             f"settings; remove them from {cell.run_dir / STAGES_FILE} (and their files) to redo "
-                             "them, or choose another output_dir")
+        raise StaleCellError(
+            f"stages {', '.join(changed)} of {cell.run_dir} were made with other evaluation "
+            f"settings; remove them from {cell.run_dir / STAGES_FILE} (and their files) to redo "
+            "them, or choose another output_dir"
+        )
 
 
 def planned_stages(grid: Grid) -> list[str]:
@@ -143,8 +154,9 @@ class CellContext:
         return resolve_template(self.cell.run_dir, None)
 
 
-def accelerate_command(launcher: LauncherSection, cell_config: Path, resume: bool,
-                       overwrite: bool = False) -> list[str]:
+def accelerate_command(
+    launcher: LauncherSection, cell_config: Path, resume: bool, overwrite: bool = False
+) -> list[str]:
     """``accelerate launch --config_file F [--num_processes N] -m symnoise train CELL.yaml [--resume]``."""
     command = [launcher.executable, "launch", "--config_file", str(launcher.config_file)]
     if launcher.num_processes:
@@ -186,23 +198,34 @@ def stage_generate(ctx: CellContext) -> dict:
     from ..generation import DecodingSettings, generate_outputs, model_outputs_records, sidecar_path
 
     decoding = ctx.grid.spec.evaluation.decoding
-    settings = DecodingSettings(max_length=decoding.max_length, max_new_tokens=decoding.max_new_tokens,
-                                repetition_penalty=decoding.repetition_penalty, batch_size=decoding.batch_size)
+    settings = DecodingSettings(
+        max_length=decoding.max_length,
+        max_new_tokens=decoding.max_new_tokens,
+        repetition_penalty=decoding.repetition_penalty,
+        batch_size=decoding.batch_size,
+    )
     prompts = evaluate.evaluation_prompts(ctx.grid.spec)
     model, tokenizer = ctx.model_and_tokenizer()
     output = ctx.cell.run_dir / OUTPUTS_FILE
-    outputs, stats = generate_outputs(model, tokenizer, prompts, ctx.template, settings, sidecar_path(output),
-                                      ctx.cell.id, progress=False)
+    outputs, stats = generate_outputs(
+        model, tokenizer, prompts, ctx.template, settings, sidecar_path(output), ctx.cell.id, progress=False
+    )
     write_json_atomic(output, model_outputs_records(prompts, outputs, ctx.cell.id))
     sidecar_path(output).unlink(missing_ok=True)  # progress file: everything is in the output now
-    return {"prompts": len(prompts), "prompts_file": str(evaluate.evaluation_file(ctx.grid.spec, "prompts")),
-            "new_tokens": stats.new_tokens, "tokens_per_s": stats.tokens_per_second}
+    return {
+        "prompts": len(prompts),
+        "prompts_file": str(evaluate.evaluation_file(ctx.grid.spec, "prompts")),
+        "new_tokens": stats.new_tokens,
+        "tokens_per_s": stats.tokens_per_second,
+    }
 
 
 def stage_reference_loss(ctx: CellContext) -> dict:
     examples = evaluate.reference_examples(ctx.grid.spec, evaluate.evaluation_prompts(ctx.grid.spec))
     model, tokenizer = ctx.model_and_tokenizer()
-    result = evaluate.reference_loss(model, tokenizer, examples, ctx.template, ctx.cell.config.data.max_length)
+    result = evaluate.reference_loss(
+        model, tokenizer, examples, ctx.template, ctx.cell.config.data.max_length
+    )
     write_json_atomic(ctx.cell.run_dir / "eval" / "reference_loss.json", result)
     return result
 
@@ -214,7 +237,9 @@ def stage_stats(ctx: CellContext) -> dict:
     outputs, generators = load_outputs(ctx.cell.run_dir / OUTPUTS_FILE)
     result = output_stats(outputs, words, str(ctx.cell.run_dir / OUTPUTS_FILE), generators).to_dict()
     write_json_atomic(ctx.cell.run_dir / "eval" / "stats.json", result)
-    return {k: result[k] for k in ("mean_chars", "mean_words", "words", "n_kept", "rep_2_pct", "log_diversity")}
+    return {
+        k: result[k] for k in ("mean_chars", "mean_words", "words", "n_kept", "rep_2_pct", "log_diversity")
+    }
 
 
 def stage_judge(ctx: CellContext) -> dict:
@@ -222,10 +247,16 @@ def stage_judge(ctx: CellContext) -> dict:
 
     section = ctx.grid.spec.evaluation.judge
     annotator = evaluate.judge_annotator(section)
-    result = judge_outputs(ctx.cell.run_dir / OUTPUTS_FILE, evaluate.evaluation_file(ctx.grid.spec, "references"),
-                           evaluate.build_judge(section, annotator), ctx.cell.run_dir / "eval", annotator=annotator,
-                           seed=section.seed, limit=section.limit,
-                           workers=section.workers if section.kind == "openai" else 1)
+    result = judge_outputs(
+        ctx.cell.run_dir / OUTPUTS_FILE,
+        evaluate.evaluation_file(ctx.grid.spec, "references"),
+        evaluate.build_judge(section, annotator),
+        ctx.cell.run_dir / "eval",
+        annotator=annotator,
+        seed=section.seed,
+        limit=section.limit,
+        workers=section.workers if section.kind == "openai" else 1,
+    )
     return {k: result.metrics[k] for k in ("win_rate", "standard_error", "n_total", "n_null")}
 
 
@@ -234,15 +265,25 @@ def stage_leaderboard(ctx: CellContext) -> dict:
 
     section = ctx.grid.spec.evaluation.leaderboard
     source = evaluate.leaderboard_source(ctx.grid.spec)
-    report = run_leaderboard(str(ctx.cell.run_dir), section.tasks, data_dir=source.data_dir, online=source.online,
-                             limit=section.limit, batch_size=section.batch_size)
+    report = run_leaderboard(
+        str(ctx.cell.run_dir),
+        section.tasks,
+        data_dir=source.data_dir,
+        online=source.online,
+        limit=section.limit,
+        batch_size=section.batch_size,
+    )
     write_json_atomic(ctx.cell.run_dir / "eval" / "leaderboard.json", report)
     return {"average": report["average"]}
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[CellContext], dict]] = {
-    "train": stage_train, "generate": stage_generate, "reference_loss": stage_reference_loss,
-    "stats": stage_stats, "judge": stage_judge, "leaderboard": stage_leaderboard,
+    "train": stage_train,
+    "generate": stage_generate,
+    "reference_loss": stage_reference_loss,
+    "stats": stage_stats,
+    "judge": stage_judge,
+    "leaderboard": stage_leaderboard,
 }
 
 
@@ -295,8 +336,10 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> Cell
             outcome.ran.append(stage)
     except Exception as error:  # a failed cell must not stop the grid; KeyboardInterrupt still does
         outcome.status, outcome.stage, outcome.error = "failed", stage, f"{type(error).__name__}: {error}"
-        write_json_atomic(cell.run_dir / FAILURE_FILE, {"stage": stage, "error": outcome.error,
-                                                        "traceback": traceback.format_exc()})
+        write_json_atomic(
+            cell.run_dir / FAILURE_FILE,
+            {"stage": stage, "error": outcome.error, "traceback": traceback.format_exc()},
+        )
         log(f"[{cell.id}] FAILED in {stage}: {outcome.error}")
     else:
         (cell.run_dir / FAILURE_FILE).unlink(missing_ok=True)
@@ -326,9 +369,16 @@ def write_status(grid: Grid, outcomes: dict[str, CellOutcome]) -> None:
     for cell in grid.cells:
         outcome = outcomes.get(cell.id)
         status = outcome.status if outcome else ("finished" if is_finished(grid, cell) else "pending")
-        rows.append({"cell": cell.id, "status": status, "run_dir": str(cell.run_dir),
-                     "stages": sorted(read_stages(cell.run_dir)), "error": outcome.error if outcome else None,
-                     "failed_stage": outcome.stage if outcome else None})
+        rows.append(
+            {
+                "cell": cell.id,
+                "status": status,
+                "run_dir": str(cell.run_dir),
+                "stages": sorted(read_stages(cell.run_dir)),
+                "error": outcome.error if outcome else None,
+                "failed_stage": outcome.stage if outcome else None,
+            }
+        )
     write_json_atomic(grid.output_dir / STATUS_FILE, {"grid": grid.source, "cells": rows})
 
 
@@ -350,8 +400,12 @@ def check_inputs(grid: Grid) -> None:
     """Raise `GridError` listing every evaluation input that cannot be read, before anything is trained."""
     problems = evaluate.unreachable_inputs(grid.spec)
     if problems:
-        raise GridError("\n".join([f"{grid.source}: evaluation inputs not reachable (nothing was trained):"]
-                                   + [f"  {p}" for p in problems]))
+        raise GridError(
+            "\n".join(
+                [f"{grid.source}: evaluation inputs not reachable (nothing was trained):"]
+                + [f"  {p}" for p in problems]
+            )
+        )
 
 
 def prepare(grid: Grid, log: Callable[[str], None]) -> None:
@@ -373,7 +427,9 @@ def run_grid(grid: Grid, log: Callable[[str], None] = print, only: str | None = 
 
     cells = [c for c in grid.cells if only is None or c.id == only]
     if not cells:
-        raise GridError(f"{grid.source}: no cell {only!r}; `symnoise grid {grid.source} --check` lists the cells")
+        raise GridError(
+            f"{grid.source}: no cell {only!r}; `symnoise grid {grid.source} --check` lists the cells"
+        )
     started = time.perf_counter()
     prepare(grid, log)
     outcomes: dict[str, CellOutcome] = {}

@@ -65,25 +65,48 @@ class _Section(BaseModel):
 class ModelEntry(_Section):
     name: str = Field(description="short name used in cell ids and tables")
     path: str = Field(description="hub name or local directory handed to model.name")
-    params_b: float | None = Field(None, gt=0, description="parameters in billions, for --check's estimate; "
-                                   "default: read from the name (7b, 6.7b, 13b)")
+    params_b: float | None = Field(
+        None,
+        gt=0,
+        description="parameters in billions, for --check's estimate; "
+        "default: read from the name (7b, 6.7b, 13b)",
+    )
 
 
 class DatasetEntry(_Section):
     name: str = Field(description="short name used in cell ids (alpaca, evol-instruct, ...)")
     path: str = Field(description="local data file or hub dataset name (data.path)")
-    format: Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages",
-                    "prompt-completion"] = "auto"
+    format: Literal[
+        "auto",
+        "alpaca",
+        "sharegpt",
+        "evol-instruct",
+        "openplatypus",
+        "dolly",
+        "messages",
+        "prompt-completion",
+    ] = "auto"
     template: Literal["alpaca", "vicuna", "chat", "plain"] | None = None
-    turns: Literal["all", "first"] | None = Field(None, description="data.turns: first for the papers' single-turn "
-                                                  "ShareGPT protocol")
+    turns: Literal["all", "first"] | None = Field(
+        None, description="data.turns: first for the papers' single-turn ShareGPT protocol"
+    )
     alpha: float | None = Field(None, ge=0, description="the papers' alpha for this dataset (5, 5, 10, 15)")
     fallback: Literal["synthetic"] | None = Field(
-        None, description="synthetic: when the local file is missing, train on the built-in synthetic task set")
-    examples: int | None = Field(None, ge=1, description="training examples, for --check's estimate (default: "
-                                 "counted in a local file; data.limit wins)")
-    mean_tokens: float | None = Field(None, gt=0, description="mean tokens per example, for --check's estimate "
-                                      "(default: data.max_length, an upper bound)")
+        None,
+        description="synthetic: when the local file is missing, train on the built-in synthetic task set",
+    )
+    examples: int | None = Field(
+        None,
+        ge=1,
+        description="training examples, for --check's estimate (default: "
+        "counted in a local file; data.limit wins)",
+    )
+    mean_tokens: float | None = Field(
+        None,
+        gt=0,
+        description="mean tokens per example, for --check's estimate "
+        "(default: data.max_length, an upper bound)",
+    )
 
 
 def _non_negative(values: list[float] | None) -> list[float] | None:
@@ -95,7 +118,9 @@ def _non_negative(values: list[float] | None) -> list[float] | None:
 class MethodEntry(_Section):
     name: str = Field(description="short name used in cell ids (neftune, gaussian-unmatched, ...)")
     method: str | None = Field(None, description="NoiseConfig.method; default: the name")
-    alpha: list[float] | None = Field(None, min_length=1, description="this method's alphas (wins over axes.alpha)")
+    alpha: list[float] | None = Field(
+        None, min_length=1, description="this method's alphas (wins over axes.alpha)"
+    )
     noise: dict[str, Any] = Field(default_factory=dict, description="further NoiseConfig fields")
 
     @field_validator("alpha")
@@ -107,8 +132,10 @@ class MethodEntry(_Section):
     def _known(self) -> MethodEntry:
         method = self.method or self.name
         if method not in METHODS + tuple(METHOD_ALIASES):
-            raise ValueError(f"unknown noise method {method!r}; choose one of "
-                             f"{', '.join(METHODS + tuple(METHOD_ALIASES))} (or set 'method' explicitly)")
+            raise ValueError(
+                f"unknown noise method {method!r}; choose one of "
+                f"{', '.join(METHODS + tuple(METHOD_ALIASES))} (or set 'method' explicitly)"
+            )
         for key in ("method", "alpha"):
             if key in self.noise:
                 raise ValueError(f"noise.{key}: set it on the method entry, not in its noise fields")
@@ -120,15 +147,21 @@ class MethodEntry(_Section):
 
 
 class Axes(_Section):
-    model: list[ModelEntry] = Field(default_factory=list, description="names/paths or {name, path}; empty: the "
-                                    "base config's model")
+    model: list[ModelEntry] = Field(
+        default_factory=list, description="names/paths or {name, path}; empty: the base config's model"
+    )
     dataset: list[DatasetEntry] = Field(default_factory=list, description="empty: the base config's data")
-    method: list[MethodEntry] = Field(min_length=1, description="method names or {name, method, alpha, noise}")
+    method: list[MethodEntry] = Field(
+        min_length=1, description="method names or {name, method, alpha, noise}"
+    )
     alpha: list[float] | None = Field(None, min_length=1)
     seed: list[int] | None = Field(None, min_length=1, description="default: the base config's training.seed")
     pairs: list[tuple[str, str]] | None = Field(
-        None, min_length=1, description="[model name, dataset name] pairs to keep (default: every pair), for "
-        "tables that do not cross every model with every dataset")
+        None,
+        min_length=1,
+        description="[model name, dataset name] pairs to keep (default: every pair), for "
+        "tables that do not cross every model with every dataset",
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -170,11 +203,18 @@ class JudgeSection(_Section):
     client, no resume), keys as that package reads them."""
 
     kind: Literal["openai", "hf", "alpaca_eval"] = "openai"
-    annotators: str | None = Field(None, description="alpaca_eval: the annotators config (alpaca_eval_gpt4, ...)")
-    annotator: str = Field("alpaca_eval_gpt4", description="openai: the alpaca_eval annotator (alpaca_eval_gpt4, "
-                           "chatgpt_fn, weighted_alpaca_eval_gpt4_turbo, ...) or symnoise_pairwise_v1")
-    model: str | None = Field(None, description="hf: path or hub name; openai: served model (else model_env, "
-                              "else the annotator's model)")
+    annotators: str | None = Field(
+        None, description="alpaca_eval: the annotators config (alpaca_eval_gpt4, ...)"
+    )
+    annotator: str = Field(
+        "alpaca_eval_gpt4",
+        description="openai: the alpaca_eval annotator (alpaca_eval_gpt4, "
+        "chatgpt_fn, weighted_alpaca_eval_gpt4_turbo, ...) or symnoise_pairwise_v1",
+    )
+    model: str | None = Field(
+        None,
+        description="hf: path or hub name; openai: served model (else model_env, else the annotator's model)",
+    )
     model_env: str = "SYMNOISE_JUDGE_MODEL"
     base_url_env: str = "SYMNOISE_JUDGE_BASE_URL"
     default_base_url: str = "https://api.openai.com/v1"
@@ -189,7 +229,9 @@ class JudgeSection(_Section):
         if self.kind == "hf" and not self.model:
             raise ValueError("kind hf needs model (a local folder or hub name)")
         if (self.kind == "alpaca_eval") != bool(self.annotators):
-            raise ValueError("annotators is needed by kind alpaca_eval and only by it (e.g. alpaca_eval_gpt4)")
+            raise ValueError(
+                "annotators is needed by kind alpaca_eval and only by it (e.g. alpaca_eval_gpt4)"
+            )
         if self.kind != "openai" and "annotator" in self.model_fields_set:
             raise ValueError(f"annotator is read by kind openai only, not by kind {self.kind}")
         return self
@@ -201,8 +243,11 @@ class JudgeSection(_Section):
         it is not checked here and `symnoise grid --check` reports the missing package."""
         from ..evaluation import annotators as A
 
-        if info.data.get("kind", "openai") != "openai" or name == A.PAIRWISE_V1 \
-                or importlib.util.find_spec("alpaca_eval") is None:
+        if (
+            info.data.get("kind", "openai") != "openai"
+            or name == A.PAIRWISE_V1
+            or importlib.util.find_spec("alpaca_eval") is None
+        ):
             return name
         try:
             A.load_annotator(name)
@@ -212,10 +257,14 @@ class JudgeSection(_Section):
 
 
 class LeaderboardSection(_Section):
-    tasks: list[Literal["arc", "hellaswag", "mmlu"]] = Field(default_factory=lambda: ["arc", "hellaswag", "mmlu"],
-                                                              min_length=1)
-    data_dir: str | None = Field(None, description="local copies (arc/, hellaswag/, mmlu/); default: "
-                                 "evaluation.data_dir, else $SYMNOISE_DATA_DIR, else the harness's online tasks")
+    tasks: list[Literal["arc", "hellaswag", "mmlu"]] = Field(
+        default_factory=lambda: ["arc", "hellaswag", "mmlu"], min_length=1
+    )
+    data_dir: str | None = Field(
+        None,
+        description="local copies (arc/, hellaswag/, mmlu/); default: "
+        "evaluation.data_dir, else $SYMNOISE_DATA_DIR, else the harness's online tasks",
+    )
     online: bool = Field(False, description="the harness's online tasks even when a data folder is named")
     limit: int | None = Field(None, ge=1, description="first N documents per task: quick checks only")
     batch_size: int = Field(1, ge=1)
@@ -223,20 +272,34 @@ class LeaderboardSection(_Section):
 
 class EvaluationSection(_Section):
     data_dir: str | None = Field(
-        None, description="a local data folder laid out like the shared data folder; named sources (prompts, "
+        None,
+        description="a local data folder laid out like the shared data folder; named sources (prompts, "
         "references, leaderboard) are read from it instead of the hub (symnoise grid --data-dir wins, "
-        "$SYMNOISE_DATA_DIR is used when neither is set)")
+        "$SYMNOISE_DATA_DIR is used when neither is set)",
+    )
     prompts: str | None = Field(
-        None, description="alpaca_eval (AlpacaEval 1's 805 prompts), or a JSON/JSONL file; none: no generation")
+        None,
+        description="alpaca_eval (AlpacaEval 1's 805 prompts), or a JSON/JSONL file; none: no generation",
+    )
     references: str | None = Field(
-        None, description="alpaca_eval (text-davinci-003, AlpacaEval 1), alpaca_eval_2 (GPT-4 Turbo), or a file "
-        "of reference outputs by instruction: for the judge and the held-out reference loss")
-    subset: int | None = Field(None, ge=1, description="use N prompts spread evenly over the file (quick runs)")
+        None,
+        description="alpaca_eval (text-davinci-003, AlpacaEval 1), alpaca_eval_2 (GPT-4 Turbo), or a file "
+        "of reference outputs by instruction: for the judge and the held-out reference loss",
+    )
+    subset: int | None = Field(
+        None, ge=1, description="use N prompts spread evenly over the file (quick runs)"
+    )
     fallback: Literal["synthetic"] | None = Field(
-        None, description="synthetic: missing prompts/references files are replaced by held-out synthetic tasks")
+        None,
+        description="synthetic: missing prompts/references files are replaced by held-out synthetic tasks",
+    )
     decoding: Decoding = Field(default_factory=Decoding)
-    reference_loss: bool = Field(False, description="mean per-token loss of the reference outputs given the prompts")
-    stats_words: int | None = Field(None, ge=5, description="first N words for repetition; default: the papers' N")
+    reference_loss: bool = Field(
+        False, description="mean per-token loss of the reference outputs given the prompts"
+    )
+    stats_words: int | None = Field(
+        None, ge=5, description="first N words for repetition; default: the papers' N"
+    )
     judge: JudgeSection | None = None
     leaderboard: LeaderboardSection | None = None
 
@@ -248,8 +311,10 @@ class EvaluationSection(_Section):
             raise ValueError("reference_loss needs references")
         wanted = annotator_references(self.judge)
         if wanted and is_alpaca_eval_name(self.references) and self.references != wanted:
-            raise ValueError(f"references is {self.references} but judge.annotator {self.judge.annotator} compares "
-                             f"against {wanted}'s reference outputs: set references: {wanted}")
+            raise ValueError(
+                f"references is {self.references} but judge.annotator {self.judge.annotator} compares "
+                f"against {wanted}'s reference outputs: set references: {wanted}"
+            )
         return self
 
 
@@ -267,10 +332,14 @@ def annotator_references(judge: JudgeSection | None) -> str | None:
 
 class LauncherSection(_Section):
     kind: Literal["local", "accelerate"] = Field(
-        "local", description="local: train in this process, cells one after another; accelerate: each cell's "
-        "training is `accelerate launch --config_file F -m symnoise train CELL.yaml`")
+        "local",
+        description="local: train in this process, cells one after another; accelerate: each cell's "
+        "training is `accelerate launch --config_file F -m symnoise train CELL.yaml`",
+    )
     config_file: str | None = Field(None, description="accelerate config (configs/accelerate/*.yaml)")
-    num_processes: int | None = Field(None, ge=1, description="overrides the accelerate config's num_processes")
+    num_processes: int | None = Field(
+        None, ge=1, description="overrides the accelerate config's num_processes"
+    )
     executable: str = Field("accelerate", description="the accelerate command")
 
     @field_validator("config_file")
@@ -329,13 +398,18 @@ class GridSpec(_Section):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     launcher: LauncherSection = Field(default_factory=LauncherSection)
     pretrain: PretrainSection | None = None
-    expected: str | None = Field(None, description="the papers' numbers for `symnoise report` (default: "
-                                 "GRID.expected.yaml beside the grid file, when there is one)")
+    expected: str | None = Field(
+        None,
+        description="the papers' numbers for `symnoise report` (default: "
+        "GRID.expected.yaml beside the grid file, when there is one)",
+    )
 
     @model_validator(mode="after")
     def _one_model_source(self) -> GridSpec:
         if self.pretrain and self.axes.model:
-            raise ValueError("axes.model must be empty when pretrain is set (the pretrained model is the model)")
+            raise ValueError(
+                "axes.model must be empty when pretrain is set (the pretrained model is the model)"
+            )
         return self
 
 
@@ -382,7 +456,11 @@ def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid grid"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+        message = (
+            "unknown field"
+            if item["type"] == "extra_forbidden"
+            else item["msg"].removeprefix("Value error, ")
+        )
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 
@@ -404,7 +482,9 @@ def base_config_data(spec: GridSpec, source: str) -> dict[str, Any]:
         # a shipped config's name (or its path in a clone) also works, so shipped grids run from an install
         data = _read_yaml(resolve_config_path(spec.base), "base config (field base)")
         if not isinstance(data, dict):
-            raise GridError(f"{source}: base: {spec.base} must hold a mapping with model, data, noise, training")
+            raise GridError(
+                f"{source}: base: {spec.base} must hold a mapping with model, data, noise, training"
+            )
     try:
         return apply_overrides(data, list(spec.overrides))
     except ConfigError as error:
@@ -426,8 +506,15 @@ def cell_id(model: str, dataset: str, method: str, alpha: float, seed: int) -> s
     return f"{model}-{dataset}-{method}-a{alpha:g}-s{seed}"
 
 
-def _cell_data(base: dict[str, Any], model: ModelEntry | None, dataset: DatasetEntry | None, method: MethodEntry,
-               alpha: float, seed: int, run_dir: Path) -> dict[str, Any]:
+def _cell_data(
+    base: dict[str, Any],
+    model: ModelEntry | None,
+    dataset: DatasetEntry | None,
+    method: MethodEntry,
+    alpha: float,
+    seed: int,
+    run_dir: Path,
+) -> dict[str, Any]:
     data = copy.deepcopy(base)
     if model is not None:
         data.setdefault("model", {})["name"] = model.path
@@ -453,9 +540,11 @@ def _checked_pairs(spec: GridSpec, source: str, models: list, datasets: list) ->
     dataset_names = {d.name for d in datasets if d is not None}
     for i, (model, dataset) in enumerate(spec.axes.pairs):
         if model not in model_names or dataset not in dataset_names:
-            raise GridError(f"{source}: axes.pairs.{i}: [{model}, {dataset}] must name a model of axes.model "
-                            f"({', '.join(sorted(model_names)) or 'none'}) and a dataset of axes.dataset "
-                            f"({', '.join(sorted(dataset_names)) or 'none'})")
+            raise GridError(
+                f"{source}: axes.pairs.{i}: [{model}, {dataset}] must name a model of axes.model "
+                f"({', '.join(sorted(model_names)) or 'none'}) and a dataset of axes.dataset "
+                f"({', '.join(sorted(dataset_names)) or 'none'})"
+            )
     return {tuple(p) for p in spec.axes.pairs}
 
 
@@ -472,7 +561,11 @@ def expand_cells(spec: GridSpec, source: str, pretrained_model: Path | None = No
     for model in models:
         model_name = model.name if model else _slug((base.get("model") or {}).get("name", "model"))
         for entry, dataset in ((d, resolve_dataset(d, spec) if d else None) for d in datasets):
-            dataset_name = dataset.name if dataset else _slug(Path(str((base.get("data") or {}).get("path", "data"))).stem)
+            dataset_name = (
+                dataset.name
+                if dataset
+                else _slug(Path(str((base.get("data") or {}).get("path", "data"))).stem)
+            )
             if pairs is not None and (model and model.name, entry and entry.name) not in pairs:
                 continue
             for method in spec.axes.method:
@@ -480,8 +573,10 @@ def expand_cells(spec: GridSpec, source: str, pretrained_model: Path | None = No
                     for seed in seeds:
                         ident = cell_id(model_name, dataset_name, method.name, alpha, seed)
                         if ident in seen:
-                            raise GridError(f"{source}: two cells have the id {ident}; give the axis entries "
-                                            "distinct names")
+                            raise GridError(
+                                f"{source}: two cells have the id {ident}; give the axis entries "
+                                "distinct names"
+                            )
                         seen[ident] = True
                         run_dir = Path(spec.output_dir) / "cells" / ident
                         data = _cell_data(base, model, dataset, method, alpha, seed, run_dir)
@@ -503,8 +598,14 @@ def resolve_dataset(dataset: DatasetEntry, spec: GridSpec) -> DatasetEntry:
     (named "synthetic", so no table calls it by the missing dataset's name)."""
     if dataset.fallback != "synthetic" or Path(dataset.path).is_file():
         return dataset
-    return dataset.model_copy(update={"name": "synthetic", "path": str(synthetic_dir(spec) / "train.jsonl"),
-                                      "format": "alpaca", "template": "alpaca"})
+    return dataset.model_copy(
+        update={
+            "name": "synthetic",
+            "path": str(synthetic_dir(spec) / "train.jsonl"),
+            "format": "alpaca",
+            "template": "alpaca",
+        }
+    )
 
 
 def _check_files(spec: GridSpec, source: str) -> None:
@@ -522,7 +623,12 @@ def _check_files(spec: GridSpec, source: str) -> None:
             problems.append(f"axes.dataset.{i}.path: {dataset.path} not found")
     if spec.launcher.config_file and not Path(spec.launcher.config_file).is_file():
         problems.append(f"launcher.config_file: {spec.launcher.config_file} not found")
-    if spec.pretrain and spec.pretrain.text and not Path(spec.pretrain.text).is_file() and not spec.pretrain.fallback:
+    if (
+        spec.pretrain
+        and spec.pretrain.text
+        and not Path(spec.pretrain.text).is_file()
+        and not spec.pretrain.fallback
+    ):
         problems.append(f"pretrain.text: {spec.pretrain.text} not found")
     if problems:
         raise GridError("\n".join([f"{source}: invalid grid"] + [f"  {p}" for p in problems]))

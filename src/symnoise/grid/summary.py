@@ -18,11 +18,19 @@ from .runner import FAILURE_FILE, CellOutcome, is_finished, read_stages
 from .spec import Cell, Grid, expected_file, pretrained_model_dir
 
 SUMMARY_COLUMNS = (
-    ("method", "method", None), ("alpha", "alpha", "g"), ("seed", "seed", None),
-    ("status", "status", None), ("final train loss", "final_loss", ".3f"),
-    ("held-out ref. loss", "reference_loss", ".3f"), ("mean chars", "mean_chars", ".1f"),
-    ("mean words", "mean_words", ".1f"), ("kept", "n_kept", None), ("2-gram rep. %", "rep_2_pct", ".2f"),
-    ("log-diversity", "log_diversity", ".2f"), ("win rate", "win_rate", ".2f"), ("train s", "train_s", ".0f"),
+    ("method", "method", None),
+    ("alpha", "alpha", "g"),
+    ("seed", "seed", None),
+    ("status", "status", None),
+    ("final train loss", "final_loss", ".3f"),
+    ("held-out ref. loss", "reference_loss", ".3f"),
+    ("mean chars", "mean_chars", ".1f"),
+    ("mean words", "mean_words", ".1f"),
+    ("kept", "n_kept", None),
+    ("2-gram rep. %", "rep_2_pct", ".2f"),
+    ("log-diversity", "log_diversity", ".2f"),
+    ("win rate", "win_rate", ".2f"),
+    ("train s", "train_s", ".0f"),
 )
 
 
@@ -32,15 +40,26 @@ def cell_row(grid: Grid, cell: Cell, outcome: CellOutcome | None) -> dict[str, A
     failure_path = cell.run_dir / FAILURE_FILE
     failure = json.loads(failure_path.read_text(encoding="utf-8")) if failure_path.is_file() else None
     status = "finished" if is_finished(grid, cell) else ("failed" if failure else "pending")
-    row = {"cell": cell.id, "model": cell.model, "dataset": cell.dataset, "method": cell.method,
-           "alpha": cell.alpha, "seed": cell.seed, "status": status,
-           "error": failure and f"{failure['stage']}: {failure['error']}",
-           "final_loss": stages.get("train", {}).get("final_loss"),
-           "train_s": stages.get("train", {}).get("seconds"),
-           "reference_loss": stages.get("reference_loss", {}).get("loss"),
-           "win_rate": stages.get("judge", {}).get("win_rate")}
-    row.update({k: stages.get("stats", {}).get(k) for k in ("mean_chars", "mean_words", "n_kept", "rep_2_pct",
-                                                              "log_diversity")})
+    row = {
+        "cell": cell.id,
+        "model": cell.model,
+        "dataset": cell.dataset,
+        "method": cell.method,
+        "alpha": cell.alpha,
+        "seed": cell.seed,
+        "status": status,
+        "error": failure and f"{failure['stage']}: {failure['error']}",
+        "final_loss": stages.get("train", {}).get("final_loss"),
+        "train_s": stages.get("train", {}).get("seconds"),
+        "reference_loss": stages.get("reference_loss", {}).get("loss"),
+        "win_rate": stages.get("judge", {}).get("win_rate"),
+    }
+    row.update(
+        {
+            k: stages.get("stats", {}).get(k)
+            for k in ("mean_chars", "mean_words", "n_kept", "rep_2_pct", "log_diversity")
+        }
+    )
     return row
 
 
@@ -54,8 +73,12 @@ def summary_markdown(rows: list[dict[str, Any]], grid: Grid) -> str:
     """One table per (model, dataset), one row per cell; failures listed under it."""
     lines = [f"# Grid {grid.spec.name or grid.source}", ""]
     for key in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
-        lines += [f"## {key[0]} on {key[1]}", "", "| " + " | ".join(c for c, _, _ in SUMMARY_COLUMNS) + " |",
-                  "|" + "|".join("---" if i < 4 else "---:" for i in range(len(SUMMARY_COLUMNS))) + "|"]
+        lines += [
+            f"## {key[0]} on {key[1]}",
+            "",
+            "| " + " | ".join(c for c, _, _ in SUMMARY_COLUMNS) + " |",
+            "|" + "|".join("---" if i < 4 else "---:" for i in range(len(SUMMARY_COLUMNS))) + "|",
+        ]
         for row in (r for r in rows if (r["model"], r["dataset"]) == key):
             lines.append("| " + " | ".join(_cell_text(row[f], s) for _, f, s in SUMMARY_COLUMNS) + " |")
         lines.append("")
@@ -68,15 +91,23 @@ def summary_markdown(rows: list[dict[str, Any]], grid: Grid) -> str:
 def write_grid_report(grid: Grid, outcomes: dict[str, CellOutcome], seconds: float) -> Path | None:
     """Write the summary and, when any cell has trained, the papers' tables in ``OUTPUT/report/``."""
     rows = [cell_row(grid, cell, outcomes.get(cell.id)) for cell in grid.cells]
-    pretrain = read_stages(pretrained_model_dir(grid.spec).parent).get("pretrain") if grid.spec.pretrain else None
-    write_json_atomic(grid.output_dir / "summary.json", {"grid": grid.source, "seconds": seconds,
-                                                         "pretrain": pretrain, "cells": rows})
+    pretrain = (
+        read_stages(pretrained_model_dir(grid.spec).parent).get("pretrain") if grid.spec.pretrain else None
+    )
+    write_json_atomic(
+        grid.output_dir / "summary.json",
+        {"grid": grid.source, "seconds": seconds, "pretrain": pretrain, "cells": rows},
+    )
     (grid.output_dir / "summary.md").write_text(summary_markdown(rows, grid), encoding="utf-8")
     trained = [cell.run_dir for cell in grid.cells if "train" in read_stages(cell.run_dir)]
     if not trained:
         return None
     report_dir = grid.output_dir / "report"
     expected = expected_file(grid)
-    write_report(load_runs(trained, words=grid.spec.evaluation.stats_words), report_dir, json_summary=True,
-                 expected=load_expected(expected) if expected else None)
+    write_report(
+        load_runs(trained, words=grid.spec.evaluation.stats_words),
+        report_dir,
+        json_summary=True,
+        expected=load_expected(expected) if expected else None,
+    )
     return report_dir

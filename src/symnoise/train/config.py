@@ -30,17 +30,21 @@ class ModelSection(_Section):
     name: str = Field(description="Hugging Face hub name (meta-llama/Llama-2-7b-hf) or local directory")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="dtype of the weights that are not trained (the base model under LoRA/QLoRA) and of "
+        "auto",
+        description="dtype of the weights that are not trained (the base model under LoRA/QLoRA) and of "
         "training.pure_bf16 runs: auto = bfloat16 when training.precision resolves to bf16, else float32. Full "
-        "fine-tuning keeps float32 master weights (with bf16 autocast) unless training.pure_bf16 is set")
+        "fine-tuning keeps float32 master weights (with bf16 autocast) unless training.pure_bf16 is set",
+    )
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
     trust_remote_code: bool = Field(False, description="run code shipped with the model; off unless asked")
-    license: str | None = Field(None, description="the base model's licence id (apache-2.0, llama3.2, ...), "
-                                "stated in the model card")
+    license: str | None = Field(
+        None, description="the base model's licence id (apache-2.0, llama3.2, ...), stated in the model card"
+    )
 
 
-DataFormat = Literal["auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages",
-                     "prompt-completion"]
+DataFormat = Literal[
+    "auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages", "prompt-completion"
+]
 DataTemplate = Literal["alpaca", "vicuna", "chat", "plain"]
 
 
@@ -52,8 +56,9 @@ class DatasetEntry(_Section):
     template: DataTemplate | None = None
     split: str | None = None
     turns: Literal["all", "first"] | None = None
-    weight: float | None = Field(None, gt=0, description="take every example this many times (0.5: a random "
-                                 "half, 2: twice); default 1")
+    weight: float | None = Field(
+        None, gt=0, description="take every example this many times (0.5: a random half, 2: twice); default 1"
+    )
     limit: int | None = Field(None, ge=1, description="use only the first N examples of this source")
 
     @model_validator(mode="after")
@@ -64,30 +69,43 @@ class DatasetEntry(_Section):
 
 
 class DataSection(_Section):
-    path: str | None = Field(None, description="local .json/.jsonl/.parquet file or hub dataset name "
-                             "(tatsu-lab/alpaca); or give datasets")
-    datasets: list[DatasetEntry] | None = Field(None, min_length=1, description="a mixture of sources, each "
-                                                "read, checked and reported on its own")
+    path: str | None = Field(
+        None,
+        description="local .json/.jsonl/.parquet file or hub dataset name "
+        "(tatsu-lab/alpaca); or give datasets",
+    )
+    datasets: list[DatasetEntry] | None = Field(
+        None, min_length=1, description="a mixture of sources, each read, checked and reported on its own"
+    )
     format: DataFormat = "auto"
     template: DataTemplate | None = Field(
-        None, description="prompt template; default: vicuna for conversations, alpaca for instruction data, plain "
-        "for text prompt/completion")
+        None,
+        description="prompt template; default: vicuna for conversations, alpaca for instruction data, plain "
+        "for text prompt/completion",
+    )
     turns: Literal["all", "first"] = Field(
-        "all", description="train on every assistant turn of a conversation, or on the first one only (the "
-        "papers' single-turn ShareGPT protocol)")
+        "all",
+        description="train on every assistant turn of a conversation, or on the first one only (the "
+        "papers' single-turn ShareGPT protocol)",
+    )
     split: str = "train"
     max_length: int = Field(512, ge=8)
     on_bad_row: Literal["error", "skip"] = "error"
     limit: int | None = Field(None, ge=1, description="use only the first N examples")
     eval_path: str | None = Field(None, description="held-out data in the same format, for eval loss")
-    cache: bool = Field(True, description="keep tokenised local files in $SYMNOISE_CACHE (~/.cache/symnoise), "
-                        "keyed by file content, settings and tokenizer")
+    cache: bool = Field(
+        True,
+        description="keep tokenised local files in $SYMNOISE_CACHE (~/.cache/symnoise), "
+        "keyed by file content, settings and tokenizer",
+    )
     packing: Literal["none", "rows", "padding_free"] = Field(
-        "none", description="rows: each batch packed into rows of at most max_length tokens with position-id "
+        "none",
+        description="rows: each batch packed into rows of at most max_length tokens with position-id "
         "resets (attention kept per sequence, almost no padding; the fast layout for SDPA and eager attention, "
         "exact under FlashAttention too through the batch's cu_seq_lens); "
         "padding_free: each batch is one row of concatenated sequences (no padding; for FlashAttention's varlen "
-        "kernels, since other attention builds a dense mask over the whole row); none: pad to the longest")
+        "kernels, since other attention builds a dense mask over the whole row); none: pad to the longest",
+    )
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding)")
 
     @property
@@ -110,8 +128,11 @@ class LoraSection(_Section):
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    quantize_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base weights (needs CUDA and bitsandbytes)")
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    quantize_4bit: bool = Field(
+        False, description="QLoRA: 4-bit NF4 base weights (needs CUDA and bitsandbytes)"
+    )
 
 
 class WandbSection(_Section):
@@ -136,15 +157,20 @@ class TrainingSection(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     trained_logits_only: bool = Field(
-        True, description="compute the LM head only where a next token is trained (the response): the same loss "
-        "with less compute; used when the model takes per-row logits_to_keep (transformers causal LMs do)")
+        True,
+        description="compute the LM head only where a next token is trained (the response): the same loss "
+        "with less compute; used when the model takes per-row logits_to_keep (transformers causal LMs do)",
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise")
+        "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise"
+    )
     pure_bf16: bool = Field(
-        False, description="full fine-tuning only: train bfloat16 weights directly, with no float32 master copy. "
+        False,
+        description="full fine-tuning only: train bfloat16 weights directly, with no float32 master copy. "
         "Saves half the weight and optimizer-state memory, but an update smaller than bf16's resolution (1/256 of "
         "a weight) is lost: at lr 5e-5 one AdamW step leaves about half of the elements unchanged. Off: float32 "
-        "master weights, bf16 autocast (what the papers' FSDP mixed precision does)")
+        "master weights, bf16 autocast (what the papers' FSDP mixed precision does)",
+    )
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(500, ge=1)
@@ -154,17 +180,28 @@ class TrainingSection(_Section):
     dataloader_num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu"] = Field("auto", description="cpu forces CPU training even with a GPU")
     on_nonfinite: Literal["stop", "skip"] = Field(
-        "stop", description="a NaN/inf loss or gradient: stop the run (weights stay finite) or skip that step")
-    run_name: str | None = Field(None, description="run name for trackers (W&B); default: the output_dir name")
-    wandb: WandbSection | None = Field(None, description="W&B project, entity, tags, group; needs report_to: [wandb]")
-    push_to_hub: bool = Field(False, description="upload the final model, tokenizer and model card to the hub")
-    hub_model_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$",
-                                     description="hub repository (user/name); default: the output_dir name "
-                                     "under the logged-in account")
+        "stop", description="a NaN/inf loss or gradient: stop the run (weights stay finite) or skip that step"
+    )
+    run_name: str | None = Field(
+        None, description="run name for trackers (W&B); default: the output_dir name"
+    )
+    wandb: WandbSection | None = Field(
+        None, description="W&B project, entity, tags, group; needs report_to: [wandb]"
+    )
+    push_to_hub: bool = Field(
+        False, description="upload the final model, tokenizer and model card to the hub"
+    )
+    hub_model_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$",
+        description="hub repository (user/name); default: the output_dir name under the logged-in account",
+    )
     hub_private: bool = Field(True, description="create the hub repository private")
     trainer_args: dict[str, Any] = Field(
-        default_factory=dict, description="any other transformers.TrainingArguments field (optim, adam_beta2, "
-        "torch_compile, ...), checked against the installed transformers")
+        default_factory=dict,
+        description="any other transformers.TrainingArguments field (optim, adam_beta2, "
+        "torch_compile, ...), checked against the installed transformers",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -218,21 +255,35 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.lora.quantize_4bit and not self.lora.enabled:
-            raise ValueError("lora.quantize_4bit needs lora.enabled: true (QLoRA trains adapters on a 4-bit base)")
+            raise ValueError(
+                "lora.quantize_4bit needs lora.enabled: true (QLoRA trains adapters on a 4-bit base)"
+            )
         if self.training.pure_bf16 and self.lora.enabled:
-            raise ValueError("training.pure_bf16 is for full fine-tuning; LoRA adapters are kept in float32 and "
-                             "the base model's dtype is model.dtype")
+            raise ValueError(
+                "training.pure_bf16 is for full fine-tuning; LoRA adapters are kept in float32 and "
+                "the base model's dtype is model.dtype"
+            )
         if self.training.pure_bf16 and self.model.dtype not in ("auto", "bfloat16"):
-            raise ValueError(f"training.pure_bf16 trains bfloat16 weights; model.dtype={self.model.dtype} "
-                             "contradicts it (use auto or bfloat16)")
-        if not self.lora.enabled and not self.training.pure_bf16 and self.model.dtype in ("bfloat16", "float16"):
-            raise ValueError(f"model.dtype={self.model.dtype} with full fine-tuning: the trained weights are kept "
-                             "in float32 (master weights, with bf16/fp16 autocast); set training.pure_bf16: true to "
-                             "train bfloat16 weights directly, or model.dtype: auto")
+            raise ValueError(
+                f"training.pure_bf16 trains bfloat16 weights; model.dtype={self.model.dtype} "
+                "contradicts it (use auto or bfloat16)"
+            )
+        if (
+            not self.lora.enabled
+            and not self.training.pure_bf16
+            and self.model.dtype in ("bfloat16", "float16")
+        ):
+            raise ValueError(
+                f"model.dtype={self.model.dtype} with full fine-tuning: the trained weights are kept "
+                "in float32 (master weights, with bf16/fp16 autocast); set training.pure_bf16: true to "
+                "train bfloat16 weights directly, or model.dtype: auto"
+            )
         per_step = self.training.per_device_batch_size
         if self.training.effective_batch_size % per_step:
-            raise ValueError(f"training.effective_batch_size ({self.training.effective_batch_size}) must be a "
-                             f"multiple of training.per_device_batch_size ({per_step})")
+            raise ValueError(
+                f"training.effective_batch_size ({self.training.effective_batch_size}) must be a "
+                f"multiple of training.per_device_batch_size ({per_step})"
+            )
         return self
 
     def resolved_template(self, detected_format: str) -> str:
@@ -242,8 +293,13 @@ class TrainConfig(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="python", exclude={"noise"})
-        return {"model": data["model"], "data": data["data"], "noise": self.noise.to_dict(),
-                "lora": data["lora"], "training": data["training"]}
+        return {
+            "model": data["model"],
+            "data": data["data"],
+            "noise": self.noise.to_dict(),
+            "lora": data["lora"],
+            "training": data["training"],
+        }
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -305,6 +361,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping with model, data, noise, lora, training")
+            raise ConfigError(
+                f"{path}: the top level must be a mapping with model, data, noise, lora, training"
+            )
         data = loaded or {}
     return validate_config(apply_overrides(data, list(overrides)), source)

@@ -62,15 +62,18 @@ def check_launch(env: Mapping[str, str] = os.environ) -> None:
     sets ``MASTER_ADDR`` for the N processes it was asked for but starts only one, with no ``WORLD_SIZE``.
     """
     asked_for_several = _truthy(env.get("ACCELERATE_USE_CPU")) and "MASTER_ADDR" in env
-    launched_one = not any(key in env for key in ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
-                                                  "MV2_COMM_WORLD_SIZE"))
+    launched_one = not any(
+        key in env
+        for key in ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    )
     if asked_for_several and launched_one:
         raise LaunchError(
             "accelerate launch --cpu --num_processes N starts a single process (accelerate runs several CPU "
             "processes only through mpirun), so this would not be a distributed run. For N processes on CPUs use "
             "`torchrun --nproc_per_node N -m symnoise train ...` or `accelerate launch --multi_gpu --num_processes "
             "N -m symnoise train ...` (on a machine without CUDA they train on the CPU over gloo); for one process "
-            "leave out --num_processes (or unset MASTER_ADDR)")
+            "leave out --num_processes (or unset MASTER_ADDR)"
+        )
 
 
 def check_world_size(trainer_world_size: int, env: Mapping[str, str] = os.environ) -> None:
@@ -81,7 +84,8 @@ def check_world_size(trainer_world_size: int, env: Mapping[str, str] = os.enviro
             f"{launched} processes were launched (WORLD_SIZE={launched}) but the Trainer sees a world size of "
             f"{trainer_world_size}: each process would train alone and write the same run directory. This happens "
             "when no backend fits the device (no CUDA: symnoise trains on the CPU over gloo); check the launcher "
-            "and training.device")
+            "and training.device"
+        )
 
 
 def describe_world(args: Any) -> str:
@@ -89,8 +93,10 @@ def describe_world(args: Any) -> str:
     state = getattr(args, "distributed_state", None)
     kind = str(getattr(state, "distributed_type", "NO")).split(".")[-1]
     backend = getattr(state, "backend", None) or "none"
-    return (f"world size {args.world_size} (process {args.process_index}, local {args.local_process_index}; "
-            f"{kind}, backend {backend}, device {args.device})")
+    return (
+        f"world size {args.world_size} (process {args.process_index}, local {args.local_process_index}; "
+        f"{kind}, backend {backend}, device {args.device})"
+    )
 
 
 def quantized_device_map(local_rank: int) -> dict[str, int]:
@@ -117,7 +123,8 @@ def final_state_dict(trainer: Any) -> dict | None:
                 raise TrainingError(
                     "DeepSpeed ZeRO-3 cannot write a consolidated final model without gathering the 16-bit weights: "
                     "set zero3_save_16bit_model: true in the accelerate config (stage3_gather_16bit_weights_on_"
-                    f"model_save in a DeepSpeed JSON); the checkpoints are intact ({error})") from None
+                    f"model_save in a DeepSpeed JSON); the checkpoints are intact ({error})"
+                ) from None
     return None
 
 
@@ -156,6 +163,8 @@ def check_nonfinite_mode(on_nonfinite: str, env: Mapping[str, str] = os.environ)
     if on_nonfinite == "skip" and _truthy(env.get("ACCELERATE_USE_DEEPSPEED")):
         from .config import ConfigError
 
-        raise ConfigError("training.on_nonfinite=skip does not work under DeepSpeed, which steps the optimizer "
-                          "inside backward, before a step can be checked; use on_nonfinite: stop (the run stops at "
-                          "the first non-finite loss and the last checkpoint stays intact)")
+        raise ConfigError(
+            "training.on_nonfinite=skip does not work under DeepSpeed, which steps the optimizer "
+            "inside backward, before a step can be checked; use on_nonfinite: stop (the run stops at "
+            "the first non-finite loss and the last checkpoint stays intact)"
+        )

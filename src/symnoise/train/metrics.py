@@ -159,8 +159,15 @@ class RunMetrics:
       busy the GPU is; ``mfu`` says how much of that is the caller's tokens.
     """
 
-    def __init__(self, run_dir: Path, counter: TokenCounter, device: torch.device, n_params: int, world_size: int,
-                 n_trained: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        counter: TokenCounter,
+        device: torch.device,
+        n_params: int,
+        world_size: int,
+        n_trained: int | None = None,
+    ):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.counter = counter
         self.device = device
@@ -172,10 +179,15 @@ class RunMetrics:
         if device.type == "cuda":
             name = torch.cuda.get_device_name(device)
             self.flops = peak_flops(name)
-            logger.info("MFU: %.4g FLOPs per token (N = %d, trained %d), %s", self.flops_per_token, n_params,
-                        self.n_trained,
-                        f"peak {self.flops / 1e12:g} TFLOP/s ({name})" if self.flops else
-                        f"not logged: {name!r} is not in the peak table")
+            logger.info(
+                "MFU: %.4g FLOPs per token (N = %d, trained %d), %s",
+                self.flops_per_token,
+                n_params,
+                self.n_trained,
+                f"peak {self.flops / 1e12:g} TFLOP/s ({name})"
+                if self.flops
+                else f"not logged: {name!r} is not in the peak table",
+            )
         self._last = (time.perf_counter(), 0, 0, 0)
 
     def extend(self, logs: dict[str, float]) -> None:
@@ -265,14 +277,22 @@ The noise is used only during training; the saved weights are an ordinary {kind}
 prompt template (`symnoise generate` reads it from `symnoise_run.json`).
 """
 
-METHOD_TAGS = {"uniform": "neftune", "gaussian": "gaussian-noise", "bernoulli": "bernoulli-noise",
-               "symnoise": "symnoise"}
+METHOD_TAGS = {
+    "uniform": "neftune",
+    "gaussian": "gaussian-noise",
+    "bernoulli": "bernoulli-noise",
+    "symnoise": "symnoise",
+}
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
 
 def is_hub_dataset(path: str) -> bool:
     """Whether a data path names a hub dataset (``tatsu-lab/alpaca``) rather than a local file or folder."""
-    return not Path(path).exists() and not path.endswith(LOCAL_DATA_SUFFIXES) and not path.startswith((".", "/", "~"))
+    return (
+        not Path(path).exists()
+        and not path.endswith(LOCAL_DATA_SUFFIXES)
+        and not path.startswith((".", "/", "~"))
+    )
 
 
 def data_paths(config: Any) -> list[str]:
@@ -287,10 +307,21 @@ def _dataset_label(path: str) -> str:
 
 def card_metadata(config: Any) -> str:
     """The YAML header the hub reads: library, base model, licence, tags (each once), hub datasets."""
-    tags = list(dict.fromkeys(["symnoise", "noisy-embeddings", METHOD_TAGS.get(config.noise.method),
-                               "lora" if config.lora.enabled else None, "text-generation"]))
-    lines = [f"library_name: {'peft' if config.lora.enabled else 'transformers'}",
-             f"base_model: {config.model.name}"]
+    tags = list(
+        dict.fromkeys(
+            [
+                "symnoise",
+                "noisy-embeddings",
+                METHOD_TAGS.get(config.noise.method),
+                "lora" if config.lora.enabled else None,
+                "text-generation",
+            ]
+        )
+    )
+    lines = [
+        f"library_name: {'peft' if config.lora.enabled else 'transformers'}",
+        f"base_model: {config.model.name}",
+    ]
     if getattr(config.model, "license", None):
         lines.append(f"license: {config.model.license}")
     lines.append("pipeline_tag: text-generation")
@@ -301,25 +332,41 @@ def card_metadata(config: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(config: Any, template: str, steps: int, final_loss: float | None,
-               epochs: float | None = None) -> str:
+def model_card(
+    config: Any, template: str, steps: int, final_loss: float | None, epochs: float | None = None
+) -> str:
     """The run's README.md: what was trained, on what, how, and for how long (the steps and epochs actually
     trained, which ``max_steps`` can make fewer than ``training.epochs``)."""
     from .. import __version__
 
     noise, lora = config.noise, config.lora
     return MODEL_CARD.format(
-        metadata=card_metadata(config), name=Path(config.training.output_dir).name, version=__version__,
-        base_model=config.model.name, license=getattr(config.model, "license", None) or "not stated in the config",
-        datasets=" + ".join(_dataset_label(path) for path in data_paths(config)), method=noise.method,
+        metadata=card_metadata(config),
+        name=Path(config.training.output_dir).name,
+        version=__version__,
+        base_model=config.model.name,
+        license=getattr(config.model, "license", None) or "not stated in the config",
+        datasets=" + ".join(_dataset_label(path) for path in data_paths(config)),
+        method=noise.method,
         alpha=noise.alpha,
-        lora_sentence=", LoRA adapter" if lora.enabled else "", symmetric=noise.symmetric,
-        match=noise.match_uniform_norm, length_mode=noise.length_mode, region=noise.region,
-        schedule=noise.schedule, template=template, max_length=config.data.max_length,
-        lr=config.training.learning_rate, batch=config.training.effective_batch_size, steps=steps,
+        lora_sentence=", LoRA adapter" if lora.enabled else "",
+        symmetric=noise.symmetric,
+        match=noise.match_uniform_norm,
+        length_mode=noise.length_mode,
+        region=noise.region,
+        schedule=noise.schedule,
+        template=template,
+        max_length=config.data.max_length,
+        lr=config.training.learning_rate,
+        batch=config.training.effective_batch_size,
+        steps=steps,
         epochs="n/a" if epochs is None else f"{epochs:.2f}",
-        lora=(f"r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules={lora.target_modules}"
-              + (", 4-bit base (QLoRA)" if lora.quantize_4bit else "")) if lora.enabled else "no (full fine-tuning)",
+        lora=(
+            f"r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, modules={lora.target_modules}"
+            + (", 4-bit base (QLoRA)" if lora.quantize_4bit else "")
+        )
+        if lora.enabled
+        else "no (full fine-tuning)",
         kind="LoRA adapter for the base model" if lora.enabled else "causal LM",
         final_loss="n/a" if final_loss is None else f"{final_loss:.4f}",
     )

@@ -41,7 +41,9 @@ def check_output_dir(output_dir: str | Path) -> None:
             break
         ancestor = ancestor.parent
     if ancestor.exists() and not ancestor.is_dir():
-        raise ConfigError(f"training.output_dir: {path} cannot be created: {ancestor} is a file, not a folder")
+        raise ConfigError(
+            f"training.output_dir: {path} cannot be created: {ancestor} is a file, not a folder"
+        )
     if path.is_dir():
         return  # the write probe after the directory is locked tells whether it is writable
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -79,22 +81,32 @@ def check_environment(config: TrainConfig) -> None:
     """Packages the config needs are installed, and flash attention has what it needs to run."""
     for target in config.training.report_to:
         if target == "wandb" and not _importable("wandb"):
-            raise ConfigError("training.report_to: wandb is not installed (pip install \"symnoise[wandb]\"); install it or "
-                              "remove wandb from training.report_to")
+            raise ConfigError(
+                'training.report_to: wandb is not installed (pip install "symnoise[wandb]"); install it or '
+                "remove wandb from training.report_to"
+            )
         if target == "tensorboard" and not (_importable("tensorboard") or _importable("tensorboardX")):
-            raise ConfigError("training.report_to: tensorboard is not installed (pip install tensorboard); "
-                              "install it or remove tensorboard from training.report_to")
+            raise ConfigError(
+                "training.report_to: tensorboard is not installed (pip install tensorboard); "
+                "install it or remove tensorboard from training.report_to"
+            )
     attention = config.model.attn_implementation
     if attention in ("flash_attention_2", "flash_attention_3"):
         module = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}[attention]
         if not _importable(module):
-            package = "flash-attn" if attention == "flash_attention_2" else "flash-attn 3 (flash_attn_interface)"
-            raise ConfigError(f"model.attn_implementation={attention} needs {package}, which is not installed; "
-                              "install it or use sdpa (the default)")
+            package = (
+                "flash-attn" if attention == "flash_attention_2" else "flash-attn 3 (flash_attn_interface)"
+            )
+            raise ConfigError(
+                f"model.attn_implementation={attention} needs {package}, which is not installed; "
+                "install it or use sdpa (the default)"
+            )
         import torch
 
         if config.training.device == "cpu" or not torch.cuda.is_available():
-            raise ConfigError(f"model.attn_implementation={attention} needs a CUDA GPU; use sdpa or eager on CPU")
+            raise ConfigError(
+                f"model.attn_implementation={attention} needs a CUDA GPU; use sdpa or eager on CPU"
+            )
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -104,32 +116,45 @@ def check_model_source(config: TrainConfig) -> None:
     local = Path(name).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise ConfigError(f"model.name: {local} is a file; give a model folder (config.json and weights) or "
-                              "a hub name")
+            raise ConfigError(
+                f"model.name: {local} is a file; give a model folder (config.json and weights) or a hub name"
+            )
         files = {p.name for p in local.iterdir()}
         if not files:
-            raise ConfigError(f"model.name: {local} is an empty folder; it must hold a saved model (config.json "
-                              "and *.safetensors, as written by save_pretrained)")
+            raise ConfigError(
+                f"model.name: {local} is an empty folder; it must hold a saved model (config.json "
+                "and *.safetensors, as written by save_pretrained)"
+            )
         if "config.json" not in files and "adapter_config.json" not in files:
-            raise ConfigError(f"model.name: {local} has no config.json, so it is not a saved model (it holds "
-                              f"{', '.join(sorted(files)[:5])}{', ...' if len(files) > 5 else ''})")
+            raise ConfigError(
+                f"model.name: {local} has no config.json, so it is not a saved model (it holds "
+                f"{', '.join(sorted(files)[:5])}{', ...' if len(files) > 5 else ''})"
+            )
         if not any(f.endswith(WEIGHT_SUFFIXES) for f in files):
-            raise ConfigError(f"model.name: {local} has a config.json but no weights (*.safetensors or *.bin)")
+            raise ConfigError(
+                f"model.name: {local} has a config.json but no weights (*.safetensors or *.bin)"
+            )
         return
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
     if looks_local:
-        raise ConfigError(f"model.name: {name} does not exist (not a folder, and not a hub name like org/model)")
+        raise ConfigError(
+            f"model.name: {name} does not exist (not a folder, and not a hub name like org/model)"
+        )
     if hub_commit(name, config.model.revision) is not None:
         return
     if hub_offline():
-        raise ConfigError(f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
-                          "HF_HUB_OFFLINE is set, so it cannot be downloaded; unset HF_HUB_OFFLINE, or set "
-                          "model.name to a local model folder")
+        raise ConfigError(
+            f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
+            "HF_HUB_OFFLINE is set, so it cannot be downloaded; unset HF_HUB_OFFLINE, or set "
+            "model.name to a local model folder"
+        )
     problem = hub_reachable()
     if problem is not None:
-        raise ConfigError(f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
-                          f"{hub_endpoint()} cannot be reached ({problem}); connect to the network, or set "
-                          "model.name to a local model folder")
+        raise ConfigError(
+            f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
+            f"{hub_endpoint()} cannot be reached ({problem}); connect to the network, or set "
+            "model.name to a local model folder"
+        )
 
 
 def model_module_names(config: TrainConfig) -> list[str]:
@@ -137,10 +162,13 @@ def model_module_names(config: TrainConfig) -> list[str]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_config = AutoConfig.from_pretrained(config.model.name, revision=config.model.revision,
-                                              trust_remote_code=config.model.trust_remote_code)
+    model_config = AutoConfig.from_pretrained(
+        config.model.name, revision=config.model.revision, trust_remote_code=config.model.trust_remote_code
+    )
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(
+            model_config, trust_remote_code=config.model.trust_remote_code
+        )
     return [name for name, _ in model.named_modules() if name]
 
 
@@ -156,15 +184,19 @@ def check_lora_targets(config: TrainConfig) -> None:
     missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if missing:
         last_parts = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
-        raise ConfigError(f"lora.target_modules: {', '.join(missing)} not found in {config.model.name}; its "
-                          f"modules are named {', '.join(last_parts)} (or use all-linear)")
+        raise ConfigError(
+            f"lora.target_modules: {', '.join(missing)} not found in {config.model.name}; its "
+            f"modules are named {', '.join(last_parts)} (or use all-linear)"
+        )
 
 
 def check_chat_template(config: TrainConfig, tokenizer, template: str) -> None:
     """``template: chat`` renders prompts with the tokenizer's chat template, which it must have."""
     if template == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"data.template=chat: the tokenizer of {config.model.name} has no chat template; use "
-                          "data.template=alpaca or vicuna, or a model whose tokenizer defines chat_template")
+        raise ConfigError(
+            f"data.template=chat: the tokenizer of {config.model.name} has no chat template; use "
+            "data.template=alpaca or vicuna, or a model whose tokenizer defines chat_template"
+        )
 
 
 def check_before_data(config: TrainConfig) -> None:

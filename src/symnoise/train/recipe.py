@@ -97,7 +97,9 @@ def check_run_dir(config: TrainConfig, resume: bool) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"training.output_dir: {run_dir} exists and is not a directory")
     if resume and last_complete_checkpoint(run_dir) is None:
-        raise ConfigError(f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)")
+        raise ConfigError(
+            f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         discard_incomplete(run_dir)
@@ -113,8 +115,9 @@ def check_run_dir(config: TrainConfig, resume: bool) -> Path:
 def load_tokenizer(config: TrainConfig):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.model.name, revision=config.model.revision,
-                                              trust_remote_code=config.model.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        config.model.name, revision=config.model.revision, trust_remote_code=config.model.trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
@@ -137,8 +140,9 @@ def load_tokenizer_for_data(config: TrainConfig):
 def load_data(config: TrainConfig, tokenizer) -> TrainingData:
     """Read, check and tokenise every source (bad rows fail here, before the model is loaded); cached by content."""
     specs, eval_spec = specs_from_section(config.data)
-    return prepare_training_data(specs, tokenizer, config.data.max_length, config.training.seed, eval_spec,
-                                 cache=config.data.cache)
+    return prepare_training_data(
+        specs, tokenizer, config.data.max_length, config.training.seed, eval_spec, cache=config.data.cache
+    )
 
 
 def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
@@ -159,8 +163,12 @@ def weights_dtype(config: TrainConfig, precision: str) -> torch.dtype:
         return torch.bfloat16
     if not config.lora.enabled:
         return torch.float32
-    return {"auto": {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision],
-            "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
+    return {
+        "auto": {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision],
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }[config.model.dtype]
 
 
 def load_model(config: TrainConfig, precision: str, local_rank: int = 0):
@@ -169,8 +177,11 @@ def load_model(config: TrainConfig, precision: str, local_rank: int = 0):
     process's GPU for a QLoRA model."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = dict(revision=config.model.revision, dtype=weights_dtype(config, precision),
-                                  trust_remote_code=config.model.trust_remote_code)
+    kwargs: dict[str, Any] = dict(
+        revision=config.model.revision,
+        dtype=weights_dtype(config, precision),
+        trust_remote_code=config.model.trust_remote_code,
+    )
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
     if config.lora.quantize_4bit:
@@ -189,11 +200,17 @@ def quantization_config():
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ConfigError("lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install 'symnoise[gpu]'") from None
+        raise ConfigError(
+            "lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install 'symnoise[gpu]'"
+        ) from None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 def wrap_lora(model, config: TrainConfig):
@@ -201,8 +218,13 @@ def wrap_lora(model, config: TrainConfig):
 
     if config.lora.quantize_4bit:
         model = prepare_model_for_kbit_training(model, config.training.gradient_checkpointing)
-    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -211,35 +233,59 @@ def make_collator(config: TrainConfig, tokenizer):
 
     if config.data.packing == "padding_free":
         # The varlen kwargs spare FlashAttention re-deriving them from position ids (a host sync) in every layer.
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=True)
+        return DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=True
+        )
     if config.data.packing == "rows":
         return PackedRowsCollator(row_length=config.data.max_length, pad_token_id=tokenizer.pad_token_id)
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
 
 
-def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_eval: bool, use_cpu: bool = False):
+def training_arguments(
+    config: TrainConfig, run_dir: Path, precision: str, has_eval: bool, use_cpu: bool = False
+):
     from transformers import TrainingArguments
 
     t = config.training
     accumulation = t.effective_batch_size // t.per_device_batch_size
     if accumulation % world_size():
-        raise ConfigError(f"training.effective_batch_size={t.effective_batch_size} is not divisible by "
-                          f"per_device_batch_size x processes = {t.per_device_batch_size} x {world_size()}")
+        raise ConfigError(
+            f"training.effective_batch_size={t.effective_batch_size} is not divisible by "
+            f"per_device_batch_size x processes = {t.per_device_batch_size} x {world_size()}"
+        )
     own = dict(
-        output_dir=str(run_dir), num_train_epochs=t.epochs, max_steps=t.max_steps, learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
-        per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
-        gradient_accumulation_steps=accumulation // world_size(), max_grad_norm=t.max_grad_norm,
+        output_dir=str(run_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=accumulation // world_size(),
+        max_grad_norm=t.max_grad_norm,
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        bf16=precision == "bf16", fp16=precision == "fp16", seed=t.seed, data_seed=t.seed,
-        logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit, eval_strategy="steps" if has_eval and t.eval_steps else "no",
-        eval_steps=t.eval_steps, prediction_loss_only=True,  # eval reports the loss; never gather eval logits
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval and t.eval_steps else "no",
+        eval_steps=t.eval_steps,
+        prediction_loss_only=True,  # eval reports the loss; never gather eval logits
         report_to=list(t.report_to),
-        dataloader_num_workers=t.dataloader_num_workers, remove_unused_columns=False,
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
-        use_cpu=use_cpu or t.device == "cpu", disable_tqdm=False, optim="adamw_torch", label_names=["labels"],
+        use_cpu=use_cpu or t.device == "cpu",
+        disable_tqdm=False,
+        optim="adamw_torch",
+        label_names=["labels"],
         run_name=t.run_name or run_dir.name,
     )
     try:
@@ -247,17 +293,26 @@ def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_e
     except (ValueError, TypeError) as error:  # a pass-through value transformers refuses
         if not t.trainer_args:
             raise
-        raise ConfigError(f"training.trainer_args: transformers.TrainingArguments refused the settings: {error}"
-                          ) from None
+        raise ConfigError(
+            f"training.trainer_args: transformers.TrainingArguments refused the settings: {error}"
+        ) from None
 
 
 def write_run_files(config: TrainConfig, run_dir: Path, template: str, data: TrainingData) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-    write_json(run_dir / "symnoise_run.json", {
-        "symnoise_version": __version__, "template": template, "max_length": config.data.max_length,
-        "noise": config.noise.to_dict(), "model": config.model.name, "dataset": config.data.source_label,
-        "format": data.format, "lora": config.lora.enabled,
-    })
+    write_json(
+        run_dir / "symnoise_run.json",
+        {
+            "symnoise_version": __version__,
+            "template": template,
+            "max_length": config.data.max_length,
+            "noise": config.noise.to_dict(),
+            "model": config.model.name,
+            "dataset": config.data.source_label,
+            "format": data.format,
+            "lora": config.lora.enabled,
+        },
+    )
     write_json(run_dir / "data_report.json", data.to_dict())
 
 
@@ -281,7 +336,9 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     run_dir = check_run_dir(config, resume)
     commit = pinned_revision(run_dir, config) if resume else None
     if commit is not None:
-        logger.info("--resume: loading %s at commit %s, the one this run started with", config.model.name, commit)
+        logger.info(
+            "--resume: loading %s at commit %s, the one this run started with", config.model.name, commit
+        )
         config = config.model_copy(update={"model": config.model.model_copy(update={"revision": commit})})
     set_seed(config.training.seed)
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
@@ -289,7 +346,9 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     # Built before tokenizer and model load: a value transformers refuses (training.trainer_args) costs no load.
     # It also makes the distributed state, before the model is loaded; without CUDA the processes train on the
     # CPU over gloo (otherwise torchrun on a CPU machine would train N independent copies).
-    args = training_arguments(config, run_dir, precision, config.data.eval_path is not None, use_cpu=not use_cuda)
+    args = training_arguments(
+        config, run_dir, precision, config.data.eval_path is not None, use_cpu=not use_cuda
+    )
     logger.info("%s", describe_world(args))
     check_world_size(args.world_size)
     tokenizer = load_tokenizer_for_data(config)
@@ -298,8 +357,11 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
     with args.main_process_first(local=True, desc="tokenising") if config.data.cache else nullcontext():
         data = load_data(config, tokenizer)
     if args.world_size > 1:
-        logger.info("process %d: training data %s", args.process_index,
-                    "opened from the cache" if data.from_cache else "tokenised")
+        logger.info(
+            "process %d: training data %s",
+            args.process_index,
+            "opened from the cache" if data.from_cache else "tokenised",
+        )
     if is_main_process():  # one summary per run, not one per rank
         for line in data.summary_lines():
             logger.info("%s", line)
@@ -320,10 +382,18 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
         if supports_trained_logits_only(model):
             collator = TrainedLogitsOnly(collator)
         else:
-            logger.info("training.trained_logits_only: %s does not take per-row logits_to_keep; computing all logits",
-                        type(model).__name__)
-    trainer = Trainer(model=model, args=args, train_dataset=IndexedDataset(dataset), eval_dataset=eval_dataset,
-                      data_collator=indexing_collator(collator), processing_class=tokenizer)
+            logger.info(
+                "training.trained_logits_only: %s does not take per-row logits_to_keep; computing all logits",
+                type(model).__name__,
+            )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=IndexedDataset(dataset),
+        eval_dataset=eval_dataset,
+        data_collator=indexing_collator(collator),
+        processing_class=tokenizer,
+    )
     counter = TokenCounter(trainer)
     n_params, n_trained = flop_parameters(model)
     metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size(), n_trained)
@@ -355,8 +425,9 @@ def _log_efficient_loading(process: int) -> None:
     from transformers.integrations import is_fsdp_enabled
 
     if is_fsdp_enabled():
-        logger.info("process %d: loading for FSDP cpu_ram_efficient_loading (rank 0's weights are broadcast)",
-                    process)
+        logger.info(
+            "process %d: loading for FSDP cpu_ram_efficient_loading (rank 0's weights are broadcast)", process
+        )
 
 
 def _resume_point(run_dir: Path) -> str:
@@ -364,11 +435,16 @@ def _resume_point(run_dir: Path) -> str:
     resumed run logs those steps again."""
     checkpoint = last_complete_checkpoint(run_dir)
     if checkpoint is None:
-        raise ConfigError(f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)")
+        raise ConfigError(
+            f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)"
+        )
     if is_main_process():
         dropped = truncate_log(run_dir / "metrics.jsonl", checkpoint_step(checkpoint))
-        logger.info("resuming from %s%s", checkpoint,
-                    f" ({dropped} metrics lines after it dropped)" if dropped else "")
+        logger.info(
+            "resuming from %s%s",
+            checkpoint,
+            f" ({dropped} metrics lines after it dropped)" if dropped else "",
+        )
     return str(checkpoint)
 
 
@@ -392,8 +468,9 @@ def _load_finished(trainer, checkpoint: str) -> FinishedWeights | None:
     logger.info("%s holds every step of the run; writing the final model from it", checkpoint)
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
     if getattr(trainer, "is_deepspeed_enabled", False):
-        return FinishedWeights(deepspeed_checkpoint_state_dict(checkpoint) if trainer.is_world_process_zero()
-                               else None)
+        return FinishedWeights(
+            deepspeed_checkpoint_state_dict(checkpoint) if trainer.is_world_process_zero() else None
+        )
     trainer._load_from_checkpoint(checkpoint)
     return None
 
@@ -416,8 +493,12 @@ def _last_training_loss(trainer) -> float | None:
     return losses[-1] if losses else None
 
 
-FINAL_WEIGHTS = ("model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors",
-                 "model.safetensors")
+FINAL_WEIGHTS = (
+    "model.safetensors.index.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "model.safetensors",
+)
 
 
 @dataclass
@@ -427,8 +508,15 @@ class FinishedWeights:
     state_dict: dict | None
 
 
-def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template: str,
-                final_loss: float | None, finished: FinishedWeights | None = None) -> None:
+def _save_final(
+    trainer,
+    tokenizer,
+    config: TrainConfig,
+    run_dir: Path,
+    template: str,
+    final_loss: float | None,
+    finished: FinishedWeights | None = None,
+) -> None:
     """Write the final model into ``RUN/tmp-final/`` and move it into the run directory, weights last, so a
     crash or a full disk never leaves a ``model.safetensors`` that marks an unfinished run as finished.
 
@@ -447,14 +535,20 @@ def _save_final(trainer, tokenizer, config: TrainConfig, run_dir: Path, template
             trainer._save(str(staging), state_dict=state_dict)
         tokenizer.save_pretrained(str(staging))
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says the same safely
-        (staging / "README.md").write_text(model_card(config, template, trainer.state.global_step, final_loss,
-                                                      trainer.state.epoch), encoding="utf-8")
+        (staging / "README.md").write_text(
+            model_card(config, template, trainer.state.global_step, final_loss, trainer.state.epoch),
+            encoding="utf-8",
+        )
         publish_files(staging, run_dir, last=FINAL_WEIGHTS)
         metrics_file = run_dir / "metrics.jsonl"
         if metrics_file.exists():
             jsonl_to_csv(metrics_file, run_dir / "metrics.csv")
-        summary = {"steps": trainer.state.global_step, "final_loss": final_loss,
-                   "train_runtime_s": _runtime(trainer), "finished": True}
+        summary = {
+            "steps": trainer.state.global_step,
+            "final_loss": final_loss,
+            "train_runtime_s": _runtime(trainer),
+            "finished": True,
+        }
         write_json(run_dir / "train_summary.json", summary)
     except Exception as error:  # any writer's failure (OSError, SafetensorError, torch's RuntimeError)
         shutil.rmtree(staging, ignore_errors=True)

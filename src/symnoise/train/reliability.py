@@ -136,8 +136,11 @@ def describe_write_error(error: BaseException, what: str, run_dir: Path) -> str:
         text = " ".join(str(error).split())
         reason = f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
     last = last_complete_checkpoint(run_dir)
-    intact = (f"the last complete checkpoint, {last.name}, is intact: fix this and rerun with --resume"
-              if last else "no earlier checkpoint exists")
+    intact = (
+        f"the last complete checkpoint, {last.name}, is intact: fix this and rerun with --resume"
+        if last
+        else "no earlier checkpoint exists"
+    )
     return f"could not write {what} in {run_dir} ({reason}); {intact}"
 
 
@@ -178,8 +181,12 @@ def make_checkpoints_atomic(trainer: Any) -> None:
         finally:
             vars(trainer).pop("_get_output_dir", None)
         if main:
-            rotate_checkpoints(str(run_dir), trainer.args.save_total_limit, trainer.state.best_model_checkpoint,
-                               use_mtime=False)
+            rotate_checkpoints(
+                str(run_dir),
+                trainer.args.save_total_limit,
+                trainer.state.best_model_checkpoint,
+                use_mtime=False,
+            )
         trainer.accelerator.wait_for_everyone()
 
     trainer._save_checkpoint = save_checkpoint
@@ -203,11 +210,17 @@ def check_free_space(run_dir: Path, model: torch.nn.Module, lora: bool, checkpoi
         raise ConfigError(
             f"training.output_dir: {run_dir} has {_gib(free)} free, but one checkpoint (weights and optimizer "
             f"state, about {_gib(checkpoint)}) and the final model ({_gib(final)}) need about {_gib(needed)}; "
-            "free some space or choose another output_dir")
+            "free some space or choose another output_dir"
+        )
     whole_run = checkpoint * (checkpoints_kept + 1) + final
     if free < whole_run:
-        logger.warning("%s has %s free; keeping %d checkpoints and the final model may need about %s",
-                       run_dir, _gib(free), checkpoints_kept, _gib(whole_run))
+        logger.warning(
+            "%s has %s free; keeping %d checkpoints and the final model may need about %s",
+            run_dir,
+            _gib(free),
+            checkpoints_kept,
+            _gib(whole_run),
+        )
 
 
 def _gib(n: float) -> str:
@@ -270,7 +283,9 @@ class NonFiniteGuard(TrainerCallback):
 
         def get_batch_samples(*args: Any, **kwargs: Any) -> Any:
             samples, num_items = batches(*args, **kwargs)
-            self.indices = [int(i) for batch in samples for i in batch.pop(INDEX_KEY, torch.empty(0)).tolist()]
+            self.indices = [
+                int(i) for batch in samples for i in batch.pop(INDEX_KEY, torch.empty(0)).tolist()
+            ]
             return samples, num_items
 
         def training_step(*args: Any, **kwargs: Any) -> Any:
@@ -286,9 +301,13 @@ class NonFiniteGuard(TrainerCallback):
         losses, self.losses = self.losses, []
         grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor norm over sharded gradients; every rank is here
+        if hasattr(
+            grad_norm, "full_tensor"
+        ):  # FSDP2: a DTensor norm over sharded gradients; every rank is here
             grad_norm = grad_norm.full_tensor()
-        loss_values = torch.stack([loss.float().reshape(()) for loss in losses]) if losses else torch.zeros(())
+        loss_values = (
+            torch.stack([loss.float().reshape(()) for loss in losses]) if losses else torch.zeros(())
+        )
         bad = (~torch.isfinite(loss_values)).any() | ~torch.isfinite(grad_norm)
         bad = bad.to(torch.float32)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -296,20 +315,28 @@ class NonFiniteGuard(TrainerCallback):
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if not bad.item():
             return
-        report = {"step": state.global_step + 1, "action": self.mode,
-                  "losses": [_num(x) for x in loss_values.flatten()], "grad_norm": _num(grad_norm), "example_indices": self.indices,
-                  "sources": [self.sources[i] for i in self.indices if 0 <= i < len(self.sources)]}
+        report = {
+            "step": state.global_step + 1,
+            "action": self.mode,
+            "losses": [_num(x) for x in loss_values.flatten()],
+            "grad_norm": _num(grad_norm),
+            "example_indices": self.indices,
+            "sources": [self.sources[i] for i in self.indices if 0 <= i < len(self.sources)],
+        }
         if self.trainer.is_world_process_zero():
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(report) + "\n")
-        where = (f"step {report['step']} (losses {report['losses']}, gradient norm {report['grad_norm']}; "
-                 f"examples {self.indices}: {', '.join(report['sources'][:8])}"
-                 f"{' ...' if len(report['sources']) > 8 else ''})")
+        where = (
+            f"step {report['step']} (losses {report['losses']}, gradient norm {report['grad_norm']}; "
+            f"examples {self.indices}: {', '.join(report['sources'][:8])}"
+            f"{' ...' if len(report['sources']) > 8 else ''})"
+        )
         if self.mode == "stop":
             raise NonFiniteError(
                 f"non-finite loss or gradient at {where}. Training stopped before the optimizer step, so no NaN "
                 f"reached the weights; the step is recorded in {self.log_path}. Lower training.learning_rate, "
-                "check those examples, or set training.on_nonfinite=skip to drop such steps")
+                "check those examples, or set training.on_nonfinite=skip to drop such steps"
+            )
         self.trainer.model.zero_grad(set_to_none=True)
         self.skipped += 1
         logger.warning("skipped %s: non-finite loss or gradient (training.on_nonfinite=skip)", where)

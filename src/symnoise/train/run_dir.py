@@ -52,26 +52,67 @@ START_RECORD = "run_start.json"
 
 # Fields that change how a run is logged, saved or evaluated but not what it trains. Every other field (and any
 # field added later) counts as changing training.
-HARMLESS_FIELDS = frozenset({
-    "training.output_dir", "training.logging_steps", "training.save_steps", "training.save_total_limit",
-    "training.eval_steps", "training.report_to", "training.dataloader_num_workers", "training.on_nonfinite",
-    "training.gradient_checkpointing", "training.trained_logits_only", "data.eval_path",
-})
+HARMLESS_FIELDS = frozenset(
+    {
+        "training.output_dir",
+        "training.logging_steps",
+        "training.save_steps",
+        "training.save_total_limit",
+        "training.eval_steps",
+        "training.report_to",
+        "training.dataloader_num_workers",
+        "training.on_nonfinite",
+        "training.gradient_checkpointing",
+        "training.trained_logits_only",
+        "data.eval_path",
+    }
+)
 
 # What `symnoise train` writes into a run directory (and `--overwrite` may delete).
-TRAIN_FILES = frozenset({
-    LOCK_FILE, START_RECORD, "config.yaml", "symnoise_run.json", "data_report.json", "metrics.jsonl",
-    "metrics.csv", "runs", "nonfinite_steps.jsonl", "train_summary.json", "README.md", "config.json",
-    "generation_config.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-    "adapter_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json",
-    "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-})
-TRAIN_PATTERNS = (re.compile(r"^checkpoint-\d+$"), re.compile(r"^tmp-.+"), re.compile(r"^\.write_test_\d+$"),
-                  re.compile(r"^model-\d+-of-\d+\.safetensors$"), re.compile(r".+\.tmp$"))
+TRAIN_FILES = frozenset(
+    {
+        LOCK_FILE,
+        START_RECORD,
+        "config.yaml",
+        "symnoise_run.json",
+        "data_report.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "runs",
+        "nonfinite_steps.jsonl",
+        "train_summary.json",
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "chat_template.json",
+        "tokenizer.model",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+    }
+)
+TRAIN_PATTERNS = (
+    re.compile(r"^checkpoint-\d+$"),
+    re.compile(r"^tmp-.+"),
+    re.compile(r"^\.write_test_\d+$"),
+    re.compile(r"^model-\d+-of-\d+\.safetensors$"),
+    re.compile(r".+\.tmp$"),
+)
 # What other symnoise commands write beside a run (`symnoise grid`, `symnoise generate`): kept, never deleted.
-COMPANION_FILES = frozenset({"cell.yaml", "stages.json", "failure.json", "model_outputs.json",
-                             "model_outputs.partial.jsonl", "eval"})
+COMPANION_FILES = frozenset(
+    {"cell.yaml", "stages.json", "failure.json", "model_outputs.json", "model_outputs.partial.jsonl", "eval"}
+)
 
 
 class RunLockedError(ConfigError):
@@ -94,8 +135,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _holder_text(holder: dict[str, Any]) -> str:
-    return (f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
-            f"{holder.get('started_at', 'at an unknown time')}")
+    return (
+        f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
+        f"{holder.get('started_at', 'at an unknown time')}"
+    )
 
 
 class RunLock:
@@ -131,10 +174,14 @@ class RunLock:
                 raise RunLockedError(
                     f"training.output_dir: {self.path.parent} is in use by another symnoise run "
                     f"({_holder_text(previous)}); this file system has no locks, so if that run has ended, "
-                    f"delete {self.path} and retry")
+                    f"delete {self.path} and retry"
+                )
         if previous:
-            logger.warning("took over the lock %s left by a run that is no longer running (%s)", self.path,
-                           _holder_text(previous))
+            logger.warning(
+                "took over the lock %s left by a run that is no longer running (%s)",
+                self.path,
+                _holder_text(previous),
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode("utf-8"), 0)
         os.fsync(fd)
@@ -155,10 +202,12 @@ class RunLock:
                 raise RunLockedError(
                     f"training.output_dir: {self.path.parent} is in use by another symnoise run "
                     f"({_holder_text(holder)}); wait for it to end or stop it, or choose another "
-                    "output_dir") from None
+                    "output_dir"
+                ) from None
             if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                logger.warning("%s: the file system does not support locks; checking the PID record only",
-                               self.path)
+                logger.warning(
+                    "%s: the file system does not support locks; checking the PID record only", self.path
+                )
                 return False
             raise
         return True
@@ -250,12 +299,21 @@ def _model_changes(before: dict[str, Any] | None, config: TrainConfig) -> list[C
     if not before or "files" not in before:
         return []
     after = model_fingerprint(config.model.name, config.model.revision)
-    changed = sorted(name for name in before["files"].keys() | after.get("files", {}).keys()
-                     if before["files"].get(name) != after.get("files", {}).get(name))
+    changed = sorted(
+        name
+        for name in before["files"].keys() | after.get("files", {}).keys()
+        if before["files"].get(name) != after.get("files", {}).get(name)
+    )
     if not changed:
         return []
-    return [Change(f"model files ({config.model.name})", "as at the start",
-                   f"changed since: {', '.join(changed)}", False)]
+    return [
+        Change(
+            f"model files ({config.model.name})",
+            "as at the start",
+            f"changed since: {', '.join(changed)}",
+            False,
+        )
+    ]
 
 
 def training_data_paths(config: TrainConfig) -> list[str]:
@@ -265,10 +323,18 @@ def training_data_paths(config: TrainConfig) -> list[str]:
 
 def start_record(config: TrainConfig) -> dict[str, Any]:
     files = [data_fingerprint(path) for path in training_data_paths(config)]
-    return {"symnoise_version": __version__, "started_at": _now(), "host": socket.gethostname(),
-            "pid": os.getpid(), "processes": world_size(), "config": config.to_dict(),
-            "data": files[0] if len(files) == 1 else None, "data_files": files,
-            "model": model_fingerprint(config.model.name, config.model.revision), "resumes": []}
+    return {
+        "symnoise_version": __version__,
+        "started_at": _now(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "processes": world_size(),
+        "config": config.to_dict(),
+        "data": files[0] if len(files) == 1 else None,
+        "data_files": files,
+        "model": model_fingerprint(config.model.name, config.model.revision),
+        "resumes": [],
+    }
 
 
 def read_start_record(run_dir: Path) -> dict[str, Any] | None:
@@ -278,8 +344,10 @@ def read_start_record(run_dir: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
-        raise ConfigError(f"{path} is not valid JSON; it records what this run was started with, so the run "
-                          "cannot be checked: restore it, or use --overwrite to start again") from None
+        raise ConfigError(
+            f"{path} is not valid JSON; it records what this run was started with, so the run "
+            "cannot be checked: restore it, or use --overwrite to start again"
+        ) from None
     return record if isinstance(record, dict) else None
 
 
@@ -334,11 +402,18 @@ def config_changes(recorded: dict[str, Any], current: TrainConfig) -> list[Chang
         before, after = old.get(field, _ABSENT), new.get(field, _ABSENT)
         if before == after:
             continue
-        if field == "training.output_dir" and Path(str(before)).expanduser().resolve() == \
-                Path(str(after)).expanduser().resolve():
+        if (
+            field == "training.output_dir"
+            and Path(str(before)).expanduser().resolve() == Path(str(after)).expanduser().resolve()
+        ):
             continue
-        if isinstance(before, (int, float)) and isinstance(after, (int, float)) and not isinstance(before, bool) \
-                and not isinstance(after, bool) and float(before) == float(after):
+        if (
+            isinstance(before, (int, float))
+            and isinstance(after, (int, float))
+            and not isinstance(before, bool)
+            and not isinstance(after, bool)
+            and float(before) == float(after)
+        ):
             continue
         changes.append(Change(field, before, after, field in HARMLESS_FIELDS))
     return changes
@@ -354,8 +429,14 @@ def run_changes(record: dict[str, Any], config: TrainConfig) -> list[Change]:
         after = data_fingerprint(path)
         if after and after["sha256"] != before["sha256"]:
             what = "data file content" if len(recorded) == 1 else f"data file content ({path})"
-            changes.append(Change(what, f"sha256 {before['sha256'][:12]}… ({before['bytes']} bytes)",
-                                  f"sha256 {after['sha256'][:12]}… ({after['bytes']} bytes)", False))
+            changes.append(
+                Change(
+                    what,
+                    f"sha256 {before['sha256'][:12]}… ({before['bytes']} bytes)",
+                    f"sha256 {after['sha256'][:12]}… ({after['bytes']} bytes)",
+                    False,
+                )
+            )
     changes += _model_changes(record.get("model"), config)
     if record.get("processes") not in (None, world_size()):
         changes.append(Change("processes (WORLD_SIZE)", record["processes"], world_size(), False))
@@ -370,7 +451,8 @@ def refuse_training_changes(changes: list[Change], where: Path, what: str = "--r
         raise ConfigError(
             f"{what}: the config differs from the one {where} was started with, in fields that change training "
             f"(recorded -> now):\n{lines}\nResuming would mix two configs in one run; rerun with the recorded "
-            f"values (see {where / START_RECORD}), or start a new run in another output_dir")
+            f"values (see {where / START_RECORD}), or start a new run in another output_dir"
+        )
     for change in changes:
         logger.info("%s: %s (does not change training; allowed)", what, change)
 
@@ -403,8 +485,11 @@ class Contents:
 
 
 def _finished(run_dir: Path) -> bool:
-    return (run_dir / "model.safetensors").exists() or (run_dir / "adapter_model.safetensors").exists() \
+    return (
+        (run_dir / "model.safetensors").exists()
+        or (run_dir / "adapter_model.safetensors").exists()
         or (run_dir / "model.safetensors.index.json").exists()
+    )
 
 
 def describe_run(run_dir: Path) -> str:
@@ -447,8 +532,12 @@ class Claim:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.lock is None:
             return
-        failed_early = (exc_type is not None and issubclass(exc_type, Exception) and self.fresh
-                        and not training_began(self.run_dir))
+        failed_early = (
+            exc_type is not None
+            and issubclass(exc_type, Exception)
+            and self.fresh
+            and not training_began(self.run_dir)
+        )
         if failed_early:  # a bad input found before training: leave no half-made run behind
             remove_run_files(Contents.of(self.run_dir))
         self.lock.release()
@@ -467,8 +556,10 @@ def _remove_traces(run_dir: Path, lock: RunLock, created_dir: bool) -> None:
 
 def _foreign_error(run_dir: Path, foreign: list[Path]) -> ConfigError:
     names = ", ".join(p.name for p in foreign[:8]) + (", ..." if len(foreign) > 8 else "")
-    return ConfigError(f"training.output_dir: {run_dir} holds files symnoise did not write ({names}); symnoise "
-                       "never overwrites or deletes them: choose a new or empty directory, or move them out")
+    return ConfigError(
+        f"training.output_dir: {run_dir} holds files symnoise did not write ({names}); symnoise "
+        "never overwrites or deletes them: choose a new or empty directory, or move them out"
+    )
 
 
 def claim_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Claim:
@@ -481,8 +572,10 @@ def claim_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Claim:
     """
     run_dir = Path(config.training.output_dir)
     if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other: --resume continues the run in "
-                          "training.output_dir, --overwrite deletes it; pass one")
+        raise ConfigError(
+            "--resume and --overwrite contradict each other: --resume continues the run in "
+            "training.output_dir, --overwrite deletes it; pass one"
+        )
     check_output_dir(run_dir)
     main = is_main_process()
     created = not run_dir.exists()
@@ -508,9 +601,16 @@ def training_began(run_dir: Path) -> bool:
     A run that stopped earlier (a bad config found after the start record was written, a kill while the model
     loaded) left only files that the next run writes again, so it holds nothing to lose or to mix with.
     """
-    return _finished(run_dir) or any(
-        (run_dir / name).exists() for name in ("metrics.jsonl", "runs", "nonfinite_steps.jsonl", "train_summary.json")
-    ) or any(checkpoint_step(p) is not None or p.name.startswith("tmp-checkpoint-") for p in run_dir.iterdir())
+    return (
+        _finished(run_dir)
+        or any(
+            (run_dir / name).exists()
+            for name in ("metrics.jsonl", "runs", "nonfinite_steps.jsonl", "train_summary.json")
+        )
+        or any(
+            checkpoint_step(p) is not None or p.name.startswith("tmp-checkpoint-") for p in run_dir.iterdir()
+        )
+    )
 
 
 def _decide(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, main: bool) -> bool:
@@ -525,35 +625,56 @@ def _decide(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, m
         holds_run = training_began(run_dir)
         if holds_run and not overwrite:
             state = describe_run(run_dir)
-            hint = ("pass --resume to continue it" if checkpoint is not None and not _finished(run_dir)
-                    else "pass --resume to start it again from step 0 with the config it was started with"
-                    if checkpoint is None and record is not None else "")
-            raise ConfigError(f"training.output_dir: {run_dir} already holds a run ({state}); "
-                              f"{hint + ', ' if hint else ''}pass --overwrite to delete it and start a new "
-                              "run, or choose another output_dir")
+            hint = (
+                "pass --resume to continue it"
+                if checkpoint is not None and not _finished(run_dir)
+                else "pass --resume to start it again from step 0 with the config it was started with"
+                if checkpoint is None and record is not None
+                else ""
+            )
+            raise ConfigError(
+                f"training.output_dir: {run_dir} already holds a run ({state}); "
+                f"{hint + ', ' if hint else ''}pass --overwrite to delete it and start a new "
+                "run, or choose another output_dir"
+            )
         removed = remove_run_files(contents)
         if removed:
-            logger.info("%s: removed %d files of an earlier run in %s (%s)",
-                        "--overwrite" if holds_run else "it stopped before training began", len(removed), run_dir,
-                        ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""))
+            logger.info(
+                "%s: removed %d files of an earlier run in %s (%s)",
+                "--overwrite" if holds_run else "it stopped before training began",
+                len(removed),
+                run_dir,
+                ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""),
+            )
         write_start_record(run_dir, start_record(config))
         return False
     if checkpoint is None and record is None:
-        raise ConfigError(f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)")
+        raise ConfigError(
+            f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)"
+        )
     if contents.foreign and record is None:
         raise _foreign_error(run_dir, contents.foreign)
     if record is None:  # a run from a version without a start record: its config.yaml is the record
         record = _legacy_record(run_dir)
     changes = run_changes(record, config)
     refuse_training_changes(changes, run_dir)
-    record.setdefault("resumes", []).append({
-        "at": _now(), "pid": os.getpid(), "host": socket.gethostname(),
-        "from": checkpoint.name if checkpoint is not None else "step 0 (no checkpoint was written)",
-        "harmless_changes": {c.field: [c.old, c.new] for c in changes}})
+    record.setdefault("resumes", []).append(
+        {
+            "at": _now(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "from": checkpoint.name if checkpoint is not None else "step 0 (no checkpoint was written)",
+            "harmless_changes": {c.field: [c.old, c.new] for c in changes},
+        }
+    )
     if checkpoint is None:
         removed = remove_run_files(contents, keep=(START_RECORD,))
-        logger.info("--resume: %s stopped before its first checkpoint; starting it again from step 0 with the "
-                    "recorded config (removed %s)", run_dir, ", ".join(removed) or "nothing")
+        logger.info(
+            "--resume: %s stopped before its first checkpoint; starting it again from step 0 with the "
+            "recorded config (removed %s)",
+            run_dir,
+            ", ".join(removed) or "nothing",
+        )
     write_start_record(run_dir, record)
     return checkpoint is not None
 
@@ -563,9 +684,16 @@ def _legacy_record(run_dir: Path) -> dict[str, Any]:
 
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"--resume: {run_dir} has neither {START_RECORD} nor config.yaml, so the config it was "
-                          "started with is unknown and a changed config could not be detected; restore "
-                          "config.yaml, or start a new run in another output_dir")
+        raise ConfigError(
+            f"--resume: {run_dir} has neither {START_RECORD} nor config.yaml, so the config it was "
+            "started with is unknown and a changed config could not be detected; restore "
+            "config.yaml, or start a new run in another output_dir"
+        )
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return {"config": config if isinstance(config, dict) else {}, "data": None, "processes": None,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(path.stat().st_mtime)), "resumes": []}
+    return {
+        "config": config if isinstance(config, dict) else {},
+        "data": None,
+        "processes": None,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(path.stat().st_mtime)),
+        "resumes": [],
+    }

@@ -26,11 +26,26 @@ logger = logging.getLogger("symnoise.train")
 class UploadError(RuntimeError):
     """Training finished and the run is saved, but the upload to the hub failed; the message says how to retry."""
 
-WANDB_INSTALL_HINT = 'training.wandb needs the wandb package: pip install "symnoise[wandb]" (or pip install wandb)'
+
+WANDB_INSTALL_HINT = (
+    'training.wandb needs the wandb package: pip install "symnoise[wandb]" (or pip install wandb)'
+)
 
 # What goes to the hub from a run directory: the final model or adapter, tokenizer, card and symnoise's run files.
-HUB_IGNORE = ["checkpoint-*", "checkpoint-*/**", "tmp-*", "tmp-*/**", "runs/**", "merged/**", "wandb/**", "*.partial.jsonl",
-              ".write_test_*", "training_args.bin", "symnoise.lock", "run_start.json"]  # these two: host, PID
+HUB_IGNORE = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "tmp-*",
+    "tmp-*/**",
+    "runs/**",
+    "merged/**",
+    "wandb/**",
+    "*.partial.jsonl",
+    ".write_test_*",
+    "training_args.bin",
+    "symnoise.lock",
+    "run_start.json",
+]  # these two: host, PID
 
 
 def wandb_settings(config: TrainConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -42,7 +57,9 @@ def wandb_settings(config: TrainConfig, environ: Mapping[str, str] = os.environ)
     return {
         "project": (section and section.project) or environ.get("WANDB_PROJECT") or "symnoise",
         "entity": (section and section.entity) or environ.get("WANDB_ENTITY"),
-        "name": config.training.run_name or environ.get("WANDB_NAME") or Path(config.training.output_dir).name,
+        "name": config.training.run_name
+        or environ.get("WANDB_NAME")
+        or Path(config.training.output_dir).name,
         "tags": tags,
         "group": (section and section.group) or environ.get("WANDB_RUN_GROUP"),
     }
@@ -56,10 +73,14 @@ def check_sharing(config: TrainConfig, environ: Mapping[str, str] = os.environ) 
         from huggingface_hub import get_token
 
         if hub_offline(environ):
-            raise ConfigError("training.push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it "
-                              "or set training.push_to_hub: false")
+            raise ConfigError(
+                "training.push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it "
+                "or set training.push_to_hub: false"
+            )
         if get_token() is None:
-            raise ConfigError("training.push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+            raise ConfigError(
+                "training.push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN"
+            )
 
 
 def start_wandb(config: TrainConfig, run_dir: Path):
@@ -93,14 +114,21 @@ def push_to_hub(config: TrainConfig, run_dir: Path, api=None) -> str:
     try:
         repo = api.create_repo(repo_id, private=config.training.hub_private, exist_ok=True, repo_type="model")
         repo_id = getattr(repo, "repo_id", None) or repo_id
-        api.upload_folder(repo_id=repo_id, folder_path=str(run_dir), repo_type="model", ignore_patterns=HUB_IGNORE,
-                          commit_message=f"symnoise: {config.noise.method} (alpha {config.noise.alpha}) fine-tune "
-                                         f"of {config.model.name}")
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(run_dir),
+            repo_type="model",
+            ignore_patterns=HUB_IGNORE,
+            commit_message=f"symnoise: {config.noise.method} (alpha {config.noise.alpha}) fine-tune "
+            f"of {config.model.name}",
+        )
     except Exception as error:  # network, permissions, quota: the run itself is complete and saved
         private = " --private" if config.training.hub_private else ""
-        raise UploadError(f"the run finished and is saved in {run_dir}, but the upload to {repo_id} failed "
-                          f"({type(error).__name__}: {error}); upload it later with: hf upload {repo_id} {run_dir}"
-                          f"{private} --exclude 'checkpoint-*' --exclude 'runs/*'") from error
+        raise UploadError(
+            f"the run finished and is saved in {run_dir}, but the upload to {repo_id} failed "
+            f"({type(error).__name__}: {error}); upload it later with: hf upload {repo_id} {run_dir}"
+            f"{private} --exclude 'checkpoint-*' --exclude 'runs/*'"
+        ) from error
     url = f"https://huggingface.co/{repo_id}"
     logger.info("uploaded %s to %s", run_dir, url)
     return url

@@ -25,7 +25,7 @@ OWNED: dict[str, str] = {
     "warmup_steps": "training.warmup_ratio",
     "per_device_train_batch_size": "training.per_device_batch_size",
     "gradient_accumulation_steps": "training.effective_batch_size (accumulation = effective / (per-device x "
-                                   "processes))",
+    "processes))",
     "max_grad_norm": "training.max_grad_norm",
     "activation_checkpointing": "training.gradient_checkpointing",
     "gradient_checkpointing": "training.gradient_checkpointing",
@@ -123,5 +123,6 @@ def merge(own: dict[str, Any], passed: dict[str, Any]) -> dict[str, Any]:
 
 
 # Keywords the recipe sets only as defaults, which trainer_args may change.
-_DEFAULTS_OPEN_TO_OVERRIDE = frozenset({"optim", "disable_tqdm", "activation_checkpointing_kwargs",
-                                        "per_device_eval_batch_size"})
+_DEFAULTS_OPEN_TO_OVERRIDE = frozenset(
+    {"optim", "disable_tqdm", "activation_checkpointing_kwargs", "per_device_eval_batch_size"}
+)

@@ -21,13 +21,31 @@ from typing import Any
 _MARKUP = re.compile(r"\[.*?\]")
 
 # The activity labels of HellaSwag's WikiHow items: WikiHow's top-level categories (all 19 in the validation split).
-WIKIHOW_CATEGORIES = frozenset({
-    "Arts and Entertainment", "Cars & Other Vehicles", "Computers and Electronics", "Education and Communications",
-    "Family Life", "Finance and Business", "Food and Entertaining", "Health", "Hobbies and Crafts",
-    "Holidays and Traditions", "Home and Garden", "Home,Categories", "Personal Care and Style", "Pets and Animals",
-    "Philosophy and Religion", "Relationships", "Sports and Fitness", "Travel", "Uncategorized", "Work World",
-    "Youth",
-})
+WIKIHOW_CATEGORIES = frozenset(
+    {
+        "Arts and Entertainment",
+        "Cars & Other Vehicles",
+        "Computers and Electronics",
+        "Education and Communications",
+        "Family Life",
+        "Finance and Business",
+        "Food and Entertaining",
+        "Health",
+        "Hobbies and Crafts",
+        "Holidays and Traditions",
+        "Home and Garden",
+        "Home,Categories",
+        "Personal Care and Style",
+        "Pets and Animals",
+        "Philosophy and Religion",
+        "Relationships",
+        "Sports and Fitness",
+        "Travel",
+        "Uncategorized",
+        "Work World",
+        "Youth",
+    }
+)
 
 
 def preprocess(text: str) -> str:
