@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-METHODS = ("none", "uniform", "gaussian", "bernoulli", "symnoise")
-METHOD_ALIASES = {"neftune": "uniform", "neft": "uniform"}
+from .methods import METHOD_ALIASES, METHOD_TABLE, METHODS
+
 LENGTH_MODES = ("tokens", "padded")
 REGIONS = ("all", "prompt", "response")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -90,7 +90,7 @@ class NoiseConfig:
         set_(self, "region", _choice("region", self.region, REGIONS))
         set_(self, "schedule", _choice("schedule", self.schedule, SCHEDULES))
         if self.symmetric is None:
-            set_(self, "symmetric", self.method == "symnoise")
+            set_(self, "symmetric", METHOD_TABLE[self.method].symmetric)
         set_(self, "symmetric", _flag("symmetric", self.symmetric))
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"NoiseConfig.seed must be an integer or None; got {self.seed!r}")
@@ -112,7 +112,7 @@ class NoiseConfig:
     @property
     def distribution(self) -> str:
         """The per-element distribution: ``uniform``, ``gaussian`` or ``bernoulli`` (``none`` for no noise)."""
-        return "bernoulli" if self.method == "symnoise" else self.method
+        return METHOD_TABLE[self.method].distribution or "none"
 
     @property
     def is_active(self) -> bool:

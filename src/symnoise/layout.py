@@ -1,0 +1,170 @@
+"""Where each file of a run directory lives: the one place that names them.
+
+A run directory (``training.output_dir``) holds one training run and what later commands write beside it::
+
+    RUN/
+      symnoise.lock            run_start.json        config.yaml          symnoise_run.json
+      data_report.json         metrics.jsonl         metrics.csv          nonfinite_steps.jsonl
+      train_summary.json       README.md (card)      runs/ (TensorBoard)  checkpoint-N/
+      model.safetensors | adapter_model.safetensors, tokenizer files       (the final model)
+      model_outputs.json       model_outputs.partial.jsonl                  (`symnoise generate`)
+      model_outputs_judged/    annotations.json, metrics.json, judge_cache.jsonl (`symnoise judge`)
+      eval/                    the grid's evaluations: annotations.json, leaderboard.json, stats.json, ...
+      cell.yaml  stages.json  failure.json                                  (a grid cell)
+
+`RunLayout` gives each of these a name; `TRAIN_FILES` / `TRAIN_PATTERNS` say what `symnoise train` writes (and
+``--overwrite`` may delete), `COMPANION_FILES` what other commands write beside a run (never deleted).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+LOCK_FILE = "symnoise.lock"
+START_RECORD = "run_start.json"
+RUN_INFO = "symnoise_run.json"
+CONFIG_FILE = "config.yaml"
+DATA_REPORT = "data_report.json"
+METRICS_LOG = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+NONFINITE_LOG = "nonfinite_steps.jsonl"
+TRAIN_SUMMARY = "train_summary.json"
+MODEL_CARD = "README.md"
+TENSORBOARD_DIR = "runs"
+OUTPUTS = "model_outputs.json"
+OUTPUTS_PARTIAL = "model_outputs.partial.jsonl"
+EVAL_DIR = "eval"
+CELL_CONFIG = "cell.yaml"
+STAGES = "stages.json"
+FAILURE = "failure.json"
+# What a judge writes into its output folder.
+ANNOTATIONS = "annotations.json"
+JUDGE_METRICS = "metrics.json"
+JUDGE_CACHE = "judge_cache.jsonl"
+LEADERBOARD = "leaderboard.json"
+FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
+    "spiece.model", "sentencepiece.bpe.model",
+)  # fmt: skip
+# What `symnoise train` writes into a run directory (and `--overwrite` may delete).
+TRAIN_FILES = frozenset(
+    {
+        LOCK_FILE, START_RECORD, CONFIG_FILE, RUN_INFO, DATA_REPORT, METRICS_LOG, METRICS_CSV, TENSORBOARD_DIR,
+        NONFINITE_LOG, TRAIN_SUMMARY, MODEL_CARD, "config.json", "generation_config.json", "adapter_config.json",
+        *FINAL_WEIGHTS, *TOKENIZER_FILES,
+    }
+)  # fmt: skip
+TRAIN_PATTERNS = (
+    re.compile(r"^checkpoint-\d+$"),
+    re.compile(r"^tmp-.+"),
+    re.compile(r"^\.write_test_\d+$"),
+    re.compile(r"^model-\d+-of-\d+\.safetensors$"),
+    re.compile(r".+\.tmp$"),
+)
+# What other symnoise commands write beside a run (`symnoise grid`, `generate`, `judge`): kept, never deleted.
+COMPANION_FILES = frozenset({CELL_CONFIG, STAGES, FAILURE, OUTPUTS, OUTPUTS_PARTIAL, EVAL_DIR})
+
+
+def judged_dir(outputs: str | Path) -> Path:
+    """The default folder `symnoise judge` writes a judgement of ``outputs`` into: ``STEM_judged`` beside it."""
+    outputs = Path(outputs)
+    return outputs.with_name(f"{outputs.stem}_judged")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory's files (see the module docstring for what writes each)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # written by `symnoise train`
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def start_record(self) -> Path:
+        return self.root / START_RECORD
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / RUN_INFO
+
+    @property
+    def data_report(self) -> Path:
+        return self.root / DATA_REPORT
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_LOG
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / METRICS_CSV
+
+    @property
+    def nonfinite_log(self) -> Path:
+        return self.root / NONFINITE_LOG
+
+    @property
+    def summary(self) -> Path:
+        return self.root / TRAIN_SUMMARY
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / MODEL_CARD
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD_DIR
+
+    # written beside the run by the other commands
+    @property
+    def outputs(self) -> Path:
+        return self.root / OUTPUTS
+
+    @property
+    def outputs_partial(self) -> Path:
+        return self.root / OUTPUTS_PARTIAL
+
+    @property
+    def judged(self) -> Path:
+        """`symnoise judge`'s default output folder for this run's outputs."""
+        return judged_dir(self.outputs)
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / EVAL_DIR
+
+    @property
+    def cell_config(self) -> Path:
+        return self.root / CELL_CONFIG
+
+    @property
+    def stages(self) -> Path:
+        return self.root / STAGES
+
+    @property
+    def failure(self) -> Path:
+        return self.root / FAILURE
+
+    # what the directory holds
+    def is_run(self) -> bool:
+        """Whether `symnoise train` started a run here (its start record or run info is present)."""
+        return self.start_record.is_file() or self.run_info.is_file()
+
+    def is_finished(self) -> bool:
+        """Whether the run wrote its final model (one weights file, or a sharded model's index)."""
+        return any((self.root / name).exists() for name in FINAL_WEIGHTS)
