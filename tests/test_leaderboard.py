@@ -9,6 +9,7 @@ import pytest
 
 from symnoise.cli.main import main
 from symnoise.evaluation import leaderboard as lb
+from symnoise.evaluation.leaderboard_data import read_arc, read_hellaswag, read_mmlu
 from symnoise.evaluation.lm_eval_tasks.utils import capitalize_continuation, hellaswag_doc, preprocess
 
 pytest.importorskip("lm_eval")
@@ -40,7 +41,7 @@ def test_resolve_tasks_names_what_is_allowed():
 
 
 def test_arc_rows_and_numeric_answer_keys(shared_data):
-    rows = lb.read_arc(shared_data / "arc/ARC-Challenge/ARC-Challenge-Test.jsonl")
+    rows = read_arc(shared_data / "arc/ARC-Challenge/ARC-Challenge-Test.jsonl")
     assert len(rows) == 1172
     assert rows[0]["id"] == "Mercury_7175875" and rows[0]["answerKey"] == "C"
     assert rows[0]["choices"]["label"] == ["A", "B", "C", "D"]
@@ -51,7 +52,7 @@ def test_arc_rows_and_numeric_answer_keys(shared_data):
 
 
 def test_hellaswag_rows_and_harness_query(shared_data):
-    rows = lb.read_hellaswag(shared_data / "hellaswag/hellaswag_val_full.txt")
+    rows = read_hellaswag(shared_data / "hellaswag/hellaswag_val_full.txt")
     assert len(rows) == 10042
     first = hellaswag_doc(rows[0])
     # Harness: "Roof shingle removal" + ": " + "A man is sitting on a roof." + " " + "he".capitalize()
@@ -80,7 +81,7 @@ def test_hellaswag_text_helpers():
 
 
 def test_mmlu_rows(shared_data):
-    rows = lb.read_mmlu(shared_data / "mmlu/test/abstract_algebra_test.csv", "abstract_algebra")
+    rows = read_mmlu(shared_data / "mmlu/test/abstract_algebra_test.csv", "abstract_algebra")
     assert len(rows) == 100
     assert rows[0] == {
         "question": "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.",
@@ -181,14 +182,14 @@ def test_data_folder_is_found_without_being_named(shared_data, monkeypatch, tmp_
 def _gold_continuations(shared_data) -> dict[str, str]:
     """Prompt of each scored document (written out by hand from the harness's formats) -> the correct continuation."""
     gold = {}
-    for row in lb.read_arc(shared_data / "arc/ARC-Challenge/ARC-Challenge-Test.jsonl"):
+    for row in read_arc(shared_data / "arc/ARC-Challenge/ARC-Challenge-Test.jsonl"):
         answer = row["choices"]["text"][row["choices"]["label"].index(row["answerKey"])]
         gold[f"Question: {row['question']}\nAnswer:"] = " " + answer
-    for row in lb.read_hellaswag(shared_data / "hellaswag/hellaswag_val_full.txt"):
+    for row in read_hellaswag(shared_data / "hellaswag/hellaswag_val_full.txt"):
         doc = hellaswag_doc(row)
         gold[doc["query"]] = " " + doc["choices"][doc["gold"]]
     for subject in lb.MMLU_SUBJECTS:
-        for row in lb.read_mmlu(shared_data / f"mmlu/test/{subject}_test.csv", subject):
+        for row in read_mmlu(shared_data / f"mmlu/test/{subject}_test.csv", subject):
             options = "".join(
                 f"\n{letter}. {text}" for letter, text in zip("ABCD", row["choices"], strict=True)
             )

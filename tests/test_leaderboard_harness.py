@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from symnoise.evaluation import leaderboard as lb
+from symnoise.evaluation.leaderboard_data import read_hellaswag
 from symnoise.evaluation.lm_eval_tasks.utils import hellaswag_doc, split_context
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -38,7 +39,7 @@ ABBREVIATION_ITEMS = {
 
 @pytest.fixture(scope="module")
 def hellaswag_rows(shared_data):
-    return lb.read_hellaswag(shared_data / "hellaswag" / "hellaswag_val_full.txt")
+    return read_hellaswag(shared_data / "hellaswag" / "hellaswag_val_full.txt")
 
 
 def test_every_hellaswag_query_is_the_harness_process_docs(hellaswag_rows):

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 from symnoise.evaluation import sources
-from symnoise.evaluation.leaderboard import LEADERBOARD_TASKS, LeaderboardError, format_table, run_leaderboard
+from symnoise.evaluation.leaderboard import format_table, run_leaderboard
+from symnoise.evaluation.leaderboard_tasks import LEADERBOARD_TASKS, LeaderboardError
+from symnoise.files import write_text_atomic
+from symnoise.layout import LEADERBOARD, RunLayout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE.json",
-        help="write the report as JSON (default for a local run directory: CHECKPOINT/eval/"
-        "leaderboard.json, where `symnoise report` looks for it)",
+        help="write the report as JSON (default for a local run directory: "
+        f"{(RunLayout('CHECKPOINT').eval_dir / LEADERBOARD).as_posix()}, where `symnoise report` looks for it)",
     )
 
 
@@ -76,12 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         print(f"(--limit {args.limit}: partial scores, not comparable with the leaderboard)")
     out = args.out
-    if out is None and (Path(args.checkpoint) / "symnoise_run.json").is_file():
-        out = Path(args.checkpoint) / "eval" / "leaderboard.json"
+    run = RunLayout(args.checkpoint)
+    if out is None and run.run_info.is_file():
+        out = run.eval_dir / LEADERBOARD
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(out)
+        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {out}")
     return 0

@@ -68,6 +68,26 @@ ALPACA_EVAL_SOURCES: dict[str, AlpacaEvalSource] = {
 # The hub datasets behind the harness's own leaderboard tasks (dataset_path in lm_eval/tasks/*/ of the harness).
 HARNESS_DATASETS = {"arc": "allenai/ai2_arc", "hellaswag": "Rowan/hellaswag", "mmlu": "cais/mmlu"}
 
+# The leaderboard's files in a local data folder (relative to it).
+ARC_FILES = {"train": "Train", "validation": "Dev", "test": "Test"}  # split -> the official file's part name
+HELLASWAG_VALIDATION = "hellaswag/hellaswag_val_full.txt"
+HELLASWAG_TRAIN = "hellaswag/hellaswag_train.jsonl"  # optional: the hub's train split, for few-shot examples
+MMLU_SPLITS = ("dev", "test")
+MMLU_SUBJECTS = (
+    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
+    "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine", "college_physics",
+    "computer_security", "conceptual_physics", "econometrics", "electrical_engineering", "elementary_mathematics",
+    "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
+    "high_school_european_history", "high_school_geography", "high_school_government_and_politics",
+    "high_school_macroeconomics", "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
+    "high_school_psychology", "high_school_statistics", "high_school_us_history", "high_school_world_history",
+    "human_aging", "human_sexuality", "international_law", "jurisprudence", "logical_fallacies", "machine_learning",
+    "management", "marketing", "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
+    "philosophy", "prehistory", "professional_accounting", "professional_law", "professional_medicine",
+    "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy", "virology",
+    "world_religions",
+)  # fmt: skip
+
 
 class SourceError(ValueError):
     """An evaluation input that cannot be found; the message says where it was looked for and what to do."""
@@ -232,6 +252,25 @@ def hub_path(path: str) -> tuple[str, str, str | None] | None:
 # ------------------------------------------------------------------------------------------- the leaderboard
 
 
+def arc_file(split: str) -> str:
+    """The official ARC-Challenge JSONL of one split (``train``, ``validation``, ``test``) in a data folder."""
+    return f"arc/ARC-Challenge/ARC-Challenge-{ARC_FILES[split]}.jsonl"
+
+
+def mmlu_file(subject: str, split: str) -> str:
+    """The headerless MMLU CSV of one subject and split (``dev``, ``test``) in a data folder."""
+    return f"mmlu/{split}/{subject}_{split}.csv"
+
+
+def required_files(task: str) -> list[str]:
+    """The files, relative to the data folder, that the offline version of a leaderboard ``task`` reads."""
+    if task == "arc":
+        return [arc_file(split) for split in ARC_FILES]
+    if task == "hellaswag":
+        return [HELLASWAG_VALIDATION]
+    return [mmlu_file(subject, split) for subject in MMLU_SUBJECTS for split in MMLU_SPLITS]
+
+
 @dataclass(frozen=True)
 class LeaderboardSource:
     """How the leaderboard tasks will be scored: from a local data folder, or online with the harness's tasks."""
@@ -259,8 +298,6 @@ def check_leaderboard(
     if importlib.util.find_spec("lm_eval") is None:
         return ['lm-evaluation-harness is not installed (pip install "symnoise[eval]")']
     if not source.online:
-        from .leaderboard import required_files
-
         problems = []
         for task in tasks:
             missing = [f for f in required_files(task) if not (source.data_dir / f).is_file()]
