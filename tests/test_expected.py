@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from symnoise.evaluation.expected import load_expected
-from symnoise.evaluation.report import ReportError
+from symnoise.evaluation.runs import ReportError
 from symnoise.grid import load_grid
 
 PREFERENCES = {  # cell id -> the judge's preferences (2 model wins, 1 reference wins, 0 tie)

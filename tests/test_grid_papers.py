@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 from test_grid import tiny_grid
 
 from symnoise.evaluation.expected import find_run, load_expected, merge_keys
-from symnoise.evaluation.report import Run, TrainMetrics
+from symnoise.evaluation.runs import Run, TrainMetrics
 from symnoise.grid import GridError, load_grid, run_grid, validate_grid
 
 GRIDS = REPO_ROOT / "configs" / "grid"

@@ -11,18 +11,17 @@ import pytest
 
 from symnoise.cli.main import main
 from symnoise.config import NoiseConfig
-from symnoise.evaluation.report import (
-    DASH,
+from symnoise.evaluation.report import write_report
+from symnoise.evaluation.runs import (
     ReportError,
-    build_tables,
     dataset_label,
     load_run,
     load_runs,
     method_label,
     variant_label,
-    write_report,
 )
 from symnoise.evaluation.stats import file_stats
+from symnoise.evaluation.tables import DASH, build_tables
 from symnoise.evaluation.winrate import win_rates
 
 AE = Path("alpaca_eval")

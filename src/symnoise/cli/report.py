@@ -1,6 +1,6 @@
 """``symnoise report``: the papers' tables (markdown) and plots against alpha (PNG) from finished run directories.
 
-Where each piece of a run is looked for is listed in :mod:`symnoise.evaluation.report`; missing pieces show as
+Where each piece of a run is looked for is listed in :mod:`symnoise.evaluation.runs`; missing pieces show as
 "–". Writes ``report.md``, ``winrate_vs_alpha.png``, ``length_vs_alpha.png`` and, with ``--json``, ``report.json``
 into ``--out``, and prints the markdown. ``--words N`` computes repetition and log-diversity (Table 5) on the first N
 words for every dataset instead of the papers' N (50 Alpaca, 100 Evol-Instruct, 150 ShareGPT and OpenPlatypus).
@@ -16,16 +16,10 @@ import sys
 from pathlib import Path
 
 from symnoise.evaluation.expected import load_expected
-from symnoise.evaluation.report import (
-    ANNOTATION_FILES,
-    LEADERBOARD_FILES,
-    OUTPUTS_FILES,
-    RUN_FILE,
-    ReportError,
-    load_runs,
-    write_report,
-)
+from symnoise.evaluation.report import write_report
+from symnoise.evaluation.runs import ReportError, load_runs, piece_names
 from symnoise.evaluation.stats import MIN_WORDS, WORDS_PER_DATASET
+from symnoise.layout import METRICS_LOG, RUN_INFO, TRAIN_SUMMARY, RunLayout
 
 
 def words_argument(text: str) -> int:
@@ -44,10 +38,10 @@ def words_argument(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pieces = "; ".join(f"{piece}: {', '.join(names)}" for piece, names in piece_names().items())
     parser.epilog = (
-        "Looked for in each RUN_DIR: symnoise_run.json (required), train_summary.json, metrics.jsonl; "
-        f"outputs: {', '.join(OUTPUTS_FILES)}; annotations: {', '.join(ANNOTATION_FILES)}; "
-        f"leaderboard: {', '.join(LEADERBOARD_FILES)} (the first found of each)."
+        f"Looked for in each RUN_DIR: {RUN_INFO} (required), {TRAIN_SUMMARY}, {METRICS_LOG}; "
+        f"{pieces} (the first found of each)."
     )
     parser.add_argument(
         "runs", nargs="*", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`"
@@ -93,7 +87,7 @@ def _grid_runs(grid_file: Path) -> tuple[list[Path], Path | None]:
         grid = load_grid(grid_file)
     except GridError as error:
         raise ReportError(str(error)) from None
-    trained = [cell.run_dir for cell in grid.cells if (cell.run_dir / RUN_FILE).is_file()]
+    trained = [cell.run_dir for cell in grid.cells if RunLayout(cell.run_dir).run_info.is_file()]
     if not trained:
         raise ReportError(
             f"{grid_file}: none of its {len(grid.cells)} cells has trained yet (under {grid.output_dir})"

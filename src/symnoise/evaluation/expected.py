@@ -35,7 +35,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .report import DASH, ReportError, Run, Table, _distance_to_paper_alpha, _read_json
+from ..files import read_json
+from .runs import ReportError, Run, distance_to_paper_alpha
+from .tables import DASH, Table
 
 Metric = Literal[
     "win_rate",
@@ -172,7 +174,7 @@ def matches(run: Run, key: dict[str, str]) -> bool:
 def find_run(runs: Sequence[Run], key: dict[str, str]) -> Run | None:
     """The matching run; of several, the one closest to the papers' alpha for its dataset, the first on a tie."""
     found = [r for r in runs if matches(r, key)]
-    return min(found, key=_distance_to_paper_alpha) if found else None
+    return min(found, key=distance_to_paper_alpha) if found else None
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ def _leaderboard_stderr(run: Run, task: str) -> float | None:
     path = run.files.get("leaderboard")
     if not path:
         return None
-    entry = (_read_json(Path(path)).get("tasks") or {}).get(task) or {}
+    entry = (read_json(path, error=ReportError).get("tasks") or {}).get(task) or {}
     stderr = entry.get("stderr") if isinstance(entry, dict) else None
     return 100 * stderr if isinstance(stderr, (int, float)) else None
 
