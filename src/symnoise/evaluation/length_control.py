@@ -15,13 +15,14 @@ judge`` run on an outputs file in that order satisfy this.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ..files import read_json
 
 GAMED_FILENAME = "df_gamed.csv"
 GAMED_SOURCE = "the hub dataset tatsu-lab/alpaca_eval, file df_gamed.csv"
@@ -70,10 +71,7 @@ def _local_gamed_data(glm_winrate, path: Path):
 def load_annotation_rows(path: str | Path) -> list[dict[str, Any]]:
     """The rows of one annotation file, checked for the fields the GLM reads and for a single model."""
     path = Path(path)
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise LengthControlError(f"{path}: cannot read annotations ({err})") from None
+    rows = read_json(path, error=LengthControlError)
     if not isinstance(rows, list) or not rows:
         raise LengthControlError(f"{path}: expected a non-empty JSON list of annotations")
     for i, row in enumerate(rows):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import write_atomic
+
 SQRT3 = math.sqrt(3.0)
 Sampler = Callable[[np.random.Generator, tuple[int, int]], np.ndarray]
 
@@ -135,10 +137,15 @@ def sqrt3_misses(rows: Sequence[NormRow], dim: int = 4096, tolerance: float = 0.
 
 
 def write_csv(rows: Sequence[NormRow], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    """The rows as a CSV with a header, written atomically."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in rows)
+
+    write_atomic(path, write)
 
 
 def plot_ratios(rows: Sequence[NormRow], x_field: str, title: str, path: Path, log_x: bool = False) -> None:
@@ -160,7 +167,7 @@ def plot_ratios(rows: Sequence[NormRow], x_field: str, title: str, path: Path, l
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or None))
     plt.close(fig)
 
 

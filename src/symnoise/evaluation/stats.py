@@ -23,12 +23,13 @@ The truncated response is rebuilt by joining its first N words with single space
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ..files import read_json_rows
 
 WORDS_PER_DATASET = {"alpaca": 50, "evol-instruct": 100, "sharegpt": 150, "openplatypus": 150}
 NGRAM_ORDERS = (2, 3, 4)
@@ -127,14 +128,7 @@ def output_stats(outputs: Sequence[str], n_words: int, file: str = "", generator
 def load_outputs(path: str | Path) -> tuple[list[str], list[str]]:
     """Responses and distinct generator names (in order) of an AlpacaEval-format outputs file, validated."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OutputsError(f"{path}: file not found") from None
-    except json.JSONDecodeError as error:
-        raise OutputsError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, list):
-        raise OutputsError(f"{path}: expected a JSON list of outputs, got {type(data).__name__}")
+    data = read_json_rows(path, error=OutputsError, what="outputs")
     outputs = []
     for i, row in enumerate(data):
         if not isinstance(row, dict):
