@@ -144,66 +144,43 @@ def _task_yaml(path: Path, base: str, task: str, data_dir: Path, files: dict[str
 
 
 def _write_arc(data_dir: Path, jsonl: Path, task_dir: Path, shots: int) -> None:
-    files = {}
-    for split in ARC_FILES:
-        files[split] = f"arc_challenge_{split}.jsonl"
-        write_json_lines_atomic(jsonl / files[split], read_arc(data_dir / arc_file(split)))
-    _task_yaml(
-        task_dir / "arc_challenge.yaml",
-        "arc_challenge.yaml",
-        "symnoise_arc_challenge",
-        jsonl,
-        files,
-        num_fewshot=shots,
-    )
+    files = {split: f"arc_challenge_{split}.jsonl" for split in ARC_FILES}
+    for split, name in files.items():
+        write_json_lines_atomic(jsonl / name, read_arc(data_dir / arc_file(split)))
+    base, [task] = "arc_challenge.yaml", offline_task_names("arc")
+    _task_yaml(task_dir / base, base, task, jsonl, files, num_fewshot=shots)
+
+
+# the harness's own split settings when the train split is there, so that even its sampler draws the same shots
+HELLASWAG_SPLITS = {
+    "training_split": "train",
+    "validation_split": "validation",
+    "test_split": None,
+    "fewshot_split": None,
+}
 
 
 def _write_hellaswag(data_dir: Path, jsonl: Path, task_dir: Path, shots: int) -> None:
     write_json_lines_atomic(jsonl / "hellaswag.jsonl", read_hellaswag(data_dir / HELLASWAG_VALIDATION))
     files, splits = {"validation": "hellaswag.jsonl"}, {}
     if (data_dir / HELLASWAG_TRAIN).is_file():  # the harness's few-shot source
-        write_json_lines_atomic(
-            jsonl / "hellaswag_train.jsonl", read_hellaswag_hub_jsonl(data_dir / HELLASWAG_TRAIN)
-        )
+        train = read_hellaswag_hub_jsonl(data_dir / HELLASWAG_TRAIN)
+        write_json_lines_atomic(jsonl / "hellaswag_train.jsonl", train)
         files["train"] = "hellaswag_train.jsonl"
-        # the harness's own split settings, so that even its sampler draws the same shots
-        splits = {
-            "training_split": "train",
-            "validation_split": "validation",
-            "test_split": None,
-            "fewshot_split": None,
-        }
-    _task_yaml(
-        task_dir / "hellaswag.yaml",
-        "hellaswag.yaml",
-        "symnoise_hellaswag",
-        jsonl,
-        files,
-        num_fewshot=shots,
-        **splits,
-    )
+        splits = HELLASWAG_SPLITS
+    base, [task] = "hellaswag.yaml", offline_task_names("hellaswag")
+    _task_yaml(task_dir / base, base, task, jsonl, files, num_fewshot=shots, **splits)
 
 
 def _write_mmlu(data_dir: Path, jsonl: Path, task_dir: Path, shots: int) -> None:
-    for subject, name in zip(MMLU_SUBJECTS, offline_task_names("mmlu"), strict=True):
-        files = {}
-        for split in MMLU_SPLITS:
-            files[split] = f"mmlu/{subject}_{split}.jsonl"
-            write_json_lines_atomic(
-                jsonl / files[split], read_mmlu(data_dir / mmlu_file(subject, split), subject)
-            )
+    for subject, task in zip(MMLU_SUBJECTS, offline_task_names("mmlu"), strict=True):
+        files = {split: f"mmlu/{subject}_{split}.jsonl" for split in MMLU_SPLITS}
+        for split, name in files.items():
+            write_json_lines_atomic(jsonl / name, read_mmlu(data_dir / mmlu_file(subject, split), subject))
         readable = subject.replace("_", " ")
         description = f"The following are multiple choice questions (with answers) about {readable}.\n\n"
-        _task_yaml(
-            task_dir / f"mmlu_{subject}.yaml",
-            "mmlu_template.yaml",
-            name,
-            jsonl,
-            files,
-            task_alias=subject,
-            description=description,
-            num_fewshot=shots,
-        )
+        fields = {"task_alias": subject, "description": description, "num_fewshot": shots}
+        _task_yaml(task_dir / f"mmlu_{subject}.yaml", "mmlu_template.yaml", task, jsonl, files, **fields)
 
 
 WRITERS = {"arc": _write_arc, "hellaswag": _write_hellaswag, "mmlu": _write_mmlu}
