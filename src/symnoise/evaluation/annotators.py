@@ -63,7 +63,7 @@ class AnnotatorError(ValueError):
 
 class Annotator(Protocol):
     """What the judging loop needs from an annotator: whether it shows ``output_2`` first, the messages in shown
-    order, the parser of an answer into a verdict in shown order, and ``unswitch``, the verdict as a preference of
+    order, the parser of an answer into a verdict in shown order, and ``unswitch``, that verdict as a preference of
     ``output_1``/``output_2`` (1 becomes 2 and 2 becomes 1 when the outputs were shown switched)."""
 
     name: str
@@ -78,7 +78,7 @@ class Annotator(Protocol):
 
     def parse(self, completion: Any) -> float | None: ...
 
-    def unswitch(self, instruction: str, output_1: str, output_2: str, verdict: float) -> float: ...
+    def unswitch(self, verdict: float, switched: bool) -> float: ...
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -212,26 +212,28 @@ class PackageAnnotator:
             params["max_tokens"] = max_tokens
         return params
 
-    def _shown(self, instruction: str, output_1: str, output_2: str):
-        """The example as the package's processors prepare it for the prompt (a one-row frame, maybe switched)."""
+    def is_switched(self, instruction: str, output_1: str, output_2: str) -> bool:
+        """Whether the package's processors show ``output_2`` first for this example (seeded, per instruction)."""
         import pandas as pd
 
         frame = pd.DataFrame([{"instruction": instruction, "output_1": output_1, "output_2": output_2}])
         for processor in self._single.processors:
             frame = processor.preprocess(frame)
-        return frame
+        return frame.iloc[0]["output_1"] != output_1
 
-    def is_switched(self, instruction: str, output_1: str, output_2: str) -> bool:
-        """Whether the package's processors show ``output_2`` first for this example (seeded, per instruction)."""
-        return self._shown(instruction, output_1, output_2).iloc[0]["output_1"] != output_1
+    def unswitch(self, verdict: float, switched: bool) -> float:
+        """``verdict``, given on the shown order, as a preference of ``output_1``/``output_2``: for a switched
+        example, the package's own rule, the one its switching processor applies to switched rows after annotating
+        (``fn_replace_if_unswitch``: 3 - preference)."""
+        if not switched:
+            return verdict
+        import pandas as pd
 
-    def unswitch(self, instruction: str, output_1: str, output_2: str, verdict: float) -> float:
-        """The package's processors undo their own switch (in reverse order, as the package does after
-        annotating): ``verdict``, given on the shown order, as a preference of ``output_1``/``output_2``."""
-        frame = self._shown(instruction, output_1, output_2)
-        frame["preference"] = [float(verdict)]
-        for processor in reversed(self._single.processors):
-            frame = processor.postprocess(frame)
+        frame = pd.DataFrame({"preference": [float(verdict)]})
+        for processor in self._single.processors:
+            unswitch = getattr(processor, "fn_replace_if_unswitch", None)
+            if unswitch is not None:
+                frame = unswitch(frame)
         return float(frame.iloc[0]["preference"])
 
     def messages(self, instruction: str, shown_1: str, shown_2: str) -> list[dict[str, str]]:
@@ -335,9 +337,9 @@ class PairwiseV1Annotator:
         verdict = parse_verdict(completion if isinstance(completion, str) else None)
         return None if verdict is None else (1.0 if verdict == "a" else 2.0)
 
-    def unswitch(self, instruction: str, output_1: str, output_2: str, verdict: float) -> float:
+    def unswitch(self, verdict: float, switched: bool) -> float:
         """AlpacaEval's rule for a switched example: preference ``3 - verdict`` (1 and 2 swap, 1.5 stays)."""
-        return 3.0 - verdict if self.is_switched(instruction, output_1, output_2) else verdict
+        return 3.0 - verdict if switched else verdict
 
 
 def load_annotator(name: str = DEFAULT_ANNOTATOR, seed: int = 0, max_tokens: int | None = None) -> Annotator:

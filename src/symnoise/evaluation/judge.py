@@ -126,6 +126,8 @@ class RunStats:
 
 @dataclass
 class JudgeResult:
+    """What :func:`judge_outputs` wrote (annotations in input order, metrics) and the run's counts."""
+
     annotations: list[dict[str, Any]]
     metrics: dict[str, Any]
     stats: RunStats
@@ -282,9 +284,9 @@ def _judge_one(index: int, example: Example, run: _Run) -> dict[str, Any]:
             judge_id, annotator.name, None, switched, raw, "unparsable verdict", truncated
         )
     run.stats.add(judged=1)
-    if verdict == 0:  # a parser's tie (alpaca_eval's parsers once wrote draws as 0)
+    if verdict == 0:  # a draw in alpaca_eval's older encoding, which its parsers may still give
         verdict = DRAW
-    preference = annotator.unswitch(example.instruction, example.reference, example.output, verdict)
+    preference = annotator.unswitch(verdict, switched)
     return example.annotation(judge_id, annotator.name, preference, switched, raw, None, truncated)
 
 
@@ -353,7 +355,7 @@ def judge_examples(
 
 # ---------------------------------------------------------------------------------------------- top level
 
-JUDGE_METRIC_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total")
+_METRIC_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total")
 
 
 def judge_metrics(preferences: Sequence[float | None]) -> dict[str, Any]:
@@ -361,7 +363,7 @@ def judge_metrics(preferences: Sequence[float | None]) -> dict[str, Any]:
     metrics, without its ``discrete_win_rate``, and ``n_null``, the examples that have no verdict."""
     metrics = head_to_head(preferences)
     return {
-        **{key: metrics[key] for key in JUDGE_METRIC_KEYS},
+        **{key: metrics[key] for key in _METRIC_KEYS},
         "n_null": len(preferences) - metrics["n_total"],
     }
 
