@@ -23,10 +23,22 @@ from pathlib import Path
 import pytest
 from local_server import LocalServer, clean_judge_environment
 
+from symnoise import layout
 from symnoise.cli.main import main
 from symnoise.evaluation import judge as J
-from symnoise.evaluation.annotators import PAIRWISE_V1, load_annotator
+from symnoise.evaluation.annotators import (
+    PAIRWISE_V1,
+    PAIRWISE_V1_SYSTEM,
+    build_messages,
+    load_annotator,
+    model_shown_first,
+    parse_verdict,
+)
 from symnoise.evaluation.judge_cache import JudgmentCache
+from symnoise.evaluation.judge_clients import AlpacaEvalJudge, OpenAIChatJudge
+from symnoise.evaluation.judge_hf import HFJudge, context_length
+from symnoise.evaluation.judge_inputs import Example, load_examples
+from symnoise.evaluation.references import REFERENCE_SETS, local_reference_path
 
 MARKER = "PREFERME"
 API_KEY = "sk-fake-7Qx2-DO-NOT-LEAK-91zK"
@@ -140,7 +152,7 @@ def synthetic_references(n: int) -> list[dict]:
 
 
 def real_references(shared_data: Path, n: int) -> list[dict]:
-    path = shared_data / "alpaca_eval" / J.REFERENCE_FILENAME
+    path = local_reference_path(REFERENCE_SETS["ae1"], shared_data)
     if not path.is_file():
         pytest.skip(f"{path} not found")
     with path.open(encoding="utf-8") as handle:
@@ -220,15 +232,15 @@ def fast_policy(sleeps: list[float], **overrides) -> J.RetryPolicy:
     ],
 )
 def test_parse_verdict(text, verdict):
-    assert J.parse_verdict(text) == verdict
+    assert parse_verdict(text) == verdict
 
 
 def test_order_is_seeded_per_instruction_and_balanced():
     instructions = [f"instruction {i}" for i in range(400)]
-    first = [J.model_shown_first(0, i) for i in instructions]
-    assert first == [J.model_shown_first(0, i) for i in instructions]
+    first = [model_shown_first(0, i) for i in instructions]
+    assert first == [model_shown_first(0, i) for i in instructions]
     assert 0.4 < sum(first) / len(first) < 0.6
-    other_seed = [J.model_shown_first(1, i) for i in instructions]
+    other_seed = [model_shown_first(1, i) for i in instructions]
     assert 0.3 < sum(a != b for a, b in zip(first, other_seed, strict=True)) / len(first) < 0.7
 
 
@@ -238,7 +250,7 @@ def test_metrics_reproduce_the_alpaca_eval_leaderboard(shared_data):
         board = {row[""]: row for row in csv.DictReader(handle)}
     for name in ["alpaca-7b", "alpaca-7b-neft", "llama-2-7b-chat-hf", "llama-2-chat-7b-evol70k-neft"]:
         annotations = json.loads((folder / "annotations_alpaca_eval_gpt4" / f"{name}.json").read_text())
-        metrics = J._win_rate_metrics([a["preference"] for a in annotations])
+        metrics = J.judge_metrics([a["preference"] for a in annotations])
         row = board[name]
         assert metrics["win_rate"] == pytest.approx(float(row["win_rate"]), abs=1e-9)
         assert metrics["standard_error"] == pytest.approx(float(row["standard_error"]), abs=1e-9)
@@ -283,7 +295,7 @@ def test_faults_end_judged_or_null_with_exact_preferences(tmp_path, shared_data)
     }  # ins[9]: the re-ask gets a verdict
     sleeps: list[float] = []
     with FakeJudgeServer(ins, plan) as server:
-        judge = J.OpenAIChatJudge(server.base_url, "fake-judge", api_key=API_KEY, timeout=CLIENT_TIMEOUT_S)
+        judge = OpenAIChatJudge(server.base_url, "fake-judge", api_key=API_KEY, timeout=CLIENT_TIMEOUT_S)
         result = J.judge_outputs(
             out_path,
             ref_path,
@@ -326,15 +338,15 @@ def test_faults_end_judged_or_null_with_exact_preferences(tmp_path, shared_data)
         assert stats.requests == len(references) + retries_expected + stats.reasks
         assert first_requests == stats.requests
         assert 0.01 in sleeps and 0.02 in sleeps and 0.04 in sleeps and max(sleeps) <= 0.05 and 0.0 in sleeps
-        metrics = json.loads((tmp_path / "run" / J.METRICS_FILENAME).read_text())
+        metrics = json.loads((tmp_path / "run" / layout.JUDGE_METRICS).read_text())
         wins = sum(1 for a in judged if a["preference"] == 2)
         assert (
             metrics["n_null"] == 2 and metrics["n_total"] == len(references) - 2 and metrics["n_wins"] == wins
         )
         assert metrics["win_rate"] == pytest.approx(100 * wins / len(judged))
-        written = json.loads((tmp_path / "run" / J.ANNOTATIONS_FILENAME).read_text())
+        written = json.loads((tmp_path / "run" / layout.ANNOTATIONS).read_text())
         assert [a["preference"] for a in written] == [a["preference"] for a in result.annotations]
-        cache_keys = [json.loads(line)["key"] for line in (tmp_path / "run" / J.CACHE_FILENAME).open()]
+        cache_keys = [json.loads(line)["key"] for line in (tmp_path / "run" / layout.JUDGE_CACHE).open()]
         assert (
             len(cache_keys) == len(set(cache_keys)) == len(references) - 1
         )  # the failed example is not cached
@@ -364,7 +376,7 @@ def test_total_retry_budget_bounds_the_run(tmp_path):
     ref_path, out_path, _ = write_pair(tmp_path, references)
     plan = {r["instruction"]: ["500"] * 10 for r in references}
     with FakeJudgeServer([r["instruction"] for r in references], plan) as server:
-        judge = J.OpenAIChatJudge(server.base_url, "fake-judge", timeout=CLIENT_TIMEOUT_S)
+        judge = OpenAIChatJudge(server.base_url, "fake-judge", timeout=CLIENT_TIMEOUT_S)
         result = J.judge_outputs(
             out_path,
             ref_path,
@@ -387,7 +399,7 @@ def test_unauthorized_stops_the_run_at_once_and_redacts_the_key(tmp_path, monkey
     with FakeJudgeServer(
         [r["instruction"] for r in references], {r["instruction"]: ["401"] * 3 for r in references}
     ) as server:
-        judge = J.OpenAIChatJudge(server.base_url, "fake-judge", api_key=API_KEY, timeout=CLIENT_TIMEOUT_S)
+        judge = OpenAIChatJudge(server.base_url, "fake-judge", api_key=API_KEY, timeout=CLIENT_TIMEOUT_S)
         with pytest.raises(J.JudgeFatalError, match="HTTP 401") as info:
             J.judge_outputs(
                 out_path, ref_path, judge, tmp_path / "lib", annotator=pairwise_v1(), retry=fast_policy([])
@@ -458,7 +470,7 @@ def test_api_key_appears_in_no_file_and_no_log(tmp_path, monkeypatch, capsys, ca
     assert len(files) >= 5
     for path in files:
         assert API_KEY.encode() not in path.read_bytes(), path
-    annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
+    annotations = json.loads((tmp_path / "out" / layout.ANNOTATIONS).read_text())
     assert [a["preference"] for a in annotations] == [
         None if i == 3 else expected[x] for i, x in enumerate(ins)
     ]
@@ -504,9 +516,9 @@ def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
                 proc.wait(timeout=10)
         server.release.set()
         assert sum(server.verdicts.values()) == k
-        cache_file = out_dir / J.CACHE_FILENAME
+        cache_file = out_dir / layout.JUDGE_CACHE
         assert len(cache_file.read_text().splitlines()) == k
-        assert not (out_dir / J.ANNOTATIONS_FILENAME).exists()
+        assert not (out_dir / layout.ANNOTATIONS).exists()
         with cache_file.open("a") as handle:
             handle.write('{"key": "torn')  # as if killed in the middle of writing a verdict
 
@@ -534,7 +546,7 @@ def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
         assert rc == 0
         assert server.count() - before == len(ins) - k
         assert server.verdicts == Counter({i: 1 for i in ins})  # every example paid for exactly once
-    annotations = json.loads((out_dir / J.ANNOTATIONS_FILENAME).read_text())
+    annotations = json.loads((out_dir / layout.ANNOTATIONS).read_text())
     assert [a["preference"] for a in annotations] == [expected[i] for i in ins]
     out = capsys.readouterr()
     assert f"cached {k}" in out.err and "n_null 0" in out.out
@@ -566,7 +578,7 @@ def test_bad_input_is_rejected_before_any_request(tmp_path, monkeypatch, capsys)
             if content is not None:
                 path.write_text(content if isinstance(content, str) else json.dumps(content))
             with pytest.raises(J.JudgeInputError, match=re.escape(message)) as info:
-                J.load_examples(path, ref_path)
+                load_examples(path, ref_path)
             assert str(path) in str(info.value)
             rc = main(
                 [
@@ -632,12 +644,12 @@ def test_cli_finds_the_default_reference_and_honours_limit(tmp_path, shared_data
             ]
         )
         assert rc == 0 and server.count() == 3
-    annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
+    annotations = json.loads((tmp_path / "out" / layout.ANNOTATIONS).read_text())
     assert [a["output_1"] for a in annotations] == [r["output"] for r in references]
     assert [a["output_2"] for a in annotations] == [r["output"] for r in rows]
     # the fake judge always answers "Output (a)" here (no marker), so the model wins exactly when shown first
     assert [a["preference"] for a in annotations] == [
-        2 if J.model_shown_first(7, r["instruction"]) else 1 for r in rows
+        2 if model_shown_first(7, r["instruction"]) else 1 for r in rows
     ]
     assert "n_total 3" in capsys.readouterr().out
     assert (
@@ -671,7 +683,7 @@ def test_hf_judge_plumbing_yields_judged_or_null(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(folder)
     references = synthetic_references(4)
     ref_path, out_path, _ = write_pair(tmp_path, references)
-    judge = J.HFJudge(str(folder), max_new_tokens=4)
+    judge = HFJudge(str(folder), max_new_tokens=4)
     result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "run", annotator=pairwise_v1())
     assert len(result.annotations) == 4 and result.stats.requests == 4 + result.stats.reasks
     assert result.stats.reasks == 2 * result.stats.unparsable  # an unparsable answer is asked twice more
@@ -703,7 +715,7 @@ def spied_hf_judge(tokenizer, max_new_tokens: int = 4):
     """An HFJudge on a tiny Llama with JUDGE_POSITIONS positions recording the messages and ids given to the model."""
     from conftest import make_tiny_model
 
-    judge = J.HFJudge(
+    judge = HFJudge(
         "tiny-judge",
         model=make_tiny_model("llama", max_position_embeddings=JUDGE_POSITIONS),
         tokenizer=tokenizer,
@@ -724,15 +736,15 @@ def spied_hf_judge(tokenizer, max_new_tokens: int = 4):
     return judge, seen
 
 
-def shown(example: J.Example, seed: int = 0) -> tuple[str, str]:
+def shown(example: Example, seed: int = 0) -> tuple[str, str]:
     """(output_a, output_b) in the order the runner shows them."""
-    if J.model_shown_first(seed, example.instruction):
+    if model_shown_first(seed, example.instruction):
         return example.output, example.reference
     return example.reference, example.output
 
 
-def example(instruction: str, reference: str, output: str) -> J.Example:
-    return J.Example(instruction, reference, output, "ref-model", "tiny-model", "synthetic")
+def example(instruction: str, reference: str, output: str) -> Example:
+    return Example(instruction, reference, output, "ref-model", "tiny-model", "synthetic")
 
 
 def test_hf_judge_context_is_the_smaller_known_limit(tiny_tokenizer):
@@ -742,12 +754,12 @@ def test_hf_judge_context_is_the_smaller_known_limit(tiny_tokenizer):
         return SimpleNamespace(config=SimpleNamespace(max_position_embeddings=positions))
 
     assert tiny_tokenizer.model_max_length > 1e9  # no limit set: ignored
-    assert J.context_length(tiny_tokenizer, model(256)) == 256
-    assert J.context_length(SimpleNamespace(model_max_length=128), model(256)) == 128
-    assert J.context_length(SimpleNamespace(model_max_length=4096), model(2048)) == 2048
-    assert J.context_length(SimpleNamespace(model_max_length=int(1e30)), SimpleNamespace()) is None
+    assert context_length(tiny_tokenizer, model(256)) == 256
+    assert context_length(SimpleNamespace(model_max_length=128), model(256)) == 128
+    assert context_length(SimpleNamespace(model_max_length=4096), model(2048)) == 2048
+    assert context_length(SimpleNamespace(model_max_length=int(1e30)), SimpleNamespace()) is None
     assert (
-        J.context_length(SimpleNamespace(model_max_length=512), SimpleNamespace(config=SimpleNamespace()))
+        context_length(SimpleNamespace(model_max_length=512), SimpleNamespace(config=SimpleNamespace()))
         == 512
     )
 
@@ -760,7 +772,7 @@ def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_t
     long = example(instruction, long_text("r", 400), long_text("m", 300))
     uneven = example("Task 2: " + long_text("j", 5), "A short reference.", long_text("u", 500))
     examples = [short, long, uneven]
-    full = [judge.prompt_tokens(J.build_messages(ex.instruction, *shown(ex))) for ex in examples]
+    full = [judge.prompt_tokens(build_messages(ex.instruction, *shown(ex))) for ex in examples]
     assert (
         full[0] + 4 <= JUDGE_POSITIONS and full[1] > 1000 and full[2] > 1000
     )  # only the last two must be cut
@@ -773,16 +785,16 @@ def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_t
         assert len(ids) + judge.max_new_tokens <= JUDGE_POSITIONS  # the prompt fits, with room to answer
 
     # A short example is shown byte for byte as built, and recorded as not truncated.
-    assert seen["messages"][0] == J.build_messages(short.instruction, *shown(short))
+    assert seen["messages"][0] == build_messages(short.instruction, *shown(short))
     assert (
         seen["input_ids"][0]
-        == tiny_tokenizer(judge._prompt(J.build_messages(short.instruction, *shown(short))))["input_ids"]
+        == tiny_tokenizer(judge._prompt(build_messages(short.instruction, *shown(short))))["input_ids"]
     )
     assert annotations[0]["prompt_truncated"] is None
 
     # The long one: instruction and template whole, both outputs cut from their ends to the same allowance.
     user = seen["messages"][1][1]["content"]
-    assert seen["messages"][1][0]["content"] == J.SYSTEM_PROMPT
+    assert seen["messages"][1][0]["content"] == PAIRWISE_V1_SYSTEM
     body = re.fullmatch(
         r"Which response follows the instruction better\?\n\n## Instruction\n(.*)\n\n"
         r"## Output \(a\)\n(.*)\n\n## Output \(b\)\n(.*)\n\n"
@@ -827,7 +839,7 @@ def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_t
     assert [a["prompt_truncated"] for a in again] == [a["prompt_truncated"] for a in annotations]
 
     with pytest.raises(J.JudgeInputError, match="exceeds the context"):  # unfitted messages are refused
-        judge.complete(J.build_messages(long.instruction, long.reference, long.output))
+        judge.complete(build_messages(long.instruction, long.reference, long.output))
 
 
 def test_hf_judge_refuses_an_instruction_that_does_not_fit(tmp_path, tiny_tokenizer, capsys):
@@ -896,7 +908,7 @@ def test_hf_judge_refuses_an_instruction_that_does_not_fit(tmp_path, tiny_tokeni
         ]
     )
     assert "1 judge prompt(s) had outputs shortened" in capsys.readouterr().err
-    (annotation,) = json.loads((tmp_path / "run" / J.ANNOTATIONS_FILENAME).read_text())
+    (annotation,) = json.loads((tmp_path / "run" / layout.ANNOTATIONS).read_text())
     assert rc == (
         0 if annotation["preference"] is not None else 3
     )  # 3: the tiny judge's answer was unparsable
@@ -912,7 +924,7 @@ def test_alpaca_eval_judge_without_the_package_says_how_to_install(tmp_path, cap
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "alpaca_eval", None)  # what an environment without the package gives
     with pytest.raises(J.JudgeFatalError, match="pip install alpaca-eval"):
-        J.AlpacaEvalJudge()
+        AlpacaEvalJudge()
     ref_path, out_path, _ = write_pair(tmp_path, synthetic_references(2))
     rc = main(
         [

@@ -25,11 +25,14 @@ from pathlib import Path
 import pytest
 from local_server import LocalServer, clean_judge_environment
 
+from symnoise import layout
 from symnoise.cli.main import main
 from symnoise.evaluation import annotators as A
 from symnoise.evaluation import judge as J
 from symnoise.evaluation import references as R
 from symnoise.evaluation.judge_cache import JudgmentCache
+from symnoise.evaluation.judge_clients import OpenAIChatJudge
+from symnoise.evaluation.judge_inputs import Example
 
 pytest.importorskip("alpaca_eval")
 
@@ -181,8 +184,8 @@ def test_replayed_completions_give_the_published_preferences_and_win_rate(
             rc = main(["judge", *args])
             err = capsys.readouterr().err
         n_requests = len(server.bodies)
-    annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
-    metrics = json.loads((tmp_path / "out" / J.METRICS_FILENAME).read_text())
+    annotations = json.loads((tmp_path / "out" / layout.ANNOTATIONS).read_text())
+    metrics = json.loads((tmp_path / "out" / layout.JUDGE_METRICS).read_text())
     assert [a["instruction"] for a in annotations] == [r["instruction"] for r in rows]
     mismatches = [
         (a["instruction"][:40], a["preference"], r["preference"])
@@ -190,7 +193,7 @@ def test_replayed_completions_give_the_published_preferences_and_win_rate(
         if not same_preference(a["preference"], r["preference"])
     ]
     assert mismatches == []
-    expected = J._win_rate_metrics([r["preference"] for r in rows])
+    expected = J.judge_metrics([r["preference"] for r in rows])
     for key in ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "n_null"):
         assert metrics[key] == expected[key], key
     assert metrics["annotator"] == "alpaca_eval_gpt4" and metrics["judge"] == "openai:gpt-4"
@@ -242,11 +245,11 @@ def package_annotate(annotator: str, rows: list[dict], base_url: str, monkeypatc
 
 def symnoise_annotate(annotator: str, rows: list[dict], base_url: str, tmp_path: Path) -> list[dict]:
     spec = A.load_annotator(annotator)
-    judge = J.OpenAIChatJudge(
+    judge = OpenAIChatJudge(
         base_url, spec.model, api_key=API_KEY, params=spec.request_params, return_choice=spec.wants_choice
     )
     examples = [
-        J.Example(
+        Example(
             r["instruction"], r["output_1"], r["output_2"], r["generator_1"], r["generator_2"], r["dataset"]
         )
         for r in rows
@@ -371,9 +374,9 @@ def test_identical_outputs_are_draws_without_a_request(shared_data, tmp_path):
             ]
         )
         assert server.bodies == []
-    annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
+    annotations = json.loads((tmp_path / "out" / layout.ANNOTATIONS).read_text())
     assert rc == 0 and [a["preference"] for a in annotations] == [1.5] * 103
-    assert json.loads((tmp_path / "out" / J.METRICS_FILENAME).read_text())["win_rate"] == 50.0
+    assert json.loads((tmp_path / "out" / layout.JUDGE_METRICS).read_text())["win_rate"] == 50.0
 
 
 def synthetic(tmp_path: Path, n: int) -> tuple[Path, Path]:
@@ -413,7 +416,7 @@ def test_a_run_where_every_request_fails_exits_non_zero_with_counts(tmp_path, ca
     captured = capsys.readouterr()
     assert rc == 3 and "win_rate n/a" in captured.out
     assert "incomplete: 5 of 5 examples have no verdict (unparsable 0, failed 5)" in captured.err
-    annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
+    annotations = json.loads((tmp_path / "out" / layout.ANNOTATIONS).read_text())
     assert all(a["preference"] is None and "HTTP 500" in a["null_reason"] for a in annotations)
 
 
@@ -448,7 +451,7 @@ def test_nulls_are_kept_until_retry_nulls_asks_them_again(tmp_path, capsys):
         assert len(server.bodies) == 8 + 1 + 2
     err = capsys.readouterr().err
     assert "incomplete: 1 of 6 examples have no verdict (unparsable 1, failed 0)" in err
-    annotations = json.loads((tmp_path / "out" / J.ANNOTATIONS_FILENAME).read_text())
+    annotations = json.loads((tmp_path / "out" / layout.ANNOTATIONS).read_text())
     spec = A.load_annotator()
     for i, a in enumerate(annotations):
         if i == 4:
@@ -457,7 +460,7 @@ def test_nulls_are_kept_until_retry_nulls_asks_them_again(tmp_path, capsys):
             assert a["preference"] == (
                 1.0 if spec.is_switched(a["instruction"], a["output_1"], a["output_2"]) else 2.0
             )
-    cache = JudgmentCache(tmp_path / "out" / J.CACHE_FILENAME)
+    cache = JudgmentCache(tmp_path / "out" / layout.JUDGE_CACHE)
     assert len(cache) == 6  # re-asked nulls replaced their records (the later line wins)
 
 
@@ -546,7 +549,7 @@ def test_a_judge_built_without_settings_takes_the_annotators(tmp_path):
     ref_path, out_path = synthetic(tmp_path, 2)
     ranking = "[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]"
     with ChatServer(lambda body: (200, chat_response(ranking))) as server:
-        judge = J.OpenAIChatJudge(server.base_url, "local-judge")
+        judge = OpenAIChatJudge(server.base_url, "local-judge")
         result = J.judge_outputs(out_path, ref_path, judge, tmp_path / "out")
         assert [(b["max_tokens"], b["temperature"], b["top_p"]) for b in server.bodies] == [(100, 0, 1.0)] * 2
     assert result.metrics["annotator"] == "alpaca_eval_gpt4" and result.metrics["n_null"] == 0

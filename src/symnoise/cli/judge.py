@@ -16,25 +16,31 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from symnoise import layout
 from symnoise.evaluation import annotators as A
 from symnoise.evaluation import judge as J
 from symnoise.evaluation import references as R
 from symnoise.evaluation import sources
+from symnoise.evaluation.judge_clients import (
+    BASE_URL_VARIABLES,
+    DEFAULT_BASE_URL,
+    KEY_VARIABLES,
+    JudgeSettings,
+    make_judge,
+)
+from symnoise.evaluation.judge_inputs import load_examples
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-KEY_VARIABLES = ("SYMNOISE_JUDGE_API_KEY", "OPENAI_API_KEY")
-BASE_URL_VARIABLES = ("SYMNOISE_JUDGE_BASE_URL", "OPENAI_BASE_URL")
 EXIT_INCOMPLETE = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         f"The API key is read from {' or '.join(KEY_VARIABLES)}, never from a flag. Writes "
-        f"{J.ANNOTATIONS_FILENAME}, {J.METRICS_FILENAME} and {J.CACHE_FILENAME} (re-runs reuse it) to --out."
+        f"{layout.ANNOTATIONS}, {layout.JUDGE_METRICS} and {layout.JUDGE_CACHE} (re-runs reuse it) to --out."
     )
     parser.add_argument(
         "outputs", type=Path, help="AlpacaEval model_outputs.json (list of instruction/output)"
@@ -118,9 +124,7 @@ def run(args: argparse.Namespace) -> int:
             else A.load_annotator(args.annotator, seed=args.seed, max_tokens=args.max_tokens)
         )
         reference = _reference(args)
-        J.load_examples(
-            args.outputs, reference
-        )  # fail on bad input before a model is loaded or a request sent
+        load_examples(args.outputs, reference)  # fail on bad input before a model is loaded or a request sent
         judge = _make_judge(args, annotator)
         result = J.judge_outputs(
             args.outputs,
@@ -157,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             "(see prompt_truncated in the annotations)",
             file=sys.stderr,
         )
-    print(f"{J.format_metrics(result.metrics)} -> {_out_dir(args)}")
+    print(f"{format_metrics(result.metrics)} -> {_out_dir(args)}")
     missing = result.metrics["n_null"]
     if missing:
         print(
@@ -183,9 +187,8 @@ def _reference(args: argparse.Namespace) -> Path | list[dict]:
     return rows
 
 
-def _make_judge(args: argparse.Namespace, annotator):
-    if args.judge == "alpaca_eval":
-        return J.AlpacaEvalJudge(args.annotator)
+def _make_judge(args: argparse.Namespace, annotator: A.Annotator | None):
+    """The judge of ``--judge``, built by the one factory from the flags (after the checks that only flags need)."""
     if args.judge == "hf":
         if not args.model:
             raise J.JudgeInputError("--judge hf needs --model (a local folder or hub name)")
@@ -194,31 +197,15 @@ def _make_judge(args: argparse.Namespace, annotator):
                 f"--judge hf cannot serve {annotator.name}: it reads log-probabilities of an "
                 "OpenAI-compatible server; use --judge openai (e.g. a local vLLM server)"
             )
-        pairwise_default = (
-            12 if annotator.name == A.PAIRWISE_V1 else None
-        )  # the annotator's max_tokens otherwise
-        return J.HFJudge(args.model, max_new_tokens=args.max_tokens or pairwise_default)
-    model = args.model or os.environ.get("SYMNOISE_JUDGE_MODEL") or annotator.model
-    if not model:
-        raise J.JudgeInputError(
-            f"--annotator {annotator.name} needs --model or SYMNOISE_JUDGE_MODEL (e.g. gpt-4o-mini)"
-        )
-    base_url = (
-        args.base_url
-        or next((os.environ[v] for v in BASE_URL_VARIABLES if os.environ.get(v)), None)
-        or DEFAULT_BASE_URL
-    )
-    api_key = next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
-    if api_key is None and base_url == DEFAULT_BASE_URL:
-        raise J.JudgeInputError(f"the OpenAI API needs a key: set {' or '.join(KEY_VARIABLES)}")
-    return J.OpenAIChatJudge(
-        base_url,
-        model,
-        api_key=api_key,
+    settings = JudgeSettings(
+        kind=args.judge,
+        model=args.model,
+        alpaca_eval_config=args.annotator,
+        base_url=args.base_url,
         timeout=args.timeout,
-        params=annotator.request_params,
-        return_choice=annotator.wants_choice,
+        max_tokens=args.max_tokens,
     )
+    return make_judge(settings, annotator)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -238,7 +225,17 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
-    return args.out or args.outputs.with_name(f"{args.outputs.stem}_judged")
+    return args.out or layout.judged_dir(args.outputs)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """One line: the win rate with its standard error and the counts."""
+    rate, err = metrics["win_rate"], metrics["standard_error"]
+    head = (
+        "win_rate n/a" if rate is None else f"win_rate {rate:.2f}" + ("" if err is None else f" +- {err:.2f}")
+    )
+    counts = ", ".join(f"{k} {metrics[k]}" for k in ("n_wins", "n_wins_base", "n_draws", "n_total", "n_null"))
+    return f"{head} ({counts})"
 
 
 class _Progress:

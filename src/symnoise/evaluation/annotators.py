@@ -62,7 +62,9 @@ class AnnotatorError(ValueError):
 
 
 class Annotator(Protocol):
-    """What the judging loop needs from an annotator."""
+    """What the judging loop needs from an annotator: whether it shows ``output_2`` first, the messages in shown
+    order, the parser of an answer into a verdict in shown order, and ``unswitch``, that verdict as a preference of
+    ``output_1``/``output_2`` (1 becomes 2 and 2 becomes 1 when the outputs were shown switched)."""
 
     name: str
     model: str | None  # the judge model the annotator was configured for (None: the user must name one)
@@ -75,6 +77,8 @@ class Annotator(Protocol):
     def messages(self, instruction: str, shown_1: str, shown_2: str) -> list[dict[str, str]]: ...
 
     def parse(self, completion: Any) -> float | None: ...
+
+    def unswitch(self, verdict: float, switched: bool) -> float: ...
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -217,6 +221,21 @@ class PackageAnnotator:
             frame = processor.preprocess(frame)
         return frame.iloc[0]["output_1"] != output_1
 
+    def unswitch(self, verdict: float, switched: bool) -> float:
+        """``verdict``, given on the shown order, as a preference of ``output_1``/``output_2``: for a switched
+        example, the package's own rule, the one its switching processor applies to switched rows after annotating
+        (``fn_replace_if_unswitch``: 3 - preference)."""
+        if not switched:
+            return verdict
+        import pandas as pd
+
+        frame = pd.DataFrame({"preference": [float(verdict)]})
+        for processor in self._single.processors:
+            unswitch = getattr(processor, "fn_replace_if_unswitch", None)
+            if unswitch is not None:
+                frame = unswitch(frame)
+        return float(frame.iloc[0]["preference"])
+
     def messages(self, instruction: str, shown_1: str, shown_2: str) -> list[dict[str, str]]:
         """The chat messages, exactly as ``alpaca_eval`` builds them for an OpenAI chat model."""
         import pandas as pd
@@ -317,6 +336,10 @@ class PairwiseV1Annotator:
     def parse(self, completion: Any) -> float | None:
         verdict = parse_verdict(completion if isinstance(completion, str) else None)
         return None if verdict is None else (1.0 if verdict == "a" else 2.0)
+
+    def unswitch(self, verdict: float, switched: bool) -> float:
+        """AlpacaEval's rule for a switched example: preference ``3 - verdict`` (1 and 2 swap, 1.5 stays)."""
+        return 3.0 - verdict if switched else verdict
 
 
 def load_annotator(name: str = DEFAULT_ANNOTATOR, seed: int = 0, max_tokens: int | None = None) -> Annotator:

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from symnoise.files import append_json_lines
+
 log = logging.getLogger(__name__)
 
 
@@ -74,15 +76,10 @@ class JudgmentCache:
     def put(self, record: dict[str, Any], replace: bool = False) -> None:
         """Append ``record`` (which must carry ``"key"``) durably. A key already present is not written again,
         unless ``replace`` (a re-asked null): then the new line is appended and, being later, wins on load."""
-        line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
             if record["key"] in self._records and not replace:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_json_lines(self.path, [record], durable=True)
             self._records[record["key"]] = record
 
 

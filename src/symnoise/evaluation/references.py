@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..offline import hub_offline
+from .judge_inputs import load_records
 from .sources import ALPACA_EVAL_SOURCES
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ def load_reference_outputs(
     if data_dir is not None:
         path = local_reference_path(reference, data_dir)
         if path.is_file():
-            from symnoise.evaluation.judge import load_records
-
             return load_records(path), str(path)
         problems.append(f"no file {path}")
     else:

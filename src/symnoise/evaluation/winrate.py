@@ -24,12 +24,13 @@ These reproduce the published AlpacaEval 1 GPT-4 leaderboard rows from the publi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from symnoise.files import read_json
 
 DRAW_VALUES = (0, 1.5)
 
@@ -109,12 +110,7 @@ def parse_annotation(row: Any, where: str, need_dataset: bool = False) -> Annota
 def load_annotations(path: str | Path, need_dataset: bool = False) -> list[Annotation]:
     """Read and validate one AlpacaEval annotation file (a JSON list of annotation dicts)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: file not found") from None
-    except json.JSONDecodeError as error:
-        raise AnnotationError(f"{path}: not valid JSON ({error})") from None
+    data = read_json(path, error=AnnotationError)
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a JSON list of annotations, got {type(data).__name__}")
     return [parse_annotation(row, f"{path}: row {i}", need_dataset) for i, row in enumerate(data)]

@@ -97,7 +97,7 @@ def evaluation_prompts(spec: GridSpec) -> list[Prompt]:
 
 def reference_examples(spec: GridSpec, prompts: Sequence[Prompt]) -> list[Example]:
     """One example per prompt with a reference output (matched by instruction); prompts without one are left out."""
-    from ..evaluation.judge import load_records
+    from ..evaluation.judge_inputs import load_records
 
     path = evaluation_file(spec, "references")
     by_instruction = {row["instruction"]: row for row in load_records(path)}
@@ -158,10 +158,6 @@ def reference_loss(
     }
 
 
-# Where the OpenAI-compatible judge's base URL is read from after the section's own variable (as `symnoise judge`).
-OPENAI_BASE_URL_VARIABLE = "OPENAI_BASE_URL"
-
-
 def judge_annotator(section: JudgeSection):
     """The annotator of the openai judge (its prompt, parser and decoding, as `symnoise judge --annotator` loads
     it); None for the other kinds, which keep their own defaults."""
@@ -170,40 +166,34 @@ def judge_annotator(section: JudgeSection):
     return load_annotator(section.annotator, seed=section.seed) if section.kind == "openai" else None
 
 
+def judge_settings(section: JudgeSection):
+    """The section as the judge factory's settings: model, URL and key from the environment variables it names
+    (then ``$OPENAI_BASE_URL`` for the URL, as `symnoise judge`), messages naming the section's fields."""
+    from ..evaluation.judge_clients import JudgeSettings
+
+    return JudgeSettings(
+        kind=section.kind,
+        model=section.model,
+        alpaca_eval_config=section.annotators,
+        base_url_env=(section.base_url_env, "OPENAI_BASE_URL"),
+        default_base_url=section.default_base_url,
+        model_env=section.model_env,
+        api_key_env=tuple(section.api_key_env),
+        timeout=section.timeout,
+        no_model="evaluation.judge: annotator {annotator} has no model; set evaluation.judge.model or "
+        "${model_env}",
+        no_key="evaluation.judge: {base_url} needs a key in {dollar_keys}",
+    )
+
+
 def build_judge(section: JudgeSection, annotator=None):
     """The judge the grid asks for; the OpenAI-compatible one takes model, URL and key from the environment and
     sends ``annotator``'s request (loaded from the section when not given), exactly as `symnoise judge` does."""
-    from ..evaluation import judge as J
+    from ..evaluation.judge_clients import make_judge
 
-    if section.kind == "hf":
-        return J.HFJudge(section.model)
-    if section.kind == "alpaca_eval":
-        return J.AlpacaEvalJudge(section.annotators)
-    annotator = annotator or judge_annotator(section)
-    model = section.model or os.environ.get(section.model_env) or annotator.model
-    if not model:
-        raise J.JudgeInputError(
-            f"evaluation.judge: annotator {section.annotator} has no model; set "
-            f"evaluation.judge.model or ${section.model_env}"
-        )
-    base_url = (
-        os.environ.get(section.base_url_env)
-        or os.environ.get(OPENAI_BASE_URL_VARIABLE)
-        or section.default_base_url
-    )
-    api_key = next((os.environ[v] for v in section.api_key_env if os.environ.get(v)), None)
-    if api_key is None and base_url == section.default_base_url:
-        raise J.JudgeInputError(
-            f"evaluation.judge: {base_url} needs a key in ${' or $'.join(section.api_key_env)}"
-        )
-    return J.OpenAIChatJudge(
-        base_url,
-        model,
-        api_key=api_key,
-        timeout=section.timeout,
-        params=annotator.request_params,
-        return_choice=annotator.wants_choice,
-    )
+    if section.kind == "openai":
+        annotator = annotator or judge_annotator(section)
+    return make_judge(judge_settings(section), annotator)
 
 
 def judge_problem(section: JudgeSection | None) -> str | None:
@@ -212,7 +202,7 @@ def judge_problem(section: JudgeSection | None) -> str | None:
         return None
     if section.kind == "openai":
         from ..evaluation.annotators import AnnotatorError
-        from ..evaluation.judge import JudgeInputError
+        from ..evaluation.judge_inputs import JudgeInputError
 
         try:
             build_judge(section)
