@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test lint clean
+.PHONY: install quickstart test test-fast lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,18 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -q
 
+# The inner loop: everything but the tests marked slow (multi-process runs, installs, whole-command pipelines).
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -q -m "not slow"
+
+# Lint, formatting and structure (no import circle, no module over 500 lines); CI runs it before the tests.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples tools
+	$(VENV)/bin/ruff format --check src tests benchmarks examples tools
+	$(VENV)/bin/python tools/check_structure.py
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks examples tools
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
