@@ -11,19 +11,19 @@ stopped; the final JSON is written atomically, in the order of the prompt file.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from symnoise.data import TEMPLATES, Example, render_prompt
-from symnoise.data.tokenize import special_prefix
+from .data import TEMPLATES, Example, render_prompt
+from .data.tokenize import special_prefix
+from .files import append_json_lines, read_json
+from .files import write_json_atomic as write_json_atomic  # importers move to symnoise.files
+from .layout import RUN_INFO, RunLayout
 
-RUN_CONFIG_FILE = "symnoise_run.json"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -147,13 +147,8 @@ def load_prompts(path: str | Path) -> list[Prompt]:
 
 def read_run_config(model: str | Path) -> dict | None:
     """The ``symnoise_run.json`` written by ``symnoise train`` into a run directory, or None if there is none."""
-    path = Path(model) / RUN_CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    path = RunLayout(model).run_info
+    return read_json(path, error=ValueError) if path.is_file() else None
 
 
 def resolve_template(model: str | Path, template: str | None) -> str:
@@ -163,7 +158,7 @@ def resolve_template(model: str | Path, template: str | None) -> str:
     chosen = template or trained
     if chosen is None:
         raise ValueError(
-            f"no {RUN_CONFIG_FILE} in {model!s} to say which prompt template the model was trained with; "
+            f"no {RUN_INFO} in {model!s} to say which prompt template the model was trained with; "
             f"pass the template explicitly (one of {', '.join(TEMPLATES)})"
         )
     if chosen not in TEMPLATES:
@@ -375,31 +370,6 @@ def read_sidecar(path: Path, header: dict, prompts: Sequence[Prompt]) -> dict[in
     return done
 
 
-def _append_lines(path: Path, objects: Sequence[dict]) -> None:
-    """Append JSON lines and force them to disk, so a kill loses at most the batch being generated."""
-    with open(path, "a", encoding="utf-8") as handle:
-        for obj in objects:
-            handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, ensure_ascii=False, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------- driver
 
 
@@ -466,7 +436,7 @@ def run_resumable(
     done = read_sidecar(partial, header, prompts)
     if not partial.is_file() or partial.stat().st_size == 0:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        _append_lines(partial, [{"header": header}])
+        append_json_lines(partial, [{"header": header}])
     token_ids = prompt_token_ids(tokenizer, prompts, template)
     pending = [i for i in range(len(prompts)) if i not in done]
     stats = GenerationStats(resumed=len(done))
@@ -484,7 +454,7 @@ def run_resumable(
             }
             for i, ids in zip(batch, new_ids, strict=True)
         ]
-        _append_lines(partial, records)
+        append_json_lines(partial, records)
         done.update((record["index"], record) for record in records)
         stats.prompts += len(batch)
         stats.no_room += sum(settings.budget(len(token_ids[i])) == 0 for i in batch)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from symnoise import generation, vllm_backend
 from symnoise.evaluation import sources
+from symnoise.layout import OUTPUTS, RUN_INFO, RunLayout
 
 
 def default_prompts(data_dir: str | Path | None = None) -> Path:
@@ -37,13 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"local data folder for the default prompts (default: "
         f"${sources.DATA_DIR_ENV}, else the tatsu-lab/alpaca_eval hub dataset)",
     )
-    parser.add_argument(
-        "--output", type=Path, help="model_outputs.json to write (default: MODEL/model_outputs.json)"
-    )
+    parser.add_argument("--output", type=Path, help=f"{OUTPUTS} to write (default: MODEL/{OUTPUTS})")
     parser.add_argument(
         "--template",
         choices=generation.TEMPLATES,
-        help="prompt template; default: the one in MODEL/symnoise_run.json (required without it)",
+        help=f"prompt template; default: the one in MODEL/{RUN_INFO} (required without it)",
     )
     parser.add_argument("--name", help="generator name in the output (default: the model directory name)")
     parser.add_argument(
@@ -78,7 +77,7 @@ def _output_path(args: argparse.Namespace) -> Path:
     if args.output is not None:
         return args.output
     if Path(args.model).is_dir():
-        return Path(args.model) / "model_outputs.json"
+        return RunLayout(args.model).outputs
     raise ValueError("--output is required when MODEL is not a local directory")
 
 

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
+    from ..files import write_text_atomic
     from ..quickstart import METHOD_ALPHAS, QuickstartSettings, describe, format_table, run_quickstart
 
     transformers_logging.disable_progress_bar()  # weight loading and saving bars, six times per run
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, epochs=args.epochs)
     scores = run_quickstart(settings)
     report = describe(settings) + "\n\n" + format_table(scores, settings.n_eval)
-    (args.out / "results.md").write_text(report + "\n", encoding="utf-8")
+    write_text_atomic(args.out / "results.md", report + "\n")
     print(report)
     print(f"\nruns and this table: {args.out}/")
     return 0
