@@ -15,6 +15,8 @@ from symnoise import generation, vllm_backend
 from symnoise.evaluation import sources
 from symnoise.layout import OUTPUTS, RUN_INFO, RunLayout
 
+from .options import add_flags, add_trust_remote_code
+
 
 def default_prompts(data_dir: str | Path | None = None) -> Path:
     """The 805 AlpacaEval 1 prompts: from the local data folder (``--data-dir``, else $SYMNOISE_DATA_DIR) when one
@@ -64,13 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (hf backend)")
     parser.add_argument("--dtype", choices=generation.DTYPES, default="auto")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="run model code from the hub repository"
-    )
+    add_trust_remote_code(parser)
     parser.add_argument(
         "--seed", type=int, default=0, help="vLLM engine seed (vllm backend; decoding is greedy)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(parser, {"--no-progress": "no progress bar"})
 
 
 def _output_path(args: argparse.Namespace) -> Path:

@@ -12,6 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from .options import add_flags
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -19,9 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--methods", default="none,neftune,symnoise", help="comma-separated noise methods")
     parser.add_argument("--epochs", type=float, default=None, help="training epochs per method")
-    parser.add_argument(
-        "--fresh", action="store_true", help="delete --out first (otherwise it must not exist)"
-    )
+    add_flags(parser, {"--fresh": "delete --out first (otherwise it must not exist)"})
 
 
 def run(args: argparse.Namespace) -> int:
