@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .dtypes import check_dtype
 from .files import read_json
 from .layout import CONFIG_FILE, DATA_REPORT, FINAL_WEIGHTS, MODEL_CARD, RUN_INFO, TRAIN_SUMMARY, RunLayout
 
@@ -21,7 +22,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 RUN_FILES = (RUN_INFO, CONFIG_FILE, DATA_REPORT, TRAIN_SUMMARY)
 # The weights of a full fine-tune (a LoRA run's adapter weights are the other final weights).
 FULL_MODEL_WEIGHTS = tuple(name for name in FINAL_WEIGHTS if not name.startswith("adapter_"))
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class ExportError(ValueError):
@@ -60,9 +60,7 @@ def check_export(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
 def _torch_dtype(dtype: str):
     import torch
 
-    if dtype not in DTYPES:
-        raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return "auto" if dtype == "auto" else getattr(torch, dtype)
+    return "auto" if check_dtype(dtype, ExportError) == "auto" else getattr(torch, dtype)
 
 
 def merge_lora(

@@ -20,11 +20,10 @@ from typing import Any
 
 from .data import TEMPLATES, Example, render_prompt
 from .data.tokenize import special_prefix
+from .dtypes import check_dtype, gpu_half_dtype
 from .files import append_json_lines, read_json
 from .files import write_json_atomic as write_json_atomic  # importers move to symnoise.files
 from .layout import RUN_INFO, RunLayout
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class PromptFileError(ValueError):
@@ -187,13 +186,11 @@ def resolve_dtype(dtype: str, device: str):
     """``auto`` is bfloat16 on a GPU that supports it, float16 on other GPUs and float32 on the CPU."""
     import torch
 
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if dtype != "auto":
+    if check_dtype(dtype) != "auto":
         return getattr(torch, dtype)
     if not device.startswith("cuda"):
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, gpu_half_dtype())
 
 
 def load_model_and_tokenizer(
@@ -277,7 +274,7 @@ def _row_budget_criterion(start: int, budgets: Sequence[int]):
     return RowBudget()
 
 
-def _cut(new_ids: Sequence[int], eos_ids: Sequence[int], budget: int) -> list[int]:
+def cut_output(new_ids: Sequence[int], eos_ids: Sequence[int], budget: int) -> list[int]:
     """The generated ids up to and including the first EOS, and never more than ``budget``."""
     kept = []
     for token in list(new_ids)[:budget]:
@@ -321,7 +318,7 @@ def generate_batch(
             stopping_criteria=[_row_budget_criterion(ids.shape[1], budgets)],
         )
     new = out[:, ids.shape[1] :].tolist()
-    return [_cut(row, eos_ids, budget) for row, budget in zip(new, budgets, strict=True)]
+    return [cut_output(row, eos_ids, budget) for row, budget in zip(new, budgets, strict=True)]
 
 
 def decode_output(tokenizer, ids: Sequence[int]) -> str:

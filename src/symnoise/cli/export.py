@@ -16,7 +16,7 @@ from .options import add_flags, add_trust_remote_code
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..export import DTYPES
+    from ..dtypes import DTYPES
 
     parser.epilog = __doc__.split("Examples::", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from symnoise import generation, vllm_backend
+from symnoise.dtypes import DTYPES
 from symnoise.evaluation import sources
 from symnoise.layout import OUTPUTS, RUN_INFO, RunLayout
 
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, help="further limit on new tokens")
     parser.add_argument("--repetition-penalty", type=float, default=1.2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (hf backend)")
-    parser.add_argument("--dtype", choices=generation.DTYPES, default="auto")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto")
     add_trust_remote_code(parser)
     parser.add_argument(
         "--seed", type=int, default=0, help="vLLM engine seed (vllm backend; decoding is greedy)"
