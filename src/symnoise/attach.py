@@ -15,6 +15,9 @@ FSDP, DeepSpeed, ``torch.compile`` and PEFT wrappers):
 
 Noise is added only when the model is in training mode, outside ``noise_off()``, and while the current alpha
 is above zero; ``generate()`` never sees it. Nothing is stored in the model's state dict.
+
+This module owns the hooks' lifecycle and the noise update; the symmetric pair's batch handling is in
+`symnoise.pair` and the seeded, resumable noise stream in `symnoise.noise_stream`.
 """
 
 from __future__ import annotations
