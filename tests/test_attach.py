@@ -8,7 +8,7 @@ from conftest import make_tiny_model
 
 import symnoise
 from symnoise import NoiseConfig, attach
-from symnoise.attach import derive_seed, draw_seed
+from symnoise.noise_stream import derive_seed
 
 ALPHA = 5.0
 SQRT3 = math.sqrt(3.0)
@@ -190,8 +190,8 @@ def test_padded_length_mode_reproduces_transformers_neftune(llama):
     embeddings.neftune_noise_alpha = ALPHA
     hook = embeddings.register_forward_hook(neftune_post_forward_hook)
     recorder = EmbeddingRecorder(llama)
-    # Our first draw on the CPU starts from draw_seed(stream seed, 0): the same state as torch.manual_seed of it.
-    torch.manual_seed(draw_seed(derive_seed(123, 0), 0))
+    # Our first draw on the CPU starts from derive_seed(stream seed, 0): the same state as torch.manual_seed of it.
+    torch.manual_seed(derive_seed(derive_seed(123, 0), 0))
     llama(**inputs)
     hook.remove()
     del embeddings.neftune_noise_alpha

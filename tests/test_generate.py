@@ -12,6 +12,7 @@ from symnoise import generation, synthetic
 from symnoise.cli.main import main
 from symnoise.data import Example, render_prompt, tokenize_examples
 from symnoise.generation import DecodingSettings, Prompt, PromptFileError
+from symnoise.layout import RUN_INFO
 
 N_PROMPTS = 12
 EXTRA_TOKENS = 24  # max_length = longest prompt + this, so budgets differ between prompts
@@ -51,7 +52,7 @@ def world(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-run"
     model.save_pretrained(run_dir)
     tokenizer.save_pretrained(run_dir)
-    (run_dir / generation.RUN_CONFIG_FILE).write_text(
+    (run_dir / RUN_INFO).write_text(
         json.dumps({"template": "alpaca", "max_length": 512, "noise": {"method": "none"}})
     )
     prompts = [
@@ -295,7 +296,7 @@ def test_cli_rejects_bad_input_before_loading_the_model(tmp_path, capsys):
 
 
 def test_template_from_run_config(tmp_path):
-    (tmp_path / generation.RUN_CONFIG_FILE).write_text('{"template": "vicuna", "max_length": 512}')
+    (tmp_path / RUN_INFO).write_text('{"template": "vicuna", "max_length": 512}')
     assert generation.resolve_template(tmp_path, None) == "vicuna"
     assert generation.resolve_template(tmp_path, "alpaca") == "alpaca"
     with pytest.raises(ValueError, match="pass the template explicitly"):

@@ -12,7 +12,7 @@ from conftest import make_tiny_model
 
 from symnoise import NoiseConfig, attach
 from symnoise import noise as N
-from symnoise.attach import draw_seed
+from symnoise.noise_stream import derive_seed
 
 CONFIG = NoiseConfig("uniform", 5.0, seed=3, length_mode="padded")
 
@@ -87,7 +87,7 @@ def test_restored_state_continues_the_exact_noise_sequence_after_a_device_move()
 
 def test_each_draw_depends_only_on_the_stream_seed_and_its_index():
     """The contract that makes the state device-independent: draw k is sampled from a generator on the embeddings'
-    device seeded with draw_seed(stream seed, k), whatever ran before (here: drawn on the CPU; on a GPU the same
+    device seeded with derive_seed(stream seed, k), whatever ran before (here: drawn on the CPU; on a GPU the same
     rule with a CUDA generator)."""
     model = make_tiny_model("llama").train()
     recorder = NoiseRecorder(model)
@@ -97,7 +97,7 @@ def test_each_draw_depends_only_on_the_stream_seed_and_its_index():
         stream = handle.seed
     for k, noise in enumerate(recorder.noise):
         eps = N.sample_unit_noise(
-            noise.shape, "uniform", generator=torch.Generator().manual_seed(draw_seed(stream, k))
+            noise.shape, "uniform", generator=torch.Generator().manual_seed(derive_seed(stream, k))
         )
         scale = N.noise_scale(
             torch.full(noise.shape[:2], float(noise.shape[1])),

@@ -22,9 +22,9 @@ from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_p
 
 import symnoise
 from symnoise import NoiseConfig, attach
-from symnoise.attach import pair_axis
 from symnoise.data import tokenize_examples
 from symnoise.data.packing import PackedRowsCollator
+from symnoise.pair import pair_axis
 from symnoise.synthetic import make_task_examples, tiny_llama_config, tokenizer_corpus, train_tokenizer
 from symnoise.train.config import validate_config
 from symnoise.train.recipe import make_collator

@@ -15,9 +15,9 @@ import torch
 import transformers
 
 from symnoise import NoiseConfig, attach
-from symnoise.attach import _double_logits_to_keep
 from symnoise.data import tokenize_examples
 from symnoise.data.packing import TrainedLogitsOnly, supports_trained_logits_only
+from symnoise.pair import _double_logits_to_keep
 from symnoise.synthetic import make_task_examples, tiny_llama_config, tokenizer_corpus, train_tokenizer
 from symnoise.train import train
 from symnoise.train.config import validate_config

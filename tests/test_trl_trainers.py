@@ -12,8 +12,9 @@ from datasets import Dataset
 import symnoise
 from symnoise import NoiseConfig
 from symnoise import trainers as T
-from symnoise.attach import fold_pair_outputs, unwrap_model
+from symnoise.attach import unwrap_model
 from symnoise.hf import add_noise
+from symnoise.pair import fold_pair_outputs
 
 ALPHA = 5.0
 # Completions of one repeated token: the tiny model (tied, large embeddings) predicts the current token, so token

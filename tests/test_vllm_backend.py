@@ -20,6 +20,7 @@ from conftest import build_tiny_tokenizer, make_tiny_model, snapshot_sidecars
 from symnoise import generation, vllm_backend
 from symnoise.cli.main import main
 from symnoise.generation import DecodingSettings, Prompt
+from symnoise.layout import RUN_INFO
 
 EXTRA_EOS = 5  # a second stop id from the model's generation config, beside the tokenizer's </s> (2)
 WORDS = (
@@ -87,7 +88,7 @@ def world(tmp_path_factory):
     model.generation_config.eos_token_id = [2, EXTRA_EOS]
     model.save_pretrained(run_dir)
     build_tiny_tokenizer().save_pretrained(run_dir)
-    (run_dir / generation.RUN_CONFIG_FILE).write_text(json.dumps({"template": "alpaca", "max_length": 512}))
+    (run_dir / RUN_INFO).write_text(json.dumps({"template": "alpaca", "max_length": 512}))
     hf_model, tokenizer = generation.load_model_and_tokenizer(run_dir, device="cpu", dtype="float32")
     ids = generation.prompt_token_ids(tokenizer, PROMPTS, "alpaca")
     assert len({len(row) for row in ids}) >= 4, (

@@ -15,6 +15,9 @@ FSDP, DeepSpeed, ``torch.compile`` and PEFT wrappers):
 
 Noise is added only when the model is in training mode, outside ``noise_off()``, and while the current alpha
 is above zero; ``generate()`` never sees it. Nothing is stored in the model's state dict.
+
+This module owns the hooks' lifecycle and the noise update; the symmetric pair's batch handling is in
+`symnoise.pair` and the seeded, resumable noise stream in `symnoise.noise_stream`.
 """
 
 from __future__ import annotations
@@ -32,19 +35,9 @@ from torch import nn
 
 from . import noise as N
 from .config import NoiseConfig
+from .noise_stream import NoiseStream
+from .pair import IGNORE_INDEX, SymmetricPair, fold_pair_outputs, packed_without_mask
 
-_BATCH_KEYS = (
-    "input_ids",
-    "inputs_embeds",
-    "attention_mask",
-    "labels",
-    "position_ids",
-    "token_type_ids",
-    "shift_labels",
-)
-_CU_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
-_VARLEN_KEYS = (*_CU_KEYS, "max_length_q", "max_length_k")
-_IGNORE_INDEX = -100
 _ATTRIBUTE = "_symnoise_handle"
 
 
@@ -71,22 +64,6 @@ def _distributed_rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return int(os.environ.get("RANK", "0"))
-
-
-def derive_seed(seed: int | None, rank: int) -> int:
-    """A 63-bit seed for one rank's noise stream: distinct per rank, reproducible per (seed, rank)."""
-    import numpy as np
-
-    base = torch.initial_seed() if seed is None else seed
-    return int(np.random.SeedSequence([base % 2**63, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def draw_seed(stream_seed: int, draw: int) -> int:
-    """The seed of noise draw number ``draw`` (0, 1, ...) of a stream: with ``stream_seed`` it fixes the draw on
-    a given device type, whatever happened before (device moves, a resume in a new process)."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([stream_seed % 2**63, draw]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 @dataclass
@@ -126,24 +103,14 @@ class NoiseHandle:
                 "unset neftune_noise_alpha so that the noise is not added twice"
             )
         self.rank = _distributed_rank()
-        self.seed = derive_seed(config.seed, self.rank)
-        # The noise stream's whole state is (seed, draws): draw k comes from a generator on the embeddings' device
-        # seeded with draw_seed(seed, k), so the state restores on any device, and a model that moves between
-        # devices (FSDP/DeepSpeed attach on the CPU, train on the GPU) continues the stream instead of restarting.
-        self.draws = 0
-        self._generators: dict[torch.device, torch.Generator] = {}
-        self._last_device: torch.device | None = None
+        self._stream = NoiseStream(config.seed, self.rank, config.distribution)
         self.alpha = config.alpha
         self.progress = 0.0
         self._norm_inputs: tuple | None = None
         self._norm_value: torch.Tensor | None = None
         self._calls: list[_Call] = []
         self._off_depth = 0
-        self._pair_sign: int | None = None
-        self._pair_draw: tuple[torch.Tensor, torch.Tensor] | None = None
-        # Token positions the symmetric pair added to what callers passed (the X - eps copy or pass): the extra
-        # work the hardware MFU counts. A Python int, so reading it costs no device sync.
-        self.pair_copy_positions = 0
+        self._pair = SymmetricPair()
         self._forward_params = list(inspect.signature(self.model.forward).parameters)
         self._hooks = [
             self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
@@ -189,7 +156,7 @@ class NoiseHandle:
         if getattr(self.model, _ATTRIBUTE, None) is self:
             delattr(self.model, _ATTRIBUTE)
         self._calls.clear()
-        self._pair_draw = None
+        self._pair.reset()
 
     @property
     def attached(self) -> bool:
@@ -236,27 +203,35 @@ class NoiseHandle:
         if not self._noise_wanted():
             yield 1.0
             return
-        try:
-            for sign in (1, -1):
-                self._pair_sign = sign
-                yield 0.5
-        finally:
-            self._pair_sign = None
-            self._pair_draw = None
+        yield from self._pair.passes()
+
+    @property
+    def pair_copy_positions(self) -> int:
+        """Token positions the symmetric pair added to what callers passed (the ``X - eps`` copy or pass): the
+        extra work the hardware MFU counts. A Python int, so reading it costs no device sync."""
+        return self._pair.copy_positions
+
+    @property
+    def seed(self) -> int:
+        """This rank's noise stream seed (see `symnoise.noise_stream`)."""
+        return self._stream.seed
+
+    @property
+    def draws(self) -> int:
+        """How many noise draws this stream has made."""
+        return self._stream.draws
 
     @property
     def generator(self) -> torch.Generator:
         """The generator the next draw uses, on the device of the last draw (the embeddings' device before the
         first): already seeded for that draw. Each draw re-seeds it, so setting its state has no lasting effect."""
-        device = self._last_device
-        if device is None:
-            weight = getattr(self.embeddings, "weight", None)
-            device = (
-                weight.device
-                if isinstance(weight, torch.Tensor) and weight.device.type != "meta"
-                else torch.device("cpu")
-            )
-        return self._generator_for(device)
+        weight = getattr(self.embeddings, "weight", None)
+        first = (
+            weight.device
+            if isinstance(weight, torch.Tensor) and weight.device.type != "meta"
+            else torch.device("cpu")
+        )
+        return self._stream.next_generator(first)
 
     def state_dict(self) -> dict[str, Any]:
         """Noise stream state and schedule position, to save with a checkpoint (one file per rank).
@@ -264,9 +239,7 @@ class NoiseHandle:
         Device-independent: ``generator`` is the int64 pair (seed, draws so far), which continues the stream on
         whatever device the resumed run draws on."""
         return {
-            "generator": torch.tensor([self.seed, self.draws], dtype=torch.int64),
-            "seed": self.seed,
-            "draws": self.draws,
+            **self._stream.state_dict(),
             "rank": self.rank,
             "progress": self.progress,
             "config": self.config.to_dict(),
@@ -274,26 +247,18 @@ class NoiseHandle:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the noise sequence of a saved run (the same rank's file), on any device."""
-        if "draws" not in state:
-            raise ValueError(
-                "symnoise: this noise state holds a device-specific generator state (written by an "
-                "earlier symnoise), which cannot continue the noise sequence exactly on another device; "
-                "start the run afresh, or resume from a checkpoint written by this version"
-            )
-        self.seed, self.draws = int(state["seed"]), int(state["draws"])
+        self._stream.load_state_dict(state)
         self.set_progress(state["progress"])
 
     # ----------------------------------------------------------------- hooks
     def _noise_wanted(self) -> bool:
-        return (
-            self.model.training and self._off_depth == 0 and self.alpha > 0 and self.config.method != "none"
-        )
+        return self.model.training and self._off_depth == 0 and self.alpha > 0 and self.config.is_active
 
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = _Call(active=self._noise_wanted())
         self._calls.append(call)
         if not call.active:
-            if self.model.training and _packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
+            if self.model.training and packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
                 return args, {**kwargs, "use_cache": False}
             return None
         if args:  # bind positional inputs to names so they can be read and doubled
@@ -317,7 +282,7 @@ class NoiseHandle:
                 f"symnoise: NoiseConfig.region={self.config.region!r} needs labels in the forward "
                 "call to tell prompt tokens (-100) from response tokens"
             )
-        if _packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
+        if packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
             kwargs["use_cache"] = False
         if self.config.symmetric:
             self._prepare_symmetric(call, kwargs)
@@ -328,37 +293,12 @@ class NoiseHandle:
 
     def _prepare_symmetric(self, call: _Call, kwargs: dict) -> None:
         if self.config.execution == "paired":
-            # Each pass is an ordinary forward at X + eps or X - eps: whoever computes the loss (the model from
-            # labels, or the caller from the logits) computes it once per pass, so no labels are needed here.
-            if self._pair_sign is None:
-                raise RuntimeError(
-                    "symnoise: execution='paired' runs two passes per batch; drive them with "
-                    "`for _ in handle.paired_passes(): ...` (symnoise.hf does it for Trainer), "
-                    "or use execution='concat'"
-                )
-            call.sign = self._pair_sign
-            if call.sign == -1:
-                self.pair_copy_positions += call.input_shape.numel()
+            call.sign = self._pair.current_sign(call.input_shape.numel())
             return
-        if call.labels is None:
-            raise ValueError(
-                "symnoise: the symmetric pair in execution='concat' needs labels in the training forward so that "
-                "the model computes the loss over both X + eps and X - eps; when the loss is computed outside the "
-                "model (from the logits), use execution='paired' (symnoise.hf.add_noise picks it for such "
-                "trainers), and wrap passes that only need logits (reference models, probes) in handle.noise_off()"
-            )
         implementation = str(getattr(getattr(self.model, "config", None), "_attn_implementation", "") or "")
-        call.doubled_along = pair_axis(
-            call.input_shape[0],
-            _packed_without_mask(kwargs),
-            implementation,
-            all(kwargs.get(key) is not None for key in _VARLEN_KEYS),
+        call.doubled_along, call.logits_length = self._pair.double(
+            kwargs, call.input_shape, call.labels, implementation
         )
-        keep = kwargs.get("logits_to_keep")
-        if call.doubled_along == 1 and isinstance(keep, torch.Tensor) and keep.dtype != torch.bool:
-            call.logits_length = keep.shape[-1]
-        double_batch(kwargs, call.doubled_along)
-        self.pair_copy_positions += call.input_shape.numel()
 
     def _cache_may_be_on(self, kwargs: dict) -> bool:
         return "use_cache" in self._forward_params and kwargs.get("use_cache") is not False
@@ -407,22 +347,17 @@ class NoiseHandle:
         """``eps`` (unit noise, shape of ``embeds``) and the per-token scale ``(B, T, 1)``; the noise is their
         product. The -eps pass of a pair reuses the +eps pass's draw."""
         if call.sign == -1:
-            if self._pair_draw is None or self._pair_draw[0].shape != embeds.shape:
-                raise RuntimeError(
-                    "symnoise: the -eps pass of a pair must see the same batch as its +eps pass"
-                )
-            return self._pair_draw
+            return self._pair.reuse_draw(embeds.shape)
         lengths = self._token_lengths(embeds.shape[:2], call, embeds.device)
         cfg = self.config
         factor = N.distribution_factor(cfg.distribution, cfg.match_uniform_norm)
         scale = N.noise_scale(lengths, embeds.shape[-1], self.alpha, factor).to(embeds.dtype)
-        eps = self._seeded_sample_unit_noise(embeds.shape, embeds.dtype, embeds.device)
-        self.draws += 1
+        eps = self._stream.sample_unit_noise(embeds.shape, embeds.dtype, embeds.device)
         positions = call.position_ids if cfg.length_mode == "tokens" else None
         self._norm_inputs = (eps, scale, lengths, positions)
         self._norm_value = None
         if cfg.symmetric and cfg.execution == "paired":
-            self._pair_draw = (eps, scale)
+            self._pair.draw = (eps, scale)
         return eps, scale
 
     @property
@@ -445,138 +380,10 @@ class NoiseHandle:
             else torch.ones(tuple(shape), dtype=torch.bool, device=device)
         )
         if self.config.region != "all":
-            response = call.labels.to(device) != _IGNORE_INDEX
+            response = call.labels.to(device) != IGNORE_INDEX
             real = real & (response if self.config.region == "response" else ~response)
         positions = call.position_ids.to(device) if call.position_ids is not None else None
         return N.token_lengths(real, positions)
-
-    @torch.compiler.disable  # creating and seeding a generator cannot be traced: the draw is the one graph break
-    def _seeded_sample_unit_noise(
-        self, shape: torch.Size, dtype: torch.dtype, device: torch.device
-    ) -> torch.Tensor:
-        """The next draw of this stream: unit noise from the device's generator seeded for draw ``self.draws``."""
-        return N.sample_unit_noise(
-            shape, self.config.distribution, generator=self._generator_for(device), dtype=dtype, device=device
-        )
-
-    def _generator_for(self, device: torch.device) -> torch.Generator:
-        """A generator on ``device`` seeded for the next draw; one per device, created once (no host sync)."""
-        generator = self._generators.get(device)
-        if generator is None:
-            generator = self._generators[device] = torch.Generator(device=device)
-        self._last_device = device
-        return generator.manual_seed(draw_seed(self.seed, self.draws))
-
-
-def _packed_without_mask(kwargs: dict) -> bool:
-    """Whether a forward's inputs are packed sequences told apart only by position ids or ``cu_seq_lens``.
-
-    transformers looks for such sequences only when no KV cache is in use: with one (a model whose config
-    enables it, ``TrainingArguments(use_cache=True)``), every packed sequence would attend to the ones before it.
-    """
-    return kwargs.get("attention_mask") is None and (
-        kwargs.get("position_ids") is not None or kwargs.get("cu_seq_lens_q") is not None
-    )
-
-
-def pair_axis(rows: int, packed_without_mask: bool, attn_implementation: str, varlen_kwargs: bool) -> int:
-    """Along which axis the symmetric pair doubles a batch: 0, the copy is more rows; 1, it extends the row.
-
-    Only a FlashAttention kernel (``flash_attention_2/3``, hub kernels: transformers' test is "flash" in the name)
-    that must infer packed sequences from position ids needs the copy in the same row, because transformers does
-    that only for a one-row batch. Given all the varlen kwargs (``cu_seq_lens_q/k``, ``max_length_q/k``),
-    FlashAttention runs over the flattened batch, where a second row is the same tokens in the same order. SDPA,
-    eager and flex attention build a mask per row: the copy as a second row costs two ``T^2`` blocks instead of
-    one ``(2T)^2`` mask.
-    """
-    one_row_needed = (
-        rows == 1 and packed_without_mask and "flash" in attn_implementation and not varlen_kwargs
-    )
-    return 1 if one_row_needed else 0
-
-
-def double_batch(kwargs: dict, along: int) -> None:
-    """Duplicate every per-token input of a forward call in place: along the batch (0) or, for a packed
-    padding-free row, along the sequence (1) so the copy becomes more packed sequences of the same row."""
-    length = next(
-        (v.shape[1] for k in _BATCH_KEYS if isinstance(v := kwargs.get(k), torch.Tensor) and v.dim() > 1),
-        None,
-    )
-    for key in _BATCH_KEYS:
-        value = kwargs.get(key)
-        if key == "shift_labels" and isinstance(value, torch.Tensor) and value.dim() == 1:
-            kwargs[key] = torch.cat([value, value])  # flattened targets of a logits_to_keep mask
-        elif isinstance(value, torch.Tensor):
-            if along == 1 and value.dim() != 2 and key != "inputs_embeds":
-                raise ValueError(
-                    f"symnoise: cannot double {key} of shape {tuple(value.shape)} in a packed row"
-                )
-            doubled = torch.cat([value, value], dim=along)
-            if along == 1 and key == "labels":
-                # The copy's first label would be predicted from the original's last token; label 0 of a
-                # sequence is never a causal-LM target, so masking it changes nothing else.
-                doubled[:, value.shape[1]] = _IGNORE_INDEX
-            kwargs[key] = doubled
-    for key in _CU_KEYS:
-        cu = kwargs.get(key)
-        if isinstance(cu, torch.Tensor):
-            kwargs[key] = torch.cat([cu, cu[1:] + cu[-1]])
-    if isinstance(kwargs.get("seq_idx"), torch.Tensor):
-        seq_idx = kwargs["seq_idx"]
-        kwargs["seq_idx"] = torch.cat([seq_idx, seq_idx + seq_idx.max() + 1], dim=along)
-    if kwargs.get("num_items_in_batch") is not None:
-        kwargs["num_items_in_batch"] = kwargs["num_items_in_batch"] * 2
-    if "logits_to_keep" in kwargs:
-        kwargs["logits_to_keep"] = _double_logits_to_keep(kwargs["logits_to_keep"], along, length)
-
-
-def _double_logits_to_keep(keep: Any, along: int, length: int) -> Any:
-    """``logits_to_keep`` for a doubled batch: the copy keeps the same positions of its own rows, or, doubled
-    along the sequence, of its half of the row (``length`` = the original row's length)."""
-    if keep is None or isinstance(keep, int) and (keep == 0 or along == 0):
-        return keep  # all positions, or the last ``keep`` of every row
-    if not isinstance(keep, torch.Tensor):
-        raise ValueError(f"symnoise: cannot double logits_to_keep={keep!r} along the sequence")
-    if keep.dtype == torch.bool:  # a mask: flattened kept positions, the copy's after the original's
-        return torch.cat([keep, keep], dim=along)
-    if along == 0:
-        return keep if keep.dim() == 1 else torch.cat([keep, keep])
-    return torch.cat([keep, keep + length], dim=keep.dim() - 1)
-
-
-def fold_pair_outputs(
-    output: Any, along: int, input_shape: torch.Size, logits_length: int | None = None
-) -> Any:
-    """Give a doubled forward's per-token outputs the caller's shape again (the loss already covers both halves).
-
-    ``logits``, masks and every boolean or integer tensor (TRL's ``is_top1`` hits) keep the ``X + eps`` half, with
-    their dtype. Floating per-token tensors (log-probabilities, entropies, as returned by TRL's fused LM head)
-    become the mean of the two halves, so a loss or a metric summed over them equals the mean over the pair.
-    Along the sequence (packed rows) a shifted field of length ``2T - 1`` is split around the boundary position,
-    whose target is masked. Logits computed at ``logits_to_keep`` positions have ``logits_length`` positions per
-    half along the sequence, or, for a mask, are flattened rows whose first half is the original's.
-    """
-    if not isinstance(output, dict):
-        return None
-    for key, value in list(output.items()):
-        if key == "loss" or not isinstance(value, torch.Tensor) or value.dim() <= along:
-            continue
-        if key == "logits" and value.dim() == 2:
-            output[key] = value[: value.shape[0] // 2]
-            continue
-        n = logits_length if key == "logits" and logits_length is not None else input_shape[along]
-        size = value.shape[along]
-        if size == 2 * n:
-            first, second = value.narrow(along, 0, n), value.narrow(along, n, n)
-        elif along == 1 and size == 2 * n - 1:
-            first, second = value.narrow(along, 0, n - 1), value.narrow(along, n, n - 1)
-        else:
-            continue
-        if key == "logits" or key.endswith("mask") or not value.is_floating_point():
-            output[key] = first  # booleans and integers (top-1 hits, ids) are never averaged
-        else:
-            output[key] = (first + second) / 2
-    return output
 
 
 def attach(model: nn.Module, config: NoiseConfig) -> NoiseHandle:

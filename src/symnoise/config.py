@@ -99,9 +99,9 @@ class NoiseConfig:
                 f"NoiseConfig.alpha_floor={self.alpha_floor} is above alpha={self.alpha}; "
                 "a schedule decays alpha down to the floor, so the floor must be <= alpha"
             )
-        if self.method == "none" and self.symmetric:
+        if METHOD_TABLE[self.method].distribution is None and self.symmetric:
             raise ValueError(
-                "NoiseConfig.symmetric=True needs a noise method; method='none' adds no noise to pair"
+                f"NoiseConfig.symmetric=True needs a noise method; method={self.method!r} adds no noise to pair"
             )
         if self.length_mode == "padded" and self.region != "all":
             raise ValueError(
@@ -117,7 +117,7 @@ class NoiseConfig:
     @property
     def is_active(self) -> bool:
         """Whether this config can ever change a forward pass."""
-        return self.method != "none" and self.alpha > 0
+        return METHOD_TABLE[self.method].distribution is not None and self.alpha > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,14 +10,18 @@ that looks complete.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
+from .dtypes import check_dtype
+from .files import read_json
+from .layout import CONFIG_FILE, DATA_REPORT, FINAL_WEIGHTS, MODEL_CARD, RUN_INFO, TRAIN_SUMMARY, RunLayout
+
 ADAPTER_CONFIG = "adapter_config.json"
-RUN_FILES = ("symnoise_run.json", "config.yaml", "data_report.json", "train_summary.json")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+RUN_FILES = (RUN_INFO, CONFIG_FILE, DATA_REPORT, TRAIN_SUMMARY)
+# The weights of a full fine-tune (a LoRA run's adapter weights are the other final weights).
+FULL_MODEL_WEIGHTS = tuple(name for name in FINAL_WEIGHTS if not name.startswith("adapter_"))
 
 
 class ExportError(ValueError):
@@ -29,7 +33,7 @@ def is_lora_run(run_dir: str | Path) -> bool:
 
 
 def base_model_of(run_dir: str | Path) -> str:
-    config = json.loads((Path(run_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config = read_json(Path(run_dir) / ADAPTER_CONFIG, error=ExportError)
     return config.get("base_model_name_or_path") or "(unknown)"
 
 
@@ -39,7 +43,7 @@ def check_export(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run directory")
     if not is_lora_run(run_dir):
-        if (run_dir / "model.safetensors").is_file() or (run_dir / "model.safetensors.index.json").is_file():
+        if any((run_dir / name).is_file() for name in FULL_MODEL_WEIGHTS):
             raise ExportError(
                 f"{run_dir} is a full fine-tune: the directory is already a complete model that "
                 "transformers and vLLM load as it is; there is no adapter to merge"
@@ -56,9 +60,7 @@ def check_export(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fal
 def _torch_dtype(dtype: str):
     import torch
 
-    if dtype not in DTYPES:
-        raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return "auto" if dtype == "auto" else getattr(torch, dtype)
+    return "auto" if check_dtype(dtype, ExportError) == "auto" else getattr(torch, dtype)
 
 
 def merge_lora(
@@ -92,9 +94,10 @@ def merge_lora(
         for name in RUN_FILES:
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, staging / name)
-        if (run_dir / "README.md").is_file():
-            (staging / "README.md").write_text(
-                merged_card((run_dir / "README.md").read_text(encoding="utf-8"), run_dir), encoding="utf-8"
+        card = RunLayout(run_dir).model_card
+        if card.is_file():
+            (staging / MODEL_CARD).write_text(
+                merged_card(card.read_text(encoding="utf-8"), run_dir), encoding="utf-8"
             )
         if out_dir.exists():
             shutil.rmtree(out_dir)

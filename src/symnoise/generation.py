@@ -11,20 +11,19 @@ stopped; the final JSON is written atomically, in the order of the prompt file.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from symnoise.data import TEMPLATES, Example, render_prompt
-from symnoise.data.tokenize import special_prefix
-
-RUN_CONFIG_FILE = "symnoise_run.json"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from .data import TEMPLATES, Example, render_prompt
+from .data.tokenize import special_prefix
+from .dtypes import check_dtype, gpu_half_dtype
+from .files import append_json_lines, read_json
+from .files import write_json_atomic as write_json_atomic  # importers move to symnoise.files
+from .layout import RUN_INFO, RunLayout
 
 
 class PromptFileError(ValueError):
@@ -147,13 +146,8 @@ def load_prompts(path: str | Path) -> list[Prompt]:
 
 def read_run_config(model: str | Path) -> dict | None:
     """The ``symnoise_run.json`` written by ``symnoise train`` into a run directory, or None if there is none."""
-    path = Path(model) / RUN_CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    path = RunLayout(model).run_info
+    return read_json(path, error=ValueError) if path.is_file() else None
 
 
 def resolve_template(model: str | Path, template: str | None) -> str:
@@ -163,7 +157,7 @@ def resolve_template(model: str | Path, template: str | None) -> str:
     chosen = template or trained
     if chosen is None:
         raise ValueError(
-            f"no {RUN_CONFIG_FILE} in {model!s} to say which prompt template the model was trained with; "
+            f"no {RUN_INFO} in {model!s} to say which prompt template the model was trained with; "
             f"pass the template explicitly (one of {', '.join(TEMPLATES)})"
         )
     if chosen not in TEMPLATES:
@@ -192,13 +186,11 @@ def resolve_dtype(dtype: str, device: str):
     """``auto`` is bfloat16 on a GPU that supports it, float16 on other GPUs and float32 on the CPU."""
     import torch
 
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if dtype != "auto":
+    if check_dtype(dtype) != "auto":
         return getattr(torch, dtype)
     if not device.startswith("cuda"):
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, gpu_half_dtype())
 
 
 def load_model_and_tokenizer(
@@ -282,7 +274,7 @@ def _row_budget_criterion(start: int, budgets: Sequence[int]):
     return RowBudget()
 
 
-def _cut(new_ids: Sequence[int], eos_ids: Sequence[int], budget: int) -> list[int]:
+def cut_output(new_ids: Sequence[int], eos_ids: Sequence[int], budget: int) -> list[int]:
     """The generated ids up to and including the first EOS, and never more than ``budget``."""
     kept = []
     for token in list(new_ids)[:budget]:
@@ -326,7 +318,7 @@ def generate_batch(
             stopping_criteria=[_row_budget_criterion(ids.shape[1], budgets)],
         )
     new = out[:, ids.shape[1] :].tolist()
-    return [_cut(row, eos_ids, budget) for row, budget in zip(new, budgets, strict=True)]
+    return [cut_output(row, eos_ids, budget) for row, budget in zip(new, budgets, strict=True)]
 
 
 def decode_output(tokenizer, ids: Sequence[int]) -> str:
@@ -373,31 +365,6 @@ def read_sidecar(path: Path, header: dict, prompts: Sequence[Prompt]) -> dict[in
             raise ValueError(f"{path}: line {number} does not match prompt {index} of the prompt file")
         done[index] = record
     return done
-
-
-def _append_lines(path: Path, objects: Sequence[dict]) -> None:
-    """Append JSON lines and force them to disk, so a kill loses at most the batch being generated."""
-    with open(path, "a", encoding="utf-8") as handle:
-        for obj in objects:
-            handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, ensure_ascii=False, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -466,7 +433,7 @@ def run_resumable(
     done = read_sidecar(partial, header, prompts)
     if not partial.is_file() or partial.stat().st_size == 0:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        _append_lines(partial, [{"header": header}])
+        append_json_lines(partial, [{"header": header}])
     token_ids = prompt_token_ids(tokenizer, prompts, template)
     pending = [i for i in range(len(prompts)) if i not in done]
     stats = GenerationStats(resumed=len(done))
@@ -484,7 +451,7 @@ def run_resumable(
             }
             for i, ids in zip(batch, new_ids, strict=True)
         ]
-        _append_lines(partial, records)
+        append_json_lines(partial, records)
         done.update((record["index"], record) for record in records)
         stats.prompts += len(batch)
         stats.no_room += sum(settings.budget(len(token_ids[i])) == 0 for i in batch)

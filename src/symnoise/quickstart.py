@@ -12,7 +12,6 @@ and the thread count are fixed, so every run on the same machine prints the same
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -24,7 +23,9 @@ from pathlib import Path
 import torch
 
 from .data import Example, tokenize_examples
+from .files import read_json, write_json_atomic, write_json_lines_atomic
 from .generation import DecodingSettings, Prompt, decode_output, generate_batch, prompt_token_ids
+from .layout import RunLayout
 from .synthetic import (
     exact_match,
     family_of,
@@ -44,6 +45,7 @@ METHOD_ALPHAS = {"none": 0.0, "neftune": 5.0, "symnoise": 5.0}
 # list items, need induction heads that did not form in the budget). Measured choice; see `QuickstartSettings`.
 QUICKSTART_FAMILIES = ("date_to_iso", "us_date_to_eu", "increment")
 TEMPLATE = "alpaca"
+PRETRAIN_SUMMARY = "pretrain_summary.json"  # beside the warm-started base model
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,9 @@ def split_examples(settings: QuickstartSettings) -> tuple[list[Example], list[Ex
 
 
 def write_alpaca_jsonl(path: Path, examples: list[Example]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for e in examples:
-            handle.write(
-                json.dumps({"instruction": e.instruction, "input": e.input, "output": e.output}) + "\n"
-            )
+    write_json_lines_atomic(
+        path, ({"instruction": e.instruction, "input": e.input, "output": e.output} for e in examples)
+    )
 
 
 def pretrain(model, dataset, settings: QuickstartSettings) -> list[float]:
@@ -190,18 +189,14 @@ def build_world(settings: QuickstartSettings) -> tuple[Path, Path, list[Example]
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     tail = losses[-20:]
-    (base_dir / "pretrain_summary.json").write_text(
-        json.dumps(
-            {
-                "steps": len(losses),
-                "examples": len(pretrain_examples),
-                "seconds": time.perf_counter() - started,
-                "final_loss": sum(tail) / len(tail) if tail else None,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+    write_json_atomic(
+        base_dir / PRETRAIN_SUMMARY,
+        {
+            "steps": len(losses),
+            "examples": len(pretrain_examples),
+            "seconds": time.perf_counter() - started,
+            "final_loss": sum(tail) / len(tail) if tail else None,
+        },
     )
     return train_path, base_dir, eval_examples
 
@@ -287,7 +282,7 @@ def run_quickstart(settings: QuickstartSettings = QuickstartSettings()) -> list[
         started = time.perf_counter()
         run_dir = train_method(settings, method, train_path, base_dir)
         seconds = time.perf_counter() - started
-        summary = json.loads((run_dir / "train_summary.json").read_text())
+        summary = read_json(RunLayout(run_dir).summary)
         accuracy, eval_loss, per_family = score(run_dir, eval_examples)
         final_loss = summary["final_loss"]
         scores.append(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from symnoise import generation
+from symnoise.dtypes import check_dtype, gpu_half_dtype
 from symnoise.generation import DecodingSettings, GenerationStats, Prompt
 
 BACKEND = "vllm"
@@ -48,15 +49,13 @@ def check_available() -> None:
 def vllm_dtype(dtype: str) -> str:
     """The dtype vLLM is given: as asked, and for ``auto`` what the transformers path picks on a GPU
     (bfloat16 where supported, else float16); without CUDA, ``auto`` is left to vLLM."""
-    if dtype not in generation.DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(generation.DTYPES)}")
-    if dtype != "auto":
+    if check_dtype(dtype) != "auto":
         return dtype
     import torch
 
     if not torch.cuda.is_available():
         return "auto"
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return gpu_half_dtype()
 
 
 def _generation_config(model: str | Path, trust_remote_code: bool):
@@ -138,7 +137,7 @@ def generate_chunk(
         echoed = getattr(result, "prompt_token_ids", None)
         if echoed is not None and list(echoed) != list(rows[k]):
             raise RuntimeError("vLLM returned an output for another prompt than the one at its position")
-        new[k] = generation._cut(list(result.outputs[0].token_ids), eos_ids, budgets[k])
+        new[k] = generation.cut_output(list(result.outputs[0].token_ids), eos_ids, budgets[k])
     return new
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_flags
+
 HEADERS = {
     "train": "train configs (symnoise train NAME [section.field=value ...], or copy one and edit it):",
     "grid": "grid configs (copy one, then symnoise grid FILE):",
@@ -25,11 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = sub.add_parser("list", help="show every shipped config with its kind and description")
     listing.add_argument("--kind", choices=("train", "grid", "accelerate"), help="only configs of this kind")
-    listing.add_argument("--paths", action="store_true", help="also print where each file is installed")
+    add_flags(listing, {"--paths": "also print where each file is installed"})
     copy = sub.add_parser("copy", help="copy a shipped config to a file or folder to edit it")
     copy.add_argument("name", help="a name from `symnoise configs list`, e.g. qwen2.5-0.5b/alpaca-symnoise")
     copy.add_argument("destination", help="file to write, or an existing folder (keeps the file name)")
-    copy.add_argument("--force", action="store_true", help="replace the destination if it exists")
+    add_flags(copy, {"--force": "replace the destination if it exists"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,9 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from .options import add_flags, add_trust_remote_code
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..export import DTYPES
+    from ..dtypes import DTYPES
 
     parser.epilog = __doc__.split("Examples::", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -32,10 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="weights dtype of the merged model (auto: the base model's own)",
     )
-    parser.add_argument("--force", action="store_true", help="replace OUT if it already holds files")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="run model code from the hub repository"
-    )
+    add_flags(parser, {"--force": "replace OUT if it already holds files"})
+    add_trust_remote_code(parser)
 
 
 def run(args: argparse.Namespace) -> int:

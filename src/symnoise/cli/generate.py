@@ -12,7 +12,11 @@ import sys
 from pathlib import Path
 
 from symnoise import generation, vllm_backend
+from symnoise.dtypes import DTYPES
 from symnoise.evaluation import sources
+from symnoise.layout import OUTPUTS, RUN_INFO, RunLayout
+
+from .options import add_flags, add_trust_remote_code
 
 
 def default_prompts(data_dir: str | Path | None = None) -> Path:
@@ -37,13 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"local data folder for the default prompts (default: "
         f"${sources.DATA_DIR_ENV}, else the tatsu-lab/alpaca_eval hub dataset)",
     )
-    parser.add_argument(
-        "--output", type=Path, help="model_outputs.json to write (default: MODEL/model_outputs.json)"
-    )
+    parser.add_argument("--output", type=Path, help=f"{OUTPUTS} to write (default: MODEL/{OUTPUTS})")
     parser.add_argument(
         "--template",
         choices=generation.TEMPLATES,
-        help="prompt template; default: the one in MODEL/symnoise_run.json (required without it)",
+        help=f"prompt template; default: the one in MODEL/{RUN_INFO} (required without it)",
     )
     parser.add_argument("--name", help="generator name in the output (default: the model directory name)")
     parser.add_argument(
@@ -64,21 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, help="further limit on new tokens")
     parser.add_argument("--repetition-penalty", type=float, default=1.2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (hf backend)")
-    parser.add_argument("--dtype", choices=generation.DTYPES, default="auto")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="run model code from the hub repository"
-    )
+    parser.add_argument("--dtype", choices=DTYPES, default="auto")
+    add_trust_remote_code(parser)
     parser.add_argument(
         "--seed", type=int, default=0, help="vLLM engine seed (vllm backend; decoding is greedy)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(parser, {"--no-progress": "no progress bar"})
 
 
 def _output_path(args: argparse.Namespace) -> Path:
     if args.output is not None:
         return args.output
     if Path(args.model).is_dir():
-        return Path(args.model) / "model_outputs.json"
+        return RunLayout(args.model).outputs
     raise ValueError("--output is required when MODEL is not a local directory")
 
 

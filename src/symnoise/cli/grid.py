@@ -14,19 +14,18 @@ import logging
 import sys
 from pathlib import Path
 
+from .options import add_flags
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("grid", type=Path, help="grid YAML (see configs/grid/)")
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="validate the grid, list its cells with an estimate of GPUs and time, and every input "
-        "that is unreachable; run nothing",
-    )
-    parser.add_argument(
-        "--print-commands",
-        action="store_true",
-        help="print one command per cell (training and evaluation of that cell), then stop",
+    add_flags(
+        parser,
+        {
+            "--check": "validate the grid, list its cells with an estimate of GPUs and time, and every input "
+            "that is unreachable; run nothing",
+            "--print-commands": "print one command per cell (training and evaluation of that cell), then stop",
+        },
     )
     parser.add_argument("--cell", metavar="ID", help="run only this cell (ids from --check)")
     parser.add_argument(

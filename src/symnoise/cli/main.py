@@ -27,26 +27,29 @@ start here:
 Run `symnoise COMMAND --help` for a command's options.
 """
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("symnoise.cli.train", "fine-tune a causal LM on instruction data with noisy embeddings"),
-    "configs": ("symnoise.cli.configs", "list the shipped configs, or copy one to edit"),
-    "export": ("symnoise.cli.export", "merge a LoRA run into its base model for serving"),
-    "quickstart": (
-        "symnoise.cli.quickstart",
-        "train and compare noise methods on a built-in task set, no download",
-    ),
-    "generate": ("symnoise.cli.generate", "generate AlpacaEval-format outputs from a checkpoint"),
-    "judge": ("symnoise.cli.judge", "judge model outputs against reference outputs with an LLM"),
-    "winrate": ("symnoise.cli.winrate", "AlpacaEval win rates from annotation files"),
-    "stats": ("symnoise.cli.stats", "length, 2-gram repetition and log-diversity of outputs"),
-    "leaderboard": ("symnoise.cli.leaderboard", "ARC, HellaSwag and MMLU through lm-evaluation-harness"),
-    "norms": ("symnoise.cli.norms", "the sqrt(3) norm analysis of the SymNoise paper"),
-    "report": ("symnoise.cli.report", "collect runs into the papers' tables"),
-    "grid": ("symnoise.cli.grid", "train and evaluate a matrix of runs, resumably, then report"),
+# Each command's entry module is symnoise.cli.<command>; the text is its line in `symnoise --help`.
+COMMANDS: dict[str, str] = {
+    "train": "fine-tune a causal LM on instruction data with noisy embeddings",
+    "configs": "list the shipped configs, or copy one to edit",
+    "export": "merge a LoRA run into its base model for serving",
+    "quickstart": "train and compare noise methods on a built-in task set, no download",
+    "generate": "generate AlpacaEval-format outputs from a checkpoint",
+    "judge": "judge model outputs against reference outputs with an LLM",
+    "winrate": "AlpacaEval win rates from annotation files",
+    "stats": "length, 2-gram repetition and log-diversity of outputs",
+    "leaderboard": "ARC, HellaSwag and MMLU through lm-evaluation-harness",
+    "norms": "the sqrt(3) norm analysis of the SymNoise paper",
+    "report": "collect runs into the papers' tables",
+    "grid": "train and evaluate a matrix of runs, resumably, then report",
 }
 
 
-def build_parser(available: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
+def entry_module(command: str) -> str:
+    """The module that declares and runs ``command``."""
+    return f"{__package__}.{command}"
+
+
+def build_parser(available: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="symnoise",
         description=DESCRIPTION,
@@ -54,7 +57,7 @@ def build_parser(available: dict[str, tuple[str, str]]) -> argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in available.items():
+    for name, help_text in available.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
@@ -62,14 +65,16 @@ def build_parser(available: dict[str, tuple[str, str]]) -> argparse.ArgumentPars
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     available = {
-        name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None
+        name: text
+        for name, text in COMMANDS.items()
+        if importlib.util.find_spec(entry_module(name)) is not None
     }
     if not argv or argv[0] not in available:
         build_parser(available).parse_args(argv)  # prints usage and exits for unknown or missing commands
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(available[name][0])
-    parser = argparse.ArgumentParser(prog=f"symnoise {name}", description=available[name][1])
+    module = importlib.import_module(entry_module(name))
+    parser = argparse.ArgumentParser(prog=f"symnoise {name}", description=available[name])
     module.add_arguments(parser)
     # Commands taking overrides after their positional arguments (`train C.yaml --resume noise.alpha=10`) let
     # options and positionals mix; plain parse_args would reject the overrides after --resume.

@@ -12,6 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from .options import add_flags
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -19,14 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--methods", default="none,neftune,symnoise", help="comma-separated noise methods")
     parser.add_argument("--epochs", type=float, default=None, help="training epochs per method")
-    parser.add_argument(
-        "--fresh", action="store_true", help="delete --out first (otherwise it must not exist)"
-    )
+    add_flags(parser, {"--fresh": "delete --out first (otherwise it must not exist)"})
 
 
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
+    from ..files import write_text_atomic
     from ..quickstart import METHOD_ALPHAS, QuickstartSettings, describe, format_table, run_quickstart
 
     transformers_logging.disable_progress_bar()  # weight loading and saving bars, six times per run
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, epochs=args.epochs)
     scores = run_quickstart(settings)
     report = describe(settings) + "\n\n" + format_table(scores, settings.n_eval)
-    (args.out / "results.md").write_text(report + "\n", encoding="utf-8")
+    write_text_atomic(args.out / "results.md", report + "\n")
     print(report)
     print(f"\nruns and this table: {args.out}/")
     return 0

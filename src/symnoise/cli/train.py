@@ -14,6 +14,8 @@ import argparse
 import logging
 import sys
 
+from .options import add_flags
+
 INTERMIXED_ARGS = True  # `symnoise train C.yaml --resume noise.alpha=10`: overrides may follow the flags
 
 
@@ -29,22 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="section.field=value",
         help="override config fields, e.g. noise.alpha=10 training.max_steps=100",
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in output_dir from its last checkpoint; refused when the config "
-        "changes training (noise, data, model, optimiser, schedule, batch)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete the files of an earlier run in output_dir first (only files symnoise wrote)",
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="validate the config, the environment and the model source, read every data file and "
-        "tokenise a sample with the model's tokenizer (no weights), then stop",
+    add_flags(
+        parser,
+        {
+            "--resume": "continue the run in output_dir from its last checkpoint; refused when the config "
+            "changes training (noise, data, model, optimiser, schedule, batch)",
+            "--overwrite": "delete the files of an earlier run in output_dir first (only files symnoise wrote)",
+            "--check": "validate the config, the environment and the model source, read every data file and "
+            "tokenise a sample with the model's tokenizer (no weights), then stop",
+        },
     )
 
 

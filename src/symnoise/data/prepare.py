@@ -28,7 +28,7 @@ from .. import __version__
 from .conversations import Conversation
 from .formats import LoadReport, default_template, iter_records
 from .readers import local_path
-from .store import TokenizedDataset, TokenStats, publish
+from .store import META_FILE, TokenizedDataset, TokenStats, publish, read_meta, write_meta
 from .tokenize import check_tokenizer, write_tokens
 
 CACHE_FORMAT = 1
@@ -157,11 +157,11 @@ def _cache_key(spec: DatasetSpec, path: Path, tokenizer, max_length: int) -> str
 
 
 def _from_cache(directory: Path) -> tuple[TokenizedDataset, DatasetReport] | None:
-    if not (directory / "meta.json").is_file():
+    if not (directory / META_FILE).is_file():
         return None
     try:
         dataset = TokenizedDataset.open(directory)
-        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+        meta = read_meta(directory)
         saved = meta["report"]
         load = LoadReport(
             **{
@@ -225,12 +225,11 @@ def prepare_dataset(
 
 
 def _save_report(directory: Path, report: DatasetReport) -> None:
-    meta_path = directory / "meta.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_meta(directory)
     load = asdict(report.load)
     load["skipped"], load["warnings"] = dict(report.load.skipped), dict(report.load.warnings)
     meta["report"] = {"load": load, "template": report.template, "turns": report.turns}
-    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    write_meta(directory, meta)
 
 
 def _remove_at_exit(directory: Path) -> None:

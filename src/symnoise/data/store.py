@@ -25,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import read_json, write_text_atomic
+
 IGNORE_INDEX = -100
+META_FILE = "meta.json"
 
 
 @dataclass
@@ -67,7 +70,7 @@ class TokenizedDataset(Sequence):
     @classmethod
     def open(cls, directory: Path) -> TokenizedDataset:
         """A store written by `TokenWriter`, memory-mapped (nothing is read until used)."""
-        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+        meta = read_meta(directory)
         n_ids = meta["stats"]["n_tokens"]
         ids = (
             np.memmap(directory / "ids.bin", dtype=meta["dtype"], mode="r", shape=(n_ids,))
@@ -187,7 +190,7 @@ class TokenWriter:
             "stats": asdict(self.stats),
             **(extra or {}),
         }
-        (self.directory / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        write_meta(self.directory, meta)
         return TokenizedDataset.open(self.directory)
 
     def abort(self) -> None:
@@ -196,7 +199,17 @@ class TokenWriter:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-STORE_FILES = ("ids.bin", "offsets.npy", "spans.npy", "span_offsets.npy", "sources.txt", "meta.json")
+STORE_FILES = ("ids.bin", "offsets.npy", "spans.npy", "span_offsets.npy", "sources.txt", META_FILE)
+
+
+def read_meta(directory: Path) -> dict:
+    """A store's ``meta.json``; ``ValueError`` when it is missing or not JSON."""
+    return read_json(directory / META_FILE, error=ValueError)
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    """Write a store's ``meta.json`` (compact JSON), atomically."""
+    write_text_atomic(directory / META_FILE, json.dumps(meta))
 
 
 def is_complete(directory: Path) -> bool:
