@@ -34,8 +34,8 @@ class RecipeTrainer(Trainer):
 
     Built like a ``Trainer``, plus where the run writes (``run_dir``), what to do with a non-finite step
     (``on_nonfinite``: ``stop`` or ``skip``) and the source of each training example (``sources``, for the report
-    of a bad step). It owns a `TokenCounter` (``tokens``), the `RunMetrics` of the run (``metrics``) and a
-    `NonFiniteGuard` callback (``nonfinite``).
+    of a bad step). It owns a `TokenCounter` (``token_counter``), the `RunMetrics` of the run
+    (``run_metrics``) and a `NonFiniteGuard` callback (``nonfinite``).
 
     Order of the wrappers. `symnoise.hf.add_noise`, called on an instance, sets instance attributes that wrap the
     methods below, so they always run outside these overrides:
@@ -63,10 +63,10 @@ class RecipeTrainer(Trainer):
     ):
         super().__init__(*args, **kwargs)
         self.run_dir = Path(run_dir)
-        self.tokens = TokenCounter(self)
+        self.token_counter = TokenCounter(self)
         n_params, n_trained = flop_parameters(self.model)
-        self.metrics = RunMetrics(
-            self.run_dir, self.tokens, self.args.device, n_params, world_size(), n_trained
+        self.run_metrics = RunMetrics(
+            self.run_dir, self.token_counter, self.args.device, n_params, world_size(), n_trained
         )
         self.nonfinite = NonFiniteGuard(self, on_nonfinite, sources, self.run_dir)
         self.add_callback(self.nonfinite)
@@ -79,7 +79,7 @@ class RecipeTrainer(Trainer):
         step), before the model sees the batches."""
         batches, num_items = super().get_batch_samples(*args, **kwargs)
         for batch in batches:
-            self.tokens.add(batch)
+            self.token_counter.add(batch)
         self.nonfinite.take_indices(batches)
         return batches, num_items
 
@@ -96,10 +96,10 @@ class RecipeTrainer(Trainer):
         """Trainer reports ``logs`` to its callbacks; the recipe first adds throughput, memory and MFU to each
         training line, and after it the main process appends the line (with step and epoch) to the run's
         ``metrics.jsonl``."""
-        self.metrics.extend(logs)
+        self.run_metrics.extend(logs)
         result = super().log(logs, *args, **kwargs)
         if self.is_world_process_zero():
-            self.metrics.write(logs, self.state.global_step, self.state.epoch)
+            self.run_metrics.write(logs, self.state.global_step, self.state.epoch)
         return result
 
     # ------------------------------------------------------------------------------------ checkpoints
