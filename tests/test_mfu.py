@@ -14,7 +14,7 @@ import symnoise
 from symnoise import NoiseConfig, attach
 from symnoise.data.packing import PackedRowsCollator
 from symnoise.train import metrics as M
-from symnoise.train.recipe import _log_with_metrics
+from symnoise.train.trainer import RecipeTrainer
 
 # Dense bf16 TFLOP/s (no sparsity) from the vendors' datasheets, for names as torch.cuda.get_device_name gives them.
 PEAKS = {
@@ -170,15 +170,13 @@ def test_a_trainer_logs_processed_tokens_with_the_symnoise_copy(tmp_path, method
         disable_tqdm=True,
         logging_steps=1,
     )
-    trainer = transformers.Trainer(
+    trainer = RecipeTrainer(
         model=model,
         args=args,
         train_dataset=features,
         data_collator=PackedRowsCollator(row_length=16, pad_token_id=0),
+        run_dir=tmp_path,
     )
-    counter = M.TokenCounter(trainer)
-    n_params, n_trained = M.flop_parameters(model)
-    _log_with_metrics(trainer, M.RunMetrics(tmp_path, counter, torch.device("cpu"), n_params, 1, n_trained))
     symnoise.hf.add_noise(trainer, NoiseConfig(method, 5.0, seed=0))
     trainer.train()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]

@@ -25,13 +25,21 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .attach import NoiseHandle, attach
 from .config import NoiseConfig
+from .files import write_atomic
 from .trainers import TrainerIntegration, execution_for
 
 NOISE_STATE_PATTERN = "symnoise_noise_rank{rank}.pt"
 
 
 class TrainerNoise(TrainerCallback):
-    """The attachment of a `NoiseConfig` to one trainer. Created by `add_noise`; ``remove()`` undoes it."""
+    """The attachment of a `NoiseConfig` to one trainer. Created by `add_noise`; ``remove()`` undoes it.
+
+    It sets instance attributes that wrap the trainer's own methods (a subclass's overrides included), so they run
+    outside them: ``train`` (attach the noise for the call, restore its state on resume), ``log`` (add
+    ``noise_norm`` and ``noise_alpha``), ``_save_rng_state`` (save the noise state in the checkpoint) and, for
+    ``execution='paired'``, ``training_step`` (the trainer's step once per pass of the pair; ``pass_index`` says
+    which pass runs) and ``compute_loss`` (weighted by the pass).
+    """
 
     def __init__(self, trainer: Any, config: NoiseConfig):
         if not isinstance(config, NoiseConfig):
@@ -55,6 +63,9 @@ class TrainerNoise(TrainerCallback):
         self.config = config
         self.handle: NoiseHandle | None = None
         self._pass_weight = 1.0
+        self.pass_index = (
+            0  # which pass of a pair the trainer's training step is running (0: the first or only)
+        )
         self._originals = {
             "train": trainer.train,
             "log": trainer.log,
@@ -102,13 +113,13 @@ class TrainerNoise(TrainerCallback):
         try:
             tokens = self.integration.token_count()
             for index, weight in enumerate(self.handle.paired_passes()):
-                self._pass_weight = weight
+                self._pass_weight, self.pass_index = weight, index
                 if index:
                     self.integration.rewind_token_count(tokens)
                 # A copy per pass: compute_loss may pop labels from the dict it is given.
                 total = total + self._originals["training_step"](model, dict(inputs), num_items_in_batch)
         finally:
-            self._pass_weight = 1.0
+            self._pass_weight, self.pass_index = 1.0, 0
         return total
 
     def _weighted_compute_loss(self, *args: Any, **kwargs: Any) -> Any:
@@ -169,11 +180,10 @@ class TrainerNoise(TrainerCallback):
 
 def save_noise_state(handle: NoiseHandle, directory: Path) -> Path:
     """Write one rank's noise state next to a checkpoint (temporary file, then rename)."""
-    path = Path(directory) / NOISE_STATE_PATTERN.format(rank=handle.rank)
-    tmp = path.with_suffix(".tmp")
-    torch.save(handle.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    state = handle.state_dict()
+    return write_atomic(
+        Path(directory) / NOISE_STATE_PATTERN.format(rank=handle.rank), lambda tmp: torch.save(state, tmp)
+    )
 
 
 def add_noise(trainer: Any, config: NoiseConfig) -> TrainerNoise:

@@ -28,6 +28,7 @@ from torch import nn
 
 from .attach import NoiseHandle, get_handle, unwrap_model
 from .config import NoiseConfig
+from .methods import METHOD_TABLE
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ FIXED_BATCH_TRL = ("SFTTrainer", "DPOTrainer", "KTOTrainer", "ORPOTrainer", "CPO
 # with the adapters disabled (or the "ref" adapter active). Newer majors are refused until checked.
 RECOGNISED_TRL = (1, 0), (2, 0)
 _REF_ADAPTER = "ref"
+# The methods that need no pair, named in the messages that refuse the pair.
+ONE_SIDED = ", ".join(m.name for m in METHOD_TABLE.values() if m.distribution is not None and not m.symmetric)
 
 
 def trl_class(trainer: Any) -> type | None:
@@ -88,7 +91,7 @@ def execution_for(trainer: Any, config: NoiseConfig) -> NoiseConfig:
         raise ValueError(
             f"symnoise: the symmetric pair needs both passes on one batch, and TRL's {name} builds its "
             f"batches inside training_step (checked: {', '.join(FIXED_BATCH_TRL)}); use a one-sided "
-            "method (uniform, gaussian, bernoulli) with it"
+            f"method ({ONE_SIDED}) with it"
         )
     reason = loss_outside_model(trainer)
     if not config.symmetric or config.execution == "paired" or reason is None:
@@ -96,8 +99,8 @@ def execution_for(trainer: Any, config: NoiseConfig) -> NoiseConfig:
     if getattr(trainer, "is_deepspeed_enabled", False):
         raise ValueError(
             f"symnoise: {reason}, so the symmetric pair must run as two passes sharing eps, which "
-            "DeepSpeed turns into two optimizer steps; use a one-sided method (uniform, gaussian, "
-            "bernoulli) with DeepSpeed for this trainer"
+            f"DeepSpeed turns into two optimizer steps; use a one-sided method ({ONE_SIDED}) with DeepSpeed "
+            "for this trainer"
         )
     logger.info(
         "symnoise: %s, so the symmetric pair runs as two passes sharing eps (execution='paired')", reason

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import os
 import re
 import resource
 import sys
@@ -17,6 +15,9 @@ from typing import Any
 import torch
 
 from ..data.packing import real_token_count
+from ..files import append_json_lines, read_json_lines, write_atomic
+from ..layout import RUN_INFO, RunLayout
+from ..methods import METHOD_TABLE
 
 logger = logging.getLogger(__name__)
 
@@ -107,24 +108,16 @@ def training_flops_per_token(n_params: int, n_trained: int) -> float:
 class TokenCounter:
     """Counts real (non-padding) and total token positions of the batches each optimizer step consumes.
 
-    It wraps ``trainer.get_batch_samples``, which fetches exactly one step's micro-batches, so the counts line up
-    with the logged steps (a collator-level count would run ahead whenever the data loader prefetches). Real
-    tokens are summed on the device and read only when a line is logged: no host-device sync per step.
+    The trainer hands it each batch from ``Trainer.get_batch_samples``, which fetches exactly one step's
+    micro-batches (see `symnoise.train.trainer.RecipeTrainer`), so the counts line up with the logged steps (a
+    collator-level count would run ahead whenever the data loader prefetches). Real tokens are summed on the
+    device and read only when a line is logged: no host-device sync per step.
     """
 
     def __init__(self, trainer: Any):
         self.real: torch.Tensor | int = 0
         self.total = 0
         self._trainer = trainer
-        original = trainer.get_batch_samples
-
-        def get_batch_samples(*args: Any, **kwargs: Any) -> Any:
-            batches, num_items = original(*args, **kwargs)
-            for batch in batches:
-                self.add(batch)
-            return batches, num_items
-
-        trainer.get_batch_samples = get_batch_samples
 
     def add(self, batch: dict) -> None:
         self.total += batch["input_ids"].numel()
@@ -168,7 +161,7 @@ class RunMetrics:
         world_size: int,
         n_trained: int | None = None,
     ):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = RunLayout(run_dir).metrics
         self.counter = counter
         self.device = device
         self.n_params = n_params
@@ -211,9 +204,7 @@ class RunMetrics:
             logs["hardware_mfu"] = round(self.flops_per_token * processed_per_s / self.flops, 4)
 
     def write(self, logs: dict[str, Any], step: int, epoch: float | None) -> None:
-        record = {"step": step, "epoch": epoch, **logs}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_json_lines(self.path, [{"step": step, "epoch": epoch, **logs}], durable=False)
 
 
 def jsonl_to_csv(jsonl: Path, csv_path: Path) -> None:
@@ -222,27 +213,16 @@ def jsonl_to_csv(jsonl: Path, csv_path: Path) -> None:
     A line that is not a JSON object (a torn last line left by a kill) is left out: the CSV is a convenience
     copy, and it must never fail a run whose model is already written.
     """
-    rows = []
-    for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
+    rows = [row for row in read_json_lines(jsonl, skip_bad=True) if isinstance(row, dict)]
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
 
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(csv_path, write_csv)
 
 
 MODEL_CARD = """---
@@ -274,15 +254,9 @@ MODEL_CARD = """---
 | final training loss | {final_loss} |
 
 The noise is used only during training; the saved weights are an ordinary {kind}. Generate with the same
-prompt template (`symnoise generate` reads it from `symnoise_run.json`).
+prompt template (`symnoise generate` reads it from `{run_info}`).
 """
 
-METHOD_TAGS = {
-    "uniform": "neftune",
-    "gaussian": "gaussian-noise",
-    "bernoulli": "bernoulli-noise",
-    "symnoise": "symnoise",
-}
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
 
@@ -305,6 +279,13 @@ def _dataset_label(path: str) -> str:
     return path if is_hub_dataset(path) else f"a local file ({Path(path).name})"
 
 
+def card_tag(method: str) -> str | None:
+    """The hub tag of a noise method (`symnoise.methods`; ``NoiseConfig`` has resolved aliases), or None for no
+    noise or an unknown name."""
+    entry = METHOD_TABLE.get(method)
+    return entry.card_tag if entry is not None else None
+
+
 def card_metadata(config: Any) -> str:
     """The YAML header the hub reads: library, base model, licence, tags (each once), hub datasets."""
     tags = list(
@@ -312,7 +293,7 @@ def card_metadata(config: Any) -> str:
             [
                 "symnoise",
                 "noisy-embeddings",
-                METHOD_TAGS.get(config.noise.method),
+                card_tag(config.noise.method),
                 "lora" if config.lora.enabled else None,
                 "text-generation",
             ]
@@ -342,6 +323,7 @@ def model_card(
     noise, lora = config.noise, config.lora
     return MODEL_CARD.format(
         metadata=card_metadata(config),
+        run_info=RUN_INFO,
         name=Path(config.training.output_dir).name,
         version=__version__,
         base_model=config.model.name,

@@ -25,10 +25,8 @@ gloo. Full fine-tuning keeps float32 master weights under bf16 autocast unless `
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,36 +39,29 @@ from .. import __version__
 from ..data.check import check_sources
 from ..data.mixture import TrainingData, prepare_training_data, specs_from_section
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
+from ..files import write_json_atomic, write_text_atomic
 from ..hf import add_noise
+from ..layout import RunLayout
 from . import trainer_args
 from .config import ConfigError, TrainConfig
 from .distributed import (
     check_launch,
     check_nonfinite_mode,
     check_world_size,
-    deepspeed_checkpoint_state_dict,
     describe_world,
-    final_state_dict,
     is_main_process,
     keep_fsdp_on_cpu,
     quantized_device_map,
     world_size,
 )
-from .metrics import RunMetrics, TokenCounter, flop_parameters, jsonl_to_csv, model_card, write_json
 from .preflight import check_before_data, check_before_model, check_chat_template
 from .reliability import (
-    STAGING_PREFIX,
-    CheckpointWriteError,
     IndexedDataset,
-    NonFiniteGuard,
     check_free_space,
     checkpoint_step,
-    describe_write_error,
     discard_incomplete,
     indexing_collator,
     last_complete_checkpoint,
-    make_checkpoints_atomic,
-    publish_files,
     truncate_log,
 )
 from .run_dir import claim_run_dir, pinned_revision, record_model_commit
@@ -299,9 +290,10 @@ def training_arguments(
 
 
 def write_run_files(config: TrainConfig, run_dir: Path, template: str, data: TrainingData) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-    write_json(
-        run_dir / "symnoise_run.json",
+    layout = RunLayout(run_dir)
+    write_text_atomic(layout.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_json_atomic(
+        layout.run_info,
         {
             "symnoise_version": __version__,
             "template": template,
@@ -313,7 +305,7 @@ def write_run_files(config: TrainConfig, run_dir: Path, template: str, data: Tra
             "lora": config.lora.enabled,
         },
     )
-    write_json(run_dir / "data_report.json", data.to_dict())
+    write_json_atomic(layout.data_report, data.to_dict())
 
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -330,7 +322,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
 
 
 def _train(config: TrainConfig, resume: bool) -> TrainResult:
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
+
+    # Imported when a run starts, like transformers itself: they import transformers' Trainer.
+    from .final import last_training_loss, save_final, trained_to_the_end
+    from .trainer import RecipeTrainer
 
     check_sharing(config)
     run_dir = check_run_dir(config, resume)
@@ -386,32 +382,30 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
                 "training.trained_logits_only: %s does not take per-row logits_to_keep; computing all logits",
                 type(model).__name__,
             )
-    trainer = Trainer(
+    trainer = RecipeTrainer(
         model=model,
         args=args,
         train_dataset=IndexedDataset(dataset),
         eval_dataset=eval_dataset,
         data_collator=indexing_collator(collator),
         processing_class=tokenizer,
+        run_dir=run_dir,
+        on_nonfinite=config.training.on_nonfinite,
+        sources=dataset.sources,
     )
-    counter = TokenCounter(trainer)
-    n_params, n_trained = flop_parameters(model)
-    metrics = RunMetrics(run_dir, counter, args.device, n_params, world_size(), n_trained)
-    _log_with_metrics(trainer, metrics)
-    add_noise(trainer, config.noise)
-    make_checkpoints_atomic(trainer)
-    NonFiniteGuard(trainer, config.training.on_nonfinite, dataset.sources, run_dir)
+    add_noise(trainer, config.noise)  # wraps the instance's methods: see RecipeTrainer for the order
     checkpoint = _resume_point(run_dir) if resume else None
     wandb_run = start_wandb(config, run_dir) if trainer.is_world_process_zero() else None
     try:
-        if checkpoint is not None and _trained_to_the_end(checkpoint, config):
-            final = _load_finished(trainer, checkpoint)
+        if checkpoint is not None and trained_to_the_end(checkpoint, config):
+            logger.info("%s holds every step of the run; writing the final model from it", checkpoint)
+            final = trainer.load_finished(checkpoint)
             steps = trainer.state.global_step
         else:
             final = None
             steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
-        final_loss = _last_training_loss(trainer)
-        _save_final(trainer, tokenizer, config, run_dir, template, final_loss, final)  # every rank takes part
+        final_loss = last_training_loss(trainer)
+        save_final(trainer, tokenizer, config, run_dir, template, final_loss, final)  # every rank takes part
         if trainer.is_world_process_zero() and config.training.push_to_hub:
             push_to_hub(config, run_dir)
     finally:
@@ -439,125 +433,10 @@ def _resume_point(run_dir: Path) -> str:
             f"--resume: no checkpoint in {run_dir} to resume from (saves cut short do not count)"
         )
     if is_main_process():
-        dropped = truncate_log(run_dir / "metrics.jsonl", checkpoint_step(checkpoint))
+        dropped = truncate_log(RunLayout(run_dir).metrics, checkpoint_step(checkpoint))
         logger.info(
             "resuming from %s%s",
             checkpoint,
             f" ({dropped} metrics lines after it dropped)" if dropped else "",
         )
     return str(checkpoint)
-
-
-def _trained_to_the_end(checkpoint: str, config: TrainConfig) -> bool:
-    """Whether a checkpoint already holds every step of the run (the crash came while writing the final model).
-
-    Trainer would run one more step from such a checkpoint before noticing that it is done.
-    """
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    if config.training.max_steps > 0:
-        return state["global_step"] >= config.training.max_steps
-    return state["global_step"] >= state["max_steps"] and state["num_train_epochs"] == config.training.epochs
-
-
-def _load_finished(trainer, checkpoint: str) -> FinishedWeights | None:
-    """Load a checkpoint that holds every step, for the final save without training. Under DeepSpeed the weights
-    are consolidated from the checkpoint's files by the main process (there is no engine to load into: the
-    Trainer builds it inside ``train``), and returned; otherwise they are loaded into the model (None)."""
-    from transformers import TrainerState
-
-    logger.info("%s holds every step of the run; writing the final model from it", checkpoint)
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        return FinishedWeights(
-            deepspeed_checkpoint_state_dict(checkpoint) if trainer.is_world_process_zero() else None
-        )
-    trainer._load_from_checkpoint(checkpoint)
-    return None
-
-
-def _log_with_metrics(trainer, metrics: RunMetrics) -> None:
-    original = trainer.log
-
-    def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
-        metrics.extend(logs)
-        result = original(logs, *args, **kwargs)
-        if trainer.is_world_process_zero():
-            metrics.write(logs, trainer.state.global_step, trainer.state.epoch)
-        return result
-
-    trainer.log = log
-
-
-def _last_training_loss(trainer) -> float | None:
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return losses[-1] if losses else None
-
-
-FINAL_WEIGHTS = (
-    "model.safetensors.index.json",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "model.safetensors",
-)
-
-
-@dataclass
-class FinishedWeights:
-    """The final weights read from a finished checkpoint's files (main process; None on the others)."""
-
-    state_dict: dict | None
-
-
-def _save_final(
-    trainer,
-    tokenizer,
-    config: TrainConfig,
-    run_dir: Path,
-    template: str,
-    final_loss: float | None,
-    finished: FinishedWeights | None = None,
-) -> None:
-    """Write the final model into ``RUN/tmp-final/`` and move it into the run directory, weights last, so a
-    crash or a full disk never leaves a ``model.safetensors`` that marks an unfinished run as finished.
-
-    Every rank calls this: the full state dict is gathered by all of them (FSDP, ZeRO-3), and the main process
-    writes one consolidated safetensors model (or LoRA adapter) with ``save_pretrained``."""
-    staging = run_dir / f"{STAGING_PREFIX}final"
-    state_dict = final_state_dict(trainer) if finished is None else finished.state_dict
-    if not trainer.is_world_process_zero():
-        trainer.accelerator.wait_for_everyone()
-        return
-    try:
-        shutil.rmtree(staging, ignore_errors=True)
-        if state_dict is None:  # one process, DDP, ZeRO-1/2: the model's own state dict is whole
-            trainer.save_model(str(staging))
-        else:
-            trainer._save(str(staging), state_dict=state_dict)
-        tokenizer.save_pretrained(str(staging))
-        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says the same safely
-        (staging / "README.md").write_text(
-            model_card(config, template, trainer.state.global_step, final_loss, trainer.state.epoch),
-            encoding="utf-8",
-        )
-        publish_files(staging, run_dir, last=FINAL_WEIGHTS)
-        metrics_file = run_dir / "metrics.jsonl"
-        if metrics_file.exists():
-            jsonl_to_csv(metrics_file, run_dir / "metrics.csv")
-        summary = {
-            "steps": trainer.state.global_step,
-            "final_loss": final_loss,
-            "train_runtime_s": _runtime(trainer),
-            "finished": True,
-        }
-        write_json(run_dir / "train_summary.json", summary)
-    except Exception as error:  # any writer's failure (OSError, SafetensorError, torch's RuntimeError)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointWriteError(describe_write_error(error, "the final model", run_dir)) from error
-    trainer.accelerator.wait_for_everyone()
-
-
-def _runtime(trainer) -> float | None:
-    for entry in reversed(trainer.state.log_history):
-        if "train_runtime" in entry:
-            return entry["train_runtime"]
-    return None

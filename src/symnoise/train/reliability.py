@@ -1,10 +1,10 @@
 """What makes a training run survive crashes and bad numbers: atomic checkpoints, a resume point that is
 always complete, a guard against non-finite losses and gradients, and a free-space check before training.
 
-* `make_checkpoints_atomic` stages each Trainer checkpoint in ``RUN/tmp-checkpoint-N/`` and renames it to
-  ``RUN/checkpoint-N`` only once every file (model, optimizer, scheduler, RNG and noise states, trainer state)
-  is written and synced. A save cut short by a crash, a kill or a full disk never leaves a directory named
-  ``checkpoint-N``, and older checkpoints are rotated away only after the new one is in place.
+* Checkpoints are staged in ``RUN/tmp-checkpoint-N/`` and renamed (`publish`) to ``RUN/checkpoint-N`` only once
+  every file (model, optimizer, scheduler, RNG and noise states, trainer state) is written and synced (by
+  `symnoise.train.trainer.RecipeTrainer`). A save cut short by a crash, a kill or a full disk never leaves a
+  directory named ``checkpoint-N``, and older checkpoints are rotated away only after the new one is in place.
 * `last_complete_checkpoint` and `discard_incomplete` are what ``--resume`` uses to pick where to continue.
 * `NonFiniteGuard` checks every optimizer step's losses and gradients before the optimizer sees them, and
   either stops the run (the weights stay those of the last finite step) or skips the step; either way the
@@ -27,14 +27,15 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..files import append_json_lines, fsync_dir, fsync_tree, write_text_atomic
+from ..layout import NONFINITE_LOG
 from .config import ConfigError
 
 logger = logging.getLogger("symnoise.train")
 
 STAGING_PREFIX = "tmp-"
-NONFINITE_LOG = "nonfinite_steps.jsonl"
 INDEX_KEY = "symnoise_example_index"
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _COMPLETE_MARKER = "trainer_state.json"  # the last file transformers writes into a checkpoint
@@ -87,38 +88,16 @@ def discard_incomplete(run_dir: Path) -> list[Path]:
     return removed
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flush every file under ``root`` and the directories holding them, so a rename publishes durable data."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms; nothing to sync there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def publish(staged: Path, final: Path) -> None:
     """Rename a fully written directory to its final name, replacing an older one of the same name."""
-    _fsync_tree(staged)
+    fsync_tree(staged)
     old = None
     if final.exists():
         old = final.with_name(f"{STAGING_PREFIX}old-{final.name}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(staged, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -142,54 +121,6 @@ def describe_write_error(error: BaseException, what: str, run_dir: Path) -> str:
         else "no earlier checkpoint exists"
     )
     return f"could not write {what} in {run_dir} ({reason}); {intact}"
-
-
-def make_checkpoints_atomic(trainer: Any) -> None:
-    """Make ``trainer`` write each checkpoint under a temporary name and rename it when complete.
-
-    transformers' ``Trainer._save_checkpoint`` writes ``checkpoint-N`` in place and rotates old checkpoints
-    before returning, so a kill in the middle can leave a half-written ``checkpoint-N`` that ``--resume`` would
-    pick, and with ``save_total_limit=1`` no good checkpoint at all. Here the Trainer writes into
-    ``RUN/tmp-checkpoint-N/`` (by pointing its output directory there for the duration of the call), every rank
-    waits, then the main process renames the result to ``RUN/checkpoint-N`` and only then rotates.
-    """
-    original_save = trainer._save_checkpoint
-
-    def save_checkpoint(model: Any, trial: Any = None, *args: Any, **kwargs: Any) -> None:
-        run_dir = Path(trainer.args.output_dir)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
-        staging = run_dir / f"{STAGING_PREFIX}{name}"
-        main = trainer.args.should_save
-        if main:
-            shutil.rmtree(staging, ignore_errors=True)
-        trainer.accelerator.wait_for_everyone()
-        trainer._get_output_dir = lambda trial=None: str(staging)
-        try:
-            original_save(model, trial, *args, **kwargs)
-            trainer.accelerator.wait_for_everyone()
-            if main:
-                # A pickle that nothing reads back; the run's config.yaml holds the same settings.
-                (staging / name / "training_args.bin").unlink(missing_ok=True)
-                publish(staging / name, run_dir / name)
-                staging.rmdir()
-        except Exception as error:  # any writer's failure (OSError, SafetensorError, torch's RuntimeError)
-            if main:
-                shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(error, TrainingError):
-                raise
-            raise CheckpointWriteError(describe_write_error(error, name, run_dir)) from error
-        finally:
-            vars(trainer).pop("_get_output_dir", None)
-        if main:
-            rotate_checkpoints(
-                str(run_dir),
-                trainer.args.save_total_limit,
-                trainer.state.best_model_checkpoint,
-                use_mtime=False,
-            )
-        trainer.accelerator.wait_for_everyone()
-
-    trainer._save_checkpoint = save_checkpoint
 
 
 # ------------------------------------------------------------------------------------------ free space
@@ -262,11 +193,12 @@ def indexing_collator(collator: Any) -> Any:
 class NonFiniteGuard(TrainerCallback):
     """Checks each optimizer step for NaN or infinite losses and gradients before the optimizer step.
 
-    It records the example indices of each step's micro-batches (removing them from the batch before the model
-    sees it) and the loss of each micro-batch; at ``on_pre_optimizer_step`` (after gradient clipping, before
-    ``optimizer.step()``) it checks those losses and the total gradient norm. ``stop`` raises `NonFiniteError`,
-    so no NaN reaches the weights or a checkpoint; ``skip`` drops the step's gradients, so the optimizer leaves
-    the weights as they were, and training goes on. Under DDP every rank takes the same decision.
+    The trainer hands it the example indices of each step's micro-batches (`take_indices`, which removes them from
+    the batch before the model sees it) and the loss of each micro-batch (`record`); at ``on_pre_optimizer_step``
+    (after gradient clipping, before ``optimizer.step()``) it checks those losses and the total gradient norm.
+    ``stop`` raises `NonFiniteError`, so no NaN reaches the weights or a checkpoint; ``skip`` drops the step's
+    gradients, so the optimizer leaves the weights as they were, and training goes on. Under DDP every rank takes
+    the same decision. `symnoise.train.trainer.RecipeTrainer` feeds it and adds it as a callback.
     """
 
     def __init__(self, trainer: Any, mode: str, sources: Sequence[str], run_dir: Path):
@@ -279,23 +211,18 @@ class NonFiniteGuard(TrainerCallback):
         self.indices: list[int] = []
         self.losses: list[torch.Tensor] = []
         self.skipped = 0
-        batches, step = trainer.get_batch_samples, trainer.training_step
 
-        def get_batch_samples(*args: Any, **kwargs: Any) -> Any:
-            samples, num_items = batches(*args, **kwargs)
-            self.indices = [
-                int(i) for batch in samples for i in batch.pop(INDEX_KEY, torch.empty(0)).tolist()
-            ]
-            return samples, num_items
+    def take_indices(self, batches: Sequence[dict]) -> None:
+        """Keep the example indices of one optimizer step's micro-batches, removing them from the batches."""
+        self.indices = [int(i) for batch in batches for i in batch.pop(INDEX_KEY, torch.empty(0)).tolist()]
 
-        def training_step(*args: Any, **kwargs: Any) -> Any:
-            loss = step(*args, **kwargs)
+    def record(self, loss: torch.Tensor, same_micro_batch: bool = False) -> None:
+        """Keep one micro-batch's loss; ``same_micro_batch``: a later pass of the same micro-batch (the second
+        pass of a SymNoise pair), added to the loss kept last, as the trainer adds it."""
+        if same_micro_batch and self.losses:
+            self.losses[-1] = self.losses[-1] + loss.detach()
+        else:
             self.losses.append(loss.detach())
-            return loss
-
-        trainer.get_batch_samples = get_batch_samples
-        trainer.training_step = training_step
-        trainer.add_callback(self)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         losses, self.losses = self.losses, []
@@ -324,8 +251,7 @@ class NonFiniteGuard(TrainerCallback):
             "sources": [self.sources[i] for i in self.indices if 0 <= i < len(self.sources)],
         }
         if self.trainer.is_world_process_zero():
-            with self.log_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(report) + "\n")
+            append_json_lines(self.log_path, [report])
         where = (
             f"step {report['step']} (losses {report['losses']}, gradient norm {report['grad_norm']}; "
             f"examples {self.indices}: {', '.join(report['sources'][:8])}"
@@ -366,17 +292,15 @@ def truncate_log(path: Path, last_step: int) -> int:
             dropped += 1
         else:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped
 
 
 def publish_files(staged: Path, run_dir: Path, last: Sequence[str] = ()) -> None:
     """Move every file of ``staged`` into ``run_dir`` (names in ``last`` at the end), then remove ``staged``."""
-    _fsync_tree(staged)
+    fsync_tree(staged)
     present = os.listdir(staged)
     for name in [n for n in present if n not in last] + [n for n in last if n in present]:
         os.replace(staged / name, run_dir / name)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     staged.rmdir()

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..layout import LOCK_FILE, START_RECORD, TENSORBOARD_DIR
 from ..offline import hub_offline
 from .config import ConfigError, TrainConfig
 
@@ -37,14 +38,14 @@ HUB_IGNORE = [
     "checkpoint-*/**",
     "tmp-*",
     "tmp-*/**",
-    "runs/**",
+    f"{TENSORBOARD_DIR}/**",
     "merged/**",
     "wandb/**",
     "*.partial.jsonl",
     ".write_test_*",
     "training_args.bin",
-    "symnoise.lock",
-    "run_start.json",
+    LOCK_FILE,
+    START_RECORD,
 ]  # these two: host, PID
 
 
