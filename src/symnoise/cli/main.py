@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "norms": ("symnoise.cli.norms", "the sqrt(3) norm analysis of the SymNoise paper"),
     "report": ("symnoise.cli.report", "collect runs into the papers' tables"),
     "grid": ("symnoise.cli.grid", "train and evaluate a matrix of runs, resumably, then report"),
+    "compare": (
+        "symnoise.cli.compare",
+        "paired difference between two judged runs: win rate, length, repetition",
+    ),
 }
 
 
