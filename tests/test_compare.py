@@ -132,6 +132,8 @@ def test_the_command_prints_the_same_numbers(files):
     assert "803" in plain.stdout and "2 prompts left out" in plain.stdout
     assert "length-controlled win rate: not computed" in plain.stdout
     assert "does not show a difference" not in plain.stdout.split("win rate:")[0]
+    usage = command("--help")
+    assert usage.returncode == 0 and "t(0.975, n-1)" in usage.stdout and "%%" not in usage.stdout
 
 
 def test_an_interval_containing_zero_is_said_in_plain_words(files, tmp_path):

@@ -21,15 +21,19 @@ otherwise the command fails with exit status 2, naming both files. A prompt with
 file is left out of both sides of the win rate (the count is printed).
 
 Per prompt, d = B - A: the win-rate score (100 = model wins, 50 = draw, 0 = reference wins), the output's
-characters and whitespace words (all paired prompts), its 2-gram repetition (%%) and log-diversity on the first N
+characters and whitespace words (all paired prompts), its 2-gram repetition (%) and log-diversity on the first N
 words (prompts where both outputs have N words). difference = mean(d); standard error = sd(d, ddof=1)/sqrt(n);
-95%% interval = difference +- t(0.975, n-1) * standard error (paired t-interval). --bootstrap R adds a paired
+95% interval = difference +- t(0.975, n-1) * standard error (paired t-interval). --bootstrap R adds a paired
 bootstrap percentile interval (R resamples of the prompts, numpy default_rng(--seed)).
 
 Length-controlled (--length-controlled): AlpacaEval's GLM per file (alpaca_eval package, df_gamed.csv downloaded
 or --lc-data); d = difference of the per-prompt predictions x 100; the interval is conditional on the fitted GLMs.
 
-A run directory stands for the first annotation file found in it: {annotations}.
+A line says so when a 95% interval contains 0 (the data does not show a difference). Exit status: 0 done,
+2 input that cannot be paired or read, 1 the length-controlled win rate could not be computed.
+
+A run directory stands for the first annotation file found in it:
+  {annotations}.
 --json keys: difference, standard_error, ci_low, ci_high, n (the win rate, percentage points), and win_rate,
 length_chars, length_words, repetition_2gram, log_diversity, length_controlled (null unless computed) with the
 same fields plus a and b (each side's mean over the same prompts).
