@@ -100,7 +100,7 @@ def check(root: Path = SOURCE, max_lines: int = 500) -> list[str]:
     """Every problem found, one line each (empty: the structure is clean)."""
     known = modules(root)
     problems = []
-    for name, path in known.items():
+    for path in known.values():
         lines = len(path.read_text(encoding="utf-8").splitlines())
         if lines > max_lines:
             problems.append(f"{path.relative_to(root.parent.parent)}: {lines} lines (limit {max_lines})")

@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "leaderboard": "ARC, HellaSwag and MMLU through lm-evaluation-harness",
     "norms": "the sqrt(3) norm analysis of the SymNoise paper",
     "report": "collect runs into the papers' tables",
+    "compare": "paired difference between two judged runs: win rate, length, repetition",
     "grid": "train and evaluate a matrix of runs, resumably, then report",
 }
 

@@ -88,9 +88,9 @@ def load_annotation_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def length_controlled_win_rate(path: str | Path, gamed_data: str | Path | None = None) -> dict[str, float]:
-    """``length_controlled_winrate`` and ``lc_standard_error`` of one annotation file, by the package's GLM
-    (``length_controlled_v1``); ``gamed_data``: a local ``df_gamed.csv``, else the package downloads it."""
+def _fitted_frame(path: str | Path, gamed_data: str | Path | None):
+    """The annotations of ``path`` as the package's GLM reads them, fitted by ``length_controlled_v1``: the frame
+    gains the GLM's per-row ``glm_preference``; also returns the package's metrics."""
     import pandas as pd
 
     glm_winrate = _glm_module()
@@ -101,7 +101,21 @@ def length_controlled_win_rate(path: str | Path, gamed_data: str | Path | None =
     kwargs = dict(save_weights_dir=None, is_warn_extreme_changes=False)
     with warnings.catch_warnings():  # scikit-learn's notices about LogisticRegressionCV's future attributes
         warnings.simplefilter("ignore", FutureWarning)
-        return _run_glm(glm_winrate, frame, path, gamed_data, kwargs)
+        return frame, _run_glm(glm_winrate, frame, path, gamed_data, kwargs)
+
+
+def length_controlled_win_rate(path: str | Path, gamed_data: str | Path | None = None) -> dict[str, float]:
+    """``length_controlled_winrate`` and ``lc_standard_error`` of one annotation file, by the package's GLM
+    (``length_controlled_v1``); ``gamed_data``: a local ``df_gamed.csv``, else the package downloads it."""
+    return _fitted_frame(path, gamed_data)[1]
+
+
+def per_prompt_length_controlled(path: str | Path, gamed_data: str | Path | None = None) -> list[float]:
+    """The GLM's prediction for each row of one annotation file (the probability that the model beats the
+    reference at equal length), fitted as `length_controlled_win_rate` fits it: their mean x 100 is that
+    function's ``length_controlled_winrate``. Paired comparisons difference these per prompt."""
+    frame, _ = _fitted_frame(path, gamed_data)
+    return [float(v) for v in frame["glm_preference"]]
 
 
 def _run_glm(glm_winrate, frame, path, gamed_data, kwargs) -> dict[str, float]:

@@ -116,7 +116,7 @@ def load_annotations(path: str | Path, need_dataset: bool = False) -> list[Annot
     return [parse_annotation(row, f"{path}: row {i}", need_dataset) for i, row in enumerate(data)]
 
 
-def _score(preference: float) -> float:
+def score(preference: float) -> float:
     """q in [0, 1]: 0 = reference wins, 1 = model wins, 0.5 = draw."""
     return 0.5 if preference in DRAW_VALUES else preference - 1
 
@@ -137,7 +137,7 @@ def _sem(values: Sequence[float]) -> float | None:
 def head_to_head(preferences: Iterable[float | None]) -> dict[str, Any]:
     """The win-rate metrics of a sequence of validated preferences (None = unparsable, dropped)."""
     preferences = list(preferences)
-    q = [_score(p) for p in preferences if p is not None]
+    q = [score(p) for p in preferences if p is not None]
     n = len(q)
     sem = _sem(q)
     return dict(
