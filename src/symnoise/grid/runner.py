@@ -35,7 +35,8 @@ from ..layout import LEADERBOARD, RunLayout
 from ..train import train
 from ..train.config import ConfigError
 from ..train.reliability import last_complete_checkpoint
-from ..train.run_dir import read_start_record, refuse_training_changes, run_changes, training_began
+from ..train.run_dir import training_began
+from ..train.start_record import read_start_record, refuse_training_changes, run_changes
 from . import evaluate
 from .cells import Cell, pretrained_model_dir
 from .layout import EVAL_REFERENCE_LOSS, EVAL_STATS, GridLayout
