@@ -11,9 +11,10 @@ other run. Beside the training files it holds::
 
 Stages: ``train``, then, as configured, ``generate``, ``reference_loss``, ``stats``, ``judge``, ``leaderboard``.
 ``stages.json`` is rewritten atomically after each stage (`symnoise.grid.stages`), so a kill at any moment leaves
-every finished stage marked and nothing else; a re-run skips marked stages (a finished cell costs nothing) and continues the
-unfinished one: training from its last checkpoint, generation from its sidecar, judging from its cache. A cell
-that raises is recorded in ``failure.json`` and ``OUTPUT/status.json``, and the grid goes on with the next cell.
+every finished stage marked and nothing else; a re-run skips marked stages (a finished cell costs nothing) and
+continues the unfinished one: training from its last checkpoint, generation from its sidecar, judging from its
+cache. A cell that raises is recorded in ``failure.json`` and ``OUTPUT/status.json``, and the grid goes on with
+the next cell.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..data.readers import FILE_SUFFIXES
 from ..evaluation.sources import is_alpaca_eval_name
 from .cells import Cell, expand_cells, pretrained_model_dir, read_yaml, synthetic_dir
 from .sections import GridError, GridSpec, JudgeSection
@@ -29,8 +30,6 @@ __all__ = [
     "synthetic_dir",
     "validate_grid",
 ]
-
-LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ def _check_files(spec: GridSpec, source: str) -> None:
             problems.append(f"evaluation.{name}: {value} not found")
     for i, dataset in enumerate(spec.axes.dataset):
         remote = dataset.path.startswith("hf://")
-        local = not remote and (dataset.path.endswith(LOCAL_DATA_SUFFIXES) or Path(dataset.path).exists())
+        local = not remote and (dataset.path.endswith(FILE_SUFFIXES) or Path(dataset.path).exists())
         if local and not Path(dataset.path).is_file() and not dataset.fallback:
             problems.append(f"axes.dataset.{i}.path: {dataset.path} not found")
     if spec.launcher.config_file and not Path(spec.launcher.config_file).is_file():
