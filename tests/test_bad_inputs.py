@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 from test_train import tiny_config
 
 from symnoise.cli.main import main
-from symnoise.train.run_dir import LOCK_FILE
+from symnoise.layout import LOCK_FILE
 
 TABLE: list[str] = []  # case -> message, printed at the end for docs/reliability.md
 

@@ -232,7 +232,8 @@ def test_check_reads_the_data_with_the_tokenizer(base_model, tmp_path):
 def test_shipped_sharegpt_configs_keep_the_papers_single_turn_protocol(monkeypatch):
     from conftest import REPO_ROOT
 
-    from symnoise.grid.spec import GridSpec, expand_cells
+    from symnoise.grid.cells import expand_cells
+    from symnoise.grid.sections import GridSpec
     from symnoise.train import load_config
 
     monkeypatch.chdir(REPO_ROOT)

@@ -18,7 +18,8 @@ from test_judge_alpaca_eval import API_KEY, ChatServer, chat_response
 from symnoise.cli.main import main
 from symnoise.evaluation import annotators as A
 from symnoise.grid import GridError, validate_grid
-from symnoise.grid.runner import OUTPUTS_FILE, stage_judge
+from symnoise.grid.runner import stage_judge
+from symnoise.layout import OUTPUTS as OUTPUTS_FILE
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,11 @@ from test_reliability import DRIVER, Crash, logged_steps
 from test_train import tiny_config
 from transformers import Trainer
 
+from symnoise.layout import LOCK_FILE, START_RECORD
 from symnoise.train import ConfigError, train
 from symnoise.train.metrics import jsonl_to_csv
-from symnoise.train.run_dir import LOCK_FILE, START_RECORD, RunLock, RunLockedError, config_changes
+from symnoise.train.run_lock import RunLock, RunLockedError
+from symnoise.train.start_record import config_changes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
 
@@ -125,7 +127,7 @@ def test_resume_refuses_a_local_model_whose_files_changed(base_model, alpaca_fil
 
     from safetensors.torch import load_file, save_file
 
-    from symnoise.train.run_dir import read_start_record, run_changes
+    from symnoise.train.start_record import read_start_record, run_changes
 
     model = tmp_path / "model"
     shutil.copytree(base_model, model)
@@ -152,7 +154,7 @@ def test_resume_refuses_a_local_model_whose_files_changed(base_model, alpaca_fil
 
 
 def test_sampled_weight_hash_reads_blocks_spread_over_a_large_file(tmp_path):
-    from symnoise.train.run_dir import BLOCK_BYTES, SAMPLED_BLOCKS, _sampled_sha256
+    from symnoise.train.start_record import BLOCK_BYTES, SAMPLED_BLOCKS, _sampled_sha256
 
     big = tmp_path / "model.safetensors"
     size = 3 * SAMPLED_BLOCKS * BLOCK_BYTES + 12_345

@@ -15,8 +15,8 @@ from pathlib import Path
 from ..evaluation import sources
 from . import evaluate
 from .estimate import estimate_lines
-from .runner import planned_stages, read_stages
 from .spec import Grid
+from .stages import planned_stages, read_stages
 
 
 @dataclass(frozen=True)

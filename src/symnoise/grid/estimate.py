@@ -5,8 +5,8 @@ arithmetic:
 
 * hardware: GPUs of 80 GB with 312 TFLOP/s of dense bf16 (A100 80GB), of which 40 % is achieved (MFU);
 * training compute: 6 x parameters x tokens for full fine-tuning, 4 x for LoRA/QLoRA (no weight gradients of the
-  frozen base), plus 2 x when activations are recomputed (gradient checkpointing); SymNoise's symmetric pair doubles
-  the tokens; tokens = examples x epochs x mean tokens per example (``examples`` and ``mean_tokens`` of the dataset
+  frozen base), plus 2 x when activations are recomputed (gradient checkpointing); the symmetric pair (SymNoise's
+  default, or ``noise.symmetric`` with another noise method) doubles the tokens; tokens = examples x epochs x mean tokens per example (``examples`` and ``mean_tokens`` of the dataset
   entry; a local file is counted; without ``mean_tokens`` the upper bound ``data.max_length`` is used);
 * memory: full fine-tuning with AdamW holds 16 bytes per parameter (bf16 weights and gradients, fp32 master weights
   and two moments) sharded over the GPUs (FSDP/ZeRO-3), with 80 % of each GPU usable for them; LoRA needs
@@ -25,7 +25,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .spec import Cell, Grid, GridSpec
+from ..config import NoiseConfig
+from ..methods import get_method
+from .cells import Cell
+from .sections import GridSpec
+from .spec import Grid
 
 GPU_MEMORY_GB = 80.0
 GPU_PEAK_TFLOPS = 312.0
@@ -105,6 +109,12 @@ def count_training_examples(data) -> int | None:
     return total
 
 
+def symmetric_pair_factor(noise: NoiseConfig) -> int:
+    """2 when training runs each example twice, as ``X + eps`` and ``X - eps`` (``noise.symmetric``: on by default
+    for the methods whose table row says so, SymNoise; never with a method without noise), else 1."""
+    return 2 if noise.symmetric and get_method(noise.method).distribution is not None else 1
+
+
 def _pretrain_params_b(spec: GridSpec) -> float:
     p = spec.pretrain
     return (12 * p.layers * p.hidden_size**2 + 2 * p.vocab_size * p.hidden_size) / 1e9
@@ -146,9 +156,7 @@ def estimate_cell(grid: Grid, cell: Cell) -> CellEstimate:
         sequences = config.training.max_steps * config.training.effective_batch_size
     else:
         sequences = examples * config.training.epochs
-    tokens = (
-        sequences * mean_tokens * (2 if config.noise.method == "symnoise" and config.noise.symmetric else 1)
-    )
+    tokens = sequences * mean_tokens * symmetric_pair_factor(config.noise)
     mode = _mode(cell)
     flops_per = FLOPS_PER_PARAM_TOKEN[mode] + (
         RECOMPUTE_FLOPS if config.training.gradient_checkpointing else 0.0

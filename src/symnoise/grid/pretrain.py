@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data import Example
 from ..synthetic import tiny_llama_config, tokenizer_corpus, train_tokenizer
-from .spec import PretrainSection
+from .sections import PretrainSection
 
 MAX_POSITIONS = 1024
 

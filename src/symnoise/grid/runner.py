@@ -10,78 +10,62 @@ other run. Beside the training files it holds::
     failure.json           the stage that failed last and its error (removed when the cell later finishes)
 
 Stages: ``train``, then, as configured, ``generate``, ``reference_loss``, ``stats``, ``judge``, ``leaderboard``.
-``stages.json`` is rewritten atomically after each stage, so a kill at any moment leaves every finished stage
-marked and nothing else; a re-run skips marked stages (a finished cell costs nothing) and continues the
-unfinished one: training from its last checkpoint, generation from its sidecar, judging from its cache. A cell
-that raises is recorded in ``failure.json`` and ``OUTPUT/status.json``, and the grid goes on with the next cell.
+``stages.json`` is rewritten atomically after each stage (`symnoise.grid.stages`), so a kill at any moment leaves
+every finished stage marked and nothing else; a re-run skips marked stages (a finished cell costs nothing) and
+continues the unfinished one: training from its last checkpoint, generation from its sidecar, judging from its
+cache. A cell that raises is recorded in ``failure.json`` and ``OUTPUT/status.json``, and the grid goes on with
+the next cell.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..generation import write_json_atomic
+from ..files import read_json, write_json_atomic, write_text_atomic
+from ..layout import LEADERBOARD, RunLayout
 from ..train import train
 from ..train.config import ConfigError
 from ..train.reliability import last_complete_checkpoint
-from ..train.run_dir import read_start_record, refuse_training_changes, run_changes, training_began
+from ..train.run_dir import training_began
+from ..train.start_record import read_start_record, refuse_training_changes, run_changes
 from . import evaluate
-from .spec import Cell, Grid, GridError, LauncherSection, pretrained_model_dir
+from .cells import Cell, pretrained_model_dir
+from .layout import EVAL_REFERENCE_LOSS, EVAL_STATS, GridLayout
+from .sections import GridError, LauncherSection
+from .spec import Grid
+from .stages import (
+    CellOutcome,
+    clear_failure,
+    evaluation_fingerprint,
+    is_finished,
+    mark_stage,
+    planned_stages,
+    read_stages,
+    write_failure,
+)
+from .summary import write_grid_report
 
-STAGES_FILE = "stages.json"
-FAILURE_FILE = "failure.json"
-CELL_CONFIG_FILE = "cell.yaml"
-STATUS_FILE = "status.json"
-OUTPUTS_FILE = "model_outputs.json"
-
-
-# ----------------------------------------------------------------------------------------------- markers
-
-
-def read_stages(directory: Path) -> dict[str, Any]:
-    """The finished stages recorded in ``directory/stages.json`` (empty when there is none)."""
-    path = directory / STAGES_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def mark_stage(directory: Path, stage: str, info: dict[str, Any], seconds: float) -> None:
-    stages = read_stages(directory)
-    stages[stage] = {
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 2),
-        **info,
-    }
-    write_json_atomic(directory / STAGES_FILE, stages)
+# ------------------------------------------------------------------------------------------- staleness
 
 
 class StaleCellError(RuntimeError):
     """A cell directory holds stages made with other settings than the grid file now says."""
 
 
-def evaluation_fingerprint(grid: Grid) -> str:
-    """A short hash of the evaluation settings, stored with every evaluation stage. The data folder is left out:
-    it says where the same named data is read from, not what is computed."""
-    text = json.dumps(grid.spec.evaluation.model_dump(mode="json", exclude={"data_dir"}), sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def check_not_stale(grid: Grid, cell: Cell, done: dict[str, Any]) -> None:
     """Finished stages are reused only when the cell's train config and the evaluation settings are unchanged;
     otherwise the cell fails with a message saying what to do (results are never silently mixed)."""
-    path = cell.run_dir / CELL_CONFIG_FILE
+    path = RunLayout(cell.run_dir).cell_config
     if done.get("train") and path.is_file() and path.read_text(encoding="utf-8") != cell_config_text(cell):
         raise StaleCellError(
             f"{path} differs from this grid's config for the cell, which was trained with the "
@@ -102,30 +86,9 @@ def check_not_stale(grid: Grid, cell: Cell, done: dict[str, Any]) -> None:
     if changed:
         raise StaleCellError(
             f"stages {', '.join(changed)} of {cell.run_dir} were made with other evaluation "
-            f"settings; remove them from {cell.run_dir / STAGES_FILE} (and their files) to redo "
+            f"settings; remove them from {RunLayout(cell.run_dir).stages} (and their files) to redo "
             "them, or choose another output_dir"
         )
-
-
-def planned_stages(grid: Grid) -> list[str]:
-    """The stages every cell of this grid goes through, in order."""
-    evaluation = grid.spec.evaluation
-    stages = ["train"]
-    if evaluation.prompts:
-        stages.append("generate")
-    if evaluation.reference_loss:
-        stages.append("reference_loss")
-    if evaluation.prompts:
-        stages.append("stats")
-    if evaluation.judge:
-        stages.append("judge")
-    if evaluation.leaderboard:
-        stages.append("leaderboard")
-    return stages
-
-
-def is_finished(grid: Grid, cell: Cell) -> bool:
-    return set(planned_stages(grid)) <= set(read_stages(cell.run_dir))
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -166,8 +129,8 @@ def accelerate_command(
 
 
 def _train_finished(run_dir: Path) -> dict | None:
-    path = run_dir / "train_summary.json"
-    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path = RunLayout(run_dir).summary
+    summary = read_json(path) if path.is_file() else {}
     return summary if summary.get("finished") else None
 
 
@@ -182,7 +145,7 @@ def stage_train(ctx: CellContext) -> dict:
         overwrite = not resume and run_dir.is_dir() and training_began(run_dir)
         launcher = ctx.grid.spec.launcher
         if launcher.kind == "accelerate":
-            command = accelerate_command(launcher, run_dir / CELL_CONFIG_FILE, resume, overwrite)
+            command = accelerate_command(launcher, RunLayout(run_dir).cell_config, resume, overwrite)
             result = subprocess.run(command, check=False)
             if result.returncode != 0:
                 raise RuntimeError(f"`{' '.join(command)}` exited with status {result.returncode}")
@@ -190,23 +153,17 @@ def stage_train(ctx: CellContext) -> dict:
             train(ctx.cell.config, resume=resume, overwrite=overwrite)
         finished = _train_finished(run_dir)
         if finished is None:
-            raise RuntimeError(f"training ended without writing {run_dir}/train_summary.json")
+            raise RuntimeError(f"training ended without writing {RunLayout(run_dir).summary}")
     return {"steps": finished.get("steps"), "final_loss": finished.get("final_loss")}
 
 
 def stage_generate(ctx: CellContext) -> dict:
-    from ..generation import DecodingSettings, generate_outputs, model_outputs_records, sidecar_path
+    from ..generation import generate_outputs, model_outputs_records, sidecar_path
 
-    decoding = ctx.grid.spec.evaluation.decoding
-    settings = DecodingSettings(
-        max_length=decoding.max_length,
-        max_new_tokens=decoding.max_new_tokens,
-        repetition_penalty=decoding.repetition_penalty,
-        batch_size=decoding.batch_size,
-    )
+    settings = ctx.grid.spec.evaluation.decoding.settings()
     prompts = evaluate.evaluation_prompts(ctx.grid.spec)
     model, tokenizer = ctx.model_and_tokenizer()
-    output = ctx.cell.run_dir / OUTPUTS_FILE
+    output = RunLayout(ctx.cell.run_dir).outputs
     outputs, stats = generate_outputs(
         model, tokenizer, prompts, ctx.template, settings, sidecar_path(output), ctx.cell.id, progress=False
     )
@@ -226,7 +183,7 @@ def stage_reference_loss(ctx: CellContext) -> dict:
     result = evaluate.reference_loss(
         model, tokenizer, examples, ctx.template, ctx.cell.config.data.max_length
     )
-    write_json_atomic(ctx.cell.run_dir / "eval" / "reference_loss.json", result)
+    write_json_atomic(RunLayout(ctx.cell.run_dir).eval_dir / EVAL_REFERENCE_LOSS, result)
     return result
 
 
@@ -234,9 +191,10 @@ def stage_stats(ctx: CellContext) -> dict:
     from ..evaluation.stats import WORDS_PER_DATASET, load_outputs, output_stats
 
     words = ctx.grid.spec.evaluation.stats_words or WORDS_PER_DATASET.get(ctx.cell.config.data.format, 50)
-    outputs, generators = load_outputs(ctx.cell.run_dir / OUTPUTS_FILE)
-    result = output_stats(outputs, words, str(ctx.cell.run_dir / OUTPUTS_FILE), generators).to_dict()
-    write_json_atomic(ctx.cell.run_dir / "eval" / "stats.json", result)
+    run = RunLayout(ctx.cell.run_dir)
+    outputs, generators = load_outputs(run.outputs)
+    result = output_stats(outputs, words, str(run.outputs), generators).to_dict()
+    write_json_atomic(run.eval_dir / EVAL_STATS, result)
     return {
         k: result[k] for k in ("mean_chars", "mean_words", "words", "n_kept", "rep_2_pct", "log_diversity")
     }
@@ -247,11 +205,12 @@ def stage_judge(ctx: CellContext) -> dict:
 
     section = ctx.grid.spec.evaluation.judge
     annotator = evaluate.judge_annotator(section)
+    run = RunLayout(ctx.cell.run_dir)
     result = judge_outputs(
-        ctx.cell.run_dir / OUTPUTS_FILE,
+        run.outputs,
         evaluate.evaluation_file(ctx.grid.spec, "references"),
         evaluate.build_judge(section, annotator),
-        ctx.cell.run_dir / "eval",
+        run.eval_dir,
         annotator=annotator,
         seed=section.seed,
         limit=section.limit,
@@ -273,7 +232,7 @@ def stage_leaderboard(ctx: CellContext) -> dict:
         limit=section.limit,
         batch_size=section.batch_size,
     )
-    write_json_atomic(ctx.cell.run_dir / "eval" / "leaderboard.json", report)
+    write_json_atomic(RunLayout(ctx.cell.run_dir).eval_dir / LEADERBOARD, report)
     return {"average": report["average"]}
 
 
@@ -290,28 +249,18 @@ STAGE_FUNCTIONS: dict[str, Callable[[CellContext], dict]] = {
 # ------------------------------------------------------------------------------------------------- cells
 
 
-@dataclass
-class CellOutcome:
-    cell: str
-    status: str  # finished | failed
-    ran: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    error: str | None = None
-    stage: str | None = None
-
-
 def cell_config_text(cell: Cell) -> str:
+    """The cell's resolved train config as ``cell.yaml`` holds it."""
     return yaml.safe_dump(cell.config.to_dict(), sort_keys=False)
 
 
 def write_cell_config(cell: Cell) -> None:
+    """Write ``cell.yaml`` (left untouched when it already holds the same config)."""
     cell.run_dir.mkdir(parents=True, exist_ok=True)
     text = cell_config_text(cell)
-    path = cell.run_dir / CELL_CONFIG_FILE
+    path = RunLayout(cell.run_dir).cell_config
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, text)
 
 
 def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> CellOutcome:
@@ -336,13 +285,10 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> Cell
             outcome.ran.append(stage)
     except Exception as error:  # a failed cell must not stop the grid; KeyboardInterrupt still does
         outcome.status, outcome.stage, outcome.error = "failed", stage, f"{type(error).__name__}: {error}"
-        write_json_atomic(
-            cell.run_dir / FAILURE_FILE,
-            {"stage": stage, "error": outcome.error, "traceback": traceback.format_exc()},
-        )
+        write_failure(cell.run_dir, stage, outcome.error, traceback.format_exc())
         log(f"[{cell.id}] FAILED in {stage}: {outcome.error}")
     else:
-        (cell.run_dir / FAILURE_FILE).unlink(missing_ok=True)
+        clear_failure(cell.run_dir)
     finally:
         ctx._loaded = None
         gc.collect()
@@ -379,7 +325,7 @@ def write_status(grid: Grid, outcomes: dict[str, CellOutcome]) -> None:
                 "failed_stage": outcome.stage if outcome else None,
             }
         )
-    write_json_atomic(grid.output_dir / STATUS_FILE, {"grid": grid.source, "cells": rows})
+    write_json_atomic(GridLayout(grid.output_dir).status, {"grid": grid.source, "cells": rows})
 
 
 def run_pretrain(grid: Grid, log: Callable[[str], None]) -> None:
@@ -413,7 +359,7 @@ def prepare(grid: Grid, log: Callable[[str], None]) -> None:
     after checking that every evaluation input is reachable."""
     check_inputs(grid)
     grid.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(grid.output_dir / "grid.json", grid.spec.model_dump(mode="json"))
+    write_json_atomic(GridLayout(grid.output_dir).grid_file, grid.spec.model_dump(mode="json"))
     if evaluate.needs_synthetic(grid.spec):
         evaluate.write_synthetic_world(grid.spec)
     if grid.spec.pretrain:
@@ -423,8 +369,6 @@ def prepare(grid: Grid, log: Callable[[str], None]) -> None:
 def run_grid(grid: Grid, log: Callable[[str], None] = print, only: str | None = None) -> GridOutcome:
     """Run every cell (or only the cell with the id ``only``, as a cluster job does) one after another, then write
     the report over all cells that finished training."""
-    from .summary import write_grid_report
-
     cells = [c for c in grid.cells if only is None or c.id == only]
     if not cells:
         raise GridError(

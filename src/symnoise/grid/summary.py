@@ -7,15 +7,16 @@ reference loss, and the failure of a failed cell.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..evaluation.expected import load_expected
 from ..evaluation.report import load_runs, write_report
-from ..generation import write_json_atomic
-from .runner import FAILURE_FILE, CellOutcome, is_finished, read_stages
-from .spec import Cell, Grid, expected_file, pretrained_model_dir
+from ..files import write_json_atomic, write_text_atomic
+from .cells import Cell, pretrained_model_dir
+from .layout import GridLayout
+from .spec import Grid, expected_file
+from .stages import CellOutcome, is_finished, read_failure, read_stages
 
 SUMMARY_COLUMNS = (
     ("method", "method", None),
@@ -37,8 +38,7 @@ SUMMARY_COLUMNS = (
 def cell_row(grid: Grid, cell: Cell, outcome: CellOutcome | None) -> dict[str, Any]:
     """What the summary shows of one cell, from its stage markers."""
     stages = read_stages(cell.run_dir)
-    failure_path = cell.run_dir / FAILURE_FILE
-    failure = json.loads(failure_path.read_text(encoding="utf-8")) if failure_path.is_file() else None
+    failure = read_failure(cell.run_dir)
     status = "finished" if is_finished(grid, cell) else ("failed" if failure else "pending")
     row = {
         "cell": cell.id,
@@ -94,15 +94,15 @@ def write_grid_report(grid: Grid, outcomes: dict[str, CellOutcome], seconds: flo
     pretrain = (
         read_stages(pretrained_model_dir(grid.spec).parent).get("pretrain") if grid.spec.pretrain else None
     )
+    layout = GridLayout(grid.output_dir)
     write_json_atomic(
-        grid.output_dir / "summary.json",
-        {"grid": grid.source, "seconds": seconds, "pretrain": pretrain, "cells": rows},
+        layout.summary_json, {"grid": grid.source, "seconds": seconds, "pretrain": pretrain, "cells": rows}
     )
-    (grid.output_dir / "summary.md").write_text(summary_markdown(rows, grid), encoding="utf-8")
+    write_text_atomic(layout.summary_md, summary_markdown(rows, grid))
     trained = [cell.run_dir for cell in grid.cells if "train" in read_stages(cell.run_dir)]
     if not trained:
         return None
-    report_dir = grid.output_dir / "report"
+    report_dir = layout.report_dir
     expected = expected_file(grid)
     write_report(
         load_runs(trained, words=grid.spec.evaluation.stats_words),

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import strict_yaml
 from ..config import NoiseConfig
+from ..data.conversations import TURN_MODES
+from ..data.formats import BAD_ROW_POLICIES, FORMATS
+from ..data.templates import TEMPLATES
 
 
 class ConfigError(ValueError):
@@ -42,10 +45,12 @@ class ModelSection(_Section):
     )
 
 
-DataFormat = Literal[
-    "auto", "alpaca", "sharegpt", "evol-instruct", "openplatypus", "dolly", "messages", "prompt-completion"
-]
-DataTemplate = Literal["alpaca", "vicuna", "chat", "plain"]
+# The values `symnoise.data` implements, declared there once: a format or template added there is accepted here
+# (and by the grid file, which reads these types).
+DataFormat = Literal[("auto", *FORMATS)]
+DataTemplate = Literal[TEMPLATES]
+TurnMode = Literal[TURN_MODES]
+BadRowPolicy = Literal[BAD_ROW_POLICIES]
 
 
 class DatasetEntry(_Section):
@@ -55,7 +60,7 @@ class DatasetEntry(_Section):
     format: DataFormat | None = None
     template: DataTemplate | None = None
     split: str | None = None
-    turns: Literal["all", "first"] | None = None
+    turns: TurnMode | None = None
     weight: float | None = Field(
         None, gt=0, description="take every example this many times (0.5: a random half, 2: twice); default 1"
     )
@@ -83,14 +88,14 @@ class DataSection(_Section):
         description="prompt template; default: vicuna for conversations, alpaca for instruction data, plain "
         "for text prompt/completion",
     )
-    turns: Literal["all", "first"] = Field(
+    turns: TurnMode = Field(
         "all",
         description="train on every assistant turn of a conversation, or on the first one only (the "
         "papers' single-turn ShareGPT protocol)",
     )
     split: str = "train"
     max_length: int = Field(512, ge=8)
-    on_bad_row: Literal["error", "skip"] = "error"
+    on_bad_row: BadRowPolicy = "error"
     limit: int | None = Field(None, ge=1, description="use only the first N examples")
     eval_path: str | None = Field(None, description="held-out data in the same format, for eval loss")
     cache: bool = Field(

@@ -1,0 +1,86 @@
+"""Where each file of a grid's output folder lives: the one place that names them.
+
+A grid's ``output_dir`` holds::
+
+    OUTPUT/
+      grid.json              the validated grid file, as run
+      status.json            every cell's status, stages and error (rewritten after each cell)
+      summary.json, summary.md   one row per cell (`symnoise.grid.summary`)
+      report/                `symnoise report` over every trained cell
+      cells/CELL_ID/         one run directory per cell (`symnoise.layout.RunLayout`, with the grid's
+                             cell.yaml, stages.json, failure.json beside the training files)
+      synthetic/             the synthetic fallback data (train.jsonl, eval.jsonl)
+      pretrain/              the `pretrain` section's stages.json and model/
+
+The files of one cell's run directory are named by `symnoise.layout`; what the grid's own evaluation stages add
+to its ``eval/`` folder (beside the judge's files and the leaderboard) is named here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+GRID_FILE = "grid.json"
+STATUS_FILE = "status.json"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+REPORT_DIR = "report"
+CELLS_DIR = "cells"
+SYNTHETIC_DIR = "synthetic"
+PRETRAIN_DIR = "pretrain"
+PRETRAINED_MODEL_DIR = "model"
+# The synthetic fallback data in OUTPUT/synthetic/.
+SYNTHETIC_TRAIN = "train.jsonl"
+SYNTHETIC_EVAL = "eval.jsonl"
+# What the grid's evaluation stages write into a cell's eval/ folder (`symnoise.layout.RunLayout.eval_dir`).
+EVAL_REFERENCE_LOSS = "reference_loss.json"
+EVAL_STATS = "stats.json"
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """The paths of one grid output folder (see the module docstring for what writes each)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def grid_file(self) -> Path:
+        return self.root / GRID_FILE
+
+    @property
+    def status(self) -> Path:
+        return self.root / STATUS_FILE
+
+    @property
+    def summary_json(self) -> Path:
+        return self.root / SUMMARY_JSON
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / SUMMARY_MD
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / REPORT_DIR
+
+    def cell_dir(self, cell_id: str) -> Path:
+        """The run directory of the cell ``cell_id``."""
+        return self.root / CELLS_DIR / cell_id
+
+    @property
+    def synthetic(self) -> Path:
+        """Where the synthetic fallback data is written."""
+        return self.root / SYNTHETIC_DIR
+
+    @property
+    def pretrain(self) -> Path:
+        """The `pretrain` section's folder: its stages.json and its model."""
+        return self.root / PRETRAIN_DIR
+
+    @property
+    def pretrained_model(self) -> Path:
+        return self.pretrain / PRETRAINED_MODEL_DIR
