@@ -168,10 +168,10 @@ def alpaca_file(tmp_path_factory):
 def snapshot_sidecars(monkeypatch) -> dict:
     """`symnoise generate` deletes its progress sidecar once model_outputs.json is written; tests that inspect
     the sidecar get its text as it was just before, by output path."""
-    from symnoise import generation
+    from symnoise import files, generation
 
     snapshots = {}
-    real_write = generation.write_json_atomic
+    real_write = files.write_json_atomic
 
     def write_and_snapshot(path, obj):
         sidecar = generation.sidecar_path(path)
@@ -179,7 +179,7 @@ def snapshot_sidecars(monkeypatch) -> dict:
             snapshots[Path(path)] = sidecar.read_text()
         real_write(path, obj)
 
-    monkeypatch.setattr(generation, "write_json_atomic", write_and_snapshot)
+    monkeypatch.setattr(files, "write_json_atomic", write_and_snapshot)
     return snapshots
 
 

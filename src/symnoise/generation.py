@@ -22,7 +22,6 @@ from .data import TEMPLATES, Example, render_prompt
 from .data.tokenize import special_prefix
 from .dtypes import check_dtype, gpu_half_dtype
 from .files import append_json_lines, read_json
-from .files import write_json_atomic as write_json_atomic  # importers move to symnoise.files
 from .layout import RUN_INFO, RunLayout
 
 

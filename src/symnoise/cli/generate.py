@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from symnoise import generation, vllm_backend
+from symnoise import files, generation, vllm_backend
 from symnoise.dtypes import DTYPES
 from symnoise.evaluation import sources
 from symnoise.layout import OUTPUTS, RUN_INFO, RunLayout
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             generator,
             progress=not args.no_progress,
         )
-    generation.write_json_atomic(output, generation.model_outputs_records(prompts, outputs, generator))
+    files.write_json_atomic(output, generation.model_outputs_records(prompts, outputs, generator))
     generation.sidecar_path(output).unlink(missing_ok=True)  # progress file: everything is in the output now
     print(
         f"wrote {len(outputs)} outputs to {output} ({stats.resumed} resumed); generated {stats.prompts} prompts, "

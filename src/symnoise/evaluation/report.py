@@ -15,7 +15,6 @@ from pathlib import Path
 from ..files import write_atomic, write_json_atomic, write_text_atomic
 from .expected import ExpectedFile, comparison_tables
 from .runs import Run, is_base
-from .runs import load_runs as load_runs  # importable here for symnoise.grid.summary; new code: .runs
 from .tables import build_tables, dataset_order, dataset_title, pick, row_order, to_markdown
 
 MARKDOWN_FILE = "report.md"

@@ -17,10 +17,10 @@ from ..data import Example, tokenize_examples
 from ..evaluation import sources
 from ..generation import Prompt, load_prompts
 from ..synthetic import make_task_examples
-from .spec import GridSpec, JudgeSection, synthetic_dir
+from .cells import synthetic_dir
+from .layout import SYNTHETIC_EVAL, SYNTHETIC_TRAIN
+from .sections import GridSpec, JudgeSection
 
-SYNTHETIC_TRAIN = "train.jsonl"
-SYNTHETIC_EVAL = "eval.jsonl"
 SYNTHETIC_SIZES = (2200, 220)
 # What the alpaca_eval package reads its OpenAI credentials from (its constants module).
 ALPACA_EVAL_KEY_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_PATH")

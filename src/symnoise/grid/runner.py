@@ -39,8 +39,8 @@ from ..train.reliability import last_complete_checkpoint
 from ..train.run_dir import training_began
 from ..train.start_record import read_start_record, refuse_training_changes, run_changes
 from . import evaluate
-from .cells import Cell, pretrained_model_dir
-from .layout import EVAL_REFERENCE_LOSS, EVAL_STATS, GridLayout
+from .cells import Cell, pretrained_model_dir, synthetic_dir
+from .layout import EVAL_REFERENCE_LOSS, EVAL_STATS, SYNTHETIC_TRAIN, GridLayout
 from .sections import GridError, LauncherSection
 from .spec import Grid
 from .stages import (
@@ -337,7 +337,7 @@ def run_pretrain(grid: Grid, log: Callable[[str], None]) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    synthetic = evaluate.synthetic_dir(grid.spec) / evaluate.SYNTHETIC_TRAIN
+    synthetic = synthetic_dir(grid.spec) / SYNTHETIC_TRAIN
     info = pretrain(grid.spec.pretrain, pretrained_model_dir(grid.spec), synthetic, log)
     mark_stage(folder, "pretrain", info, time.perf_counter() - started)
 

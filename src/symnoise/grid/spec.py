@@ -16,20 +16,8 @@ from pydantic import ValidationError
 
 from ..data.readers import FILE_SUFFIXES
 from ..evaluation.sources import is_alpaca_eval_name
-from .cells import Cell, expand_cells, pretrained_model_dir, read_yaml, synthetic_dir
-from .sections import GridError, GridSpec, JudgeSection
-
-# What this module offers; GridSpec, JudgeSection and synthetic_dir are also read from here by
-# `symnoise.grid.evaluate` (their owners are `symnoise.grid.sections` and `symnoise.grid.cells`).
-__all__ = [
-    "Grid",
-    "GridSpec",
-    "JudgeSection",
-    "expected_file",
-    "load_grid",
-    "synthetic_dir",
-    "validate_grid",
-]
+from .cells import Cell, expand_cells, pretrained_model_dir, read_yaml
+from .sections import GridError, GridSpec
 
 
 @dataclass(frozen=True)

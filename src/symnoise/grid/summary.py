@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.expected import load_expected
-from ..evaluation.report import load_runs, write_report
+from ..evaluation.report import write_report
+from ..evaluation.runs import load_runs
 from ..files import write_json_atomic, write_text_atomic
 from .cells import Cell, pretrained_model_dir
 from .layout import GridLayout

@@ -64,8 +64,9 @@ from .reliability import (
     last_complete_checkpoint,
     truncate_log,
 )
-from .run_dir import claim_run_dir, pinned_revision, record_model_commit
+from .run_dir import claim_run_dir
 from .sharing import check_sharing, finish_wandb, push_to_hub, start_wandb
+from .start_record import pinned_revision, record_model_commit
 
 logger = logging.getLogger("symnoise.train")
 

@@ -36,9 +36,7 @@ from .reliability import checkpoint_step, last_complete_checkpoint
 from .run_lock import RunLock
 from .start_record import (
     legacy_record,
-    pinned_revision,
     read_start_record,
-    record_model_commit,
     record_resume,
     refuse_training_changes,
     run_changes,
@@ -46,9 +44,7 @@ from .start_record import (
     write_start_record,
 )
 
-# pinned_revision and record_model_commit (owned by `symnoise.train.start_record`) are read from here by
-# `symnoise.train.recipe`.
-__all__ = ["Claim", "Contents", "claim_run_dir", "pinned_revision", "record_model_commit", "training_began"]
+__all__ = ["Claim", "Contents", "claim_run_dir", "training_began"]
 
 logger = logging.getLogger("symnoise.train")
 
