@@ -14,6 +14,8 @@ from symnoise.evaluation.paired import PairingError, compare
 from symnoise.evaluation.runs import piece_names
 from symnoise.evaluation.stats import WORDS_PER_DATASET, words_for
 
+from .options import add_length_control, add_word_limit, fail
+
 EPILOG = """\
 Pairing: rows are matched by instruction (and dataset subset). Both files must hold the same prompts (none may
 differ), one model each, judged against the same reference (equal output_1 and generator_1 on every prompt);
@@ -55,27 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", metavar="A", help="annotation file or run directory (the baseline)")
     parser.add_argument("b", metavar="B", help="annotation file or run directory (reported as B - A)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument(
-        "--dataset",
-        choices=list(WORDS_PER_DATASET),
-        default="alpaca",
-        help="training set the papers' N (first N words for repetition) is taken from: "
-        + ", ".join(f"{k} {v}" for k, v in WORDS_PER_DATASET.items())
-        + " (default alpaca)",
-    )
-    parser.add_argument(
-        "--words", type=int, metavar="N", help="first N words for repetition (overrides --dataset)"
-    )
+    add_word_limit(parser, WORDS_PER_DATASET, "for repetition")
     parser.add_argument(
         "--bootstrap", type=int, default=0, metavar="R", help="add a paired bootstrap interval"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    parser.add_argument(
-        "--length-controlled", action="store_true", help="add the length-controlled win rate's difference"
-    )
-    parser.add_argument(
-        "--lc-data", metavar="df_gamed.csv", help="local copy of df_gamed.csv (implies --length-controlled)"
-    )
+    add_length_control(parser, "add the length-controlled win rate's difference")
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -154,10 +141,8 @@ def run(args: argparse.Namespace) -> int:
             gamed_data=args.lc_data,
         )
     except PairingError as error:
-        print(f"symnoise compare: error: {error}", file=sys.stderr)
-        return 2
+        return fail("compare", error, 2)
     except LengthControlError as error:
-        print(f"symnoise compare: error: length-controlled win rate: {error}", file=sys.stderr)
-        return 1
+        return fail("compare", f"length-controlled win rate: {error}", 1)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0

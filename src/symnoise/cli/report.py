@@ -21,6 +21,8 @@ from symnoise.evaluation.runs import ReportError, load_runs, piece_names
 from symnoise.evaluation.stats import MIN_WORDS, WORDS_PER_DATASET
 from symnoise.layout import METRICS_LOG, RUN_INFO, TRAIN_SUMMARY, RunLayout
 
+from .options import fail
+
 
 def words_argument(text: str) -> int:
     """``--words``: an integer of at least 5 (4-gram repetition needs 5 words); argparse names the flag on error."""
@@ -107,11 +109,9 @@ def run(args: argparse.Namespace) -> int:
             runs, args.out, json_summary=args.json, expected=load_expected(expected) if expected else None
         )
     except ReportError as error:
-        print(f"symnoise report: error: {error}", file=sys.stderr)
-        return 2
+        return fail("report", error, 2)
     except OSError as error:
-        print(f"symnoise report: error: cannot write to {args.out} ({error})", file=sys.stderr)
-        return 1
+        return fail("report", f"cannot write to {args.out} ({error})", 1)
     print(files.markdown.read_text(encoding="utf-8"))
     written = [files.markdown, *files.plots] + ([files.json] if files.json else [])
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

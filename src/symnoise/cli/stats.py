@@ -8,26 +8,14 @@ import sys
 
 from symnoise.evaluation.stats import WORDS_PER_DATASET, OutputsError, file_stats, format_table, words_for
 
+from .options import add_word_limit, fail
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files", nargs="+", metavar="FILE", help="outputs files (JSON lists with an 'output' field)"
     )
-    parser.add_argument(
-        "--dataset",
-        choices=list(WORDS_PER_DATASET),
-        default="alpaca",
-        help="training set the papers' N is taken from: "
-        + ", ".join(f"{k} {v}" for k, v in WORDS_PER_DATASET.items())
-        + " (default alpaca)",
-    )
-    parser.add_argument(
-        "--words",
-        type=int,
-        default=None,
-        metavar="N",
-        help="truncate to the first N whitespace words (overrides --dataset)",
-    )
+    add_word_limit(parser, WORDS_PER_DATASET, "for repetition and log-diversity")
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows instead of a table")
 
 
@@ -35,8 +23,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = file_stats(args.files, words_for(args.dataset, args.words))
     except (OutputsError, ValueError) as error:
-        print(f"symnoise stats: error: {error}", file=sys.stderr)
-        return 1
+        return fail("stats", error, 1)
     for row in rows:
         if row.n_kept == 0:
             print(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 from symnoise.evaluation.length_control import LengthControlError, length_controlled_win_rate
 from symnoise.evaluation.winrate import AnnotationError, format_table, win_rates
+
+from .options import add_length_control, fail
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,36 +19,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--by", choices=["dataset"], default=None, help="split each generator by subset")
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows instead of a table")
-    parser.add_argument(
-        "--length-controlled",
-        action="store_true",
-        help="add the length-controlled win rate (alpaca_eval's GLM; one model per file, rows in "
-        "AlpacaEval's instruction order)",
-    )
-    parser.add_argument(
-        "--lc-data",
-        type=Path,
-        help="local copy of df_gamed.csv from the hub dataset "
-        "tatsu-lab/alpaca_eval, which the length control needs (default: downloaded)",
+    add_length_control(
+        parser,
+        "add the length-controlled win rate (alpaca_eval's GLM; one model per file, rows in AlpacaEval's "
+        "instruction order)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.length_controlled and args.by:
-        print(
-            "symnoise winrate: error: --length-controlled is per model, not per subset (--by)",
-            file=sys.stderr,
-        )
-        return 1
+    length_controlled = args.length_controlled or args.lc_data is not None
+    if length_controlled and args.by:
+        return fail("winrate", "--length-controlled is per model, not per subset (--by)", 1)
     try:
         rows = win_rates(args.files, by_dataset=args.by == "dataset")
-        if args.length_controlled:
+        if length_controlled:
             rows = [
                 dataclasses.replace(row, **length_controlled_win_rate(row.file, args.lc_data)) for row in rows
             ]
     except (AnnotationError, LengthControlError) as error:
-        print(f"symnoise winrate: error: {error}", file=sys.stderr)
-        return 1
+        return fail("winrate", error, 1)
     if args.json:
         print(json.dumps([row.to_dict() for row in rows], indent=2))
     else:
