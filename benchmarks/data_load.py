@@ -11,8 +11,15 @@ the imports and the tokenizer (the baseline), the peak while the file is read, c
 cache, the wall and CPU time that took (rows/s, rows per CPU second: on a shared machine the second is the one to
 compare), the tokenizer alone on 20,000 of the rows (through ``tokenizer(...)`` and through the direct call
 symnoise makes: the ceiling of any loader), and the time of a second call that finds the cache. ``--api
-examples`` uses `load_examples` + `tokenize_examples` instead, the path symnoise took before issue 12 (run it with
-an older checkout on PYTHONPATH to compare). Nothing here is written inside the repository.
+examples`` uses `load_examples` + `tokenize_examples` instead, the path symnoise took before issue 12 (run it
+with an older checkout on PYTHONPATH to compare). Nothing here is written inside the repository, and ``run``
+removes the tokenised-data cache it fills.
+
+    python benchmarks/data_load.py --smoke [--work-dir DIR]
+
+makes small versions of both files (a few hundred rows, a 1,000-token tokenizer) in a temporary folder, runs
+each the way ``run`` does (in this process, so the memory figures mean nothing), prints the same lines and
+deletes the folder: seconds, what ``make test`` runs (tests/test_benchmarks.py).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 WORDS = (
@@ -34,15 +42,34 @@ WORDS = (
 ).split()
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """What ``make`` writes: the two files' names and rows, and the tokenizer's vocabulary."""
+
+    alpaca_name: str
+    alpaca_rows: int
+    jsonl_name: str
+    jsonl_rows: int
+    vocab_size: int
+
+
+FULL = Sizes("alpaca_50mb.json", 125_743, "synthetic_500k.jsonl", 500_000, 32_000)
+SMOKE = Sizes("alpaca_smoke.json", 300, "synthetic_smoke.jsonl", 1_000, 1_000)
+SMOKE_BANNER = (
+    "SMOKE RUN (--smoke): small files, in one process; checks that the benchmark runs, figures mean nothing"
+)
+
+
 def sentence(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
 
 
-def make(out: Path) -> None:
+def make(out: Path, sizes: Sizes = FULL) -> list[Path]:
+    """Write the two files and the tokenizer into ``out``; returns the two files' paths."""
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     rows = []
-    for k in range(125_743):
+    for k in range(sizes.alpaca_rows):
         rows.append(
             {
                 "instruction": sentence(rng, rng.randint(6, 20)),
@@ -50,9 +77,9 @@ def make(out: Path) -> None:
                 "output": " ".join(sentence(rng, rng.randint(5, 15)) for _ in range(rng.randint(1, 7))),
             }
         )
-    (out / "alpaca_50mb.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    with (out / "synthetic_500k.jsonl").open("w", encoding="utf-8") as handle:
-        for _ in range(500_000):
+    (out / sizes.alpaca_name).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    with (out / sizes.jsonl_name).open("w", encoding="utf-8") as handle:
+        for _ in range(sizes.jsonl_rows):
             handle.write(
                 json.dumps(
                     {
@@ -69,7 +96,7 @@ def make(out: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=32_000,
+        vocab_size=sizes.vocab_size,
         special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
@@ -78,9 +105,10 @@ def make(out: Path) -> None:
     PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     ).save_pretrained(out / "tokenizer")
-    for name in ("alpaca_50mb.json", "synthetic_500k.jsonl"):
-        path = out / name
+    paths = [out / sizes.alpaca_name, out / sizes.jsonl_name]
+    for path in paths:
         print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+    return paths
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -88,6 +116,12 @@ def rss_mb(field: str = "VmRSS") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def per_second(count: int, seconds: float) -> int | None:
+    """``count / seconds`` rounded; None when the interval was too short to measure (CPU time is counted in
+    clock ticks, so a tiny file can take 0 of them)."""
+    return round(count / seconds) if seconds > 0 else None
 
 
 def cpu_seconds() -> float:
@@ -116,12 +150,19 @@ def tokenizer_alone(path: Path, tokenizer, rows: int = 20_000) -> dict[str, int]
     for name, call in calls.items():
         start, cpu_start = time.perf_counter(), cpu_seconds()
         call()
-        figures[f"{name}_rows_per_s"] = round(len(texts) / 2 / (time.perf_counter() - start))
-        figures[f"{name}_rows_per_cpu_s"] = round(len(texts) / 2 / (cpu_seconds() - cpu_start))
+        figures[f"{name}_rows_per_s"] = per_second(len(texts) // 2, time.perf_counter() - start)
+        figures[f"{name}_rows_per_cpu_s"] = per_second(len(texts) // 2, cpu_seconds() - cpu_start)
     return figures
 
 
 def run(path: Path, api: str, max_length: int) -> None:
+    """Measure one file (see the module docstring) and print one JSON line; the cache it fills is removed."""
+    with tempfile.TemporaryDirectory(prefix="symnoise-bench-cache-") as cache:
+        os.environ["SYMNOISE_CACHE"] = cache
+        print(json.dumps(measure(path, api, max_length)))
+
+
+def measure(path: Path, api: str, max_length: int) -> dict:
     from transformers import AutoTokenizer
 
     from symnoise.data import load_examples, tokenize_examples
@@ -137,7 +178,6 @@ def run(path: Path, api: str, max_length: int) -> None:
     else:
         from symnoise.data.prepare import DatasetSpec, prepare_dataset
 
-        os.environ["SYMNOISE_CACHE"] = tempfile.mkdtemp(prefix="symnoise-bench-cache-")
         dataset, report = prepare_dataset(DatasetSpec(str(path), on_bad_row="skip"), tokenizer, max_length)
         rows = report.load.n_rows
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
@@ -150,9 +190,9 @@ def run(path: Path, api: str, max_length: int) -> None:
         "examples": len(dataset),
         "tokens": int(sum(dataset.lengths)),
         "seconds": round(elapsed, 2),
-        "rows_per_s": round(rows / elapsed),
+        "rows_per_s": per_second(rows, elapsed),
         "cpu_seconds": round(cpu, 2),
-        "rows_per_cpu_s": round(rows / cpu),
+        "rows_per_cpu_s": per_second(rows, cpu),
         "baseline_rss_mb": round(baseline),
         "peak_rss_mb": round(peak),
         "peak_over_baseline_mb": round(peak - baseline),
@@ -164,12 +204,35 @@ def run(path: Path, api: str, max_length: int) -> None:
         again, cached = prepare_dataset(DatasetSpec(str(path), on_bad_row="skip"), tokenizer, max_length)
         line["cached_seconds"] = round(time.perf_counter() - start, 2)
         assert cached.cached and len(again) == len(dataset)
-    print(json.dumps(line))
+    return line
+
+
+def smoke(work_dir: Path | None, max_length: int = 512) -> None:
+    """``make`` with small sizes into a temporary folder, then ``run`` on each file (both APIs on the Alpaca
+    one), in this process; the folder is deleted."""
+    print(SMOKE_BANNER)
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="symnoise-bench-", dir=work_dir) as folder:
+        print(f"work dir: {folder} (deleted at the end)")
+        alpaca, jsonl = make(Path(folder), SMOKE)
+        for path, api in ((alpaca, "prepare"), (alpaca, "examples"), (jsonl, "prepare")):
+            run(path, api, max_length)
+    print(SMOKE_BANNER)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="make small files in a temporary folder and run them (seconds; what `make test` runs): checks "
+        "that the benchmark still runs, its figures mean nothing",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="--smoke: where its temporary folder goes"
+    )
+    sub = parser.add_subparsers(dest="command")
     make_parser = sub.add_parser("make")
     make_parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "symnoise-bench")
     run_parser = sub.add_parser("run")
@@ -177,10 +240,14 @@ def main() -> None:
     run_parser.add_argument("--api", choices=["prepare", "examples"], default="prepare")
     run_parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args()
-    if args.command == "make":
+    if args.smoke:
+        smoke(args.work_dir)
+    elif args.command == "make":
         make(args.out)
-    else:
+    elif args.command == "run":
         run(args.path, args.api, args.max_length)
+    else:
+        parser.error("give a command (make, run) or --smoke")
     sys.stdout.flush()
 
 

@@ -11,6 +11,9 @@ per-round speed-ups (loop seconds / batched seconds, judged against the 4x targe
 outputs, and the load averages (1, 5, 15 minutes, as `uptime` prints them) before, during and after.
 
     python benchmarks/generate_throughput.py --prompts 64 --batch-size 16 --max-new-tokens 64 --repeats 3 --threads 1
+
+``--smoke`` runs both paths, the comparison and the summary on a tiny model with a few prompts and tokens, in
+seconds (``make test`` runs it, tests/test_benchmarks.py); its figures and verdict mean nothing.
 """
 
 from __future__ import annotations
@@ -31,10 +34,21 @@ from symnoise import generation, synthetic
 from symnoise.generation import DecodingSettings, Prompt
 
 TARGET = 4.0  # batched prompts/s over the per-prompt loop's
+# --smoke: the defaults it replaces (flags given on the command line still win).
+SMOKE = dict(prompts=4, batch_size=2, max_new_tokens=4, layers=2, hidden=32, repeats=1, threads=1)
+SMOKE_BANNER = (
+    "SMOKE RUN (--smoke): tiny model, a few prompts; checks that the benchmark runs, figures mean nothing"
+)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny model, a few prompts and tokens (seconds; what `make test` runs): checks that the "
+        "benchmark still runs, its figures mean nothing",
+    )
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -48,7 +62,11 @@ def parse_args() -> argparse.Namespace:
         help="torch CPU threads (default 1: on a shared machine more threads wait at every parallel barrier)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    return args
 
 
 def build(args: argparse.Namespace):
@@ -121,6 +139,8 @@ def main() -> None:
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.smoke:
+        print(SMOKE_BANNER)
     print(
         f"machine: {os.cpu_count()} CPUs ({cpu_name()}); torch {torch.__version__}, transformers "
         f"{transformers.__version__}, torch threads {torch.get_num_threads()}"
@@ -168,6 +188,8 @@ def main() -> None:
         + ("" if len(set(identical)) == 1 else f" (per round {identical})")
     )
     print(f"load average after: {load_average()}")
+    if args.smoke:
+        print(SMOKE_BANNER)
 
 
 if __name__ == "__main__":

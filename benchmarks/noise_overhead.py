@@ -16,6 +16,9 @@ table gives the ratio of medians and the median/min/max of the per-pair ratios, 
 stays visible.
 
     python benchmarks/noise_overhead.py --layers 4 --hidden 256 --batch 8 --seq 256 --rounds 7 --threads 2
+
+``--smoke`` runs the same comparisons and tables on a tiny model for two rounds, in seconds (``make test``
+runs it, tests/test_benchmarks.py); its figures and verdicts mean nothing.
 """
 
 from __future__ import annotations
@@ -38,10 +41,34 @@ ALPHA = 5.0
 ADDITIVE_TARGET = 1.02  # additive methods within 2% of no noise at B
 CONCAT_TARGET = 1.03  # SymNoise concat within 3% of no noise at 2B
 PAIRED_MEMORY_TARGET = 0.60  # paired peak activation memory at most 60% of concat
+SMOKE_BANNER = (
+    "SMOKE RUN (--smoke): tiny model, two rounds; checks that the benchmark runs, figures mean nothing"
+)
+# --smoke: the defaults it replaces (flags given on the command line still win).
+SMOKE = dict(
+    layers=2,
+    hidden=32,
+    heads=2,
+    intermediate=64,
+    vocab=128,
+    batch=2,
+    seq=16,
+    min_len=4,
+    rounds=2,
+    warmup=1,
+    device="cpu",
+    threads=1,
+)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny model for two rounds (seconds; what `make test` runs): checks that the benchmark still "
+        "runs, its figures mean nothing",
+    )
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
@@ -56,7 +83,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    return args
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -305,6 +336,8 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
     torch.set_num_threads(args.threads)
+    if args.smoke:
+        print(SMOKE_BANNER)
     model = build_model(args)
     batch = make_batch(args)
     variants = make_variants(batch)
@@ -362,6 +395,8 @@ def main() -> None:
         share = memory["symnoise_paired"][key] / memory["symnoise_concat"][key]
         verdict = "PASS" if share <= PAIRED_MEMORY_TARGET else "MISS"
         print(f"paired / concat ({key}): {share:.3f}  target <= {PAIRED_MEMORY_TARGET:.2f}  {verdict}")
+    if args.smoke:
+        print(SMOKE_BANNER)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ this times just what the embedding hook adds, on the same (B, T, d) embeddings, 
 prints the median milliseconds and the ratio to transformers' hook. No model forward is involved.
 
 Run: python benchmarks/noise_path.py [--batch 8 --seq 256 --hidden 256 --rounds 15 --threads 2]
+
+``--smoke`` times the same variants on tiny embeddings for two rounds, in seconds (``make test`` runs it,
+tests/test_benchmarks.py); its figures mean nothing. It calls symnoise's private noise path
+(`symnoise.attach.NoiseHandle._add_noise` with a `symnoise.attach._Call`), so the smoke run is what notices
+when that changes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from transformers.integrations.neftune import neftune_post_forward_hook
 from symnoise import NoiseConfig
 from symnoise.attach import NoiseHandle, _Call
 
+# --smoke: the defaults it replaces (flags given on the command line still win).
+SMOKE = dict(batch=2, seq=16, hidden=32, rounds=2, threads=1)
+SMOKE_BANNER = (
+    "SMOKE RUN (--smoke): tiny embeddings, two rounds; checks that the benchmark runs, figures mean nothing"
+)
+
 
 class _EmbeddingOnly(torch.nn.Module):
     def __init__(self, embedding: torch.nn.Embedding):
@@ -32,15 +43,31 @@ class _EmbeddingOnly(torch.nn.Module):
         return self.embedding(input_ids)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny embeddings for two rounds (seconds; what `make test` runs): checks that the benchmark "
+        "still runs, its figures mean nothing",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.smoke:
+        print(SMOKE_BANNER)
     embeds = torch.randn(args.batch, args.seq, args.hidden)
     mask = torch.ones(args.batch, args.seq, dtype=torch.long)
     mask[:, int(0.6 * args.seq) :] = 0
@@ -81,6 +108,8 @@ def main() -> None:
     print(f"{'variant':34s} {'median ms':>10s} {'x transformers':>15s}")
     for name, values in times.items():
         print(f"{name:34s} {statistics.median(values):10.2f} {statistics.median(values) / reference:15.2f}")
+    if args.smoke:
+        print(SMOKE_BANNER)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,23 @@ Variants run interleaved: every repeat runs all variants once, in a fresh random
 warm-up, so a shared machine's load changes hit every variant alike. The table gives medians, the min..max over
 repeats, and the ratio of medians with the min..max of the per-repeat ratios.
 
-Data: the real 5,000-row Alpaca subset at ``../shared/data/alpaca/`` (relative to the repository root) when
-present, else the synthetic tasks of `symnoise.synthetic`. Tokenizer: a byte-level BPE trained on that data
-(`symnoise.synthetic.train_tokenizer`), so lengths are realistic. Model: a randomly initialised Llama built from a
-``LlamaConfig`` (4 layers, d=256 on CPU; a TinyLlama-shaped ~1B model when CUDA is present, in bf16).
+Data: the real 5,000-row Alpaca subset at ``$SYMNOISE_SHARED_DATA/alpaca/`` (default ``../shared/data``,
+relative to the repository root) when present, else the synthetic tasks of `symnoise.synthetic`. Tokenizer: a
+byte-level BPE trained on that data (`symnoise.synthetic.train_tokenizer`), so lengths are realistic. Model: a
+randomly initialised Llama built from a ``LlamaConfig`` (4 layers, d=256 on CPU; a TinyLlama-shaped ~1B model
+when CUDA is present, in bf16).
+
+Disk: nothing is kept. Everything is written under one temporary folder (inside ``--work-dir`` when given),
+deleted at the end, and each run's directory is deleted as soon as its model is scored: `symnoise train`
+offers no setting that skips the checkpoint Trainer writes at the last step or the final model, so a ~1B run
+writes both (about 13 GB) and only one run's worth is ever on disk.
+
+``--smoke`` runs every variant, the baseline, the comparison and the tables on a tiny model for a few steps on
+synthetic data, in seconds on one CPU thread; its figures and verdicts mean nothing. ``make test`` runs it
+(tests/test_benchmarks.py), so a change of the recipe's API breaks the build rather than the next GPU run.
 
     python benchmarks/train_throughput.py                       # CPU default, about 8 minutes
+    python benchmarks/train_throughput.py --smoke               # every variant, tiny, seconds (make test)
     python benchmarks/train_throughput.py --steps 8 --repeats 2 # quicker
     python benchmarks/train_throughput.py --model 1b --per-device-batch 16 --effective-batch 64 --max-length 512
     python benchmarks/train_throughput.py --device cuda --attn flash_attention_2 --repeats 2 \
@@ -55,6 +66,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -74,22 +86,58 @@ import transformers  # noqa: E402
 from transformers import DataCollatorForSeq2Seq, Trainer, set_seed  # noqa: E402
 
 from symnoise.data import Example, load_examples, real_token_count, tokenize_examples  # noqa: E402
+from symnoise.files import read_json, read_json_lines  # noqa: E402
+from symnoise.layout import RunLayout  # noqa: E402
 from symnoise.synthetic import make_task_examples, tiny_llama_config, tokenizer_corpus, train_tokenizer  # noqa: E402
 from symnoise.train import recipe  # noqa: E402
 from symnoise.train.config import validate_config  # noqa: E402
 from symnoise.train.metrics import flop_parameters, peak_flops, training_flops_per_token  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ALPACA = REPO_ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_data_5000_random_subset.json"
+SHARED_DATA = Path(os.environ.get("SYMNOISE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+ALPACA = SHARED_DATA / "alpaca" / "alpaca_data_5000_random_subset.json"
 NEFTUNE_TARGET = 1.5
 NEFTUNE_FLASH_PADDING_FREE_TARGET = 2.0
 SYMNOISE_TARGET = 0.75
 SYMNOISE_VS_DOUBLED_BATCH_TARGET = 0.95
 BASELINE = "trainer+neftune padded random"
+SMOKE_BANNER = (
+    "SMOKE RUN (--smoke): tiny model, a few steps; checks that the benchmark runs, figures mean nothing"
+)
+# --smoke: the defaults it replaces (flags given on the command line still win). Synthetic data (a path that
+# is never a file), so the smoke run does not depend on the shared data folder.
+SMOKE = dict(
+    device="cpu",
+    model="tiny",
+    layers=2,
+    hidden=32,
+    vocab=1024,
+    steps=2,
+    per_device_batch=2,
+    effective_batch=2,
+    max_length=128,
+    repeats=1,
+    eval_examples=4,
+    data=Path("synthetic (smoke run)"),
+    threads=1,
+)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every variant on a tiny model for a few steps (seconds; what `make test` runs): checks that "
+        "the benchmark still runs, its figures mean nothing",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="folder for the temporary model, data and run directories (default: the system's temp folder); "
+        "all of them are deleted, each run's directory as soon as it is scored",
+    )
     parser.add_argument(
         "--device",
         choices=("auto", "cuda", "cpu"),
@@ -144,7 +192,10 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="comma-separated variant names to run besides the baseline (default: all)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -264,6 +315,7 @@ class RunResult:
     train_loss: float  # mean logged loss over the last quarter of the steps
     eval_loss: float
     copies: int = 1  # 2 when SymNoise ran every position twice
+    disk_bytes: int = 0  # what the run left in its directory (deleted right after)
 
 
 @dataclass
@@ -345,14 +397,10 @@ def last_quarter_mean(losses: list[float]) -> float:
 def run_recipe(config, eval_items, tokenizer) -> RunResult:
     """`symnoise train` exactly as the CLI runs it, then the saved model scored on the held-out examples."""
     with counted_recipe_collator() as made:
-        recipe.train(config)
-    run_dir = Path(config.training.output_dir)
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    losses = [
-        json.loads(line)["loss"]
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if '"loss"' in line
-    ]
+        run_dir = recipe.train(config).run_dir
+    layout = RunLayout(run_dir)
+    summary = read_json(layout.summary)
+    losses = [row["loss"] for row in read_json_lines(layout.metrics) if "loss" in row]
     model = transformers.AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
     model.to("cpu" if config.training.device == "cpu" else "cuda")
     copies = 2 if config.noise.symmetric and config.noise.method != "none" else 1
@@ -372,15 +420,12 @@ def run_baseline(config, alpha: float, eval_items) -> RunResult:
     collator, the sampler and the noise implementation are the only differences."""
     run_dir = recipe.check_run_dir(config, resume=False)
     set_seed(config.training.seed)
-    examples, report, _ = recipe.load_data(config)
     tokenizer = recipe.load_tokenizer(config)
-    dataset = tokenize_examples(
-        examples, tokenizer, config.resolved_template(report.format), config.data.max_length
-    )
+    dataset = recipe.load_data(config, tokenizer).train  # the recipe's own tokenised examples
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     precision = recipe.resolve_precision(config, use_cuda)
+    args = recipe.training_arguments(config, run_dir, precision, has_eval=False, use_cpu=not use_cuda)
     model = recipe.load_model(config, precision)
-    args = recipe.training_arguments(config, run_dir, precision, has_eval=False)
     args.neftune_noise_alpha = alpha
     assert args.train_sampling_strategy == "random"
     collator = CountingCollator(
@@ -431,16 +476,28 @@ def run_variant(
     eval_items,
     tokenizer,
 ) -> RunResult:
+    """One training run and its score; its run directory (the checkpoint Trainer writes at the last step, and
+    the recipe's final model) is deleted right after, so the benchmark never keeps a model on disk."""
     out = paths["runs"] / f"{tag}-{variant.name.replace(' ', '_')}-seed{seed}"
     config = train_config(args, variant, paths["model"], paths["train"], out, seed)
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        warnings.catch_warnings(),
-    ):  # the Trainer's per-step log lines
-        warnings.simplefilter("ignore")
-        if variant.method is None:
-            return run_baseline(config, args.alpha, eval_items)
-        return run_recipe(config, eval_items, tokenizer)
+    try:
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+        ):  # the Trainer's per-step log lines
+            warnings.simplefilter("ignore")
+            if variant.method is None:
+                result = run_baseline(config, args.alpha, eval_items)
+            else:
+                result = run_recipe(config, eval_items, tokenizer)
+        result.disk_bytes = folder_bytes(out)
+        return result
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -567,10 +624,17 @@ def main() -> None:
     args = parse_args()
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
+    if args.smoke:
+        print(SMOKE_BANNER)
     corpus, train_examples, held_out, source = load_corpus(args)
     tokenizer = train_tokenizer(tokenizer_corpus(corpus), vocab_size=args.vocab)
     eval_items = list(tokenize_examples(held_out, tokenizer, "alpaca", args.max_length))
-    with tempfile.TemporaryDirectory(prefix="symnoise-throughput-") as tmp:
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="symnoise-throughput-", dir=args.work_dir) as tmp:
+        # The recipe's tokenised-data cache goes with everything else, not into the user's ~/.cache.
+        os.environ["SYMNOISE_CACHE"] = str(Path(tmp) / "cache")
+        print(f"work dir: {tmp} (deleted at the end; each run directory right after its run)")
         paths = {
             "model": Path(tmp) / "model",
             "runs": Path(tmp) / "runs",
@@ -613,10 +677,12 @@ def main() -> None:
                 )
         real = {r.real_tokens for runs in results.values() for r in runs}
         assert len(real) == 1, f"runs consumed different real token counts: {real}"
+        disk = max(r.disk_bytes for runs in results.values() for r in runs)
         print(
             f"\nevery run consumed the same {real.pop()} real tokens; total time "
             f"{time.perf_counter() - started:.0f} s; 1-min load average during the runs "
-            f"{min(loads):.2f}..{max(loads):.2f}"
+            f"{min(loads):.2f}..{max(loads):.2f}; a run directory held at most {disk / 2**20:.1f} MiB "
+            "(end-of-run checkpoint and final model), deleted after its run"
         )
         peak = (
             args.peak_tflops * 1e12
@@ -624,6 +690,8 @@ def main() -> None:
             else (peak_flops(torch.cuda.get_device_name()) if args.device == "cuda" else None)
         )
         print_tables(results, args.attn, flops_per_token, peak)
+    if args.smoke:
+        print(SMOKE_BANNER)
 
 
 if __name__ == "__main__":

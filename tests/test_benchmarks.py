@@ -1,0 +1,175 @@
+"""Every script in benchmarks/ runs in its --smoke mode and prints the tables of a real run.
+
+Nothing else runs the benchmarks, so without these an API change inside symnoise breaks them unnoticed until
+the next (GPU) run. Each test runs the script as a subprocess from the repository root, the way the README
+says to, and checks real content: the table header, the baseline and the ratio of every compared variant (as
+numbers), and that no checkpoint or model is left on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FLOAT = r"[-+]?\d+\.\d+"
+
+
+def run_smoke(script: str, *extra: str) -> str:
+    """Run ``benchmarks/<script> --smoke`` on one thread; returns stdout, after checking that it exited
+    cleanly and said it was a smoke run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--smoke", *extra],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{script} --smoke failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    assert "SMOKE RUN" in done.stdout
+    return done.stdout
+
+
+def table_row(output: str, name: str) -> str:
+    """The one line of ``output`` that starts with the variant ``name`` and the padding of its column (two
+    spaces or more, so that "recipe symnoise rows" is not "recipe symnoise rows paired")."""
+    lines = [line for line in output.splitlines() if re.match(rf"{re.escape(name)}\s\s", line)]
+    assert len(lines) == 1, f"expected one row for {name!r}, got {lines}\n{output}"
+    return lines[0]
+
+
+def floats(line: str) -> list[float]:
+    return [float(value) for value in re.findall(FLOAT, line)]
+
+
+def assert_nothing_kept(folder: Path) -> None:
+    """No checkpoint and no model weights anywhere under ``folder`` (the benchmark's work dir)."""
+    kept = [*folder.rglob("checkpoint-*"), *folder.rglob("*.safetensors")]
+    assert not kept, f"the benchmark left checkpoints or models behind: {kept}"
+
+
+def work_dir_of(output: str) -> Path:
+    match = re.search(r"^work dir: (\S+)", output, flags=re.MULTILINE)
+    assert match, output
+    return Path(match.group(1))
+
+
+def test_noise_overhead_smoke():
+    out = run_smoke("noise_overhead.py")
+    timing = out.split("\nPeak activation memory", 1)[0]
+    assert re.search(r"^variant\s+vs\s+median\s+base\s+ratio\s+r\.med\s+r\.min\s+r\.max\s+target", out, re.M)
+    for name, baseline in (
+        ("uniform", "none@B"),
+        ("gaussian", "none@B"),
+        ("bernoulli", "none@B"),
+        ("hf_neftune", "none@B"),
+        ("symnoise_concat", "none@2B"),
+        ("symnoise_paired", "none@2B"),
+    ):
+        row = table_row(timing, name)
+        assert row.split()[1] == baseline
+        median, base, ratio, r_med, r_min, r_max = floats(row)[:6]
+        assert median > 0 and base > 0 and ratio > 0
+        assert r_min <= r_med <= r_max
+    doubling = re.search(rf"cost of doubling the batch\): ({FLOAT})", out)
+    assert doubling and float(doubling.group(1)) > 0
+    memory = re.search(rf"paired / concat \(saved_peak\): ({FLOAT})\s+target <= 0\.60\s+(PASS|MISS)", out)
+    assert memory, out
+    assert 0 < float(memory.group(1)) < 1  # paired keeps less for backward than concat, at any size
+
+
+def test_noise_path_smoke():
+    out = run_smoke("noise_path.py")
+    assert re.search(r"^variant\s+median ms\s+x transformers$", out, re.M)
+    assert floats(table_row(out, "transformers NEFTune hook"))[-1] == 1.0
+    for method in ("uniform", "gaussian", "bernoulli"):
+        median_ms, ratio = floats(table_row(out, f"symnoise {method}"))
+        assert median_ms > 0 and ratio > 0
+    median_ms, ratio = floats(table_row(out, "symnoise symnoise (2B rows)"))
+    assert median_ms > 0 and ratio > 0
+
+
+def test_train_throughput_smoke(tmp_path):
+    out = run_smoke("train_throughput.py", "--work-dir", str(tmp_path))
+    work = work_dir_of(out)
+    assert work.parent == tmp_path and not work.exists()
+    assert_nothing_kept(tmp_path)
+    held = re.search(rf"a run directory held at most ({FLOAT}) MiB", out)
+    assert held and float(held.group(1)) > 0  # the runs did write (checkpoint, model), then deleted it
+    assert re.search(r"every run consumed the same \d+ real tokens", out)
+
+    assert re.search(r"^variant\s+real tok/s\s+padding\s+x baseline\s+target\s+verdict$", out, re.M)
+    throughput = out.split("\nThroughput", 1)[1].split("\n\n", 1)[0]
+    baseline = table_row(throughput, "trainer+neftune padded random")
+    assert baseline.endswith("%") and "PASS" not in baseline and "MISS" not in baseline  # no ratio to itself
+    variants = [
+        "recipe neftune rows",
+        "recipe neftune padding_free",
+        "recipe neftune group_by_length",
+        "recipe symnoise rows",
+        "recipe symnoise padding_free",
+        "recipe symnoise group_by_length",
+        "recipe neftune rows+grouped",
+        "recipe symnoise rows+grouped",
+        "recipe symnoise rows paired",
+        "recipe none rows 2x batch",
+        "recipe none padding_free 2x batch",
+    ]
+    for name in variants:
+        row = table_row(throughput, name)
+        ratio = re.search(rf"%\s+({FLOAT}) \[({FLOAT})\.\.({FLOAT})\]", row)
+        assert ratio, row
+        assert float(ratio.group(1)) > 0
+        if "2x batch" not in name:
+            assert re.search(r"\s(PASS|MISS)$", row), row
+
+    doubled = out.split("\nSymNoise against no noise at twice the batch", 1)[1].split("\n\n", 1)[0]
+    for packing in ("rows", "padding_free"):
+        row = table_row(doubled, f"recipe symnoise {packing}")
+        assert f"vs recipe none {packing} 2x batch" in row
+        assert floats(row)[0] > 0 and re.search(r"\s(PASS|MISS)$", row)
+
+    losses = out.split("\nLoss after the run", 1)[1]
+    assert re.search(r"^variant\s+eval loss\s+train loss\s+delta eval\s+noise\s+verdict$", losses, re.M)
+    for name in variants:
+        row = table_row(losses, name)
+        assert re.search(rf"\s[-+]{FLOAT}\s+{FLOAT}\s+(agree|DIFFER)$", row), row
+
+
+def test_generate_throughput_smoke():
+    out = run_smoke("generate_throughput.py")
+    loop = re.search(rf"^per-prompt model\.generate loop: ({FLOAT}) \[", out, re.M)
+    batched = re.search(rf"^batched \(batch size 2\):\s+({FLOAT}) \[", out, re.M)
+    assert loop and batched, out
+    assert float(loop.group(1)) > 0 and float(batched.group(1)) > 0
+    speed_up = re.search(
+        rf"^speed-up \(median of per-round ratios\): ({FLOAT}) \[.*target 4x\s+(PASS|MISS)$", out, re.M
+    )
+    assert speed_up and float(speed_up.group(1)) > 0
+    identical = re.search(r"^identical outputs: (\d+)/(\d+)", out, re.M)
+    assert identical and int(identical.group(2)) == 4
+
+
+def test_data_load_smoke(tmp_path):
+    out = run_smoke("data_load.py", "--work-dir", str(tmp_path))
+    assert not work_dir_of(out).exists()
+    assert list(tmp_path.iterdir()) == []  # the files, the tokenizer and the tokenised-data cache are gone
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(line["file"], line["api"]) for line in lines] == [
+        ("alpaca_smoke.json", "prepare"),
+        ("alpaca_smoke.json", "examples"),
+        ("synthetic_smoke.jsonl", "prepare"),
+    ]
+    for line in lines:
+        assert line["rows"] == line["examples"] > 0 and line["tokens"] > line["rows"]
+        assert isinstance(line["peak_over_baseline_x_file"], float | int)
+        assert line["rows_per_s"] is None or line["rows_per_s"] > 0
+    for line in (lines[0], lines[2]):
+        assert line["cached_seconds"] >= 0
+        assert line["symnoise_call_rows_per_s"] is None or line["symnoise_call_rows_per_s"] > 0
