@@ -43,8 +43,9 @@ from pydantic import (
     model_validator,
 )
 
+from ..dtypes import DTYPES
 from ..evaluation.sources import is_alpaca_eval_name
-from ..generation import DTYPES, DecodingSettings
+from ..generation import DecodingSettings
 from ..methods import METHOD_ALIASES, METHODS
 from ..shipped_configs import resolve_config_path
 from ..train.config import DataFormat, DataTemplate, TurnMode
