@@ -17,8 +17,8 @@ FSDP, DeepSpeed, ``torch.compile`` and PEFT wrappers):
 Noise is added only when the model is in training mode, outside ``noise_off()``, and while the current alpha
 is above zero; ``generate()`` never sees it. Nothing is stored in the model's state dict.
 
-This module owns the hooks' lifecycle and the noise update; the views' batch handling (the symmetric pair, several
-draws) is in `symnoise.pair` and the seeded, resumable noise stream in `symnoise.noise_stream`.
+This module owns the hooks' lifecycle and the noise update; the views' batch handling (the symmetric pair,
+several draws) is in `symnoise.pair` and the seeded, resumable noise stream in `symnoise.noise_stream`.
 """
 
 from __future__ import annotations
@@ -385,8 +385,8 @@ class NoiseHandle:
 
     @property
     def last_noise_norm(self) -> torch.Tensor | None:
-        """Mean per-sequence L2 norm of the last noise drawn (0-d tensor; of the last draw when there are several), computed when first read: the
-        training loop pays for it only on the steps that log it."""
+        """Mean per-sequence L2 norm of the last noise drawn (0-d tensor; of the last draw when there are
+        several), computed when first read: the training loop pays for it only on the steps that log it."""
         if self._norm_value is None and self._norm_inputs is not None:
             eps, scale, lengths, positions = self._norm_inputs
             self._norm_value = N.mean_noise_norm(eps * scale, lengths, positions)

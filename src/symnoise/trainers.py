@@ -35,9 +35,9 @@ logger = logging.getLogger(__name__)
 
 # TRL trainers whose loss compares the policy with a reference model (or reference log-probabilities).
 REFERENCE_TRAINERS = ("DPOTrainer", "KTOTrainer")
-# TRL trainers whose training_step trains on the batch it is given, so it can run several times on one batch (one
-# pass per noisy view: the pair, several draws). Online trainers (GRPO, RLOO, online DPO...) generate or slice a buffer inside training_step:
-# a second call would train on other samples.
+# TRL trainers whose training_step trains on the batch it is given, so it can run several times on one batch
+# (one pass per noisy view: the pair, several draws). Online trainers (GRPO, RLOO, online DPO...) generate or
+# slice a buffer inside training_step: a second call would train on other samples.
 FIXED_BATCH_TRL = ("SFTTrainer", "DPOTrainer", "KTOTrainer", "ORPOTrainer", "CPOTrainer", "RewardTrainer")
 # TRL versions whose reference path was read: the reference forward of a PEFT policy runs under torch.no_grad()
 # with the adapters disabled (or the "ref" adapter active). Newer majors are refused until checked.
@@ -231,7 +231,8 @@ class CleanPassGuard:
 
 class TrainerIntegration:
     """The trainer-specific part of an attachment: the clean-pass guard, the clean public reference method, the
-    per-step reference check, and TRL's token counter across the passes of the views. Installed for one ``train()`` call."""
+    per-step reference check, and TRL's token counter across the passes of the views. Installed for one
+    ``train()`` call."""
 
     def __init__(self, trainer: Any):
         check_trainer(trainer)
