@@ -203,6 +203,7 @@ FIELDS = {
     "noise.region": (choice(("all", "prompt", "response")), ["all", "prompt", "response"]),
     "noise.schedule": (choice(("constant", "linear", "cosine")), ["constant", "linear", "cosine"]),
     "noise.seed": (integer(strict=True), ["integer"]),
+    "noise.draws": (integer(minimum=1, strict=True), ["integer"]),
 }
 
 

@@ -4,20 +4,21 @@
 FSDP, DeepSpeed, ``torch.compile`` and PEFT wrappers):
 
 * a forward pre-hook on the model that records the attention mask, position ids and labels of the call and,
-  for the symmetric pair in ``concat`` execution, doubles the batch (ids or embeddings, mask, labels, position
-  ids, packed-sequence metadata and ``num_items_in_batch``);
+  for several views per example (the symmetric pair, ``draws > 1``) in ``concat`` execution, repeats the batch
+  once per view (ids or embeddings, mask, labels, position ids, packed-sequence metadata and
+  ``num_items_in_batch``);
 * a forward hook on the input embedding module that adds the noise to its output (what the first layer sees;
   for Gemma that is after the ``sqrt(d)`` scale, as in transformers);
-* a forward hook on the model that forgets the call and, after a doubled forward, gives the per-token outputs
-  the caller's batch shape again (`fold_pair_outputs`: the loss covers both halves, logits and boolean outputs
-  are the ``X + eps`` half, per-token log-probabilities the mean of the pair), so code that pairs the outputs with
-  its own labels (TRL's fused loss and token accuracy) stays correct.
+* a forward hook on the model that forgets the call and, after a repeated forward, gives the per-token outputs
+  the caller's batch shape again (`fold_pair_outputs`: the loss covers every view, logits and boolean outputs
+  are the first view's, per-token log-probabilities the mean over the views), so code that pairs the outputs
+  with its own labels (TRL's fused loss and token accuracy) stays correct.
 
 Noise is added only when the model is in training mode, outside ``noise_off()``, and while the current alpha
 is above zero; ``generate()`` never sees it. Nothing is stored in the model's state dict.
 
-This module owns the hooks' lifecycle and the noise update; the symmetric pair's batch handling is in
-`symnoise.pair` and the seeded, resumable noise stream in `symnoise.noise_stream`.
+This module owns the hooks' lifecycle and the noise update; the views' batch handling (the symmetric pair,
+several draws) is in `symnoise.pair` and the seeded, resumable noise stream in `symnoise.noise_stream`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ from torch import nn
 from . import noise as N
 from .config import NoiseConfig
 from .noise_stream import NoiseStream
-from .pair import IGNORE_INDEX, SymmetricPair, fold_pair_outputs, packed_without_mask
+from .pair import (
+    FIRST_VIEW,
+    IGNORE_INDEX,
+    ExampleViews,
+    View,
+    fold_pair_outputs,
+    packed_without_mask,
+    views_of,
+)
 
 _ATTRIBUTE = "_symnoise_handle"
 
@@ -71,15 +80,15 @@ class _Call:
     """What the pre-hook learned about one forward call, for the embedding hook to use."""
 
     active: bool
-    input_shape: torch.Size | None = None  # (B, T) before any doubling
+    input_shape: torch.Size | None = None  # (B, T) before any repetition
     attention_mask: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    doubled_along: int | None = None  # 0: batch, 1: sequence (packed rows), None: not doubled
+    repeated_along: int | None = None  # concat views: 0 batch, 1 sequence (packed rows); None: one view
     logits_length: int | None = (
         None  # positions per half of logits kept at given positions along the sequence
     )
-    sign: int = 1  # paired execution: +1 or -1
+    view: View = FIRST_VIEW  # paired execution: the view this pass runs
     applied: bool = False
 
 
@@ -110,7 +119,9 @@ class NoiseHandle:
         self._norm_value: torch.Tensor | None = None
         self._calls: list[_Call] = []
         self._off_depth = 0
-        self._pair = SymmetricPair()
+        self._views = ExampleViews(
+            views_of(config.draws, config.symmetric) if config.views > 1 else (FIRST_VIEW,)
+        )
         self._forward_params = list(inspect.signature(self.model.forward).parameters)
         self._hooks = [
             self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
@@ -156,7 +167,7 @@ class NoiseHandle:
         if getattr(self.model, _ATTRIBUTE, None) is self:
             delattr(self.model, _ATTRIBUTE)
         self._calls.clear()
-        self._pair.reset()
+        self._views.reset()
 
     @property
     def attached(self) -> bool:
@@ -188,9 +199,9 @@ class NoiseHandle:
 
     def paired_passes(self) -> Iterator[float]:
         """For ``execution='paired'``: run one forward and backward per step of the loop, weighting the loss
-        by the yielded value. Both passes share one ``eps`` (``+eps``, then ``-eps``) and each weighs 1/2, so
-        the two backward passes accumulate exactly the gradient of the ``concat`` forward, and the weighted
-        losses add up to the pair's mean loss::
+        by the yielded value. There is one pass per view (``config.views``): for each draw ``+eps``, then ``-eps``
+        with the same ``eps`` for the symmetric pair; each weighs ``1/views``, so the backward passes accumulate
+        exactly the gradient of the ``concat`` forward, and the weighted losses add up to the views' mean loss::
 
             for weight in handle.paired_passes():
                 loss = model(**batch).loss * weight
@@ -198,18 +209,22 @@ class NoiseHandle:
 
         When no noise is due (alpha 0, eval mode, ``noise_off``) it yields 1.0 once, for one ordinary pass.
         """
-        if not (self.config.symmetric and self.config.execution == "paired"):
-            raise RuntimeError("paired_passes() is for NoiseConfig(symmetric=True, execution='paired')")
+        if not (self.config.views > 1 and self.config.execution == "paired"):
+            raise RuntimeError(
+                "paired_passes() is for execution='paired' with several views per example: "
+                "NoiseConfig(symmetric=True) or draws > 1"
+            )
         if not self._noise_wanted():
             yield 1.0
             return
-        yield from self._pair.passes()
+        yield from self._views.passes()
 
     @property
     def pair_copy_positions(self) -> int:
-        """Token positions the symmetric pair added to what callers passed (the ``X - eps`` copy or pass): the
-        extra work the hardware MFU counts. A Python int, so reading it costs no device sync."""
-        return self._pair.copy_positions
+        """Token positions the views after the first (the pair's ``X - eps``, further draws) added to what callers
+        passed, as copies or passes: the extra work the hardware MFU counts. A Python int: reading it costs no
+        device sync."""
+        return self._views.copy_positions
 
     @property
     def seed(self) -> int:
@@ -261,7 +276,7 @@ class NoiseHandle:
             if self.model.training and packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
                 return args, {**kwargs, "use_cache": False}
             return None
-        if args:  # bind positional inputs to names so they can be read and doubled
+        if args:  # bind positional inputs to names so they can be read and repeated
             kwargs = {**dict(zip(self._forward_params, args, strict=False)), **kwargs}
             args = ()
         ids = kwargs.get("input_ids")
@@ -284,19 +299,19 @@ class NoiseHandle:
             )
         if packed_without_mask(kwargs) and self._cache_may_be_on(kwargs):
             kwargs["use_cache"] = False
-        if self.config.symmetric:
-            self._prepare_symmetric(call, kwargs)
+        if self.config.views > 1:
+            self._prepare_views(call, kwargs)
         if embeds is not None:
             kwargs["inputs_embeds"] = self._add_noise(kwargs["inputs_embeds"], call)
             call.applied = True
         return args, kwargs
 
-    def _prepare_symmetric(self, call: _Call, kwargs: dict) -> None:
+    def _prepare_views(self, call: _Call, kwargs: dict) -> None:
         if self.config.execution == "paired":
-            call.sign = self._pair.current_sign(call.input_shape.numel())
+            call.view = self._views.current_view(call.input_shape.numel())
             return
         implementation = str(getattr(getattr(self.model, "config", None), "_attn_implementation", "") or "")
-        call.doubled_along, call.logits_length = self._pair.double(
+        call.repeated_along, call.logits_length = self._views.repeat(
             kwargs, call.input_shape, call.labels, implementation
         )
 
@@ -314,17 +329,18 @@ class NoiseHandle:
         call = self._calls.pop() if self._calls else None
         if call is None or not call.active or output is None:
             return None
-        if call.doubled_along is not None:
-            return fold_pair_outputs(output, call.doubled_along, call.input_shape, call.logits_length)
+        if call.repeated_along is not None:
+            return fold_pair_outputs(
+                output, call.repeated_along, call.input_shape, call.logits_length, self.config.views
+            )
         return None
 
     # ----------------------------------------------------------------- noise
     def _add_noise(self, embeds: torch.Tensor, call: _Call) -> torch.Tensor:
         batch, seq = call.input_shape
-        doubled = call.doubled_along is not None
-        expected = (
-            (2 * batch, seq) if call.doubled_along == 0 else (batch, 2 * seq) if doubled else (batch, seq)
-        )
+        along = call.repeated_along
+        views = self._views.views if along is not None else (call.view,)
+        expected = (len(views) * batch, seq) if along == 0 else (batch, len(views) * seq)
         if embeds.dim() == 2 and embeds.shape[0] == expected[0] * expected[1]:
             return self._add_noise(embeds.view(*expected, -1), call).view_as(embeds)
         if tuple(embeds.shape[:2]) != expected:
@@ -332,38 +348,45 @@ class NoiseHandle:
                 f"symnoise: the input embeddings have shape {tuple(embeds.shape)} but the forward's inputs have "
                 f"batch x length {tuple(expected)}; cannot tell which embedding belongs to which token"
             )
-        eps, scale = self._unit_noise_and_scale(embeds[:batch, :seq], call)
-        if call.doubled_along is not None:  # one fused multiply-add per half: X + s eps and X - s eps
-            plus = embeds.narrow(call.doubled_along, 0, expected[call.doubled_along] // 2)
-            minus = embeds.narrow(
-                call.doubled_along, plus.shape[call.doubled_along], plus.shape[call.doubled_along]
-            )
-            return torch.cat(
-                [plus.addcmul(eps, scale), minus.addcmul(eps, scale, value=-1)], dim=call.doubled_along
-            )
-        return embeds.addcmul(eps, scale, value=call.sign)
+        if along is None:
+            eps, scale = self._noise_draws(embeds, call, 1)
+            return embeds.addcmul(eps[0], scale, value=call.view.sign)
+        # One fused multiply-add per view: X + s eps_0 (and X - s eps_0 for the pair), X + s eps_1, ...
+        size = expected[along] // len(views)
+        eps, scale = self._noise_draws(embeds.narrow(along, 0, size), call, self.config.draws)
+        parts = [
+            embeds.narrow(along, i * size, size).addcmul(eps[view.draw], scale, value=view.sign)
+            for i, view in enumerate(views)
+        ]
+        return torch.cat(parts, dim=along)
 
-    def _unit_noise_and_scale(self, embeds: torch.Tensor, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
-        """``eps`` (unit noise, shape of ``embeds``) and the per-token scale ``(B, T, 1)``; the noise is their
-        product. The -eps pass of a pair reuses the +eps pass's draw."""
-        if call.sign == -1:
-            return self._pair.reuse_draw(embeds.shape)
+    def _noise_draws(
+        self, embeds: torch.Tensor, call: _Call, count: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``count`` draws of unit noise ``eps`` (each of the shape of ``embeds``, the stream advancing once per
+        draw) and the per-token scale ``(B, T, 1)``: view ``(k, sign)`` adds ``sign * eps[k] * scale``. The -eps
+        pass of a pair reuses its +eps pass's draw."""
+        if call.view.sign == -1:
+            eps, scale = self._views.reuse_draw(embeds.shape)
+            return [eps], scale
         lengths = self._token_lengths(embeds.shape[:2], call, embeds.device)
         cfg = self.config
         factor = N.distribution_factor(cfg.distribution, cfg.match_uniform_norm)
         scale = N.noise_scale(lengths, embeds.shape[-1], self.alpha, factor).to(embeds.dtype)
-        eps = self._stream.sample_unit_noise(embeds.shape, embeds.dtype, embeds.device)
+        eps = [
+            self._stream.sample_unit_noise(embeds.shape, embeds.dtype, embeds.device) for _ in range(count)
+        ]
         positions = call.position_ids if cfg.length_mode == "tokens" else None
-        self._norm_inputs = (eps, scale, lengths, positions)
+        self._norm_inputs = (eps[-1], scale, lengths, positions)
         self._norm_value = None
         if cfg.symmetric and cfg.execution == "paired":
-            self._pair.draw = (eps, scale)
+            self._views.draw = (eps[-1], scale)
         return eps, scale
 
     @property
     def last_noise_norm(self) -> torch.Tensor | None:
-        """Mean per-sequence L2 norm of the last noise drawn (0-d tensor), computed when first read: the
-        training loop pays for it only on the steps that log it."""
+        """Mean per-sequence L2 norm of the last noise drawn (0-d tensor; of the last draw when there are
+        several), computed when first read: the training loop pays for it only on the steps that log it."""
         if self._norm_value is None and self._norm_inputs is not None:
             eps, scale, lengths, positions = self._norm_inputs
             self._norm_value = N.mean_noise_norm(eps * scale, lengths, positions)

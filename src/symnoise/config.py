@@ -35,6 +35,14 @@ def _number(field_name: str, value: Any) -> float:
     return value
 
 
+def _count(field_name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"NoiseConfig.{field_name} must be an integer >= 1; got {value!r}")
+    if value < 1:
+        raise ValueError(f"NoiseConfig.{field_name} must be an integer >= 1; got {value!r}")
+    return value
+
+
 def _flag(field_name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"NoiseConfig.{field_name} must be true or false; got {value!r}")
@@ -53,8 +61,10 @@ class NoiseConfig:
             NEFTune's (``alpha / sqrt(3)``). ``False`` gives the paper's unmatched "Gaussian Noise 5" row.
         symmetric: train on both ``X + eps`` and ``X - eps`` with the same ``eps``. Defaults to on for
             ``symnoise`` and off otherwise; may be switched on for any distribution as a research option.
-        execution: how the symmetric pair runs: ``concat`` (one forward over the doubled batch, as in the
-            paper) or ``paired`` (two forwards sharing ``eps``, gradients accumulated: lower peak memory).
+        execution: how the views of one example (the symmetric pair, several draws) run: ``concat`` (one
+            forward over the batch repeated once per view; for the pair this is the paper's doubled batch) or
+            ``paired`` (one forward and backward per view, each loss weighted ``1/views``, gradients accumulated:
+            lower peak memory). One view (one-sided, ``draws=1``) runs as one ordinary forward either way.
         length_mode: ``tokens`` uses each sequence's real length and leaves padding untouched (the papers'
             experiments); ``padded`` uses the padded batch length and noises padding (transformers' formula).
         region: noise ``all`` real tokens (the papers), or only the ``prompt`` or the ``response`` tokens
@@ -65,6 +75,13 @@ class NoiseConfig:
         alpha_floor: the value a decaying schedule ends at; must not exceed ``alpha``.
         seed: seed of the noise generator (each distributed rank derives its own stream from it). ``None``
             derives it from torch's initial seed, so ``torch.manual_seed`` / ``transformers.set_seed`` fix it.
+        draws: independent noise draws per example and step (default 1); the loss is the mean over them. Each
+            draw is one more view of the example in the step, run like the symmetric pair's second view (see
+            ``execution``), so ``bernoulli`` or ``uniform`` with ``draws=2`` costs what SymNoise costs (two noisy
+            views per example) and is its compute-matched control. With ``symmetric`` each draw is an antithetic
+            pair: ``draws=K`` trains on ``K`` pairs ``X +- eps_k``, ``2K`` views. The noise stream advances by
+            ``draws`` per training forward (micro-batch), so a resumed run continues it exactly. A method
+            without noise (``none``) draws nothing, so ``draws`` changes nothing there.
     """
 
     method: str = "symnoise"
@@ -77,6 +94,7 @@ class NoiseConfig:
     schedule: str = "constant"
     alpha_floor: float = 0.0
     seed: int | None = None
+    draws: int = 1
 
     def __post_init__(self) -> None:
         method = METHOD_ALIASES.get(self.method, self.method) if isinstance(self.method, str) else self.method
@@ -92,6 +110,7 @@ class NoiseConfig:
         if self.symmetric is None:
             set_(self, "symmetric", METHOD_TABLE[self.method].symmetric)
         set_(self, "symmetric", _flag("symmetric", self.symmetric))
+        set_(self, "draws", _count("draws", self.draws))
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"NoiseConfig.seed must be an integer or None; got {self.seed!r}")
         if self.alpha_floor > self.alpha:
@@ -118,6 +137,14 @@ class NoiseConfig:
     def is_active(self) -> bool:
         """Whether this config can ever change a forward pass."""
         return METHOD_TABLE[self.method].distribution is not None and self.alpha > 0
+
+    @property
+    def views(self) -> int:
+        """How many noisy views of each example one training step runs: ``draws``, twice that for the symmetric
+        pair; 1 for a method without noise."""
+        if METHOD_TABLE[self.method].distribution is None:
+            return 1
+        return self.draws * (2 if self.symmetric else 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,9 +8,10 @@ The noise is attached when ``train()`` starts and removed when it returns or rai
 ``global_step / max_steps``; the noise generator state is saved in every checkpoint (with the Trainer's RNG
 states, while the checkpoint is being written) and restored by ``train(resume_from_checkpoint=...)``;
 ``noise_norm`` and ``noise_alpha`` are added to the training logs.
-``execution='paired'`` runs each training step as two forward/backward passes sharing one ``eps``; trainers that
-compute their loss from the model's outputs (TRL's DPO/KTO/ORPO, label smoothing, ``compute_loss_func``) always get
-it, and their reference and probe passes stay clean (see `symnoise.trainers`).
+``execution='paired'`` runs each training step as one forward/backward pass per noisy view of the batch (the
+symmetric pair's two, sharing one ``eps``; ``draws`` more); trainers that compute their loss from the model's
+outputs (TRL's DPO/KTO/ORPO, label smoothing, ``compute_loss_func``) always get it when there are several views,
+and their reference and probe passes stay clean (see `symnoise.trainers`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class TrainerNoise(TrainerCallback):
     It sets instance attributes that wrap the trainer's own methods (a subclass's overrides included), so they run
     outside them: ``train`` (attach the noise for the call, restore its state on resume), ``log`` (add
     ``noise_norm`` and ``noise_alpha``), ``_save_rng_state`` (save the noise state in the checkpoint) and, for
-    ``execution='paired'``, ``training_step`` (the trainer's step once per pass of the pair; ``pass_index`` says
-    which pass runs) and ``compute_loss`` (weighted by the pass).
+    ``execution='paired'`` with several views per example, ``training_step`` (the trainer's step once per view;
+    ``pass_index`` says which pass runs) and ``compute_loss`` (weighted by the pass, ``1/views``).
     """
 
     def __init__(self, trainer: Any, config: NoiseConfig):
@@ -53,19 +54,17 @@ class TrainerNoise(TrainerCallback):
             raise RuntimeError("symnoise noise is already added to this trainer")
         self.integration = TrainerIntegration(trainer)
         config = execution_for(trainer, config)
-        paired = config.symmetric and config.execution == "paired"
+        paired = config.views > 1 and config.execution == "paired"
         if paired and getattr(trainer, "is_deepspeed_enabled", False):
             raise ValueError(
-                "execution='paired' runs two backward passes per step, which DeepSpeed turns into "
-                "two optimizer steps; use execution='concat' with DeepSpeed"
+                f"execution='paired' runs {config.views} backward passes per step (one per noisy view), which "
+                "DeepSpeed turns into as many optimizer steps; use execution='concat' with DeepSpeed"
             )
         self.trainer = trainer
         self.config = config
         self.handle: NoiseHandle | None = None
         self._pass_weight = 1.0
-        self.pass_index = (
-            0  # which pass of a pair the trainer's training step is running (0: the first or only)
-        )
+        self.pass_index = 0  # which view's pass the trainer's training step is running (0: the first or only)
         self._originals = {
             "train": trainer.train,
             "log": trainer.log,

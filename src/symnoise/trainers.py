@@ -3,12 +3,13 @@
 Two questions decide how noise meets a trainer:
 
 * **Who computes the loss?** When the trainer takes the model's own loss (``Trainer.compute_loss`` without label
-  smoothing or ``compute_loss_func``; TRL's ``SFTTrainer`` with its NLL loss), SymNoise's pair can run as one
-  forward over the doubled batch (``concat``): that loss is linear in the per-token outputs, so it is the mean over
-  ``X + eps`` and ``X - eps``. Any other trainer (TRL's DPO, KTO, ORPO, CPO, label smoothing, a custom
-  ``compute_loss_func``, a ``compute_loss`` override) computes a loss that is not linear in the model's outputs;
-  there the pair runs as two passes sharing ``eps`` around the trainer's whole ``compute_loss`` (``paired``), so the
-  objective is the mean of the trainer's loss at ``X + eps`` and at ``X - eps``.
+  smoothing or ``compute_loss_func``; TRL's ``SFTTrainer`` with its NLL loss), the views of an example (SymNoise's
+  pair, ``draws > 1``) can run as one forward over the repeated batch (``concat``): that loss is linear in the
+  per-token outputs, so it is the mean over the views (``X + eps`` and ``X - eps`` for the pair). Any other trainer
+  (TRL's DPO, KTO, ORPO, CPO, label smoothing, a custom ``compute_loss_func``, a ``compute_loss`` override)
+  computes a loss that is not linear in the model's outputs; there the views run as one pass each (the pair's
+  sharing ``eps``) around the trainer's whole ``compute_loss`` (``paired``), so the objective is the mean of the
+  trainer's loss over the views.
 * **Which passes train the policy?** Only the policy's forwards that record gradients get noise. Forwards of the
   policy without gradients (reference log-probabilities of a PEFT policy with its adapters disabled, KTO's KL
   baseline, metric-only probes) and forwards with the adapters disabled or TRL's ``ref`` adapter active are kept
@@ -34,15 +35,15 @@ logger = logging.getLogger(__name__)
 
 # TRL trainers whose loss compares the policy with a reference model (or reference log-probabilities).
 REFERENCE_TRAINERS = ("DPOTrainer", "KTOTrainer")
-# TRL trainers whose training_step trains on the batch it is given, so it can run twice on one batch (the two
-# passes of a pair). Online trainers (GRPO, RLOO, online DPO...) generate or slice a buffer inside training_step:
-# a second call would train on other samples.
+# TRL trainers whose training_step trains on the batch it is given, so it can run several times on one batch
+# (one pass per noisy view: the pair, several draws). Online trainers (GRPO, RLOO, online DPO...) generate or
+# slice a buffer inside training_step: a second call would train on other samples.
 FIXED_BATCH_TRL = ("SFTTrainer", "DPOTrainer", "KTOTrainer", "ORPOTrainer", "CPOTrainer", "RewardTrainer")
 # TRL versions whose reference path was read: the reference forward of a PEFT policy runs under torch.no_grad()
 # with the adapters disabled (or the "ref" adapter active). Newer majors are refused until checked.
 RECOGNISED_TRL = (1, 0), (2, 0)
 _REF_ADAPTER = "ref"
-# The methods that need no pair, named in the messages that refuse the pair.
+# The methods that need no pair, named in the messages that refuse several views.
 ONE_SIDED = ", ".join(m.name for m in METHOD_TABLE.values() if m.distribution is not None and not m.symmetric)
 
 
@@ -83,29 +84,37 @@ def loss_outside_model(trainer: Any) -> str | None:
 
 
 def execution_for(trainer: Any, config: NoiseConfig) -> NoiseConfig:
-    """``config``, with the symmetric pair switched to ``paired`` execution where the trainer computes the loss
-    itself (`loss_outside_model`): one forward over the doubled batch would give that loss the mean of the pair's
-    outputs instead of the mean of the pair's losses."""
+    """``config``, with several views per example (the symmetric pair, ``draws > 1``) switched to ``paired``
+    execution where the trainer computes the loss itself (`loss_outside_model`): one forward over the repeated
+    batch would give that loss the mean of the views' outputs instead of the mean of the views' losses."""
     name = trl_class_name(trainer)
-    if config.symmetric and name is not None and name not in FIXED_BATCH_TRL:
+    views = _views_phrase(config)
+    if config.views > 1 and name is not None and name not in FIXED_BATCH_TRL:
         raise ValueError(
-            f"symnoise: the symmetric pair needs both passes on one batch, and TRL's {name} builds its "
+            f"symnoise: {views} needs every pass on one batch, and TRL's {name} builds its "
             f"batches inside training_step (checked: {', '.join(FIXED_BATCH_TRL)}); use a one-sided "
-            f"method ({ONE_SIDED}) with it"
+            f"method ({ONE_SIDED}) with draws=1 with it"
         )
     reason = loss_outside_model(trainer)
-    if not config.symmetric or config.execution == "paired" or reason is None:
+    if config.views == 1 or config.execution == "paired" or reason is None:
         return config
     if getattr(trainer, "is_deepspeed_enabled", False):
         raise ValueError(
-            f"symnoise: {reason}, so the symmetric pair must run as two passes sharing eps, which "
-            f"DeepSpeed turns into two optimizer steps; use a one-sided method ({ONE_SIDED}) with DeepSpeed "
-            "for this trainer"
+            f"symnoise: {reason}, so {views} must run as one pass each, which "
+            f"DeepSpeed turns into as many optimizer steps; use a one-sided method ({ONE_SIDED}) with draws=1 "
+            "with DeepSpeed for this trainer"
         )
-    logger.info(
-        "symnoise: %s, so the symmetric pair runs as two passes sharing eps (execution='paired')", reason
-    )
+    logger.info("symnoise: %s, so %s runs as one pass each (execution='paired')", reason, views)
     return dataclasses.replace(config, execution="paired")
+
+
+def _views_phrase(config: NoiseConfig) -> str:
+    """How the messages name the views of one example: "the symmetric pair", "2 draws per example", ..."""
+    if config.draws == 1:
+        return "the symmetric pair (two passes sharing eps)"
+    if config.symmetric:
+        return f"{config.draws} symmetric pairs per example ({config.views} views)"
+    return f"{config.draws} noise draws per example"
 
 
 def trl_version() -> tuple[int, ...] | None:
@@ -222,7 +231,8 @@ class CleanPassGuard:
 
 class TrainerIntegration:
     """The trainer-specific part of an attachment: the clean-pass guard, the clean public reference method, the
-    per-step reference check, and TRL's token counter across the two passes of a pair. Installed for one ``train()`` call."""
+    per-step reference check, and TRL's token counter across the passes of the views. Installed for one
+    ``train()`` call."""
 
     def __init__(self, trainer: Any):
         check_trainer(trainer)
@@ -276,7 +286,7 @@ class TrainerIntegration:
         return count if isinstance(count, int) else None
 
     def rewind_token_count(self, count: int | None) -> None:
-        """Before the second pass of a pair: it sees the same batch, so it counts from where the first began."""
+        """Before a later pass of the views: it sees the same batch, so it counts from where the first began."""
         if count is not None:
             self.trainer._total_train_tokens = count
 

@@ -36,8 +36,9 @@ none -> "base", uniform -> "NEFT", gaussian -> "Gaussian" (norm-matched, /sqrt3)
 bernoulli -> "Bernoulli", symnoise -> "SymNoise" (unmatched Bernoulli-distributed methods get "(unmatched)" too; a
 run whose symmetry differs from its method's default gets "(symmetric)" or "(one-sided)"). Variants (Table 4) add
 alpha: "NEFT 5", "Gaussian 5/sqrt3" (matched), "Gaussian 5" (unmatched, as in the paper), "Bernoulli 5",
-"SymNoise 5". Noise options other than method, alpha, norm matching and symmetry (schedule, region, length mode)
-are not part of the labels.
+"SymNoise 5". Several noise draws per example (``noise.draws`` K > 1) add " xK": "NEFT x2", "NEFT 5 x2" (the
+compute-matched control of SymNoise), "SymNoise 5 x2" (two antithetic pairs). Noise options other than method,
+alpha, norm matching, symmetry and draws (schedule, region, length mode, execution) are not part of the labels.
 """
 
 from __future__ import annotations
@@ -107,12 +108,15 @@ def is_base(noise: NoiseConfig) -> bool:
 
 
 def label_suffix(noise: NoiseConfig) -> str:
-    """What sets a run apart from the paper's setting of its method, as a label suffix."""
+    """What sets a run apart from the paper's setting of its method, as a label suffix: "(unmatched)",
+    "(symmetric)" / "(one-sided)", and " xK" for K noise draws per example (none for a run without noise)."""
     parts = []
     if noise.distribution == "bernoulli" and not noise.match_uniform_norm:
         parts.append("(unmatched)")
     if noise.symmetric != METHOD_TABLE[noise.method].symmetric:
         parts.append("(symmetric)" if noise.symmetric else "(one-sided)")
+    if noise.draws > 1 and not is_base(noise):
+        parts.append(f"x{noise.draws}")
     return "".join(" " + p for p in parts)
 
 

@@ -5,9 +5,11 @@ arithmetic:
 
 * hardware: GPUs of 80 GB with 312 TFLOP/s of dense bf16 (A100 80GB), of which 40 % is achieved (MFU);
 * training compute: 6 x parameters x tokens for full fine-tuning, 4 x for LoRA/QLoRA (no weight gradients of the
-  frozen base), plus 2 x when activations are recomputed (gradient checkpointing); the symmetric pair (SymNoise's
-  default, or ``noise.symmetric`` with another noise method) doubles the tokens; tokens = examples x epochs x mean tokens per example (``examples`` and ``mean_tokens`` of the dataset
-  entry; a local file is counted; without ``mean_tokens`` the upper bound ``data.max_length`` is used);
+  frozen base), plus 2 x when activations are recomputed (gradient checkpointing); tokens = examples x epochs x
+  mean tokens per example x views per example (``examples`` and ``mean_tokens`` of the dataset entry; a local file
+  is counted; without ``mean_tokens`` the upper bound ``data.max_length`` is used), where each noisy view of an
+  example counts its tokens again: the symmetric pair (SymNoise's default, or ``noise.symmetric`` with another
+  noise method) doubles them, ``noise.draws`` K multiplies them by K (2K views for K pairs);
 * memory: full fine-tuning with AdamW holds 16 bytes per parameter (bf16 weights and gradients, fp32 master weights
   and two moments) sharded over the GPUs (FSDP/ZeRO-3), with 80 % of each GPU usable for them; LoRA needs
   2 bytes per parameter, QLoRA 0.55, on one GPU;
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import NoiseConfig
-from ..methods import get_method
 from .cells import Cell
 from .sections import GridSpec
 from .spec import Grid
@@ -45,7 +46,8 @@ ALPACA_EVAL_PROMPTS = 805
 ASSUMPTIONS = (
     f"estimate: {GPU_MEMORY_GB:.0f} GB GPUs at {GPU_PEAK_TFLOPS:.0f} bf16 TFLOP/s, "
     f"{TRAIN_UTILISATION:.0%} used in training; 6/4 x params x tokens (full/LoRA) +2 x with "
-    "recomputation, x2 tokens for SymNoise; 16/2/0.55 bytes per parameter (full/LoRA/QLoRA); "
+    "recomputation, tokens x views per example (2 for SymNoise, K for noise.draws K); "
+    "16/2/0.55 bytes per parameter (full/LoRA/QLoRA); "
     f"generation {NEW_TOKENS_PER_PROMPT} new tokens per prompt at {GENERATE_UTILISATION:.0%} use; "
     "a stated rough estimate (see symnoise.grid.estimate)"
 )
@@ -109,10 +111,11 @@ def count_training_examples(data) -> int | None:
     return total
 
 
-def symmetric_pair_factor(noise: NoiseConfig) -> int:
-    """2 when training runs each example twice, as ``X + eps`` and ``X - eps`` (``noise.symmetric``: on by default
-    for the methods whose table row says so, SymNoise; never with a method without noise), else 1."""
-    return 2 if noise.symmetric and get_method(noise.method).distribution is not None else 1
+def views_per_example(noise: NoiseConfig) -> int:
+    """How many times training runs each example per step: once per noisy view, i.e. ``noise.draws``, twice that
+    for the symmetric pair ``X + eps`` / ``X - eps`` (``noise.symmetric``: on by default for the methods whose table
+    row says so, SymNoise); 1 with a method without noise."""
+    return noise.views
 
 
 def _pretrain_params_b(spec: GridSpec) -> float:
@@ -156,7 +159,7 @@ def estimate_cell(grid: Grid, cell: Cell) -> CellEstimate:
         sequences = config.training.max_steps * config.training.effective_batch_size
     else:
         sequences = examples * config.training.epochs
-    tokens = sequences * mean_tokens * symmetric_pair_factor(config.noise)
+    tokens = sequences * mean_tokens * views_per_example(config.noise)
     mode = _mode(cell)
     flops_per = FLOPS_PER_PARAM_TOKEN[mode] + (
         RECOMPUTE_FLOPS if config.training.gradient_checkpointing else 0.0
