@@ -16,13 +16,14 @@ from conftest import make_tiny_model
 from test_train import tiny_config
 
 from symnoise import noise as N
-from symnoise.analysis.analyze import direction_sampler
+from symnoise.analysis.analyze import Settings, direction_sampler, run_analysis
 from symnoise.analysis.estimators import (
     gradient_study,
     hutchinson_trace,
     pair_gradient,
     symmetric_terms,
 )
+from symnoise.analysis.inputs import DataSources
 from symnoise.analysis.lm import EmbeddingLoss, make_batches
 from symnoise.cli.main import main
 from symnoise.config import NoiseConfig
@@ -103,6 +104,22 @@ def test_hutchinson_matches_the_exact_hessian_trace_of_a_tiny_llama():
     assert abs(exact) > 0.05  # a Hessian with something to estimate (observed about 1.3)
     assert result["se"] > 0 and abs(result["estimate"] - exact) < 4 * result["se"], (result, exact)
     assert result["ci"][0] < result["estimate"] < result["ci"][1]
+
+
+def test_analysis_noise_is_the_runs_noise_on_real_tokens_only():
+    """SymNoise's noise is +-alpha / sqrt(3 L d) per element, so each sequence's noise has norm alpha / sqrt(3)
+    exactly, whatever its length; padding gets none; the same draw regenerates the same noise (for -e)."""
+    model = make_tiny_model("llama", vocab_size=64, hidden=32)
+    items = [{"input_ids": [5] * n, "labels": [5] * n} for n in (3, 7, 11)]
+    batches = make_batches(items, 2, 0, NoiseConfig(method="symnoise", alpha=5.0), "cpu")
+    loss = EmbeddingLoss(model, batches)
+    direction = direction_sampler("bernoulli", 5.0, N.distribution_factor("bernoulli", True), 0)()
+    noises = loss._noise(direction)
+    for batch, noise in zip(batches, noises, strict=True):
+        norms = noise.square().sum(dim=(1, 2)).sqrt()
+        assert torch.allclose(norms, torch.full_like(norms, 5.0 / math.sqrt(3)), rtol=1e-5)
+        assert (noise[~batch.attention_mask.bool()] == 0).all()
+    assert all(torch.equal(a, b) for a, b in zip(noises, loss._noise(direction), strict=True))
 
 
 # ------------------------------------------------------------------------------------------ tiny LM statistics
@@ -196,11 +213,29 @@ def test_cli_end_to_end(trained_run, alpaca_file, tmp_path):
             assert result["hessian_trace"]["probes"] == 4 and math.isfinite(
                 result["hessian_trace"]["estimate"]
             )
+    # checkpoint-2 holds the final weights, and every run gets the same draws: the same numbers, repeated
+    assert runs[0]["splits"] == runs[1]["splits"]
     markdown = (out / "analysis.md").read_text()
     assert "antithetic ratio" in markdown and "Hutchinson" in markdown and trained_run.name in markdown
     assert markdown in proc.stdout
     for plot in ("gradient_variance.png", "directions.png", "losses.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lora_run_is_analysed_on_its_adapters(base_model, alpaca_file, tmp_path):
+    """A LoRA run's gradients are those of its adapters only, as in training: rank 8 on q_proj (32 -> 32) and
+    v_proj (32 -> 16, two key-value heads of 8) in each of 2 layers: 2 * (8 * 32 + 32 * 8 + 8 * 32 + 16 * 8) = 1792."""
+    run = tmp_path / "lora-run"
+    lora = dict(
+        lora__enabled=True, lora__r=8, lora__target_modules=["q_proj", "v_proj"], training__max_steps=1
+    )
+    train(tiny_config(base_model, alpaca_file, run, noise__method="uniform", **lora))
+    sources = DataSources(alpaca_file, None, 2)
+    analysis = run_analysis([run], sources, Settings(examples=2, draws=4, probes=2, alphas=(5.0,)), log=print)
+    (result,) = analysis["runs"]
+    assert result["lora"] and result["trainable_parameters"] == 1792
+    assert result["distribution"] == "uniform" and not result["symmetric"]
+    assert 0 < result["antithetic_ratio"] < 2
 
 
 def test_cli_refuses_missing_model_or_data_before_loading(trained_run, alpaca_file, tmp_path, capsys):

@@ -14,7 +14,8 @@ For each model (a run's final model, or a checkpoint) and each split of examples
 
 The run's ``antithetic_ratio`` is the training split's; ``losses`` sets the training loss beside the held-out loss
 (NEFTune Sec. 5.1's overfitting view: noise lowers overfitting when the training loss rises and the held-out loss
-does not). Every random choice derives from ``seed``, so the numbers repeat.
+does not). Every random choice derives from ``seed``, so the numbers repeat, and every run is measured with the
+same draws and probes (common random numbers).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Settings:
     batch_size: int = 8
     seed: int = 0
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "float32"  # curvature is a difference of nearby losses: half precision would drown it
+    gradient_device: str | None = None  # None: the model's device
 
     def __post_init__(self) -> None:
         if self.examples < 1 or self.batch_size < 1:
@@ -69,7 +71,9 @@ class Settings:
 
 
 def seed_for(seed: int, *parts: object) -> int:
-    """A seed for one quantity, derived from the analysis seed and its name (independent of the order of work)."""
+    """A seed for one quantity, derived from the analysis seed and its name (independent of the order of work).
+    Runs are not part of the name: each run is measured with the same draws and probes, so that differences
+    between runs are not blurred by different noise."""
     return zlib.crc32(repr((seed, *parts)).encode()) & 0x7FFFFFFF
 
 
@@ -100,7 +104,7 @@ def loss_summary(loss: EmbeddingLoss, seed: int) -> dict[str, Any]:
 
 def analyze_split(loss: EmbeddingLoss, target: Target, settings: Settings, split: str) -> dict[str, Any]:
     """Every measurement on one split's examples."""
-    key = (target.label, split)
+    key = (split,)  # not the run: every run gets the same draws (common random numbers), so runs pair up
     setting = gradient_noise(target)
     sample = direction_sampler(
         setting["distribution"],
@@ -159,7 +163,8 @@ def analyze_target(
         log(
             f"{target.label}: {split}: {len(items)} examples, {settings.draws} draws, {settings.probes} probes"
         )
-        splits[split] = analyze_split(EmbeddingLoss(model, batches), target, settings, split)
+        loss = EmbeddingLoss(model, batches, settings.gradient_device)
+        splits[split] = analyze_split(loss, target, settings, split)
     ratio = splits["train"]["gradients"]["antithetic_ratio"]
     noise = target.noise
     return {
@@ -173,6 +178,7 @@ def analyze_target(
         "match_uniform_norm": noise.match_uniform_norm,
         "symmetric": noise.symmetric,
         "lora": target.is_lora,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "antithetic_ratio": ratio["estimate"],
         "antithetic_ratio_ci": ratio["ci"],
         "losses": _losses(splits),

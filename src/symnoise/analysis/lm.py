@@ -99,7 +99,7 @@ def double_backward_attention():
 class EmbeddingLoss:
     """The run's loss on fixed examples as a function of the noise on the input embeddings (see the module)."""
 
-    def __init__(self, model, batches: list[MicroBatch]):
+    def __init__(self, model, batches: list[MicroBatch], gradient_device: str | torch.device | None = None):
         self.model = model.eval()
         self.batches = batches
         self.tokens = trained_tokens(batches)
@@ -108,6 +108,8 @@ class EmbeddingLoss:
         self.embeddings = model.get_input_embeddings()
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.device = self.embeddings.weight.device
+        # Where flat gradients go: the gradient study keeps about ten of them (see estimators.gradient_study).
+        self.gradient_device = torch.device(gradient_device) if gradient_device is not None else self.device
 
     # ------------------------------------------------------------------------------------------ pieces
     def _noise(self, direction: Direction) -> list[torch.Tensor]:
@@ -161,7 +163,7 @@ class EmbeddingLoss:
 
     def gradient_at(self, direction: Direction | None, sign: float) -> torch.Tensor:
         """The flat float32 gradient of the mean loss w.r.t. the trainable parameters at the noised embeddings,
-        accumulated over the micro-batches (one forward and backward over all examples)."""
+        accumulated over the micro-batches (one forward and backward over all examples), on ``gradient_device``."""
         noises = self._noise(direction) if direction is not None else [None] * len(self.batches)
         self.model.zero_grad(set_to_none=True)
         for batch, noise in zip(self.batches, noises, strict=True):
@@ -169,7 +171,9 @@ class EmbeddingLoss:
             loss.backward()
         flat = torch.cat(
             [
-                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                (p.grad if p.grad is not None else torch.zeros_like(p))
+                .reshape(-1)
+                .to(self.gradient_device, torch.float32)
                 for p in self.parameters
             ]
         )

@@ -77,7 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw and bootstrap")
     parser.add_argument("--device", default="auto", help="auto (first GPU, else CPU), cpu, cuda, cuda:1 ...")
     parser.add_argument(
-        "--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: float32 on CPU)"
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="weights dtype (default float32: the curvature is a small difference of losses, which half "
+        "precision drowns; auto: bfloat16 or float16 on a GPU)",
+    )
+    parser.add_argument(
+        "--gradient-device",
+        metavar="DEVICE",
+        help="where the gradient study keeps its about ten gradient-sized float32 buffers (default: the model's "
+        "device; cpu for a full fine-tune too large for them on the GPU)",
     )
     add_flags(parser, {"--checkpoints": "also analyse every checkpoint of each run"})
 
@@ -95,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings(
             examples=args.examples, draws=args.draws, probes=args.probes, alphas=args.alphas,
             batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
+            gradient_device=args.gradient_device,
         )  # fmt: skip
     except ValueError as error:
         return fail("analyze", error, 2)
