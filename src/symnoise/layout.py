@@ -44,6 +44,7 @@ ANNOTATIONS = "annotations.json"
 JUDGE_METRICS = "metrics.json"
 JUDGE_CACHE = "judge_cache.jsonl"
 LEADERBOARD = "leaderboard.json"
+ANALYSIS_DIR = "analysis"  # `symnoise analyze RUN` writes here by default
 FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 
 TOKENIZER_FILES = (
@@ -147,6 +148,11 @@ class RunLayout:
     @property
     def eval_dir(self) -> Path:
         return self.root / EVAL_DIR
+
+    @property
+    def analysis(self) -> Path:
+        """`symnoise analyze`'s default output folder for this run alone."""
+        return self.root / ANALYSIS_DIR
 
     @property
     def cell_config(self) -> Path:

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "report": "collect runs into the papers' tables",
     "compare": "paired difference between two judged runs: win rate, length, repetition",
     "grid": "train and evaluate a matrix of runs, resumably, then report",
+    "analyze": "gradient variance, antithetic ratio, curvature and Hessian trace of trained runs",
 }
 
 
