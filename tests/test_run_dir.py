@@ -316,8 +316,12 @@ def test_overwrite_removes_only_symnoise_files(base_model, alpaca_file, tmp_path
     (out / "my_notes.txt").unlink()
     (out / "eval").mkdir()  # written beside a run by `symnoise grid`: kept
     (out / "eval" / "stats.json").write_text("{}")
+    for folder in ("model_outputs_judged", "analysis"):  # written beside a run by `symnoise judge` / `analyze`
+        (out / folder).mkdir()
+        (out / folder / "metrics.json").write_text("{}")
     train(config, overwrite=True)
     assert (out / "eval" / "stats.json").read_text() == "{}"
+    assert all((out / f / "metrics.json").read_text() == "{}" for f in ("model_outputs_judged", "analysis"))
     assert metric_steps(out) == [1, 2]
     with pytest.raises(ConfigError, match="--resume and --overwrite contradict"):
         train(config, resume=True, overwrite=True)

@@ -9,6 +9,7 @@ A run directory (``training.output_dir``) holds one training run and what later 
       model.safetensors | adapter_model.safetensors, tokenizer files       (the final model)
       model_outputs.json       model_outputs.partial.jsonl                  (`symnoise generate`)
       model_outputs_judged/    annotations.json, metrics.json, judge_cache.jsonl (`symnoise judge`)
+      analysis/                analysis.json, analysis.md, plots (`symnoise analyze`)
       eval/                    the grid's evaluations: annotations.json, leaderboard.json, stats.json, ...
       cell.yaml  stages.json  failure.json                                  (a grid cell)
 
@@ -52,6 +53,14 @@ TOKENIZER_FILES = (
     "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
     "spiece.model", "sentencepiece.bpe.model",
 )  # fmt: skip
+
+
+def judged_dir(outputs: str | Path) -> Path:
+    """The default folder `symnoise judge` writes a judgement of ``outputs`` into: ``STEM_judged`` beside it."""
+    outputs = Path(outputs)
+    return outputs.with_name(f"{outputs.stem}_judged")
+
+
 # What `symnoise train` writes into a run directory (and `--overwrite` may delete).
 TRAIN_FILES = frozenset(
     {
@@ -68,13 +77,9 @@ TRAIN_PATTERNS = (
     re.compile(r".+\.tmp$"),
 )
 # What other symnoise commands write beside a run (`symnoise grid`, `generate`, `judge`): kept, never deleted.
-COMPANION_FILES = frozenset({CELL_CONFIG, STAGES, FAILURE, OUTPUTS, OUTPUTS_PARTIAL, EVAL_DIR})
-
-
-def judged_dir(outputs: str | Path) -> Path:
-    """The default folder `symnoise judge` writes a judgement of ``outputs`` into: ``STEM_judged`` beside it."""
-    outputs = Path(outputs)
-    return outputs.with_name(f"{outputs.stem}_judged")
+COMPANION_FILES = frozenset(
+    {CELL_CONFIG, STAGES, FAILURE, OUTPUTS, OUTPUTS_PARTIAL, EVAL_DIR, ANALYSIS_DIR, judged_dir(OUTPUTS).name}
+)
 
 
 @dataclass(frozen=True)
