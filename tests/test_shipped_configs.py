@@ -139,3 +139,21 @@ def test_a_copied_paper_grid_finds_its_base_config_outside_the_checkout(tmp_path
     data["evaluation"]["fallback"] = "synthetic"  # the paper grid names data files the user provides
     grid = validate_grid(data, "paper-table1.yaml")
     assert grid.cells and {c.config.model.name for c in grid.cells} == {"meta-llama/Llama-2-7b-hf"}
+
+
+def test_listing_gives_whole_sentences_and_no_expected_files_as_grids():
+    listing = subprocess.run(
+        [sys.executable, "-m", "symnoise", "configs", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    entries = [line for line in listing.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    names = [line.split()[0] for line in entries]
+    assert "grid/paper-table1" in names and not [n for n in names if n.endswith(".expected")]
+    assert "The paper's numbers: grid/paper-table1.expected." in " ".join(listing.split())
+    for config in list_configs():  # the leading comment's first sentence, or all of it: never cut mid-way
+        block = " ".join(
+            line.lstrip("#").strip()
+            for line in config.path.read_text().split("\n\n")[0].splitlines()
+            if line.startswith("#")
+        )
+        assert block.startswith(config.description) and config.description, config.name
+        assert config.description == block or config.description.endswith((".", "!", "?")), config.name

@@ -8,6 +8,7 @@ They are installed with the wheel, so they work the same from a clone and from `
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,21 +22,27 @@ KINDS = {
 }  # top folder -> kind; every other folder holds train configs
 
 
+EXPECTED_SUFFIX = ".expected"  # grid/NAME.expected.yaml: the paper's numbers for grid/NAME.yaml
+
+
 @dataclass(frozen=True)
 class ShippedConfig:
     name: str  # e.g. "qwen2.5-0.5b/alpaca-symnoise-lora"
-    kind: str  # "train", "grid" or "accelerate" (the command that reads it)
+    kind: str  # "train", "grid", "accelerate" (the command that reads it) or "expected" (a grid's paper numbers)
     path: Path
     description: str  # the file's first comment line
 
 
 def _description(path: Path) -> str:
+    """The first sentence of the file's leading comment block (which may span several lines)."""
+    lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line.strip():
+        if not line.startswith("#"):
             break
-    return ""
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    end = re.search(r"[.!?](?=\s|$)", text)
+    return text[: end.end()] if end else text
 
 
 def list_configs(root: Path = CONFIGS_ROOT) -> list[ShippedConfig]:
@@ -43,9 +50,9 @@ def list_configs(root: Path = CONFIGS_ROOT) -> list[ShippedConfig]:
     found = []
     for path in root.rglob("*.yaml"):
         name = path.relative_to(root).with_suffix("").as_posix()
-        kind = KINDS.get(name.split("/")[0], "train")
+        kind = "expected" if name.endswith(EXPECTED_SUFFIX) else KINDS.get(name.split("/")[0], "train")
         found.append(ShippedConfig(name, kind, path, _description(path)))
-    order = {"train": 0, "grid": 1, "accelerate": 2}
+    order = {"train": 0, "grid": 1, "accelerate": 2, "expected": 3}
     return sorted(found, key=lambda c: (order[c.kind], c.name.startswith(PAPER_GRID), c.name))
 
 

@@ -10,7 +10,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import textwrap
 
 from .options import add_flags
 
@@ -34,20 +36,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(copy, {"--force": "replace the destination if it exists"})
 
 
+def print_listing(configs: list, kind: str | None, paths: bool) -> None:
+    """One entry per config, grouped by kind, descriptions wrapped (never cut) to the terminal's width; a grid
+    that ships the paper's numbers says so on its entry instead of listing them as a grid of their own."""
+    from ..shipped_configs import EXPECTED_SUFFIX
+
+    expected = {c.name.removesuffix(EXPECTED_SUFFIX) for c in configs if c.kind == "expected"}
+    shown = [c for c in configs if c.kind != "expected" and kind in (None, c.kind)]
+    width = max(len(c.name) for c in shown)
+    columns = max(shutil.get_terminal_size((110, 24)).columns, width + 40)
+    current = None
+    for config in shown:
+        if config.kind != current:
+            current = config.kind
+            print(("\n" if config is not shown[0] else "") + HEADERS[current])
+        text = config.description
+        if config.name in expected:
+            text += f" The paper's numbers: {config.name}{EXPECTED_SUFFIX}."
+        lines = textwrap.wrap(text, columns - width - 4) or [""]
+        print(f"  {config.name:<{width}}  {lines[0]}")
+        for line in lines[1:] + ([str(config.path)] if paths or config.kind == "accelerate" else []):
+            print(f"  {'':<{width}}  {line}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..shipped_configs import copy_config, list_configs
 
     if args.action == "list":
-        configs = [c for c in list_configs() if args.kind in (None, c.kind)]
-        width = max(len(c.name) for c in configs)
-        kind = None
-        for config in configs:
-            if config.kind != kind:
-                kind = config.kind
-                print(("\n" if config is not configs[0] else "") + HEADERS[kind])
-            print(f"  {config.name:<{width}}  {config.description}")
-            if args.paths or config.kind == "accelerate":
-                print(f"  {'':<{width}}  {config.path}")
+        print_listing(list_configs(), args.kind, args.paths)
         return 0
     try:
         target = copy_config(args.name, args.destination, overwrite=args.force)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 DESCRIPTION = """\
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     # Commands taking overrides after their positional arguments (`train C.yaml --resume noise.alpha=10`) let
     # options and positionals mix; plain parse_args would reject the overrides after --resume.
     parse = parser.parse_intermixed_args if getattr(module, "INTERMIXED_ARGS", False) else parser.parse_args
-    return int(module.run(parse(rest)) or 0)
+    try:
+        return int(module.run(parse(rest)) or 0)
+    except BrokenPipeError:  # the reader went away (`symnoise configs list | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
