@@ -110,3 +110,19 @@ def test_wheel_installs_and_runs_outside_the_checkout(base_model, alpaca_file, t
     assert not any("lora" in key for key in model.state_dict())
     out = model.generate(**tokenizer("Add 1 and 2.", return_tensors="pt"), max_new_tokens=3, do_sample=False)
     assert out.shape[1] > 3
+
+
+def test_readme_extras_table_matches_pyproject():
+    """Every extra's row in the README names exactly the packages pyproject.toml gives it (setuptools aside)."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    rows = {
+        m.group(1): set(re.findall(r"`([^`]+)`", m.group(2)))
+        for m in re.finditer(r"^\| `(\w+)` \| ([^|]*) \|", (REPO_ROOT / "README.md").read_text(), re.M)
+    }
+    for extra, requirements in extras.items():
+        names = {re.split(r"[<>=\[ ]", r)[0] for r in requirements} - {"setuptools"}
+        assert rows.get(extra) == names, (extra, rows.get(extra), names)
