@@ -316,7 +316,10 @@ def test_overwrite_removes_only_symnoise_files(base_model, alpaca_file, tmp_path
     (out / "my_notes.txt").unlink()
     (out / "eval").mkdir()  # written beside a run by `symnoise grid`: kept
     (out / "eval" / "stats.json").write_text("{}")
-    for folder in ("model_outputs_judged", "analysis"):  # written beside a run by `symnoise judge` / `analyze`
+    for folder in (
+        "model_outputs_judged",
+        "analysis",
+    ):  # written beside a run by `symnoise judge` / `analyze`
         (out / folder).mkdir()
         (out / folder / "metrics.json").write_text("{}")
     train(config, overwrite=True)

@@ -165,3 +165,18 @@ def test_real_alpaca_7b_and_neft_outputs(shared_data):
 def test_load_outputs_generators(shared_data):
     outputs, generators = load_outputs(shared_data / "alpaca_eval" / "model_outputs" / "alpaca-7b.json")
     assert len(outputs) == 805 and generators == ["alpaca-7b"]
+
+
+def test_columns_are_named_after_the_runs_when_every_file_has_the_same_name():
+    from symnoise.evaluation.stats import column_names
+
+    assert column_names(["runs/neft/model_outputs.json", "runs/symnoise/model_outputs.json"]) == [
+        "neft",
+        "symnoise",
+    ]
+    assert column_names(["a/x.json", "b/y.json"]) == ["x", "y"]
+    assert column_names(["g/a/eval/m.json", "g/b/eval/m.json", "g/b/m.json"]) == [
+        "a/eval/m",
+        "b/eval/m",
+        "g/b/m",
+    ]

@@ -152,8 +152,26 @@ def file_stats(paths: Sequence[str | Path], n_words: int) -> list[OutputStats]:
     return rows
 
 
+def column_names(files: Sequence[str | Path]) -> list[str]:
+    """A name per file that tells them apart: the stem, or, where stems repeat (``runs/*/model_outputs.json``),
+    the shortest tail of the path that differs (``neft/model_outputs``, or the run folder's name when every file
+    has the same name)."""
+    paths = [Path(f) for f in files]
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    if len({p.name for p in paths}) == 1 and len({p.parent.name for p in paths}) == len(paths):
+        return [p.parent.name for p in paths]
+    for depth in range(2, max(len(p.parts) for p in paths) + 1):
+        names = ["/".join(p.with_suffix("").parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
 def format_table(rows: Sequence[OutputStats]) -> str:
-    """Side-by-side table: one column per file (named by its stem), one line per metric."""
+    """Side-by-side table: one column per file (named so that they differ, see `column_names`), one line per
+    metric."""
 
     def fmt(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
@@ -167,7 +185,7 @@ def format_table(rows: Sequence[OutputStats]) -> str:
         ("2-gram rep. %", lambda r: fmt(r.rep_2_pct, 2)),
         ("log-diversity", lambda r: fmt(r.log_diversity, 2)),
     ]
-    lines = [[""] + [Path(r.file).stem for r in rows]]
+    lines = [[""] + column_names([r.file for r in rows])]
     lines += [[name] + [get(r) for r in rows] for name, get in metrics]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
