@@ -62,7 +62,8 @@ def test_cli_runs_end_to_end_and_writes_the_table(tmp_path, monkeypatch, capsys)
         assert summary["finished"] and summary["steps"] == 5  # 20 examples, batch 4, 1 epoch
         noise = json.loads((out / method / "symnoise_run.json").read_text())["noise"]
         assert (noise["method"], noise["alpha"]) == (stored, quickstart.METHOD_ALPHAS[method])
-    rows = [line for line in results.splitlines() if line.startswith("| ")]
+    table = next(block for block in results.split("\n\n") if block.startswith("| method"))  # the scores table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert header[:3] == ["method", "alpha", "exact match (n=10)"]
     assert set(quickstart.QUICKSTART_FAMILIES) <= set(header)
@@ -70,6 +71,9 @@ def test_cli_runs_end_to_end_and_writes_the_table(tmp_path, monkeypatch, capsys)
     assert list(body) == ["none", "neftune", "symnoise"]
     assert re.match(r"\| symnoise \| 5 \| \d+\.\d% \|", body["symnoise"])
     assert re.match(r"\| none \| 0 \| \d+\.\d% \|", body["none"])
+    for comparison in ("neftune - none", "symnoise - none", "symnoise - neftune"):
+        assert re.search(rf"\| {comparison} \| [+-]\d+\.\d \| \[[+-]\d+\.\d, [+-]\d+\.\d\] \|", results)
+    assert quickstart.CAVEAT in results
 
 
 @pytest.mark.parametrize("methods", ["none,bogus", ",", "NEFTune"])
@@ -111,3 +115,25 @@ def test_format_table_lists_every_method_and_family():
         "| none | 0 | 50.0% | 25.0 | 100% | 0% | 1.250 | 1.500 | 12 |",
         "| symnoise | 5 | 25.0% | 21.7 | 50% | 0% | 2.000 | 2.500 | 30 |",
     ]
+
+
+def test_differences_are_paired_over_the_same_instances():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    none = [True, True, False, True, False, True, True, False, True, True]
+    neft = [True, False, False, True, True, True, False, False, True, False]
+    sym = list(none)
+    scores = [
+        MethodScore("none", 0.0, 0.7, 1.0, 1.0, 1.0, {}, tuple(none)),
+        MethodScore("neftune", 5.0, 0.5, 1.0, 1.0, 1.0, {}, tuple(neft)),
+        MethodScore("symnoise", 5.0, 0.7, 1.0, 1.0, 1.0, {}, tuple(sym)),
+    ]
+    found = {(d.a, d.b): d for d in quickstart.differences(scores)}
+    assert list(found) == [("none", "neftune"), ("none", "symnoise"), ("neftune", "symnoise")]
+    test = scipy_stats.ttest_rel([100.0 * h for h in neft], [100.0 * h for h in none])
+    low, high = test.confidence_interval()
+    d = found[("none", "neftune")]
+    assert d.difference == pytest.approx(-20.0) and d.n == 10
+    assert (d.ci_low, d.ci_high) == (pytest.approx(low, abs=1e-9), pytest.approx(high, abs=1e-9))
+    assert "contains 0" in d.verdict  # [-49.1, +9.1]: ten instances cannot show a 20-point gap
+    same = found[("none", "symnoise")]  # identical answers: exactly 0, no spread
+    assert (same.difference, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)

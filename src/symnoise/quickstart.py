@@ -87,6 +87,25 @@ class MethodScore:
     train_loss: float
     seconds: float
     per_family: dict[str, float] = field(default_factory=dict)
+    hits: tuple[bool, ...] = ()  # exact match of each held-out instance, in the same order for every method
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Exact match of method ``b`` minus method ``a`` over the same held-out instances, in points, paired."""
+
+    a: str
+    b: str
+    difference: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    @property
+    def verdict(self) -> str:
+        if self.ci_low <= 0 <= self.ci_high:
+            return "no difference shown (the interval contains 0)"
+        return f"{self.b} {'higher' if self.difference > 0 else 'lower'} on these instances"
 
 
 def split_examples(settings: QuickstartSettings) -> tuple[list[Example], list[Example], list[Example]]:
@@ -231,9 +250,9 @@ def train_method(settings: QuickstartSettings, method: str, train_path: Path, ba
     return run_dir
 
 
-def score(run_dir: Path, eval_examples: list[Example]) -> tuple[float, float, dict[str, float]]:
-    """Exact-match accuracy overall and per family (greedy, no repetition penalty: answers like dates repeat
-    tokens) and the mean per-token loss of the reference answers, on the held-out examples."""
+def score(run_dir: Path, eval_examples: list[Example]) -> tuple[list[bool], float]:
+    """Exact match of each held-out example's greedy answer (no repetition penalty: answers like dates repeat
+    tokens), in order, and the mean per-token loss of the reference answers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
@@ -242,14 +261,20 @@ def score(run_dir: Path, eval_examples: list[Example]) -> tuple[float, float, di
         tokenizer, [Prompt(e.instruction, "quickstart", e.input) for e in eval_examples], TEMPLATE
     )
     decoding = DecodingSettings(max_length=192, max_new_tokens=48, repetition_penalty=1.0)
-    hits: dict[str, list[bool]] = defaultdict(list)
+    hits: list[bool] = []
     for start in range(0, len(rows), 64):
         outputs = generate_batch(model, tokenizer, rows[start : start + 64], decoding)
         for ids, example in zip(outputs, eval_examples[start : start + 64], strict=True):
-            hits[family_of(example)].append(exact_match(decode_output(tokenizer, ids), example.output))
-    per_family = {name: sum(found) / len(found) for name, found in sorted(hits.items())}
-    accuracy = sum(map(sum, hits.values())) / len(eval_examples)
-    return accuracy, answer_loss(model, tokenizer, eval_examples), per_family
+            hits.append(exact_match(decode_output(tokenizer, ids), example.output))
+    return hits, answer_loss(model, tokenizer, eval_examples)
+
+
+def per_family(hits: list[bool], examples: list[Example]) -> dict[str, float]:
+    """Exact match per task family."""
+    found: dict[str, list[bool]] = defaultdict(list)
+    for hit, example in zip(hits, examples, strict=True):
+        found[family_of(example)].append(hit)
+    return {name: sum(values) / len(values) for name, values in sorted(found.items())}
 
 
 def answer_loss(model, tokenizer, examples: list[Example], batch_size: int = 64) -> float:
@@ -283,20 +308,62 @@ def run_quickstart(settings: QuickstartSettings = QuickstartSettings()) -> list[
         run_dir = train_method(settings, method, train_path, base_dir)
         seconds = time.perf_counter() - started
         summary = read_json(RunLayout(run_dir).summary)
-        accuracy, eval_loss, per_family = score(run_dir, eval_examples)
+        hits, eval_loss = score(run_dir, eval_examples)
         final_loss = summary["final_loss"]
         scores.append(
             MethodScore(
                 method,
                 METHOD_ALPHAS[method],
-                accuracy,
+                sum(hits) / len(hits),
                 eval_loss,
                 math.nan if final_loss is None else final_loss,
                 seconds,
-                per_family,
+                per_family(hits, eval_examples),
+                tuple(hits),
             )
         )
     return scores
+
+
+def differences(scores: list[MethodScore]) -> list[Difference]:
+    """Every noisy method against no noise, and SymNoise against NEFTune: the paired difference in exact match
+    over the same held-out instances, with its 95% t-interval (`symnoise.evaluation.paired.paired_difference`)."""
+    from .evaluation.paired import paired_difference
+
+    by_method = {s.method: s for s in scores}
+    pairs = [("none", m) for m in by_method if m != "none"] + [("neftune", "symnoise")]
+    found = []
+    for a, b in pairs:
+        if a in by_method and b in by_method and len(by_method[a].hits) > 1:
+            d = paired_difference(
+                [100.0 * h for h in by_method[a].hits], [100.0 * h for h in by_method[b].hits]
+            )
+            if d.ci_low is None:  # every instance agrees: the difference is exactly 0
+                found.append(Difference(a, b, d.difference, d.difference, d.difference, d.n))
+            else:
+                found.append(Difference(a, b, d.difference, d.ci_low, d.ci_high, d.n))
+    return found
+
+
+def format_differences(found: list[Difference]) -> str:
+    """The comparisons, and what their intervals do and do not cover."""
+    lines = [
+        "| comparison | exact match difference (points) | 95% interval | |",
+        "|---|---|---|---|",
+        *(
+            f"| {d.b} - {d.a} | {d.difference:+.1f} | [{d.ci_low:+.1f}, {d.ci_high:+.1f}] | {d.verdict} |"
+            for d in found
+        ),
+    ]
+    return "\n".join(lines) + "\n\n" + CAVEAT
+
+
+CAVEAT = (
+    "Each interval is paired over the same held-out instances and covers only which instances were drawn. It does "
+    "not cover the training seed or the machine: the run repeats exactly on one machine, but another CPU's "
+    "arithmetic moves each method's exact match by several points (see the README), so a gap of a few points "
+    "between two methods here is not a result about the methods."
+)
 
 
 def describe(settings: QuickstartSettings) -> str:

@@ -28,7 +28,15 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
     from ..files import write_text_atomic
-    from ..quickstart import METHOD_ALPHAS, QuickstartSettings, describe, format_table, run_quickstart
+    from ..quickstart import (
+        METHOD_ALPHAS,
+        QuickstartSettings,
+        describe,
+        differences,
+        format_differences,
+        format_table,
+        run_quickstart,
+    )
 
     transformers_logging.disable_progress_bar()  # weight loading and saving bars, six times per run
     logging.basicConfig(level=logging.WARNING)
@@ -49,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         settings = dataclasses.replace(settings, epochs=args.epochs)
     scores = run_quickstart(settings)
-    report = describe(settings) + "\n\n" + format_table(scores, settings.n_eval)
+    report = "\n\n".join(
+        [describe(settings), format_table(scores, settings.n_eval), format_differences(differences(scores))]
+    )
     write_text_atomic(args.out / "results.md", report + "\n")
     print(report)
     print(f"\nruns and this table: {args.out}/")
