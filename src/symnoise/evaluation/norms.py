@@ -1,13 +1,14 @@
-"""The sqrt(3) norm analysis of the SymNoise paper (Lemmas 1-3, Figures 1-5), by sampling.
+"""The sqrt(3) norm analysis of the SymNoise paper (Lemmas 1-3, the data of Figures 1-5), by sampling.
 
 For P ~ U(-1, 1)^d, E||P||^2 = d/3, while for N(0, 1)^d and for Bernoulli +-1 vectors E||P||^2 = d, so the ratio
 of mean L2 norms Gaussian/Uniform and Bernoulli/Uniform tends to sqrt(3) as d grows (the ratio of mean norms is not
 exactly the ratio of root mean squares at small d; e.g. at d = 1 it is 0.798/0.5 and 1/0.5). This is why the
 Gaussian, Bernoulli and SymNoise scales divide NEFTune's alpha / sqrt(L d) by sqrt(3).
 
-Two sweeps, as in the paper's figures: the ratio against the dimension d in 1..4096 with 256 sampled vectors per d
-(55 integer dimensions, log-spaced so that the small-d regime is visible and the run takes about a second), and
-against the number of sampled vectors (64..256, step 16) at d = 4096. Everything is drawn from one
+Two sweeps, as in the paper's figures, written to ``norm_ratios.csv`` and drawn as two plots with both ratios in
+each (the paper draws each ratio of each sweep again on its own, Figures 2-5): the ratio against the dimension d
+in 1..4096 with 256 sampled vectors per d (55 integer dimensions, log-spaced so that the small-d regime is visible
+and the run takes about a second), and against the number of sampled vectors (64..256, step 16) at d = 4096. Everything is drawn from one
 seeded ``numpy.random.Generator``, so a seed gives the same table.
 """
 
