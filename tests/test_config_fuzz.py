@@ -103,6 +103,7 @@ FIELDS = {
         ["eager", "sdpa", "flash_attention_2", "flash_attention_3"],
     ),
     "model.trust_remote_code": (boolean(), ["true or false"]),
+    "model.use_kernels": (boolean(), ["true or false"]),
     "model.license": (text().filter(lambda v: v is not None), ["string|character"]),
     "data.path": (text(), ["string|character"]),
     "data.format": (choice(FORMATS), list(FORMATS)),

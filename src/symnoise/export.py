@@ -80,8 +80,8 @@ def merge_lora(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_export(run_dir, out_dir, overwrite)
     torch_dtype = _torch_dtype(dtype)
-    model = AutoPeftModelForCausalLM.from_pretrained(
-        str(run_dir), dtype=torch_dtype, trust_remote_code=trust_remote_code
+    model = AutoPeftModelForCausalLM.from_pretrained(  # hub kernels off (transformers 5.2x's default is on)
+        str(run_dir), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_kernels=False
     )
     merged = model.merge_and_unload()
     merged.config.use_cache = True  # training switched the cache off; generation wants it

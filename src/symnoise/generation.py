@@ -200,8 +200,8 @@ def load_model_and_tokenizer(
 
     device = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
-    lm = AutoModelForCausalLM.from_pretrained(
-        str(model), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
+    lm = AutoModelForCausalLM.from_pretrained(  # hub kernels off: transformers 5.2x turns them on by default
+        str(model), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code, use_kernels=False
     )
     return lm.to(device).eval(), tokenizer
 

@@ -256,7 +256,7 @@ def score(run_dir: Path, eval_examples: list[Example]) -> tuple[list[bool], floa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    model = AutoModelForCausalLM.from_pretrained(run_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(run_dir, use_kernels=False).eval()
     rows = prompt_token_ids(
         tokenizer, [Prompt(e.instruction, "quickstart", e.input) for e in eval_examples], TEMPLATE
     )

@@ -186,7 +186,9 @@ def load_model(target: Target, device: str, dtype: str):
             str(target.model_dir), is_trainable=True, dtype=torch_dtype
         )
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(target.model_dir), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(target.model_dir), dtype=torch_dtype, use_kernels=False
+        )
         model.requires_grad_(True)
     model.config.use_cache = False
     return model.to(device).eval(), tokenizer

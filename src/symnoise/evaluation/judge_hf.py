@@ -42,7 +42,7 @@ class HFJudge:
         self._explicit = max_new_tokens is not None
         self.max_new_tokens = 12 if max_new_tokens is None else max_new_tokens
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_name_or_path)
-        self.model = model or AutoModelForCausalLM.from_pretrained(model_name_or_path)
+        self.model = model or AutoModelForCausalLM.from_pretrained(model_name_or_path, use_kernels=False)
         if device:
             self.model.to(device)
         self.model.eval()

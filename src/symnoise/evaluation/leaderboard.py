@@ -171,7 +171,7 @@ def run_leaderboard(
 
     if isinstance(checkpoint, (str, os.PathLike)):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        lm = HFLM(pretrained=str(checkpoint), batch_size=batch_size, device=device)
+        lm = HFLM(pretrained=str(checkpoint), batch_size=batch_size, device=device, use_kernels=False)
     else:
         lm = checkpoint
     scores = []

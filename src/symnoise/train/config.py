@@ -40,6 +40,11 @@ class ModelSection(_Section):
     )
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
     trust_remote_code: bool = Field(False, description="run code shipped with the model; off unless asked")
+    use_kernels: bool = Field(
+        False,
+        description="let transformers swap layers for kernels fetched from the hub (the `kernels` package; "
+        "network, and numerics other than the tested path); off unless asked",
+    )
     license: str | None = Field(
         None, description="the base model's licence id (apache-2.0, llama3.2, ...), stated in the model card"
     )

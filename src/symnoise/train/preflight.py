@@ -90,6 +90,11 @@ def check_environment(config: TrainConfig) -> None:
                 "training.report_to: tensorboard is not installed (pip install tensorboard); "
                 "install it or remove tensorboard from training.report_to"
             )
+    if config.model.use_kernels and not _importable("kernels"):
+        raise ConfigError(
+            "model.use_kernels: true needs the kernels package (pip install kernels), which is not installed; "
+            "install it or leave model.use_kernels off (the default)"
+        )
     attention = config.model.attn_implementation
     if attention in ("flash_attention_2", "flash_attention_3"):
         module = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}[attention]

@@ -179,7 +179,9 @@ def load_model(config: TrainConfig, precision: str, local_rank: int = 0):
     if config.lora.quantize_4bit:
         kwargs["quantization_config"] = quantization_config()
         kwargs["device_map"] = quantized_device_map(local_rank)
-    model = AutoModelForCausalLM.from_pretrained(config.model.name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        config.model.name, use_kernels=config.model.use_kernels, **kwargs
+    )
     model.config.use_cache = False  # no cache in training; packed rows also need it off
     if config.lora.enabled:
         model = wrap_lora(model, config)

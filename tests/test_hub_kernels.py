@@ -1,0 +1,51 @@
+"""Every place that loads a model does so with transformers' hub kernels off unless the config opts in.
+
+transformers 5.2x turns ``use_kernels`` on by default in ``from_pretrained``: with the `kernels` package missing (as
+on a fresh GPU image) every load then raises "Kernels are not available", and with it installed, layers are
+swapped for kernels fetched from the hub. The tests hide the package from transformers and load through each path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import transformers.modeling_utils
+from test_export import lora_run  # noqa: F401  (fixture)
+from test_train import tiny_config
+
+from symnoise.export import merge_lora
+from symnoise.generation import load_model_and_tokenizer
+from symnoise.train import train
+from symnoise.train.config import ConfigError
+
+
+@pytest.fixture
+def kernels_missing(monkeypatch):
+    monkeypatch.setattr(transformers.modeling_utils, "is_kernels_available", lambda: False)
+    with pytest.raises(
+        ValueError, match="Kernels are not available"
+    ):  # what the default does without the fix
+        transformers.modeling_utils.PreTrainedModel.set_use_kernels(
+            object.__new__(transformers.PreTrainedModel), True
+        )
+
+
+def test_training_generation_and_export_load_without_the_kernels_package(
+    kernels_missing,
+    base_model,
+    alpaca_file,
+    lora_run,  # noqa: F811
+    tmp_path,
+):
+    result = train(tiny_config(base_model, alpaca_file, tmp_path / "run", training__max_steps=1))
+    assert result.steps == 1
+    model, _ = load_model_and_tokenizer(tmp_path / "run", device="cpu")
+    assert not model.use_kernels
+    merged = merge_lora(lora_run, tmp_path / "merged")
+    assert (merged / "model.safetensors").is_file()
+
+
+def test_opting_in_without_the_package_is_a_config_error(monkeypatch, base_model, alpaca_file, tmp_path):
+    monkeypatch.setattr("symnoise.train.preflight._importable", lambda module: module != "kernels")
+    with pytest.raises(ConfigError, match=r"model.use_kernels: true needs the kernels package"):
+        train(tiny_config(base_model, alpaca_file, tmp_path / "run", model__use_kernels=True))
+    assert not (tmp_path / "run" / "model.safetensors").exists()
