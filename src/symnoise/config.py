@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -97,7 +98,9 @@ class NoiseConfig:
     draws: int = 1
 
     def __post_init__(self) -> None:
-        method = METHOD_ALIASES.get(self.method, self.method) if isinstance(self.method, str) else self.method
+        method = self.method
+        if isinstance(method, str):  # names are case-insensitive: NEFTune, SymNoise, Gaussian
+            method = METHOD_ALIASES.get(method.lower(), method.lower())
         set_ = object.__setattr__
         set_(self, "method", _choice("method", method, METHODS + tuple(METHOD_ALIASES)))
         set_(self, "alpha", _number("alpha", self.alpha))
@@ -154,5 +157,12 @@ class NoiseConfig:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             allowed = ", ".join(cls.__dataclass_fields__)
-            raise ValueError(f"unknown NoiseConfig field(s) {', '.join(unknown)}; allowed: {allowed}")
+            hints = [
+                f"{name} (did you mean {close[0]}?)" if close else name
+                for name in unknown
+                for close in [
+                    difflib.get_close_matches(name, list(cls.__dataclass_fields__), n=1, cutoff=0.6)
+                ]
+            ]
+            raise ValueError(f"unknown NoiseConfig field(s) {', '.join(hints)}; allowed: {allowed}")
         return cls(**data)

@@ -7,8 +7,9 @@ paths: ``noise.alpha=10 training.learning_rate=1e-4 lora.enabled=true``; values 
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -337,13 +338,41 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _fields_at(loc: tuple) -> list[str]:
+    """The field names a config section at ``loc`` (a path of names and list indices) accepts."""
+    model: Any = TrainConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *get_args(annotation)]
+        for arg in list(candidates):
+            candidates += get_args(arg)
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """``; did you mean NAME?`` for the valid field nearest to an unknown one, else the valid names."""
+    fields = _fields_at(loc[:-1])
+    if not fields:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; allowed: {', '.join(fields)}"
+
+
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown field"
+            message = "unknown field" + _did_you_mean(item["loc"])
         elif item["type"] in ("bool_type", "bool_parsing"):
             message += " (true or false)"
         lines.append(f"  {where}: {message}")
