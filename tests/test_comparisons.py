@@ -337,3 +337,124 @@ def test_report_names_a_bad_reference_loss_file(seed_runs, tmp_path):
 
 def test_reference_loss_file_name_agrees_with_the_grid():
     assert REFERENCE_LOSS_FILE == EVAL_REFERENCE_LOSS
+
+
+# ------------------------------------------------------------------------------------ per-example ref. loss
+
+
+def test_reference_loss_keeps_each_examples_mean_token_loss(tiny_tokenizer, tiny_model_factory):
+    """Each kept example's loss equals its own unpadded forward; the token-weighted mean of them is ``loss``;
+    an example dropped by the tokeniser (prompt alone too long) is left out and the others keep their names."""
+    import torch
+    import torch.nn.functional as F
+
+    from symnoise.data import Example, tokenize_examples
+    from symnoise.grid.evaluate import reference_loss
+
+    examples = [
+        Example(
+            f"Add {i} and {i + 1}.", "" if i % 2 else str(i), "The answer is " + "x " * (2 * i), "f.json:toy"
+        )
+        for i in range(6)
+    ]
+    examples.insert(2, Example("long " * 400, "", "never seen", "f.json:toy"))
+    model = tiny_model_factory("llama")
+    result = reference_loss(model, tiny_tokenizer, examples, "alpaca", 256, batch_size=4)
+    kept = [e for e in examples if not e.instruction.startswith("long")]
+    assert result["dropped"] == 1 and result["examples"] == len(kept) == len(result["per_example"])
+    assert [(r["instruction"], r["input"]) for r in result["per_example"]] == [
+        (e.instruction, e.input) for e in kept
+    ]
+    for row, example in zip(result["per_example"], kept, strict=True):
+        item = tokenize_examples([example], tiny_tokenizer, "alpaca", 256)[0]
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([item["input_ids"]])).logits[0, :-1]
+        labels = torch.tensor(item["labels"][1:])
+        assert row["tokens"] == int((labels != -100).sum())
+        assert abs(row["loss"] - F.cross_entropy(logits, labels, ignore_index=-100).item()) < 1e-5
+    weighted = sum(r["loss"] * r["tokens"] for r in result["per_example"]) / result["tokens"]
+    assert sum(r["tokens"] for r in result["per_example"]) == result["tokens"]
+    assert abs(weighted - result["loss"]) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- grid summary
+
+
+def cell(method: str, seed: int, loss: float | None, chars: float | None, alpha: float = 5.0) -> dict:
+    return {"cell": f"{method}-s{seed}", "model": "tiny", "dataset": "toy", "method": method, "alpha": alpha,
+            "seed": seed, "status": "finished", "error": None, "final_loss": loss, "train_s": 1.0,
+            "reference_loss": loss and loss + 1, "win_rate": None, "mean_chars": chars, "mean_words": None,
+            "n_kept": None, "rep_2_pct": None, "log_diversity": None}  # fmt: skip
+
+
+def test_grid_summary_aggregates_the_seed_axis():
+    from symnoise.grid.summary import ONE_SEED_NOTE, seed_json, seed_markdown, seed_rows
+
+    rows = [cell("none", 0, 1.0, 10.0), cell("symnoise", 0, 0.8, 30.0), cell("none", 1, 1.2, None),
+            cell("symnoise", 1, 0.7, 20.0), cell("none", 2, 1.1, 14.0), cell("symnoise", 2, None, 25.0)]  # fmt: skip
+    aggregated = seed_rows(rows)
+    assert [(r["method"], r["seeds"]) for r in aggregated] == [("none", [0, 1, 2]), ("symnoise", [0, 1, 2])]
+    none, sym = aggregated
+    assert none["final_loss"] == seed_summary([1.0, 1.2, 1.1]) and none["mean_chars"] == seed_summary(
+        [10.0, 14.0]
+    )
+    assert sym["reference_loss"] == seed_summary([1.8, 1.7]) and sym["win_rate"] is None
+    markdown = "\n".join(seed_markdown(aggregated))
+    s = seed_summary([1.0, 1.2, 1.1])
+    assert (
+        f"| tiny | toy | none | 5 | 0, 1, 2 | {s.mean:.3f} ± {(s.ci_high - s.ci_low) / 2:.3f} (3) |"
+        in markdown
+    )
+    assert ONE_SEED_NOTE not in markdown
+    as_json = seed_json(aggregated)
+    assert as_json[0]["final_loss"]["ci_low"] == s.ci_low and json.dumps(as_json)
+
+    one_seed = seed_rows([r for r in rows if r["seed"] == 0])
+    assert "\n".join(seed_markdown(one_seed)).count("|") == 0 and ONE_SEED_NOTE in seed_markdown(one_seed)
+    assert "intervals over seeds are undefined" in ONE_SEED_NOTE
+
+
+@pytest.mark.slow
+def test_a_grid_with_two_seeds_summarises_over_seeds(tmp_path):
+    from test_grid import tiny_grid
+
+    from symnoise.grid import run_grid, validate_grid
+
+    data = tiny_grid(tmp_path)
+    data["axes"]["seed"] = [0, 1]
+    grid = validate_grid(data)
+    outcome = run_grid(grid, log=lambda line: None)
+    assert [c.status for c in outcome.cells] == ["finished"] * 4
+    summary = json.loads((tmp_path / "grid/summary.json").read_text())
+    by_method = {r["method"]: r for r in summary["seeds"]}
+    assert by_method["none"]["seeds"] == by_method["symnoise"]["seeds"] == [0, 1]
+    for method, row in by_method.items():
+        losses = [c["reference_loss"] for c in summary["cells"] if c["method"] == method]
+        assert row["reference_loss"] == {**seed_summary(losses)._asdict(), "note": None}
+
+    def per_prompt(method: str, seed: int) -> list[float]:
+        (run,) = [c.run_dir for c in grid.cells if (c.method, c.seed) == (method, seed)]
+        rows = json.loads((run / "eval" / EVAL_REFERENCE_LOSS).read_text())["per_example"]
+        assert len(rows) == 6
+        return [r["loss"] for r in rows]
+
+    (row,) = [r for r in summary["comparisons"]["rows"] if r["metric"] == "reference_loss"]
+    assert (row["a"], row["b"], row["kind"]) == ("base", "SymNoise", "vs base")
+    means = {(m, s): sum(per_prompt(m, s)) / 6 for m in ("none", "symnoise") for s in (0, 1)}
+    direct = seed_difference([means["none", s] for s in (0, 1)], [means["symnoise", s] for s in (0, 1)], True)
+    assert_close(row["difference"], direct.difference) and assert_close(row["ci_low"], direct.ci_low)
+    first = paired_difference(per_prompt("none", 0), per_prompt("symnoise", 0))
+    assert_close(row["per_seed"][0]["difference"], first.difference)
+    assert_close(row["per_seed"][0]["ci_high"], first.ci_high)
+    markdown = (tmp_path / "grid/summary.md").read_text()
+    assert "## Over seeds" in markdown and "| tiny-llama | toy | symnoise | 5 | 0, 1 |" in markdown
+    assert "| Alpaca | SymNoise − base | held-out ref. loss | 0, 1 |" in markdown
+    assert "\n\n## Over seeds\n" in markdown
+    # outputs of 2 words: no repetition on the first 5 words, said in words rather than shown as a number
+    assert (
+        "| 2-gram rep. (%) | 0 | 0 | – | – | – | – | interval undefined over prompts (seed 0): no paired values |"
+        in (markdown)
+    )
+    assert "not compared: no value on some seed (e.g. no output of 5 words or more)" in markdown
+    report = json.loads((tmp_path / "grid/report/report.json").read_text())
+    assert report["paired_comparisons"]["rows"] == summary["comparisons"]["rows"]

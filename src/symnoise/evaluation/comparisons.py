@@ -356,9 +356,9 @@ def _seed_text(seed: int | None) -> str:
     return "seed unknown" if seed is None else f"seed {seed}"
 
 
-def _claim(a: str, b: str, low: float | None, high: float | None, over: str) -> str:
+def _claim(a: str, b: str, low: float | None, high: float | None, over: str, why: str | None = None) -> str:
     if low is None:
-        return f"interval undefined over {over}"
+        return f"interval undefined over {over}" + (f": {why}" if why else "")
     if low > 0 or high < 0:
         return f"{b} {'higher' if low > 0 else 'lower'} than {a} at 95% over {over}"
     return f"not shown at 95% (interval contains 0) over {over}"
@@ -406,7 +406,8 @@ def compare_metric(
     try:
         for seed in common:
             paired = paired_difference(*paired_values(metric, data(a_runs[seed]), data(b_runs[seed])))
-            verdict = _claim(a.label, b.label, paired.ci_low, paired.ci_high, f"prompts ({_seed_text(seed)})")
+            over = f"prompts ({_seed_text(seed)})"
+            verdict = _claim(a.label, b.label, paired.ci_low, paired.ci_high, over, paired.note)
             per_seed.append(SeedComparison(seed, a_runs[seed].name, b_runs[seed].name, paired, verdict))
         anchor_a, anchor_b = a_runs[seeds_a[0]], b_runs[seeds_b[0]]
         for seed in (s for s in seeds_a if s not in b_runs):  # the judged sets must still be comparable

@@ -325,6 +325,11 @@ def comparisons_table(comparisons: Comparisons) -> Table | None:
         "difference of those means, its 95% interval paired by seed (Welch's where the seeds differ), or over "
         "prompts (paired t) where there is one seed, which does not cover seed-to-seed variation"
     ]
+    if any(c.metric == "reference_loss" for c in comparisons.rows):
+        notes.append(
+            "held-out ref. loss here: each prompt's mean token loss, averaged over prompts (every prompt weighs the "
+            "same), so it differs a little from the loss over all reference tokens together"
+        )
     notes += [f"{c.dataset}, {c.name}, {METRICS[c.metric]}: {n}" for c in comparisons.rows for n in c.notes]
     return Table(
         "Comparisons",

@@ -190,8 +190,8 @@ def write_grid_report(grid: Grid, outcomes: dict[str, CellOutcome], seconds: flo
         {"grid": grid.source, "seconds": seconds, "pretrain": pretrain, "cells": rows, "seeds": seed_json(aggregated),
          "comparisons": paired.to_dict() if paired else {"rows": [], "notes": [problem] if problem else []}},
     )  # fmt: skip
-    markdown = summary_markdown(rows, grid) + "\n".join(
-        seed_markdown(aggregated) + comparisons_markdown(paired, problem)
+    markdown = "\n".join(
+        [summary_markdown(rows, grid)] + seed_markdown(aggregated) + comparisons_markdown(paired, problem)
     )
     write_text_atomic(layout.summary_md, markdown)
     if not trained:
