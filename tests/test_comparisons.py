@@ -458,3 +458,16 @@ def test_a_grid_with_two_seeds_summarises_over_seeds(tmp_path):
     assert "not compared: no value on some seed (e.g. no output of 5 words or more)" in markdown
     report = json.loads((tmp_path / "grid/report/report.json").read_text())
     assert report["paired_comparisons"]["rows"] == summary["comparisons"]["rows"]
+
+
+def test_runs_without_a_seed_count_as_one_unknown_seed(seed_runs):
+    chosen = [seed_runs[("uniform", 1)], seed_runs[("symnoise", 2)]]
+    for run in chosen:
+        (run / "config.yaml").unlink()
+    comparisons = build_comparisons(load_runs(chosen))
+    row = find(comparisons, "NEFT", "SymNoise", "length_chars")
+    assert row.seeds == [None] and row.headline[3] == "prompts (seed unknown)"
+    assert row.verdict.endswith(f"over prompts (seed unknown); {ONE_SEED}")
+    assert comparisons.notes == [
+        "runs without training.seed in config.yaml count as one seed of unknown value"
+    ]

@@ -54,10 +54,10 @@ from .paired import (
     seed_summary,
 )
 from .runs import (
-    DEFAULT_ALPHA,
-    PAPER_ALPHA,
+    DATASETS,
     ReportError,
     Run,
+    distance_to_paper_alpha,
     is_base,
     read_prompt_outputs,
     read_reference_losses,
@@ -97,10 +97,6 @@ class Arm:
         return next(iter(self.runs.values()))
 
 
-def _alpha_distance(run: Run) -> float:
-    return 0.0 if is_base(run.noise) else abs(run.noise.alpha - PAPER_ALPHA.get(run.dataset, DEFAULT_ALPHA))
-
-
 def group_runs(runs: Sequence[Run], seeds: dict[Path, int | None] | None = None) -> list[Arm]:
     """The runs grouped by dataset and alpha-free method label (draws included), one run per seed.
 
@@ -113,7 +109,7 @@ def group_runs(runs: Sequence[Run], seeds: dict[Path, int | None] | None = None)
         seed = seeds[run.path]
         if seed not in arm.runs:
             arm.runs[seed] = run
-        elif _alpha_distance(run) < _alpha_distance(arm.runs[seed]):
+        elif distance_to_paper_alpha(run) < distance_to_paper_alpha(arm.runs[seed]):
             arm.left_out.append(arm.runs[seed])
             arm.runs[seed] = run
         else:
@@ -133,7 +129,8 @@ def _is_compute_matched_control(run: Run) -> bool:
 def choose_comparisons(arms: Sequence[Arm]) -> list[tuple[str, Arm, Arm]]:
     """(kind, A, B) per dataset: every noise method vs base; SymNoise vs NEFT and vs the compute-matched control."""
     chosen = []
-    for dataset in dict.fromkeys(arm.dataset for arm in arms):
+    present = list(dict.fromkeys(arm.dataset for arm in arms))
+    for dataset in [d for d in DATASETS if d in present] + [d for d in present if d not in DATASETS]:
         here = [arm for arm in arms if arm.dataset == dataset]
         bases = [arm for arm in here if is_base(arm.any_run.noise)]
         noisy = [arm for arm in here if not is_base(arm.any_run.noise)]
@@ -318,7 +315,7 @@ class Comparison:
             return over.difference, over.ci_low, over.ci_high, basis
         if len(self.per_seed) == 1:
             p = self.per_seed[0].paired
-            return p.difference, p.ci_low, p.ci_high, f"prompts (seed {self.per_seed[0].seed})"
+            return p.difference, p.ci_low, p.ci_high, f"prompts ({_seed_text(self.per_seed[0].seed)})"
         return None, None, None, "–"
 
     def to_dict(self) -> dict[str, Any]:

@@ -330,7 +330,11 @@ def comparisons_table(comparisons: Comparisons) -> Table | None:
             "held-out ref. loss here: each prompt's mean token loss, averaged over prompts (every prompt weighs the "
             "same), so it differs a little from the loss over all reference tokens together"
         )
-    notes += [f"{c.dataset}, {c.name}, {METRICS[c.metric]}: {n}" for c in comparisons.rows for n in c.notes]
+    notes += [
+        f"{dataset_title(c.dataset)}, {c.name}, {METRICS[c.metric]}: {n}"
+        for c in comparisons.rows
+        for n in c.notes
+    ]
     return Table(
         "Comparisons",
         [
