@@ -418,7 +418,7 @@ def test_grid_summary_aggregates_the_seed_axis():
 def test_a_grid_with_two_seeds_summarises_over_seeds(tmp_path):
     from test_grid import tiny_grid
 
-    from symnoise.grid import run_grid, validate_grid
+    from symnoise.grid import read_stages, run_grid, validate_grid
 
     data = tiny_grid(tmp_path)
     data["axes"]["seed"] = [0, 1]
@@ -435,7 +435,7 @@ def test_a_grid_with_two_seeds_summarises_over_seeds(tmp_path):
     def per_prompt(method: str, seed: int) -> list[float]:
         (run,) = [c.run_dir for c in grid.cells if (c.method, c.seed) == (method, seed)]
         rows = json.loads((run / "eval" / EVAL_REFERENCE_LOSS).read_text())["per_example"]
-        assert len(rows) == 6
+        assert len(rows) == 6 and "per_example" not in read_stages(run)["reference_loss"]
         return [r["loss"] for r in rows]
 
     (row,) = [r for r in summary["comparisons"]["rows"] if r["metric"] == "reference_loss"]
