@@ -1,8 +1,10 @@
 """``symnoise report``: the papers' tables (markdown) and plots against alpha (PNG) from finished run directories.
 
 Where each piece of a run is looked for is listed in :mod:`symnoise.evaluation.runs`; missing pieces show as
-"–". Writes ``report.md``, ``winrate_vs_alpha.png``, ``length_vs_alpha.png`` and, with ``--json``, ``report.json``
-into ``--out``, and prints the markdown. ``--words N`` computes repetition and log-diversity (Table 5) on the first N
+"–". Writes ``report.md``, ``winrate_vs_alpha.png``, ``length_vs_alpha.png``, ``paired_differences.png`` (when two
+methods of a dataset have a metric in common) and, with ``--json``, ``report.json`` into ``--out``, and prints the
+markdown. The "Comparisons" section pairs methods prompt by prompt per training seed (``training.seed`` of each
+run's ``config.yaml``) and over seeds (`symnoise.evaluation.comparisons`), with a verdict in words. ``--words N`` computes repetition and log-diversity (Table 5) on the first N
 words for every dataset instead of the papers' N (50 Alpaca, 100 Evol-Instruct, 150 ShareGPT and OpenPlatypus).
 ``--expected FILE`` prints the papers' tables (an expected-numbers file, `symnoise.evaluation.expected`) first, each
 cell "paper / reproduced (difference ± standard error)". ``--grid GRID.yaml`` reports the grid's trained cells and
@@ -17,9 +19,9 @@ from pathlib import Path
 
 from symnoise.evaluation.expected import load_expected
 from symnoise.evaluation.report import write_report
-from symnoise.evaluation.runs import ReportError, load_runs, piece_names
+from symnoise.evaluation.runs import REFERENCE_LOSS_FILE, ReportError, load_runs, piece_names
 from symnoise.evaluation.stats import MIN_WORDS, WORDS_PER_DATASET
-from symnoise.layout import METRICS_LOG, RUN_INFO, TRAIN_SUMMARY, RunLayout
+from symnoise.layout import CONFIG_FILE, EVAL_DIR, METRICS_LOG, RUN_INFO, TRAIN_SUMMARY, RunLayout
 
 from .options import fail
 
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pieces = "; ".join(f"{piece}: {', '.join(names)}" for piece, names in piece_names().items())
     parser.epilog = (
         f"Looked for in each RUN_DIR: {RUN_INFO} (required), {TRAIN_SUMMARY}, {METRICS_LOG}; "
-        f"{pieces} (the first found of each)."
+        f"{pieces} (the first found of each); for the comparisons also {CONFIG_FILE} (training.seed) and "
+        f"{EVAL_DIR}/{REFERENCE_LOSS_FILE} (per-prompt held-out loss, written by `symnoise grid`)."
     )
     parser.add_argument(
         "runs", nargs="*", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`"
@@ -65,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("report"),
         metavar="DIR",
-        help="folder for report.md and the plots (default ./report)",
+        help="folder for report.md and the plots, paired_differences.png among them (default ./report)",
     )
     parser.add_argument("--json", action="store_true", help="also write a machine-readable DIR/report.json")
     parser.add_argument(

@@ -2,8 +2,10 @@
 
 The runs are read by `symnoise.evaluation.runs` (its docstring says where each piece is looked for and how runs
 are labelled) and laid out in tables by `symnoise.evaluation.tables`; with an expected-numbers file, the papers'
-tables (`symnoise.evaluation.expected`) come first. This module draws the plots and writes every file, each
-atomically: ``report.md``, ``winrate_vs_alpha.png``, ``length_vs_alpha.png`` and, if asked, ``report.json``.
+tables (`symnoise.evaluation.expected`) come first. The paired comparisons between methods
+(`symnoise.evaluation.comparisons`: per seed over prompts, and over seeds) follow the tables. This module draws the
+plots and writes every file, each atomically: ``report.md``, ``winrate_vs_alpha.png``, ``length_vs_alpha.png``,
+``paired_differences.png`` (when there is a comparison) and, if asked, ``report.json``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..files import write_atomic, write_json_atomic, write_text_atomic
+from .comparisons import METRICS, Comparisons, build_comparisons
 from .expected import ExpectedFile, comparison_tables
 from .runs import Run, is_base
-from .tables import build_tables, dataset_order, dataset_title, pick, row_order, to_markdown
+from .tables import (
+    build_tables,
+    comparisons_per_seed_table,
+    comparisons_table,
+    dataset_order,
+    dataset_title,
+    pick,
+    row_order,
+    to_markdown,
+)
 
 MARKDOWN_FILE = "report.md"
 JSON_FILE = "report.json"
 WINRATE_PLOT = "winrate_vs_alpha.png"
 LENGTH_PLOT = "length_vs_alpha.png"
+PAIRED_PLOT = "paired_differences.png"
 
 
 def plot_against_alpha(
@@ -56,6 +69,41 @@ def _plot_panel(axis, runs: Sequence[Run], value: Callable[[Run], float | None])
     axis.legend(fontsize="small")
 
 
+def plot_paired_differences(comparisons: Comparisons, path: Path) -> Path | None:
+    """One panel per metric, one line per comparison: the difference B − A as a point with its 95% interval
+    (over seeds where defined, else over prompts), a vertical line at 0; a PNG at ``path``, None without data."""
+    shown = [c for c in comparisons.rows if c.headline[0] is not None]
+    if not shown:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in METRICS if any(c.metric == m for c in shown)]
+    heights = [sum(c.metric == m for c in shown) for m in metrics]
+    figure, axes = plt.subplots(
+        len(metrics), 1, figsize=(8, 1.2 + 0.45 * sum(heights) + 0.6 * len(metrics)), squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )  # fmt: skip
+    for axis, metric in zip(axes[:, 0], metrics, strict=True):
+        rows = [c for c in shown if c.metric == metric]
+        for y, row in enumerate(rows):
+            difference, low, high, basis = row.headline
+            color = "tab:blue" if basis.startswith("seeds") else "tab:orange"
+            if low is not None:
+                axis.plot([low, high], [y, y], color=color, linewidth=2)
+            axis.plot([difference], [y], "o", color=color)
+        axis.axvline(0, color="gray", linestyle="--")
+        axis.set_yticks(range(len(rows)), [f"{c.name} ({dataset_title(c.dataset)})" for c in rows])
+        axis.set_ylim(len(rows) - 0.5, -0.5)
+        axis.set_xlabel(f"B − A: {METRICS[metric]} (95% interval; blue over seeds, orange over prompts)")
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+    return path
+
+
 @dataclass(frozen=True)
 class ReportFiles:
     markdown: Path
@@ -64,11 +112,19 @@ class ReportFiles:
 
 
 def write_report(
-    runs: Sequence[Run], out_dir: str | Path, json_summary: bool = False, expected: ExpectedFile | None = None
+    runs: Sequence[Run],
+    out_dir: str | Path,
+    json_summary: bool = False,
+    expected: ExpectedFile | None = None,
+    paired: Comparisons | None = None,
 ) -> ReportFiles:
-    """Write ``report.md``, the two plots and, if asked, ``report.json`` into ``out_dir``.
+    """Write ``report.md``, the plots and, if asked, ``report.json`` into ``out_dir``.
 
-    ``expected``: the papers' tables, printed first with the reproduced numbers side by side.
+    ``report.json``'s ``paired_comparisons`` holds the comparisons between methods (rows, each with its seeds'
+    paired differences over prompts and the statistics over seeds), and their markdown tables.
+
+    ``expected``: the papers' tables, printed first with the reproduced numbers side by side. ``paired``: the
+    comparisons between methods when already built (`build_comparisons` of the same runs), else built here.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,11 +134,17 @@ def write_report(
         ),
         plot_against_alpha(runs, lambda r: r.mean_chars, "mean length (chars)", out / LENGTH_PLOT),
     ]
+    paired = paired if paired is not None else build_comparisons(runs)
+    paired_plot = plot_paired_differences(paired, out / PAIRED_PLOT)
+    plots += [paired_plot] if paired_plot else []
     tables, comparisons = build_tables(runs), []
     if expected is not None:
         paper_tables, comparisons = comparison_tables(expected, runs)
         tables = paper_tables + tables
-    markdown = write_text_atomic(out / MARKDOWN_FILE, to_markdown(tables, [str(p) for p in plots]))
+    paired_tables = [t for t in (comparisons_table(paired), comparisons_per_seed_table(paired)) if t]
+    markdown = write_text_atomic(
+        out / MARKDOWN_FILE, to_markdown(tables + paired_tables, [str(p) for p in plots])
+    )
     summary = None
     if json_summary:
         summary = write_json_atomic(
@@ -92,6 +154,10 @@ def write_report(
                 "tables": [t.to_dict() for t in tables],
                 "plots": [str(p) for p in plots],
                 "comparisons": [asdict(c) for c in comparisons],
+                "paired_comparisons": {
+                    **paired.to_dict(),
+                    "tables": [t.to_dict() for t in paired_tables],
+                },
             },
         )
     return ReportFiles(markdown, plots, summary)

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import NoiseConfig
-from ..files import read_json, read_json_lines
+from ..files import read_json, read_json_lines, read_json_rows
 from ..layout import ANNOTATIONS, LEADERBOARD, OUTPUTS, RUN_INFO, RunLayout, judged_dir
 from ..methods import METHOD_TABLE
 from .stats import MIN_WORDS, WORDS_PER_DATASET, OutputsError, OutputStats, load_outputs, output_stats
@@ -338,3 +338,71 @@ def load_runs(run_dirs: Sequence[str | Path], words: int | None = None) -> list[
     if not run_dirs:
         raise ReportError("no run directories given")
     return [load_run(d, words) for d in run_dirs]
+
+
+# ------------------------------------------------------------------------------- per-prompt readers (comparisons)
+
+# The grid's reference_loss stage writes RUN/eval/reference_loss.json (the name `symnoise.grid.layout` gives it as
+# EVAL_REFERENCE_LOSS; evaluation sits below the grid, so the name is repeated here and a test checks they agree).
+REFERENCE_LOSS_FILE = "reference_loss.json"
+
+
+def read_training_seed(run_dir: str | Path) -> int | None:
+    """``training.seed`` of the run's ``config.yaml`` (what `symnoise train` ran with); None when the file or the
+    field is not there, so runs of unknown seed are told apart from seed 0."""
+    import yaml
+
+    path = RunLayout(run_dir).config
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ReportError(f"{path}: not valid YAML ({error})") from None
+    training = config.get("training") if isinstance(config, dict) else None
+    seed = training.get("seed") if isinstance(training, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def reference_loss_path(run_dir: str | Path) -> Path:
+    """Where the held-out reference loss of a run is looked for: ``RUN/eval/reference_loss.json``."""
+    return RunLayout(run_dir).eval_dir / REFERENCE_LOSS_FILE
+
+
+def read_reference_losses(run_dir: str | Path) -> list[dict[str, Any]] | None:
+    """The per-example held-out reference losses of a run (``per_example`` of ``eval/reference_loss.json``: rows
+    with ``instruction``, ``input``, mean token ``loss`` and ``tokens``); None when the file is absent or was
+    written before per-example losses were kept."""
+    path = reference_loss_path(run_dir)
+    if not path.is_file():
+        return None
+    data = read_json(path, error=ReportError)
+    rows = data.get("per_example") if isinstance(data, dict) else None
+    if rows is None:
+        return None
+    for i, row in enumerate(rows if isinstance(rows, list) else [None]):
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("instruction"), str)
+            and isinstance(row.get("input", ""), str)
+            and isinstance(row.get("loss"), (int, float))
+            and isinstance(row.get("tokens"), int)
+        ):
+            raise ReportError(
+                f"{path}: per_example[{i}]: expected an object with instruction and input (strings), loss "
+                "(a number) and tokens (an integer)"
+            )
+    return rows
+
+
+def read_prompt_outputs(path: str | Path) -> list[tuple[str, str]]:
+    """(instruction, output) of every row of an AlpacaEval-format outputs file, in file order."""
+    rows = read_json_rows(Path(path), error=ReportError, what="outputs")
+    found = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(k), str) for k in ("instruction", "output")
+        ):
+            raise ReportError(f"{path}: row {i}: expected an object with 'instruction' and 'output' strings")
+        found.append((row["instruction"], row["output"]))
+    return found

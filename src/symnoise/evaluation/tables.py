@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..methods import METHODS
+from .comparisons import METRICS, Comparisons
 from .runs import (
     DATASETS,
     DEFAULT_WORDS,
@@ -281,3 +282,114 @@ def to_markdown(tables: Sequence[Table], plots: Sequence[str]) -> str:
     parts = ["# symnoise report", ""] + [t.to_markdown() + "\n" for t in tables]
     parts += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ comparisons
+
+METRIC_DIGITS = {"win_rate": 2, "reference_loss": 4, "length_chars": 1, "repetition_2gram": 2}
+
+
+def _signed(value: float | None, digits: int) -> str:
+    return DASH if value is None else f"{value:+.{digits}f}"
+
+
+def _interval(low: float | None, high: float | None, digits: int) -> str:
+    return DASH if low is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def mean_and_interval(summary, digits: int) -> str:
+    """ "mean ± half-width of the 95% t-interval (n)", or "mean (1 seed)" where the interval is undefined."""
+    if summary is None:
+        return DASH
+    if summary.ci_low is None:
+        return f"{summary.mean:.{digits}f} (1 seed)"
+    return f"{summary.mean:.{digits}f} ± {(summary.ci_high - summary.ci_low) / 2:.{digits}f} ({summary.n})"
+
+
+def comparisons_table(comparisons: Comparisons) -> Table | None:
+    """One row per comparison and metric (`symnoise.evaluation.comparisons.Comparisons`): each method over seeds,
+    the difference B − A and its 95% interval (over seeds where defined, else over prompts) and the verdict."""
+    if not comparisons.rows:
+        return None
+    rows = []
+    for c in comparisons.rows:
+        digits = METRIC_DIGITS[c.metric]
+        difference, low, high, basis = c.headline
+        rows.append(
+            [dataset_title(c.dataset), c.name, METRICS[c.metric], ", ".join(_seed_name(s) for s in c.seeds)
+             or DASH, mean_and_interval(c.a_over_seeds, digits), mean_and_interval(c.b_over_seeds, digits),
+             _signed(difference, digits), _interval(low, high, digits), basis, c.verdict]
+        )  # fmt: skip
+    notes = [
+        "A and B: each method's mean over seeds ± half-width of its 95% t-interval (number of seeds); B − A: the "
+        "difference of those means, its 95% interval paired by seed (Welch's where the seeds differ), or over "
+        "prompts (paired t) where there is one seed, which does not cover seed-to-seed variation"
+    ]
+    if any(c.metric == "reference_loss" for c in comparisons.rows):
+        notes.append(
+            "held-out ref. loss here: each prompt's mean token loss, averaged over prompts (every prompt weighs the "
+            "same), so it differs a little from the loss over all reference tokens together"
+        )
+    notes += [
+        f"{dataset_title(c.dataset)}, {c.name}, {METRICS[c.metric]}: {n}"
+        for c in comparisons.rows
+        for n in c.notes
+    ]
+    return Table(
+        "Comparisons",
+        [
+            "dataset",
+            "comparison (B − A)",
+            "metric",
+            "seeds",
+            "A",
+            "B",
+            "B − A",
+            "95% interval",
+            "over",
+            "verdict",
+        ],
+        rows,
+        keys=3,
+        text_columns=4,
+        notes=notes + list(comparisons.notes),
+    )
+
+
+def comparisons_per_seed_table(comparisons: Comparisons) -> Table | None:
+    """The paired differences over prompts, one row per comparison, metric and seed; None when no comparison has
+    more than one seed (the comparisons table then shows them already)."""
+    if all(len(c.per_seed) < 2 for c in comparisons.rows):
+        return None
+    rows = []
+    for c in comparisons.rows:
+        digits = METRIC_DIGITS[c.metric]
+        for s in c.per_seed:
+            p = s.paired
+            rows.append(
+                [dataset_title(c.dataset), c.name, METRICS[c.metric], _seed_name(s.seed), str(p.n),
+                 _fmt(p.a, digits), _fmt(p.b, digits), _signed(p.difference, digits),
+                 _interval(p.ci_low, p.ci_high, digits), s.verdict]
+            )  # fmt: skip
+    return Table(
+        "Comparisons per seed (paired over prompts)",
+        [
+            "dataset",
+            "comparison (B − A)",
+            "metric",
+            "seed",
+            "prompts",
+            "A",
+            "B",
+            "B − A",
+            "95% interval",
+            "verdict",
+        ],
+        rows,
+        keys=4,
+        text_columns=4,
+    )
+
+
+def _seed_name(seed: int | None) -> str:
+    return "?" if seed is None else str(seed)

@@ -184,7 +184,7 @@ def stage_reference_loss(ctx: CellContext) -> dict:
         model, tokenizer, examples, ctx.template, ctx.cell.config.data.max_length
     )
     write_json_atomic(RunLayout(ctx.cell.run_dir).eval_dir / EVAL_REFERENCE_LOSS, result)
-    return result
+    return {k: v for k, v in result.items() if k != "per_example"}  # the per-prompt losses stay in eval/ only
 
 
 def stage_stats(ctx: CellContext) -> dict:
