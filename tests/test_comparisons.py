@@ -20,10 +20,10 @@ from test_report import PNG_SIGNATURE, make_run, write_json, write_slice
 
 from symnoise.evaluation.comparisons import ONE_SEED, build_comparisons
 from symnoise.evaluation.paired import paired_difference, seed_difference, seed_summary
-from symnoise.evaluation.runs import REFERENCE_LOSS_FILE, load_runs
+from symnoise.evaluation.runs import load_runs
 from symnoise.evaluation.stats import file_stats, first_words, repetition_and_diversity
 from symnoise.evaluation.winrate import score, win_rates
-from symnoise.grid.layout import EVAL_REFERENCE_LOSS
+from symnoise.layout import REFERENCE_LOSS as REFERENCE_LOSS_FILE
 
 AE = Path("alpaca_eval")
 PROMPTS = slice(0, 200)
@@ -335,10 +335,6 @@ def test_report_names_a_bad_reference_loss_file(seed_runs, tmp_path):
     assert f"{bad}: per_example[0]: expected an object" in markdown
 
 
-def test_reference_loss_file_name_agrees_with_the_grid():
-    assert REFERENCE_LOSS_FILE == EVAL_REFERENCE_LOSS
-
-
 # ------------------------------------------------------------------------------------ per-example ref. loss
 
 
@@ -434,7 +430,7 @@ def test_a_grid_with_two_seeds_summarises_over_seeds(tmp_path):
 
     def per_prompt(method: str, seed: int) -> list[float]:
         (run,) = [c.run_dir for c in grid.cells if (c.method, c.seed) == (method, seed)]
-        rows = json.loads((run / "eval" / EVAL_REFERENCE_LOSS).read_text())["per_example"]
+        rows = json.loads((run / "eval" / REFERENCE_LOSS_FILE).read_text())["per_example"]
         assert len(rows) == 6 and "per_example" not in read_stages(run)["reference_loss"]
         return [r["loss"] for r in rows]
 

@@ -45,6 +45,9 @@ ANNOTATIONS = "annotations.json"
 JUDGE_METRICS = "metrics.json"
 JUDGE_CACHE = "judge_cache.jsonl"
 LEADERBOARD = "leaderboard.json"
+# What the grid writes into a run's eval/ folder besides the judge's files.
+REFERENCE_LOSS = "reference_loss.json"
+OUTPUT_STATS = "stats.json"
 ANALYSIS_DIR = "analysis"  # `symnoise analyze RUN` writes here by default
 FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 

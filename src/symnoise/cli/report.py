@@ -19,9 +19,17 @@ from pathlib import Path
 
 from symnoise.evaluation.expected import load_expected
 from symnoise.evaluation.report import write_report
-from symnoise.evaluation.runs import REFERENCE_LOSS_FILE, ReportError, load_runs, piece_names
+from symnoise.evaluation.runs import ReportError, load_runs, piece_names
 from symnoise.evaluation.stats import MIN_WORDS, WORDS_PER_DATASET
-from symnoise.layout import CONFIG_FILE, EVAL_DIR, METRICS_LOG, RUN_INFO, TRAIN_SUMMARY, RunLayout
+from symnoise.layout import (
+    CONFIG_FILE,
+    EVAL_DIR,
+    METRICS_LOG,
+    REFERENCE_LOSS,
+    RUN_INFO,
+    TRAIN_SUMMARY,
+    RunLayout,
+)
 
 from .options import fail
 
@@ -46,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         f"Looked for in each RUN_DIR: {RUN_INFO} (required), {TRAIN_SUMMARY}, {METRICS_LOG}; "
         f"{pieces} (the first found of each); for the comparisons also {CONFIG_FILE} (training.seed) and "
-        f"{EVAL_DIR}/{REFERENCE_LOSS_FILE} (per-prompt held-out loss, written by `symnoise grid`)."
+        f"{EVAL_DIR}/{REFERENCE_LOSS} (per-prompt held-out loss, written by `symnoise grid`)."
     )
     parser.add_argument(
         "runs", nargs="*", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`"

@@ -51,7 +51,7 @@ from typing import Any
 
 from ..config import NoiseConfig
 from ..files import read_json, read_json_lines, read_json_rows
-from ..layout import ANNOTATIONS, LEADERBOARD, OUTPUTS, RUN_INFO, RunLayout, judged_dir
+from ..layout import ANNOTATIONS, LEADERBOARD, OUTPUTS, REFERENCE_LOSS, RUN_INFO, RunLayout, judged_dir
 from ..methods import METHOD_TABLE
 from .stats import MIN_WORDS, WORDS_PER_DATASET, OutputsError, OutputStats, load_outputs, output_stats
 from .winrate import AnnotationError, WinRate, load_annotations, win_rate
@@ -342,9 +342,7 @@ def load_runs(run_dirs: Sequence[str | Path], words: int | None = None) -> list[
 
 # ------------------------------------------------------------------------------- per-prompt readers (comparisons)
 
-# The grid's reference_loss stage writes RUN/eval/reference_loss.json (the name `symnoise.grid.layout` gives it as
-# EVAL_REFERENCE_LOSS; evaluation sits below the grid, so the name is repeated here and a test checks they agree).
-REFERENCE_LOSS_FILE = "reference_loss.json"
+# The grid's reference_loss stage writes RUN/eval/reference_loss.json (`symnoise.layout.REFERENCE_LOSS`).
 
 
 def read_training_seed(run_dir: str | Path) -> int | None:
@@ -366,7 +364,7 @@ def read_training_seed(run_dir: str | Path) -> int | None:
 
 def reference_loss_path(run_dir: str | Path) -> Path:
     """Where the held-out reference loss of a run is looked for: ``RUN/eval/reference_loss.json``."""
-    return RunLayout(run_dir).eval_dir / REFERENCE_LOSS_FILE
+    return RunLayout(run_dir).eval_dir / REFERENCE_LOSS
 
 
 def read_reference_losses(run_dir: str | Path) -> list[dict[str, Any]] | None:

@@ -34,8 +34,6 @@ PRETRAINED_MODEL_DIR = "model"
 SYNTHETIC_TRAIN = "train.jsonl"
 SYNTHETIC_EVAL = "eval.jsonl"
 # What the grid's evaluation stages write into a cell's eval/ folder (`symnoise.layout.RunLayout.eval_dir`).
-EVAL_REFERENCE_LOSS = "reference_loss.json"
-EVAL_STATS = "stats.json"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ..files import read_json, write_json_atomic, write_text_atomic
-from ..layout import LEADERBOARD, RunLayout
+from ..layout import LEADERBOARD, OUTPUT_STATS, REFERENCE_LOSS, RunLayout
 from ..train import train
 from ..train.config import ConfigError
 from ..train.reliability import last_complete_checkpoint
@@ -40,7 +40,7 @@ from ..train.run_dir import training_began
 from ..train.start_record import read_start_record, refuse_training_changes, run_changes
 from . import evaluate
 from .cells import Cell, pretrained_model_dir, synthetic_dir
-from .layout import EVAL_REFERENCE_LOSS, EVAL_STATS, SYNTHETIC_TRAIN, GridLayout
+from .layout import SYNTHETIC_TRAIN, GridLayout
 from .sections import GridError, LauncherSection
 from .spec import Grid
 from .stages import (
@@ -183,7 +183,7 @@ def stage_reference_loss(ctx: CellContext) -> dict:
     result = evaluate.reference_loss(
         model, tokenizer, examples, ctx.template, ctx.cell.config.data.max_length
     )
-    write_json_atomic(RunLayout(ctx.cell.run_dir).eval_dir / EVAL_REFERENCE_LOSS, result)
+    write_json_atomic(RunLayout(ctx.cell.run_dir).eval_dir / REFERENCE_LOSS, result)
     return {k: v for k, v in result.items() if k != "per_example"}  # the per-prompt losses stay in eval/ only
 
 
@@ -194,7 +194,7 @@ def stage_stats(ctx: CellContext) -> dict:
     run = RunLayout(ctx.cell.run_dir)
     outputs, generators = load_outputs(run.outputs)
     result = output_stats(outputs, words, str(run.outputs), generators).to_dict()
-    write_json_atomic(run.eval_dir / EVAL_STATS, result)
+    write_json_atomic(run.eval_dir / OUTPUT_STATS, result)
     return {
         k: result[k] for k in ("mean_chars", "mean_words", "words", "n_kept", "rep_2_pct", "log_diversity")
     }
