@@ -49,6 +49,7 @@ LEADERBOARD = "leaderboard.json"
 REFERENCE_LOSS = "reference_loss.json"
 OUTPUT_STATS = "stats.json"
 ANALYSIS_DIR = "analysis"  # `symnoise analyze RUN` writes here by default
+ANALYSIS_FILE = "analysis.json"
 FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 
 TOKENIZER_FILES = (

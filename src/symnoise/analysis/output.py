@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic, write_json_atomic, write_text_atomic
+from ..layout import ANALYSIS_FILE
 from .estimators import SCHEMES
 
-JSON_FILE = "analysis.json"
+JSON_FILE = ANALYSIS_FILE
 MARKDOWN_FILE = "analysis.md"
 VARIANCE_PLOT = "gradient_variance.png"
 DIRECTIONS_PLOT = "directions.png"

@@ -51,7 +51,16 @@ from typing import Any
 
 from ..config import NoiseConfig
 from ..files import read_json, read_json_lines, read_json_rows
-from ..layout import ANNOTATIONS, LEADERBOARD, OUTPUTS, REFERENCE_LOSS, RUN_INFO, RunLayout, judged_dir
+from ..layout import (
+    ANALYSIS_FILE,
+    ANNOTATIONS,
+    LEADERBOARD,
+    OUTPUTS,
+    REFERENCE_LOSS,
+    RUN_INFO,
+    RunLayout,
+    judged_dir,
+)
 from ..methods import METHOD_TABLE
 from .stats import MIN_WORDS, WORDS_PER_DATASET, OutputsError, OutputStats, load_outputs, output_stats
 from .winrate import AnnotationError, WinRate, load_annotations, win_rate
@@ -404,3 +413,17 @@ def read_prompt_outputs(path: str | Path) -> list[tuple[str, str]]:
             raise ReportError(f"{path}: row {i}: expected an object with 'instruction' and 'output' strings")
         found.append((row["instruction"], row["output"]))
     return found
+
+
+def read_analysis(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's own entry of ``RUN/analysis/analysis.json`` (written by `symnoise analyze` or the grid's analyze
+    stage), or None when the run was not analysed."""
+    path = RunLayout(run_dir).analysis / ANALYSIS_FILE
+    if not path.is_file():
+        return None
+    analysis = read_json(path, error=ReportError)
+    entries = analysis.get("runs") if isinstance(analysis, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ReportError(f"{path}: expected an object with a non-empty 'runs' list")
+    final = [e for e in entries if isinstance(e, dict) and Path(str(e.get("model", ""))) == Path(run_dir)]
+    return (final or entries)[0]

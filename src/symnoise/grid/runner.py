@@ -200,6 +200,35 @@ def stage_stats(ctx: CellContext) -> dict:
     }
 
 
+def stage_analyze(ctx: CellContext) -> dict:
+    """`symnoise analyze` at the cell's final model: training examples from its data, held-out examples from the
+    evaluation references when the grid has them; files in ``RUN/analysis/``."""
+    from ..analysis.analyze import Settings, run_analysis
+    from ..analysis.inputs import DataSources
+    from ..analysis.output import write_analysis
+
+    section = ctx.grid.spec.evaluation.analyze
+    data = ctx.cell.config.data
+    if data.path is None:
+        raise RuntimeError("the analyze stage reads the cell's data.path; a mixture (data.datasets) has none")
+    references = ctx.grid.spec.evaluation.references
+    heldout = evaluate.evaluation_file(ctx.grid.spec, "references") if references else None
+    settings = Settings(
+        examples=section.examples,
+        draws=section.draws,
+        probes=section.probes,
+        alphas=tuple(section.alphas),
+        batch_size=section.batch_size,
+        seed=section.seed,
+        device=ctx.grid.spec.evaluation.decoding.device,
+    )
+    sources = DataSources(Path(data.path), Path(heldout) if heldout else None, section.examples)
+    analysis = run_analysis([ctx.cell.run_dir], sources, settings, log=lambda text: None)
+    write_analysis(analysis, RunLayout(ctx.cell.run_dir).analysis)
+    run = analysis["runs"][0]
+    return {"antithetic_ratio": run["antithetic_ratio"], "heldout_gap": run["losses"]["gap"]}
+
+
 def stage_judge(ctx: CellContext) -> dict:
     from ..evaluation.judge import judge_outputs
 
@@ -241,6 +270,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[CellContext], dict]] = {
     "generate": stage_generate,
     "reference_loss": stage_reference_loss,
     "stats": stage_stats,
+    "analyze": stage_analyze,
     "judge": stage_judge,
     "leaderboard": stage_leaderboard,
 }

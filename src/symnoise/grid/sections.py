@@ -125,7 +125,7 @@ class MethodEntry(_Section):
     @model_validator(mode="after")
     def _known(self) -> MethodEntry:
         method = self.method or self.name
-        if method not in METHODS + tuple(METHOD_ALIASES):
+        if method.lower() not in METHODS + tuple(METHOD_ALIASES):
             raise ValueError(
                 f"unknown noise method {method!r}; choose one of "
                 f"{', '.join(METHODS + tuple(METHOD_ALIASES))} (or set 'method' explicitly)"
@@ -292,6 +292,31 @@ class LeaderboardSection(_Section):
     batch_size: int = Field(1, ge=1)
 
 
+class AnalyzeSection(_Section):
+    """`symnoise analyze` as a grid stage: the mechanism measured at each cell's final model."""
+
+    examples: int = Field(16, ge=1, description="training (and held-out) examples per measurement")
+    draws: int = Field(
+        16, ge=4, description="noise draws per estimate (even; pairs of draws give the intervals)"
+    )
+    probes: int = Field(16, ge=2, description="Rademacher probes of the Hutchinson trace")
+    alphas: list[float] = Field(
+        default_factory=lambda: [5.0], min_length=1, description="alphas of the directional sweep"
+    )
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _even_draws(self) -> AnalyzeSection:
+        if self.draws % 2:
+            raise ValueError(
+                f"analyze.draws must be even (pairs of draws give the intervals), got {self.draws}"
+            )
+        if any(alpha <= 0 for alpha in self.alphas):
+            raise ValueError("analyze.alphas must be positive")
+        return self
+
+
 class EvaluationSection(_Section):
     data_dir: str | None = Field(
         None,
@@ -324,6 +349,11 @@ class EvaluationSection(_Section):
     )
     judge: JudgeSection | None = None
     leaderboard: LeaderboardSection | None = None
+    analyze: AnalyzeSection | None = Field(
+        None,
+        description="measure gradient variance across draws, curvature and the Hessian trace at each final "
+        "model (training data; held-out: the references when set)",
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> EvaluationSection:

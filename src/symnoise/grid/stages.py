@@ -43,6 +43,8 @@ def planned_stages(grid: Grid) -> list[str]:
         stages.append("reference_loss")
     if evaluation.prompts:
         stages.append("stats")
+    if evaluation.analyze:
+        stages.append("analyze")
     if evaluation.judge:
         stages.append("judge")
     if evaluation.leaderboard:
