@@ -376,3 +376,44 @@ def test_plots_are_written_even_without_any_score(tmp_path):
     files = write_report([load_run(make_run(tmp_path, "r", method="none"))], tmp_path / "out")
     assert [p.name for p in files.plots] == ["winrate_vs_alpha.png", "length_vs_alpha.png"]
     assert all(png_size(p)[0] > 0 for p in files.plots) and files.json is None
+
+
+def test_folders_holding_runs_are_expanded_and_others_left_out_with_a_note(tmp_path):
+    """`symnoise report runs/*` after the quickstart: runs/quickstart holds runs one level down, its base model
+    is not a run, and an unrelated folder is left out with a note."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    for name in ("none", "neftune"):
+        make_run(root / "quickstart", name, method="uniform" if name == "neftune" else "none", alpha=5.0)
+    (root / "quickstart" / "base").mkdir()
+    (root / "quickstart" / "base" / "config.json").write_text("{}")
+    make_run(root, "mine", method="symnoise", alpha=5.0)
+    (root / "notes").mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "symnoise",
+            "report",
+            *sorted(map(str, root.iterdir())),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "runs/quickstart: not a run directory; reporting the 2 runs inside it (neftune, none)" in proc.stderr
+    )
+    assert "runs/notes: not a run directory (no symnoise_run.json) and holds none; left out" in proc.stderr
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in ("none", "neftune", "mine"))
+    empty = subprocess.run(
+        [sys.executable, "-m", "symnoise", "report", str(root / "notes"), "--out", str(tmp_path / "r2")],
+        capture_output=True,
+        text=True,
+    )
+    assert empty.returncode == 2 and "no run directory among the folders given" in empty.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from symnoise.evaluation.expected import load_expected
 from symnoise.evaluation.report import write_report
-from symnoise.evaluation.runs import ReportError, load_runs, piece_names
+from symnoise.evaluation.runs import ReportError, find_run_dirs, load_runs, piece_names
 from symnoise.evaluation.stats import MIN_WORDS, WORDS_PER_DATASET
 from symnoise.layout import (
     CONFIG_FILE,
@@ -57,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{EVAL_DIR}/{REFERENCE_LOSS} (per-prompt held-out loss, written by `symnoise grid`)."
     )
     parser.add_argument(
-        "runs", nargs="*", type=Path, metavar="RUN_DIR", help="run directories of `symnoise train`"
+        "runs",
+        nargs="*",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run directories of `symnoise train`, or folders holding them (runs/*)",
     )
     parser.add_argument(
         "--grid",
@@ -115,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
             grid_runs, companion = _grid_runs(args.grid)
             runs_dirs += grid_runs
             expected = expected or companion
+        runs_dirs, notes = find_run_dirs(runs_dirs)
+        for note in notes:
+            print(f"symnoise report: {note}", file=sys.stderr)
+        if not runs_dirs and args.runs:
+            raise ReportError("no run directory among the folders given (see the notes above)")
         runs = load_runs(runs_dirs, words=args.words)
         files = write_report(
             runs, args.out, json_summary=args.json, expected=load_expected(expected) if expected else None

@@ -341,6 +341,40 @@ def load_run(run_dir: str | Path, words: int | None = None) -> Run:
     )
 
 
+def find_run_dirs(paths: Sequence[str | Path], depth: int = 3) -> tuple[list[Path], list[str]]:
+    """The run directories among ``paths``, with the folders that hold runs expanded into them (``runs/*`` after
+    `symnoise quickstart` names ``runs/quickstart``, whose runs are one level down; a grid's are three), and a
+    note for each folder that was expanded or left out. A path that is not a folder is kept, so that reading it
+    names the problem."""
+    found: list[Path] = []
+    notes: list[str] = []
+    for path in map(Path, paths):
+        if not path.is_dir() or RunLayout(path).run_info.is_file():
+            found.append(path)
+            continue
+        inside = _runs_below(path, depth)
+        if inside:
+            shown = ", ".join(str(p.relative_to(path)) for p in inside[:6]) + (
+                " ..." if len(inside) > 6 else ""
+            )
+            notes.append(f"{path}: not a run directory; reporting the {len(inside)} runs inside it ({shown})")
+        else:
+            notes.append(f"{path}: not a run directory (no {RUN_INFO}) and holds none; left out")
+        found += inside
+    return found, notes
+
+
+def _runs_below(folder: Path, depth: int) -> list[Path]:
+    runs, level = [], [folder]
+    for _ in range(depth):
+        children = sorted(
+            c for parent in level for c in parent.iterdir() if c.is_dir() and not c.is_symlink()
+        )
+        runs += [c for c in children if RunLayout(c).run_info.is_file()]
+        level = [c for c in children if not RunLayout(c).run_info.is_file()]
+    return sorted(runs)
+
+
 def load_runs(run_dirs: Sequence[str | Path], words: int | None = None) -> list[Run]:
     """Read every run directory (see :func:`load_run`); ``words`` overrides N for all of them."""
     check_words(words)
