@@ -157,7 +157,9 @@ def test_content_that_does_not_match_the_extension_names_both(tmp_path, name, co
     path = tmp_path / name
     path.write_bytes(content)
     suffix = name[name.index(".") :]
-    with pytest.raises(DataError, match=rf"{name}: the file is named {suffix} but its content looks like .*{looks_like}"):
+    with pytest.raises(
+        DataError, match=rf"{name}: the file is named {suffix} but its content looks like .*{looks_like}"
+    ):
         load_records(str(path))
 
 
@@ -168,7 +170,9 @@ def test_real_parquet_named_json_names_both(tmp_path):
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "real.parquet")
     shutil.copy(tmp_path / "real.parquet", tmp_path / "train.json")
     same_as_jsonl(tmp_path, tmp_path / "real.parquet")
-    with pytest.raises(DataError, match=r"train.json: the file is named .json but its content looks like Parquet"):
+    with pytest.raises(
+        DataError, match=r"train.json: the file is named .json but its content looks like Parquet"
+    ):
         load_records(str(tmp_path / "train.json"))
 
 
@@ -184,7 +188,9 @@ def test_unsupported_extension_and_plain_folder_list_what_is_read(tmp_path):
     assert "save_to_disk" in message
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "notes.txt").write_text("x")
-    with pytest.raises(DataError, match=r"folder: is a directory but not a dataset saved with datasets' save_to_disk"):
+    with pytest.raises(
+        DataError, match=r"folder: is a directory but not a dataset saved with datasets' save_to_disk"
+    ):
         load_records(str(tmp_path / "folder"))
 
 
@@ -213,7 +219,9 @@ MESSAGES_ROWS = [
     "rows,detected", [(SHAREGPT_ROWS, "sharegpt"), (MESSAGES_ROWS, "messages")], ids=["sharegpt", "messages"]
 )
 @pytest.mark.parametrize("on_bad_row", ["error", "skip"])
-def test_an_explicit_format_the_rows_do_not_match_names_the_detected_one(tmp_path, rows, detected, on_bad_row):
+def test_an_explicit_format_the_rows_do_not_match_names_the_detected_one(
+    tmp_path, rows, detected, on_bad_row
+):
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
     with pytest.raises(DataError) as error:
         load_records(str(path), format="alpaca", on_bad_row=on_bad_row)

@@ -33,7 +33,12 @@ def symnoise_env(tmp_path, offline: bool) -> dict:
 def run_symnoise(args, env, cwd) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "symnoise", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "symnoise", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return proc, time.perf_counter() - started
 
@@ -90,9 +95,7 @@ def write_config(tmp_path, model, data) -> str:
 
 
 @pytest.mark.parametrize("offline", [False, True], ids=["hub-unreachable", "HF_HUB_OFFLINE"])
-def test_a_missing_local_model_path_with_one_slash_is_named_as_a_path_first(
-    tmp_path, alpaca_file, offline
-):
+def test_a_missing_local_model_path_with_one_slash_is_named_as_a_path_first(tmp_path, alpaca_file, offline):
     """`runs/no-such-model` beside an existing `runs/` folder: before, only the hub was blamed ("connect to the
     network")."""
     (tmp_path / "runs" / "other-run").mkdir(parents=True)

@@ -86,7 +86,11 @@ def hub_problem(datasets: bool = False) -> str | None:
 
 def hub_remedy(problem: str) -> str:
     """What to do about a `hub_problem`: unset the offline switch it names, or connect."""
-    return f"unset {problem.removesuffix(' is set')}" if problem.endswith(" is set") else "connect to the network"
+    return (
+        f"unset {problem.removesuffix(' is set')}"
+        if problem.endswith(" is set")
+        else "connect to the network"
+    )
 
 
 def path_like_parent(name: str) -> Path | None:

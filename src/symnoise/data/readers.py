@@ -24,8 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..offline import folder_listing, hub_dataset_cached, hub_endpoint, hub_offline, hub_problem
-from ..offline import hub_reachable, hub_remedy, path_like_parent
+from ..offline import (
+    folder_listing,
+    hub_dataset_cached,
+    hub_endpoint,
+    hub_offline,
+    hub_problem,
+    hub_reachable,
+    hub_remedy,
+    path_like_parent,
+)
 from .columnar import arrow_rows, delimited_rows, parquet_rows, saved_dataset_rows
 from .conversations import BadRow
 from .file_kinds import (
@@ -366,7 +374,9 @@ def _hub_rows(name: str, split: str) -> Iterator[RawRow]:
     except Exception as error:  # network, auth, missing split, bad name: all mean "could not load"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
         parent = None if name.startswith("hf://") else path_like_parent(name)
-        local = f" There is no local file or folder {name} either ({folder_listing(parent)})." if parent else ""
+        local = (
+            f" There is no local file or folder {name} either ({folder_listing(parent)})." if parent else ""
+        )
         raise DataError(
             f"could not load dataset '{name}' (split '{split}') from the Hugging Face hub: "
             f"{type(error).__name__}: {reason}.{local} symnoise reads local {SUPPORTED}."

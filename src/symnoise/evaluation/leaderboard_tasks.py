@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..offline import folder_listing, hub_commit, hub_dataset_cached, hub_problem, hub_remedy, path_like_parent
+from ..offline import (
+    folder_listing,
+    hub_commit,
+    hub_dataset_cached,
+    hub_problem,
+    hub_remedy,
+    path_like_parent,
+)
 from .sources import DATA_DIR_ENV, HARNESS_DATASETS, MMLU_SUBJECTS, required_files
 from .sources import data_dir as named_data_dir
 
