@@ -193,28 +193,36 @@ def _detect_format(head: list[RawRow], name: str) -> str:
     )
 
 
+def _has_keys_of(keys: set[str], format: str) -> bool:
+    """Whether a row with these keys carries what rows of `format` must have (their values are checked later)."""
+    if format in INSTRUCTION_FORMATS:
+        return {"instruction", "output"} <= keys or (format == "evol-instruct" and "conversations" in keys)
+    if format == "dolly":
+        return "instruction" in keys and bool({"response", "output"} & keys)
+    if format == "prompt-completion":
+        return {"prompt", "completion"} <= keys
+    return {"sharegpt": "conversations", "messages": "messages"}[format] in keys
+
+
 def _check_declared_format(head: list[RawRow], format: str, name: str) -> None:
-    """A set format that the rows do not fit: when the first object row fails in it and the first rows are of
-    another family, the error names the format they look like (instead of a "missing instruction" per row)."""
+    """A set format that the rows do not fit: when the first object row lacks that format's keys and the first
+    rows are of another format, the error names it (instead of a "missing instruction" for every row)."""
     first = next((row for row in head if isinstance(row.value, dict)), None)
     if first is None:
         return
-    try:
-        _record(first.value, format, "all", name, Counter())
+    keys = {str(key) for key in first.value}
+    if _has_keys_of(keys, format):
         return
-    except BadRow:
-        pass
     try:
         looks_like = _detect_format(head, name)
     except DataError:
         return  # no single format fits the rows either: the row's own error says more
-    if _family(looks_like) == _family(format):
-        return
-    keys = sorted(str(key) for key in first.value)
+    if _family(looks_like) == _family(format) or (format, looks_like) == ("evol-instruct", "sharegpt"):
+        return  # the first row is merely bad; its own error names the field
     raise DataError(
         f"{name}: data.format is {format}, but the rows look like {looks_like} ({_row_name(name, first)} has "
-        f"the keys {keys}; {format} rows have {_FORMAT_KEYS[format]}): set data.format: auto (it detects "
-        f"{looks_like}) or data.format: {looks_like}"
+        f"the keys {sorted(keys)}; {format} rows have {_FORMAT_KEYS[format]}): set data.format: auto (it "
+        f"detects {looks_like}) or data.format: {looks_like}"
     )
 
 
