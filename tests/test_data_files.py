@@ -242,3 +242,25 @@ def test_an_explicit_format_that_fits_is_unchanged(tmp_path):
     first_bad = write_jsonl(tmp_path / "first_bad.jsonl", [{"instruction": "x", "input": ""}] + ROWS)
     with pytest.raises(DataError, match=r"first_bad.jsonl:row 0 \(line 1\): field 'output' is missing$"):
         load_records(str(first_bad), format="alpaca")
+
+
+def test_new_file_types_are_tokenised_and_cached_like_jsonl(tmp_path, tiny_tokenizer, monkeypatch):
+    """Training's path: a CSV file and a save_to_disk folder give the tokens of the JSON Lines file, and a
+    second read comes from the cache, keyed by the folder's content."""
+    import datasets
+
+    from symnoise.data.prepare import DatasetSpec, prepare_dataset
+
+    monkeypatch.setenv("SYMNOISE_CACHE", str(tmp_path / "cache"))
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    sources = [write_jsonl(tmp_path / "a.jsonl"), write_delimited(tmp_path / "a.csv"), tmp_path / "saved"]
+    tokens = []
+    for source in sources:
+        dataset, report = prepare_dataset(DatasetSpec(str(source)), tiny_tokenizer, 512)
+        again, cached = prepare_dataset(DatasetSpec(str(source)), tiny_tokenizer, 512)
+        assert not report.cached and cached.cached
+        assert [list(again[i]["input_ids"]) for i in range(len(again))] == [
+            list(dataset[i]["input_ids"]) for i in range(len(dataset))
+        ]
+        tokens.append([list(dataset[i]["input_ids"]) for i in range(len(dataset))])
+    assert tokens[0] == tokens[1] == tokens[2] and len(tokens[0]) == len(ROWS)
