@@ -131,3 +131,19 @@ def test_a_missing_local_data_path_with_one_slash_is_named_as_a_path_first(tmp_p
     assert "data/ holds train.jsonl" in message
     assert "If it is a local file, correct the path" in message
     assert ("unset HF_HUB_OFFLINE" if offline else "connect to the network") in message
+
+
+def test_generate_without_prompts_and_without_the_hub_fails_in_seconds(tmp_path, base_model):
+    """The AlpacaEval prompts come from the hub when no data folder is named: before, huggingface_hub retried
+    for about 30 s first."""
+    env = symnoise_env(tmp_path, offline=False)
+    startup = import_seconds("symnoise.cli.generate", env)
+    proc, seconds = run_symnoise(
+        ["generate", str(base_model), "--out", str(tmp_path / "o.json")], env, tmp_path
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [message] = error_lines(proc.stderr)
+    assert "tatsu-lab/alpaca_eval" in message and "--data-dir" in message and "SYMNOISE_DATA_DIR" in message
+    assert "http://127.0.0.1:9 cannot be reached" in message
+    assert seconds < 10 or seconds - startup < 10, f"{seconds:.1f} s, of which {startup:.1f} s importing"
+    assert not (tmp_path / "o.json").exists()
