@@ -157,3 +157,30 @@ def test_listing_gives_whole_sentences_and_no_expected_files_as_grids():
         )
         assert block.startswith(config.description) and config.description, config.name
         assert config.description == block or config.description.endswith((".", "!", "?")), config.name
+
+
+STARTER_FILES = [c for c in list_configs() if c.kind == "train" and not c.name.startswith("llama2-7b/")]
+
+
+@pytest.mark.parametrize("name", [c.name for c in STARTER_FILES])
+def test_starters_detect_the_data_format(name):
+    """A starter is a template for the user's own data: its format is detected from the rows (the papers'
+    llama2-7b configs and grids keep the format of their fixed hub dataset)."""
+    assert load_config(find_config(name).path).data.format == "auto"
+
+
+def test_a_starter_reads_sharegpt_and_messages_files(tmp_path, base_model, capsys):
+    """Before: `format: alpaca` in the starter refused these files with '4 missing instruction'."""
+    import json
+
+    from symnoise.cli.main import main
+
+    conversation = [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]
+    messages = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}]
+    files = {"sharegpt": [{"conversations": conversation}] * 4, "messages": [{"messages": messages}] * 4}
+    for detected, rows in files.items():
+        path = tmp_path / f"{detected}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        words = [f"model.name={base_model}", f"data.path={path}", "data.template=vicuna", "--check"]
+        assert main(["train", "qwen2.5-0.5b/alpaca-symnoise", *words]) == 0, capsys.readouterr().err
+        assert f"(format {detected})" in capsys.readouterr().out

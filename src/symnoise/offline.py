@@ -71,3 +71,45 @@ def hub_commit(name: str, revision: str | None = None) -> str | None:
     except Exception:  # huggingface_hub missing, or not a valid repo id: not cached
         return None
     return Path(found).parent.name if isinstance(found, str) else None
+
+
+def hub_problem(datasets: bool = False) -> str | None:
+    """Why the hub cannot be used now ("HF_HUB_OFFLINE is set", "<endpoint> cannot be reached (reason)"), or None.
+
+    With ``datasets``, ``HF_DATASETS_OFFLINE`` counts too. Answers within the probe's few seconds."""
+    if hub_offline(datasets=datasets):
+        names = "HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE)" if datasets else "HF_HUB_OFFLINE"
+        return f"{names} is set"
+    problem = hub_reachable()
+    return None if problem is None else f"{hub_endpoint()} cannot be reached ({problem})"
+
+
+def hub_remedy(problem: str) -> str:
+    """What to do about a `hub_problem`: unset the offline switch it names, or connect."""
+    return (
+        f"unset {problem.removesuffix(' is set')}"
+        if problem.endswith(" is set")
+        else "connect to the network"
+    )
+
+
+def path_like_parent(name: str) -> Path | None:
+    """The existing local folder that makes ``org/name`` read as a path (``runs/my-model`` beside a ``runs/``
+    folder), or None. Such a name is looked for locally first, and reported missing as a path first."""
+    parts = name.split("/")
+    if len(parts) < 2 or not parts[0] or name.startswith(("/", ".", "~")):
+        return None
+    parent = Path(name).expanduser().parent
+    return parent if parent.is_dir() else None
+
+
+def folder_listing(folder: Path, limit: int = 5) -> str:
+    """``"runs/ holds a, b, c, ..."`` (or ``"runs/ is empty"``): the names nearby, to spot a typo."""
+    try:
+        names = sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith("."))
+    except OSError:
+        return f"{folder.as_posix()}/ cannot be listed"
+    if not names:
+        return f"{folder.as_posix()}/ is empty"
+    more = ", ..." if len(names) > limit else ""
+    return f"{folder.as_posix()}/ holds {', '.join(names[:limit])}{more}"

@@ -193,6 +193,39 @@ def _detect_format(head: list[RawRow], name: str) -> str:
     )
 
 
+def _has_keys_of(keys: set[str], format: str) -> bool:
+    """Whether a row with these keys carries what rows of `format` must have (their values are checked later)."""
+    if format in INSTRUCTION_FORMATS:
+        return {"instruction", "output"} <= keys or (format == "evol-instruct" and "conversations" in keys)
+    if format == "dolly":
+        return "instruction" in keys and bool({"response", "output"} & keys)
+    if format == "prompt-completion":
+        return {"prompt", "completion"} <= keys
+    return {"sharegpt": "conversations", "messages": "messages"}[format] in keys
+
+
+def _check_declared_format(head: list[RawRow], format: str, name: str) -> None:
+    """A set format that the rows do not fit: when the first object row lacks that format's keys and the first
+    rows are of another format, the error names it (instead of a "missing instruction" for every row)."""
+    first = next((row for row in head if isinstance(row.value, dict)), None)
+    if first is None:
+        return
+    keys = {str(key) for key in first.value}
+    if _has_keys_of(keys, format):
+        return
+    try:
+        looks_like = _detect_format(head, name)
+    except DataError:
+        return  # no single format fits the rows either: the row's own error says more
+    if _family(looks_like) == _family(format) or (format, looks_like) == ("evol-instruct", "sharegpt"):
+        return  # the first row is merely bad; its own error names the field
+    raise DataError(
+        f"{name}: data.format is {format}, but the rows look like {looks_like} ({_row_name(name, first)} has "
+        f"the keys {sorted(keys)}; {format} rows have {_FORMAT_KEYS[format]}): set data.format: auto (it "
+        f"detects {looks_like}) or data.format: {looks_like}"
+    )
+
+
 # ------------------------------------------------------------------------------------- row normalising
 
 
@@ -335,6 +368,8 @@ def iter_records(
     rows = iter(open_source(source, split))
     head = list(islice(rows, DETECTION_ROWS))
     detected = _detect_format(head, source) if format == "auto" else format
+    if format != "auto":
+        _check_declared_format(head, format, source)
     report = LoadReport(source=source, format=detected)
     return report, _records(chain(head, rows), report, on_bad_row, limit, turns)
 
@@ -376,9 +411,11 @@ def load_records(
     """Reads `source` and returns its records (an `Example` per instruction row, a `Conversation` per
     conversational row) with a report of what was read.
 
-    `source` is a local .json / .jsonl / .parquet file or a Hugging Face dataset name (loaded with
+    `source` is a local file (.json, .jsonl, their .gz, .parquet, .arrow, .csv, .tsv), a folder written by
+    ``datasets``' ``save_to_disk`` or a Hugging Face dataset name (loaded with
     `datasets.load_dataset(source, split=split)`). `format` is detected from the keys of the first rows
-    unless given. A bad row raises a `DataError` naming source, row and field, or, with
+    unless given; a given format that the first rows do not fit, while they fit another, is an error naming
+    that other format. A bad row raises a `DataError` naming source, row and field, or, with
     ``on_bad_row="skip"``, is skipped and counted in the report. `limit` stops after that many records.
     `turns` is "all" (every exchange of a conversation) or "first" (the first exchange only; later turns are
     then neither read nor checked). Finding no usable record at all is a `DataError` too.

@@ -5,7 +5,7 @@ row, renders and tokenises the records as it reads them, and returns a memory-ma
 `DatasetReport`: rows read and skipped (with reasons), warnings, conversations, assistant turns trained, turns
 truncated by ``max_length``, examples dropped.
 
-The result of a local file is stored under ``$SYMNOISE_CACHE`` (default ``~/.cache/symnoise``) in
+The result of a local file (or ``save_to_disk`` folder) is stored under ``$SYMNOISE_CACHE`` (default ``~/.cache/symnoise``) in
 ``tokenized/<key>/``, where the key hashes the file's bytes, every setting that changes the tokens and the
 tokenizer itself (its vocabulary, merges, special tokens and chat template). A second run with the same file and
 settings opens the stored arrays instead of tokenising again. Hub datasets are cached by `datasets` itself and
@@ -116,10 +116,15 @@ def cache_root() -> Path:
 
 
 def file_digest(path: Path) -> str:
+    """A hash of a file's bytes, or of every file in a folder (a ``save_to_disk`` dataset) with its relative name."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -1,9 +1,12 @@
 """Reading the raw rows of a data source, one at a time, without holding the parsed file in memory.
 
-Local ``.json`` (a list of objects; JSON Lines is accepted too), ``.jsonl`` (one object per line; a
-pretty-printed JSON array is accepted too, as NEFTune's ``alpaca-train.jsonl`` is one), ``.parquet``, or a Hugging
-Face dataset name read with `datasets.load_dataset`. JSON Lines are read line by line and a JSON array element by
-element, so a large file costs its text (for an array) and never a list of every parsed row.
+Local files (the types are listed in `symnoise.data.file_kinds`): ``.json`` (a list of objects; JSON Lines is
+accepted too) and ``.jsonl`` (one object per line; a pretty-printed JSON array is accepted too, as NEFTune's
+``alpaca-train.jsonl`` is one), both also gzip-compressed (``.json.gz``, ``.jsonl.gz``), read here; ``.parquet``,
+``.arrow``, ``.csv``, ``.tsv`` and folders written by ``datasets``' ``save_to_disk``, read by
+`symnoise.data.columnar`. Anything else is a Hugging Face dataset name read with `datasets.load_dataset`. JSON
+Lines are read line by line and a JSON array element by element, so a large file costs its text (for an array)
+and never a list of every parsed row. A file whose first bytes do not fit its name is refused naming both.
 
 UTF-16 and UTF-32 files are refused with a message naming the encoding; a UTF-8 byte-order mark is accepted.
 Undecodable bytes are kept as lone surrogates so the row holding them can be named later, instead of failing the
@@ -13,16 +16,37 @@ whole file.
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..offline import hub_dataset_cached, hub_endpoint, hub_offline, hub_reachable
+from ..offline import (
+    folder_listing,
+    hub_dataset_cached,
+    hub_endpoint,
+    hub_offline,
+    hub_problem,
+    hub_reachable,
+    hub_remedy,
+    path_like_parent,
+)
+from .columnar import arrow_rows, delimited_rows, parquet_rows, saved_dataset_rows
 from .conversations import BadRow
+from .file_kinds import (
+    FILE_SUFFIXES,
+    SUFFIX_KINDS,
+    SUPPORTED,
+    content_mismatch,
+    file_suffix,
+    is_compressed,
+    is_saved_dataset,
+)
 
-FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
+__all__ = ["FILE_SUFFIXES", "DataError", "RawRow", "check_hub_dataset", "local_path", "open_source"]
 _WIDE_BOMS = (
     (codecs.BOM_UTF32_LE, "UTF-32 (little-endian, with a byte-order mark)"),
     (codecs.BOM_UTF32_BE, "UTF-32 (big-endian, with a byte-order mark)"),
@@ -72,8 +96,9 @@ def _check_encoding(path: Path, name: str) -> bool:
 
 
 def _open(path: Path, name: str):
+    """The file's bytes, decompressed when its name ends in .gz."""
     try:
-        return path.open("rb")
+        return gzip.open(path, "rb") if is_compressed(path) else path.open("rb")
     except OSError as error:
         raise DataError(f"{name}: cannot read the file: {error.strerror or error}") from None
 
@@ -264,7 +289,7 @@ def _text_file_rows(path: Path, name: str) -> Iterator[RawRow]:
     if not first:
         raise DataError(f"{name}: the file is empty")
     first_is_json = complete and not isinstance(_parse_line(first), BadRow)
-    is_json = path.suffix.lower() == ".json"
+    is_json = file_suffix(path) in (".json", ".json.gz")
     if first.startswith("[") and (is_json or (complete and not first_is_json)):
         return _json_array_rows(path, name)
     if is_json and complete and not first_is_json and first.startswith("{"):
@@ -278,29 +303,16 @@ def _text_file_rows(path: Path, name: str) -> Iterator[RawRow]:
     return _json_lines_rows(path, name)
 
 
-def _parquet_rows(path: Path, name: str) -> Iterator[RawRow]:
-    """Rows of a Parquet file, read one record batch at a time."""
+def _gzip_rows(path: Path, name: str) -> Iterator[RawRow]:
+    """The rows of a gzip-compressed .json or .jsonl file; a damaged archive is a whole-file error."""
     try:
-        import pyarrow.parquet as pq
-
-        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
-        first = next(batches, None)
-    except Exception as error:  # pyarrow raises several unrelated types for unreadable files
-        raise DataError(f"{name}: not a readable Parquet file: {type(error).__name__}: {error}") from None
-    return _batch_rows(first, batches, name)
+        yield from _text_file_rows(path, name)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise DataError(f"{name}: not a readable gzip file: {type(error).__name__}: {error}") from None
 
 
-def _batch_rows(first, batches, name: str) -> Iterator[RawRow]:
-    index = 0
-    batch = first
-    while batch is not None:
-        for value in batch.to_pylist():
-            yield RawRow(index, None, value)
-            index += 1
-        try:
-            batch = next(batches, None)
-        except Exception as error:  # a corrupt later row group
-            raise DataError(f"{name}: not a readable Parquet file: {type(error).__name__}: {error}") from None
+def _numbered(values: Iterator[Any]) -> Iterator[RawRow]:
+    return (RawRow(index, None, value) for index, value in enumerate(values))
 
 
 def check_hub_dataset(name: str, split: str) -> None:
@@ -308,6 +320,10 @@ def check_hub_dataset(name: str, split: str) -> None:
     the hub does not answer (``datasets`` itself retries for about 20 s before failing)."""
     repo = "/".join(name.removeprefix("hf://datasets/").split("/")[:2])
     if hub_dataset_cached(repo):
+        return
+    parent = None if name.startswith("hf://") else path_like_parent(name)
+    if parent is not None:
+        _check_path_like_source(name, parent)
         return
     where = f"dataset '{name}' (split '{split}') is not a local file and is not in the Hugging Face cache"
     if hub_offline(datasets=True):
@@ -323,6 +339,26 @@ def check_hub_dataset(name: str, split: str) -> None:
         )
 
 
+def _check_path_like_source(name: str, parent: Path) -> None:
+    """``data/my-set`` beside a ``data/`` folder is most likely a mistyped path: when the hub cannot be asked
+    either, the missing local file is named first, then the hub."""
+    problem = hub_problem(datasets=True)
+    if problem is not None:
+        raise DataError(
+            f"there is no local file or folder {name} ({folder_listing(parent)}), and '{name}' is not a hub "
+            f"dataset in the Hugging Face cache, which cannot be downloaded now: {problem}. If it is a local "
+            f"file, correct the path (symnoise reads {SUPPORTED}); if it is a hub dataset, {hub_remedy(problem)}"
+        )
+
+
+def _hub_builder(name: str) -> tuple[str, dict]:
+    """The ``datasets`` builder, and its arguments, for one file of a hub dataset repository, by its name."""
+    kind = SUFFIX_KINDS.get(file_suffix(Path(name)), "json")
+    if kind in ("csv", "tsv"):
+        return "csv", {"delimiter": "\t" if kind == "tsv" else ","}
+    return kind, {}
+
+
 def _hub_rows(name: str, split: str) -> Iterator[RawRow]:
     """Rows of a Hugging Face dataset, by name or as one file of a dataset repository
     (``hf://datasets/OWNER/NAME/FILE.json``); any failure to load it becomes one clear DataError."""
@@ -331,45 +367,74 @@ def _hub_rows(name: str, split: str) -> Iterator[RawRow]:
         import datasets
 
         if name.startswith("hf://"):  # one file inside a hub dataset repository
-            builder = "parquet" if name.lower().endswith(".parquet") else "json"
-            dataset = datasets.load_dataset(builder, data_files=name, split="train")
+            builder, arguments = _hub_builder(name)
+            dataset = datasets.load_dataset(builder, data_files=name, split="train", **arguments)
         else:
             dataset = datasets.load_dataset(name, split=split)
     except Exception as error:  # network, auth, missing split, bad name: all mean "could not load"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
+        parent = None if name.startswith("hf://") else path_like_parent(name)
+        local = (
+            f" There is no local file or folder {name} either ({folder_listing(parent)})." if parent else ""
+        )
         raise DataError(
             f"could not load dataset '{name}' (split '{split}') from the Hugging Face hub: "
-            f"{type(error).__name__}: {reason}. A local file must end in {', '.join(FILE_SUFFIXES)}."
+            f"{type(error).__name__}: {reason}.{local} symnoise reads local {SUPPORTED}."
         ) from None
-    return (RawRow(index, None, value) for index, value in enumerate(dataset))
+    return _numbered(iter(dataset))
 
 
 def local_path(source: str) -> Path | None:
-    """The local file `source` names, or None when it is a hub dataset; a DataError for a bad local path."""
+    """The local file or ``save_to_disk`` folder `source` names, or None when it is a hub dataset; a DataError
+    for a bad local path."""
     if source.startswith("hf://"):
         return None
     path = Path(source).expanduser()
-    suffix = path.suffix.lower()
+    suffix = file_suffix(path)
     if path.is_dir():
+        if is_saved_dataset(path):
+            return path
         raise DataError(
-            f"{source}: is a directory; give a {', '.join(FILE_SUFFIXES)} file or a hub dataset name"
+            f"{source}: is a directory but not a dataset saved with datasets' save_to_disk (it has neither "
+            f"dataset_info.json with state.json nor dataset_dict.json); give one of: {SUPPORTED}; or a hub "
+            "dataset name"
         )
     if path.exists():
         if suffix not in FILE_SUFFIXES:
-            raise DataError(
-                f"{source}: unsupported file type '{suffix}'; expected one of {', '.join(FILE_SUFFIXES)}"
-            )
+            raise DataError(f"{source}: unsupported file type '{suffix}'; symnoise reads {SUPPORTED}")
         return path
     if suffix in FILE_SUFFIXES or source.startswith(("/", ".", "~")):
         raise DataError(f"{source}: file not found")
     return None
 
 
+def _check_content(path: Path, name: str) -> None:
+    """The first bytes of a file must fit its name (JSON named .parquet is refused naming both)."""
+    with path.open("rb") as handle:  # the bytes as stored: a .gz file must start as gzip
+        head = handle.read(64)
+    mismatch = content_mismatch(path, head)
+    if mismatch:
+        raise DataError(f"{name}: {mismatch}")
+
+
 def open_source(source: str, split: str) -> Iterator[RawRow]:
-    """The raw rows of a local file or, when `source` is not a path, of a hub dataset."""
+    """The raw rows of a local file or ``save_to_disk`` folder or, when `source` is not a path, of a hub
+    dataset."""
     path = local_path(source)
     if path is None:
         return _hub_rows(source, split)
-    if path.suffix.lower() == ".parquet":
-        return _parquet_rows(path, source)
-    return _text_file_rows(path, source)
+    if path.is_dir():
+        return _numbered(saved_dataset_rows(path, source, split, DataError))
+    try:
+        _check_content(path, source)
+    except OSError as error:
+        raise DataError(f"{source}: cannot read the file: {error.strerror or error}") from None
+    kind = SUFFIX_KINDS[file_suffix(path)]
+    if kind == "parquet":
+        return _numbered(parquet_rows(path, source, DataError))
+    if kind == "arrow":
+        return _numbered(arrow_rows(path, source, DataError))
+    if kind in ("csv", "tsv"):
+        _check_encoding(path, source)
+        return _numbered(delimited_rows(path, source, "," if kind == "csv" else "\t", DataError))
+    return _gzip_rows(path, source) if is_compressed(path) else _text_file_rows(path, source)

@@ -35,6 +35,7 @@ from .leaderboard_tasks import (
     LeaderboardError,
     LeaderboardTask,
     check_checkpoint,
+    check_hub_datasets,
     find_data_dir,
     offline_task_names,
     resolve_tasks,
@@ -161,6 +162,8 @@ def run_leaderboard(
     if limit is not None and limit < 1:
         raise LeaderboardError(f"limit must be a positive number of documents, got {limit}")
     root = None if online else find_data_dir(specs, data_dir)
+    if online:
+        check_hub_datasets(specs)
     if isinstance(checkpoint, (str, os.PathLike)):
         check_checkpoint(str(checkpoint))
 

@@ -2,7 +2,9 @@
 
 Each task has our short name (``arc``, ``hellaswag``, ``mmlu``), the harness's name for it, the leaderboard's shots
 and the metric it reports. A request is checked here: the task names, the local data folder (every file the tasks
-read, as listed in `symnoise.evaluation.sources`) and a local checkpoint path.
+read, as listed in `symnoise.evaluation.sources`), a local checkpoint path, and, without the hub (offline, or
+unreachable), the hub datasets and hub checkpoint that are not cached: each is one error in seconds, where the
+harness would retry for tens of seconds and end in a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sources import MMLU_SUBJECTS, required_files
+from ..offline import (
+    folder_listing,
+    hub_commit,
+    hub_dataset_cached,
+    hub_problem,
+    hub_remedy,
+    path_like_parent,
+)
+from .sources import DATA_DIR_ENV, HARNESS_DATASETS, MMLU_SUBJECTS, required_files
 from .sources import data_dir as named_data_dir
 
 
@@ -91,11 +101,41 @@ def find_data_dir(tasks: Sequence[LeaderboardTask], data_dir: str | Path | None 
     )
 
 
+def check_hub_datasets(tasks: Sequence[LeaderboardTask]) -> None:
+    """Online, the harness downloads each task's hub dataset: when one is not cached and the hub cannot be used,
+    say which and how to give the data locally."""
+    missing = [HARNESS_DATASETS[t.name] for t in tasks if not hub_dataset_cached(HARNESS_DATASETS[t.name])]
+    problem = hub_problem(datasets=True) if missing else None
+    if problem is None:
+        return
+    names = ", ".join(t.name for t in tasks if HARNESS_DATASETS[t.name] in missing)
+    raise LeaderboardError(
+        f"the hub dataset{'s' if len(missing) > 1 else ''} {', '.join(missing)} ({names}) "
+        f"{'are' if len(missing) > 1 else 'is'} not in the Hugging Face cache and cannot be downloaded now: "
+        f"{problem}. Give the data locally: --data-dir DIR or {DATA_DIR_ENV}=DIR, a folder laid out like "
+        "../shared/data (arc/ARC-Challenge/*.jsonl, hellaswag/hellaswag_val_full.txt, mmlu/{dev,test}/*.csv); "
+        f"or {hub_remedy(problem)}"
+    )
+
+
 def check_checkpoint(checkpoint: str) -> None:
-    """Reject a checkpoint that names a local path which does not exist; anything else may be a hub name."""
+    """Reject a checkpoint that names a local path which does not exist, and a hub name that is not cached when
+    the hub cannot be used; a path-like name (``runs/x`` beside a ``runs/`` folder) is named as a path first."""
     path = Path(checkpoint).expanduser()
     looks_local = path.is_absolute() or checkpoint.startswith((".", "~")) or checkpoint.count("/") > 1
     if looks_local and not path.exists():
         raise LeaderboardError(
             f"checkpoint not found: {checkpoint} (give a folder written by save_pretrained or a hub model name)"
         )
+    if path.exists() or hub_commit(checkpoint) is not None:
+        return
+    problem = hub_problem()
+    if problem is None:
+        return
+    parent = path_like_parent(checkpoint)
+    local = f"there is no local folder {checkpoint} ({folder_listing(parent)}), and " if parent else ""
+    raise LeaderboardError(
+        f"checkpoint {checkpoint}: {local}it is not a local folder nor a hub model in the Hugging Face cache, "
+        f"and it cannot be downloaded now: {problem}. Give a folder written by save_pretrained, or "
+        f"{hub_remedy(problem)}"
+    )

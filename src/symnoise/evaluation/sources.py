@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..offline import hub_offline
+from ..offline import hub_offline, hub_problem, hub_remedy
 
 DATA_DIR_ENV = "SYMNOISE_DATA_DIR"
 ALPACA_EVAL_REPO = "tatsu-lab/alpaca_eval"
@@ -153,8 +153,16 @@ def alpaca_eval_file(
                 f"{DATA_DIR_ENV} at a folder that has it, or unset it to use the hub dataset"
             )
         return resolved.local_path
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    repo, file = resolved.source.repo, resolved.source.hub_file
+    cached = try_to_load_from_cache(repo, file, repo_type="dataset", cache_dir=cache_dir)
+    problem = None if isinstance(cached, str) else hub_problem()
+    if problem is not None:  # huggingface_hub would retry for about 30 s before failing
+        raise SourceError(
+            f"cannot get {file} of the hub dataset {repo} (not in the Hugging Face cache, and {problem}); give "
+            f"a local data folder with --data-dir or {DATA_DIR_ENV}, or {hub_remedy(problem)}"
+        )
     try:
         return Path(
             hf_hub_download(

@@ -21,7 +21,16 @@ import logging
 import os
 from pathlib import Path
 
-from ..offline import hub_commit, hub_endpoint, hub_offline, hub_reachable
+from ..offline import (
+    folder_listing,
+    hub_commit,
+    hub_endpoint,
+    hub_offline,
+    hub_problem,
+    hub_reachable,
+    hub_remedy,
+    path_like_parent,
+)
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("symnoise.train")
@@ -147,6 +156,10 @@ def check_model_source(config: TrainConfig) -> None:
         )
     if hub_commit(name, config.model.revision) is not None:
         return
+    parent = path_like_parent(name)
+    if parent is not None:
+        _check_path_like_model(name, parent)
+        return
     if hub_offline():
         raise ConfigError(
             f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
@@ -160,6 +173,19 @@ def check_model_source(config: TrainConfig) -> None:
             f"{hub_endpoint()} cannot be reached ({problem}); connect to the network, or set "
             "model.name to a local model folder"
         )
+
+
+def _check_path_like_model(name: str, parent: Path) -> None:
+    """``runs/my-model`` beside a ``runs/`` folder is most likely a mistyped path: when the hub cannot be asked
+    either, the missing local folder is named first, then the hub."""
+    problem = hub_problem()
+    if problem is None:
+        return  # the hub may have it; loading says so if it does not
+    raise ConfigError(
+        f"model.name: there is no local folder {name} ({folder_listing(parent)}), and {name} is not a hub "
+        f"model in the Hugging Face cache, which cannot be downloaded now: {problem}. If it is a local folder, "
+        f"correct the path; if it is a hub model, {hub_remedy(problem)}"
+    )
 
 
 def model_module_names(config: TrainConfig) -> list[str]:
@@ -208,7 +234,7 @@ def check_before_data(config: TrainConfig) -> None:
     """What is known from the config and the environment alone (run before the data is read)."""
     check_environment(config)
     name = config.model.name
-    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or path_like_parent(name):
         check_model_source(config)
 
 
