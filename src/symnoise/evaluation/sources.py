@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..offline import hub_offline
+from ..offline import hub_file_unavailable, hub_offline
 
 DATA_DIR_ENV = "SYMNOISE_DATA_DIR"
 ALPACA_EVAL_REPO = "tatsu-lab/alpaca_eval"
@@ -153,6 +153,13 @@ def alpaca_eval_file(
                 f"{DATA_DIR_ENV} at a folder that has it, or unset it to use the hub dataset"
             )
         return resolved.local_path
+    source = resolved.source
+    problem = hub_file_unavailable(source.repo, source.hub_file) if cache_dir is None else None
+    if problem is not None:  # said at once, where huggingface_hub would retry for about 25 s
+        raise SourceError(
+            f"{source.hub_file} of the hub dataset {source.repo} {problem}; give a local data folder with "
+            f"--data-dir or {DATA_DIR_ENV}"
+        )
     from huggingface_hub import hf_hub_download
 
     try:
