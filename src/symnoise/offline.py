@@ -63,10 +63,15 @@ def hub_dataset_cached(repo: str) -> bool:
 
 
 def hub_file_cached(repo: str, filename: str, repo_type: str = "dataset") -> bool:
-    """Whether one file of a hub repository (``org/name``) is in the hub's download cache (any snapshot)."""
-    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or _huggingface_home() / "hub").expanduser()
-    snapshots = hub_cache / f"{repo_type}s--{repo.replace('/', '--')}" / "snapshots"
-    return snapshots.is_dir() and any((folder / filename).is_file() for folder in snapshots.iterdir())
+    """Whether one file of a hub repository (``org/name``) is in the hub cache where ``huggingface_hub`` will look
+    for it (its main revision)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, filename, repo_type=repo_type)
+    except Exception:  # huggingface_hub missing, or not a valid repo id: not cached
+        return False
+    return isinstance(found, str)
 
 
 def hub_file_unavailable(repo: str, filename: str | None = None, repo_type: str = "dataset") -> str | None:
