@@ -261,3 +261,27 @@ def test_a_server_echoing_the_key_leaks_no_piece_of_it(tmp_path):
     assert scan_for_key(texts) == []
     raw = [a["raw_completion"] for a in json.loads((tmp_path / "out" / layout.ANNOTATIONS).read_text())]
     assert sum("[REDACTED]" in (r or "") for r in raw) == 2  # the two quoting verdicts, kept but hidden
+
+
+def test_the_alpaca_eval_judge_redacts_the_key_from_the_packages_completions(monkeypatch):
+    """The package reads the key from the environment; an echo of part of it in a raw completion is hidden."""
+    annotators = pytest.importorskip("alpaca_eval.annotators")
+    from symnoise.evaluation.judge_clients import AlpacaEvalJudge
+    from symnoise.evaluation.judge_inputs import Example
+
+    class Package:  # the package's annotator, answering without a server
+        def __init__(self, annotators_config):
+            self.config = annotators_config
+
+        def annotate_head2head(self, outputs_1, outputs_2):
+            return [
+                {"preference": 2.0, "raw_completion": f"Output (b) [{API_KEY[3:17]}]"},
+                {"preference": None},
+            ]
+
+    monkeypatch.setattr(annotators, "PairwiseAnnotator", Package)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    judge = AlpacaEvalJudge("chatgpt_fn")
+    rows = judge.annotate([Example("i", "r", "o", "ref", "m", "d"), Example("j", "s", "p", "ref", "m", "d")])
+    assert [r["raw_completion"] for r in rows] == ["Output (b) [[REDACTED]]", None]
+    assert [r["preference"] for r in rows] == [2.0, None]

@@ -313,7 +313,8 @@ class AlpacaEvalJudge:
     """The ``alpaca_eval`` package's pairwise annotators (e.g. ``alpaca_eval_gpt4``, ``chatgpt_fn``).
 
     That package does its own prompting, order randomisation, caching and retries, so this judge bypasses
-    the runner here and annotates all examples in one call.
+    the runner here and annotates all examples in one call. The package reads the API key from the environment;
+    its raw completions are kept with any piece of that key redacted.
     """
 
     def __init__(self, annotators_config: str = DEFAULT_ANNOTATOR):
@@ -326,7 +327,7 @@ class AlpacaEvalJudge:
             ) from None
         self.judge_id = f"alpaca_eval:{annotators_config}"
         self.annotators_config = annotators_config
-        self.secrets: tuple[str, ...] = ()
+        self.secrets = tuple(os.environ[name] for name in KEY_VARIABLES if os.environ.get(name))
         self._annotator = PairwiseAnnotator(annotators_config=annotators_config)
 
     def annotate(self, examples: list[Example]) -> list[dict[str, Any]]:
@@ -340,11 +341,20 @@ class AlpacaEvalJudge:
                 self.annotators_config,
                 _float_or_none(row.get("preference")),
                 None,
-                row.get("raw_completion"),
+                _redacted(row.get("raw_completion"), self.secrets),
                 None,
             )
             for ex, row in zip(examples, rows, strict=True)
         ]
+
+
+def _redacted(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` (text, or anything JSON can hold) with every long piece of a secret redacted."""
+    if value is None or not secrets:
+        return value
+    if isinstance(value, str):
+        return redact(value, secrets)
+    return json.loads(redact(json.dumps(value, ensure_ascii=False, default=str), secrets))
 
 
 def _package_row(example: Example, output: str, generator: str) -> dict[str, str]:
