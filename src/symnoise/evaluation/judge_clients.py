@@ -102,6 +102,22 @@ def redact(text: str, secrets: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------- OpenAI-compatible servers
 
 
+UNREACHABLE_LIMIT = 3  # connections refused or reset, before any answer, that stop a run
+NO_SUCH_HOST = frozenset(  # name resolution failures that retrying cannot mend
+    code
+    for code in (
+        getattr(socket, name, None) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_FAIL", "EAI_SERVICE")
+    )
+    if code is not None
+)
+UNKNOWN_MODEL = re.compile(
+    r"model_not_found|unknown model|model\b[^\n]{0,120}?\b(does not exist|not found|is not served|not available)",
+    re.IGNORECASE,
+)
+_UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH})
+BASE_URL_HELP = f"or {' / '.join(BASE_URL_VARIABLES)}; most servers want it to end in /v1"
+
+
 class OpenAIChatJudge:
     """Any OpenAI-compatible ``POST {base_url}/chat/completions`` server: OpenAI, vLLM, llama.cpp, Ollama.
 
@@ -239,22 +255,6 @@ class OpenAIChatJudge:
 
     def _clean(self, text: str) -> str:
         return redact(text, self.secrets)
-
-
-UNREACHABLE_LIMIT = 3
-NO_SUCH_HOST = frozenset(
-    code
-    for code in (
-        getattr(socket, name, None) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_FAIL", "EAI_SERVICE")
-    )
-    if code is not None
-)
-UNKNOWN_MODEL = re.compile(
-    r"model_not_found|unknown model|model\b[^.]{0,120}\b(does not exist|not found|is not served|not available)",
-    re.IGNORECASE,
-)
-_UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH})
-BASE_URL_HELP = f"or {' / '.join(BASE_URL_VARIABLES)}; most servers want it to end in /v1"
 
 
 def _refused(reason: object) -> bool:
