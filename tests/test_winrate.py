@@ -168,3 +168,49 @@ def test_papers_public_rows(shared_data):
     for stem, published in expected.items():
         (ours,) = win_rates([folder / f"{stem}.json"])
         assert round(ours.win_rate, 2) == published, stem
+
+
+class _NoRequests:
+    """A judge that is never asked: every output below equals its reference, a draw without a request."""
+
+    judge_id, secrets = "never-asked", ()
+
+    def complete(self, messages):
+        raise AssertionError("no request expected")
+
+
+def test_the_judges_own_metrics_file_is_skipped_with_one_line(tmp_path, capsys):
+    """`symnoise winrate RUN/model_outputs_judged/*.json` reads the judge's annotations and skips, saying so, the
+    metrics.json the judge writes beside them; any other file that is not annotations is still an error."""
+    from symnoise import layout
+    from symnoise.evaluation import judge as J
+    from symnoise.evaluation.annotators import PAIRWISE_V1, load_annotator
+
+    rows = [{"instruction": f"i{n}", "output": f"o{n}", "generator": "m", "dataset": "d"} for n in range(3)]
+    outputs = write(tmp_path / "model_outputs.json", rows)
+    judged = layout.judged_dir(outputs)
+    J.judge_outputs(outputs, rows, _NoRequests(), judged, annotator=load_annotator(PAIRWISE_V1))
+    files = sorted(str(p) for p in judged.glob("*.json"))
+    assert [Path(f).name for f in files] == [layout.ANNOTATIONS, layout.JUDGE_METRICS]
+
+    assert main(["winrate", *files]) == 0
+    captured = capsys.readouterr()
+    [skipped] = captured.err.splitlines()
+    assert skipped.startswith("symnoise winrate: skipping ") and layout.JUDGE_METRICS in skipped
+    table = captured.out.splitlines()
+    assert len(table) == 2 and table[1].split()[:4] == [layout.ANNOTATIONS, "m", "50.00", "0.00"]
+
+    other = write(tmp_path / "settings.json", {"win_rate": 50.0, "n_total": 3})  # not the judge's: an error
+    assert main(["winrate", files[0], str(other)]) == 1
+    assert "settings.json: expected a JSON list of annotations" in capsys.readouterr().err
+
+
+def test_null_verdicts_are_counted_in_the_table_and_the_json(tmp_path, capsys):
+    path = write(tmp_path / "a.json", [annotation(2), annotation(None), annotation(1), annotation(None)])
+    [row] = win_rates([path])
+    assert (row.n_total, row.n_null) == (2, 2)
+    assert main(["winrate", str(path)]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert dict(zip(header.split(), line.split(), strict=True))["n_null"] == "2"
+    assert main(["winrate", "--json", "--by", "dataset", str(path)]) == 0
+    assert [r["n_null"] for r in json.loads(capsys.readouterr().out)] == [2]

@@ -62,6 +62,38 @@ def hub_dataset_cached(repo: str) -> bool:
     return any(folder.is_dir() and any(folder.iterdir()) for folder in (snapshots, prepared))
 
 
+def hub_file_cached(repo: str, filename: str, repo_type: str = "dataset") -> bool:
+    """Whether one file of a hub repository (``org/name``) is in the hub cache where ``huggingface_hub`` will look
+    for it (its main revision)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, filename, repo_type=repo_type)
+    except Exception:  # huggingface_hub missing, or not a valid repo id: not cached
+        return False
+    return isinstance(found, str)
+
+
+def hub_file_unavailable(repo: str, filename: str | None = None, repo_type: str = "dataset") -> str | None:
+    """None when a file of a hub repository is cached, or the hub may be asked for it and answers; else why not,
+    as the end of a sentence about the file: "is not in the Hugging Face cache, and ...".
+
+    Ask this before a library fetches the file: ``huggingface_hub`` and ``datasets`` retry a hub that does not
+    answer for about 25 s, printing each retry, before they fail; this answers in seconds. ``filename``: the file
+    looked for in the hub cache; None: the dataset as a whole, fetched by ``datasets`` (its own cache and
+    ``HF_DATASETS_OFFLINE`` count then too)."""
+    whole = filename is None
+    if hub_dataset_cached(repo) if whole else hub_file_cached(repo, filename, repo_type):
+        return None
+    if hub_offline(datasets=whole):
+        variables = "HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE)" if whole else "HF_HUB_OFFLINE"
+        return f"is not in the Hugging Face cache, and {variables} is set"
+    problem = hub_reachable()
+    if problem is not None:
+        return f"is not in the Hugging Face cache, and {hub_endpoint()} cannot be reached ({problem})"
+    return None
+
+
 def hub_commit(name: str, revision: str | None = None) -> str | None:
     """The commit a hub model's revision resolves to in the local Hugging Face cache; None when not cached."""
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="parallel requests (openai judge)")
 
 
+@contextmanager
+def _warnings_on_stderr():
+    """symnoise's own warnings (retries, the reference's source) on stderr, prefixed, once each, while the command
+    runs.
+
+    The handler goes on the ``symnoise`` logger, not the root one: libraries such as ``huggingface_hub`` print
+    through their own handler and also pass their records up to the root, so a root handler printed each of their
+    lines a second time."""
+    logger, handler = logging.getLogger("symnoise"), logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("symnoise judge: %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(format="symnoise judge: %(message)s", level=logging.WARNING)
+    with _warnings_on_stderr():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         _check_numbers(args)
         annotator = (

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -71,13 +70,15 @@ class RetryPolicy:
     Attempt k (1-based) that fails waits ``min(max_delay, base_delay * 2**(k-1))`` seconds, or the server's
     Retry-After when given (capped the same way). An example gives up after ``max_attempts`` attempts; once
     ``max_total_retries`` retries have been spent in the run, failing examples give up after one attempt.
+    ``sleep``: how to wait (tests pass their own); by default the wait ends early when the run is stopped, so a
+    stopped run does not sit out its backoffs.
     """
 
     max_attempts: int = 5
     base_delay: float = 1.0
     max_delay: float = 60.0
     max_total_retries: int = 200
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] | None = None
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         wanted = retry_after if retry_after is not None else self.base_delay * 2 ** (attempt - 1)
@@ -172,7 +173,12 @@ def _call_with_retries(
                 "judge: %s (attempt %d/%d), retrying in %.1f s", reason, attempt, policy.max_attempts, wait
             )
             stats.add(retries=1)
-            policy.sleep(wait)
+            if policy.sleep is not None:
+                policy.sleep(wait)
+            else:
+                stop.wait(wait)
+            if stop.is_set():  # a fatal error elsewhere while this example waited: send nothing more
+                return None, f"{reason}; run stopped"
     raise AssertionError("unreachable")  # the loop always returns on its last attempt
 
 

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from ..files import read_json
+from ..offline import hub_file_unavailable
 
+GAMED_REPO = "tatsu-lab/alpaca_eval"
 GAMED_FILENAME = "df_gamed.csv"
-GAMED_SOURCE = "the hub dataset tatsu-lab/alpaca_eval, file df_gamed.csv"
+GAMED_SOURCE = f"the hub dataset {GAMED_REPO}, file {GAMED_FILENAME}"
+GAMED_NEED = "instruction difficulties and the gamed baselines' annotations"
 _PATCH_LOCK = threading.Lock()
 
 
@@ -127,6 +130,14 @@ def _run_glm(glm_winrate, frame, path, gamed_data, kwargs) -> dict[str, float]:
             with _local_gamed_data(glm_winrate, gamed_data):
                 metrics = glm_winrate.get_length_controlled_winrate(frame, **kwargs)
         else:
+            # the package fetches the table unless the model is the reference itself (its win rate is 50 then)
+            baseline = frame["generator_2"].iloc[0] == frame["generator_1"].iloc[0]
+            unavailable = None if baseline else hub_file_unavailable(GAMED_REPO, GAMED_FILENAME)
+            if unavailable is not None:  # said at once, where huggingface_hub would retry for about 25 s
+                raise LengthControlError(
+                    f"the length-controlled win rate needs {GAMED_SOURCE} ({GAMED_NEED}), which "
+                    f"{unavailable}; pass --lc-data with a local copy"
+                )
             metrics = glm_winrate.get_length_controlled_winrate(frame, **kwargs)
     except LengthControlError:
         raise
@@ -139,9 +150,8 @@ def _run_glm(glm_winrate, frame, path, gamed_data, kwargs) -> dict[str, float]:
         if gamed_data is not None:
             raise
         raise LengthControlError(
-            f"the length-controlled win rate needs {GAMED_SOURCE} (instruction difficulties and the gamed baselines' "
-            f"annotations), which could not be fetched ({type(err).__name__}: {err}); pass --lc-data with a local "
-            "copy"
+            f"the length-controlled win rate needs {GAMED_SOURCE} ({GAMED_NEED}), which could not be "
+            f"fetched ({type(err).__name__}: {err}); pass --lc-data with a local copy"
         ) from None
     return {
         "length_controlled_winrate": float(metrics["length_controlled_winrate"]),

@@ -6,7 +6,9 @@
   ``DATA_DIR/alpaca_eval/model_outputs/gpt4_1106_preview.json``.
 
 Online, the ``alpaca_eval`` package's own loaders fetch them (``constants.ALPACAEVAL_REFERENCE_OUTPUTS_1`` / ``_2``);
-with ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` set, or when the loader fails, the local file is read instead.
+with ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` set, when the hub does not answer a quick probe (the loader
+would retry it for about 25 s) and the dataset is not cached, or when the loader fails, the local file is read
+instead.
 Which set an annotator uses follows the package's own table of leaderboards (``PRECOMPUTED_LEADERBOARDS``).
 """
 
@@ -17,9 +19,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..offline import hub_offline
+from ..offline import hub_file_unavailable, hub_offline
 from .judge_inputs import load_records
-from .sources import ALPACA_EVAL_SOURCES
+from .sources import ALPACA_EVAL_REPO, ALPACA_EVAL_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +81,23 @@ def load_reference_outputs(
     """
     offline = hub_offline(datasets=True) if offline is None else offline
     problems = []
-    if not offline:
+    unavailable = None if offline else hub_file_unavailable(ALPACA_EVAL_REPO)
+    if offline:
+        problems.append(
+            f"offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), so the hub dataset {ALPACA_EVAL_REPO} was not asked"
+        )
+    elif unavailable is not None:
+        problems.append(
+            f"the alpaca_eval package's loader was not tried: the hub dataset {ALPACA_EVAL_REPO} {unavailable}"
+        )
+    else:
         try:
             return _load_with_package(
                 reference
-            ), f"alpaca_eval package loader (tatsu-lab/alpaca_eval, {reference.hub_config})"
-        except Exception as err:  # no network, no package, hub error: fall back to the local file
+            ), f"alpaca_eval package loader ({ALPACA_EVAL_REPO}, {reference.hub_config})"
+        except Exception as err:  # no package, hub error: fall back to the local file
             problems.append(f"the alpaca_eval package's loader failed ({type(err).__name__}: {err})")
             log.warning("reference outputs: %s; trying the local file", problems[-1])
-    else:
-        problems.append("offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), so the hub was not asked")
     if data_dir is not None:
         path = local_reference_path(reference, data_dir)
         if path.is_file():

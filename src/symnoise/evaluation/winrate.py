@@ -16,16 +16,20 @@ over the non-null rows and draws mapped to ``q = 0.5``:
 * ``n_wins`` = #(q > 0.5), ``n_wins_base`` = #(q < 0.5), ``n_draws`` = #(preference in {0, 1.5}),
   ``n_total`` = number of non-null rows;
 * ``discrete_win_rate`` = the same win rate after rounding each q to 0, 0.5 or 1 (equal for discrete files);
+* ``n_null`` = number of null rows (no verdict), which the win rate leaves out;
 * ``avg_length`` = mean character length of ``output_2`` over all rows, null preferences included (the leaderboard
   CSVs store it truncated to an integer).
 
 These reproduce the published AlpacaEval 1 GPT-4 leaderboard rows from the published annotation files.
+
+`symnoise judge` writes its ``metrics.json`` beside its ``annotations.json``; a file read here that holds those
+metrics (recognised by its content, :func:`is_judge_metrics`) is not annotations, and :func:`win_rates` can skip it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +37,32 @@ from typing import Any
 from symnoise.files import read_json
 
 DRAW_VALUES = (0, 1.5)
+# The fields of the metrics.json that `symnoise judge` writes (symnoise.evaluation.judge.judge_metrics and the
+# judge's names); a JSON object with all of them is that file.
+JUDGE_METRICS_FIELDS = (
+    "annotator",
+    "judge",
+    "win_rate",
+    "standard_error",
+    "n_wins",
+    "n_wins_base",
+    "n_draws",
+    "n_total",
+    "n_null",
+)
 
 
 class AnnotationError(ValueError):
     """An annotation file that cannot be read as AlpacaEval annotations; the message names file, row and field."""
+
+
+class JudgeMetricsFile(AnnotationError):
+    """The file is the metrics.json `symnoise judge` writes beside its annotations, not annotations."""
+
+
+def is_judge_metrics(data: Any) -> bool:
+    """Whether parsed JSON is a `symnoise judge` metrics.json: an object with every judge metric field."""
+    return isinstance(data, dict) and all(field in data for field in JUDGE_METRICS_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,7 @@ class WinRate:
     n_total: int
     discrete_win_rate: float | None
     avg_length: float
+    n_null: int = 0  # rows with no verdict, left out of every metric but avg_length
     length_controlled_winrate: float | None = None  # filled by symnoise.evaluation.length_control when asked
     lc_standard_error: float | None = None
 
@@ -111,6 +138,10 @@ def load_annotations(path: str | Path, need_dataset: bool = False) -> list[Annot
     """Read and validate one AlpacaEval annotation file (a JSON list of annotation dicts)."""
     path = Path(path)
     data = read_json(path, error=AnnotationError)
+    if is_judge_metrics(data):
+        raise JudgeMetricsFile(
+            f"{path}: the win rate and counts that `symnoise judge` writes, not annotations"
+        )
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a JSON list of annotations, got {type(data).__name__}")
     return [parse_annotation(row, f"{path}: row {i}", need_dataset) for i, row in enumerate(data)]
@@ -159,6 +190,7 @@ def win_rate(annotations: Sequence[Annotation], file: str = "", generator: str =
         generator=generator,
         dataset=dataset,
         avg_length=sum(lengths) / len(lengths) if lengths else 0.0,
+        n_null=sum(a.preference is None for a in annotations),
         **head_to_head(a.preference for a in annotations),
     )
 
@@ -172,11 +204,24 @@ def group_annotations(annotations: Sequence[Annotation], by_dataset: bool) -> di
     return {key: groups[key] for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1] or ""))}
 
 
-def win_rates(paths: Sequence[str | Path], by_dataset: bool = False) -> list[WinRate]:
-    """One row per (file, generator[, subset]) over several annotation files."""
+def win_rates(
+    paths: Sequence[str | Path],
+    by_dataset: bool = False,
+    skip_judge_metrics: Callable[[str], None] | None = None,
+) -> list[WinRate]:
+    """One row per (file, generator[, subset]) over several annotation files.
+
+    A `symnoise judge` metrics.json among ``paths`` (as ``RUN/model_outputs_judged/*.json`` names) is an error,
+    or, with ``skip_judge_metrics``, is left out and that function is called with why."""
     rows = []
     for path in paths:
-        annotations = load_annotations(path, need_dataset=by_dataset)
+        try:
+            annotations = load_annotations(path, need_dataset=by_dataset)
+        except JudgeMetricsFile as skipped:
+            if skip_judge_metrics is None:
+                raise
+            skip_judge_metrics(str(skipped))
+            continue
         for (generator, dataset), group in group_annotations(annotations, by_dataset).items():
             rows.append(win_rate(group, file=str(path), generator=generator, dataset=dataset))
     return rows
@@ -195,7 +240,7 @@ def format_table(rows: Sequence[WinRate]) -> str:
         + (["dataset"] if by_dataset else [])
         + ["win_rate", "std_err"]
         + (["lc_win_rate", "lc_std_err"] if lc else [])
-        + ["n_wins", "n_wins_base", "n_draws", "n_total", "avg_length"]
+        + ["n_wins", "n_wins_base", "n_draws", "n_total", "n_null", "avg_length"]
     )
     lines = [header]
     for r in rows:
@@ -204,7 +249,8 @@ def format_table(rows: Sequence[WinRate]) -> str:
             + ([r.dataset or "-"] if by_dataset else [])
             + [_fmt(r.win_rate, 2), _fmt(r.standard_error, 2)]
             + ([_fmt(r.length_controlled_winrate, 2), _fmt(r.lc_standard_error, 2)] if lc else [])
-            + [str(r.n_wins), str(r.n_wins_base), str(r.n_draws), str(r.n_total), _fmt(r.avg_length, 1)]
+            + [str(r.n_wins), str(r.n_wins_base), str(r.n_draws), str(r.n_total), str(r.n_null)]
+            + [_fmt(r.avg_length, 1)]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
