@@ -29,6 +29,8 @@ from symnoise.cli.main import main
 from symnoise.config import NoiseConfig
 from symnoise.train import train
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -15,6 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLOAT = r"[-+]?\d+\.\d+"
 

@@ -24,6 +24,8 @@ from symnoise.evaluation.paired import (
 from symnoise.evaluation.stats import repetition_and_diversity
 from symnoise.evaluation.winrate import head_to_head, load_annotations
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 scipy_stats = pytest.importorskip("scipy.stats")
 
 FOLDER = "alpaca_eval/annotations_alpaca_eval_gpt4"

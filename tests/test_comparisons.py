@@ -25,6 +25,8 @@ from symnoise.evaluation.stats import file_stats, first_words, repetition_and_di
 from symnoise.evaluation.winrate import score, win_rates
 from symnoise.layout import REFERENCE_LOSS as REFERENCE_LOSS_FILE
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 AE = Path("alpaca_eval")
 PROMPTS = slice(0, 200)
 # One published model per (method, seed): three "seeds" of each of base, NEFT and SymNoise.

@@ -14,6 +14,8 @@ from conftest import make_tiny_model
 
 import symnoise
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 dynamo = pytest.importorskip("torch._dynamo")
 
 

@@ -20,6 +20,8 @@ from conftest import REPO_ROOT, free_port
 from symnoise.train.config import ConfigError
 from symnoise.train.distributed import LaunchError, check_launch, check_nonfinite_mode, check_world_size
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 ENTRY = Path(__file__).with_name("distributed_entry.py")
 ENV = {
     **os.environ,

@@ -7,6 +7,8 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 
 @pytest.mark.parametrize("script", ["custom_loop.py", "sft_trainer.py", "python_api.py"])
 def test_example_runs(script, tmp_path):

@@ -20,6 +20,8 @@ from symnoise.grid import runner as grid_runner
 SHIPPED = sorted(
     p for p in (REPO_ROOT / "configs" / "grid").glob("*.yaml") if not p.name.endswith(".expected.yaml")
 )
+
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
 STAGES = ["train", "generate", "reference_loss", "stats"]
 
 

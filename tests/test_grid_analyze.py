@@ -12,6 +12,8 @@ from symnoise.grid import read_stages, run_grid, validate_grid
 from symnoise.grid.sections import AnalyzeSection
 from symnoise.layout import RunLayout
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 
 def test_each_cell_is_analysed_and_the_report_shows_it(tmp_path):
     data = tiny_grid(tmp_path, methods=("neftune", "symnoise"))

@@ -21,6 +21,8 @@ from symnoise.grid import GridError, validate_grid
 from symnoise.grid.runner import stage_judge
 from symnoise.layout import OUTPUTS as OUTPUTS_FILE
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 
 @pytest.fixture(autouse=True)
 def _clean_judge_environment(monkeypatch):

@@ -18,6 +18,8 @@ from symnoise.evaluation.expected import find_run, load_expected, merge_keys
 from symnoise.evaluation.runs import Run, TrainMetrics
 from symnoise.grid import GridError, load_grid, run_grid, validate_grid
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 GRIDS = REPO_ROOT / "configs" / "grid"
 # grid -> (cells the tables need, judge annotators; None: no judge)
 PAPER_GRIDS = {

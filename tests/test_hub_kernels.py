@@ -17,6 +17,8 @@ from symnoise.generation import load_model_and_tokenizer
 from symnoise.train import train
 from symnoise.train.config import ConfigError
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 
 @pytest.fixture
 def kernels_missing(monkeypatch):

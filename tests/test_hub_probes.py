@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from local_server import JUDGE_SETTINGS
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # The whole process, start and imports included: 5 s on an idle machine, up to 17 s measured on a loaded 2-core
 # one. The hub's retries alone slept 23 s (1 + 2 + 4 + 8 + 8) before the probe.

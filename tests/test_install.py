@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 
 def run(args, cwd, env, timeout=300):
     proc = subprocess.run(

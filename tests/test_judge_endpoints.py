@@ -26,6 +26,8 @@ from test_judge import API_KEY, FakeJudgeServer, synthetic_references, write_pai
 from symnoise import layout
 from symnoise.evaluation.judge_clients import redact
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 N_EXAMPLES = 40
 WORKERS = 4

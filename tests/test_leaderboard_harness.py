@@ -21,6 +21,8 @@ from symnoise.evaluation import leaderboard as lb
 from symnoise.evaluation.leaderboard_data import read_hellaswag
 from symnoise.evaluation.lm_eval_tasks.utils import hellaswag_doc, split_context
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 lm_eval = pytest.importorskip("lm_eval")
 
 HARNESS_TASKS = Path(lm_eval.__file__).parent / "tasks"

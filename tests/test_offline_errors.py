@@ -16,6 +16,8 @@ import yaml
 from conftest import REPO_ROOT
 from test_train import tiny_config
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 
 def symnoise_env(tmp_path, offline: bool) -> dict:
     """The environment of a machine without the hub and without local data: an empty Hugging Face cache, no

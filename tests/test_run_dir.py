@@ -24,6 +24,8 @@ from symnoise.train.metrics import jsonl_to_csv
 from symnoise.train.run_lock import RunLock, RunLockedError
 from symnoise.train.start_record import config_changes
 
+pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
 
 
