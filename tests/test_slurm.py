@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from symnoise.grid.slurm_launch import first_host, node_launcher, rendezvous_fro
 
 pytestmark = pytest.mark.slow
 METHODS = ["none", "neftune", "gaussian", "symnoise"]
-STEPS = 24
+STEPS = 40
 LOCAL = {"kind": "local"}
 FAST_SLURM = {"kind": "slurm", "poll_seconds": 0.5, "time": "10", "signal_seconds": 30}
 
@@ -255,10 +256,11 @@ def test_grid_through_slurm_equals_the_local_run(tmp_path, base_model, env, refe
 
 
 def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, env, reference):
-    """The submitter (`--wait`) is killed once the jobs run; one job gets USR1 (the preemption notice) and
-    requeues itself after a checkpoint, the other is requeued from outside (killed without notice); a second
-    `--wait` submits nothing, follows both to the end and writes the summary; both equal the uninterrupted run."""
-    data = slurm_grid(tmp_path, base_model, FAST_SLURM, methods=["none", "symnoise"])
+    """The submitter (`--wait`) is killed once the jobs are queued; the first job gets USR1 (the preemption
+    notice) mid-training and requeues itself after a checkpoint; the second (one cell runs at a time) is requeued
+    from outside mid-training (killed without notice); a second `--wait` submits nothing, follows both to the end
+    and writes the summary; both cells equal the uninterrupted run."""
+    data = slurm_grid(tmp_path, base_model, {**FAST_SLURM, "max_parallel": 1}, methods=["none", "symnoise"])
     path = save(tmp_path, data, "grid.yaml")
     grid = load_grid(path)
     notified, killed = (cell.run_dir for cell in grid.cells)
@@ -276,17 +278,21 @@ def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, en
     wait_until(lambda: logged_steps(notified)[-1:] >= [3], 180, "the first job's training")
     slurm(env, "scancel", "--signal=USR1", "--batch", job[notified])
     wait_until(lambda: read_jobs(notified).preemptions == 1, 60, "the preempted job's requeue")
-    wait_until(lambda: "PENDING" in squeue_state(env, job[notified]), 60, "the requeued job pending")
-    status = symnoise_grid(env, path, "--status")
-    assert "requeued" in status.stdout and "preempted 1x" in status.stdout, status.stdout
     stopped_at = max(logged_steps(notified))
     assert stopped_at < STEPS and (notified / f"checkpoint-{stopped_at}").is_dir()
-    slurm(env, "scontrol", "update", f"JobId={job[notified]}", "StartTime=now")
 
     wait_until(lambda: logged_steps(killed)[-1:] >= [7], 180, "the second job's training past checkpoint-5")
     slurm(env, "scontrol", "requeue", job[killed])
     wait_until(lambda: "PENDING" in squeue_state(env, job[killed]), 60, "the killed job pending")
-    slurm(env, "scontrol", "update", f"JobId={job[killed]}", "StartTime=now")
+    assert max(logged_steps(killed)) < STEPS and not (killed / "model.safetensors").exists()
+    status = symnoise_grid(env, path, "--status")
+    lines = {
+        d: next(line for line in status.stdout.splitlines() if d.name in line) for d in (notified, killed)
+    }
+    assert "requeued" in lines[notified] and "preempted 1x" in lines[notified], status.stdout
+    assert "requeued" in lines[killed], status.stdout
+    for run_dir in (notified, killed):
+        slurm(env, "scontrol", "update", f"JobId={job[run_dir]}", "StartTime=now")
 
     result = symnoise_grid(env, path, "--wait")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -294,9 +300,9 @@ def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, en
         assert_same_cell(cell.run_dir, reference[cell.id])
         jobs = read_jobs(cell.run_dir)
         assert jobs.submitted == [job[cell.run_dir]] and jobs.starts == 2, cell.id
-    assert (grid.output_dir / "summary.md").is_file()
-    log = Path(read_jobs(killed).log).read_text()
-    assert "resuming from" in log and "checkpoint-" in log
+        log = Path(jobs.log).read_text()
+        assert re.search(r"training resumes from checkpoint-([1-9]\d*)", log), log[-2000:]
+    assert "submitted" not in result.stdout and (grid.output_dir / "summary.md").is_file()
 
 
 def test_a_failed_cell_is_reported_and_resubmitted_alone_once_fixed(tmp_path, base_model, env):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..files import append_json_lines, read_json_lines, write_json_atomic, write_text_atomic
 from ..layout import RunLayout
+from ..train.reliability import last_complete_checkpoint
 from ..train.trainer import TrainingStopped, request_stop
 from . import slurm
 from .cells import Cell
@@ -348,6 +349,9 @@ def run_cell_job(grid: Grid, cell_id: str, log: Log = print) -> int:
         host=socket.gethostname(),
     )
     log(f"[{cell.id}] job {job_id} on {socket.gethostname()}" + (f", restart {restart}" if restart else ""))
+    checkpoint = last_complete_checkpoint(cell.run_dir) if cell.run_dir.is_dir() else None
+    if checkpoint is not None and "train" not in read_stages(cell.run_dir):
+        log(f"[{cell.id}] training resumes from {checkpoint.name}")
     try:
         outcome = run_grid(grid, log=log, only=cell_id)
     except TrainingStopped as stopped:
