@@ -127,6 +127,14 @@ def slurm(env: dict, *args: str) -> str:
     return result.stdout
 
 
+def grid_command(capsys, *args) -> tuple[int, str]:
+    """`symnoise grid ARGS` in this process (the quick reads: --status, a re-run with nothing to do): status, output."""
+    from symnoise.cli.main import main
+
+    status = main(["grid", *map(str, args)])
+    return status, capsys.readouterr().out
+
+
 def squeue_state(env: dict, job_id: str) -> str:
     return slurm(env, "squeue", "-h", "-r", "-j", job_id.split("_")[0], "-o", "%i %T").replace(
         job_id + " ", ""
@@ -234,7 +242,7 @@ def test_bad_launcher_configs_fail_before_anything_is_submitted(
     assert slurm(env, "squeue", "-h", "-o", "%i") == ""
 
 
-def test_grid_through_slurm_equals_the_local_run(tmp_path, base_model, env, reference):
+def test_grid_through_slurm_equals_the_local_run(tmp_path, base_model, env, reference, capsys):
     path = save(tmp_path, slurm_grid(tmp_path, base_model, FAST_SLURM), "grid.yaml")
     started = time.monotonic()
     result = symnoise_grid(env, path, "--wait")
@@ -247,15 +255,15 @@ def test_grid_through_slurm_equals_the_local_run(tmp_path, base_model, env, refe
     summary = json.loads((grid.output_dir / "summary.json").read_text())
     assert [c["status"] for c in summary["cells"]] == ["finished"] * len(METHODS)
     assert (grid.output_dir / "report" / "report.json").is_file()
-    status = symnoise_grid(env, path, "--status")
-    assert status.returncode == 0 and f"{len(METHODS)} cells: {len(METHODS)} finished" in status.stdout
-    again = symnoise_grid(env, path)  # nothing left to do: nothing submitted
-    assert again.returncode == 0 and "submitted" not in again.stdout
+    code, out = grid_command(capsys, path, "--status")
+    assert code == 0 and f"{len(METHODS)} cells: {len(METHODS)} finished" in out, out
+    code, out = grid_command(capsys, path)  # nothing left to do: nothing submitted, the summary again
+    assert code == 0 and "submitted" not in out and f"{len(METHODS)}/{len(METHODS)} cells finished" in out
     assert all(len(read_jobs(c.run_dir).submitted) == 1 for c in grid.cells)
     print(f"\n4-cell grid through Slurm: {seconds:.0f} s")
 
 
-def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, env, reference):
+def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, env, reference, capsys):
     """The submitter (`--wait`) is killed once the jobs are queued; the first job gets USR1 (the preemption
     notice) mid-training and requeues itself after a checkpoint; the second (one cell runs at a time) is requeued
     from outside mid-training (killed without notice); a second `--wait` submits nothing, follows both to the end
@@ -285,12 +293,10 @@ def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, en
     slurm(env, "scontrol", "requeue", job[killed])
     wait_until(lambda: "PENDING" in squeue_state(env, job[killed]), 60, "the killed job pending")
     assert max(logged_steps(killed)) < STEPS and not (killed / "model.safetensors").exists()
-    status = symnoise_grid(env, path, "--status")
-    lines = {
-        d: next(line for line in status.stdout.splitlines() if d.name in line) for d in (notified, killed)
-    }
-    assert "requeued" in lines[notified] and "preempted 1x" in lines[notified], status.stdout
-    assert "requeued" in lines[killed], status.stdout
+    code, out = grid_command(capsys, path, "--status")
+    lines = {d: next(line for line in out.splitlines() if d.name in line) for d in (notified, killed)}
+    assert code == 0 and "requeued" in lines[notified] and "preempted 1x" in lines[notified], out
+    assert "requeued" in lines[killed], out
     for run_dir in (notified, killed):
         slurm(env, "scontrol", "update", f"JobId={job[run_dir]}", "StartTime=now")
 
@@ -305,7 +311,7 @@ def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, en
     assert "submitted" not in result.stdout and (grid.output_dir / "summary.md").is_file()
 
 
-def test_a_failed_cell_is_reported_and_resubmitted_alone_once_fixed(tmp_path, base_model, env):
+def test_a_failed_cell_is_reported_and_resubmitted_alone_once_fixed(tmp_path, base_model, env, capsys):
     good = write_jsonl(
         tmp_path / "good.jsonl", [{"instruction": f"Say {i}.", "output": str(i)} for i in range(16)]
     )
@@ -321,7 +327,7 @@ def test_a_failed_cell_is_reported_and_resubmitted_alone_once_fixed(tmp_path, ba
     path = save(tmp_path, data, "grid.yaml")
     result = symnoise_grid(env, path, "--wait")
     assert result.returncode == 1
-    status = symnoise_grid(env, path, "--status").stdout
+    status = grid_command(capsys, path, "--status")[1]
     bad_line = next(line for line in status.splitlines() if "tiny-broken" in line)
     assert "failed" in bad_line and "DataError" in bad_line and "row 1" in bad_line, status
     assert "finished" in next(line for line in status.splitlines() if "tiny-good" in line)

@@ -45,6 +45,7 @@ from .summary import write_grid_report
 
 SLURM_DIR = "slurm"  # OUTPUT/slurm/: batch scripts and the jobs' logs
 Log = Callable[[str], None]
+MAX_MISSED_POLLS = 10  # --wait gives up after this many polls in a row that Slurm did not answer
 
 
 def slurm_dir(grid: Grid) -> Path:
@@ -304,8 +305,18 @@ def finish_grid(grid: Grid, states: list[CellState], seconds: float) -> Path | N
 def wait_for_grid(grid: Grid, log: Log = print) -> list[CellState]:
     """Follow the cells' jobs until none is pending or running, logging each change of state."""
     seen: dict[str, tuple[str, str | None]] = {}
+    misses = 0
     while True:
-        states = grid_states(grid, log)
+        try:
+            states = grid_states(grid, log)
+        except slurm.SlurmError as error:  # a controller restarting: ask again, give up after a few tries
+            misses += 1
+            if misses > MAX_MISSED_POLLS:
+                raise
+            log(f"Slurm did not answer ({error}); asking again")
+            time.sleep(grid.spec.launcher.poll_seconds)
+            continue
+        misses = 0
         for s in states:
             if seen.get(s.cell) != (s.state, s.job_id):
                 seen[s.cell] = (s.state, s.job_id)

@@ -11,6 +11,7 @@ controller still remembers it, and otherwise from the grid's own records in each
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import re
@@ -293,8 +294,9 @@ def live_jobs() -> dict[str, JobState]:
     return jobs
 
 
+@functools.cache
 def accounting_available() -> bool:
-    """Whether ``sacct`` answers here (it needs slurmdbd, which small clusters may not run)."""
+    """Whether ``sacct`` answers here (it needs slurmdbd, which small clusters may not run); asked once."""
     if shutil.which("sacct") is None:
         return False
     result = _run(["sacct", "-n", "-X", "-j", "1", "-o", "JobID"], timeout=30)
