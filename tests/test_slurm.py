@@ -136,9 +136,9 @@ def grid_command(capsys, *args) -> tuple[int, str]:
 
 
 def squeue_state(env: dict, job_id: str) -> str:
-    return slurm(env, "squeue", "-h", "-r", "-j", job_id.split("_")[0], "-o", "%i %T").replace(
-        job_id + " ", ""
-    )
+    """The state squeue shows for one array task (ARRAY_TASK), or "" when it is not queued."""
+    lines = slurm(env, "squeue", "-h", "-r", "-o", "%i %T").splitlines()
+    return dict(line.split() for line in lines if line.strip()).get(job_id, "")
 
 
 # ------------------------------------------------------------------------------------------------ pure parts
@@ -291,7 +291,7 @@ def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, en
 
     wait_until(lambda: logged_steps(killed)[-1:] >= [7], 180, "the second job's training past checkpoint-5")
     slurm(env, "scontrol", "requeue", job[killed])
-    wait_until(lambda: "PENDING" in squeue_state(env, job[killed]), 60, "the killed job pending")
+    wait_until(lambda: squeue_state(env, job[killed]) == "PENDING", 60, "the killed job pending")
     assert max(logged_steps(killed)) < STEPS and not (killed / "model.safetensors").exists()
     code, out = grid_command(capsys, path, "--status")
     lines = {d: next(line for line in out.splitlines() if d.name in line) for d in (notified, killed)}
