@@ -342,16 +342,32 @@ def test_a_failed_cell_is_reported_and_resubmitted_alone_once_fixed(tmp_path, ba
     assert [c["status"] for c in summary["cells"]] == ["finished", "finished"]
 
 
-def test_a_two_process_cell_meets_through_slurm_variables(tmp_path, base_model, env):
+def test_a_two_process_cell_meets_through_slurm_variables_and_survives_preemption(tmp_path, base_model, env):
     """processes_per_node: 2 on one node: srun starts torchrun, which starts two processes meeting at the first
-    host of SLURM_JOB_NODELIST on a port from SLURM_JOB_ID; they train over gloo as one run of world size 2."""
+    host of SLURM_JOB_NODELIST on a port from SLURM_JOB_ID; they train over gloo as one run of world size 2. The
+    preemption notice sent to the job reaches both processes through srun; they stop at the same step with one
+    checkpoint, and the requeued job resumes from it: every step is logged exactly once."""
+    steps = 30
     data = slurm_grid(tmp_path, base_model, {**FAST_SLURM, "processes_per_node": 2}, methods=["neftune"])
-    data["base"]["training"].update(max_steps=2, per_device_batch_size=4)
+    data["base"]["training"].update(max_steps=steps, per_device_batch_size=4)
     data["evaluation"] = {}
     path = save(tmp_path, data, "grid.yaml")
+    submitted = symnoise_grid(env, path)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    run_dir = load_grid(path).cells[0].run_dir
+    job = read_jobs(run_dir).job_id
+    wait_until(lambda: logged_steps(run_dir)[-1:] >= [3], 240, "the two processes' training")
+    slurm(env, "scancel", "--signal=USR1", "--batch", job)
+    wait_until(lambda: read_jobs(run_dir).preemptions == 1, 120, "the preempted job's requeue")
+    stopped_at = max(logged_steps(run_dir))
+    assert stopped_at < steps and (run_dir / f"checkpoint-{stopped_at}").is_dir()
+    wait_until(lambda: squeue_state(env, job) == "PENDING", 60, "the requeued job pending")
+    slurm(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+
     result = symnoise_grid(env, path, "--wait")
-    grid = load_grid(path)
-    log = Path(read_jobs(grid.cells[0].run_dir).log).read_text()
+    log = Path(read_jobs(run_dir).log).read_text()
     assert result.returncode == 0, log[-4000:] + result.stderr[-2000:]
     assert "world size 2 (process 0" in log and "world size 2 (process 1" in log and "backend gloo" in log
-    assert (grid.cells[0].run_dir / "model.safetensors").is_file()
+    assert f"training resumes from checkpoint-{stopped_at}" in log
+    assert [r["step"] for r in step_records(run_dir)] == list(range(1, steps + 1))
+    assert (run_dir / "model.safetensors").is_file() and read_jobs(run_dir).starts == 2

@@ -60,6 +60,9 @@ from .summary import write_grid_report
 # ------------------------------------------------------------------------------------------- staleness
 
 
+PROCESSES_CHANGE = "processes (WORLD_SIZE)"  # `start_record.run_changes`' name for a changed process count
+
+
 class StaleCellError(RuntimeError):
     """A cell directory holds stages made with other settings than the grid file now says."""
 
@@ -75,8 +78,11 @@ def check_not_stale(grid: Grid, cell: Cell, done: dict[str, Any]) -> None:
         )
     record = read_start_record(cell.run_dir) if not done.get("train") else None
     if record is not None:  # training started with some config: resuming it with another would mix two runs
+        # The number of processes is this process's only when it trains the cell itself; a launcher's processes
+        # (accelerate, torchrun across a Slurm allocation) check it against the record when they resume.
+        changes = [c for c in run_changes(record, cell.config) if c.field != PROCESSES_CHANGE]
         try:
-            refuse_training_changes(run_changes(record, cell.config), cell.run_dir, f"cell {cell.id}")
+            refuse_training_changes(changes, cell.run_dir, f"cell {cell.id}")
         except ConfigError as error:
             raise StaleCellError(
                 f"{error}; delete the cell directory to retrain it with the grid's config"
