@@ -191,3 +191,38 @@ if "SYMNOISE_CACHE" not in os.environ:
 
     os.environ["SYMNOISE_CACHE"] = tempfile.mkdtemp(prefix="symnoise-test-cache-")
     atexit.register(shutil.rmtree, os.environ["SYMNOISE_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_slurm(tmp_path_factory):
+    """A single-node Slurm of this session's own (controller and node daemon, state and logs in a temporary
+    folder), started by tools/local_slurm.sh and stopped by the PIDs it wrote. Yields the environment for
+    `symnoise grid` and the Slurm commands (``SLURM_CONF``). Skipped only outside CI when Slurm is not installed
+    or the tests do not run as root; in CI (``CI=true``) that is a failure."""
+    import shutil
+    import subprocess
+
+    in_ci = os.environ.get("CI") == "true"
+    missing = [n for n in ("slurmctld", "slurmd", "sbatch", "munged") if shutil.which(n) is None]
+    if (missing or os.geteuid() != 0) and not in_ci:
+        why = f"{', '.join(missing)} not installed" if missing else "a local Slurm needs root"
+        pytest.skip(f"{why}: `tools/local_slurm.sh install` (as root) sets up Debian's slurm-wlm and munge")
+    folder = tmp_path_factory.mktemp("slurm")
+    script = REPO_ROOT / "tools" / "local_slurm.sh"
+    started = subprocess.run(
+        ["bash", str(script), "start", str(folder)], capture_output=True, text=True, timeout=600
+    )
+    if started.returncode != 0:
+        subprocess.run(["bash", str(script), "stop", str(folder)], timeout=60)
+        pytest.fail(f"the local Slurm did not start: {started.stderr[-2000:]}")
+    env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    try:
+        yield env
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        subprocess.run(["bash", str(script), "stop", str(folder)], timeout=60)

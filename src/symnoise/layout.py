@@ -11,7 +11,7 @@ A run directory (``training.output_dir``) holds one training run and what later 
       model_outputs_judged/    annotations.json, metrics.json, judge_cache.jsonl (`symnoise judge`)
       analysis/                analysis.json, analysis.md, plots (`symnoise analyze`)
       eval/                    the grid's evaluations: annotations.json, leaderboard.json, stats.json, ...
-      cell.yaml  stages.json  failure.json                                  (a grid cell)
+      cell.yaml  stages.json  failure.json  slurm_jobs.jsonl                (a grid cell)
 
 `RunLayout` gives each of these a name; `TRAIN_FILES` / `TRAIN_PATTERNS` say what `symnoise train` writes (and
 ``--overwrite`` may delete), `COMPANION_FILES` what other commands write beside a run (never deleted).
@@ -40,6 +40,7 @@ EVAL_DIR = "eval"
 CELL_CONFIG = "cell.yaml"
 STAGES = "stages.json"
 FAILURE = "failure.json"
+SLURM_JOBS = "slurm_jobs.jsonl"  # a grid cell's Slurm jobs: submitted, started, preempted (grid.jobs)
 # What a judge writes into its output folder.
 ANNOTATIONS = "annotations.json"
 JUDGE_METRICS = "metrics.json"
@@ -82,8 +83,11 @@ TRAIN_PATTERNS = (
 )
 # What other symnoise commands write beside a run (`symnoise grid`, `generate`, `judge`): kept, never deleted.
 COMPANION_FILES = frozenset(
-    {CELL_CONFIG, STAGES, FAILURE, OUTPUTS, OUTPUTS_PARTIAL, EVAL_DIR, ANALYSIS_DIR, judged_dir(OUTPUTS).name}
-)
+    {
+        CELL_CONFIG, STAGES, FAILURE, SLURM_JOBS, OUTPUTS, OUTPUTS_PARTIAL, EVAL_DIR, ANALYSIS_DIR,
+        judged_dir(OUTPUTS).name,
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,10 @@ class RunLayout:
     @property
     def failure(self) -> Path:
         return self.root / FAILURE
+
+    @property
+    def slurm_jobs(self) -> Path:
+        return self.root / SLURM_JOBS
 
     # what the directory holds
     def is_run(self) -> bool:

@@ -20,6 +20,7 @@ the next cell.
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -38,7 +39,8 @@ from ..train.config import ConfigError
 from ..train.reliability import last_complete_checkpoint
 from ..train.run_dir import training_began
 from ..train.start_record import read_start_record, refuse_training_changes, run_changes
-from . import evaluate
+from ..train.trainer import TrainingStopped, clear_stop_request, stop_requested
+from . import evaluate, slurm_launch
 from .cells import Cell, pretrained_model_dir, synthetic_dir
 from .layout import SYNTHETIC_TRAIN, GridLayout
 from .sections import GridError, LauncherSection
@@ -58,6 +60,9 @@ from .summary import write_grid_report
 # ------------------------------------------------------------------------------------------- staleness
 
 
+PROCESSES_CHANGE = "processes (WORLD_SIZE)"  # `start_record.run_changes`' name for a changed process count
+
+
 class StaleCellError(RuntimeError):
     """A cell directory holds stages made with other settings than the grid file now says."""
 
@@ -73,8 +78,11 @@ def check_not_stale(grid: Grid, cell: Cell, done: dict[str, Any]) -> None:
         )
     record = read_start_record(cell.run_dir) if not done.get("train") else None
     if record is not None:  # training started with some config: resuming it with another would mix two runs
+        # The number of processes is this process's only when it trains the cell itself; a launcher's processes
+        # (accelerate, torchrun across a Slurm allocation) check it against the record when they resume.
+        changes = [c for c in run_changes(record, cell.config) if c.field != PROCESSES_CHANGE]
         try:
-            refuse_training_changes(run_changes(record, cell.config), cell.run_dir, f"cell {cell.id}")
+            refuse_training_changes(changes, cell.run_dir, f"cell {cell.id}")
         except ConfigError as error:
             raise StaleCellError(
                 f"{error}; delete the cell directory to retrain it with the grid's config"
@@ -149,12 +157,36 @@ def stage_train(ctx: CellContext) -> dict:
             result = subprocess.run(command, check=False)
             if result.returncode != 0:
                 raise RuntimeError(f"`{' '.join(command)}` exited with status {result.returncode}")
+        elif launcher.kind == "slurm" and not slurm_launch.trains_in_process(launcher, launcher.config_file):
+            train_across_allocation(ctx, resume, overwrite)
         else:
             train(ctx.cell.config, resume=resume, overwrite=overwrite)
         finished = _train_finished(run_dir)
         if finished is None:
             raise RuntimeError(f"training ended without writing {RunLayout(run_dir).summary}")
     return {"steps": finished.get("steps"), "final_loss": finished.get("final_loss")}
+
+
+def train_across_allocation(ctx: CellContext, resume: bool, overwrite: bool) -> None:
+    """Train the cell with one process per GPU over the Slurm job's nodes (`symnoise.grid.slurm_launch`); a
+    preemption notice is passed on to the training processes, which checkpoint and stop (`TrainingStopped`)."""
+    launcher, run_dir = ctx.grid.spec.launcher, ctx.cell.run_dir
+    command = slurm_launch.cell_training_command(
+        launcher,
+        launcher.config_file,
+        launcher.executable,
+        RunLayout(run_dir).cell_config,
+        resume,
+        overwrite,
+        os.environ,
+    )
+    status = slurm_launch.run_passing_notice(command)
+    checkpoint = last_complete_checkpoint(run_dir)
+    if status != 0 and stop_requested() and checkpoint is not None:
+        clear_stop_request()
+        raise TrainingStopped(f"training stopped on a preemption notice; {checkpoint} holds the run")
+    if status != 0:
+        raise RuntimeError(f"`{' '.join(command)}` exited with status {status}")
 
 
 def stage_generate(ctx: CellContext) -> dict:
@@ -306,6 +338,9 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> Cell
             if stage in done:
                 outcome.skipped.append(stage)
                 continue
+            if stop_requested():  # a preemption notice came after the last stage: stop before the next
+                clear_stop_request()
+                raise TrainingStopped(f"stopped before stage {stage} on a preemption notice")
             log(f"[{cell.id}] {stage}")
             started = time.perf_counter()
             info = STAGE_FUNCTIONS[stage](ctx)
@@ -313,6 +348,8 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> Cell
                 info["evaluation"] = evaluation_fingerprint(grid)
             mark_stage(cell.run_dir, stage, info, time.perf_counter() - started)
             outcome.ran.append(stage)
+    except TrainingStopped:  # preempted: not a failure; the caller requeues or stops
+        raise
     except Exception as error:  # a failed cell must not stop the grid; KeyboardInterrupt still does
         outcome.status, outcome.stage, outcome.error = "failed", stage, f"{type(error).__name__}: {error}"
         write_failure(cell.run_dir, stage, outcome.error, traceback.format_exc())

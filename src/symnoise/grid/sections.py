@@ -15,6 +15,7 @@ A grid file has these sections::
     evaluation: {prompts: alpaca_eval, references: alpaca_eval, decoding: {...}, judge: null, leaderboard: null}
                                           # named sources: the hub, or evaluation.data_dir (symnoise.evaluation.sources)
     launcher: {kind: local}               # or {kind: accelerate, config_file: configs/accelerate/fsdp.yaml}
+                                          # or {kind: slurm, partition: gpu, time: 1-00:00:00, gpus_per_node: 8}
     pretrain: null                        # or a small model pretrained from scratch (see `PretrainSection`)
     expected: null                        # the papers' numbers; default GRID.expected.yaml beside the grid file
 
@@ -49,6 +50,7 @@ from ..generation import DecodingSettings
 from ..methods import METHOD_ALIASES, METHODS
 from ..shipped_configs import resolve_config_path
 from ..train.config import DataFormat, DataTemplate, TurnMode
+from .slurm import SlurmFields
 
 
 class GridError(ValueError):
@@ -382,13 +384,16 @@ def annotator_references(judge: JudgeSection | None) -> str | None:
     return reference_set_for(judge.annotator).source
 
 
-class LauncherSection(_Section):
-    kind: Literal["local", "accelerate"] = Field(
+class LauncherSection(SlurmFields, _Section):
+    kind: Literal["local", "accelerate", "slurm"] = Field(
         "local",
         description="local: train in this process, cells one after another; accelerate: each cell's "
-        "training is `accelerate launch --config_file F -m symnoise train CELL.yaml`",
+        "training is `accelerate launch --config_file F -m symnoise train CELL.yaml`; slurm: every cell is a "
+        "job of a Slurm array (the Slurm fields: `symnoise.grid.slurm.SlurmFields`)",
     )
-    config_file: str | None = Field(None, description="accelerate config (configs/accelerate/*.yaml)")
+    config_file: str | None = Field(
+        None, description="accelerate config (configs/accelerate/*.yaml); with slurm, how each node launches"
+    )
     num_processes: int | None = Field(
         None, ge=1, description="overrides the accelerate config's num_processes"
     )
@@ -406,6 +411,15 @@ class LauncherSection(_Section):
             raise ValueError("kind accelerate needs config_file")
         if self.kind == "local" and (self.config_file or self.num_processes):
             raise ValueError("config_file and num_processes apply only to kind accelerate")
+        slurm_fields = sorted(set(SlurmFields.model_fields) & self.model_fields_set)
+        if self.kind != "slurm" and slurm_fields:
+            raise ValueError(f"{', '.join(slurm_fields)}: Slurm settings apply only to kind slurm")
+        if self.kind == "slurm":
+            if self.num_processes:
+                raise ValueError("kind slurm: set nodes and processes_per_node, not num_processes")
+            problems = self.slurm_problems()
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
 

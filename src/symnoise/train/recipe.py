@@ -329,7 +329,7 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
 
     # Imported when a run starts, like transformers itself: they import transformers' Trainer.
     from .final import last_training_loss, save_final, trained_to_the_end
-    from .trainer import RecipeTrainer
+    from .trainer import RecipeTrainer, TrainingStopped, clear_stop_request, preemption_notice
 
     check_sharing(config)
     run_dir = check_run_dir(config, resume)
@@ -406,7 +406,14 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
             steps = trainer.state.global_step
         else:
             final = None
-            steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
+            with preemption_notice():
+                steps = trainer.train(resume_from_checkpoint=checkpoint).global_step
+            if trainer.preemption.stopped_at is not None:
+                clear_stop_request()
+                raise TrainingStopped(
+                    f"stopped at step {steps} on a preemption notice (USR1); {run_dir}/checkpoint-{steps} holds "
+                    "the run: `symnoise train CONFIG --resume` continues it"
+                )
         final_loss = last_training_loss(trainer)
         save_final(trainer, tokenizer, config, run_dir, template, final_loss, final)  # every rank takes part
         if trainer.is_world_process_zero() and config.training.push_to_hub:

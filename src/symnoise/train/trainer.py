@@ -8,11 +8,15 @@ user's own trainer gets, which wraps the instance's methods (see `RecipeTrainer`
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerState
+import torch
+from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -49,6 +53,9 @@ class RecipeTrainer(Trainer):
       state beside the RNG states, inside the staged checkpoint that `_save_checkpoint` here publishes.
 
     ``get_batch_samples``, ``_save_checkpoint`` and ``_get_output_dir`` are changed only here.
+
+    A preemption notice (USR1, see `preemption_notice`) makes the run save a checkpoint at the next step boundary
+    and stop (`PreemptionStop`, ``preemption``); the recipe then raises `TrainingStopped`.
     """
 
     _checkpoint_staging: Path | None = None  # set only while _save_checkpoint runs
@@ -70,6 +77,8 @@ class RecipeTrainer(Trainer):
         )
         self.nonfinite = NonFiniteGuard(self, on_nonfinite, sources, self.run_dir)
         self.add_callback(self.nonfinite)
+        self.preemption = PreemptionStop(self)
+        self.add_callback(self.preemption)
 
     # ------------------------------------------------------------------------------------ one optimizer step
     def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
@@ -98,7 +107,10 @@ class RecipeTrainer(Trainer):
         ``metrics.jsonl``."""
         self.run_metrics.extend(logs)
         result = super().log(logs, *args, **kwargs)
-        if self.is_world_process_zero():
+        # A run stopped by a preemption notice leaves out Trainer's end-of-training line: the resumed run writes
+        # the one line of the whole run, so metrics.jsonl equals an uninterrupted run's.
+        cut_short = self.preemption.stopped_at is not None and "train_runtime" in logs
+        if self.is_world_process_zero() and not cut_short:
             self.run_metrics.write(logs, self.state.global_step, self.state.epoch)
         return result
 
@@ -160,3 +172,68 @@ class RecipeTrainer(Trainer):
             )
         self._load_from_checkpoint(checkpoint)
         return None
+
+
+# ------------------------------------------------------------------------------------------------ preemption
+PREEMPTION_SIGNAL = signal.SIGUSR1
+_STOP_REQUESTED = threading.Event()
+
+
+class TrainingStopped(TrainingError):
+    """Training stopped early on a preemption notice, after saving a checkpoint; ``--resume`` continues it."""
+
+
+def request_stop(*_: Any) -> None:
+    """The USR1 handler: ask the training in this process to stop at the next step boundary."""
+    _STOP_REQUESTED.set()
+
+
+def stop_requested() -> bool:
+    return _STOP_REQUESTED.is_set()
+
+
+def clear_stop_request() -> None:
+    _STOP_REQUESTED.clear()
+
+
+@contextmanager
+def preemption_notice() -> Iterator[None]:
+    """While training, USR1 (the notice Slurm sends before a time limit or preemption, ``--signal=USR1@N``) asks
+    the run to checkpoint and stop instead of killing the process. Installed only from the main thread (Python
+    delivers signals there); the previous handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(PREEMPTION_SIGNAL, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(PREEMPTION_SIGNAL, previous)
+
+
+class PreemptionStop(TrainerCallback):
+    """Stops the training loop after the step during which a stop was requested, with a checkpoint of that step.
+
+    Every rank must stop at the same step (the checkpoint is a collective under FSDP and DeepSpeed), so with
+    several processes the ranks agree at each step boundary: the stop is taken when any rank was asked (one
+    all-reduce of a single number per step). The last step of the run is not cut: that run simply finishes.
+    """
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.stopped_at: int | None = None
+
+    def _any_rank_asked(self) -> bool:
+        asked = stop_requested()
+        if world_size() == 1 or not torch.distributed.is_initialized():
+            return asked
+        flag = torch.tensor([1.0 if asked else 0.0], device=self.trainer.args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._any_rank_asked() or state.global_step >= state.max_steps:
+            return
+        control.should_save = True
+        control.should_training_stop = True
+        self.stopped_at = state.global_step
