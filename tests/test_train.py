@@ -343,3 +343,22 @@ def test_cli_stops_cleanly_on_a_non_finite_loss(base_model, alpaca_file, tmp_pat
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "training stopped:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "model.safetensors").exists()
+
+
+def test_no_progress_bars_when_stderr_is_a_file(base_model, alpaca_file, tmp_path):
+    """A log file gets lines, not redrawn progress bars (weight loading, saving, the Trainer's bar)."""
+    config = tiny_config(base_model, alpaca_file, tmp_path / "run", training__max_steps=2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    with (tmp_path / "log.txt").open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "symnoise", "train", str(path)],
+            stdout=log,
+            stderr=log,
+            env=env,
+            timeout=300,
+        )
+    text = (tmp_path / "log.txt").read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "\r" not in text and "it/s]" not in text and "Loading weights" not in text

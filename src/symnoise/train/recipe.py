@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,7 +278,7 @@ def training_arguments(
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
         use_cpu=use_cpu or t.device == "cpu",
-        disable_tqdm=False,
+        disable_tqdm=not sys.stderr.isatty(),  # a bar redrawn into a log file or a job's output is noise
         optim="adamw_torch",
         label_names=["labels"],
         run_name=t.run_name or run_dir.name,
