@@ -1,7 +1,7 @@
 """``symnoise quickstart``: train no noise, NEFTune and SymNoise on a built-in task set and compare them.
 
-Needs no download and no GPU; 3.5 to 7.5 minutes on 2 idle CPU cores, depending on the CPU (see the README). Run directories and ``results.md`` go under
-``--out``.
+Needs no download and no GPU; 3.5 to 7.5 minutes on 2 idle CPU cores, depending on the CPU (see the README).
+Run directories and ``results.md`` go under ``--out``.
 """
 
 from __future__ import annotations
