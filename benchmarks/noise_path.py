@@ -87,7 +87,7 @@ def main() -> None:
             active=True,
             input_shape=torch.Size([args.batch, args.seq]),
             attention_mask=mask,
-            doubled_along=doubled,
+            repeated_along=doubled,
         )
         source = torch.cat([embeds, embeds]) if doubled == 0 else embeds
         variants[f"symnoise {method}" + (" (2B rows)" if doubled == 0 else "")] = (

@@ -427,3 +427,15 @@ def test_messages_rows_load_as_the_spec_says(tmp_path, turns):
     system, exchanges = expected
     assert records[0].system == system
     assert [(e.user, e.assistant) for e in records[0].exchanges] == exchanges
+
+
+def test_an_empty_second_assistant_turn_is_named_for_its_empty_content(tmp_path):
+    """Found by the property test above: the spec names the empty content before the broken alternation."""
+    turns = [
+        {"role": "user", "content": "0"},
+        {"role": "assistant", "content": "0"},
+        {"role": "assistant", "content": ""},
+    ]
+    path = write_jsonl(tmp_path / "p.jsonl", [{"messages": turns}])
+    with pytest.raises(DataError, match=r"p\.jsonl:row 0 \(line 1\): field 'messages\[2\]\.content'"):
+        load_records(path, format="messages")

@@ -378,9 +378,9 @@ def test_plots_are_written_even_without_any_score(tmp_path):
     assert all(png_size(p)[0] > 0 for p in files.plots) and files.json is None
 
 
-def test_folders_holding_runs_are_expanded_and_others_left_out_with_a_note(tmp_path):
-    """`symnoise report runs/*` after the quickstart: runs/quickstart holds runs one level down, its base model
-    is not a run, and an unrelated folder is left out with a note."""
+def test_folders_holding_runs_are_expanded_and_a_folder_without_runs_is_named(tmp_path):
+    """`symnoise report runs/*` after the quickstart: runs/quickstart holds runs one level down and its base model
+    is not a run; a folder that holds no run at all is still an error naming it."""
     import subprocess
     import sys
 
@@ -390,30 +390,20 @@ def test_folders_holding_runs_are_expanded_and_others_left_out_with_a_note(tmp_p
     (root / "quickstart" / "base").mkdir()
     (root / "quickstart" / "base" / "config.json").write_text("{}")
     make_run(root, "mine", method="symnoise", alpha=5.0)
-    (root / "notes").mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "symnoise",
-            "report",
-            *sorted(map(str, root.iterdir())),
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+
+    def report(out: str) -> subprocess.CompletedProcess:
+        paths = sorted(map(str, root.iterdir()))
+        command = [sys.executable, "-m", "symnoise", "report", *paths, "--out", str(tmp_path / out)]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    proc = report("r")
     assert proc.returncode == 0, proc.stderr
     assert (
         "runs/quickstart: not a run directory; reporting the 2 runs inside it (neftune, none)" in proc.stderr
     )
-    assert "runs/notes: not a run directory (no symnoise_run.json) and holds none; left out" in proc.stderr
-    report = (tmp_path / "r" / "report.md").read_text()
-    assert all(f"| {name} |" in report for name in ("none", "neftune", "mine"))
-    empty = subprocess.run(
-        [sys.executable, "-m", "symnoise", "report", str(root / "notes"), "--out", str(tmp_path / "r2")],
-        capture_output=True,
-        text=True,
-    )
-    assert empty.returncode == 2 and "no run directory among the folders given" in empty.stderr
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert all(f"| {name} |" in text for name in ("none", "neftune", "mine"))
+    (root / "notes").mkdir()
+    empty = report("r2")
+    assert empty.returncode == 2 and f"{root / 'notes'}: no symnoise_run.json" in empty.stderr
+    assert not (tmp_path / "r2" / "report.md").exists()

@@ -122,8 +122,6 @@ def run(args: argparse.Namespace) -> int:
         runs_dirs, notes = find_run_dirs(runs_dirs)
         for note in notes:
             print(f"symnoise report: {note}", file=sys.stderr)
-        if not runs_dirs and args.runs:
-            raise ReportError("no run directory among the folders given (see the notes above)")
         runs = load_runs(runs_dirs, words=args.words)
         files = write_report(
             runs, args.out, json_summary=args.json, expected=load_expected(expected) if expected else None

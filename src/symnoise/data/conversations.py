@@ -199,14 +199,13 @@ def parse_turns(
         if kind == "user":
             pending = (position, _content(turn, content_key, where))
             continue
+        reply = _content(turn, content_key, where)  # an empty turn is named as such, whatever its position
         if pending is None:
             raise BadRow(
                 "turns do not alternate",
                 f"field '{where}' is a second assistant turn in a row; user and assistant turns must alternate",
             )
-        exchanges.append(
-            Exchange(pending[1], _content(turn, content_key, where), train=position >= trained_from)
-        )
+        exchanges.append(Exchange(pending[1], reply, train=position >= trained_from))
         pending = None
         if turns_mode == "first" and exchanges[-1].train:
             return Conversation(system, tuple(exchanges), source, _later_replies(turns[position + 1 :]))

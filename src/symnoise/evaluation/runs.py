@@ -344,22 +344,17 @@ def load_run(run_dir: str | Path, words: int | None = None) -> Run:
 def find_run_dirs(paths: Sequence[str | Path], depth: int = 3) -> tuple[list[Path], list[str]]:
     """The run directories among ``paths``, with the folders that hold runs expanded into them (``runs/*`` after
     `symnoise quickstart` names ``runs/quickstart``, whose runs are one level down; a grid's are three), and a
-    note for each folder that was expanded or left out. A path that is not a folder is kept, so that reading it
-    names the problem."""
+    note for each folder that was expanded. A path that is neither a run nor a folder of runs is kept, so that
+    reading it names the problem."""
     found: list[Path] = []
     notes: list[str] = []
     for path in map(Path, paths):
-        if not path.is_dir() or RunLayout(path).run_info.is_file():
+        inside = [] if not path.is_dir() or RunLayout(path).run_info.is_file() else _runs_below(path, depth)
+        if not inside:
             found.append(path)
             continue
-        inside = _runs_below(path, depth)
-        if inside:
-            shown = ", ".join(str(p.relative_to(path)) for p in inside[:6]) + (
-                " ..." if len(inside) > 6 else ""
-            )
-            notes.append(f"{path}: not a run directory; reporting the {len(inside)} runs inside it ({shown})")
-        else:
-            notes.append(f"{path}: not a run directory (no {RUN_INFO}) and holds none; left out")
+        shown = ", ".join(str(p.relative_to(path)) for p in inside[:6]) + (" ..." if len(inside) > 6 else "")
+        notes.append(f"{path}: not a run directory; reporting the {len(inside)} runs inside it ({shown})")
         found += inside
     return found, notes
 
