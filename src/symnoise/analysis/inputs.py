@@ -118,6 +118,8 @@ class DataSources:
     train: Path
     heldout: Path | None
     examples: int
+    train_limit: int | None = None  # read only the first rows of the training file (a run's data.limit)
+    on_bad_row: str = "error"  # or "skip", as the run's data.on_bad_row
 
     @property
     def heldout_description(self) -> str:
@@ -130,8 +132,12 @@ def read_records(sources: DataSources) -> dict[str, tuple[list, bool]]:
     """Per split, the records to draw its examples from and whether they are taken from the end: all of
     ``--data`` (training: the first usable ones; held-out without ``--heldout``: the last), or ``--heldout``."""
     try:
-        train, _ = load_records(str(sources.train))
-        heldout = load_records(str(sources.heldout))[0] if sources.heldout is not None else None
+        train, _ = load_records(str(sources.train), on_bad_row=sources.on_bad_row, limit=sources.train_limit)
+        heldout = (
+            load_records(str(sources.heldout), on_bad_row=sources.on_bad_row)[0]
+            if sources.heldout is not None
+            else None
+        )
     except ValueError as error:  # DataError, with the file and row in the message
         raise AnalysisError(str(error)) from None
     return {"train": (train, False), "heldout": (heldout, False) if heldout is not None else (train, True)}

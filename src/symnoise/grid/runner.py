@@ -254,7 +254,9 @@ def stage_analyze(ctx: CellContext) -> dict:
         seed=section.seed,
         device=ctx.grid.spec.evaluation.decoding.device,
     )
-    sources = DataSources(Path(data.path), Path(heldout) if heldout else None, section.examples)
+    sources = DataSources(  # the training file as the cell reads it: its limit and its bad-row policy
+        Path(data.path), Path(heldout) if heldout else None, section.examples, data.limit, data.on_bad_row
+    )
     analysis = run_analysis([ctx.cell.run_dir], sources, settings, log=lambda text: None)
     write_analysis(analysis, RunLayout(ctx.cell.run_dir).analysis)
     run = analysis["runs"][0]
