@@ -17,6 +17,9 @@ from symnoise.generation import load_model_and_tokenizer
 from symnoise.train import train
 from symnoise.train.config import ConfigError
 
+# Part of the floor subset: run against the lowest declared versions (tools/test_floors.sh).
+pytestmark = pytest.mark.floor
+
 
 @pytest.fixture
 def kernels_missing(monkeypatch):
