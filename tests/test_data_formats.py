@@ -23,6 +23,9 @@ from symnoise.data import (
     tokenize_examples,
 )
 
+# Part of the floor subset: run against the lowest declared versions (tools/test_floors.sh).
+pytestmark = pytest.mark.floor
+
 ALPACA_5K = "alpaca/alpaca_data_5000_random_subset.json"
 SHAREGPT = "sharegpt_vicuna/dummy_conversation.json"
 WIZARDLM = "wizardlm/WizardLM_testset.jsonl"

@@ -40,6 +40,7 @@ def logits(model, ids):
         return model(input_ids=ids).logits
 
 
+@pytest.mark.floor
 def test_merged_model_matches_base_plus_adapter(lora_run, base_model, tmp_path):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,6 +59,7 @@ def test_merged_model_matches_base_plus_adapter(lora_run, base_model, tmp_path):
     assert generation.resolve_template(out, None) == "alpaca"  # generate finds the run's template
 
 
+@pytest.mark.floor
 def test_export_refusals(lora_run, base_model, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty"), "--merge-lora", str(tmp_path / "x")]) == 2
@@ -134,6 +136,7 @@ def test_vllm_backend_serves_a_lora_run_through_its_merged_copy(lora_run, tmp_pa
     assert (merged / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not merged again
 
 
+@pytest.mark.floor
 def test_the_hf_backend_on_the_run_and_vllm_s_merged_copy_run_the_same_weights(lora_run, tmp_path):
     """`generate` (hf) loads the LoRA run as base + adapter; vLLM gets the merged copy: same logits, same tokens."""
     merged = export.merge_lora(lora_run, tmp_path / "merged")

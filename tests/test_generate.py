@@ -118,6 +118,7 @@ def test_prompt_ids_match_training_tokenisation(world):
     assert all(ids[0] == tokenizer.bos_token_id for ids in expected)
 
 
+@pytest.mark.floor
 def test_batched_equals_unbatched(world, tmp_path):
     _, _, tokenizer, prompts, settings = world
     lengths = [len(ids) for ids in generation.prompt_token_ids(tokenizer, prompts, "alpaca")]
@@ -205,6 +206,7 @@ def test_resume_refuses_other_settings(world, tmp_path):
         )
 
 
+@pytest.mark.floor
 def test_cli_resumes_and_writes_alpaca_eval_file_in_order(world, tmp_path, capsys):
     run_dir, _, _, prompts, settings = world
     prompt_file = _prompt_file(tmp_path / "prompts.jsonl", prompts)

@@ -12,6 +12,9 @@ import symnoise
 from symnoise import NoiseConfig
 from symnoise.hf import NOISE_STATE_PATTERN, add_noise
 
+# Part of the floor subset: run against the lowest declared versions (tools/test_floors.sh).
+pytestmark = pytest.mark.floor
+
 ALPHA = 5.0
 SQRT3 = math.sqrt(3.0)
 TEXTS = [

@@ -17,7 +17,9 @@ from symnoise.generation import load_model_and_tokenizer
 from symnoise.train import train
 from symnoise.train.config import ConfigError
 
-pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
+# Slow (`make test` only), and part of the floor subset run against the lowest declared versions
+# (tools/test_floors.sh).
+pytestmark = [pytest.mark.slow, pytest.mark.floor]
 
 
 @pytest.fixture

@@ -244,6 +244,7 @@ def test_order_is_seeded_per_instruction_and_balanced():
     assert 0.3 < sum(a != b for a, b in zip(first, other_seed, strict=True)) / len(first) < 0.7
 
 
+@pytest.mark.floor
 def test_metrics_reproduce_the_alpaca_eval_leaderboard(shared_data):
     folder = shared_data / "alpaca_eval"
     with (folder / "leaderboards" / "AlpacaEval_1" / "alpaca_eval_gpt4_leaderboard.csv").open() as handle:
@@ -476,6 +477,7 @@ def test_api_key_appears_in_no_file_and_no_log(tmp_path, monkeypatch, capsys, ca
     ]
 
 
+@pytest.mark.floor
 def test_killed_run_resumes_without_paying_twice(tmp_path, monkeypatch, capsys):
     references = synthetic_references(10)
     ref_path, out_path, expected = write_pair(tmp_path, references)
@@ -674,6 +676,7 @@ def test_cli_finds_the_default_reference_and_honours_limit(tmp_path, shared_data
 # ------------------------------------------------------------------------------------------ other judges
 
 
+@pytest.mark.floor
 def test_hf_judge_plumbing_yields_judged_or_null(tmp_path, tiny_tokenizer):
     from conftest import make_tiny_model
 
@@ -764,6 +767,7 @@ def test_hf_judge_context_is_the_smaller_known_limit(tiny_tokenizer):
     )
 
 
+@pytest.mark.floor
 def test_hf_judge_shortens_both_long_outputs_to_fit_its_context(tmp_path, tiny_tokenizer):
     judge, seen = spied_hf_judge(tiny_tokenizer)
     assert judge.context_length == JUDGE_POSITIONS

@@ -289,6 +289,7 @@ def assert_same_requests_and_preferences(annotator: str, rows: list[dict], answe
     return ours, their_bodies
 
 
+@pytest.mark.floor
 def test_requests_and_preferences_equal_the_alpaca_eval_package_gpt4(shared_data, tmp_path, monkeypatch):
     rows = published(shared_data, "alpaca-7b-neft")[:16]
     ours, bodies = assert_same_requests_and_preferences(
@@ -521,6 +522,7 @@ def test_reasoning_models_get_max_completion_tokens(model, reasoning):
     assert ("max_completion_tokens" in body) == reasoning and ("max_tokens" in body) != reasoning
 
 
+@pytest.mark.floor
 def test_default_annotator_is_alpaca_eval_gpt4_and_pairwise_v1_is_only_named(tmp_path):
     spec = A.load_annotator()
     assert spec.name == "alpaca_eval_gpt4" and spec.model == "gpt-4"

@@ -160,6 +160,7 @@ def _eval_docs(task):
     return list(task.test_docs() if task.has_test_docs() else task.validation_docs())
 
 
+@pytest.mark.floor
 @pytest.mark.parametrize(
     "ours_name, official_name, shots, sample",
     [
@@ -185,6 +186,7 @@ def test_contexts_equal_the_harness_official_task(managers, ours_name, official_
         assert ours.fewshot_context(our_docs[i], shots) == official.fewshot_context(their_docs[i], shots), i
 
 
+@pytest.mark.floor
 def test_mmlu_is_reported_unweighted_and_size_weighted():
     from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
 

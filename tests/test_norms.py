@@ -78,6 +78,7 @@ def test_seeded_and_reproducible():
     assert a != norm_table(seed=4, dims=[7, 300], points=[64])
 
 
+@pytest.mark.floor
 def test_pngs_are_valid_images(written):
     import matplotlib.image
 

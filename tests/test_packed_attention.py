@@ -175,6 +175,7 @@ def test_rows_collator_gives_exact_varlen_kwargs_for_a_known_batch():
     assert not set(FLASH_KWARGS) & set(plain)
 
 
+@pytest.mark.floor
 @pytest.mark.parametrize("packing", ["rows", "padding_free"])
 def test_collated_varlen_kwargs_equal_what_transformers_derives_from_position_ids(data, packing):
     """What FlashAttention would otherwise re-derive in every layer from the flattened position ids."""
@@ -231,6 +232,7 @@ def test_symnoise_pair_under_flash_attention_equals_padded(
     assert set(flash_reference.calls) == {"varlen"}
 
 
+@pytest.mark.floor
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_symnoise_doubles_a_cu_seq_lens_batch_along_the_batch_under_dense_attention(data, attn):
     """A padding-free row with ``cu_seq_lens`` under SDPA/eager: the copy is a second row (two T^2 masks), not
@@ -290,6 +292,7 @@ def rows_without_cache_flag(tokenizer):
     return lambda features: without(collator(features), {"use_cache"})
 
 
+@pytest.mark.floor
 @pytest.mark.parametrize(
     "collator_name,method",
     [

@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 
 from symnoise.data.tokenize import _token_ids, rust_backend
 
+# Part of the floor subset: run against the lowest declared versions (tools/test_floors.sh).
+pytestmark = pytest.mark.floor
+
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 

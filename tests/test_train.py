@@ -136,6 +136,7 @@ def tiny_config(base_model, data_path, out, **overrides):
     return validate_config(data)
 
 
+@pytest.mark.floor
 def test_end_to_end_run_writes_the_run_directory(base_model, alpaca_file, tmp_path):
     out = tmp_path / "run"
     result = train(tiny_config(base_model, alpaca_file, out))
@@ -184,6 +185,7 @@ def test_end_to_end_run_writes_the_run_directory(base_model, alpaca_file, tmp_pa
     assert not any("symnoise" in key for key in reloaded.state_dict())
 
 
+@pytest.mark.floor
 def test_existing_run_is_not_overwritten_and_resume_continues(base_model, alpaca_file, tmp_path):
     out = tmp_path / "run"
     config = tiny_config(base_model, alpaca_file, out, training__max_steps=2)
@@ -232,6 +234,7 @@ def test_cli_reports_config_errors(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.floor
 def test_padding_free_packing_trains_with_the_same_noise_scale(base_model, alpaca_file, tmp_path):
     out = tmp_path / "packed"
     train(tiny_config(base_model, alpaca_file, out, data__packing="padding_free", training__max_steps=2))
@@ -241,6 +244,7 @@ def test_padding_free_packing_trains_with_the_same_noise_scale(base_model, alpac
     assert all(s["noise_norm"] == pytest.approx(5 / 3**0.5, rel=1e-5) for s in steps)
 
 
+@pytest.mark.floor
 def test_eval_loss_is_logged_without_gathering_logits(base_model, alpaca_file, tmp_path, monkeypatch):
     """Eval reports the loss only: gathering eval logits would hold (examples x length x vocab) floats."""
     import transformers
@@ -268,6 +272,7 @@ def test_eval_loss_is_logged_without_gathering_logits(base_model, alpaca_file, t
     assert gathered and all(logits is None for logits in gathered)
 
 
+@pytest.mark.floor
 def test_rows_packing_trains_with_the_same_noise_scale_and_counts_real_tokens(
     base_model, alpaca_file, tmp_path
 ):
@@ -322,6 +327,7 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     )  # rank 0's summary only
 
 
+@pytest.mark.floor
 def test_cli_stops_cleanly_on_a_non_finite_loss(base_model, alpaca_file, tmp_path):
     """An absurd learning rate blows the weights up after one step; the run stops with a message, no traceback."""
     out = tmp_path / "nan"

@@ -12,6 +12,9 @@ from symnoise.train.config import validate_config
 from symnoise.train.recipe import training_arguments
 from symnoise.train.trainer_args import FIXED, OWNED, training_argument_names
 
+# Part of the floor subset: run against the lowest declared versions (tools/test_floors.sh).
+pytestmark = pytest.mark.floor
+
 
 def config_with(tmp_path, **training):
     data = {

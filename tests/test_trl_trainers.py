@@ -209,6 +209,7 @@ def _is_reference(trainer):
 
 
 # ---------------------------------------------------------------------------------------------------------- DPO
+@pytest.mark.floor
 @pytest.mark.parametrize("setup", ["full", "lora"])
 @pytest.mark.parametrize("method", ["uniform", "symnoise"])
 def test_dpo_noises_every_policy_pass_and_no_reference_pass(tmp_path, tiny_tokenizer, setup, method):
@@ -344,6 +345,7 @@ def test_dpo_symnoise_gradient_accumulation_gives_the_mean_of_the_pair_losses(tm
         torch.testing.assert_close(param.grad, grads[name], rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.floor
 def test_dpo_reference_on_an_unchecked_trl_version_is_refused(tmp_path, tiny_tokenizer, monkeypatch):
     monkeypatch.setattr(T, "trl_version", lambda: (2, 0))
     lora = dpo_trainer(tmp_path / "lora", tiny_tokenizer, "lora")
@@ -411,6 +413,7 @@ def test_orpo_without_reference_runs_the_pair_around_its_loss(tmp_path, tiny_tok
         torch.testing.assert_close(minus["noise"], -plus["noise"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.floor
 def test_symnoise_is_refused_where_training_step_builds_its_own_batch(tmp_path, tiny_tokenizer):
     from test_hf_integration import make_trainer
     from transformers import Trainer
@@ -425,6 +428,7 @@ def test_symnoise_is_refused_where_training_step_builds_its_own_batch(tmp_path, 
 
 
 # ---------------------------------------------------------------------------------------------------------- SFT
+@pytest.mark.floor
 @pytest.mark.parametrize("loss", ["label_smoothing", "compute_loss_func"])
 def test_sft_loss_computed_from_logits_trains_with_symnoise(tmp_path, tiny_tokenizer, loss):
     options = (
@@ -477,6 +481,7 @@ def test_plain_trainer_with_label_smoothing_trains_with_symnoise(tmp_path, tiny_
 
 
 # ---------------------------------------------------------------------------------------------------------- units
+@pytest.mark.floor
 def test_execution_is_paired_exactly_where_the_trainer_computes_the_loss(tmp_path, tiny_tokenizer):
     from test_hf_integration import make_trainer
     from transformers import Trainer
