@@ -5,13 +5,15 @@
 ``--kill-at-step N``: every rank SIGKILLs itself once step N is logged (and saved, if due): a hard crash.
 ``--nan-at-step N --nan-rank R``: rank R writes a NaN into its (local shard of the) gradient of step N just before
 the non-finite guard runs, so only the guard's cross-rank decision makes the other rank skip or stop too.
-Whatever the command returns, a process group still alive when it returns fails the run (exit 70): left alive,
-gloo aborts a fraction of exits at random (SIGABRT), which is how CI once saw a finished run fail.
+Whatever the command returns, a process group still alive when it returns fails the run (exit 70), and so does a
+Trainer not yet freed (its DDP/FSDP wrapper keeps the group's gloo threads alive): left for the interpreter's
+exit, gloo aborts a fraction of exits at random (SIGABRT), which is how CI twice saw a finished run fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -63,12 +65,16 @@ def main(argv: list[str]) -> int:
     if options.nan_at_step:
         install_nan(options.nan_at_step, options.nan_rank)
     import torch.distributed as dist
+    from transformers import Trainer
 
     from symnoise.cli.main import main as symnoise_main
 
     status = symnoise_main(rest)
     if dist.is_initialized():  # gloo aborts some exits at random while a group is alive: make it certain here
         print("symnoise train returned with its process group still alive", file=sys.stderr)
+        return 70
+    if any(isinstance(o, Trainer) for o in gc.get_objects()):  # not collected: its model wrapper holds the group
+        print("symnoise train returned with its Trainer (and the model wrapper holding the group) alive", file=sys.stderr)
         return 70
     return status
 

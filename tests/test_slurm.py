@@ -135,6 +135,32 @@ def grid_command(capsys, *args) -> tuple[int, str]:
     return status, capsys.readouterr().out
 
 
+def start_requeued_now(env: dict, job_id: str) -> None:
+    """Start a requeued job now rather than after Slurm's requeue delay, once its earlier run has left the node.
+
+    The delay exists for a reason the test must respect: slurmd refuses to launch a job whose credential is not
+    newer, to the second, than the revocation of the run it replaces ("Job credential revoked"), and that run's
+    srun step can outlive the requeue by seconds. So: wait until no slurmstepd of the job is left, then let the
+    clock pass a second boundary."""
+    raw_id = slurm(env, "squeue", "-h", "-j", job_id, "-o", "%A").strip()
+    assert raw_id.isdigit(), f"squeue gave no job id for {job_id}: {raw_id!r}"
+    wait_until(lambda: not job_steps_running(raw_id), 60, f"the earlier run of job {job_id} to leave the node")
+    time.sleep(1.1)
+    slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def job_steps_running(raw_id: str) -> bool:
+    """Whether a slurmstepd of the job is still running on this (the only) node: its title is ``slurmstepd: [ID.STEP]``."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(f"slurmstepd: [{raw_id}."):
+            return True
+    return False
+
+
 def squeue_state(env: dict, job_id: str) -> str:
     """The state squeue shows for one array task (ARRAY_TASK), or "" when it is not queued."""
     lines = slurm(env, "squeue", "-h", "-r", "-o", "%i %T").splitlines()
@@ -298,7 +324,7 @@ def test_preempted_and_requeued_jobs_resume_identically(tmp_path, base_model, en
     assert code == 0 and "requeued" in lines[notified] and "preempted 1x" in lines[notified], out
     assert "requeued" in lines[killed], out
     for run_dir in (notified, killed):
-        slurm(env, "scontrol", "update", f"JobId={job[run_dir]}", "StartTime=now")
+        start_requeued_now(env, job[run_dir])
 
     result = symnoise_grid(env, path, "--wait")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -362,7 +388,7 @@ def test_a_two_process_cell_meets_through_slurm_variables_and_survives_preemptio
     stopped_at = max(logged_steps(run_dir))
     assert stopped_at < steps and (run_dir / f"checkpoint-{stopped_at}").is_dir()
     wait_until(lambda: squeue_state(env, job) == "PENDING", 60, "the requeued job pending")
-    slurm(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+    start_requeued_now(env, job)
 
     result = symnoise_grid(env, path, "--wait")
     log = Path(read_jobs(run_dir).log).read_text()
