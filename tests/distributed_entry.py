@@ -73,8 +73,13 @@ def main(argv: list[str]) -> int:
     if dist.is_initialized():  # gloo aborts some exits at random while a group is alive: make it certain here
         print("symnoise train returned with its process group still alive", file=sys.stderr)
         return 70
-    if any(isinstance(o, Trainer) for o in gc.get_objects()):  # not collected: its model wrapper holds the group
-        print("symnoise train returned with its Trainer (and the model wrapper holding the group) alive", file=sys.stderr)
+    if any(
+        isinstance(o, Trainer) for o in gc.get_objects()
+    ):  # not collected: its model wrapper holds the group
+        print(
+            "symnoise train returned with its Trainer (and the model wrapper holding the group) alive",
+            file=sys.stderr,
+        )
         return 70
     return status
 

@@ -144,7 +144,9 @@ def start_requeued_now(env: dict, job_id: str) -> None:
     clock pass a second boundary."""
     raw_id = slurm(env, "squeue", "-h", "-j", job_id, "-o", "%A").strip()
     assert raw_id.isdigit(), f"squeue gave no job id for {job_id}: {raw_id!r}"
-    wait_until(lambda: not job_steps_running(raw_id), 60, f"the earlier run of job {job_id} to leave the node")
+    wait_until(
+        lambda: not job_steps_running(raw_id), 60, f"the earlier run of job {job_id} to leave the node"
+    )
     time.sleep(1.1)
     slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
