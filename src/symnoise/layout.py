@@ -90,98 +90,55 @@ COMPANION_FILES = frozenset(
 )  # fmt: skip
 
 
+class InFolder:
+    """A layout's path attribute: ``layout.root / name``, declared in one line (``lock = InFolder(LOCK_FILE)``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, layout: FolderLayout, owner: type | None = None) -> Path:
+        return layout.root / self.name
+
+
 @dataclass(frozen=True)
-class RunLayout:
-    """The paths of one run directory's files (see the module docstring for what writes each)."""
+class FolderLayout:
+    """A folder whose files a subclass names with `InFolder` attributes."""
 
     root: Path
 
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root))
 
+
+class RunLayout(FolderLayout):
+    """The paths of one run directory's files (see the module docstring for what writes each)."""
+
     # written by `symnoise train`
-    @property
-    def lock(self) -> Path:
-        return self.root / LOCK_FILE
-
-    @property
-    def start_record(self) -> Path:
-        return self.root / START_RECORD
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def run_info(self) -> Path:
-        return self.root / RUN_INFO
-
-    @property
-    def data_report(self) -> Path:
-        return self.root / DATA_REPORT
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_LOG
-
-    @property
-    def metrics_csv(self) -> Path:
-        return self.root / METRICS_CSV
-
-    @property
-    def nonfinite_log(self) -> Path:
-        return self.root / NONFINITE_LOG
-
-    @property
-    def summary(self) -> Path:
-        return self.root / TRAIN_SUMMARY
-
-    @property
-    def model_card(self) -> Path:
-        return self.root / MODEL_CARD
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / TENSORBOARD_DIR
-
+    lock = InFolder(LOCK_FILE)
+    start_record = InFolder(START_RECORD)
+    config = InFolder(CONFIG_FILE)
+    run_info = InFolder(RUN_INFO)
+    data_report = InFolder(DATA_REPORT)
+    metrics = InFolder(METRICS_LOG)
+    metrics_csv = InFolder(METRICS_CSV)
+    nonfinite_log = InFolder(NONFINITE_LOG)
+    summary = InFolder(TRAIN_SUMMARY)
+    model_card = InFolder(MODEL_CARD)
+    tensorboard = InFolder(TENSORBOARD_DIR)
     # written beside the run by the other commands
-    @property
-    def outputs(self) -> Path:
-        return self.root / OUTPUTS
-
-    @property
-    def outputs_partial(self) -> Path:
-        return self.root / OUTPUTS_PARTIAL
+    outputs = InFolder(OUTPUTS)
+    outputs_partial = InFolder(OUTPUTS_PARTIAL)
+    eval_dir = InFolder(EVAL_DIR)
+    analysis = InFolder(ANALYSIS_DIR)  # `symnoise analyze`'s default output folder for this run alone
+    cell_config = InFolder(CELL_CONFIG)
+    stages = InFolder(STAGES)
+    failure = InFolder(FAILURE)
+    slurm_jobs = InFolder(SLURM_JOBS)
 
     @property
     def judged(self) -> Path:
         """`symnoise judge`'s default output folder for this run's outputs."""
         return judged_dir(self.outputs)
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / EVAL_DIR
-
-    @property
-    def analysis(self) -> Path:
-        """`symnoise analyze`'s default output folder for this run alone."""
-        return self.root / ANALYSIS_DIR
-
-    @property
-    def cell_config(self) -> Path:
-        return self.root / CELL_CONFIG
-
-    @property
-    def stages(self) -> Path:
-        return self.root / STAGES
-
-    @property
-    def failure(self) -> Path:
-        return self.root / FAILURE
-
-    @property
-    def slurm_jobs(self) -> Path:
-        return self.root / SLURM_JOBS
 
     # what the directory holds
     def is_run(self) -> bool:

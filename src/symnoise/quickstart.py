@@ -30,7 +30,7 @@ from .synthetic import (
     exact_match,
     family_of,
     make_task_examples,
-    tiny_llama_config,
+    tiny_llama,
     tokenizer_corpus,
     train_tokenizer,
 )
@@ -178,7 +178,6 @@ def _right_pad(items: list[dict[str, list[int]]]) -> tuple[torch.Tensor, torch.T
 def build_world(settings: QuickstartSettings) -> tuple[Path, Path, list[Example]]:
     """Write the fine-tuning set (JSONL) and the pretrained base model + tokenizer; return their paths and the
     eval set."""
-    from transformers import LlamaForCausalLM
 
     pretrain_examples, train_examples, eval_examples = split_examples(settings)
     train_path = settings.out_dir / "data" / "train.jsonl"
@@ -191,15 +190,14 @@ def build_world(settings: QuickstartSettings) -> tuple[Path, Path, list[Example]
         model_max_length=256,
         isolate_spaces=True,
     )
-    torch.manual_seed(settings.seed)
-    config = tiny_llama_config(
+    model = tiny_llama(
         len(tokenizer),
+        settings.seed,
         hidden_size=settings.hidden_size,
         layers=settings.layers,
         heads=settings.heads,
         max_position_embeddings=256,
     )
-    model = LlamaForCausalLM(config)
     started = time.perf_counter()
     losses = pretrain(
         model, tokenize_examples(pretrain_examples, tokenizer, TEMPLATE, settings.max_length), settings

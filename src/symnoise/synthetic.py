@@ -319,6 +319,15 @@ def tiny_llama_config(
     )
 
 
+def tiny_llama(vocab_size: int, seed: int, **config_args):
+    """A freshly initialised model of :func:`tiny_llama_config` (same ``seed``, same weights), in float32."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size, **config_args))
+
+
 def exact_match(prediction: str, reference: str) -> bool:
     """True when the two strings are equal after stripping leading and trailing whitespace.
 

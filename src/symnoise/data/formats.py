@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from .conversations import TURN_MODES, BadRow, Conversation, check_text, parse_turns
 from .readers import FILE_SUFFIXES, DataError, RawRow, open_source
@@ -351,6 +351,17 @@ def _check_arguments(format: str, on_bad_row: str, limit: int | None, turns: str
         raise DataError(f"turns must be one of {', '.join(TURN_MODES)}, got '{turns}'")
 
 
+class ReadOptions(TypedDict, total=False):
+    """How `load_records` and `load_examples` read a source: the keyword arguments of `iter_records`, whose
+    defaults apply to what is left out."""
+
+    format: str
+    on_bad_row: str
+    split: str
+    limit: int | None
+    turns: str
+
+
 def iter_records(
     source: str,
     format: str = "auto",
@@ -401,12 +412,7 @@ def _records(
 
 
 def load_records(
-    source: str,
-    format: str = "auto",
-    on_bad_row: str = "error",
-    split: str = "train",
-    limit: int | None = None,
-    turns: str = "all",
+    source: str, **options: Unpack[ReadOptions]
 ) -> tuple[list[Example | Conversation], LoadReport]:
     """Reads `source` and returns its records (an `Example` per instruction row, a `Conversation` per
     conversational row) with a report of what was read.
@@ -420,7 +426,7 @@ def load_records(
     `turns` is "all" (every exchange of a conversation) or "first" (the first exchange only; later turns are
     then neither read nor checked). Finding no usable record at all is a `DataError` too.
     """
-    report, records = iter_records(source, format, on_bad_row, split, limit, turns)
+    report, records = iter_records(source, **options)
     return list(records), report
 
 
@@ -434,14 +440,8 @@ def first_exchange(record: Example | Conversation) -> Example:
     return Example(last.user, "", last.assistant, record.source)
 
 
-def load_examples(
-    source: str,
-    format: str = "auto",
-    on_bad_row: str = "error",
-    split: str = "train",
-    limit: int | None = None,
-) -> tuple[list[Example], LoadReport]:
+def load_examples(source: str, **options: Unpack[ReadOptions]) -> tuple[list[Example], LoadReport]:
     """Reads `source` as single-turn examples: instruction rows as they are, conversations as their first
     exchange (the papers' protocol). Training goes through `load_records`, which keeps every turn."""
-    records, report = load_records(source, format, on_bad_row, split, limit, turns="first")
+    records, report = load_records(source, **{**options, "turns": "first"})
     return [first_exchange(record) for record in records], report

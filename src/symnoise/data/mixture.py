@@ -173,16 +173,14 @@ def prepare_training_data(
     return data
 
 
+# What a ``datasets`` entry leaves unset falls back on the section's value.
+ENTRY_FALLBACKS = ("format", "template", "split", "turns")
+
+
 def specs_from_section(section) -> tuple[list[DatasetSpec], DatasetSpec | None]:
     """The sources a ``data`` config section names (``path`` or ``datasets``, entries falling back on the section's
     format, template, split and turns), and its eval source."""
-    shared = dict(
-        format=section.format,
-        template=section.template,
-        split=section.split,
-        turns=section.turns,
-        on_bad_row=section.on_bad_row,
-    )
+    shared = {key: getattr(section, key) for key in (*ENTRY_FALLBACKS, "on_bad_row")}
     if section.datasets is None:
         specs = [DatasetSpec(path=section.path, limit=section.limit, **shared)]
     else:
@@ -194,7 +192,7 @@ def specs_from_section(section) -> tuple[list[DatasetSpec], DatasetSpec | None]:
                 on_bad_row=section.on_bad_row,
                 **{
                     key: getattr(entry, key) if getattr(entry, key) is not None else shared[key]
-                    for key in ("format", "template", "split", "turns")
+                    for key in ENTRY_FALLBACKS
                 },
             )
             for entry in section.datasets

@@ -28,7 +28,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -109,20 +109,7 @@ class RunStats:
                 setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            name: getattr(self, name)
-            for name in (
-                "requests",
-                "retries",
-                "reasks",
-                "cached",
-                "identical",
-                "judged",
-                "unparsable",
-                "failed",
-                "truncated",
-            )
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 @dataclass

@@ -18,8 +18,9 @@ to its ``eval/`` folder (beside the judge's files and the leaderboard) is named 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+from ..layout import FolderLayout, InFolder
 
 GRID_FILE = "grid.json"
 STATUS_FILE = "status.json"
@@ -36,48 +37,20 @@ SYNTHETIC_EVAL = "eval.jsonl"
 # What the grid's evaluation stages write into a cell's eval/ folder (`symnoise.layout.RunLayout.eval_dir`).
 
 
-@dataclass(frozen=True)
-class GridLayout:
+class GridLayout(FolderLayout):
     """The paths of one grid output folder (see the module docstring for what writes each)."""
 
-    root: Path
-
-    def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
-
-    @property
-    def grid_file(self) -> Path:
-        return self.root / GRID_FILE
-
-    @property
-    def status(self) -> Path:
-        return self.root / STATUS_FILE
-
-    @property
-    def summary_json(self) -> Path:
-        return self.root / SUMMARY_JSON
-
-    @property
-    def summary_md(self) -> Path:
-        return self.root / SUMMARY_MD
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / REPORT_DIR
+    grid_file = InFolder(GRID_FILE)
+    status = InFolder(STATUS_FILE)
+    summary_json = InFolder(SUMMARY_JSON)
+    summary_md = InFolder(SUMMARY_MD)
+    report_dir = InFolder(REPORT_DIR)
+    synthetic = InFolder(SYNTHETIC_DIR)  # where the synthetic fallback data is written
+    pretrain = InFolder(PRETRAIN_DIR)  # the `pretrain` section's folder: its stages.json and its model
 
     def cell_dir(self, cell_id: str) -> Path:
         """The run directory of the cell ``cell_id``."""
         return self.root / CELLS_DIR / cell_id
-
-    @property
-    def synthetic(self) -> Path:
-        """Where the synthetic fallback data is written."""
-        return self.root / SYNTHETIC_DIR
-
-    @property
-    def pretrain(self) -> Path:
-        """The `pretrain` section's folder: its stages.json and its model."""
-        return self.root / PRETRAIN_DIR
 
     @property
     def pretrained_model(self) -> Path:

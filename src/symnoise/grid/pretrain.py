@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..data import Example
-from ..synthetic import tiny_llama_config, tokenizer_corpus, train_tokenizer
+from ..synthetic import tiny_llama, tokenizer_corpus, train_tokenizer
 from .sections import PretrainSection
 
 MAX_POSITIONS = 1024
@@ -105,8 +105,6 @@ def train_loop(model, blocks, section: PretrainSection, log) -> list[float]:
 
 def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log=print) -> dict:
     """Train tokenizer and model, write them to ``out_dir`` (atomically) and return a summary."""
-    import torch
-    from transformers import LlamaForCausalLM
 
     started = time.perf_counter()
     examples, source = pretraining_examples(section, synthetic_train)
@@ -119,15 +117,14 @@ def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log
     )
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     blocks = pack_blocks(ids, tokenizer.eos_token_id, section.block_size)
-    torch.manual_seed(section.seed)
-    config = tiny_llama_config(
+    model = tiny_llama(
         len(tokenizer),
+        section.seed,
         hidden_size=section.hidden_size,
         layers=section.layers,
         heads=section.heads,
         max_position_embeddings=MAX_POSITIONS,
     )
-    model = LlamaForCausalLM(config)
     log(
         f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(blocks)} blocks "
         f"of {section.block_size} tokens from {source}"

@@ -33,23 +33,21 @@ class CellOutcome:
     stage: str | None = None
 
 
+# Each evaluation stage, in the order a cell runs them, and the evaluation field that turns it on.
+EVALUATION_STAGES = (
+    ("generate", "prompts"),
+    ("reference_loss", "reference_loss"),
+    ("stats", "prompts"),
+    ("analyze", "analyze"),
+    ("judge", "judge"),
+    ("leaderboard", "leaderboard"),
+)
+
+
 def planned_stages(grid: Grid) -> list[str]:
-    """The stages every cell of this grid goes through, in order."""
+    """The stages every cell of this grid goes through, in order: training, then each evaluation it asks for."""
     evaluation = grid.spec.evaluation
-    stages = ["train"]
-    if evaluation.prompts:
-        stages.append("generate")
-    if evaluation.reference_loss:
-        stages.append("reference_loss")
-    if evaluation.prompts:
-        stages.append("stats")
-    if evaluation.analyze:
-        stages.append("analyze")
-    if evaluation.judge:
-        stages.append("judge")
-    if evaluation.leaderboard:
-        stages.append("leaderboard")
-    return stages
+    return ["train"] + [stage for stage, field_name in EVALUATION_STAGES if getattr(evaluation, field_name)]
 
 
 def read_stages(directory: Path) -> dict[str, Any]:

@@ -21,16 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..offline import (
-    folder_listing,
-    hub_commit,
-    hub_endpoint,
-    hub_offline,
-    hub_problem,
-    hub_reachable,
-    hub_remedy,
-    path_like_parent,
-)
+from .. import offline
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("symnoise.train")
@@ -154,23 +145,23 @@ def check_model_source(config: TrainConfig) -> None:
         raise ConfigError(
             f"model.name: {name} does not exist (not a folder, and not a hub name like org/model)"
         )
-    if hub_commit(name, config.model.revision) is not None:
+    if offline.hub_commit(name, config.model.revision) is not None:
         return
-    parent = path_like_parent(name)
+    parent = offline.path_like_parent(name)
     if parent is not None:
         _check_path_like_model(name, parent)
         return
-    if hub_offline():
+    if offline.hub_offline():
         raise ConfigError(
             f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
             "HF_HUB_OFFLINE is set, so it cannot be downloaded; unset HF_HUB_OFFLINE, or set "
             "model.name to a local model folder"
         )
-    problem = hub_reachable()
+    problem = offline.hub_reachable()
     if problem is not None:
         raise ConfigError(
             f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
-            f"{hub_endpoint()} cannot be reached ({problem}); connect to the network, or set "
+            f"{offline.hub_endpoint()} cannot be reached ({problem}); connect to the network, or set "
             "model.name to a local model folder"
         )
 
@@ -178,13 +169,13 @@ def check_model_source(config: TrainConfig) -> None:
 def _check_path_like_model(name: str, parent: Path) -> None:
     """``runs/my-model`` beside a ``runs/`` folder is most likely a mistyped path: when the hub cannot be asked
     either, the missing local folder is named first, then the hub."""
-    problem = hub_problem()
+    problem = offline.hub_problem()
     if problem is None:
         return  # the hub may have it; loading says so if it does not
     raise ConfigError(
-        f"model.name: there is no local folder {name} ({folder_listing(parent)}), and {name} is not a hub "
+        f"model.name: there is no local folder {name} ({offline.folder_listing(parent)}), and {name} is not a hub "
         f"model in the Hugging Face cache, which cannot be downloaded now: {problem}. If it is a local folder, "
-        f"correct the path; if it is a hub model, {hub_remedy(problem)}"
+        f"correct the path; if it is a hub model, {offline.hub_remedy(problem)}"
     )
 
 
@@ -234,7 +225,7 @@ def check_before_data(config: TrainConfig) -> None:
     """What is known from the config and the environment alone (run before the data is read)."""
     check_environment(config)
     name = config.model.name
-    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or path_like_parent(name):
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or offline.path_like_parent(name):
         check_model_source(config)
 
 
