@@ -11,6 +11,13 @@ copy: the annotator's ``configs.yaml`` and prompt template, the order randomisat
 parser (``ranking_parser``, ``regex_parser``, ``logprob_parser``, ...) and the decoding settings. Only the HTTP
 call is ours (see :mod:`symnoise.evaluation.judge`), so it can be cached, retried and resumed.
 
+Why the pieces and not the package's annotator with a symnoise completion function (``fn_completions`` accepts a
+callable): the annotator hands that function a batch of already formatted prompts and parses the answers after it
+returns. Asking again after an unparsable answer needs the parser inside the loop; fitting a long pair of outputs
+to the judge's context needs the outputs before they are formatted; the cache keyed per example and a verdict
+written as soon as it arrives need one example at a time. So the loop calls the package's pieces one by one, and
+the package end to end stays available as ``--judge alpaca_eval`` (`judge_clients.AlpacaEvalJudge`).
+
 :class:`PairwiseV1Annotator` is symnoise's own earlier prompt, kept as a named alternative
 (``symnoise_pairwise_v1``); it is never the default and its numbers are not AlpacaEval numbers.
 """
