@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..files import make_dirs
 from ..offline import (
     folder_listing,
     hub_commit,
@@ -59,10 +60,11 @@ def check_output_dir(output_dir: str | Path) -> None:
         raise ConfigError(f"training.output_dir: {path} cannot be created: {ancestor} is not writable")
 
 
-def make_output_dir(path: Path) -> None:
-    """Create the run directory (and its parents), turning an OS refusal into a `ConfigError`."""
+def make_output_dir(path: Path) -> list[Path]:
+    """Create the run directory (and its parents), turning an OS refusal into a `ConfigError`; returns the
+    folders it created (`symnoise.files.make_dirs`), which a run that fails before training removes again."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        return make_dirs(path)
     except OSError as error:
         raise ConfigError(f"training.output_dir: cannot create {path} ({error.strerror or error})") from None
 
