@@ -13,7 +13,9 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-STARTER = "qwen2.5-0.5b/alpaca-symnoise-lora"  # its training.output_dir: runs/qwen2.5-0.5b/alpaca-symnoise-lora
+STARTER = (
+    "qwen2.5-0.5b/alpaca-symnoise-lora"  # its training.output_dir: runs/qwen2.5-0.5b/alpaca-symnoise-lora
+)
 
 
 def symnoise(args, cwd, env):
@@ -61,7 +63,9 @@ def test_a_hub_model_that_cannot_load_leaves_no_empty_folders(tmp_path, alpaca_f
         (["runs/a/notes"], "runs/a/run", ["runs", "runs/a", "runs/a/notes"]),
     ],
 )
-def test_folders_that_existed_before_the_run_stay(tmp_path, alpaca_file, offline_env, existing, output_dir, left):
+def test_folders_that_existed_before_the_run_stay(
+    tmp_path, alpaca_file, offline_env, existing, output_dir, left
+):
     work = tmp_path / "work"
     for folder in existing:
         (work / folder).mkdir(parents=True)

@@ -109,7 +109,9 @@ class Claim:
     resume: bool
     lock: RunLock | None
     fresh: bool = False  # this run wrote the start record of a new run
-    created: list[Path] = field(default_factory=list)  # the folders this run created: the directory, its parents
+    created: list[Path] = field(
+        default_factory=list
+    )  # the folders this run created: the directory, its parents
 
     def __enter__(self) -> Claim:
         return self
