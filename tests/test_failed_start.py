@@ -13,9 +13,8 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-STARTER = (
-    "qwen2.5-0.5b/alpaca-symnoise-lora"  # its training.output_dir: runs/qwen2.5-0.5b/alpaca-symnoise-lora
-)
+# A starter config; its training.output_dir is runs/qwen2.5-0.5b/alpaca-symnoise-lora.
+STARTER = "qwen2.5-0.5b/alpaca-symnoise-lora"
 
 
 def symnoise(args, cwd, env):

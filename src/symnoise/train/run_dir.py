@@ -109,9 +109,8 @@ class Claim:
     resume: bool
     lock: RunLock | None
     fresh: bool = False  # this run wrote the start record of a new run
-    created: list[Path] = field(
-        default_factory=list
-    )  # the folders this run created: the directory, its parents
+    # the folders this run created: the run directory and the parents it made for it
+    created: list[Path] = field(default_factory=list)
 
     def __enter__(self) -> Claim:
         return self
