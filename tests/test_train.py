@@ -327,6 +327,14 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     assert (
         logged.count("loaded 36 of 36 rows") == 1 and logged.count(" examples, ") == 1
     )  # rank 0's summary only
+    # the start-of-training summary, also rank 0's only, counts both processes in the batch
+    assert logged.count("training: 2 optimizer steps (training.max_steps) on ") == 1
+    assert (
+        logged.count(
+            "  effective batch: 8 examples per step = 4 per device x 1 accumulation steps x 2 processes"
+        )
+        == 1
+    )
 
 
 @pytest.mark.floor
