@@ -81,9 +81,8 @@ class RecipeTrainer(Trainer):
         self.add_callback(self.nonfinite)
         self.preemption = PreemptionStop(self)
         self.add_callback(self.preemption)
-        self.add_callback(
-            StartSummary(self.model, self.train_dataset)
-        )  # counted before any wrapper shards it
+        # the parameters are counted now, before the Trainer's wrappers shard them (FSDP)
+        self.add_callback(StartSummary(self.model, self.train_dataset))
 
     # ------------------------------------------------------------------------------------ one optimizer step
     def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
