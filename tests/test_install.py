@@ -84,7 +84,6 @@ def test_wheel_installs_and_runs_outside_the_checkout(base_model, alpaca_file, t
             "train",
             "my-run.yaml",
             f"model.name={base_model}",
-            "model.license=null",
             f"data.path={alpaca_file}",
             "data.template=alpaca",
             "data.max_length=96",

@@ -31,7 +31,9 @@ def minimal(**sections):
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_shipped_config_validates(path):
     config = load_config(path)
-    assert config.model.name == "meta-llama/Llama-2-7b-hf" and config.model.license == "llama2"
+    # no licence pinned: the model card takes the base model's from its card (a copy pointed elsewhere must not
+    # keep llama2)
+    assert config.model.name == "meta-llama/Llama-2-7b-hf" and config.model.license is None
     assert config.training.effective_batch_size == 128
     method = path.stem.split("-")[-1] if not path.stem.endswith("lora") else "symnoise"
     expected = {"none": "none", "neftune": "uniform"}.get(method, method)
@@ -325,6 +327,14 @@ def test_ddp_two_processes_on_cpu(base_model, alpaca_file, tmp_path):
     assert (
         logged.count("loaded 36 of 36 rows") == 1 and logged.count(" examples, ") == 1
     )  # rank 0's summary only
+    # the start-of-training summary, also rank 0's only, counts both processes in the batch
+    assert logged.count("training: 2 optimizer steps (training.max_steps) on ") == 1
+    assert (
+        logged.count(
+            "  effective batch: 8 examples per step = 4 per device x 1 accumulation steps x 2 processes"
+        )
+        == 1
+    )
 
 
 @pytest.mark.floor

@@ -24,6 +24,25 @@ class FileFormatError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- writing
+def make_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """Create the folder ``path`` and its missing parents; returns the folders this call created, outermost first,
+    so that a command that fails before writing anything can take back exactly those (`remove_empty_dirs`)."""
+    path = Path(path)
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def remove_empty_dirs(created: Iterable[Path]) -> None:
+    """Remove the folders of ``created`` (as `make_dirs` returned them) that are empty, innermost first; a
+    folder holding anything, and every folder above it, stays. Folders that existed before are never named."""
+    for folder in reversed(list(created)):
+        try:
+            folder.rmdir()  # refuses a folder that is not empty
+        except OSError:
+            return
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a directory's entries (a rename into it is durable after this); a no-op where unsupported."""
     try:

@@ -23,6 +23,7 @@ from .data.tokenize import special_prefix
 from .dtypes import check_dtype, gpu_half_dtype
 from .files import append_json_lines, read_json
 from .layout import RUN_INFO, RunLayout
+from .quiet import progress_bar
 
 
 class PromptFileError(ValueError):
@@ -427,8 +428,6 @@ def run_resumable(
     ``generate(prompt_id_rows)`` returns each row's new ids (EOS included when reached, at most its budget).
     Each batch's records are appended to the sidecar before the next batch starts.
     """
-    from tqdm.auto import tqdm
-
     done = read_sidecar(partial, header, prompts)
     if not partial.is_file() or partial.stat().st_size == 0:
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -436,7 +435,8 @@ def run_resumable(
     token_ids = prompt_token_ids(tokenizer, prompts, template)
     pending = [i for i in range(len(prompts)) if i not in done]
     stats = GenerationStats(resumed=len(done))
-    bar = tqdm(total=len(prompts), initial=len(done), unit="prompt", disable=not progress, desc="generate")
+    # a redrawn bar on a terminal, a line every 5% in a log file
+    bar = progress_bar(len(prompts), initial=len(done), unit="prompt", desc="generate", enabled=progress)
     for number, batch in enumerate(plan([len(r) for r in token_ids], pending), 1):
         start = time.perf_counter()
         new_ids = generate([token_ids[i] for i in batch])

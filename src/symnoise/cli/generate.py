@@ -71,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="vLLM engine seed (vllm backend; decoding is greedy)"
     )
-    add_flags(parser, {"--no-progress": "no progress bar"})
+    add_flags(
+        parser, {"--no-progress": "no progress bar (where stderr is not a terminal: no progress lines)"}
+    )
 
 
 def _output_path(args: argparse.Namespace) -> Path:

@@ -76,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"symnoise leaderboard: error: {error}", file=sys.stderr)
         return 2
     print(format_table(report))
+    if report.get("truncated_requests"):
+        print(
+            f"{report['truncated_requests']} requests were longer than the model's context; the harness cut them "
+            f"from the left (the first: {report['truncation_example']})",
+            file=sys.stderr,
+        )
     if args.limit is not None:
         print(f"(--limit {args.limit}: partial scores, not comparable with the leaderboard)")
     out = args.out

@@ -12,6 +12,8 @@ import importlib.util
 import os
 import sys
 
+from ..quiet import quiet_command_output
+
 DESCRIPTION = """\
 Instruction fine-tuning with noisy embeddings (NEFTune, Gaussian, Bernoulli, SymNoise) and the papers' evaluation.
 """
@@ -65,24 +67,6 @@ def build_parser(available: dict[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-# What turns off the progress bars of tqdm (the Trainer's among them), huggingface_hub and transformers (weight
-# loading and saving) and datasets; read when those libraries are imported, so set before any of them is.
-PROGRESS_BAR_SWITCHES = {
-    "TQDM_DISABLE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-}
-
-
-def quiet_progress_bars_unless_terminal() -> None:
-    """No progress bars when stderr is not a terminal (a log file, a pipe, a Slurm job): redrawn bars fill such
-    logs with carriage returns (a 90 KB quickstart log). The logged metrics lines say how training goes instead.
-    A variable the user set is left as it is."""
-    if not sys.stderr.isatty():
-        for variable, value in PROGRESS_BAR_SWITCHES.items():
-            os.environ.setdefault(variable, value)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     available = {
@@ -94,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser(available).parse_args(argv)  # prints usage and exits for unknown or missing commands
         return 2
     name, rest = argv[0], argv[1:]
-    quiet_progress_bars_unless_terminal()
+    quiet_command_output()  # other libraries' noise and, where stderr is no terminal, progress bars
     module = importlib.import_module(entry_module(name))
     parser = argparse.ArgumentParser(prog=f"symnoise {name}", description=available[name])
     module.add_arguments(parser)

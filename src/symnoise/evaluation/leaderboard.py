@@ -24,11 +24,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..quiet import LM_EVAL_LOGGER, LM_EVAL_TRUNCATION, dropped_messages
 from .leaderboard_data import write_offline_tasks
 from .leaderboard_tasks import (
     LEADERBOARD_TASKS,
@@ -153,7 +155,9 @@ def run_leaderboard(
 
     ``limit`` scores the first N documents of each task (of each MMLU subject): for quick checks only.
     ``num_fewshot`` overrides the leaderboard shots per task name, e.g. ``{"arc": 2}`` (tests, ablations).
-    Returns a JSON-ready report: per task the metric value, its stderr, shots and documents, and the average.
+    Returns a JSON-ready report: per task the metric value, its stderr, shots and documents, and the average;
+    ``truncated_requests`` counts the requests longer than the model's context, which the harness cut from the
+    left (its per-request "Combined length" warning is left out of the log; ``truncation_example`` is the first).
     """
     specs = resolve_tasks(tasks)
     shots = {t.name: t.num_fewshot for t in specs} | dict(num_fewshot or {})
@@ -178,7 +182,11 @@ def run_leaderboard(
     else:
         lm = checkpoint
     scores = []
-    with tempfile.TemporaryDirectory(prefix="symnoise-leaderboard-") as work:
+    with (
+        tempfile.TemporaryDirectory(prefix="symnoise-leaderboard-") as work,
+        dropped_messages(LM_EVAL_LOGGER, LM_EVAL_TRUNCATION) as truncation,
+        _no_git_lookup(),
+    ):
         if online:
             manager = TaskManager()
         else:
@@ -205,7 +213,26 @@ def run_leaderboard(
         "lm_eval_version": getattr(lm_eval, "__version__", None),
         "tasks": {s.task: asdict(s) for s in scores},
         "average": sum(s.value for s in scores) / len(scores),
+        "truncated_requests": truncation.dropped,
+        "truncation_example": truncation.first,
     }
+
+
+@contextmanager
+def _no_git_lookup() -> Iterator[None]:
+    """lm-evaluation-harness records the git commit of the current folder in its results, which the report does
+    not keep; outside a git repository git printed "fatal: not a git repository" twice per task. Not asked here."""
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:  # a harness version without it
+        yield
+        return
+    evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -47,7 +47,9 @@ class ModelSection(_Section):
         "network, and numerics other than the tested path); off unless asked",
     )
     license: str | None = Field(
-        None, description="the base model's licence id (apache-2.0, llama3.2, ...), stated in the model card"
+        None,
+        description="licence id (apache-2.0, llama3.2, ...) for the model card when the base model's own card "
+        "states none or cannot be read; by default the card carries the base model's licence, read from its card",
     )
 
 

@@ -19,6 +19,7 @@ from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 
 from ..files import write_json_atomic, write_text_atomic
 from ..layout import MODEL_CARD, RunLayout
+from .base_license import base_model_license
 from .config import TrainConfig
 from .distributed import final_state_dict
 from .metrics import jsonl_to_csv, model_card
@@ -87,7 +88,14 @@ def save_final(
         (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # a pickle; config.yaml says the same safely
         write_text_atomic(
             staging / MODEL_CARD,
-            model_card(config, template, trainer.state.global_step, final_loss, trainer.state.epoch),
+            model_card(
+                config,
+                template,
+                trainer.state.global_step,
+                final_loss,
+                trainer.state.epoch,
+                base_model_license(config.model.name, config.model.revision),
+            ),
         )
         publish_files(staging, run_dir, last=WEIGHTS_LAST)
         if layout.metrics.exists():

@@ -18,6 +18,7 @@ from ..data.packing import real_token_count
 from ..files import append_json_lines, read_json_lines, write_atomic
 from ..layout import RUN_INFO, RunLayout
 from ..methods import METHOD_TABLE
+from .base_license import License, card_license
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,10 @@ The noise is used only during training; the saved weights are an ordinary {kind}
 prompt template (`symnoise generate` reads it from `{run_info}`).
 """
 
+UNKNOWN_LICENSE = (
+    "unknown (the base model's card states none, or could not be read; set model.license to state it)"
+)
+
 LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
 
@@ -286,8 +291,8 @@ def card_tag(method: str) -> str | None:
     return entry.card_tag if entry is not None else None
 
 
-def card_metadata(config: Any) -> str:
-    """The YAML header the hub reads: library, base model, licence, tags (each once), hub datasets."""
+def card_metadata(config: Any, license: License | None = None) -> str:
+    """The YAML header the hub reads: library, base model, licence (when known), tags (each once), hub datasets."""
     tags = list(
         dict.fromkeys(
             [
@@ -303,8 +308,8 @@ def card_metadata(config: Any) -> str:
         f"library_name: {'peft' if config.lora.enabled else 'transformers'}",
         f"base_model: {config.model.name}",
     ]
-    if getattr(config.model, "license", None):
-        lines.append(f"license: {config.model.license}")
+    if license is not None:
+        lines += license.metadata_lines()
     lines.append("pipeline_tag: text-generation")
     lines += ["tags:"] + [f"- {tag}" for tag in tags if tag]
     hub_datasets = [path for path in data_paths(config) if is_hub_dataset(path)]
@@ -314,20 +319,29 @@ def card_metadata(config: Any) -> str:
 
 
 def model_card(
-    config: Any, template: str, steps: int, final_loss: float | None, epochs: float | None = None
+    config: Any,
+    template: str,
+    steps: int,
+    final_loss: float | None,
+    epochs: float | None = None,
+    base_license: License | None = None,
 ) -> str:
     """The run's README.md: what was trained, on what, how, and for how long (the steps and epochs actually
-    trained, which ``max_steps`` can make fewer than ``training.epochs``)."""
+    trained, which ``max_steps`` can make fewer than ``training.epochs``).
+
+    ``base_license``: the licence the base model's card states (`base_license.base_model_license`); the card
+    states it, else ``model.license``, else that the licence is unknown (`base_license.card_license`)."""
     from .. import __version__
 
     noise, lora = config.noise, config.lora
+    license = card_license(getattr(config.model, "license", None), base_license)
     return MODEL_CARD.format(
-        metadata=card_metadata(config),
+        metadata=card_metadata(config, license),
         run_info=RUN_INFO,
         name=Path(config.training.output_dir).name,
         version=__version__,
         base_model=config.model.name,
-        license=getattr(config.model, "license", None) or "not stated in the config",
+        license=UNKNOWN_LICENSE if license is None else license.label(),
         datasets=" + ".join(_dataset_label(path) for path in data_paths(config)),
         method=noise.method,
         alpha=noise.alpha,

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from .. import offline
+from ..files import make_dirs
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger("symnoise.train")
@@ -50,10 +51,11 @@ def check_output_dir(output_dir: str | Path) -> None:
         raise ConfigError(f"training.output_dir: {path} cannot be created: {ancestor} is not writable")
 
 
-def make_output_dir(path: Path) -> None:
-    """Create the run directory (and its parents), turning an OS refusal into a `ConfigError`."""
+def make_output_dir(path: Path) -> list[Path]:
+    """Create the run directory (and its parents), turning an OS refusal into a `ConfigError`; returns the
+    folders it created (`symnoise.files.make_dirs`), which a run that fails before training removes again."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        return make_dirs(path)
     except OSError as error:
         raise ConfigError(f"training.output_dir: cannot create {path} ({error.strerror or error})") from None
 

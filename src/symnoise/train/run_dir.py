@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import remove_empty_dirs
 from ..layout import (
     COMPANION_FILES,
     LOCK_FILE,
@@ -108,7 +109,8 @@ class Claim:
     resume: bool
     lock: RunLock | None
     fresh: bool = False  # this run wrote the start record of a new run
-    created: bool = False  # this run created the directory
+    # the folders this run created: the run directory and the parents it made for it
+    created: list[Path] = field(default_factory=list)
 
     def __enter__(self) -> Claim:
         return self
@@ -126,16 +128,16 @@ class Claim:
             remove_run_files(Contents.of(self.run_dir))
         self.lock.release()
         if failed_early:
-            _remove_traces(self.run_dir, self.lock, self.created)
+            _remove_traces(self.lock, self.created)
 
 
-def _remove_traces(run_dir: Path, lock: RunLock, created_dir: bool) -> None:
-    """After a refused or failed start: remove the lock file this run made, and the directory if it made it and
-    nothing else is in it."""
+def _remove_traces(lock: RunLock, created: list[Path]) -> None:
+    """After a refused or failed start: remove the lock file this run made, then the folders it made (the run
+    directory and any parents, ``runs/`` of ``runs/my-run``) that are empty. A folder that existed before the run,
+    or that holds anything, stays."""
     if lock.created:
         lock.path.unlink(missing_ok=True)
-    if created_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
+    remove_empty_dirs(created)
 
 
 def _foreign_error(run_dir: Path, foreign: list[Path]) -> ConfigError:
@@ -162,9 +164,9 @@ def claim_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Claim:
         )
     check_output_dir(run_dir)
     main = is_main_process()
-    created = not run_dir.exists()
+    created: list[Path] = []
     if main:
-        make_output_dir(run_dir)
+        created = make_output_dir(run_dir)
         probe_writable(run_dir)
         lock = RunLock(run_dir).acquire()
     else:
@@ -174,7 +176,7 @@ def claim_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Claim:
     except BaseException:
         if lock is not None:
             lock.release()
-            _remove_traces(run_dir, lock, created)
+            _remove_traces(lock, created)
         raise
     return Claim(run_dir, effective, lock, fresh=main and not resume, created=created)
 

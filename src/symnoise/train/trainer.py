@@ -31,6 +31,7 @@ from .reliability import (
     describe_write_error,
     publish,
 )
+from .summary import StartSummary
 
 
 class RecipeTrainer(Trainer):
@@ -39,7 +40,8 @@ class RecipeTrainer(Trainer):
     Built like a ``Trainer``, plus where the run writes (``run_dir``), what to do with a non-finite step
     (``on_nonfinite``: ``stop`` or ``skip``) and the source of each training example (``sources``, for the report
     of a bad step). It owns a `TokenCounter` (``token_counter``), the `RunMetrics` of the run
-    (``run_metrics``) and a `NonFiniteGuard` callback (``nonfinite``).
+    (``run_metrics``) and a `NonFiniteGuard` callback (``nonfinite``); it logs the start-of-training summary
+    (`summary.StartSummary`: parameters, examples, steps, batch, tokens per step).
 
     Order of the wrappers. `symnoise.hf.add_noise`, called on an instance, sets instance attributes that wrap the
     methods below, so they always run outside these overrides:
@@ -79,6 +81,8 @@ class RecipeTrainer(Trainer):
         self.add_callback(self.nonfinite)
         self.preemption = PreemptionStop(self)
         self.add_callback(self.preemption)
+        # the parameters are counted now, before the Trainer's wrappers shard them (FSDP)
+        self.add_callback(StartSummary(self.model, self.train_dataset))
 
     # ------------------------------------------------------------------------------------ one optimizer step
     def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
