@@ -145,3 +145,42 @@ def folder_listing(folder: Path, limit: int = 5) -> str:
         return f"{folder.as_posix()}/ is empty"
     more = ", ..." if len(names) > limit else ""
     return f"{folder.as_posix()}/ holds {', '.join(names[:limit])}{more}"
+
+
+def model_unavailable(
+    name: str, revision: str | None = None, subject: str = "model.name", instead: str | None = None
+) -> str | None:
+    """Why the model ``name``, which is not an existing local path, cannot be loaded now; None when it may be.
+
+    Said before anything is loaded, in seconds, instead of transformers' retries and traceback: a name that can
+    only be a path (``./x``, ``/x``, ``a/b/c``) does not exist; a cached hub model is fine; ``runs/my-model``
+    beside a ``runs/`` folder is reported as a missing folder first when the hub cannot be asked; otherwise the
+    hub must be usable. ``subject`` names where the name came from (``model.name``, ``MODEL``), ``instead`` what
+    to do rather than download (default: set ``subject`` to a local model folder)."""
+    instead = instead or f"set {subject} to a local model folder"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name:
+        return f"{subject}: {name} does not exist (not a folder, and not a hub name like org/model)"
+    if hub_commit(name, revision) is not None:
+        return None
+    parent = path_like_parent(name)
+    if parent is not None:
+        problem = hub_problem()
+        if problem is None:
+            return None  # the hub may have it; loading says so if it does not
+        return (
+            f"{subject}: there is no local folder {name} ({folder_listing(parent)}), and {name} is not a hub "
+            f"model in the Hugging Face cache, which cannot be downloaded now: {problem}. If it is a local "
+            f"folder, correct the path; if it is a hub model, {hub_remedy(problem)}"
+        )
+    if hub_offline():
+        return (
+            f"{subject}: {name} is not a local folder and is not in the Hugging Face cache, and HF_HUB_OFFLINE "
+            f"is set, so it cannot be downloaded; unset HF_HUB_OFFLINE, or {instead}"
+        )
+    problem = hub_reachable()
+    if problem is not None:
+        return (
+            f"{subject}: {name} is not a local folder and is not in the Hugging Face cache, and "
+            f"{hub_endpoint()} cannot be reached ({problem}); connect to the network, or {instead}"
+        )
+    return None

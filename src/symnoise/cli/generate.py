@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from symnoise import files, generation, vllm_backend
+from symnoise import files, generation, offline, vllm_backend
 from symnoise.dtypes import DTYPES
 from symnoise.evaluation import sources
 from symnoise.layout import OUTPUTS, RUN_INFO, RunLayout
@@ -95,6 +95,12 @@ def _prepare(args: argparse.Namespace):
             )
         if args.chunk_size < 1:
             raise ValueError("--chunk-size must be >= 1")
+    if not Path(args.model).expanduser().exists():
+        problem = offline.model_unavailable(
+            args.model, subject="MODEL", instead="give a run directory or a local model folder as MODEL"
+        )
+        if problem is not None:
+            raise ValueError(problem)
     try:
         prompts_file = args.prompts or default_prompts(args.data_dir)
     except sources.SourceError as error:

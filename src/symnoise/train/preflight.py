@@ -142,43 +142,9 @@ def check_model_source(config: TrainConfig) -> None:
                 f"model.name: {local} has a config.json but no weights (*.safetensors or *.bin)"
             )
         return
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
-    if looks_local:
-        raise ConfigError(
-            f"model.name: {name} does not exist (not a folder, and not a hub name like org/model)"
-        )
-    if offline.hub_commit(name, config.model.revision) is not None:
-        return
-    parent = offline.path_like_parent(name)
-    if parent is not None:
-        _check_path_like_model(name, parent)
-        return
-    if offline.hub_offline():
-        raise ConfigError(
-            f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
-            "HF_HUB_OFFLINE is set, so it cannot be downloaded; unset HF_HUB_OFFLINE, or set "
-            "model.name to a local model folder"
-        )
-    problem = offline.hub_reachable()
+    problem = offline.model_unavailable(name, config.model.revision)
     if problem is not None:
-        raise ConfigError(
-            f"model.name: {name} is not a local folder and is not in the Hugging Face cache, and "
-            f"{offline.hub_endpoint()} cannot be reached ({problem}); connect to the network, or set "
-            "model.name to a local model folder"
-        )
-
-
-def _check_path_like_model(name: str, parent: Path) -> None:
-    """``runs/my-model`` beside a ``runs/`` folder is most likely a mistyped path: when the hub cannot be asked
-    either, the missing local folder is named first, then the hub."""
-    problem = offline.hub_problem()
-    if problem is None:
-        return  # the hub may have it; loading says so if it does not
-    raise ConfigError(
-        f"model.name: there is no local folder {name} ({offline.folder_listing(parent)}), and {name} is not a hub "
-        f"model in the Hugging Face cache, which cannot be downloaded now: {problem}. If it is a local folder, "
-        f"correct the path; if it is a hub model, {offline.hub_remedy(problem)}"
-    )
+        raise ConfigError(problem)
 
 
 def model_module_names(config: TrainConfig) -> list[str]:
