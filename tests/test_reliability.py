@@ -4,6 +4,7 @@ disk, safe loading of checkpoints and models, writes confined to the run directo
 import ast
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -314,6 +315,10 @@ def test_nonfinite_step_is_skipped_when_asked(base_model, alpaca_file, tmp_path,
     assert any(not torch.equal(skipped[k], after[k]) for k in before)  # the next one trained again
     final = load_file(out / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in final.values())
+    # The skipped step's NaN losses stay out of the logged mean (as Trainer's logging_nan_inf_filter, which the
+    # recipe turns off, would do): no logged loss is NaN, the later steps' included.
+    losses = {record["step"]: record["loss"] for record in step_records(out)}
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(loss) for loss in losses.values()), losses
 
 
 # ------------------------------------------------------------------------------------------ disk

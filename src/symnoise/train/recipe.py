@@ -267,6 +267,12 @@ def training_arguments(
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
+        # Trainer's filter reads each micro-batch's loss on the host (a GPU sync per micro-batch); the
+        # non-finite guard covers such losses and RecipeTrainer.training_step keeps them out of the log.
+        logging_nan_inf_filter=False,
+        # Batches go to the GPU as asynchronous copies from pinned memory; a blocking copy waits for the GPU
+        # to finish all queued work, once per micro-batch.
+        accelerator_config={"non_blocking": True},
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,

@@ -21,7 +21,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,13 +178,15 @@ class IndexedDataset(torch.utils.data.Dataset):
 
 
 def indexing_collator(collator: Any) -> Any:
-    """Wrap a collator so that batches built from `IndexedDataset` items carry an index tensor."""
+    """Wrap a collator so that batches built from `IndexedDataset` items carry their example indices, as a list of
+    Python ints: accelerate moves a batch's tensors to the device and leaves other values alone, so the indices
+    stay on the host and reading them costs no device-to-host copy (a host sync on a GPU)."""
 
     def collate(features: list[dict]) -> dict:
-        indices = [feature.pop(INDEX_KEY) for feature in features if INDEX_KEY in feature]
+        indices = [int(feature.pop(INDEX_KEY)) for feature in features if INDEX_KEY in feature]
         batch = collator(features)
         if indices:
-            batch[INDEX_KEY] = torch.tensor(indices)
+            batch[INDEX_KEY] = indices
         return batch
 
     return collate
@@ -194,27 +196,46 @@ class NonFiniteGuard(TrainerCallback):
     """Checks each optimizer step for NaN or infinite losses and gradients before the optimizer step.
 
     The trainer hands it the example indices of each step's micro-batches (`take_indices`, which removes them from
-    the batch before the model sees it) and the loss of each micro-batch (`record`); at ``on_pre_optimizer_step``
-    (after gradient clipping, before ``optimizer.step()``) it checks those losses and the total gradient norm.
-    ``stop`` raises `NonFiniteError`, so no NaN reaches the weights or a checkpoint; ``skip`` drops the step's
-    gradients, so the optimizer leaves the weights as they were, and training goes on. Under DDP every rank takes
-    the same decision. `symnoise.train.trainer.RecipeTrainer` feeds it and adds it as a callback.
+    the batches before the model sees them), the loss of each micro-batch (`record`) and the step's total gradient
+    norm, the one Trainer computes for clipping and logging (`note_grad_norm`). At ``on_pre_optimizer_step``
+    (after gradient clipping, before ``optimizer.step()``) it checks those losses and that norm. ``stop`` raises
+    `NonFiniteError`, so no NaN reaches the weights or a checkpoint; ``skip`` drops the step's gradients, so the
+    optimizer leaves the weights as they were, and training goes on. Under DDP and FSDP every rank takes the same
+    decision.
+
+    The check is the training loop's one host sync per optimizer step: the losses and the norm stay on the
+    device, and one small tensor is read, ``[non-finite, stop asked]``, all-reduced (MAX) first when there are
+    several processes. Its second entry carries ``stop_asked()`` (the preemption notice of this process), so every
+    rank learns whether any rank was asked to stop without a second collective and a second sync; the agreed
+    answer is left in ``stop_agreed``. `symnoise.train.trainer.RecipeTrainer` feeds the guard and adds it as a
+    callback.
     """
 
-    def __init__(self, trainer: Any, mode: str, sources: Sequence[str], run_dir: Path):
+    def __init__(
+        self,
+        trainer: Any,
+        mode: str,
+        sources: Sequence[str],
+        run_dir: Path,
+        stop_asked: Callable[[], bool] = lambda: False,
+    ):
         if mode not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be stop or skip; got {mode!r}")
         self.trainer = trainer
         self.mode = mode
         self.sources = list(sources)
         self.log_path = Path(run_dir) / NONFINITE_LOG
+        self.stop_asked = stop_asked
+        self.stop_agreed = False
         self.indices: list[int] = []
         self.losses: list[torch.Tensor] = []
+        self.grad_norm: Any = None
         self.skipped = 0
 
     def take_indices(self, batches: Sequence[dict]) -> None:
-        """Keep the example indices of one optimizer step's micro-batches, removing them from the batches."""
-        self.indices = [int(i) for batch in batches for i in batch.pop(INDEX_KEY, torch.empty(0)).tolist()]
+        """Keep the example indices of one optimizer step's micro-batches (host ints, see `indexing_collator`),
+        removing them from the batches."""
+        self.indices = [int(i) for batch in batches for i in batch.pop(INDEX_KEY, ())]
 
     def record(self, loss: torch.Tensor, same_micro_batch: bool = False) -> None:
         """Keep one micro-batch's loss; ``same_micro_batch``: a later pass of the same micro-batch (the second
@@ -224,23 +245,29 @@ class NonFiniteGuard(TrainerCallback):
         else:
             self.losses.append(loss.detach())
 
+    def note_grad_norm(self, grad_norm: Any) -> None:
+        """The step's total gradient norm as Trainer computed it (before clipping): a device tensor, except under
+        DeepSpeed, where Trainer reads the engine's norm after the engine has already stepped (a float)."""
+        self.grad_norm = grad_norm
+
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         losses, self.losses = self.losses, []
-        grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if hasattr(
-            grad_norm, "full_tensor"
-        ):  # FSDP2: a DTensor norm over sharded gradients; every rank is here
-            grad_norm = grad_norm.full_tensor()
+        device = args.device
+        grad_norm = self._step_grad_norm(device)
         loss_values = (
-            torch.stack([loss.float().reshape(()) for loss in losses]) if losses else torch.zeros(())
+            torch.stack([loss.float().reshape(()) for loss in losses])
+            if losses
+            else torch.zeros((), device=device)
         )
-        bad = (~torch.isfinite(loss_values)).any() | ~torch.isfinite(grad_norm)
-        bad = bad.to(torch.float32)
+        finite = (torch.isfinite(loss_values).all() & torch.isfinite(grad_norm)).to(device)
+        flags = torch.stack(
+            [(~finite).to(torch.float32), torch.full((), float(self.stop_asked()), device=device)]
+        )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            bad = bad.to(args.device)
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if not bad.item():
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        bad, asked = flags.tolist()  # the one host sync of the step
+        self.stop_agreed = asked > 0
+        if not bad:
             return
         report = {
             "step": state.global_step + 1,
@@ -266,6 +293,21 @@ class NonFiniteGuard(TrainerCallback):
         self.trainer.model.zero_grad(set_to_none=True)
         self.skipped += 1
         logger.warning("skipped %s: non-finite loss or gradient (training.on_nonfinite=skip)", where)
+
+    def _step_grad_norm(self, device: torch.device) -> torch.Tensor:
+        """This step's gradient norm as a device tensor: Trainer's (`note_grad_norm`) when it is one, else one
+        pass over the gradients. The latter happens under DeepSpeed, whose engine holds the gradients (no
+        parameter has a ``.grad`` there, so only the losses are checked), and with a Trainer that does not hand
+        its norm over."""
+        norm, self.grad_norm = self.grad_norm, None
+        if not isinstance(norm, torch.Tensor):
+            grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
+            if not grads:
+                return torch.zeros((), device=device)
+            norm = torch.nn.utils.get_total_norm(grads)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor norm over sharded gradients; every rank is here
+            norm = norm.full_tensor()
+        return norm.float().reshape(()).to(device)
 
 
 def _num(value: torch.Tensor) -> float | str:

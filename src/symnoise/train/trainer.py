@@ -54,7 +54,8 @@ class RecipeTrainer(Trainer):
     * ``train`` and ``_save_rng_state``: add_noise attaches the noise for ``train()`` and saves each rank's noise
       state beside the RNG states, inside the staged checkpoint that `_save_checkpoint` here publishes.
 
-    ``get_batch_samples``, ``_save_checkpoint`` and ``_get_output_dir`` are changed only here.
+    ``get_batch_samples``, ``_get_grad_norm``, ``_save_checkpoint`` and ``_get_output_dir`` are changed only
+    here.
 
     A preemption notice (USR1, see `preemption_notice`) makes the run save a checkpoint at the next step boundary
     and stop (`PreemptionStop`, ``preemption``); the recipe then raises `TrainingStopped`.
@@ -77,9 +78,9 @@ class RecipeTrainer(Trainer):
         self.run_metrics = RunMetrics(
             self.run_dir, self.token_counter, self.args.device, n_params, world_size(), n_trained
         )
-        self.nonfinite = NonFiniteGuard(self, on_nonfinite, sources, self.run_dir)
+        self.nonfinite = NonFiniteGuard(self, on_nonfinite, sources, self.run_dir, stop_asked=stop_requested)
         self.add_callback(self.nonfinite)
-        self.preemption = PreemptionStop(self)
+        self.preemption = PreemptionStop(self, self.nonfinite)
         self.add_callback(self.preemption)
         # the parameters are counted now, before the Trainer's wrappers shard them (FSDP)
         self.add_callback(StartSummary(self.model, self.train_dataset))
@@ -98,12 +99,29 @@ class RecipeTrainer(Trainer):
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         """Trainer's forward and backward of one micro-batch; the recipe also keeps its loss, which the
-        non-finite guard checks before the optimizer step (Trainer itself only leaves NaN losses out of the
-        logged mean). A later pass of add_noise's pair is added to its micro-batch's first pass."""
+        non-finite guard checks before the optimizer step (a later pass of add_noise's pair is added to its
+        micro-batch's first pass).
+
+        Trainer adds the returned loss to the logged mean. Its ``logging_nan_inf_filter`` would replace a NaN or
+        infinite loss there by the mean so far, but decides that on the host, a sync after every micro-batch, so
+        the recipe turns it off (`symnoise.train.recipe.training_arguments`) and returns the same replacement
+        computed on the device instead: a step the guard skips leaves no NaN in the logged losses."""
         loss = super().training_step(*args, **kwargs)
         noise = getattr(self, "_symnoise", None)  # set by symnoise.hf.add_noise
         self.nonfinite.record(loss, same_micro_batch=noise is not None and noise.pass_index > 0)
-        return loss
+        logged = getattr(self, "_tr_loss", None)  # Trainer's on-device sum of the losses since the last log
+        if not isinstance(logged, torch.Tensor):
+            return loss
+        mean_so_far = logged / (1 + self.state.global_step - self._globalstep_last_logged)
+        return torch.where(torch.isfinite(loss), loss, mean_so_far.to(loss.dtype))
+
+    def _get_grad_norm(self, *args: Any, **kwargs: Any) -> Any:
+        """Trainer returns the step's total gradient norm (computed while clipping, or for the log when
+        ``max_grad_norm`` is 0); the recipe also hands it to the non-finite guard, which so checks the gradients
+        without a second pass over them."""
+        grad_norm = super()._get_grad_norm(*args, **kwargs)
+        self.nonfinite.note_grad_norm(grad_norm)
+        return grad_norm
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
         """Trainer reports ``logs`` to its callbacks; the recipe first adds throughput, memory and MFU to each
@@ -219,21 +237,22 @@ class PreemptionStop(TrainerCallback):
     """Stops the training loop after the step during which a stop was requested, with a checkpoint of that step.
 
     Every rank must stop at the same step (the checkpoint is a collective under FSDP and DeepSpeed), so with
-    several processes the ranks agree at each step boundary: the stop is taken when any rank was asked (one
-    all-reduce of a single number per step). The last step of the run is not cut: that run simply finishes.
+    several processes the ranks agree at each step: the stop is taken when any rank had been asked by the time
+    of the step's non-finite check, whose one all-reduce and host read carry this flag too
+    (`NonFiniteGuard.stop_agreed`); a notice that comes later in the step stops the run after the next one. A
+    single process reads its own flag at the end of the step. The last step of the run is not cut: that run
+    simply finishes.
     """
 
-    def __init__(self, trainer: Trainer):
+    def __init__(self, trainer: Trainer, guard: NonFiniteGuard):
         self.trainer = trainer
+        self.guard = guard
         self.stopped_at: int | None = None
 
     def _any_rank_asked(self) -> bool:
-        asked = stop_requested()
         if world_size() == 1 or not torch.distributed.is_initialized():
-            return asked
-        flag = torch.tensor([1.0 if asked else 0.0], device=self.trainer.args.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+            return stop_requested()
+        return self.guard.stop_agreed
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._any_rank_asked() or state.global_step >= state.max_steps:

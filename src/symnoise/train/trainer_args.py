@@ -124,5 +124,12 @@ def merge(own: dict[str, Any], passed: dict[str, Any]) -> dict[str, Any]:
 
 # Keywords the recipe sets only as defaults, which trainer_args may change.
 _DEFAULTS_OPEN_TO_OVERRIDE = frozenset(
-    {"optim", "disable_tqdm", "activation_checkpointing_kwargs", "per_device_eval_batch_size"}
+    {
+        "optim",
+        "disable_tqdm",
+        "activation_checkpointing_kwargs",
+        "per_device_eval_batch_size",
+        "logging_nan_inf_filter",
+        "accelerator_config",
+    }
 )
