@@ -48,7 +48,7 @@ def check_available() -> None:
 
 def vllm_dtype(dtype: str) -> str:
     """The dtype vLLM is given: as asked, and for ``auto`` what the transformers path picks on a GPU
-    (bfloat16 where supported, else float16); without CUDA, ``auto`` is left to vLLM."""
+    (bfloat16 where the GPU computes in it natively, else float16); without CUDA, ``auto`` is left to vLLM."""
     if check_dtype(dtype) != "auto":
         return dtype
     import torch

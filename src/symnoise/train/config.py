@@ -173,7 +173,9 @@ class TrainingSection(_Section):
         "with less compute; used when the model takes per-row logits_to_keep (transformers causal LMs do)",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise"
+        "auto",
+        description="auto: bf16 on GPUs that compute in it natively (compute capability 8.0 and later: A100, "
+        "H100, RTX 30xx and newer), fp32 otherwise (T4 and V100 only emulate bf16)",
     )
     pure_bf16: bool = Field(
         False,

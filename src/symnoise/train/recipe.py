@@ -39,6 +39,7 @@ import yaml
 from .. import __version__
 from ..data.check import check_sources
 from ..data.mixture import TrainingData, prepare_training_data, specs_from_section
+from ..dtypes import gpu_supports_bf16
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
 from ..files import write_json_atomic, write_text_atomic
 from ..hf import add_noise
@@ -141,7 +142,7 @@ def load_data(config: TrainConfig, tokenizer) -> TrainingData:
 def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
     precision = config.training.precision
     if precision == "auto":
-        return "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if use_cuda and gpu_supports_bf16() else "fp32"
     if precision in ("bf16", "fp16") and not use_cuda:
         raise ConfigError(f"training.precision={precision} needs a CUDA GPU; use fp32 (or auto) on CPU")
     return precision
