@@ -179,7 +179,7 @@ def load_model(config: TrainConfig, precision: str, local_rank: int = 0):
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
     if config.lora.quantize_4bit:
-        kwargs["quantization_config"] = quantization_config()
+        kwargs["quantization_config"] = quantization_config(precision)
         kwargs["device_map"] = quantized_device_map(local_rank)
     model = AutoModelForCausalLM.from_pretrained(
         config.model.name, use_kernels=config.model.use_kernels, **kwargs
@@ -190,7 +190,13 @@ def load_model(config: TrainConfig, precision: str, local_rank: int = 0):
     return model
 
 
-def quantization_config():
+# The dtype QLoRA's 4-bit layers compute in, for each resolved training.precision: the dtype autocast gives the
+# rest of the model, so that a GPU without bf16 (fp16 or fp32 training) does not compute the base in bf16.
+QLORA_COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def quantization_config(precision: str):
+    """NF4 weights with double quantisation, computing in the training precision's dtype."""
     if not torch.cuda.is_available():
         raise ConfigError("lora.quantize_4bit (QLoRA) needs a CUDA GPU; none is available")
     try:
@@ -205,7 +211,7 @@ def quantization_config():
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=QLORA_COMPUTE_DTYPES[precision],
     )
 
 
