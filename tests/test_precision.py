@@ -170,7 +170,9 @@ def fake_gpu(monkeypatch, major: int) -> None:
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(major=major))
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(major=major)
+    )
     monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
 
 

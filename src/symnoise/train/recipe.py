@@ -25,6 +25,7 @@ gloo. Full fine-tuning keeps float32 master weights under bf16 autocast unless `
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -39,8 +40,8 @@ import yaml
 from .. import __version__
 from ..data.check import check_sources
 from ..data.mixture import TrainingData, prepare_training_data, specs_from_section
-from ..dtypes import gpu_supports_bf16
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
+from ..dtypes import gpu_supports_bf16
 from ..files import write_json_atomic, write_text_atomic
 from ..hf import add_noise
 from ..layout import RunLayout
@@ -329,7 +330,21 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     check_nonfinite_mode(config.training.on_nonfinite)
     check_before_data(config)
     with claim_run_dir(config, resume, overwrite) as claim:
-        return _train(config, claim.resume)
+        result = _train(config, claim.resume)
+    release_memory()
+    return result
+
+
+def release_memory() -> None:
+    """Free what a finished run leaves behind, before whatever runs next in the process loads a model.
+
+    The Trainer and the noise attachment reference each other, so the trained model, its gradients and the
+    optimizer state (16 bytes per parameter under AdamW) stay allocated until the cyclic garbage collector next
+    runs, possibly never before the grid's generation stage loads another model onto the same GPU. Collected
+    here, and the blocks CUDA's caching allocator kept for them returned to the GPU.
+    """
+    gc.collect()
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
 
 
 def _train(config: TrainConfig, resume: bool) -> TrainResult:
