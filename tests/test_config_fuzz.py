@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from symnoise.train import ConfigError, load_config
-from symnoise.train.config import TrainConfig, validate_config
+from symnoise.train.config import ATTENTION_IMPLEMENTATIONS, TrainConfig, is_hub_kernel, validate_config
 from symnoise.train.trainer_args import FIXED, OWNED, training_argument_names
 
 TRIED: dict[str, int] = {}
@@ -98,9 +98,12 @@ FIELDS = {
         choice(("auto", "float32", "bfloat16", "float16")),
         ["auto", "float32", "bfloat16", "float16"],
     ),
-    "model.attn_implementation": (
-        choice(("eager", "sdpa", "flash_attention_2", "flash_attention_3")),
-        ["eager", "sdpa", "flash_attention_2", "flash_attention_3"],
+    "model.attn_implementation": (  # any other text that is no hub kernel name (ORG/REPO[@REV][:FUNCTION])
+        choice(ATTENTION_IMPLEMENTATIONS).filter(lambda v: not (isinstance(v, str) and is_hub_kernel(v))),
+        [
+            "string|character|use one of eager, sdpa, flex_attention, flash_attention_2, flash_attention_3, "
+            "or a hub kernel ORG/REPO[@REVISION][:FUNCTION]"
+        ],
     ),
     "model.trust_remote_code": (boolean(), ["true or false"]),
     "model.use_kernels": (boolean(), ["true or false"]),

@@ -52,3 +52,46 @@ def test_the_command_prints_the_hint(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 2 and "did you mean alpha?" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "attention",
+    [
+        "eager",
+        "sdpa",
+        "flex_attention",
+        "flash_attention_2",
+        "flash_attention_3",
+        "kernels-community/flash-attn2",
+        "kernels-community/vllm-flash-attn3",
+        "kernels-community/flash-attn3@v2",
+        "my-org/my-attention:flash_attn_varlen_func",
+    ],
+)
+def test_attention_by_name_or_as_a_hub_kernel(attention):
+    """transformers' attention names, and hub kernels as transformers names them (ORG/REPO[@REVISION][:FUNCTION])."""
+    config = validate_config({**BASE, "model": {"name": "m", "attn_implementation": attention}})
+    assert config.model.attn_implementation == attention
+
+
+@pytest.mark.parametrize(
+    "attention",
+    [
+        "flash",
+        "flash_attention",
+        "flex",
+        "paged|sdpa",
+        "kernels-community/flash attn2",
+        "a/b/c",
+        "org/",
+        "o/r:f:g",
+    ],
+)
+def test_an_unknown_attention_lists_what_is_allowed(attention):
+    with pytest.raises(ConfigError) as error:
+        validate_config({**BASE, "model": {"name": "m", "attn_implementation": attention}}, source="c.yaml")
+    assert str(error.value) == (
+        f"c.yaml: invalid config\n  model.attn_implementation: unknown attention {attention!r}; use one of eager, "
+        "sdpa, flex_attention, flash_attention_2, flash_attention_3, or a hub kernel ORG/REPO[@REVISION][:FUNCTION] "
+        "(e.g. kernels-community/flash-attn2)"
+    )

@@ -53,3 +53,44 @@ def test_opting_in_without_the_package_is_a_config_error(monkeypatch, base_model
     with pytest.raises(ConfigError, match=r"model.use_kernels: true needs the kernels package"):
         train(tiny_config(base_model, alpaca_file, tmp_path / "run", model__use_kernels=True))
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_hub_kernel_attention_is_handed_to_from_pretrained(monkeypatch, base_model, alpaca_file, tmp_path):
+    """A kernel name in model.attn_implementation reaches transformers as given (which fetches it; not possible
+    here: no network), with the layer kernels (use_kernels) still off."""
+    import transformers
+
+    from symnoise.train import recipe
+
+    seen = {}
+
+    def from_pretrained(name, **kwargs):
+        seen.update(kwargs, name=name)
+        raise RuntimeError("stop after reading the arguments")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    kernel = "kernels-community/vllm-flash-attn3"
+    config = tiny_config(base_model, alpaca_file, tmp_path / "run", model__attn_implementation=kernel)
+    with pytest.raises(RuntimeError, match="stop after"):
+        recipe.load_model(config, "fp32")
+    assert (seen["name"], seen["attn_implementation"], seen["use_kernels"]) == (
+        str(base_model),
+        kernel,
+        False,
+    )
+
+
+def test_a_hub_kernel_attention_without_the_package_is_a_config_error(
+    monkeypatch, base_model, alpaca_file, tmp_path
+):
+    monkeypatch.setattr("symnoise.train.preflight._importable", lambda module: module != "kernels")
+    config = tiny_config(
+        base_model, alpaca_file, tmp_path / "run", model__attn_implementation="kernels-community/flash-attn2"
+    )
+    with pytest.raises(ConfigError) as error:
+        train(config)
+    assert str(error.value) == (
+        "model.attn_implementation=kernels-community/flash-attn2 is a hub kernel: it needs the kernels package "
+        "(pip install kernels), which is not installed; install it or use sdpa (the default)"
+    )
+    assert not (tmp_path / "run").exists()

@@ -26,6 +26,7 @@ from symnoise.data import tokenize_examples
 from symnoise.data.packing import PackedRowsCollator
 from symnoise.pair import pair_axis
 from symnoise.synthetic import make_task_examples, tiny_llama_config, tokenizer_corpus, train_tokenizer
+from symnoise.train import recipe
 from symnoise.train.config import validate_config
 from symnoise.train.recipe import make_collator
 
@@ -260,6 +261,99 @@ def test_pair_axis_is_chosen_by_the_attention_implementation():
         assert pair_axis(1, True, implementation, varlen_kwargs=True) == 0  # varlen over the flattened batch
         assert pair_axis(3, True, implementation, varlen_kwargs=True) == 0
         assert pair_axis(1, False, implementation, varlen_kwargs=False) == 0  # padded: one sequence per row
+
+
+# ---------------------------------------------------------------------------------------------- flex attention
+FLEX_TOLERANCE = 1e-5  # float32 logits: the same sums in another order (measured differences ~1e-6)
+
+
+@pytest.fixture
+def flex_run(data, tmp_path):
+    """A padding-free config asking for flex_attention, and the tiny Llama saved and loaded by the recipe with it.
+
+    torch's FlexAttention has no backward pass on the CPU (2.13), so only forwards run here. transformers compiles
+    it (torch.compile: 10-30 s per new shape on this CPU); each shape is compiled for itself, since the kernel
+    that torch 2.13 generates for dynamic shapes on the CPU does not compile (a C++ error in inductor's template).
+    """
+    import torch._dynamo
+
+    tokenizer, _ = data
+    tiny_llama(tokenizer).save_pretrained(tmp_path / "model")
+    config = validate_config(
+        {
+            "model": {"name": str(tmp_path / "model"), "attn_implementation": "flex_attention"},
+            "data": {"path": "d.json", "packing": "padding_free", "max_length": 256},
+            "training": {"output_dir": "out", "report_to": [], "device": "cpu"},
+        }
+    )
+    model = recipe.load_model(config, "fp32").train()
+    assert model.config._attn_implementation == "flex_attention"
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+        yield config, model
+
+
+@pytest.mark.slow
+def test_padding_free_under_flex_attention_keeps_sequences_apart(data, flex_run):
+    """One packed row of three sequences under FlexAttention (the block mask transformers builds from the
+    restarting position ids) gives the logits of SDPA on the same row and of each sequence run alone, and the
+    padded batch's loss; the same row as one causal sequence differs by far more than the tolerance."""
+    tokenizer, features = data
+    config, flex = flex_run
+    features = features[:3]
+    batch = make_collator(config, tokenizer)([dict(f) for f in features])
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    sdpa = tiny_llama(tokenizer)
+    with torch.no_grad():
+        flex_out, sdpa_out = flex(**batch), sdpa(**batch)
+        alone = torch.cat([sdpa(input_ids=torch.tensor([f["input_ids"]])).logits[0] for f in features])
+        crossing = sdpa(input_ids=batch["input_ids"]).logits[0]  # no position ids: one sequence
+    assert torch.allclose(flex_out.logits, sdpa_out.logits, rtol=0, atol=FLEX_TOLERANCE)
+    assert torch.allclose(flex_out.logits[0], alone, rtol=0, atol=FLEX_TOLERANCE)
+    assert (crossing - alone).abs().max() > 1000 * FLEX_TOLERANCE
+    padded = loss(tiny_llama(tokenizer), collate(tokenizer, features, "none"))
+    assert flex_out.loss.item() == pytest.approx(padded, rel=1e-5)
+    assert flex_out.loss.item() == pytest.approx(sdpa_out.loss.item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_symnoise_pair_under_flex_attention_doubles_along_the_batch(data, flex_run):
+    """SymNoise's copy becomes a second packed row under FlexAttention (two block masks of T^2), and the loss is
+    the padded one."""
+    tokenizer, features = data
+    config, flex = flex_run
+    padded = loss(tiny_llama(tokenizer), collate(tokenizer, features, "none"), TINY)
+    batch = make_collator(config, tokenizer)([dict(f) for f in features])
+    shapes = ShapeRecorder(flex)
+    assert loss(flex, batch, TINY) == pytest.approx(padded, rel=1e-5)
+    assert shapes.shapes == [(2, batch["input_ids"].shape[1])]
+
+
+def test_flex_attention_trains_only_where_torch_has_its_backward(
+    base_model, alpaca_file, tmp_path, monkeypatch
+):
+    """torch 2.13 has no FlexAttention backward on the CPU: a CPU run is refused before the data is read, naming
+    the field; on CUDA, or with a torch that has the CPU backward, the config passes."""
+    from test_train import tiny_config
+
+    from symnoise.train import preflight, train
+    from symnoise.train.config import ConfigError
+
+    config = tiny_config(
+        base_model, alpaca_file, tmp_path / "run", model__attn_implementation="flex_attention"
+    )
+    with pytest.raises(ConfigError) as error:
+        train(config)
+    assert str(error.value) == (
+        f"model.attn_implementation=flex_attention cannot train on the CPU: torch {torch.__version__} has no "
+        "FlexAttention backward pass there; use sdpa or eager on CPU"
+    )
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(preflight, "_flex_attention_trains_on_cpu", lambda: True)
+    preflight.check_attention(config)
+    monkeypatch.setattr(preflight, "_flex_attention_trains_on_cpu", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = config.model_copy(update={"training": config.training.model_copy(update={"device": "auto"})})
+    preflight.check_attention(on_gpu)
 
 
 # ---------------------------------------------------------------------------------------------- KV cache (item 7)

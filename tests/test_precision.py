@@ -119,7 +119,7 @@ def test_qlora_puts_each_rank_on_its_own_gpu(base_model, monkeypatch):
         seen.update(kwargs)
         raise RuntimeError("stop after reading the arguments")
 
-    monkeypatch.setattr(recipe, "quantization_config", lambda: "nf4")
+    monkeypatch.setattr(recipe, "quantization_config", lambda precision: "nf4")
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
     qlora = config(base_model, precision="bf16", lora={"enabled": True, "quantize_4bit": True})
     with pytest.raises(RuntimeError, match="stop after"):
@@ -161,3 +161,62 @@ def test_the_model_is_loaded_after_the_distributed_state_exists(
     }
     recipe.train(validate_config(data))
     assert states == [True]
+
+
+def fake_gpu(monkeypatch, major: int) -> None:
+    """torch.cuda as on a GPU of compute capability ``major``.x that can hold bfloat16 tensors (T4 and V100 can:
+    torch emulates bf16 arithmetic there); torch's own ``is_bf16_supported`` then runs on these answers."""
+    import types
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(major=major)
+    )
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+
+
+@pytest.mark.parametrize(("major", "precision", "half"), [(7, "fp32", "float16"), (8, "bf16", "bfloat16")])
+def test_auto_dtypes_count_only_native_bf16(base_model, monkeypatch, major, precision, half):
+    """On a T4/V100 (compute capability 7) torch reports bf16 as supported, through emulation: `precision: auto`
+    must not train in emulated bf16, and `--dtype auto` must not hand vLLM a dtype it refuses there."""
+    from symnoise import generation, vllm_backend
+    from symnoise.dtypes import gpu_half_dtype
+
+    fake_gpu(monkeypatch, major)
+    assert torch.cuda.is_bf16_supported()  # what torch says in both cases
+    assert recipe.resolve_precision(config(base_model), use_cuda=True) == precision
+    assert gpu_half_dtype() == half
+    assert generation.resolve_dtype("auto", "cuda") == getattr(torch, half)
+    assert vllm_backend.vllm_dtype("auto") == half
+
+
+@pytest.mark.parametrize(
+    ("precision", "compute"), [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)]
+)
+def test_qlora_computes_in_the_training_precision(base_model, monkeypatch, precision, compute):
+    """QLoRA's 4-bit layers compute in the dtype the run trains in, not in bf16 whatever the GPU (a T4 trains
+    in fp16 or fp32). The BitsAndBytesConfig is built as `load_model` hands it to from_pretrained; CUDA and
+    bitsandbytes are faked (the config object needs neither)."""
+    import sys
+    import types
+
+    import transformers
+
+    seen = {}
+
+    def from_pretrained(name, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after reading the arguments")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    qlora = config(base_model, precision=precision, lora={"enabled": True, "quantize_4bit": True})
+    with pytest.raises(RuntimeError, match="stop after"):
+        recipe.load_model(qlora, precision)
+    quantization = seen["quantization_config"]
+    assert isinstance(quantization, transformers.BitsAndBytesConfig)
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant
+    assert quantization.bnb_4bit_compute_dtype == compute

@@ -149,8 +149,14 @@ def test_cli_hands_vllm_the_hf_paths_prompts_and_decoding(world, fake_vllm, tmp_
     assert main(args) == 0
     assert "with vLLM" in capsys.readouterr().out
 
-    assert fake_vllm.llm_kwargs == [
-        {"model": str(run_dir), "dtype": "bfloat16", "trust_remote_code": False, "seed": 3}
+    assert fake_vllm.llm_kwargs == [  # the engine holds prompt + response up to --max-length, no more
+        {
+            "model": str(run_dir),
+            "dtype": "bfloat16",
+            "trust_remote_code": False,
+            "seed": 3,
+            "max_model_len": settings.max_length,
+        }
     ]
     budgets = [settings.budget(len(row)) for row in ids]
     no_room = [k for k, budget in enumerate(budgets) if budget == 0]

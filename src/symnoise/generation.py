@@ -183,7 +183,8 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """``auto`` is bfloat16 on a GPU that supports it, float16 on other GPUs and float32 on the CPU."""
+    """``auto`` is bfloat16 on a GPU that computes in it natively (compute capability 8.0 and later), float16 on
+    other GPUs and float32 on the CPU."""
     import torch
 
     if check_dtype(dtype) != "auto":

@@ -48,7 +48,7 @@ def check_available() -> None:
 
 def vllm_dtype(dtype: str) -> str:
     """The dtype vLLM is given: as asked, and for ``auto`` what the transformers path picks on a GPU
-    (bfloat16 where supported, else float16); without CUDA, ``auto`` is left to vLLM."""
+    (bfloat16 where the GPU computes in it natively, else float16); without CUDA, ``auto`` is left to vLLM."""
     if check_dtype(dtype) != "auto":
         return dtype
     import torch
@@ -86,10 +86,19 @@ def servable_model(model: str | Path, trust_remote_code: bool = False) -> str | 
     return export.merge_lora(model, merged, overwrite=True, trust_remote_code=trust_remote_code)
 
 
-def load(model: str | Path, dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0):
+def load(
+    model: str | Path,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    max_model_len: int | None = None,
+):
     """A ``vllm.LLM`` for the model, its Hugging Face tokenizer, and the ids that end a response.
 
-    A LoRA run directory is served through its merged copy (:func:`servable_model`).
+    A LoRA run directory is served through its merged copy (:func:`servable_model`). ``max_model_len`` is the
+    longest prompt plus response the engine must hold (`DecodingSettings.max_length`): without it vLLM sizes and
+    checks its KV cache for the model's whole context window (131,072 positions for Llama 3.x), and refuses to
+    start on a GPU where that does not fit beside the weights although decoding never goes past ``max_length``.
     """
     import vllm
     from transformers import AutoTokenizer
@@ -97,7 +106,10 @@ def load(model: str | Path, dtype: str = "auto", trust_remote_code: bool = False
     model = servable_model(model, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
     eos_ids = generation.eos_token_ids(_generation_config(model, trust_remote_code), tokenizer)
-    llm = vllm.LLM(model=str(model), dtype=vllm_dtype(dtype), trust_remote_code=trust_remote_code, seed=seed)
+    engine = dict(model=str(model), dtype=vllm_dtype(dtype), trust_remote_code=trust_remote_code, seed=seed)
+    if max_model_len is not None:
+        engine["max_model_len"] = max_model_len
+    llm = vllm.LLM(**engine)
     return llm, tokenizer, eos_ids
 
 

@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
         + (" with vLLM" if args.backend == "vllm" else "")
     )
     if args.backend == "vllm":
-        llm, tokenizer, eos_ids = vllm_backend.load(args.model, args.dtype, args.trust_remote_code, args.seed)
+        llm, tokenizer, eos_ids = vllm_backend.load(
+            args.model, args.dtype, args.trust_remote_code, args.seed, max_model_len=settings.max_length
+        )
         outputs, stats = vllm_backend.generate_outputs(
             llm,
             tokenizer,

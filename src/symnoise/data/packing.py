@@ -1,11 +1,12 @@
 """Packing a batch of tokenised examples into a few rows of at most ``row_length`` tokens.
 
 One flattened row per batch (transformers' ``DataCollatorWithFlattening``) is ideal for varlen attention kernels
-(FlashAttention), which skip everything outside the block diagonal. SDPA and eager attention without such a
-kernel build a dense mask over the row instead, so their attention costs grow with the square of the row: a batch
-of 8 Alpaca examples makes a row of about 2,000 tokens, and attention then costs more than the rest of a small
-model. Rows of at most ``max_length`` tokens, balanced so that the batch has as few positions as possible, keep
-attention as cheap as in padded batches while removing most of their padding.
+(FlashAttention), which skip everything outside the block diagonal, and for FlexAttention, whose block mask
+(built by transformers from the position ids) skips those blocks too. SDPA and eager attention build a dense mask
+over the row instead, so their attention costs grow with the square of the row: a batch of 8 Alpaca examples
+makes a row of about 2,000 tokens, and attention then costs more than the rest of a small model. Rows of at
+most ``max_length`` tokens, balanced so that the batch has as few positions as possible, keep attention as cheap
+as in padded batches while removing most of their padding.
 
 Layout of a packed batch: ``input_ids``, ``labels`` and ``position_ids`` of shape ``(rows, width)`` and no
 ``attention_mask``; every sequence restarts its position ids at 0, which is how SDPA, eager and flex attention in

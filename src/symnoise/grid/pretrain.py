@@ -4,7 +4,8 @@ The text is the grid's own: instruction records read as plain text (instruction,
 template), or the synthetic task set when the file is missing. A byte-level BPE tokenizer is trained on that
 text (plus the prompt templates' boilerplate, so "### Response:" is a few tokens), the text is packed into
 blocks separated by EOS, and a plain AdamW loop trains next-token prediction for a fixed number of steps.
-The model and tokenizer are written to a staging folder and renamed into place when complete.
+Training runs on the GPU when there is one (float32; the model is small), else on the CPU. The model and
+tokenizer are written to a staging folder and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -78,10 +79,22 @@ def learning_rate(step: int, section: PretrainSection) -> float:
     return section.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_loop(model, blocks, section: PretrainSection, log) -> list[float]:
-    """``section.steps`` AdamW steps on random batches of blocks; the losses of each step."""
+def pretrain_device():
+    """Where the pretraining runs: the CUDA GPU when there is one, else the CPU."""
     import torch
 
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_loop(model, blocks, section: PretrainSection, log) -> list[float]:
+    """``section.steps`` AdamW steps on random batches of blocks, on the model's device; the losses of each step.
+
+    The batches are drawn on the CPU (the same ones on any device) and moved to the model. Each step's loss stays
+    on the device; only the logged ones are read on the host, so a GPU is not made to wait at every step.
+    """
+    import torch
+
+    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(section.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=section.learning_rate, weight_decay=0.1, betas=(0.9, 0.95)
@@ -91,16 +104,16 @@ def train_loop(model, blocks, section: PretrainSection, log) -> list[float]:
     for step in range(section.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, section)
-        batch = blocks[torch.randint(len(blocks), (section.batch_size,), generator=generator)]
+        batch = blocks[torch.randint(len(blocks), (section.batch_size,), generator=generator)].to(device)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss.detach())
         if step % 25 == 0 or step == section.steps - 1:
             log(f"pretrain step {step + 1}/{section.steps}: loss {loss.item():.3f}")
-    return losses
+    return torch.stack(losses).tolist()
 
 
 def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log=print) -> dict:
@@ -125,9 +138,11 @@ def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log
         heads=section.heads,
         max_position_embeddings=MAX_POSITIONS,
     )
+    device = pretrain_device()  # the model is initialised on the CPU: the same weights whatever the device
+    model.to(device)
     log(
         f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(blocks)} blocks "
-        f"of {section.block_size} tokens from {source}"
+        f"of {section.block_size} tokens from {source}, on {device.type}"
     )
     losses = train_loop(model, blocks, section, log)
     staging = out_dir.with_name(out_dir.name + ".tmp")

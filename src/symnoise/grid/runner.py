@@ -19,7 +19,6 @@ the next cell.
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from ..files import read_json, write_json_atomic, write_text_atomic
 from ..layout import LEADERBOARD, OUTPUT_STATS, REFERENCE_LOSS, RunLayout
 from ..train import train
 from ..train.config import ConfigError
+from ..train.recipe import release_memory
 from ..train.reliability import last_complete_checkpoint
 from ..train.run_dir import training_began
 from ..train.start_record import read_start_record, refuse_training_changes, run_changes
@@ -159,7 +159,7 @@ def stage_train(ctx: CellContext) -> dict:
                 raise RuntimeError(f"`{' '.join(command)}` exited with status {result.returncode}")
         elif launcher.kind == "slurm" and not slurm_launch.trains_in_process(launcher, launcher.config_file):
             train_across_allocation(ctx, resume, overwrite)
-        else:
+        else:  # in this process: `train` frees its Trainer, model and optimizer before generation loads a model
             train(ctx.cell.config, resume=resume, overwrite=overwrite)
         finished = _train_finished(run_dir)
         if finished is None:
@@ -360,7 +360,7 @@ def run_cell(grid: Grid, cell: Cell, log: Callable[[str], None] = print) -> Cell
         clear_failure(cell.run_dir)
     finally:
         ctx._loaded = None
-        gc.collect()
+        release_memory()  # the evaluation model, and a failed stage's leftovers, before the next cell
     return outcome
 
 

@@ -8,6 +8,7 @@ paths: ``noise.alpha=10 training.learning_rate=1e-4 lora.enabled=true``; values 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -30,6 +31,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, str_min_length=1)
 
 
+# Attention implementations asked for by name: transformers' own. flex_attention is torch's FlexAttention, whose
+# block mask skips the blocks between packed sequences (`data.packing`) that SDPA and eager compute and mask out.
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+# Any other value names a hub kernel, in transformers' syntax: ORG/REPO, then optionally @REVISION and :FUNCTION
+# (kernels-community/flash-attn2, kernels-community/vllm-flash-attn3@main). No blanks: a typo is not a repo.
+HUB_KERNEL = re.compile(r"[^/:@\s]+/[^/:@\s]+(@[^/:@\s]+)?(:[^/:@\s]+)?")
+
+
+def is_hub_kernel(attention: str | None) -> bool:
+    """Whether ``model.attn_implementation`` names an attention kernel that transformers fetches from the hub."""
+    return attention is not None and HUB_KERNEL.fullmatch(attention) is not None
+
+
 class ModelSection(_Section):
     name: str = Field(description="Hugging Face hub name (meta-llama/Llama-2-7b-hf) or local directory")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
@@ -39,7 +53,14 @@ class ModelSection(_Section):
         "training.pure_bf16 runs: auto = bfloat16 when training.precision resolves to bf16, else float32. Full "
         "fine-tuning keeps float32 master weights (with bf16 autocast) unless training.pure_bf16 is set",
     )
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
+    attn_implementation: str | None = Field(
+        None,
+        description="attention: sdpa (transformers' default), eager, flex_attention (torch's FlexAttention; its "
+        "block mask keeps packed sequences apart without computing the blocks between them; trains on CUDA only), "
+        "flash_attention_2 / flash_attention_3 (the flash-attn package, CUDA), or a hub kernel "
+        "ORG/REPO[@REVISION][:FUNCTION] such as kernels-community/flash-attn2 (needs the kernels package; fetched "
+        "from the hub when the model loads, whatever model.use_kernels says)",
+    )
     trust_remote_code: bool = Field(False, description="run code shipped with the model; off unless asked")
     use_kernels: bool = Field(
         False,
@@ -51,6 +72,16 @@ class ModelSection(_Section):
         description="licence id (apache-2.0, llama3.2, ...) for the model card when the base model's own card "
         "states none or cannot be read; by default the card carries the base model's licence, read from its card",
     )
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attention(cls, value: str | None) -> str | None:
+        if value is None or value in ATTENTION_IMPLEMENTATIONS or is_hub_kernel(value):
+            return value
+        raise ValueError(
+            f"unknown attention {value!r}; use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, or a hub kernel "
+            "ORG/REPO[@REVISION][:FUNCTION] (e.g. kernels-community/flash-attn2)"
+        )
 
 
 # The values `symnoise.data` implements, declared there once: a format or template added there is accepted here
@@ -117,7 +148,8 @@ class DataSection(_Section):
         "resets (attention kept per sequence, almost no padding; the fast layout for SDPA and eager attention, "
         "exact under FlashAttention too through the batch's cu_seq_lens); "
         "padding_free: each batch is one row of concatenated sequences (no padding; for FlashAttention's varlen "
-        "kernels, since other attention builds a dense mask over the whole row); none: pad to the longest",
+        "kernels or flex_attention's block mask, which skip the blocks between sequences, since SDPA and eager "
+        "build a dense mask over the whole row); none: pad to the longest",
     )
     group_by_length: bool = Field(False, description="batch examples of similar length (less padding)")
 
@@ -175,7 +207,9 @@ class TrainingSection(_Section):
         "with less compute; used when the model takes per-row logits_to_keep (transformers causal LMs do)",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise"
+        "auto",
+        description="auto: bf16 on GPUs that compute in it natively (compute capability 8.0 and later: A100, "
+        "H100, RTX 30xx and newer), fp32 otherwise (T4 and V100 only emulate bf16)",
     )
     pure_bf16: bool = Field(
         False,

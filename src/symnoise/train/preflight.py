@@ -5,7 +5,8 @@ flash-attn cannot be imported, that a LoRA target module does not exist, or that
 Every check here reads only small files (a model's ``config.json``, a tokenizer) or the environment:
 
 * `check_output_dir`: ``training.output_dir`` is not under a file and its nearest existing folder is writable.
-* `check_environment`: packages that the config asks for are importable (wandb, tensorboard, flash-attn).
+* `check_environment`: packages that the config asks for are importable (wandb, tensorboard, flash-attn, kernels),
+  and the attention implementation can train on this machine (FlashAttention and FlexAttention need CUDA).
 * `check_model_source`: ``model.name`` is a directory holding a saved model, or a hub name that can be fetched
   (cached, or the hub answers within seconds; ``HF_HUB_OFFLINE`` is honoured and named).
 * `check_lora_targets`: every ``lora.target_modules`` name matches a module of the model, found on a model
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from .. import offline
 from ..files import make_dirs
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, is_hub_kernel
 
 logger = logging.getLogger("symnoise.train")
 
@@ -80,7 +81,7 @@ def _importable(module: str) -> bool:
 
 
 def check_environment(config: TrainConfig) -> None:
-    """Packages the config needs are installed, and flash attention has what it needs to run."""
+    """Packages the config needs are installed, and the attention implementation has what it needs to train."""
     for target in config.training.report_to:
         if target == "wandb" and not _importable("wandb"):
             raise ConfigError(
@@ -97,7 +98,27 @@ def check_environment(config: TrainConfig) -> None:
             "model.use_kernels: true needs the kernels package (pip install kernels), which is not installed; "
             "install it or leave model.use_kernels off (the default)"
         )
+    check_attention(config)
+
+
+def check_attention(config: TrainConfig) -> None:
+    """``model.attn_implementation`` has its package, and a CUDA GPU where it cannot train without one."""
     attention = config.model.attn_implementation
+    if attention is None:
+        return
+    import torch
+
+    on_cpu = config.training.device == "cpu" or not torch.cuda.is_available()
+    if is_hub_kernel(attention) and not _importable("kernels"):
+        raise ConfigError(
+            f"model.attn_implementation={attention} is a hub kernel: it needs the kernels package "
+            "(pip install kernels), which is not installed; install it or use sdpa (the default)"
+        )
+    if attention == "flex_attention" and on_cpu and not _flex_attention_trains_on_cpu():
+        raise ConfigError(
+            f"model.attn_implementation=flex_attention cannot train on the CPU: torch {torch.__version__} has "
+            "no FlexAttention backward pass there; use sdpa or eager on CPU"
+        )
     if attention in ("flash_attention_2", "flash_attention_3"):
         module = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}[attention]
         if not _importable(module):
@@ -108,12 +129,29 @@ def check_environment(config: TrainConfig) -> None:
                 f"model.attn_implementation={attention} needs {package}, which is not installed; "
                 "install it or use sdpa (the default)"
             )
-        import torch
-
-        if config.training.device == "cpu" or not torch.cuda.is_available():
+        if on_cpu:
             raise ConfigError(
                 f"model.attn_implementation={attention} needs a CUDA GPU; use sdpa or eager on CPU"
             )
+
+
+def _flex_attention_trains_on_cpu() -> bool:
+    """Whether this torch runs FlexAttention's backward pass on the CPU (2.13 does not: NotImplementedError).
+
+    Asked of torch itself, on a 16-token attention, so that a torch that learns it is not refused."""
+    import warnings
+
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    query = torch.zeros(1, 1, 16, 8, requires_grad=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # uncompiled FlexAttention warns that it is slow
+            flex_attention(query, query, query).sum().backward()
+    except NotImplementedError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------ model

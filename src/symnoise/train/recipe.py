@@ -25,6 +25,7 @@ gloo. Full fine-tuning keeps float32 master weights under bf16 autocast unless `
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -40,6 +41,7 @@ from .. import __version__
 from ..data.check import check_sources
 from ..data.mixture import TrainingData, prepare_training_data, specs_from_section
 from ..data.packing import PackedRowsCollator, TrainedLogitsOnly, supports_trained_logits_only
+from ..dtypes import gpu_supports_bf16
 from ..files import write_json_atomic, write_text_atomic
 from ..hf import add_noise
 from ..layout import RunLayout
@@ -141,7 +143,7 @@ def load_data(config: TrainConfig, tokenizer) -> TrainingData:
 def resolve_precision(config: TrainConfig, use_cuda: bool) -> str:
     precision = config.training.precision
     if precision == "auto":
-        return "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if use_cuda and gpu_supports_bf16() else "fp32"
     if precision in ("bf16", "fp16") and not use_cuda:
         raise ConfigError(f"training.precision={precision} needs a CUDA GPU; use fp32 (or auto) on CPU")
     return precision
@@ -178,7 +180,7 @@ def load_model(config: TrainConfig, precision: str, local_rank: int = 0):
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
     if config.lora.quantize_4bit:
-        kwargs["quantization_config"] = quantization_config()
+        kwargs["quantization_config"] = quantization_config(precision)
         kwargs["device_map"] = quantized_device_map(local_rank)
     model = AutoModelForCausalLM.from_pretrained(
         config.model.name, use_kernels=config.model.use_kernels, **kwargs
@@ -189,7 +191,13 @@ def load_model(config: TrainConfig, precision: str, local_rank: int = 0):
     return model
 
 
-def quantization_config():
+# The dtype QLoRA's 4-bit layers compute in, for each resolved training.precision: the dtype autocast gives the
+# rest of the model, so that a GPU without bf16 (fp16 or fp32 training) does not compute the base in bf16.
+QLORA_COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def quantization_config(precision: str):
+    """NF4 weights with double quantisation, computing in the training precision's dtype."""
     if not torch.cuda.is_available():
         raise ConfigError("lora.quantize_4bit (QLoRA) needs a CUDA GPU; none is available")
     try:
@@ -204,7 +212,7 @@ def quantization_config():
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=QLORA_COMPUTE_DTYPES[precision],
     )
 
 
@@ -328,7 +336,21 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     check_nonfinite_mode(config.training.on_nonfinite)
     check_before_data(config)
     with claim_run_dir(config, resume, overwrite) as claim:
-        return _train(config, claim.resume)
+        result = _train(config, claim.resume)
+    release_memory()
+    return result
+
+
+def release_memory() -> None:
+    """Free what a finished run leaves behind, before whatever runs next in the process loads a model.
+
+    The Trainer and the noise attachment reference each other, so the trained model, its gradients and the
+    optimizer state (16 bytes per parameter under AdamW) stay allocated until the cyclic garbage collector next
+    runs, possibly never before the grid's generation stage loads another model onto the same GPU. Collected
+    here, and the blocks CUDA's caching allocator kept for them returned to the GPU.
+    """
+    gc.collect()
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
 
 
 def _train(config: TrainConfig, resume: bool) -> TrainResult:
