@@ -158,11 +158,22 @@ def test_generate_with_a_hub_model_it_cannot_get_fails_in_seconds(tmp_path, offl
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"instruction": "Say hi."}\n')
     proc, seconds = run_symnoise(
-        ["generate", "someorg/some-model", "--prompts", str(prompts), "--template", "alpaca"], env, tmp_path
+        [
+            "generate",
+            "someorg/some-model",
+            "--prompts",
+            str(prompts),
+            "--template",
+            "alpaca",
+            "--output",
+            "out.json",
+        ],
+        env,
+        tmp_path,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     [message] = error_lines(proc.stderr)
     assert "MODEL: someorg/some-model is not a local folder and is not in the Hugging Face cache" in message
     assert ("unset HF_HUB_OFFLINE" if offline else "http://127.0.0.1:9 cannot be reached") in message
     assert "give a run directory or a local model folder as MODEL" in message
-    assert not list(tmp_path.glob("*.json")), "nothing written"
+    assert not list(tmp_path.glob("out*")), "nothing written"

@@ -95,12 +95,6 @@ def _prepare(args: argparse.Namespace):
             )
         if args.chunk_size < 1:
             raise ValueError("--chunk-size must be >= 1")
-    if not Path(args.model).expanduser().exists():
-        problem = offline.model_unavailable(
-            args.model, subject="MODEL", instead="give a run directory or a local model folder as MODEL"
-        )
-        if problem is not None:
-            raise ValueError(problem)
     try:
         prompts_file = args.prompts or default_prompts(args.data_dir)
     except sources.SourceError as error:
@@ -119,6 +113,12 @@ def _prepare(args: argparse.Namespace):
     generator = args.name or Path(str(args.model).rstrip("/")).name
     header = generation.run_header(template, settings, generator, backend=args.backend)
     resumed = generation.read_sidecar(generation.sidecar_path(output), header, prompts)
+    if not Path(args.model).expanduser().exists():  # last: the cheap checks of the inputs come first
+        problem = offline.model_unavailable(
+            args.model, subject="MODEL", instead="give a run directory or a local model folder as MODEL"
+        )
+        if problem is not None:
+            raise ValueError(problem)
     return prompts, template, settings, output, generator, len(resumed)
 
 
