@@ -195,6 +195,16 @@ def test_train_throughput_smoke(tmp_path):
         rf"^ratio: ({FLOAT}) \[({FLOAT})\.\.({FLOAT})\]  target 1\.30  (PASS|MISS)$", best, re.M
     )
     assert ratio and float(ratio.group(1)) > 0, best
+
+    # The best of each side by median real tok/s (the throughput table's first figure), and their ratio.
+    def median_tps(name: str) -> int:
+        return int(re.match(rf"{re.escape(name)}\s+(\d+) \[", table_row(throughput, name)).group(1))
+
+    theirs = {name: median_tps(name) for name in ["trainer+neftune padded random", *baselines]}
+    mine = {name: median_tps(name) for name in variants if name.startswith("recipe neftune")}
+    assert int(base.group(2)) == theirs[base.group(1)] == max(theirs.values())  # (a tie may name either)
+    assert int(ours.group(2)) == mine[ours.group(1)] == max(mine.values())
+    assert float(ratio.group(1)) == pytest.approx(mine[ours.group(1)] / theirs[base.group(1)], rel=1e-2)
     assert re.search(rf"^eval loss against it: delta [-+]{FLOAT}, noise {FLOAT}  (agree|DIFFER)$", best, re.M)
 
 
