@@ -208,6 +208,29 @@ def test_train_throughput_smoke(tmp_path):
     assert re.search(rf"^eval loss against it: delta [-+]{FLOAT}, noise {FLOAT}  (agree|DIFFER)$", best, re.M)
 
 
+def test_packed_batch_shape_gives_the_others_optimizer_steps_where_whole_rows_allow():
+    """TRL's batches are whole packed rows: (rows per micro-batch, micro-batches per step, steps of the epoch).
+    Asked in a subprocess, since importing the script sets environment variables (HF_HUB_OFFLINE, ...)."""
+    cases = [(95, 12, 8 * 95 / 192), (95, 12, 1), (3, 2, 1.5), (77, 12, 3.2), (77, 12, 7)]
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); from train_throughput import packed_batch_shape; "
+        f"print(json.dumps([packed_batch_shape(*case) for case in {cases!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        [4, 2, 12],  # the default CPU run: 192 examples packed into 95 rows, about 4 rows per 8 examples
+        [1, 8, 12],
+        [1, 2, 2],  # --smoke
+        # 77 rows cannot make 12 steps (ceil(77 / 7) = 11, ceil(77 / 6) = 13, and no remainder helps): the
+        # nearest count, then the micro-batch nearest the wanted rows, then the fewer steps.
+        [3, 2, 13],
+        [7, 1, 11],
+    ]
+
+
 def test_generate_throughput_smoke():
     out = run_smoke("generate_throughput.py")
     loop = re.search(rf"^per-prompt model\.generate loop: ({FLOAT}) \[", out, re.M)
