@@ -104,14 +104,55 @@ def test_train_throughput_smoke(tmp_path):
     work = work_dir_of(out)
     assert work.parent == tmp_path and not work.exists()
     assert_nothing_kept(tmp_path)
-    held = re.search(rf"a run directory held at most ({FLOAT}) MiB", out)
-    assert held and float(held.group(1)) > 0  # the runs did write (checkpoint, model), then deleted it
-    assert re.search(r"every run consumed the same \d+ real tokens", out)
+    held = re.search(
+        rf"^no run wrote a checkpoint or a model \(training\.save_model: false; the baselines save_strategy "
+        rf"'no'\); a run directory held at most ({FLOAT}) KiB \(config, metrics\)",
+        out,
+        re.M,
+    )
+    assert held and float(held.group(1)) > 0  # the runs wrote their config and metrics, then deleted them
+    total = re.search(r"every run consumed the same (\d+) real tokens", out)
+    assert total
+    # Equal work: each run's own count (its progress line) is the same, the baselines' included; every run but
+    # TRL's took the 2 optimizer steps of --smoke (1 at twice the batch); TRL's packed rows are shaped so that its
+    # epoch takes 2 as well (always possible at this size).
+    runs = re.findall(
+        rf"^  repeat 1/1 (.+?)\s+{FLOAT} s\s+\d+ real tok/s\s+(\d+) real tokens\s+(\d+) steps", out, re.M
+    )
+    assert len(runs) == 16, runs
+    assert {tokens for _, tokens, _ in runs} == {total.group(1)}
+    assert {name: int(steps) for name, _, steps in runs if "2x batch" in name} == {
+        "recipe none rows 2x batch": 1,
+        "recipe none padding_free 2x batch": 1,
+    }
+    assert {int(steps) for name, _, steps in runs if "2x batch" not in name} == {2}
+    packed = r"4 examples packed \(bfd\) into \d+ rows of at most 128 tokens; rows per micro-batch {}, "
+    packed += r"micro-batches per step \d+: 2 optimizer steps for the epoch"
+    matched, one_row = packed.format(r"\d+"), packed.format(1)
+    assert re.search(
+        r"^optimizer steps: 2 per run \(1 at twice the batch\); "
+        rf"trl sft\+neftune packing: {matched}; trl sft\+neftune packing 1 row: {one_row}$",
+        out,
+        re.M,
+    ), out
+    assert re.search(r"^padding-free baselines: the model keeps packed sequences apart under sdpa", out, re.M)
 
     assert re.search(r"^variant\s+real tok/s\s+padding\s+x baseline\s+target\s+verdict$", out, re.M)
     throughput = out.split("\nThroughput", 1)[1].split("\n\n", 1)[0]
     baseline = table_row(throughput, "trainer+neftune padded random")
     assert baseline.endswith("%") and "PASS" not in baseline and "MISS" not in baseline  # no ratio to itself
+    baselines = [
+        "trainer+neftune group_by_length",
+        "trainer+neftune flattening",
+        "trl sft+neftune packing",
+        "trl sft+neftune packing 1 row",
+    ]
+    for name in baselines:  # a ratio to the padded baseline, but no target: they are references
+        row = table_row(throughput, name)
+        ratio = re.search(rf"%\s+({FLOAT}) \[({FLOAT})\.\.({FLOAT})\]$", row)
+        assert ratio and float(ratio.group(1)) > 0, row
+    for name in baselines[1:]:  # padding-free: no padding at all
+        assert re.search(rf"\]\s+0\.0%\s+{FLOAT} \[", table_row(throughput, name))
     variants = [
         "recipe neftune rows",
         "recipe neftune padding_free",
@@ -139,11 +180,55 @@ def test_train_throughput_smoke(tmp_path):
         assert f"vs recipe none {packing} 2x batch" in row
         assert floats(row)[0] > 0 and re.search(r"\s(PASS|MISS)$", row)
 
-    losses = out.split("\nLoss after the run", 1)[1]
+    losses = out.split("\nLoss after the run", 1)[1].split("\n\n", 1)[0]
     assert re.search(r"^variant\s+eval loss\s+train loss\s+delta eval\s+noise\s+verdict$", losses, re.M)
-    for name in variants:
+    for name in baselines + variants:
         row = table_row(losses, name)
         assert re.search(rf"\s[-+]{FLOAT}\s+{FLOAT}\s+(agree|DIFFER)$", row), row
+
+    best = out.split("\nsymnoise's best NEFTune variant against the best baseline", 1)[1]
+    base = re.search(rf"^best baseline: (.+) ({FLOAT}|\d+) \[", best, re.M)
+    ours = re.search(rf"^best symnoise NEFTune variant: (.+) ({FLOAT}|\d+) \[", best, re.M)
+    assert base and base.group(1) in ["trainer+neftune padded random", *baselines], best
+    assert ours and ours.group(1) in [name for name in variants if name.startswith("recipe neftune")], best
+    ratio = re.search(
+        rf"^ratio: ({FLOAT}) \[({FLOAT})\.\.({FLOAT})\]  target 1\.30  (PASS|MISS)$", best, re.M
+    )
+    assert ratio and float(ratio.group(1)) > 0, best
+
+    # The best of each side by median real tok/s (the throughput table's first figure), and their ratio.
+    def median_tps(name: str) -> int:
+        return int(re.match(rf"{re.escape(name)}\s+(\d+) \[", table_row(throughput, name)).group(1))
+
+    theirs = {name: median_tps(name) for name in ["trainer+neftune padded random", *baselines]}
+    mine = {name: median_tps(name) for name in variants if name.startswith("recipe neftune")}
+    assert int(base.group(2)) == theirs[base.group(1)] == max(theirs.values())  # (a tie may name either)
+    assert int(ours.group(2)) == mine[ours.group(1)] == max(mine.values())
+    assert float(ratio.group(1)) == pytest.approx(mine[ours.group(1)] / theirs[base.group(1)], rel=1e-2)
+    assert re.search(rf"^eval loss against it: delta [-+]{FLOAT}, noise {FLOAT}  (agree|DIFFER)$", best, re.M)
+
+
+def test_packed_batch_shape_gives_the_others_optimizer_steps_where_whole_rows_allow():
+    """TRL's batches are whole packed rows: (rows per micro-batch, micro-batches per step, steps of the epoch).
+    Asked in a subprocess, since importing the script sets environment variables (HF_HUB_OFFLINE, ...)."""
+    cases = [(95, 12, 8 * 95 / 192), (95, 12, 1), (3, 2, 1.5), (77, 12, 3.2), (77, 12, 7)]
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); from train_throughput import packed_batch_shape; "
+        f"print(json.dumps([packed_batch_shape(*case) for case in {cases!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        [4, 2, 12],  # the default CPU run: 192 examples packed into 95 rows, about 4 rows per 8 examples
+        [1, 8, 12],
+        [1, 2, 2],  # --smoke
+        # 77 rows cannot make 12 steps (ceil(77 / 7) = 11, ceil(77 / 6) = 13, and no remainder helps): the
+        # nearest count, then the micro-batch nearest the wanted rows, then the fewer steps.
+        [3, 2, 13],
+        [7, 1, 11],
+    ]
 
 
 def test_generate_throughput_smoke():

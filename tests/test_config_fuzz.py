@@ -159,6 +159,7 @@ FIELDS = {
     "training.logging_steps": (integer(minimum=1), ["integer|finite|1"]),
     "training.save_steps": (integer(minimum=1), ["integer|finite|1"]),
     "training.save_total_limit": (integer(minimum=1), ["integer|finite|1"]),
+    "training.save_model": (boolean(), ["true or false"]),
     "training.eval_steps": (integer(minimum=1), ["integer|finite|1"]),
     "training.report_to": (
         st.lists(choice(("tensorboard", "wandb")), min_size=1, max_size=2),

@@ -172,6 +172,10 @@ def test_paper_grids_cover_the_papers_tables(monkeypatch):
         (lambda g: g["axes"].update(model=["gpt2"]), "axes.model must be empty when pretrain is set"),
         (lambda g: g["base"]["training"].update(learning_rate=0), "training.learning_rate"),
         (lambda g: g["base"]["training"].update(lr=1), "training.lr: unknown field"),
+        (
+            lambda g: g["base"]["training"].update(save_model=False),
+            "training.save_model: false writes no model",
+        ),
         (lambda g: g.update(overrides=["noise"]), "overrides"),
         (lambda g: g["axes"].update(method=["none", {"name": "none"}]), "two cells have the id"),
         (

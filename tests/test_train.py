@@ -72,6 +72,7 @@ def test_accelerate_configs_parse(path):
         (["lora.quantize_4bit=true"], "lora.enabled"),
         (["model.trust_remote_code=maybe"], "model.trust_remote_code"),
         (["optimizer.name=adam"], "optimizer: unknown field"),
+        (["training.push_to_hub=true", "training.save_model=false"], "save_model: false does not write"),
     ],
 )
 def test_invalid_fields_are_named(tmp_path, overrides, field):
@@ -180,11 +181,66 @@ def test_end_to_end_run_writes_the_run_directory(base_model, alpaca_file, tmp_pa
     card = (out / "README.md").read_text()
     assert "`symnoise`" in card and "| alpha | 5.0 |" in card
     assert (out / "checkpoint-2" / "symnoise_noise_rank0.pt").is_file()
+    assert json.loads((out / "train_summary.json").read_text())["model_saved"] is True
     # The final model is an ordinary causal LM: it loads from safetensors without symnoise.
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert not any("symnoise" in key for key in reloaded.state_dict())
+
+
+@pytest.mark.floor
+def test_save_model_false_writes_no_checkpoint_and_no_model(base_model, alpaca_file, tmp_path):
+    """A benchmark or trial run: no checkpoint (not every save_steps, not at the last step) and no final model,
+    but the config, metrics and summary of a finished run; a later run into the directory is told it finished."""
+    out = tmp_path / "run"
+    config = tiny_config(base_model, alpaca_file, out, training__save_model=False)  # save_steps 2 of 4 steps
+    result = train(config)
+    assert result.steps == 4
+    weights = [p for p in out.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")]
+    assert not list(out.glob("checkpoint-*")) and not list(out.glob("tmp-*")) and not weights, sorted(
+        out.rglob("*")
+    )
+    for name in ("config.yaml", "symnoise_run.json", "data_report.json", "metrics.jsonl", "metrics.csv"):
+        assert (out / name).is_file(), name
+    for name in ("tokenizer.json", "README.md", "config.json"):  # the final model's other files
+        assert not (out / name).exists(), name
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["finished"] is True and summary["model_saved"] is False and summary["steps"] == 4
+    with pytest.raises(ConfigError) as refused:
+        train(config)
+    assert str(refused.value) == (
+        f"training.output_dir: {out} already holds a run (a finished run that saved no model "
+        "(training.save_model: false)); pass --overwrite to delete it and start a new run, or choose another "
+        "output_dir"
+    )
+
+
+def test_save_model_false_still_checkpoints_on_a_preemption_notice(
+    base_model, alpaca_file, tmp_path, monkeypatch
+):
+    """The notice asks for a checkpoint to go on from: it is written, and the resumed run ends without a model."""
+    from transformers import Trainer
+
+    from symnoise.train.trainer import TrainingStopped, request_stop
+
+    original = Trainer.training_step
+
+    def notice_during_step_2(self, *args, **kwargs):
+        if self.state.global_step == 1:
+            request_stop()
+        return original(self, *args, **kwargs)
+
+    out = tmp_path / "run"
+    config = tiny_config(base_model, alpaca_file, out, training__save_model=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "training_step", notice_during_step_2)
+        with pytest.raises(TrainingStopped, match="checkpoint-2 holds the run"):
+            train(config)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert train(config, resume=True).steps == 4
+    assert not list(out.glob("checkpoint-4")) and not (out / "model.safetensors").exists()
+    assert json.loads((out / "train_summary.json").read_text())["model_saved"] is False
 
 
 @pytest.mark.floor

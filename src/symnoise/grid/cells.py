@@ -161,6 +161,11 @@ def expand_cells(spec: GridSpec, source: str, pretrained_model: Path | None = No
                             config = validate_config(data, source=f"{source}: cell {ident}")
                         except ConfigError as error:
                             raise GridError(str(error)) from None
+                        if not config.training.save_model:
+                            raise GridError(
+                                f"{source}: cell {ident}: training.save_model: false writes no model, and every "
+                                "cell generates with its trained model"
+                            )
                         cells.append(Cell(ident, model_name, dataset_name, method.name, alpha, seed, config))
     return cells
 

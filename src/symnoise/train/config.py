@@ -222,6 +222,13 @@ class TrainingSection(_Section):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(500, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
+    save_model: bool = Field(
+        True,
+        description="false: write no model weights, neither checkpoints (every save_steps and at the last step) "
+        "nor the final model, for benchmarks and trial runs; the run directory still gets its config, metrics and "
+        "train_summary.json. Such a run has nothing to resume from, generate with or upload (a preemption notice "
+        "still writes its checkpoint, so that the run can go on)",
+    )
     eval_steps: int | None = Field(None, ge=1)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
     dataloader_num_workers: int = Field(0, ge=0)
@@ -268,6 +275,12 @@ class TrainingSection(_Section):
     def _wandb_needs_report_to(self) -> TrainingSection:
         if self.wandb is not None and "wandb" not in self.report_to:
             raise ValueError("wandb is set but report_to does not include wandb (report_to: [wandb])")
+        return self
+
+    @model_validator(mode="after")
+    def _push_needs_a_model(self) -> TrainingSection:
+        if self.push_to_hub and not self.save_model:
+            raise ValueError("push_to_hub uploads the final model, which save_model: false does not write")
         return self
 
     @field_validator("max_steps")

@@ -71,13 +71,18 @@ def save_final(
     crash or a full disk never leaves a ``model.safetensors`` that marks an unfinished run as finished.
 
     Every rank calls this: the full state dict is gathered by all of them (FSDP, ZeRO-3), and the main process
-    writes one consolidated safetensors model (or LoRA adapter) with ``save_pretrained``."""
+    writes one consolidated safetensors model (or LoRA adapter) with ``save_pretrained``. With
+    ``training.save_model: false`` only the metrics and the summary are written (no rank gathers anything)."""
+    if not config.training.save_model:
+        if trainer.is_world_process_zero():
+            write_summary(trainer, run_dir, final_loss, model_saved=False)
+        trainer.accelerator.wait_for_everyone()
+        return
     staging = run_dir / f"{STAGING_PREFIX}final"
     state_dict = final_state_dict(trainer) if finished is None else finished.state_dict
     if not trainer.is_world_process_zero():
         trainer.accelerator.wait_for_everyone()
         return
-    layout = RunLayout(run_dir)
     try:
         shutil.rmtree(staging, ignore_errors=True)
         if state_dict is None:  # one process, DDP, ZeRO-1/2: the model's own state dict is whole
@@ -98,19 +103,26 @@ def save_final(
             ),
         )
         publish_files(staging, run_dir, last=WEIGHTS_LAST)
-        if layout.metrics.exists():
-            jsonl_to_csv(layout.metrics, layout.metrics_csv)
-        summary = {
-            "steps": trainer.state.global_step,
-            "final_loss": final_loss,
-            "train_runtime_s": _runtime(trainer),
-            "finished": True,
-        }
-        write_json_atomic(layout.summary, summary)
+        write_summary(trainer, run_dir, final_loss, model_saved=True)
     except Exception as error:  # any writer's failure (OSError, SafetensorError, torch's RuntimeError)
         shutil.rmtree(staging, ignore_errors=True)
         raise CheckpointWriteError(describe_write_error(error, "the final model", run_dir)) from error
     trainer.accelerator.wait_for_everyone()
+
+
+def write_summary(trainer: Any, run_dir: Path, final_loss: float | None, model_saved: bool) -> None:
+    """``metrics.csv`` from ``metrics.jsonl``, then ``train_summary.json``: the last files of a finished run."""
+    layout = RunLayout(run_dir)
+    if layout.metrics.exists():
+        jsonl_to_csv(layout.metrics, layout.metrics_csv)
+    summary = {
+        "steps": trainer.state.global_step,
+        "final_loss": final_loss,
+        "train_runtime_s": _runtime(trainer),
+        "finished": True,
+        "model_saved": model_saved,
+    }
+    write_json_atomic(layout.summary, summary)
 
 
 def _runtime(trainer: Any) -> float | None:

@@ -17,6 +17,8 @@ write the run directory::
     RUN/nonfinite_steps.jsonl  steps with a NaN/inf loss or gradient, their examples, and what was done
     RUN/model.safetensors ...  the final model (or LoRA adapter) and tokenizer, and README.md (model card)
 
+``training.save_model: false`` leaves out the checkpoints and the final model (a benchmark or trial run).
+
 Works unchanged under ``accelerate launch`` / ``torchrun`` (DDP, FSDP, DeepSpeed through accelerate configs): the
 distributed state is set up before the model is loaded (so FSDP's cpu_ram_efficient_loading and DeepSpeed's
 zero3_init apply), every rank takes part in the final save, and without CUDA the processes train on the CPU over
@@ -281,7 +283,7 @@ def training_arguments(
         # Batches go to the GPU as asynchronous copies from pinned memory; a blocking copy waits for the GPU
         # to finish all queued work, once per micro-batch.
         accelerator_config={"non_blocking": True},
-        save_strategy="steps",
+        save_strategy="steps" if t.save_model else "no",  # "no": not even the checkpoint at the last step
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval and t.eval_steps else "no",
@@ -404,7 +406,8 @@ def _train(config: TrainConfig, resume: bool) -> TrainResult:
         record_model_commit(run_dir, config)
     if any(hasattr(p, "ds_id") for p in model.parameters()):
         logger.info("process %d: model partitioned while loading (DeepSpeed zero3_init)", args.process_index)
-    check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
+    if config.training.save_model:
+        check_free_space(run_dir, model, config.lora.enabled, config.training.save_total_limit or 1)
     collator = make_collator(config, tokenizer)
     if config.training.trained_logits_only:
         if supports_trained_logits_only(model):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files import remove_empty_dirs
+from ..files import FileFormatError, read_json, remove_empty_dirs
 from ..layout import (
     COMPANION_FILES,
     LOCK_FILE,
@@ -80,10 +80,22 @@ class Contents:
 def describe_run(run_dir: Path) -> str:
     if RunLayout(run_dir).is_finished():
         return "a finished run"
+    if finished_without_model(run_dir):
+        return "a finished run that saved no model (training.save_model: false)"
     checkpoint = last_complete_checkpoint(run_dir)
     if checkpoint is not None:
         return f"an unfinished run with {checkpoint.name}"
     return "an unfinished run that stopped before its first checkpoint"
+
+
+def finished_without_model(run_dir: Path) -> bool:
+    """Whether a run trained to the end with ``training.save_model: false``: its summary says so."""
+    summary = RunLayout(run_dir).summary
+    try:
+        data = read_json(summary) if summary.is_file() else {}
+    except FileFormatError:  # a torn summary: not a finished run
+        return False
+    return isinstance(data, dict) and data.get("finished") is True and data.get("model_saved") is False
 
 
 def remove_run_files(contents: Contents, keep: tuple[str, ...] = ()) -> list[str]:
@@ -212,11 +224,12 @@ def _decide(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, m
         holds_run = training_began(run_dir)
         if holds_run and not overwrite:
             state = describe_run(run_dir)
+            finished = RunLayout(run_dir).is_finished() or finished_without_model(run_dir)
             hint = (
                 "pass --resume to continue it"
-                if checkpoint is not None and not RunLayout(run_dir).is_finished()
+                if checkpoint is not None and not finished
                 else "pass --resume to start it again from step 0 with the config it was started with"
-                if checkpoint is None and record is not None
+                if checkpoint is None and record is not None and not finished
                 else ""
             )
             raise ConfigError(

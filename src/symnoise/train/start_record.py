@@ -43,6 +43,7 @@ HARMLESS_FIELDS = frozenset(
         "training.logging_steps",
         "training.save_steps",
         "training.save_total_limit",
+        "training.save_model",
         "training.eval_steps",
         "training.report_to",
         "training.dataloader_num_workers",

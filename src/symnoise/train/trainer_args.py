@@ -55,7 +55,8 @@ FIXED: dict[str, str] = {
     "remove_unused_columns": "the collator needs the example index column symnoise adds",
     "label_names": "symnoise's collators always produce 'labels'",
     "prediction_loss_only": "evaluation reports the loss; gathering eval logits would cost vocabulary x tokens memory",
-    "save_strategy": "checkpoints are written every training.save_steps and made atomic by symnoise",
+    "save_strategy": "checkpoints are written every training.save_steps and made atomic by symnoise "
+    "(training.save_model: false turns them off)",
     "hub_token": "a token does not belong in a config file: use `hf auth login` or HF_TOKEN",
     "hub_strategy": "symnoise uploads the final model once, after training (training.push_to_hub)",
     "hub_always_push": "symnoise uploads the final model once, after training (training.push_to_hub)",
