@@ -1,6 +1,6 @@
 """``symnoise quickstart``: train no noise, NEFTune and SymNoise on a built-in task set and compare them.
 
-Needs no download and no GPU; 3.5 to 7.5 minutes on 2 idle CPU cores, depending on the CPU (see the README).
+Needs no download and no GPU; 3.5 to 6 minutes on 2 idle CPU cores, depending on the CPU (see the README).
 Run directories and ``results.md`` go under ``--out``.
 """
 
