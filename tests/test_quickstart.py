@@ -76,13 +76,23 @@ def test_cli_runs_end_to_end_and_writes_the_table(tmp_path, monkeypatch, capsys)
     assert quickstart.CAVEAT in results
 
 
-@pytest.mark.parametrize("methods", ["none,bogus", ",", "NEFTune"])
+@pytest.mark.parametrize("methods", ["none,bogus", ",", "NEF-Tune"])
 def test_cli_rejects_unknown_or_missing_methods(tmp_path, capsys, methods):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--methods", methods]) == 2
     message = capsys.readouterr().out
     assert "--methods" in message and "allowed: none, neftune, symnoise" in message
     assert not out.exists()
+
+
+def test_cli_reads_method_names_case_insensitively(tmp_path, capsys):
+    """The README spells NEFTune and SymNoise: accepted as neftune and symnoise (the next check, an existing --out
+    without --fresh, stops the run before any training)."""
+    out = tmp_path / "qs"
+    out.mkdir()
+    assert main(["quickstart", "--out", str(out), "--methods", "None,NEFTune,SymNoise"]) == 2
+    message = capsys.readouterr().out
+    assert "--methods" not in message and "--fresh" in message
 
 
 def test_cli_refuses_an_existing_out_without_fresh(tmp_path, capsys):

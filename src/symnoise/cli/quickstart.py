@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     transformers_logging.disable_progress_bar()  # weight loading and saving bars, six times per run
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("symnoise.quickstart").setLevel(logging.INFO)  # pretraining progress
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    # Case-insensitive like noise.method in configs: the README writes NEFTune and SymNoise.
+    methods = tuple(m.strip().lower() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHOD_ALPHAS]
     if unknown or not methods:
         print(
