@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,21 @@ TOKENIZER_CORPUS = [
     "Sort the numbers 3 1 2 in ascending order: 1 2 3. Add 12 and 30 to get 42.",
     "The quick brown fox jumps over the lazy dog. abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789",
 ]
+
+
+def run_symnoise(args, cwd=None, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real `symnoise` command as a subprocess (``python -m symnoise ARGS``), output captured as text; ``env``
+    defaults to this environment with the repository's ``src`` first on the path and one intra-op thread."""
+    if env is None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "symnoise", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:

@@ -7,25 +7,16 @@ Each case runs the real command in a subprocess, from a copied starter config, a
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_symnoise
 
 # A starter config; its training.output_dir is runs/qwen2.5-0.5b/alpaca-symnoise-lora.
 STARTER = "qwen2.5-0.5b/alpaca-symnoise-lora"
 
 
 def symnoise(args, cwd, env):
-    return subprocess.run(
-        [sys.executable, "-m", "symnoise", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_symnoise(args, cwd, env, timeout=120)
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ from a starter and pointed at another model never states the starter model's lic
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_symnoise
 
 from symnoise.train import base_license
 from symnoise.train.base_license import License, base_model_license, card_license, license_from_card
@@ -128,14 +126,7 @@ def test_the_base_models_licence_wins_over_the_config_and_a_difference_is_warned
 # ------------------------------------------------------------------------------------------ symnoise train
 def symnoise(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "symnoise", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_symnoise(args, cwd, env)
 
 
 def train_copied_starter(work, base, alpaca_file, *overrides):

@@ -11,7 +11,7 @@
   aborts the process at random (SIGABRT, "terminate called without an active exception"; 9 of 30 two-process
   runs on a 2-core CPU), which turns a finished run into a failed launch. Destroying the group is not enough on
   its own: the finished Trainer is cyclic garbage whose DDP/FSDP wrapper still holds the group (and its gloo
-  threads) until the interpreter's final collection, so it is collected first.
+  threads) until it is collected, which `symnoise.train.recipe.train` does before it returns (`release_memory`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,8 @@ def leave_process_group() -> None:
     the others. Called by ``symnoise train`` when it ends, however it ends; library callers who keep using the
     group after `train` returns are left alone.
     """
-    import gc
-
     import torch.distributed as dist
 
-    gc.collect()  # the Trainer's cycles hold the model wrapper, whose reducer holds the group: free them now
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
