@@ -13,10 +13,18 @@ from symnoise.grid import runner as grid_runner
 from symnoise.grid.cells import pretrained_model_dir
 
 
-def training_objects() -> list[str]:
-    """The Trainers, models and optimizers alive in this process (reachable or not)."""
+def training_objects(before: frozenset[int] = frozenset()) -> list[str]:
+    """The Trainers, models and optimizers alive in this process (reachable or not), but for those whose ids are
+    in ``before`` (what earlier tests in this worker may still hold, such as a module's fixtures)."""
     kinds = (Trainer, PreTrainedModel, torch.optim.Optimizer)
-    return sorted(type(o).__name__ for o in gc.get_objects() if issubclass(type(o), kinds))
+    return sorted(
+        type(o).__name__ for o in gc.get_objects() if issubclass(type(o), kinds) and id(o) not in before
+    )
+
+
+def alive_ids() -> frozenset[int]:
+    kinds = (Trainer, PreTrainedModel, torch.optim.Optimizer)
+    return frozenset(id(o) for o in gc.get_objects() if issubclass(type(o), kinds))
 
 
 def test_pretraining_moves_the_model_to_the_gpu(tmp_path, monkeypatch):
@@ -49,14 +57,14 @@ def test_in_process_training_frees_its_trainer_before_generation(tmp_path, monke
     grid_runner.prepare(grid, lambda line: None)
     cell = grid.cells[0]
     grid_runner.write_cell_config(cell)
-    emptied = []  # what was alive each time CUDA's cache was emptied
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(training_objects()))
     gc.collect()
-    assert training_objects() == []
+    before = alive_ids()  # kept alive by earlier tests in this worker, if any: not the train stage's
+    emptied = []  # what the train stage left alive each time CUDA's cache was emptied
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(training_objects(before)))
     gc.disable()
     try:
         info = grid_runner.stage_train(grid_runner.CellContext(grid, cell))
-        left = training_objects()
+        left = training_objects(before)
     finally:
         gc.enable()
     assert info["steps"] == 2

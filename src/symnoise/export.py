@@ -10,12 +10,11 @@ that looks complete.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from .dtypes import check_dtype
-from .files import read_json
+from .files import read_json, write_dir_atomic
 from .layout import CONFIG_FILE, DATA_REPORT, FINAL_WEIGHTS, MODEL_CARD, RUN_INFO, TRAIN_SUMMARY, RunLayout
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -86,26 +85,20 @@ def merge_lora(
     merged = model.merge_and_unload()
     merged.config.use_cache = True  # training switched the cache off; generation wants it
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir), trust_remote_code=trust_remote_code)
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        merged.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
+
+    def write(folder: Path) -> None:
+        merged.save_pretrained(str(folder), safe_serialization=True)
+        tokenizer.save_pretrained(str(folder))
         for name in RUN_FILES:
             if (run_dir / name).is_file():
-                shutil.copyfile(run_dir / name, staging / name)
+                shutil.copyfile(run_dir / name, folder / name)
         card = RunLayout(run_dir).model_card
         if card.is_file():
-            (staging / MODEL_CARD).write_text(
+            (folder / MODEL_CARD).write_text(
                 merged_card(card.read_text(encoding="utf-8"), run_dir), encoding="utf-8"
             )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+
+    return write_dir_atomic(out_dir, write)
 
 
 def merged_card(card: str, run_dir: Path) -> str:

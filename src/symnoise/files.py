@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -103,6 +104,43 @@ def write_json_lines_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def publish_dir(staged: str | os.PathLike[str], final: str | os.PathLike[str], aside: Path) -> None:
+    """Rename the fully written folder ``staged`` to ``final``, replacing an older ``final``.
+
+    The files are flushed first; an older ``final`` is renamed to ``aside`` and removed once the new one is in
+    place, so a kill leaves the old folder or the new one whole (the old one perhaps under ``aside``).
+    """
+    staged, final = Path(staged), Path(final)
+    fsync_tree(staged)
+    moved = False
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+        moved = True
+    os.replace(staged, final)
+    fsync_dir(final.parent)
+    if moved:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_dir_atomic(final: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(folder)`` on an empty folder beside ``final``, then publish it as ``final`` (`publish_dir`).
+
+    A failed ``write`` removes the staged folder and leaves ``final`` as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write(staging)
+        publish_dir(staging, final, aside=final.with_name(f".{final.name}.old-{os.getpid()}"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
 def append_json_lines(path: str | os.PathLike[str], rows: Iterable[Any], durable: bool = True) -> None:
     """Append one JSON value per line; with ``durable`` the lines are fsync'ed before returning, so a kill loses
     at most the batch being written (and a torn last line, which the readers below can skip)."""
@@ -117,15 +155,32 @@ def append_json_lines(path: str | os.PathLike[str], rows: Iterable[Any], durable
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_json(path: str | os.PathLike[str], error: FileErrorType = FileFormatError) -> Any:
-    """The JSON value in ``path``; ``error(message)`` is raised when it is missing, unreadable or not JSON."""
-    path = Path(path)
+def _read_text(path: Path, error: FileErrorType, errors: str = "strict") -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8", errors=errors)
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot be read ({exc})") from None
+
+
+def _json_lines(path: Path, text: str, error: FileErrorType, skip_bad: bool = False) -> list[tuple[str, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            if not skip_bad:
+                raise error(f"{path}: line {number}: not valid JSON ({exc})") from None
+    return rows
+
+
+def read_json(path: str | os.PathLike[str], error: FileErrorType = FileFormatError) -> Any:
+    """The JSON value in ``path``; ``error(message)`` is raised when it is missing, unreadable or not JSON."""
+    path = Path(path)
+    text = _read_text(path, error)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -141,33 +196,38 @@ def read_json_lines(
     torn: the bad lines are left out).
     """
     path = Path(path)
+    text = _read_text(path, error, errors="replace" if skip_bad else "strict")
+    return [row for _, row in _json_lines(path, text, error, skip_bad)]
+
+
+def read_placed_json_rows(
+    path: str | os.PathLike[str], error: FileErrorType = FileFormatError, what: str = "objects"
+) -> list[tuple[str, Any]]:
+    """The rows of a list file with where each stands, for messages: ``("row N", row)`` (from 0) for the items of
+    a JSON list, ``("line N", row)`` (from 1) for JSON Lines.
+
+    What the text is decides, not the file's name: text that starts with ``[`` and parses is a JSON list, other
+    text is one JSON value per line. Only a ``.jsonl`` file may be JSON Lines of lists; a file of another name
+    that holds one JSON value other than a list is refused (``what`` names the rows the caller wanted).
+    """
+    path = Path(path)
+    text = _read_text(path, error)
+    lines, starts_as_list = path.suffix == ".jsonl", text.lstrip().startswith("[")
+    if lines and not starts_as_list:
+        return _json_lines(path, text, error)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace" if skip_bad else "strict")
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise error(f"{path}: cannot be read ({exc})") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if not skip_bad:
-                raise error(f"{path}: line {number} is not valid JSON ({exc})") from None
-    return rows
+        whole = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if starts_as_list and not lines:
+            raise error(f"{path}: not valid JSON ({exc})") from None
+        return _json_lines(path, text, error)  # not one JSON value: one per line
+    if isinstance(whole, list):
+        return [(f"row {index}", row) for index, row in enumerate(whole)]
+    raise error(f"{path}: expected a JSON list of {what} or one per line, got {type(whole).__name__}")
 
 
 def read_json_rows(
     path: str | os.PathLike[str], error: FileErrorType = FileFormatError, what: str = "objects"
 ) -> list[Any]:
-    """A list of rows: a ``.jsonl`` file's lines, or a JSON file holding a list (``what`` names the rows in the
-    error when it holds something else)."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        return read_json_lines(path, error)
-    rows = read_json(path, error)
-    if not isinstance(rows, list):
-        raise error(f"{path}: expected a JSON list of {what}, got {type(rows).__name__}")
-    return rows
+    """The rows of a JSON list or JSON Lines file (see `read_placed_json_rows`)."""
+    return [row for _, row in read_placed_json_rows(path, error, what)]

@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from .data import TEMPLATES, Example, render_prompt
 from .data.tokenize import special_prefix
 from .dtypes import check_dtype, gpu_half_dtype
-from .files import append_json_lines, read_json
+from .files import append_json_lines, read_json, read_placed_json_rows
 from .layout import RUN_INFO, RunLayout
 from .quiet import progress_bar
 
@@ -87,28 +86,6 @@ class GenerationStats:
 # ---------------------------------------------------------------------------------------------- input files
 
 
-def _read_rows(path: Path) -> list[tuple[str, Any]]:
-    """(where, row) pairs of a JSON list or a JSONL file; ``where`` names the row for error messages."""
-    if not path.is_file():
-        raise PromptFileError(f"{path}: prompt file not found")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise PromptFileError(f"{path}: not valid JSON ({error})") from None
-        return [(f"row {i}", row) for i, row in enumerate(rows)]
-    parsed = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            parsed.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as error:
-            raise PromptFileError(f"{path}: line {number}: not valid JSON ({error})") from None
-    return parsed
-
-
 def _field(path: Path, where: str, row: dict, name: str, required: bool) -> str:
     if name not in row:
         if required:
@@ -129,7 +106,7 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     """
     path = Path(path)
     prompts = []
-    for where, row in _read_rows(path):
+    for where, row in read_placed_json_rows(path, PromptFileError, what="prompts"):
         if not isinstance(row, dict):
             raise PromptFileError(f"{path}: {where}: expected a JSON object, got {type(row).__name__}")
         prompts.append(

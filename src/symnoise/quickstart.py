@@ -2,8 +2,8 @@
 
 It generates an instruction dataset of small exactly-checkable tasks (`symnoise.synthetic`), trains a
 tokenizer on it and builds a small Llama-style model. A tiny model needs about 800 steps before it starts to solve
-these tasks at all, so the base model first gets a short noise-free warm start on task text (`pretrain`), shared by
-all methods; it stops while the model is still learning fast. Then the real `symnoise train` recipe continues from
+these tasks at all, so the base model first gets a short noise-free warm start on task text (`symnoise.warm_start`),
+shared by all methods; it stops while the model is still learning fast. Then the real `symnoise train` recipe continues from
 that base once per noise method, on examples the warm start never saw, so the steps in which the model learns
 most are taken under each method's noise. Each model is scored on held-out task instances: exact-match accuracy of
 greedy answers (overall, with its standard error, and per family), and the loss of the reference answers. Seeds
@@ -36,6 +36,7 @@ from .synthetic import (
 )
 from .train import train
 from .train.config import validate_config
+from .warm_start import WarmStartPlan, warm_start
 
 logger = logging.getLogger("symnoise.quickstart")
 
@@ -125,40 +126,31 @@ def write_alpaca_jsonl(path: Path, examples: list[Example]) -> None:
     )
 
 
-def pretrain(model, dataset, settings: QuickstartSettings) -> list[float]:
-    """A short plain training loop that warm-starts the base model before any noise is involved.
-
-    Loss on answer tokens only (the prompts are boilerplate and random digits, nothing worth predicting). AdamW
-    with linear warmup and decay, batches shuffled by a seeded generator; returns the loss per step.
-    """
-    generator = random.Random(settings.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.pretrain_lr, betas=(0.9, 0.98), weight_decay=0.0
-    )
+def warm_start_plan(settings: QuickstartSettings) -> WarmStartPlan:
+    """AdamW with linear warmup and decay over ``settings.pretrain_steps``."""
     warmup = max(1, settings.pretrain_steps // 30)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / settings.pretrain_steps)
-    )
+
+    def learning_rate(step: int) -> float:
+        return settings.pretrain_lr * (
+            min(1.0, (step + 1) / warmup) * max(0.05, 1 - step / settings.pretrain_steps)
+        )
+
+    return WarmStartPlan(settings.pretrain_steps, learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
+
+
+def shuffled_batches(dataset, settings: QuickstartSettings):
+    """Endless right-padded batches of ``settings.batch_size`` examples, each pass over ``dataset`` in a new
+    seeded order. The loss is on answer tokens only (the prompts are boilerplate and random digits, nothing worth
+    predicting)."""
+    generator = random.Random(settings.seed)
     order: list[int] = []
-    losses = []
-    model.train()
-    for _ in range(settings.pretrain_steps):
+    while True:
         while len(order) < settings.batch_size:
             epoch = list(range(len(dataset)))
             generator.shuffle(epoch)
             order += epoch
-        items = [dataset[order.pop()] for _ in range(settings.batch_size)]
-        ids, mask, labels = _right_pad(items)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if len(losses) % 100 == 0:
-            logger.info("pretraining step %d/%d: loss %.3f", len(losses), settings.pretrain_steps, losses[-1])
-    return losses
+        ids, mask, labels = _right_pad([dataset[order.pop()] for _ in range(settings.batch_size)])
+        yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def _right_pad(items: list[dict[str, list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,9 +191,8 @@ def build_world(settings: QuickstartSettings) -> tuple[Path, Path, list[Example]
         max_position_embeddings=256,
     )
     started = time.perf_counter()
-    losses = pretrain(
-        model, tokenize_examples(pretrain_examples, tokenizer, TEMPLATE, settings.max_length), settings
-    )
+    dataset = tokenize_examples(pretrain_examples, tokenizer, TEMPLATE, settings.max_length)
+    losses = warm_start(model, shuffled_batches(dataset, settings), warm_start_plan(settings), logger.info)
     base_dir = settings.out_dir / "base"
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)

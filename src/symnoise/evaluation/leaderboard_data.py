@@ -9,8 +9,7 @@ the YAML comments for the one HellaSwag difference: few-shot examples from valid
 from __future__ import annotations
 
 import csv
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import yaml
 
 from symnoise.evaluation.lm_eval_tasks.utils import split_context
 
-from ..files import write_json_lines_atomic, write_text_atomic
+from ..files import read_placed_json_rows, write_json_lines_atomic, write_text_atomic
 from .leaderboard_tasks import LeaderboardError, LeaderboardTask, offline_task_names
 from .sources import (
     ARC_FILES,
@@ -36,7 +35,7 @@ TASKS_DIR = Path(__file__).with_name("lm_eval_tasks")
 def read_arc(path: str | Path) -> list[dict[str, Any]]:
     """Official ARC JSONL -> rows in the hub ``allenai/ai2_arc`` schema the harness's ARC prompts read."""
     rows = []
-    for number, item in _jsonl_items(path):
+    for place, item in read_placed_json_rows(path, LeaderboardError):
         choices = item["question"]["choices"]
         row = {
             "id": item["id"],
@@ -45,17 +44,9 @@ def read_arc(path: str | Path) -> list[dict[str, Any]]:
             "answerKey": item["answerKey"],
         }
         if row["answerKey"] not in row["choices"]["label"]:
-            raise LeaderboardError(f"{path}:{number}: answerKey {row['answerKey']!r} is not a choice label")
+            raise LeaderboardError(f"{path}: {place}: answerKey {row['answerKey']!r} is not a choice label")
         rows.append(row)
     return rows
-
-
-def _jsonl_items(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, parsed object) of each non-blank line of a JSON Lines file; the numbers name bad rows."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                yield number, json.loads(line)
 
 
 def read_hellaswag(path: str | Path) -> list[dict[str, Any]]:
@@ -89,16 +80,16 @@ def read_hellaswag(path: str | Path) -> list[dict[str, Any]]:
 def read_hellaswag_hub_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """A HellaSwag split in the hub / rowanz schema (JSON Lines) -> the rows :func:`read_hellaswag` writes."""
     rows = []
-    for number, item in _jsonl_items(path):
+    for index, (place, item) in enumerate(read_placed_json_rows(path, LeaderboardError)):
         missing = [k for k in ("activity_label", "ctx_a", "ctx_b", "endings", "label") if k not in item]
         if missing or len(item["endings"]) != 4 or str(item["label"]) not in {"0", "1", "2", "3"}:
             raise LeaderboardError(
-                f"{path}:{number}: expected a HellaSwag row (activity_label, ctx_a, ctx_b, "
+                f"{path}: {place}: expected a HellaSwag row (activity_label, ctx_a, ctx_b, "
                 f"4 endings, label 0-3){'; missing ' + ', '.join(missing) if missing else ''}"
             )
         rows.append(
             {
-                "ind": int(item.get("ind", number - 1)),
+                "ind": int(item.get("ind", index)),
                 "activity_label": item["activity_label"],
                 "ctx_a": item["ctx_a"],
                 "ctx_b": item["ctx_b"],
@@ -116,7 +107,7 @@ def read_mmlu(path: str | Path, subject: str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8", newline="") as fh:
         for number, fields in enumerate(csv.reader(fh), 1):
             if len(fields) != 6 or fields[5] not in {"A", "B", "C", "D"}:
-                raise LeaderboardError(f"{path}:{number}: expected question, A, B, C, D, answer letter A-D")
+                raise LeaderboardError(f"{path}: {number}: expected question, A, B, C, D, answer letter A-D")
             rows.append(
                 {
                     "question": fields[0],

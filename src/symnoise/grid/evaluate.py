@@ -8,7 +8,6 @@ Generation, output statistics, judging and the leaderboard themselves are `symno
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from ..data import Example, tokenize_examples
 from ..evaluation import sources
+from ..files import write_json_lines_atomic
 from ..generation import Prompt, load_prompts
 from ..synthetic import make_task_examples
 from .cells import synthetic_dir
@@ -35,13 +35,11 @@ def write_synthetic_world(spec: GridSpec, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     train, held_out = make_task_examples(*SYNTHETIC_SIZES, seed=seed)
     for name, examples in ((SYNTHETIC_TRAIN, train), (SYNTHETIC_EVAL, held_out)):
-        rows = [
+        rows = (
             {"instruction": e.instruction, "input": e.input, "output": e.output, "dataset": "synthetic"}
             for e in examples
-        ]
-        tmp = folder / (name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(folder / name)
+        )
+        write_json_lines_atomic(folder / name, rows)
     return folder
 
 

@@ -3,43 +3,41 @@
 The text is the grid's own: instruction records read as plain text (instruction, input and output, no prompt
 template), or the synthetic task set when the file is missing. A byte-level BPE tokenizer is trained on that
 text (plus the prompt templates' boilerplate, so "### Response:" is a few tokens), the text is packed into
-blocks separated by EOS, and a plain AdamW loop trains next-token prediction for a fixed number of steps.
+blocks separated by EOS, and the warm-start loop (`symnoise.warm_start`) trains next-token prediction for a fixed
+number of steps.
 Training runs on the GPU when there is one (float32; the model is small), else on the CPU. The model and
 tokenizer are written to a staging folder and renamed into place when complete.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
 from ..data import Example
+from ..files import read_placed_json_rows, write_dir_atomic
 from ..synthetic import tiny_llama, tokenizer_corpus, train_tokenizer
-from .sections import PretrainSection
+from ..warm_start import WarmStartPlan, warm_start
+from .sections import GridError, PretrainSection
 
 MAX_POSITIONS = 1024
 
 
 def read_records(path: str | Path) -> list[Example]:
     """Instruction records (instruction, input?, output) of a JSON list or JSONL file."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [
-        Example(
-            str(r.get("instruction", "")),
-            str(r.get("input", "") or ""),
-            str(r.get("output", "")),
-            f"{path}:row {i}",
+    records = []
+    for place, row in read_placed_json_rows(path, GridError, what="instruction records"):
+        if not isinstance(row, dict):
+            raise GridError(f"{path}: {place}: expected a JSON object, got {type(row).__name__}")
+        fields = (
+            str(row.get("instruction", "")),
+            str(row.get("input", "") or ""),
+            str(row.get("output", "")),
         )
-        for i, r in enumerate(rows)
-    ]
+        records.append(Example(*fields, f"{path}:{place}"))
+    return records
 
 
 def pretraining_examples(section: PretrainSection, synthetic_train: Path) -> tuple[list[Example], str]:
@@ -86,34 +84,15 @@ def pretrain_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_loop(model, blocks, section: PretrainSection, log) -> list[float]:
-    """``section.steps`` AdamW steps on random batches of blocks, on the model's device; the losses of each step.
-
-    The batches are drawn on the CPU (the same ones on any device) and moved to the model. Each step's loss stays
-    on the device; only the logged ones are read on the host, so a GPU is not made to wait at every step.
-    """
+def block_batches(blocks, section: PretrainSection):
+    """Endless batches of ``section.batch_size`` blocks drawn at random (seeded, on the CPU), as next-token
+    targets of themselves."""
     import torch
 
-    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(section.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=section.learning_rate, weight_decay=0.1, betas=(0.9, 0.95)
-    )
-    model.train()
-    losses = []
-    for step in range(section.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, section)
-        batch = blocks[torch.randint(len(blocks), (section.batch_size,), generator=generator)].to(device)
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-        if step % 25 == 0 or step == section.steps - 1:
-            log(f"pretrain step {step + 1}/{section.steps}: loss {loss.item():.3f}")
-    return torch.stack(losses).tolist()
+    while True:
+        batch = blocks[torch.randint(len(blocks), (section.batch_size,), generator=generator)]
+        yield {"input_ids": batch, "labels": batch}
 
 
 def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log=print) -> dict:
@@ -144,13 +123,17 @@ def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log
         f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(blocks)} blocks "
         f"of {section.block_size} tokens from {source}, on {device.type}"
     )
-    losses = train_loop(model, blocks, section, log)
-    staging = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    plan = WarmStartPlan(
+        steps=section.steps,
+        learning_rate=lambda step: learning_rate(step, section),
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+        log_every=25,
+    )
+    losses = warm_start(model, block_batches(blocks, section), plan, log)
+    write_dir_atomic(
+        out_dir, lambda folder: (model.save_pretrained(folder), tokenizer.save_pretrained(folder))
+    )
     tail = losses[-10:]
     return {
         "source": source,

@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..files import append_json_lines, fsync_dir, fsync_tree, write_text_atomic
+from ..files import append_json_lines, fsync_dir, fsync_tree, publish_dir, write_text_atomic
 from ..layout import NONFINITE_LOG
 from .config import ConfigError
 
@@ -89,17 +89,9 @@ def discard_incomplete(run_dir: Path) -> list[Path]:
 
 
 def publish(staged: Path, final: Path) -> None:
-    """Rename a fully written directory to its final name, replacing an older one of the same name."""
-    fsync_tree(staged)
-    old = None
-    if final.exists():
-        old = final.with_name(f"{STAGING_PREFIX}old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staged, final)
-    fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename a fully written directory to its final name, replacing an older one of the same name (set aside
+    under a staging name, which `discard_incomplete` removes if a kill leaves it)."""
+    publish_dir(staged, final, aside=final.with_name(f"{STAGING_PREFIX}old-{final.name}"))
 
 
 def describe_write_error(error: BaseException, what: str, run_dir: Path) -> str:
