@@ -347,7 +347,7 @@ def test_reference_loss_keeps_each_examples_mean_token_loss(tiny_tokenizer, tiny
     import torch.nn.functional as F
 
     from symnoise.data import Example, tokenize_examples
-    from symnoise.grid.evaluate import reference_loss
+    from symnoise.evaluation.reference_loss import reference_loss
 
     examples = [
         Example(

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .data import Example, tokenize_examples
+from .evaluation.reference_loss import reference_loss
 from .files import read_json, write_json_atomic, write_json_lines_atomic
 from .generation import DecodingSettings, Prompt, decode_output, generate_batch, prompt_token_ids
 from .layout import RunLayout
@@ -255,7 +256,7 @@ def score(run_dir: Path, eval_examples: list[Example]) -> tuple[list[bool], floa
         outputs = generate_batch(model, tokenizer, rows[start : start + 64], decoding)
         for ids, example in zip(outputs, eval_examples[start : start + 64], strict=True):
             hits.append(exact_match(decode_output(tokenizer, ids), example.output))
-    return hits, answer_loss(model, tokenizer, eval_examples)
+    return hits, reference_loss(model, tokenizer, eval_examples, TEMPLATE, 256, batch_size=64)["loss"]
 
 
 def per_family(hits: list[bool], examples: list[Example]) -> dict[str, float]:
@@ -264,24 +265,6 @@ def per_family(hits: list[bool], examples: list[Example]) -> dict[str, float]:
     for hit, example in zip(hits, examples, strict=True):
         found[family_of(example)].append(hit)
     return {name: sum(values) / len(values) for name, values in sorted(found.items())}
-
-
-def answer_loss(model, tokenizer, examples: list[Example], batch_size: int = 64) -> float:
-    """Mean cross-entropy per reference answer token (EOS included), prompts tokenised exactly as in training."""
-    dataset = tokenize_examples(examples, tokenizer, TEMPLATE, 256)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            ids, mask, labels = _right_pad(
-                [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            )
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-            target = labels[:, 1:]
-            total += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
-            ).item()
-            count += int((target != -100).sum())
-    return total / max(count, 1)
 
 
 def run_quickstart(settings: QuickstartSettings = QuickstartSettings()) -> list[MethodScore]:

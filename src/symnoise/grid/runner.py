@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ..evaluation.reference_loss import reference_loss
 from ..files import read_json, write_json_atomic, write_text_atomic
 from ..layout import LEADERBOARD, OUTPUT_STATS, REFERENCE_LOSS, RunLayout
 from ..train import train
@@ -212,9 +213,7 @@ def stage_generate(ctx: CellContext) -> dict:
 def stage_reference_loss(ctx: CellContext) -> dict:
     examples = evaluate.reference_examples(ctx.grid.spec, evaluate.evaluation_prompts(ctx.grid.spec))
     model, tokenizer = ctx.model_and_tokenizer()
-    result = evaluate.reference_loss(
-        model, tokenizer, examples, ctx.template, ctx.cell.config.data.max_length
-    )
+    result = reference_loss(model, tokenizer, examples, ctx.template, ctx.cell.config.data.max_length)
     write_json_atomic(RunLayout(ctx.cell.run_dir).eval_dir / REFERENCE_LOSS, result)
     return {k: v for k, v in result.items() if k != "per_example"}  # the per-prompt losses stay in eval/ only
 
