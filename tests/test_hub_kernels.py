@@ -12,6 +12,8 @@ import transformers.modeling_utils
 from test_export import lora_run  # noqa: F401  (fixture)
 from test_train import tiny_config
 
+from symnoise.analysis.inputs import load_model as load_analysis_model
+from symnoise.analysis.inputs import resolve_target
 from symnoise.export import merge_lora
 from symnoise.generation import load_model_and_tokenizer
 from symnoise.train import train
@@ -46,6 +48,11 @@ def test_training_generation_and_export_load_without_the_kernels_package(
     assert not model.use_kernels
     merged = merge_lora(lora_run, tmp_path / "merged")
     assert (merged / "model.safetensors").is_file()
+    for run in (tmp_path / "run", lora_run):  # `symnoise analyze`: a full run, and a LoRA run's adapter
+        target = resolve_target(run)
+        model, _ = load_analysis_model(target, "cpu", "float32")
+        assert target.is_lora == (run == lora_run)
+        assert not (model.get_base_model() if target.is_lora else model).use_kernels
 
 
 def test_opting_in_without_the_package_is_a_config_error(monkeypatch, base_model, alpaca_file, tmp_path):

@@ -25,7 +25,14 @@ import torch
 from .data import Example, tokenize_examples
 from .evaluation.reference_loss import reference_loss
 from .files import read_json, write_json_atomic, write_json_lines_atomic
-from .generation import DecodingSettings, Prompt, decode_output, generate_batch, prompt_token_ids
+from .generation import (
+    DecodingSettings,
+    Prompt,
+    decode_output,
+    generate_batch,
+    load_model_and_tokenizer,
+    prompt_token_ids,
+)
 from .layout import RunLayout
 from .synthetic import (
     exact_match,
@@ -243,10 +250,7 @@ def train_method(settings: QuickstartSettings, method: str, train_path: Path, ba
 def score(run_dir: Path, eval_examples: list[Example]) -> tuple[list[bool], float]:
     """Exact match of each held-out example's greedy answer (no repetition penalty: answers like dates repeat
     tokens), in order, and the mean per-token loss of the reference answers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    model = AutoModelForCausalLM.from_pretrained(run_dir, use_kernels=False).eval()
+    model, tokenizer = load_model_and_tokenizer(run_dir, device="cpu", dtype="float32")
     rows = prompt_token_ids(
         tokenizer, [Prompt(e.instruction, "quickstart", e.input) for e in eval_examples], TEMPLATE
     )

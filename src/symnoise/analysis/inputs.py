@@ -188,8 +188,8 @@ def load_model(target: Target, device: str, dtype: str):
     if target.is_lora:
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(
-            str(target.model_dir), is_trainable=True, dtype=torch_dtype
+        model = AutoPeftModelForCausalLM.from_pretrained(  # hub kernels off, as every load here
+            str(target.model_dir), is_trainable=True, dtype=torch_dtype, use_kernels=False
         )
     else:
         model = AutoModelForCausalLM.from_pretrained(
