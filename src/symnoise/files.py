@@ -104,6 +104,18 @@ def write_json_lines_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def write_figure_atomic(path: str | os.PathLike[str], figure: Any) -> Path:
+    """Lay out a matplotlib ``figure``, write it to ``path`` atomically (PNG at 100 dpi, or the format the suffix
+    names), and close it so a long report does not keep every figure in memory."""
+    import matplotlib.pyplot as plt
+
+    suffix = Path(path).suffix.lstrip(".").lower()
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format=suffix or "png", dpi=100))
+    plt.close(figure)
+    return Path(path)
+
+
 def publish_dir(staged: str | os.PathLike[str], final: str | os.PathLike[str], aside: Path) -> None:
     """Rename the fully written folder ``staged`` to ``final``, replacing an older ``final``.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import write_atomic, write_json_atomic, write_text_atomic
+from ..files import write_figure_atomic, write_json_atomic, write_text_atomic
 from ..layout import ANALYSIS_FILE
 from .estimators import SCHEMES
 
@@ -121,12 +121,8 @@ def markdown(analysis: dict[str, Any]) -> str:
 
 
 def _save(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
 
-    figure.tight_layout()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
-    return path
+    return write_figure_atomic(path, figure)
 
 
 def _pyplot():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import write_atomic
+from ..files import write_atomic, write_figure_atomic
 
 SQRT3 = math.sqrt(3.0)
 Sampler = Callable[[np.random.Generator, tuple[int, int]], np.ndarray]
@@ -167,9 +167,7 @@ def plot_ratios(rows: Sequence[NormRow], x_field: str, title: str, path: Path, l
     ax.set_ylabel("ratio of mean L2 norms")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or None))
-    plt.close(fig)
+    write_figure_atomic(path, fig)
 
 
 def write_outputs(rows: Sequence[NormRow], out_dir: str | Path) -> list[Path]:

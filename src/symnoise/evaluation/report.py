@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..files import write_atomic, write_json_atomic, write_text_atomic
+from ..files import write_figure_atomic, write_json_atomic, write_text_atomic
 from .comparisons import METRICS, Comparisons, build_comparisons
 from .expected import ExpectedFile, comparison_tables
 from .runs import Run, is_base, read_analysis
@@ -53,10 +53,7 @@ def plot_against_alpha(
     for axis, dataset in zip(axes[0], datasets, strict=True):
         _plot_panel(axis, [r for (_, d), r in chosen.items() if d == dataset and value(r) is not None], value)
         axis.set(title=dataset_title(dataset), xlabel="alpha", ylabel=ylabel)
-    figure.tight_layout()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
-    return path
+    return write_figure_atomic(path, figure)
 
 
 def _plot_panel(axis, runs: Sequence[Run], value: Callable[[Run], float | None]) -> None:
@@ -100,10 +97,7 @@ def plot_paired_differences(comparisons: Comparisons, path: Path) -> Path | None
         axis.set_yticks(range(len(rows)), [f"{c.name} ({dataset_title(c.dataset)})" for c in rows])
         axis.set_ylim(len(rows) - 0.5, -0.5)
         axis.set_xlabel(f"B − A: {METRICS[metric]} (95% interval; blue over seeds, orange over prompts)")
-    figure.tight_layout()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
-    return path
+    return write_figure_atomic(path, figure)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ from .distributed import (
     quantized_device_map,
     world_size,
 )
-from .preflight import check_before_data, check_before_model, check_chat_template
+from .preflight import check_before_data, check_before_model, check_chat_template, probe_writable
 from .reliability import (
     IndexedDataset,
     check_free_space,
@@ -100,12 +99,7 @@ def check_run_dir(config: TrainConfig, resume: bool) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         discard_incomplete(run_dir)
-    probe = run_dir / f".write_test_{os.getpid()}"
-    try:
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"training.output_dir: cannot write to {run_dir} ({error.strerror})") from None
+    probe_writable(run_dir)
     return run_dir
 
 
