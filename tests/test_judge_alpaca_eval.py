@@ -17,12 +17,12 @@ import json
 import math
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import run_symnoise
 from local_server import LocalServer, clean_judge_environment
 
 from symnoise import layout
@@ -148,14 +148,9 @@ def same_preference(ours, theirs) -> bool:
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`symnoise judge ARGS` as a subprocess (conftest's `run_symnoise`), with ``env`` over this environment."""
     src = str(Path(J.__file__).parents[2])
-    return subprocess.run(
-        [sys.executable, "-m", "symnoise", "judge", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env, "PYTHONPATH": src},
-        timeout=600,
-    )
+    return run_symnoise(["judge", *args], env={**os.environ, **env, "PYTHONPATH": src}, timeout=600)
 
 
 # ------------------------------------------------------------------------------------------------ replay

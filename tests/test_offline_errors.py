@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_symnoise
 from test_train import tiny_config
 
 pytestmark = pytest.mark.slow  # multi-process, subprocess or whole-pipeline tests: `make test` only
@@ -32,16 +32,10 @@ def symnoise_env(tmp_path, offline: bool) -> dict:
     return env
 
 
-def run_symnoise(args, env, cwd) -> tuple[subprocess.CompletedProcess, float]:
+def timed_symnoise(args, env, cwd) -> tuple[subprocess.CompletedProcess, float]:
+    """conftest's `run_symnoise`, and how long it took."""
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "symnoise", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_symnoise(args, cwd=cwd, env=env, timeout=120)
     return proc, time.perf_counter() - started
 
 
@@ -63,7 +57,7 @@ def test_leaderboard_without_hub_or_local_data_fails_in_seconds(tmp_path, base_m
     """Before: about 36 s of retries, then a 60-line ConnectionError traceback for allenai/ai2_arc."""
     env = symnoise_env(tmp_path, offline)
     startup = import_seconds("symnoise.cli.leaderboard", env)
-    proc, seconds = run_symnoise(
+    proc, seconds = timed_symnoise(
         ["leaderboard", str(base_model), "--tasks", "arc", "--limit", "1", "--device", "cpu"], env, tmp_path
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -79,7 +73,7 @@ def test_leaderboard_hub_checkpoint_without_the_hub_fails_in_seconds(tmp_path, s
     """With local task data, a hub checkpoint that is not cached is the one thing missing: named at once."""
     env = symnoise_env(tmp_path, offline=False)
     startup = import_seconds("symnoise.cli.leaderboard", env)
-    proc, seconds = run_symnoise(
+    proc, seconds = timed_symnoise(
         ["leaderboard", "symnoise-test/not-cached-model", "--tasks", "arc", "--data-dir", str(shared_data)],
         env,
         tmp_path,
@@ -101,7 +95,7 @@ def test_a_missing_local_model_path_with_one_slash_is_named_as_a_path_first(tmp_
     """`runs/no-such-model` beside an existing `runs/` folder: before, only the hub was blamed ("connect to the
     network")."""
     (tmp_path / "runs" / "other-run").mkdir(parents=True)
-    proc, seconds = run_symnoise(
+    proc, seconds = timed_symnoise(
         ["train", write_config(tmp_path, "runs/no-such-model", alpaca_file)],
         symnoise_env(tmp_path, offline),
         tmp_path,
@@ -122,7 +116,7 @@ def test_a_missing_local_model_path_with_one_slash_is_named_as_a_path_first(tmp_
 def test_a_missing_local_data_path_with_one_slash_is_named_as_a_path_first(tmp_path, base_model, offline):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("{}\n")
-    proc, _ = run_symnoise(
+    proc, _ = timed_symnoise(
         ["train", write_config(tmp_path, base_model, "data/no-such-set")],
         symnoise_env(tmp_path, offline),
         tmp_path,
@@ -140,7 +134,7 @@ def test_generate_without_prompts_and_without_the_hub_fails_in_seconds(tmp_path,
     for about 30 s first."""
     env = symnoise_env(tmp_path, offline=False)
     startup = import_seconds("symnoise.cli.generate", env)
-    proc, seconds = run_symnoise(
+    proc, seconds = timed_symnoise(
         ["generate", str(base_model), "--out", str(tmp_path / "o.json")], env, tmp_path
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -157,7 +151,7 @@ def test_generate_with_a_hub_model_it_cannot_get_fails_in_seconds(tmp_path, offl
     env = symnoise_env(tmp_path, offline)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"instruction": "Say hi."}\n')
-    proc, seconds = run_symnoise(
+    proc, seconds = timed_symnoise(
         [
             "generate",
             "someorg/some-model",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_symnoise
 from test_reliability import DRIVER, Crash, logged_steps
 from test_train import tiny_config
 from transformers import Trainer
@@ -30,13 +30,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src"
 
 
 def cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "symnoise", "train", *map(str, args)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """`symnoise train ARGS` as a subprocess (conftest's `run_symnoise`)."""
+    return run_symnoise(["train", *args], env=ENV, timeout=timeout)
 
 
 def write_config(path, config):
