@@ -53,6 +53,16 @@ def setup_case(case, tmp_path, base_model, alpaca_file, monkeypatch):
         out.write_text("x")
     elif case == "flash_attention_2 without flash-attn":
         overrides["model__attn_implementation"] = "flash_attention_2"
+    elif case == "flash_attention_4 with only flash-attn 2":
+        from symnoise.train import preflight
+
+        importable = (
+            preflight._importable
+        )  # flash_attn (and its cute folder) import, as after pip install flash-attn
+        monkeypatch.setattr(
+            preflight, "_importable", lambda module: module == "flash_attn" or importable(module)
+        )
+        overrides["model__attn_implementation"] = "flash_attention_4"
     elif case == "template chat, tokenizer without chat template":
         overrides["data__template"] = "chat"
     elif case == "LoRA target_modules not in the model":
@@ -95,6 +105,8 @@ CASES = {
     "output_dir is a file": r"training.output_dir: .*run.txt exists and is not a directory",
     "flash_attention_2 without flash-attn": r"model.attn_implementation=flash_attention_2 needs flash-attn, which is "
     r"not installed; install it or use sdpa",
+    "flash_attention_4 with only flash-attn 2": r"model.attn_implementation=flash_attention_4 needs flash-attn-4 "
+    r"\(flash_attn.cute\), which is not installed; install it or use sdpa",
     "template chat, tokenizer without chat template": r"data.template=chat: the tokenizer of .* has no chat template",
     "LoRA target_modules not in the model": r"lora.target_modules: query_key_value not found in .*; its modules are "
     r"named .*q_proj",

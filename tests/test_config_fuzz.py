@@ -101,7 +101,7 @@ FIELDS = {
     "model.attn_implementation": (  # any other text that is no hub kernel name (ORG/REPO[@REV][:FUNCTION])
         choice(ATTENTION_IMPLEMENTATIONS).filter(lambda v: not (isinstance(v, str) and is_hub_kernel(v))),
         [
-            "string|character|use one of eager, sdpa, flex_attention, flash_attention_2, flash_attention_3, "
+            "string|character|use one of eager, sdpa, flex_attention, flash_attention_2, flash_attention_3, flash_attention_4, "
             "or a hub kernel ORG/REPO[@REVISION][:FUNCTION]"
         ],
     ),

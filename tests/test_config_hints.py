@@ -62,6 +62,7 @@ def test_the_command_prints_the_hint(tmp_path):
         "flex_attention",
         "flash_attention_2",
         "flash_attention_3",
+        "flash_attention_4",
         "kernels-community/flash-attn2",
         "kernels-community/vllm-flash-attn3",
         "kernels-community/flash-attn3@v2",
@@ -92,6 +93,6 @@ def test_an_unknown_attention_lists_what_is_allowed(attention):
         validate_config({**BASE, "model": {"name": "m", "attn_implementation": attention}}, source="c.yaml")
     assert str(error.value) == (
         f"c.yaml: invalid config\n  model.attn_implementation: unknown attention {attention!r}; use one of eager, "
-        "sdpa, flex_attention, flash_attention_2, flash_attention_3, or a hub kernel ORG/REPO[@REVISION][:FUNCTION] "
+        "sdpa, flex_attention, flash_attention_2, flash_attention_3, flash_attention_4, or a hub kernel ORG/REPO[@REVISION][:FUNCTION] "
         "(e.g. kernels-community/flash-attn2)"
     )

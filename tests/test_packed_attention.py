@@ -254,7 +254,12 @@ def test_pair_axis_is_chosen_by_the_attention_implementation():
     for implementation in ("sdpa", "eager", "flex_attention"):
         assert pair_axis(1, True, implementation, varlen_kwargs=True) == 0
         assert pair_axis(1, True, implementation, varlen_kwargs=False) == 0
-    for implementation in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2"):
+    for implementation in (
+        "flash_attention_2",
+        "flash_attention_3",
+        "flash_attention_4",
+        "kernels-community/flash-attn2",
+    ):
         assert (
             pair_axis(1, True, implementation, varlen_kwargs=False) == 1
         )  # one row, boundaries from positions

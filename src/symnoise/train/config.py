@@ -33,7 +33,14 @@ class _Section(BaseModel):
 
 # Attention implementations asked for by name: transformers' own. flex_attention is torch's FlexAttention, whose
 # block mask skips the blocks between packed sequences (`data.packing`) that SDPA and eager compute and mask out.
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+ATTENTION_IMPLEMENTATIONS = (
+    "eager",
+    "sdpa",
+    "flex_attention",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flash_attention_4",
+)
 # Any other value names a hub kernel, in transformers' syntax: ORG/REPO, then optionally @REVISION and :FUNCTION
 # (kernels-community/flash-attn2, kernels-community/vllm-flash-attn3@main). No blanks: a typo is not a repo.
 HUB_KERNEL = re.compile(r"[^/:@\s]+/[^/:@\s]+(@[^/:@\s]+)?(:[^/:@\s]+)?")
@@ -57,7 +64,8 @@ class ModelSection(_Section):
         None,
         description="attention: sdpa (transformers' default), eager, flex_attention (torch's FlexAttention; its "
         "block mask keeps packed sequences apart without computing the blocks between them; trains on CUDA only), "
-        "flash_attention_2 / flash_attention_3 (the flash-attn package, CUDA), or a hub kernel "
+        "flash_attention_2 / flash_attention_3 / flash_attention_4 (the flash-attn packages: flash-attn, flash-attn 3, "
+        "flash-attn-4; CUDA), or a hub kernel "
         "ORG/REPO[@REVISION][:FUNCTION] such as kernels-community/flash-attn2 (needs the kernels package; fetched "
         "from the hub when the model loads, whatever model.use_kernels says)",
     )

@@ -17,6 +17,7 @@ Every check here reads only small files (a model's ``config.json``, a tokenizer)
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -80,6 +81,24 @@ def _importable(module: str) -> bool:
         return False
 
 
+def _distribution_installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# What each FlashAttention implementation needs installed, and how to tell it is. FlashAttention 4 installs as the
+# flash_attn.cute module of the distribution flash-attn-4 (transformers' own test): flash-attn 2 ships a cute folder
+# too, so only the distribution tells them apart.
+FLASH_ATTENTION_PACKAGES = {
+    "flash_attention_2": ("flash-attn", lambda: _importable("flash_attn")),
+    "flash_attention_3": ("flash-attn 3 (flash_attn_interface)", lambda: _importable("flash_attn_interface")),
+    "flash_attention_4": ("flash-attn-4 (flash_attn.cute)", lambda: _distribution_installed("flash-attn-4")),
+}
+
+
 def check_environment(config: TrainConfig) -> None:
     """Packages the config needs are installed, and the attention implementation has what it needs to train."""
     for target in config.training.report_to:
@@ -119,12 +138,9 @@ def check_attention(config: TrainConfig) -> None:
             f"model.attn_implementation=flex_attention cannot train on the CPU: torch {torch.__version__} has "
             "no FlexAttention backward pass there; use sdpa or eager on CPU"
         )
-    if attention in ("flash_attention_2", "flash_attention_3"):
-        module = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}[attention]
-        if not _importable(module):
-            package = (
-                "flash-attn" if attention == "flash_attention_2" else "flash-attn 3 (flash_attn_interface)"
-            )
+    if attention in FLASH_ATTENTION_PACKAGES:
+        package, installed = FLASH_ATTENTION_PACKAGES[attention]
+        if not installed():
             raise ConfigError(
                 f"model.attn_implementation={attention} needs {package}, which is not installed; "
                 "install it or use sdpa (the default)"
