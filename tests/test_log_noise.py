@@ -276,6 +276,26 @@ def test_progress_lines_every_twentieth_and_at_the_end():
     assert stream.getvalue().splitlines() == ["g: 28/43 prompts", "g: 36/43 prompts", "g: 43/43 prompts"]
 
 
+def test_the_harness_request_bars_print_progress_lines_without_a_terminal(tmp_path):
+    """lm-evaluation-harness's request loops (tens of minutes on a real model) say how far they are in a log, a
+    line at a time; a bar the harness disables itself (ranks but the first) and every other bar stay silent."""
+    code = (
+        "import torch; from tqdm.auto import tqdm\n"
+        "from symnoise.quiet import quiet_progress_bars_unless_terminal\n"
+        "quiet_progress_bars_unless_terminal()\n"
+        "bars = [tqdm(total=40, disable=False, desc='Running loglikelihood requests'),\n"
+        "        tqdm(total=40, disable=True, desc='Running generate_until requests'),\n"
+        "        tqdm(total=40, disable=False, desc='Loading weights')]\n"
+        "for _ in range(40):\n"
+        "    for bar in bars: bar.update(1)\n"
+        "for bar in bars: bar.close()\n"
+    )
+    status, text = run_to_log([], tmp_path / "log.txt", tmp_path, python_args=("-c", code))
+    assert status == 0
+    assert "\r" not in text
+    assert text.splitlines() == [f"Running loglikelihood requests: {n}/40 requests" for n in range(2, 41, 2)]
+
+
 def test_every_tqdm_bar_is_silent_in_a_command_without_a_terminal(tmp_path):
     """lm-eval passes disable=False to its bars, and tqdm was imported (with torch) before the command could set
     TQDM_DISABLE: neither draws a bar once the command has started."""

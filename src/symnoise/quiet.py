@@ -95,9 +95,21 @@ PROGRESS_BAR_SWITCHES = {
 }
 
 
+# The bars that still say how far they are off a terminal, as `ProgressLines` (about twenty lines): the long loops
+# with nothing else to show, lm-evaluation-harness's requests (a leaderboard run on a 7B model is tens of minutes of
+# them). Named by the description the harness gives them; a bar the library itself disables (ranks but the first)
+# stays silent.
+LINE_BARS = (
+    "Running loglikelihood requests",
+    "Running generate_until requests",
+    "Running loglikelihood_rolling requests",
+)
+
+
 def disable_tqdm_bars() -> None:
     """Every tqdm bar of this process is created disabled, also where a library passes ``disable=False``
-    (lm-evaluation-harness's request bars): iterating and counting work, nothing is drawn."""
+    (lm-evaluation-harness's request bars): iterating and counting work, nothing is drawn. The bars of
+    `LINE_BARS` print `ProgressLines` instead."""
     from tqdm import std
 
     if getattr(std.tqdm.__init__, "_symnoise_quiet", False):
@@ -105,8 +117,12 @@ def disable_tqdm_bars() -> None:
     original = std.tqdm.__init__
 
     def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        desc, total = str(kwargs.get("desc") or ""), kwargs.get("total")
+        as_lines = desc.startswith(LINE_BARS) and isinstance(total, int) and not kwargs.get("disable")
         kwargs["disable"] = True
         original(self, *args, **kwargs)
+        if as_lines:
+            self.update = ProgressLines(total, unit="request", desc=desc).update
 
     quiet_init._symnoise_quiet = True  # type: ignore[attr-defined]
     std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
