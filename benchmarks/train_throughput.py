@@ -627,7 +627,9 @@ def flattening_error(model_dir: Path, items, attn: str | None) -> float:
     the padding-free baselines) and the same sequences run one by one, without a KV cache as the Trainer runs
     them: round-off when the model keeps the packed sequences apart, far more when they attend to each other."""
     kwargs = {"attn_implementation": attn} if attn else {}
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kwargs).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(  # hub kernels off, as in every load
+        model_dir, dtype=torch.float32, use_kernels=False, **kwargs
+    ).eval()
     row = DataCollatorWithFlattening()(items)
     packed = model(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False).logits[0]
     worst, start = 0.0, 0

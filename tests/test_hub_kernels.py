@@ -101,3 +101,32 @@ def test_a_hub_kernel_attention_without_the_package_is_a_config_error(
         "(pip install kernels), which is not installed; install it or use sdpa (the default)"
     )
     assert not (tmp_path / "run").exists()
+
+
+def model_loads_without_use_kernels(root) -> list[str]:
+    """``file:line`` of every ``X.from_pretrained(...)`` of a model class that does not pass ``use_kernels``
+    (tokenizers, configs and generation configs load no layers and are left out)."""
+    import ast
+    from pathlib import Path
+
+    not_models = ("Tokenizer", "Config", "GenerationConfig", "Processor")
+    found = []
+    for path in sorted(Path(root).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr != "from_pretrained":
+                continue
+            owner = ast.unparse(node.func.value)
+            if owner.endswith(not_models) or "use_kernels" in {k.arg for k in node.keywords}:
+                continue
+            found.append(f"{path.relative_to(Path(root).parent)}:{node.lineno} {owner}.from_pretrained")
+    return found
+
+
+@pytest.mark.parametrize("folder", ["src", "benchmarks"])
+def test_every_model_load_in_the_code_says_use_kernels(folder):
+    """A static guard for the paths no test loads with the package hidden (the benchmarks' checks among them)."""
+    from conftest import REPO_ROOT
+
+    assert model_loads_without_use_kernels(REPO_ROOT / folder) == []
