@@ -262,3 +262,45 @@ def test_data_load_smoke(tmp_path):
     for line in (lines[0], lines[2]):
         assert line["cached_seconds"] >= 0
         assert line["symnoise_call_rows_per_s"] is None or line["symnoise_call_rows_per_s"] > 0
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_the_gpu_session_asks_the_throughput_benchmark_for_what_it_has(tmp_path, flash_attn):
+    """benchmarks/gpu_session.sh, the one device command of a GPU session, hands train_throughput.py arguments
+    it accepts and variant names it knows: FlashAttention with padding_free where flash-attn imports (faked here by
+    an empty module), SDPA with rows elsewhere. A renamed variant fails here, not on the lent GPU."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import train_throughput
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    fake = tmp_path / "site"
+    if flash_attn:
+        (fake / "flash_attn").mkdir(parents=True)
+        (fake / "flash_attn" / "__init__.py").write_text("")
+    env = {
+        **os.environ,
+        "GPU_SESSION_PRINT_ARGS": "1",
+        "GPU_SESSION_DEVICE": "cpu",
+        "GPU_SESSION_MODEL": "tiny",
+        "PYTHON": sys.executable,
+        "PYTHONPATH": os.pathsep.join([str(fake), str(REPO_ROOT / "src")]),
+    }
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_session.sh"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    args = train_throughput.parse_args(done.stdout.splitlines())
+    layout = "padding_free" if flash_attn else "rows"
+    assert (args.attn == "flash_attention_2") == flash_attn
+    assert args.device == "cpu" and args.model == "tiny" and args.repeats == 1 and args.steps == 8
+    names = [v.name for v in train_throughput.selected_variants(args.variants)]
+    assert names[0] == train_throughput.BASELINE
+    for wanted in (f"recipe neftune {layout}", f"recipe symnoise {layout}", f"recipe none {layout} 2x batch"):
+        assert wanted in names
+    assert {"trainer+neftune group_by_length", "trainer+neftune flattening"} <= set(names)
