@@ -180,9 +180,13 @@ def load_model_and_tokenizer(
     device = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
     lm = AutoModelForCausalLM.from_pretrained(  # hub kernels off: transformers 5.2x turns them on by default
-        str(model), dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code, use_kernels=False
+        str(model),
+        dtype=resolve_dtype(dtype, device),
+        device_map=device,  # straight onto the device: a 7B model never passes through 14 GB of host memory
+        trust_remote_code=trust_remote_code,
+        use_kernels=False,
     )
-    return lm.to(device).eval(), tokenizer
+    return lm.eval(), tokenizer
 
 
 # ---------------------------------------------------------------------------------------------- prompts
