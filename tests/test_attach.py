@@ -466,6 +466,24 @@ def test_every_model_family_gets_the_specified_noise(kind):
     assert noise.square().sum(dim=(-1, -2)).sqrt().tolist() == pytest.approx([ALPHA / SQRT3] * 3, rel=1e-4)
 
 
+@pytest.mark.parametrize("method", ["uniform", "symnoise"])
+def test_the_logged_norm_keeps_no_embedding_sized_tensor(llama, method):
+    """Between the forward and the read of the logged norm (the end of a logging step), the handle holds (B, T)
+    numbers, not the (B, T, d) noise: that would stay allocated through every backward pass. The norm read later is
+    the one of the noise that was added (the mean over the sequences of its L2 norm)."""
+    inputs = batch()
+    recorder = EmbeddingRecorder(llama)
+    llama.train()
+    with attach(llama, NoiseConfig(method, ALPHA, seed=0)) as handle:
+        llama(**inputs).loss.backward()
+        rows, seq = inputs["input_ids"].shape
+        held = [t for t in handle._norm_inputs if isinstance(t, torch.Tensor)]
+        assert held and max(t.numel() for t in held) <= rows * seq
+        norm = handle.last_noise_norm.item()
+    noise = recorder.outputs[-1][:rows] - recorder.clean(llama, inputs)
+    assert norm == pytest.approx(noise.square().sum(dim=(-1, -2)).sqrt().mean().item(), rel=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_models(dtype):
     model = make_tiny_model("llama").to(dtype)

@@ -108,6 +108,12 @@ def scheduled_alpha(alpha: float, floor: float, schedule: str, progress: float) 
     raise ValueError(f"unknown schedule {schedule!r}; choose constant, linear or cosine")
 
 
+def token_squared_norms(noise: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of each token's noise, ``(B, T)`` float32: all that the sequence norms need of the
+    ``(B, T, d)`` noise, so a caller can keep this instead of the noise."""
+    return torch.linalg.vector_norm(noise.detach().float(), dim=-1).square()
+
+
 def sequence_noise_norms(
     noise: torch.Tensor, token_lengths: torch.Tensor, position_ids: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,14 +122,21 @@ def sequence_noise_norms(
     Returns fixed-shape tensors (no data-dependent shapes, so no device sync): ``norms`` and a bool ``valid``,
     per row, or per packed segment slot (``B * T`` slots) when ``position_ids`` is given.
     """
-    token_sq = torch.linalg.vector_norm(noise.detach().float(), dim=-1).square()
+    return sequence_norms_from_token_squares(token_squared_norms(noise), token_lengths, position_ids)
+
+
+def sequence_norms_from_token_squares(
+    token_sq: torch.Tensor, token_lengths: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_noise_norms` from the tokens' squared norms (`token_squared_norms`)."""
     noised = (token_lengths > 0).float()
     if position_ids is None:
         return token_sq.sum(dim=1).sqrt(), noised.sum(dim=1) > 0
     batch, seq = token_sq.shape
-    flat = (segment_ids(position_ids) + torch.arange(batch, device=noise.device).unsqueeze(1) * seq).flatten()
-    per_seq = torch.zeros(batch * seq, device=noise.device).index_add_(0, flat, token_sq.flatten())
-    valid = torch.zeros(batch * seq, device=noise.device).index_add_(0, flat, noised.flatten()) > 0
+    device = token_sq.device
+    flat = (segment_ids(position_ids) + torch.arange(batch, device=device).unsqueeze(1) * seq).flatten()
+    per_seq = torch.zeros(batch * seq, device=device).index_add_(0, flat, token_sq.flatten())
+    valid = torch.zeros(batch * seq, device=device).index_add_(0, flat, noised.flatten()) > 0
     return per_seq.sqrt(), valid
 
 
@@ -131,5 +144,12 @@ def mean_noise_norm(
     noise: torch.Tensor, token_lengths: torch.Tensor, position_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean per-sequence noise norm as a 0-d tensor (0 when nothing was noised), computed without a sync."""
-    norms, valid = sequence_noise_norms(noise, token_lengths, position_ids)
+    return mean_norm_from_token_squares(token_squared_norms(noise), token_lengths, position_ids)
+
+
+def mean_norm_from_token_squares(
+    token_sq: torch.Tensor, token_lengths: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`mean_noise_norm` from the tokens' squared norms (`token_squared_norms`)."""
+    norms, valid = sequence_norms_from_token_squares(token_sq, token_lengths, position_ids)
     return (norms * valid).sum() / valid.sum().clamp(min=1)
