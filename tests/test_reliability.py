@@ -179,6 +179,7 @@ def logged_steps(run_dir):
     return steps
 
 
+@pytest.mark.slow  # a real process killed and resumed: 15-20 s each, `make test` only
 @pytest.mark.parametrize(
     "method,when",
     [("symnoise-concat", "between checkpoints"), ("symnoise-paired", "while checkpoint-4 is being written")],
