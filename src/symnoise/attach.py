@@ -379,7 +379,9 @@ class NoiseHandle:
         positions = call.position_ids if cfg.length_mode == "tokens" else None
         # What the logged norm needs, (B, T) numbers: keeping eps itself would hold an embedding-sized tensor
         # through the backward pass of every step (256 MiB for 8 x 2048 tokens of a 7B model in float32).
-        self._norm_inputs = (N.token_squared_norms(eps[-1] * scale), lengths, positions)
+        # ||eps_t * scale_t||^2 = ||eps_t||^2 * scale_t^2: one pass over eps, no product the size of the embeddings.
+        token_sq = N.token_squared_norms(eps[-1]) * scale.squeeze(-1).float().square()
+        self._norm_inputs = (token_sq, lengths, positions)
         self._norm_value = None
         if cfg.symmetric and cfg.execution == "paired":
             self._views.draw = (eps[-1], scale)

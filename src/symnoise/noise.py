@@ -111,7 +111,7 @@ def scheduled_alpha(alpha: float, floor: float, schedule: str, progress: float) 
 def token_squared_norms(noise: torch.Tensor) -> torch.Tensor:
     """Squared L2 norm of each token's noise, ``(B, T)`` float32: all that the sequence norms need of the
     ``(B, T, d)`` noise, so a caller can keep this instead of the noise."""
-    return torch.linalg.vector_norm(noise.detach().float(), dim=-1).square()
+    return torch.linalg.vector_norm(noise.detach(), dim=-1, dtype=torch.float32).square()
 
 
 def sequence_noise_norms(
