@@ -5,8 +5,8 @@ flushed and fsync'ed, then renamed over the target), so a kill leaves either the
 half of one. Logs that grow line by line (metrics, generations, judge verdicts) are appended with
 `append_json_lines`, which forces each batch to disk. Whole folders (a checkpoint, a merged or pretrained model)
 are written beside their place and renamed into it (`write_dir_atomic`, `publish_dir`); figures go through
-`write_figure_atomic`. The readers raise one error type per caller (``error=``)
-whose message names the file, and for JSON Lines the line, so every command reports bad files the same way.
+`write_figure_atomic`. The readers raise one error type per caller (``error=``) whose message names the file,
+and for JSON Lines the line, so every command reports bad files the same way.
 """
 
 from __future__ import annotations
