@@ -3,9 +3,9 @@
 It generates an instruction dataset of small exactly-checkable tasks (`symnoise.synthetic`), trains a
 tokenizer on it and builds a small Llama-style model. A tiny model needs about 800 steps before it starts to solve
 these tasks at all, so the base model first gets a short noise-free warm start on task text (`symnoise.warm_start`),
-shared by all methods; it stops while the model is still learning fast. Then the real `symnoise train` recipe continues from
-that base once per noise method, on examples the warm start never saw, so the steps in which the model learns
-most are taken under each method's noise. Each model is scored on held-out task instances: exact-match accuracy of
+shared by all methods; it stops while the model is still learning fast. Then the real `symnoise train` recipe
+continues from that base once per noise method, on examples the warm start never saw, so the steps in which the
+model learns most are taken under each method's noise. Each model is scored on held-out task instances: exact-match accuracy of
 greedy answers (overall, with its standard error, and per family), and the loss of the reference answers. Seeds
 and the thread count are fixed, so every run on the same machine prints the same table.
 """

@@ -120,11 +120,6 @@ def markdown(analysis: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _save(figure, path: Path) -> Path:
-
-    return write_figure_atomic(path, figure)
-
-
 def _pyplot():
     import matplotlib
 
@@ -157,7 +152,7 @@ def plot_variance(runs: list[dict[str, Any]], path: Path) -> Path:
         ylabel="gradient variance (training examples)", title="variance across noise draws, equal compute"
     )
     axis.legend(fontsize=8)
-    return _save(figure, path)
+    return write_figure_atomic(path, figure)
 
 
 def plot_directions(runs: list[dict[str, Any]], path: Path) -> Path:
@@ -174,7 +169,7 @@ def plot_directions(runs: list[dict[str, Any]], path: Path) -> Path:
     axes[0].set(xlabel="alpha", ylabel="|L(x+e) - L(x-e)| / 2", title="first-order asymmetry")
     axes[1].set(xlabel="alpha", ylabel="L(x+e) + L(x-e) - 2 L(x)", title="curvature")
     axes[1].legend(fontsize=7)
-    return _save(figure, path)
+    return write_figure_atomic(path, figure)
 
 
 def plot_losses(runs: list[dict[str, Any]], path: Path) -> Path:
@@ -188,7 +183,7 @@ def plot_losses(runs: list[dict[str, Any]], path: Path) -> Path:
     axis.set_xticks(range(len(runs)), [run["label"] for run in runs], rotation=20, ha="right")
     axis.set(ylabel="loss", title="training vs held-out loss")
     axis.legend(fontsize=8)
-    return _save(figure, path)
+    return write_figure_atomic(path, figure)
 
 
 def write_analysis(analysis: dict[str, Any], out: Path) -> AnalysisFiles:

@@ -107,7 +107,9 @@ def read_mmlu(path: str | Path, subject: str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8", newline="") as fh:
         for number, fields in enumerate(csv.reader(fh), 1):
             if len(fields) != 6 or fields[5] not in {"A", "B", "C", "D"}:
-                raise LeaderboardError(f"{path}: {number}: expected question, A, B, C, D, answer letter A-D")
+                raise LeaderboardError(
+                    f"{path}: line {number}: expected question, A, B, C, D, answer letter A-D"
+                )
             rows.append(
                 {
                     "question": fields[0],

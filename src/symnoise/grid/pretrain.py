@@ -131,9 +131,12 @@ def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log
         log_every=25,
     )
     losses = warm_start(model, block_batches(blocks, section), plan, log)
-    write_dir_atomic(
-        out_dir, lambda folder: (model.save_pretrained(folder), tokenizer.save_pretrained(folder))
-    )
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    write_dir_atomic(out_dir, save)
     tail = losses[-10:]
     return {
         "source": source,
