@@ -12,8 +12,7 @@ A grid's ``output_dir`` holds::
       synthetic/             the synthetic fallback data (train.jsonl, eval.jsonl)
       pretrain/              the `pretrain` section's stages.json and model/
 
-The files of one cell's run directory are named by `symnoise.layout`; what the grid's own evaluation stages add
-to its ``eval/`` folder (beside the judge's files and the leaderboard) is named here.
+The files of one cell's run directory, its ``eval/`` folder included, are named by `symnoise.layout`.
 """
 
 from __future__ import annotations
@@ -22,36 +21,26 @@ from pathlib import Path
 
 from ..layout import FolderLayout, InFolder
 
-GRID_FILE = "grid.json"
-STATUS_FILE = "status.json"
-SUMMARY_JSON = "summary.json"
-SUMMARY_MD = "summary.md"
-REPORT_DIR = "report"
-CELLS_DIR = "cells"
-SYNTHETIC_DIR = "synthetic"
-PRETRAIN_DIR = "pretrain"
-PRETRAINED_MODEL_DIR = "model"
 # The synthetic fallback data in OUTPUT/synthetic/.
 SYNTHETIC_TRAIN = "train.jsonl"
 SYNTHETIC_EVAL = "eval.jsonl"
-# What the grid's evaluation stages write into a cell's eval/ folder (`symnoise.layout.RunLayout.eval_dir`).
 
 
 class GridLayout(FolderLayout):
     """The paths of one grid output folder (see the module docstring for what writes each)."""
 
-    grid_file = InFolder(GRID_FILE)
-    status = InFolder(STATUS_FILE)
-    summary_json = InFolder(SUMMARY_JSON)
-    summary_md = InFolder(SUMMARY_MD)
-    report_dir = InFolder(REPORT_DIR)
-    synthetic = InFolder(SYNTHETIC_DIR)  # where the synthetic fallback data is written
-    pretrain = InFolder(PRETRAIN_DIR)  # the `pretrain` section's folder: its stages.json and its model
+    grid_file = InFolder("grid.json")
+    status = InFolder("status.json")
+    summary_json = InFolder("summary.json")
+    summary_md = InFolder("summary.md")
+    report_dir = InFolder("report")
+    synthetic = InFolder("synthetic")  # where the synthetic fallback data is written
+    pretrain = InFolder("pretrain")  # the `pretrain` section's folder: its stages.json and its model
 
     def cell_dir(self, cell_id: str) -> Path:
         """The run directory of the cell ``cell_id``."""
-        return self.root / CELLS_DIR / cell_id
+        return self.root / "cells" / cell_id
 
     @property
     def pretrained_model(self) -> Path:
-        return self.pretrain / PRETRAINED_MODEL_DIR
+        return self.pretrain / "model"
