@@ -183,6 +183,32 @@ def test_tiny_llama_config_matches_tokenizer(world):
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
 
 
+def test_tiny_llama_for_takes_vocabulary_and_positions_from_the_tokenizer_and_the_rest_from_the_size(world):
+    """The quickstart and the grid's pretraining build their model this way: the positions are the tokenizer's
+    ``model_max_length``, so the two cannot disagree, and the weights are those of the same explicit call."""
+    from types import SimpleNamespace
+
+    import torch
+
+    tokenizer = train_tokenizer(
+        synthetic.tokenizer_corpus(world[0][:50]), vocab_size=300, model_max_length=96
+    )
+    size = SimpleNamespace(hidden_size=32, layers=2, heads=4, seed=5)
+    model = synthetic.tiny_llama_for(tokenizer, size)
+    config = model.config
+    assert (config.vocab_size, config.max_position_embeddings) == (len(tokenizer), 96)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 2, 4)
+    same = synthetic.tiny_llama(
+        len(tokenizer), 5, hidden_size=32, layers=2, heads=4, max_position_embeddings=96
+    )
+    other_seed = synthetic.tiny_llama_for(tokenizer, SimpleNamespace(**{**vars(size), "seed": 6}))
+    weights = model.state_dict()
+    assert all(torch.equal(weights[name], value) for name, value in same.state_dict().items())
+    assert not torch.equal(
+        weights["model.embed_tokens.weight"], other_seed.state_dict()["model.embed_tokens.weight"]
+    )
+
+
 def test_exact_match():
     assert exact_match(" 42\n", "42")
     assert not exact_match("4 2", "42")

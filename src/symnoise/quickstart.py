@@ -38,7 +38,7 @@ from .synthetic import (
     exact_match,
     family_of,
     make_task_examples,
-    tiny_llama,
+    tiny_llama_for,
     tokenizer_corpus,
     train_tokenizer,
 )
@@ -190,14 +190,7 @@ def build_world(settings: QuickstartSettings) -> tuple[Path, Path, list[Example]
         model_max_length=256,
         isolate_spaces=True,
     )
-    model = tiny_llama(
-        len(tokenizer),
-        settings.seed,
-        hidden_size=settings.hidden_size,
-        layers=settings.layers,
-        heads=settings.heads,
-        max_position_embeddings=256,
-    )
+    model = tiny_llama_for(tokenizer, settings)
     started = time.perf_counter()
     dataset = tokenize_examples(pretrain_examples, tokenizer, TEMPLATE, settings.max_length)
     losses = warm_start(model, shuffled_batches(dataset, settings), warm_start_plan(settings), logger.info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from symnoise.data import Example, render_prompt
 
@@ -326,6 +327,28 @@ def tiny_llama(vocab_size: int, seed: int, **config_args):
 
     torch.manual_seed(seed)
     return LlamaForCausalLM(tiny_llama_config(vocab_size, **config_args))
+
+
+class TinyLlamaSize(Protocol):
+    """What sizes a tiny model: the quickstart's settings and the grid's ``pretrain`` section both have these."""
+
+    hidden_size: int
+    layers: int
+    heads: int
+    seed: int
+
+
+def tiny_llama_for(tokenizer, size: TinyLlamaSize):
+    """A fresh :func:`tiny_llama` for ``tokenizer``: its vocabulary, and as many positions as the tokenizer's
+    ``model_max_length``, so the two cannot disagree; width, depth, heads and seed from ``size``."""
+    return tiny_llama(
+        len(tokenizer),
+        size.seed,
+        hidden_size=size.hidden_size,
+        layers=size.layers,
+        heads=size.heads,
+        max_position_embeddings=tokenizer.model_max_length,
+    )
 
 
 def exact_match(prediction: str, reference: str) -> bool:

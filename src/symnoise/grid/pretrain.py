@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data import Example
 from ..files import read_placed_json_rows, write_dir_atomic
-from ..synthetic import tiny_llama, tokenizer_corpus, train_tokenizer
+from ..synthetic import tiny_llama_for, tokenizer_corpus, train_tokenizer
 from ..warm_start import WarmStartPlan, warm_start
 from .sections import GridError, PretrainSection
 
@@ -109,14 +109,7 @@ def pretrain(section: PretrainSection, out_dir: Path, synthetic_train: Path, log
     )
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     blocks = pack_blocks(ids, tokenizer.eos_token_id, section.block_size)
-    model = tiny_llama(
-        len(tokenizer),
-        section.seed,
-        hidden_size=section.hidden_size,
-        layers=section.layers,
-        heads=section.heads,
-        max_position_embeddings=MAX_POSITIONS,
-    )
+    model = tiny_llama_for(tokenizer, section)
     device = pretrain_device()  # the model is initialised on the CPU: the same weights whatever the device
     model.to(device)
     log(
