@@ -231,25 +231,25 @@ MODEL_CARD = """---
 
 # {name}
 
-{base_model} fine-tuned on {datasets} with symnoise {version}: noisy-embedding instruction tuning
-(`{method}`, alpha {alpha}){lora_sentence}.
+{config.model.name} fine-tuned on {datasets} with symnoise {version}: noisy-embedding instruction tuning
+(`{noise.method}`, alpha {noise.alpha}){lora_sentence}.
 
 | | |
 |---|---|
-| base model | {base_model} |
+| base model | {config.model.name} |
 | licence of the base model | {license} |
 | training data | {datasets} |
-| noise method | `{method}` |
-| alpha | {alpha} |
-| symmetric pair (+eps / -eps) | {symmetric} |
-| norm matched to uniform (/sqrt(3)) | {match} |
-| length used in alpha/sqrt(L d) | {length_mode} |
-| noised tokens | {region} |
-| schedule | {schedule} |
+| noise method | `{noise.method}` |
+| alpha | {noise.alpha} |
+| symmetric pair (+eps / -eps) | {noise.symmetric} |
+| norm matched to uniform (/sqrt(3)) | {noise.match_uniform_norm} |
+| length used in alpha/sqrt(L d) | {noise.length_mode} |
+| noised tokens | {noise.region} |
+| schedule | {noise.schedule} |
 | prompt template | `{template}` |
-| max length | {max_length} |
-| learning rate | {lr} |
-| effective batch size | {batch} |
+| max length | {config.data.max_length} |
+| learning rate | {config.training.learning_rate} |
+| effective batch size | {config.training.effective_batch_size} |
 | trained | {steps} optimizer steps, {epochs} epochs |
 | LoRA | {lora} |
 | final training loss | {final_loss} |
@@ -336,25 +336,16 @@ def model_card(
     noise, lora = config.noise, config.lora
     license = card_license(getattr(config.model, "license", None), base_license)
     return MODEL_CARD.format(
+        config=config,
+        noise=noise,
         metadata=card_metadata(config, license),
         run_info=RUN_INFO,
         name=Path(config.training.output_dir).name,
         version=__version__,
-        base_model=config.model.name,
         license=UNKNOWN_LICENSE if license is None else license.label(),
         datasets=" + ".join(_dataset_label(path) for path in data_paths(config)),
-        method=noise.method,
-        alpha=noise.alpha,
         lora_sentence=", LoRA adapter" if lora.enabled else "",
-        symmetric=noise.symmetric,
-        match=noise.match_uniform_norm,
-        length_mode=noise.length_mode,
-        region=noise.region,
-        schedule=noise.schedule,
         template=template,
-        max_length=config.data.max_length,
-        lr=config.training.learning_rate,
-        batch=config.training.effective_batch_size,
         steps=steps,
         epochs="n/a" if epochs is None else f"{epochs:.2f}",
         lora=(
