@@ -98,16 +98,25 @@ def test_truncation_counts_turns(tiny_tokenizer):
     full = tokenize_examples([CONVERSATION], tiny_tokenizer, "vicuna", max_length=512)
     runs = trained_runs(full[0]["labels"])
     cut = tokenize_examples([CONVERSATION], tiny_tokenizer, "vicuna", max_length=runs[1][0] + 1)
-    assert (cut.stats.turns, cut.stats.turns_trained, cut.stats.turns_truncated, cut.n_truncated) == (
-        2,
-        2,
-        1,
-        1,
-    )
+    assert (full.stats.turns_trained, full.stats.turns_truncated, full.n_truncated) == (2, 0, 0)
+    assert (cut.stats.turns_trained, cut.stats.turns_truncated, cut.n_truncated) == (2, 1, 1)
     assert cut[0]["input_ids"] == full[0]["input_ids"][: runs[1][0] + 1]
     cut = tokenize_examples([CONVERSATION], tiny_tokenizer, "vicuna", max_length=runs[0][1])
     assert (cut.stats.turns_trained, cut.stats.turns_truncated) == (1, 1)
     assert trained_runs(cut[0]["labels"]) == [runs[0]]
+
+
+def test_the_store_counts_examples_and_tokens_from_its_offsets(tiny_tokenizer, tmp_path):
+    """Examples and tokens are not kept twice: the store's offsets hold them, also once it is opened again."""
+    from symnoise.data.store import TokenizedDataset
+
+    examples = [Example(f"say {'a ' * n}", "", "b " * n, f"t:row {n}") for n in (1, 4, 9)]
+    dataset = tokenize_examples(examples, tiny_tokenizer, "alpaca", max_length=512)
+    lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    assert len(dataset) == 3 and dataset.n_tokens == sum(lengths) == sum(dataset.lengths)
+    reopened = TokenizedDataset.open(dataset.directory)
+    assert (len(reopened), reopened.n_tokens) == (3, sum(lengths))
+    assert [reopened[i] for i in range(3)] == [dataset[i] for i in range(3)]
 
 
 def sharegpt_oracle(tokenizer, records, max_length):

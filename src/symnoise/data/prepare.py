@@ -31,7 +31,7 @@ from .readers import local_path
 from .store import META_FILE, TokenizedDataset, TokenStats, publish, read_meta, write_meta
 from .tokenize import check_tokenizer, write_tokens
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 logger = logging.getLogger("symnoise.data")
 
 
@@ -58,7 +58,14 @@ class DatasetReport:
     template: str
     turns: str
     stats: TokenStats
+    examples: int
+    tokens: int
     cached: bool = False
+
+    @classmethod
+    def of(cls, dataset: TokenizedDataset, load: LoadReport, template: str, turns: str, cached: bool = False):
+        """The report of ``dataset``, read from ``load`` with ``template`` and ``turns``."""
+        return cls(load, template, turns, dataset.stats, len(dataset), dataset.n_tokens, cached)
 
     def to_dict(self) -> dict:
         load, stats = self.load, self.stats
@@ -77,17 +84,17 @@ class DatasetReport:
             "turns_unused": _unused(load),
             "turns_trained": stats.turns_trained,
             "turns_truncated": stats.turns_truncated,
-            "examples": stats.n_examples,
+            "examples": self.examples,
             "truncated": stats.n_truncated,
             "dropped": len(stats.dropped_sources),
-            "tokens": stats.n_tokens,
+            "tokens": self.tokens,
             "cached": self.cached,
         }
 
     def summary(self) -> str:
         """Two log lines: what was read, and what is trained."""
         stats = self.stats
-        trained = f"{stats.n_examples} examples ({stats.n_tokens} tokens, template {self.template})"
+        trained = f"{self.examples} examples ({self.tokens} tokens, template {self.template})"
         turns = f"{stats.turns_trained} assistant turns trained"
         if self.load.n_conversations:
             turns += f" (data.turns: {self.turns}"
@@ -177,7 +184,7 @@ def _from_cache(directory: Path) -> tuple[TokenizedDataset, DatasetReport] | Non
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a damaged or older entry: tokenise again
-    return dataset, DatasetReport(load, saved["template"], saved["turns"], dataset.stats, cached=True)
+    return dataset, DatasetReport.of(dataset, load, saved["template"], saved["turns"], cached=True)
 
 
 def _counter(values: dict):
@@ -216,7 +223,7 @@ def prepare_dataset(
     if directory is None:
         staging = Path(tempfile.mkdtemp(prefix="symnoise-tokens-"))
     dataset = write_tokens(chain([first], records), tokenizer, template, max_length, staging / "store")
-    report = DatasetReport(load, template, spec.turns, dataset.stats)
+    report = DatasetReport.of(dataset, load, template, spec.turns)
     _save_report(staging / "store", report)
     if directory is None:
         _remove_at_exit(staging)

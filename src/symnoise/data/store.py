@@ -33,12 +33,11 @@ META_FILE = "meta.json"
 
 @dataclass
 class TokenStats:
-    """What tokenising did: examples kept, cut and dropped, and the assistant turns trained and truncated."""
+    """What tokenising cut and dropped: the examples that lost the end of a trained turn to ``max_length``, the
+    assistant turns trained and truncated, and where each dropped example came from. The kept examples and their
+    tokens are not counted here: the store's offsets hold them (`TokenizedDataset.__len__`, ``n_tokens``)."""
 
-    n_examples: int = 0
     n_truncated: int = 0
-    n_tokens: int = 0
-    turns: int = 0
     turns_trained: int = 0
     turns_truncated: int = 0
     dropped_sources: list[str] = field(default_factory=list)
@@ -71,17 +70,18 @@ class TokenizedDataset(Sequence):
     def open(cls, directory: Path) -> TokenizedDataset:
         """A store written by `TokenWriter`, memory-mapped (nothing is read until used)."""
         meta = read_meta(directory)
-        n_ids = meta["stats"]["n_tokens"]
+        load = lambda name: np.load(directory / name, mmap_mode="r")  # noqa: E731
+        offsets = load("offsets.npy")
+        n_ids = int(offsets[-1])
         ids = (
             np.memmap(directory / "ids.bin", dtype=meta["dtype"], mode="r", shape=(n_ids,))
             if n_ids
             else np.zeros(0, dtype=meta["dtype"])
         )
-        load = lambda name: np.load(directory / name, mmap_mode="r")  # noqa: E731
         return cls(
             directory,
             ids,
-            load("offsets.npy"),
+            offsets,
             load("spans.npy"),
             load("span_offsets.npy"),
             meta["max_length"],
@@ -91,6 +91,11 @@ class TokenizedDataset(Sequence):
     @property
     def n_truncated(self) -> int:
         return self.stats.n_truncated
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens of all examples together."""
+        return int(self.offsets[-1])
 
     @property
     def dropped_sources(self) -> tuple[str, ...]:
@@ -151,7 +156,6 @@ class TokenWriter:
     def add(self, ids: list[int], spans: list[tuple[int, int]], source: str) -> None:
         """One example: its full token ids and trained ranges, cut here to `max_length`."""
         stats = self.stats
-        stats.turns += len(spans)
         kept_ids = ids[: self.max_length]
         kept = [(start, min(end, self.max_length)) for start, end in spans if start < self.max_length]
         cut = sum(end > self.max_length for _, end in spans)
@@ -162,8 +166,6 @@ class TokenWriter:
         stats.turns_trained += len(kept)
         stats.turns_truncated += cut
         stats.n_truncated += cut > 0
-        stats.n_examples += 1
-        stats.n_tokens += len(kept_ids)
         self._buffer.extend(kept_ids)
         self._offsets.append(self._offsets[-1] + len(kept_ids))
         for start, end in kept:
@@ -172,6 +174,11 @@ class TokenWriter:
         self._sources.write(source.replace("\n", " ") + "\n")
         if len(self._buffer) >= 1 << 20:
             self._flush()
+
+    @property
+    def n_examples(self) -> int:
+        """Examples kept so far."""
+        return len(self._offsets) - 1
 
     def _flush(self) -> None:
         self._ids.write(self._buffer.tobytes())

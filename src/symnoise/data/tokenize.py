@@ -221,7 +221,7 @@ def write_tokens(
     if not seen:
         writer.abort()
         raise DataError("no examples to tokenise")
-    if not writer.stats.n_examples:
+    if not writer.n_examples:
         writer.abort()
         files = ", ".join(sorted(sources))
         raise DataError(
