@@ -295,7 +295,9 @@ class LeaderboardSection(_Section):
 
 
 class AnalyzeSection(_Section):
-    """`symnoise analyze` as a grid stage: the mechanism measured at each cell's final model."""
+    """`symnoise analyze` as a grid stage: the mechanism measured at each cell's final model (gradient variance
+    across noise draws, curvature and the Hessian trace), on training data and, when set, held out on the
+    references."""
 
     examples: int = Field(16, ge=1, description="training (and held-out) examples per measurement")
     draws: int = Field(
@@ -351,11 +353,7 @@ class EvaluationSection(_Section):
     )
     judge: JudgeSection | None = None
     leaderboard: LeaderboardSection | None = None
-    analyze: AnalyzeSection | None = Field(
-        None,
-        description="measure gradient variance across draws, curvature and the Hessian trace at each final "
-        "model (training data; held-out: the references when set)",
-    )
+    analyze: AnalyzeSection | None = None
 
     @model_validator(mode="after")
     def _needs(self) -> EvaluationSection:

@@ -100,10 +100,16 @@ TurnMode = Literal[TURN_MODES]
 BadRowPolicy = Literal[BAD_ROW_POLICIES]
 
 
+DATA_PATH = (
+    "a local file (.json, .jsonl, either gzipped, .parquet, .arrow, .csv, .tsv), a folder written by "
+    "datasets' save_to_disk, or a hub dataset name (tatsu-lab/alpaca)"
+)
+
+
 class DatasetEntry(_Section):
     """One source of a mixture (``data.datasets``); unset fields take the ``data`` section's value."""
 
-    path: str = Field(description="local .json/.jsonl/.parquet file or hub dataset name")
+    path: str = Field(description=DATA_PATH)
     format: DataFormat | None = None
     template: DataTemplate | None = None
     split: str | None = None
@@ -121,11 +127,7 @@ class DatasetEntry(_Section):
 
 
 class DataSection(_Section):
-    path: str | None = Field(
-        None,
-        description="local .json/.jsonl/.parquet file or hub dataset name "
-        "(tatsu-lab/alpaca); or give datasets",
-    )
+    path: str | None = Field(None, description=f"{DATA_PATH}; or give datasets")
     datasets: list[DatasetEntry] | None = Field(
         None, min_length=1, description="a mixture of sources, each read, checked and reported on its own"
     )
