@@ -537,6 +537,12 @@ def test_truncation_cuts_the_response_end_and_keeps_eos_only_if_it_fits(tiny_tok
         rf"max_length={n} tokens long \(the shortest is {n} tokens\).*raise data.max_length above {n}",
     ):
         tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=n)
+    # A prompt longer than max_length: the message gives its real length, the value to raise max_length above.
+    with pytest.raises(
+        DataError,
+        match=rf"at least max_length={n - 3} tokens long \(the shortest is {n} tokens\).*raise data.max_length above {n} ",
+    ):
+        tokenize_examples([example], tiny_tokenizer, "vicuna", max_length=n - 3)
 
 
 def test_sharegpt_tokenised_with_vicuna(shared_data, tiny_tokenizer):

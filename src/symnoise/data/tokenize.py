@@ -207,13 +207,14 @@ def write_tokens(
     records = iter(records)
     seen = 0
     sources: set[str] = set()  # the files (row suffixes cut), named if no example is left
-    shortest = max_length  # tokens before the first trained one, over all records
+    shortest: int | None = None  # tokens before the first trained one, over all records
     try:
         for size, encoded in _encoded(records, tokenizer, template, prefix):
             seen += size
             for ids, spans, source in encoded:
                 sources.add(source.rsplit(":row", 1)[0])
-                shortest = min(shortest, spans[0][0] if spans else len(ids))
+                before = spans[0][0] if spans else len(ids)
+                shortest = before if shortest is None else min(shortest, before)
                 writer.add(ids, spans, source)
     except BaseException:
         writer.abort()
