@@ -1,4 +1,5 @@
-"""The weight dtypes that `symnoise generate` and `symnoise export` accept, and what ``auto`` means on a GPU."""
+"""The weight dtypes that `model.dtype`, `symnoise generate`, `symnoise analyze`, `symnoise export` and a grid's
+decoding accept, and what ``auto`` means on a GPU."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from symnoise.evaluation import sources
 from symnoise.evaluation.judge_clients import (
     BASE_URL_VARIABLES,
     DEFAULT_BASE_URL,
+    JUDGE_KINDS,
     KEY_VARIABLES,
     JudgeSettings,
     make_judge,
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--judge",
-        choices=["openai", "hf", "alpaca_eval"],
+        choices=JUDGE_KINDS,
         default="openai",
         help="openai: any OpenAI-compatible server (default); hf: a local causal LM; alpaca_eval: "
         "the alpaca_eval package end to end (its own client and cache, no resume)",

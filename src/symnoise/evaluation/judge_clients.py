@@ -377,6 +377,10 @@ def _float_or_none(value: Any) -> float | None:
 # ------------------------------------------------------------------------------------------------ the factory
 
 
+# The judges `make_judge` builds (`JudgeSettings.kind`): what `symnoise judge --judge` and a grid's judge accept.
+JUDGE_KINDS = ("openai", "hf", "alpaca_eval")
+
+
 @dataclass(frozen=True)
 class JudgeSettings:
     """What a judge is built from. ``kind``: ``openai``, ``hf`` or ``alpaca_eval``.

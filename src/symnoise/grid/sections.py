@@ -45,6 +45,8 @@ from pydantic import (
 )
 
 from ..dtypes import DTYPES
+from ..evaluation.judge_clients import JUDGE_KINDS
+from ..evaluation.leaderboard_tasks import LEADERBOARD_TASKS
 from ..evaluation.sources import is_alpaca_eval_name
 from ..generation import DecodingSettings
 from ..methods import METHOD_ALIASES, METHODS
@@ -226,7 +228,7 @@ class JudgeSection(_Section):
     alpaca_eval_gpt4 is AlpacaEval 1's GPT-4 judge, chatgpt_fn the ChatGPT judge of NEFTune's scripts; its own
     client, no resume), keys as that package reads them."""
 
-    kind: Literal["openai", "hf", "alpaca_eval"] = "openai"
+    kind: Literal[JUDGE_KINDS] = "openai"
     annotators: str | None = Field(
         None, description="alpaca_eval: the annotators config (alpaca_eval_gpt4, ...)"
     )
@@ -280,9 +282,12 @@ class JudgeSection(_Section):
         return name
 
 
+LEADERBOARD_TASK_NAMES = tuple(LEADERBOARD_TASKS)
+
+
 class LeaderboardSection(_Section):
-    tasks: list[Literal["arc", "hellaswag", "mmlu"]] = Field(
-        default_factory=lambda: ["arc", "hellaswag", "mmlu"], min_length=1
+    tasks: list[Literal[LEADERBOARD_TASK_NAMES]] = Field(
+        default_factory=lambda: list(LEADERBOARD_TASK_NAMES), min_length=1
     )
     data_dir: str | None = Field(
         None,

@@ -20,6 +20,7 @@ from ..config import NoiseConfig
 from ..data.conversations import TURN_MODES
 from ..data.formats import BAD_ROW_POLICIES, FORMATS
 from ..data.templates import TEMPLATES
+from ..dtypes import DTYPES
 
 
 class ConfigError(ValueError):
@@ -54,7 +55,7 @@ def is_hub_kernel(attention: str | None) -> bool:
 class ModelSection(_Section):
     name: str = Field(description="Hugging Face hub name (meta-llama/Llama-2-7b-hf) or local directory")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: Literal[DTYPES] = Field(
         "auto",
         description="dtype of the weights that are not trained (the base model under LoRA/QLoRA) and of "
         "training.pure_bf16 runs: auto = bfloat16 when training.precision resolves to bf16, else float32. Full "
