@@ -376,3 +376,13 @@ def test_model_card_lists_every_source_of_a_mixture(tmp_path):
     )
     assert yaml.safe_load(card.split("---")[1])["datasets"] == ["tatsu-lab/alpaca"]
     assert "| training data | tatsu-lab/alpaca + a local file (mine.jsonl) |" in card
+
+
+def test_the_card_names_a_file_of_every_kind_the_reader_takes_as_local():
+    """A path that does not exist here is told by its name: every suffix the data reader takes, gzipped JSON and
+    TSV included, names a local file, not a hub dataset for the card's metadata."""
+    from symnoise.data.file_kinds import FILE_SUFFIXES
+    from symnoise.train.metrics import is_hub_dataset
+
+    assert [suffix for suffix in FILE_SUFFIXES if is_hub_dataset(f"data/train{suffix}")] == []
+    assert is_hub_dataset("tatsu-lab/alpaca") and not is_hub_dataset("./alpaca")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .. import strict_yaml
 from ..config import NoiseConfig
 from ..data.conversations import TURN_MODES
+from ..data.file_kinds import FILE_SUFFIXES, SAVED_DATASET
 from ..data.formats import BAD_ROW_POLICIES, FORMATS
 from ..data.templates import TEMPLATES
 from ..dtypes import DTYPES
@@ -102,8 +103,7 @@ BadRowPolicy = Literal[BAD_ROW_POLICIES]
 
 
 DATA_PATH = (
-    "a local file (.json, .jsonl, either gzipped, .parquet, .arrow, .csv, .tsv), a folder written by "
-    "datasets' save_to_disk, or a hub dataset name (tatsu-lab/alpaca)"
+    f"a local file ({', '.join(FILE_SUFFIXES)}), {SAVED_DATASET}, or a hub dataset name (tatsu-lab/alpaca)"
 )
 
 

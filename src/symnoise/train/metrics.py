@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..data.file_kinds import FILE_SUFFIXES
 from ..data.packing import real_token_count
 from ..files import append_json_lines, read_json_lines, write_atomic
 from ..layout import RUN_INFO, RunLayout
@@ -262,15 +263,11 @@ UNKNOWN_LICENSE = (
     "unknown (the base model's card states none, or could not be read; set model.license to state it)"
 )
 
-LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
-
 
 def is_hub_dataset(path: str) -> bool:
     """Whether a data path names a hub dataset (``tatsu-lab/alpaca``) rather than a local file or folder."""
     return (
-        not Path(path).exists()
-        and not path.endswith(LOCAL_DATA_SUFFIXES)
-        and not path.startswith((".", "/", "~"))
+        not Path(path).exists() and not path.endswith(FILE_SUFFIXES) and not path.startswith((".", "/", "~"))
     )
 
 
