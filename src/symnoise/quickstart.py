@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .data import Example, tokenize_examples
+from .data.packing import right_pad
 from .evaluation.reference_loss import reference_loss
 from .files import read_json, write_json_atomic, write_json_lines_atomic
 from .generation import (
@@ -157,22 +158,8 @@ def shuffled_batches(dataset, settings: QuickstartSettings):
             epoch = list(range(len(dataset)))
             generator.shuffle(epoch)
             order += epoch
-        ids, mask, labels = _right_pad([dataset[order.pop()] for _ in range(settings.batch_size)])
+        ids, mask, labels = right_pad([dataset[order.pop()] for _ in range(settings.batch_size)])
         yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def _right_pad(items: list[dict[str, list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask and labels (-100 on padding) of tokenised examples, padded on the right."""
-    width = max(len(item["input_ids"]) for item in items)
-    ids = torch.zeros((len(items), width), dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    for r, item in enumerate(items):
-        n = len(item["input_ids"])
-        ids[r, :n] = torch.tensor(item["input_ids"])
-        mask[r, :n] = 1
-        labels[r, :n] = torch.tensor(item["labels"])
-    return ids, mask, labels
 
 
 def build_world(settings: QuickstartSettings) -> tuple[Path, Path, list[Example]]:

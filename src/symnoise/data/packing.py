@@ -23,7 +23,8 @@ only to itself and nothing attends to it, so it changes no loss and no gradient.
 noise of the usual per-sequence norm (and counts in the logged mean noise norm), which it passes on to nothing.
 
 `TrainedLogitsOnly` is the other batch transform here: it tells the model to compute logits only where a next
-token is trained.
+token is trained. `right_pad` is the plain padded batch, for the loops outside the Trainer (the quickstart's warm
+start, the reference loss).
 """
 
 from __future__ import annotations
@@ -218,3 +219,20 @@ def supports_trained_logits_only(model: Any) -> bool:
     except (TypeError, ValueError, RuntimeError, IndexError):
         return False
     return tuple(kept.shape) == (2, 1, 2) and kept[0, 0, 0].item() == 4.0 and kept[1, 0, 0].item() == 6.0
+
+
+def right_pad(
+    items: Sequence[dict[str, list[int]]], pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` and ``labels`` of tokenised examples padded on the right to the longest:
+    ``pad_id`` in the ids, 0 in the mask, -100 in the labels."""
+    width = max(len(item["input_ids"]) for item in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        ids[row, :n] = torch.tensor(item["input_ids"])
+        mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(item["labels"])
+    return ids, mask, labels

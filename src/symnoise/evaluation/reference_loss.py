@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..data import Example, tokenize_examples
+from ..data.packing import right_pad
 
 
 def reference_loss(
@@ -36,22 +37,19 @@ def reference_loss(
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            width = max(len(item["input_ids"]) for item in items)
-            ids = torch.tensor([it["input_ids"] + [pad_id] * (width - len(it["input_ids"])) for it in items])
-            labels = torch.tensor([it["labels"] + [-100] * (width - len(it["labels"])) for it in items])
-            mask = (
-                torch.arange(width)[None, :] < torch.tensor([len(it["input_ids"]) for it in items])[:, None]
-            )
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.long().to(model.device)).logits
+            ids, mask, labels = right_pad(items, pad_id)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
             shifted = labels[:, 1:].to(model.device)
-            flat_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-            total += F.cross_entropy(
-                flat_logits, shifted.reshape(-1), ignore_index=-100, reduction="sum"
-            ).item()
-            tokens += int((shifted != -100).sum())
-            each = F.cross_entropy(flat_logits, shifted.reshape(-1), ignore_index=-100, reduction="none")
+            each = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                shifted.reshape(-1),
+                ignore_index=-100,
+                reduction="none",
+            )
             sums = each.reshape(shifted.shape).sum(dim=1).tolist()
             counts = (shifted != -100).sum(dim=1).tolist()
+            total += sum(sums)
+            tokens += sum(counts)
             for example, loss_sum, count in zip(kept[start : start + len(items)], sums, counts, strict=True):
                 per_example.append(
                     {
